@@ -1,0 +1,376 @@
+//! The postoffice configuration file.
+//!
+//! One TOML file. Every key has a safe default, so an empty file (or no file
+//! at all) gives a working loopback-only server. Unknown keys are rejected with
+//! their name and line, because a typo that is silently ignored is a security
+//! setting that silently isn't applied. `config/postoffice.example.toml` in the
+//! repository documents every key; a test keeps it in sync with this file.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Errors loading or validating the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where users, mail, keys and certificates live.
+    pub data_dir: PathBuf,
+    /// The name this server uses for itself (greetings, Maildir file names).
+    pub hostname: String,
+    /// Seconds a shutdown (SIGTERM/SIGINT) waits for sessions to finish.
+    pub shutdown_timeout_secs: u64,
+    pub pop3: Pop3,
+    pub tls: Tls,
+    pub policy: Policy,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("postoffice-data"),
+            hostname: default_hostname(),
+            shutdown_timeout_secs: 30,
+            pop3: Pop3::default(),
+            tls: Tls::default(),
+            policy: Policy::default(),
+            auth: Auth::default(),
+            limits: Limits::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+/// The POP3 listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// Plain POP3 listeners (STLS offered). Production: ["0.0.0.0:110"].
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS POP3S listeners (RFC 8314). Production: ["0.0.0.0:995"].
+    pub listen_tls: Vec<SocketAddr>,
+    /// Allow USER/PASS/AUTH on unencrypted connections from non-loopback
+    /// clients. Off by default (RFC 2595, RFC 8314).
+    pub allow_plaintext_auth: bool,
+    /// Idle time after which a session is closed (RFC 1939: at least 600).
+    pub autologout_secs: u64,
+    /// Longest command line accepted, in octets (RFC 2449: at least 255).
+    pub max_line_length: usize,
+    /// Invalid commands tolerated before the connection is closed.
+    pub max_bad_commands: u32,
+    /// Text after "+OK " in the greeting.
+    pub greeting: String,
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Pop3 {
+            listen: vec![addr("127.0.0.1:2110")],
+            listen_tls: vec![addr("127.0.0.1:2995")],
+            allow_plaintext_auth: false,
+            autologout_secs: 600,
+            max_line_length: 1024,
+            max_bad_commands: 20,
+            greeting: "postoffice POP3 server ready.".into(),
+        }
+    }
+}
+
+/// TLS certificate. Without cert/key a self-signed certificate for
+/// `hostname` is generated in `data_dir/tls/` on first start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// Provider policy defaults; domains and users may override them
+/// (`postoffice domain set` / `postoffice user set`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Delete messages older than this many days. 0 = keep forever.
+    pub retention_days: u32,
+    /// Minimum seconds between two logins of one user (RFC 2449 LOGIN-DELAY).
+    pub login_delay_secs: u32,
+    /// How often the retention sweeper runs inside `serve`, in seconds.
+    pub expire_interval_secs: u64,
+    /// Files in a maildrop's tmp/ older than this are removed by the sweeper
+    /// (half-written deliveries of a crashed process).
+    pub tmp_max_age_secs: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            retention_days: 0,
+            login_delay_secs: 0,
+            expire_interval_secs: 3600,
+            tmp_max_age_secs: 36 * 3600,
+        }
+    }
+}
+
+/// Brute-force protection for logins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Failures (per client IP and per user) before delays start.
+    pub free_failures: u32,
+    /// First delay, doubled with each further failure.
+    pub base_delay_ms: u64,
+    /// Longest delay.
+    pub max_delay_ms: u64,
+    /// Failures after which the IP or user is locked out.
+    pub lockout_after: u32,
+    /// How long a lockout lasts.
+    pub lockout_secs: u64,
+    /// Failures older than this are forgotten.
+    pub forget_after_secs: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            free_failures: 3,
+            base_delay_ms: 1000,
+            max_delay_ms: 15_000,
+            lockout_after: 10,
+            lockout_secs: 300,
+            forget_after_secs: 900,
+        }
+    }
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent connections over all listeners.
+    pub max_connections: usize,
+    /// Concurrent connections from one client IP address.
+    pub max_connections_per_ip: usize,
+    /// Seconds allowed for a TLS handshake.
+    pub tls_handshake_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            tls_handshake_timeout_secs: 30,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// error, warn, info, debug or trace; or a tracing filter such as
+    /// "info,postoffice_server=debug". RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The machine's host name, or "localhost".
+pub fn default_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    /// Parse TOML text. `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Load a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Check values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.hostname.is_empty()
+            || !self
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return bad("hostname must be a DNS name (letters, digits, '.', '-')");
+        }
+        if self.pop3.max_line_length < 255 {
+            return bad("pop3.max_line_length must be at least 255 (RFC 2449)");
+        }
+        if self.pop3.autologout_secs < 600 {
+            return bad("pop3.autologout_secs must be at least 600 (RFC 1939 section 3)");
+        }
+        if self.pop3.max_bad_commands == 0 {
+            return bad("pop3.max_bad_commands must be at least 1");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key must be given together");
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+            return bad("limits.max_connections and limits.max_connections_per_ip must be at least 1");
+        }
+        if self.policy.expire_interval_secs == 0 {
+            return bad("policy.expire_interval_secs must be at least 1");
+        }
+        if self.pop3.greeting.contains(['\r', '\n']) {
+            return bad("pop3.greeting must be one line");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `postoffice config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Resolve relative paths against `base` (the config file's directory
+    /// for paths from a file; the working directory otherwise).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        if let Some(c) = &mut self.tls.cert {
+            fix(c);
+        }
+        if let Some(k) = &mut self.tls.key {
+            fix(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.pop3.listen, vec![addr("127.0.0.1:2110")]);
+        assert_eq!(c.pop3.listen_tls, vec![addr("127.0.0.1:2995")]);
+        assert_eq!(c.pop3.autologout_secs, 600);
+        assert!(!c.pop3.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_name_and_line() {
+        let err = Config::from_toml("hostname = \"a.test\"\n\n[pop3]\nlisten_tsl = []\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_tsl"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("c.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for bad in [
+            "[pop3]\nmax_line_length = 10",
+            "[pop3]\nautologout_secs = 5",
+            "[tls]\ncert = \"a.pem\"",
+            "hostname = \"bad host\"",
+            "[pop3]\nlisten = [\"not an address\"]",
+        ] {
+            assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::default();
+        let text = c.to_toml();
+        let back = Config::from_toml(&text, Path::new("x")).unwrap();
+        assert_eq!(back.to_toml(), text);
+    }
+
+    /// Every key of the effective config appears in the shipped example, and
+    /// the example itself loads: the documentation cannot fall behind.
+    #[test]
+    fn example_config_documents_every_key() {
+        let example_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/postoffice.example.toml");
+        let example = std::fs::read_to_string(&example_path).expect("example config exists");
+        Config::from_toml(&example, &example_path).expect("example config is valid");
+        let effective: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        fn keys(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                match v {
+                    toml::Value::Table(sub) => keys(&format!("{prefix}{k}."), sub, out),
+                    _ => out.push(format!("{prefix}{k}")),
+                }
+            }
+        }
+        let mut all = Vec::new();
+        keys("", &effective, &mut all);
+        // tls.cert/key are None by default and so absent from the rendering.
+        all.push("tls.cert".into());
+        all.push("tls.key".into());
+        for key in all {
+            let (section, name) = match key.rsplit_once('.') {
+                Some((s, n)) => (Some(s), n),
+                None => (None, key.as_str()),
+            };
+            let documented = example.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim();
+                l.starts_with(&format!("{name} =")) || l.starts_with(&format!("{name}="))
+            });
+            let has_section = section.is_none_or(|s| example.contains(&format!("[{s}]")));
+            assert!(documented && has_section, "config key {key} is not documented in {}", example_path.display());
+        }
+    }
+}

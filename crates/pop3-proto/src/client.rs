@@ -1,0 +1,103 @@
+//! Client side: parsing the server's status lines (RFC 1939, RFC 2449
+//! extended response codes, RFC 3206).
+
+/// An extended response code from `-ERR [CODE] text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RespCode {
+    InUse,
+    LoginDelay,
+    Auth,
+    SysTemp,
+    SysPerm,
+    Utf8,
+    Other(String),
+}
+
+impl RespCode {
+    fn parse(code: &str) -> RespCode {
+        match code.to_ascii_uppercase().as_str() {
+            "IN-USE" => RespCode::InUse,
+            "LOGIN-DELAY" => RespCode::LoginDelay,
+            "AUTH" => RespCode::Auth,
+            "SYS/TEMP" => RespCode::SysTemp,
+            "SYS/PERM" => RespCode::SysPerm,
+            "UTF8" => RespCode::Utf8,
+            _ => RespCode::Other(code.to_string()),
+        }
+    }
+}
+
+/// One status line from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok(String),
+    Err { code: Option<RespCode>, text: String },
+    /// A SASL continuation (`+ base64`).
+    Continue(String),
+}
+
+/// Why a status line could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed server response: {0:?}")]
+pub struct BadResponse(pub String);
+
+/// Parse a status line (without CRLF).
+pub fn parse_status(line: &[u8]) -> Result<Status, BadResponse> {
+    let text = String::from_utf8_lossy(line);
+    if let Some(rest) = text.strip_prefix("+OK") {
+        if rest.is_empty() || rest.starts_with(' ') {
+            return Ok(Status::Ok(rest.trim_start().to_string()));
+        }
+    } else if let Some(rest) = text.strip_prefix("-ERR") {
+        if rest.is_empty() || rest.starts_with(' ') {
+            let rest = rest.trim_start();
+            if let Some(inner) = rest.strip_prefix('[') {
+                if let Some(end) = inner.find(']') {
+                    let code = RespCode::parse(&inner[..end]);
+                    return Ok(Status::Err {
+                        code: Some(code),
+                        text: inner[end + 1..].trim_start().to_string(),
+                    });
+                }
+            }
+            return Ok(Status::Err {
+                code: None,
+                text: rest.to_string(),
+            });
+        }
+    } else if let Some(rest) = text.strip_prefix('+') {
+        if rest.is_empty() || rest.starts_with(' ') {
+            return Ok(Status::Continue(rest.trim_start().to_string()));
+        }
+    }
+    Err(BadResponse(text.chars().take(80).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_lines() {
+        assert_eq!(parse_status(b"+OK"), Ok(Status::Ok(String::new())));
+        assert_eq!(parse_status(b"+OK 2 320"), Ok(Status::Ok("2 320".into())));
+        assert_eq!(
+            parse_status(b"-ERR [IN-USE] locked"),
+            Ok(Status::Err {
+                code: Some(RespCode::InUse),
+                text: "locked".into()
+            })
+        );
+        assert_eq!(
+            parse_status(b"-ERR no such message"),
+            Ok(Status::Err {
+                code: None,
+                text: "no such message".into()
+            })
+        );
+        assert_eq!(parse_status(b"+ "), Ok(Status::Continue(String::new())));
+        assert!(parse_status(b"+OKAY").is_err());
+        assert!(parse_status(b"\0\xff").is_err());
+        assert!(parse_status(b"").is_err());
+    }
+}
