@@ -1,0 +1,518 @@
+//! Command-line parsing and the subcommands.
+
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use postoffice_config::Config;
+use postoffice_directory::{Directory, Policy, Retention, hash_password, normalize_address, normalize_domain};
+use postoffice_store::{MailStore, Maildir, StoreError};
+
+/// A mail server built around POP3: one binary, one config file.
+///
+/// Quick start: `postoffice serve` runs the server with its defaults
+/// (loopback only, data in ./postoffice-data); `postoffice user add` adds a
+/// user. See README.md for the rest.
+#[derive(Parser, Debug)]
+#[command(name = "postoffice", version, propagate_version = true)]
+struct Cli {
+    /// Config file (TOML). Without one, built-in defaults apply.
+    #[arg(short, long, global = true, env = "POSTOFFICE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the mail server (POP3 with STLS, and POP3S).
+    Serve,
+    /// Validate the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Manage the domains this server receives mail for.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Manage users (mailboxes).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Deliver one message from standard input into a user's maildrop
+    /// (a local delivery agent, like dovecot-lda). Exit status: 0 when the
+    /// message is durably stored, 67 unknown user, 75 temporary failure
+    /// (try again), 65 bad message, 78 configuration error.
+    Deliver {
+        /// The recipient, e.g. alice@example.test.
+        recipient: String,
+    },
+    /// Delete messages older than their retention policy (the server does
+    /// this periodically by itself) and stale half-written deliveries.
+    Expire {
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Check the config file and print the effective configuration.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+enum DomainCmd {
+    /// Add a domain.
+    Add { name: String },
+    /// Remove a domain (it must have no users left).
+    #[command(alias = "rm", alias = "remove")]
+    Del { name: String },
+    /// List domains.
+    #[command(alias = "ls")]
+    List,
+    /// Set a domain's policy (overrides the config's [policy] defaults).
+    Set {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add a user. Its domain is added too if it is new. Without
+    /// --password-stdin a random password is generated and printed.
+    Add {
+        /// Full address, e.g. alice@example.test.
+        address: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    #[command(alias = "rm", alias = "remove")]
+    Del {
+        address: String,
+        /// Also delete the user's stored mail.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        address: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    #[command(alias = "ls")]
+    List,
+    /// Show a user's policy and mailbox usage.
+    Info { address: String },
+    /// Set a user's policy (overrides the domain and the config).
+    Set {
+        address: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Disable (true) or enable (false) logins.
+        #[arg(long)]
+        disabled: Option<bool>,
+    },
+    /// Import users from a Dovecot passwd-file
+    /// (`user@domain:{SHA512-CRYPT}$6$...`). Missing domains are added.
+    Import {
+        /// The passwd-file to read.
+        #[arg(long, value_name = "FILE")]
+        dovecot_passwd: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct PolicyArgs {
+    /// Days to keep messages: a number, "never", or "inherit".
+    #[arg(long, value_name = "DAYS")]
+    retention_days: Option<String>,
+    /// Minimum seconds between logins, or "inherit".
+    #[arg(long, value_name = "SECS")]
+    login_delay: Option<String>,
+    /// Mailbox size limit in bytes (0 = unlimited), or "inherit".
+    #[arg(long, value_name = "BYTES")]
+    quota_bytes: Option<String>,
+    /// Mailbox message limit (0 = unlimited), or "inherit".
+    #[arg(long, value_name = "N")]
+    quota_messages: Option<String>,
+}
+
+/// sysexits.h codes, as mail programs expect from a delivery agent.
+mod sysexits {
+    pub const DATAERR: u8 = 65;
+    pub const NOUSER: u8 = 67;
+    pub const TEMPFAIL: u8 = 75;
+    pub const CONFIG: u8 = 78;
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_deliver = matches!(cli.command, Command::Deliver { .. });
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("postoffice: {e:#}");
+            if is_deliver {
+                ExitCode::from(sysexits::TEMPFAIL)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let mut cfg = match path {
+        Some(p) => {
+            let mut c = Config::load(p)?;
+            let base = p.parent().filter(|b| !b.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            c.resolve_paths(base);
+            c
+        }
+        None => Config::default(),
+    };
+    if cfg.data_dir.is_relative() {
+        cfg.data_dir = std::env::current_dir().context("current directory")?.join(&cfg.data_dir);
+    }
+    Ok(cfg)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postoffice: {e:#}");
+            return Ok(ExitCode::from(sysexits::CONFIG));
+        }
+    };
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::Config(ConfigCmd::Check) => {
+            print!("{}", config.to_toml());
+            eprintln!("config OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Domain(cmd) => domain(&config, cmd),
+        Command::User(cmd) => user(&config, cmd),
+        Command::Deliver { recipient } => deliver(&config, &recipient),
+        Command::Expire { dry_run } => expire(&config, dry_run),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn serve(config: Config) -> Result<ExitCode> {
+    init_logging(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let server = postoffice_server::Server::bind(config.clone()).await?;
+        print_banner(&config, &server);
+        server.run(stop_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn print_banner(config: &Config, server: &postoffice_server::Server) {
+    use postoffice_server::Service;
+    let (cert, _, generated) = postoffice_server::tls::cert_paths(config);
+    println!("postoffice is running; data in {}", config.data_dir.display());
+    for (service, addr) in server.local_addrs() {
+        match service {
+            Service::Pop3 => println!("  POP3   {addr}  (plain, STLS offered)"),
+            Service::Pop3s => println!("  POP3S  {addr}  (implicit TLS)"),
+        }
+    }
+    println!(
+        "  TLS certificate: {}{}",
+        cert.display(),
+        if generated { " (self-signed)" } else { "" }
+    );
+    let users = server.shared().directory.snapshot().users().count();
+    let me = std::env::args().next().unwrap_or_else(|| "postoffice".into());
+    let config_arg = std::env::var_os("POSTOFFICE_CONFIG")
+        .is_none()
+        .then(|| std::env::args().skip_while(|a| a != "--config" && a != "-c").nth(1))
+        .flatten()
+        .map(|c| format!(" --config {c}"))
+        .unwrap_or_default();
+    if users == 0 {
+        println!("No users yet. Add one (in another terminal):");
+    } else {
+        println!("{users} user(s). Add another with:");
+    }
+    println!("  printf 'secret\\n' | {me}{config_arg} user add alice@localhost --password-stdin");
+    println!("Stop with Ctrl-C.");
+}
+
+fn read_password(from_stdin: bool) -> Result<(String, bool)> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+        let pw = line.strip_suffix('\n').unwrap_or(&line);
+        let pw = pw.strip_suffix('\r').unwrap_or(pw).to_string();
+        if pw.is_empty() {
+            bail!("empty password on standard input");
+        }
+        Ok((pw, false))
+    } else {
+        use rand::Rng;
+        use rand::distributions::Alphanumeric;
+        let pw: String = rand::thread_rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect();
+        Ok((pw, true))
+    }
+}
+
+fn domain(config: &Config, cmd: DomainCmd) -> Result<ExitCode> {
+    let dir = Directory::open(&config.data_dir)?;
+    match cmd {
+        DomainCmd::Add { name } => {
+            let name = dir.add_domain(&name)?;
+            println!("added domain {name}");
+        }
+        DomainCmd::Del { name } => {
+            dir.remove_domain(&name)?;
+            println!("removed domain {}", normalize_domain(&name)?);
+        }
+        DomainCmd::List => {
+            let snap = dir.snapshot();
+            for d in snap.domains() {
+                let users = snap.users_in_domain(&d.name).count();
+                println!("{}\t{} user(s)", d.name, users);
+            }
+        }
+        DomainCmd::Set { name, policy } => {
+            let edit = policy.into_edit()?;
+            dir.update_domain_policy(&name, |p| edit(p))?;
+            println!("updated domain {}", normalize_domain(&name)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type PolicyEdit = Box<dyn Fn(&mut Policy)>;
+
+impl PolicyArgs {
+    fn into_edit(self) -> Result<PolicyEdit> {
+        fn parse<T: std::str::FromStr>(v: &Option<String>, what: &str) -> Result<Option<Option<T>>> {
+            match v.as_deref() {
+                None => Ok(None),
+                Some("inherit") => Ok(Some(None)),
+                Some(s) => s
+                    .parse()
+                    .map(|n| Some(Some(n)))
+                    .map_err(|_| anyhow::anyhow!("--{what} must be a number or \"inherit\", not {s:?}")),
+            }
+        }
+        let retention: Option<Option<Retention>> = match self.retention_days.as_deref() {
+            None => None,
+            Some("inherit") => Some(None),
+            Some(s) if s.eq_ignore_ascii_case("never") => Some(Some(Retention::Never)),
+            Some(s) => Some(Some(Retention::Days(s.parse().map_err(|_| {
+                anyhow::anyhow!("--retention-days must be a number, \"never\" or \"inherit\", not {s:?}")
+            })?))),
+        };
+        let delay: Option<Option<u32>> = parse(&self.login_delay, "login-delay")?;
+        let qb: Option<Option<u64>> = parse(&self.quota_bytes, "quota-bytes")?;
+        let qm: Option<Option<u64>> = parse(&self.quota_messages, "quota-messages")?;
+        Ok(Box::new(move |p: &mut Policy| {
+            if let Some(r) = retention {
+                p.retention_days = r;
+            }
+            if let Some(d) = delay {
+                p.login_delay_secs = d;
+            }
+            if let Some(q) = qb {
+                p.quota_bytes = q;
+            }
+            if let Some(q) = qm {
+                p.quota_messages = q;
+            }
+        }))
+    }
+}
+
+fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
+    let dir = Directory::open(&config.data_dir)?;
+    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    match cmd {
+        UserCmd::Add { address, password_stdin } => {
+            let address = normalize_address(&address)?;
+            let domain = address.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+            if dir.snapshot().domain(&domain).is_none() {
+                dir.add_domain(&domain)?;
+                println!("added domain {domain}");
+            }
+            let (pw, generated) = read_password(password_stdin)?;
+            let hash = hash_password(pw.as_bytes())?;
+            let address = dir.add_user(&address, &hash)?;
+            println!("added user {address}");
+            if generated {
+                println!("password: {pw}");
+            }
+        }
+        UserCmd::Del { address, purge } => {
+            let address = normalize_address(&address)?;
+            dir.remove_user(&address)?;
+            println!("removed user {address}");
+            if purge {
+                store.remove_mailbox(&address)?;
+                println!("deleted its mail");
+            } else {
+                println!("its mail was kept in {} (use --purge to delete it)", store.path_of(&address)?.display());
+            }
+        }
+        UserCmd::Passwd { address, password_stdin } => {
+            let address = normalize_address(&address)?;
+            let (pw, generated) = read_password(password_stdin)?;
+            dir.set_password(&address, &hash_password(pw.as_bytes())?)?;
+            println!("password changed for {address}");
+            if generated {
+                println!("password: {pw}");
+            }
+        }
+        UserCmd::List => {
+            for u in dir.snapshot().users() {
+                println!("{}{}", u.address, if u.disabled { "\t(disabled)" } else { "" });
+            }
+        }
+        UserCmd::Info { address } => {
+            let address = normalize_address(&address)?;
+            let snap = dir.snapshot();
+            let Some(u) = snap.user(&address) else {
+                bail!("no such user: {address} (see `postoffice user list`)");
+            };
+            let p = snap.effective(&address, &postoffice_server::state::policy_defaults(config));
+            let usage = store.usage(&address)?;
+            println!("address:        {}", u.address);
+            println!("disabled:       {}", u.disabled);
+            println!("mailbox:        {}", store.path_of(&address)?.display());
+            println!("messages:       {}", usage.messages);
+            println!("bytes:          {}", usage.bytes);
+            println!(
+                "retention:      {}",
+                p.retention_days.map_or("never".to_string(), |d| format!("{d} days"))
+            );
+            println!("login delay:    {} s", p.login_delay_secs);
+            println!(
+                "quota bytes:    {}",
+                p.quota_bytes.map_or("unlimited".to_string(), |q| q.to_string())
+            );
+            println!(
+                "quota messages: {}",
+                p.quota_messages.map_or("unlimited".to_string(), |q| q.to_string())
+            );
+        }
+        UserCmd::Set { address, policy, disabled } => {
+            let address = normalize_address(&address)?;
+            let edit = policy.into_edit()?;
+            dir.update_user_policy(&address, |p| edit(p))?;
+            if let Some(d) = disabled {
+                dir.set_user_disabled(&address, d)?;
+            }
+            println!("updated user {address}");
+        }
+        UserCmd::Import { dovecot_passwd } => {
+            let r = dir.import_dovecot_passwd_file(&dovecot_passwd, postoffice_directory::ImportOptions::default())?;
+            println!("imported: {} added, {} updated, {} skipped", r.added, r.updated, r.skipped.len());
+            for (line, why) in &r.skipped {
+                println!("  line {line}: {why}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn deliver(config: &Config, recipient: &str) -> Result<ExitCode> {
+    let address = match normalize_address(recipient) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("postoffice deliver: {e}");
+            return Ok(ExitCode::from(sysexits::NOUSER));
+        }
+    };
+    let dir = Directory::open(&config.data_dir)?;
+    if dir.snapshot().user(&address).is_none() {
+        eprintln!("postoffice deliver: no such user: {address}");
+        return Ok(ExitCode::from(sysexits::NOUSER));
+    }
+    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    let mut stdin = std::io::stdin().lock();
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the message from standard input; end with Ctrl-D");
+    }
+    match store.deliver(&address, &mut stdin as &mut dyn Read) {
+        Ok(d) => {
+            eprintln!("delivered to {address} ({} octets, uid {})", d.size, d.uid);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(StoreError::EmptyMessage) => {
+            eprintln!("postoffice deliver: empty message");
+            Ok(ExitCode::from(sysexits::DATAERR))
+        }
+        Err(e) => {
+            eprintln!("postoffice deliver: {e}; the message was not stored, try again");
+            Ok(ExitCode::from(sysexits::TEMPFAIL))
+        }
+    }
+}
+
+fn expire(config: &Config, dry_run: bool) -> Result<ExitCode> {
+    let dir = Directory::open(&config.data_dir)?;
+    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    let r = postoffice_server::sweeper::sweep(config, &dir, &store, dry_run);
+    let verb = if dry_run { "would expire" } else { "expired" };
+    for (user, n, bytes) in &r.expired {
+        println!("{user}: {verb} {n} message(s), {bytes} bytes");
+    }
+    for user in &r.skipped_locked {
+        println!("{user}: skipped, a POP3 session holds the maildrop (retried next time)");
+    }
+    if r.tmp_removed > 0 {
+        println!("removed {} stale file(s) from tmp/", r.tmp_removed);
+    }
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    if r.expired.is_empty() && r.skipped_locked.is_empty() {
+        println!("nothing to expire");
+    }
+    Ok(if r.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,171 @@
+//! The postoffice network server: tokio listeners, TLS, limits and wiring.
+//! Protocol logic lives in `pop3-proto`; storage in `postoffice-store`;
+//! users in `postoffice-directory`. This crate only connects them to sockets.
+//!
+//! - [`Server::bind`] opens every listener (so port errors surface before
+//!   anything else happens) and [`Server::run`] serves until shut down.
+//! - [`pop3`] handles one connection.
+//! - [`state`] holds what connections share, including the login procedure.
+//! - [`limits`] caps connections in total and per client IP.
+//! - [`sweeper`] applies retention and cleans up stale tmp/ files.
+//! - [`shutdown`] broadcasts the stop signal.
+#![forbid(unsafe_code)]
+
+pub mod limits;
+pub mod pop3;
+pub mod shutdown;
+pub mod state;
+pub mod sweeper;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use postoffice_config::Config;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::limits::Refused;
+use crate::shutdown::{Shutdown, Trigger};
+use crate::state::Shared;
+
+/// What kind of service a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Pop3,
+    Pop3s,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<(Service, TcpListener)>,
+}
+
+impl Server {
+    /// Prepare TLS, open the directory and bind every listener.
+    pub async fn bind(config: Config) -> Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let tls = tls::acceptor(&config).context("setting up TLS")?;
+        let mut listeners = Vec::new();
+        for (service, addrs) in [(Service::Pop3, &config.pop3.listen), (Service::Pop3s, &config.pop3.listen_tls)] {
+            for addr in addrs {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change [pop3] listen/listen_tls in the config"))?;
+                listeners.push((service, l));
+            }
+        }
+        let shared = Arc::new(Shared::new(config, Some(tls)).context("opening the user directory")?);
+        Ok(Server { shared, listeners })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<(Service, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(s, l)| l.local_addr().ok().map(|a| (*s, a)))
+            .collect()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serve until `stop` resolves, then drain: stop accepting, give
+    /// sessions `shutdown_timeout_secs` to end, and abort the rest (which
+    /// deletes nothing: only a completed QUIT deletes).
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        let (trigger, shutdown) = shutdown::channel();
+        let mut tasks = JoinSet::new();
+        for (service, listener) in self.listeners {
+            let shared = Arc::clone(&self.shared);
+            let sd = shutdown.clone();
+            let trig = trigger.clone();
+            tasks.spawn(accept_loop(shared, service, listener, sd, trig));
+        }
+        tasks.spawn(sweeper_loop(Arc::clone(&self.shared), shutdown.clone()));
+        stop.await;
+        info!("shutting down: no new connections; waiting for sessions to finish");
+        trigger.fire();
+        let deadline = Duration::from_secs(self.shared.config.shutdown_timeout_secs);
+        if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!("shutdown deadline reached; closing remaining sessions");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, service: Service, listener: TcpListener, mut shutdown: Shutdown, trigger: Trigger) {
+    let mut conns = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.recv() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (mut tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let guard = match shared.limiter.acquire(peer.ip()) {
+            Ok(g) => g,
+            Err(why) => {
+                warn!(ip = %peer.ip(), ?why, "connection refused: limit reached");
+                let msg: &[u8] = match why {
+                    Refused::PerIp => b"-ERR [SYS/TEMP] Too many connections from your address.\r\n",
+                    Refused::Total => b"-ERR [SYS/TEMP] Server is busy; try again later.\r\n",
+                };
+                if service == Service::Pop3 {
+                    // Best effort, never blocking the accept loop.
+                    let _ = tokio::time::timeout(Duration::from_millis(200), tcp.write_all(msg)).await;
+                }
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        let sd = trigger.subscribe();
+        let span = tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s);
+        conns.spawn(tracing::Instrument::instrument(
+            async move {
+                let _guard = guard;
+                pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd).await;
+            },
+            span,
+        ));
+    }
+    drop(listener);
+    // Sessions were told to stop via the same signal; wait for them here so
+    // the server's deadline covers them.
+    while conns.join_next().await.is_some() {}
+}
+
+async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let every = Duration::from_secs(shared.config.policy.expire_interval_secs);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        let s = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || sweeper::sweep(&s.config, &s.directory, &s.store, false)).await;
+    }
+}

@@ -1,0 +1,100 @@
+//! Connection limits: in total and per client IP.
+//!
+//! A [`ConnLimiter`] hands out [`ConnGuard`]s; dropping the guard (when the
+//! connection task ends, however it ends) gives the slot back.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug)]
+pub struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    inner: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Total,
+    PerIp,
+}
+
+impl ConnLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnLimiter {
+            max_total,
+            max_per_ip,
+            inner: Mutex::new(Counts::default()),
+        })
+    }
+
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if c.total >= self.max_total {
+            return Err(Refused::Total);
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnGuard {
+            limiter: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Connections currently open.
+    pub fn total(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+/// One connection slot; released on drop.
+#[derive(Debug)]
+pub struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut c = self.limiter.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.total -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_and_total_limits_and_release() {
+        let l = ConnLimiter::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let g1 = l.acquire(a).unwrap();
+        let _g2 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).unwrap_err(), Refused::PerIp);
+        let _g3 = l.acquire(b).unwrap();
+        assert_eq!(l.acquire(b).unwrap_err(), Refused::Total);
+        drop(g1);
+        let _g4 = l.acquire(a).unwrap();
+        assert_eq!(l.total(), 3);
+    }
+}

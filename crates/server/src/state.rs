@@ -1,0 +1,175 @@
+//! State shared by every connection: config, store, directory, throttling,
+//! TLS, and the login procedure that ties them together.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postoffice_config::Config;
+use postoffice_directory::throttle::{LoginThrottle, ThrottleConfig, Verdict};
+use postoffice_directory::{AuthOutcome, Directory, PolicyDefaults, normalize_address};
+use postoffice_store::{MailStore, Maildir, Maildrop, StoreError};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::limits::ConnLimiter;
+
+/// Why a login was refused. Only the caller's logs see the detail behind
+/// `Credentials`; the client gets one `[AUTH]` answer for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginError {
+    Credentials,
+    InUse,
+    LoginDelay,
+    Temp,
+    Perm,
+}
+
+/// A successful login: the locked maildrop and the user's policy.
+pub struct LoginOk {
+    pub address: String,
+    pub maildrop: Arc<dyn Maildrop>,
+    pub retention_days: Option<u32>,
+    pub login_delay_secs: u32,
+}
+
+/// Everything a connection needs, shared behind an `Arc`.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<Maildir>,
+    pub directory: Directory,
+    pub throttle: LoginThrottle,
+    pub tls: Option<TlsAcceptor>,
+    pub limiter: Arc<ConnLimiter>,
+    /// Last successful login per user, for LOGIN-DELAY. In memory: a
+    /// restart forgets it, which errs on the side of letting users in.
+    last_login: Mutex<HashMap<String, Instant>>,
+}
+
+impl Shared {
+    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> Result<Self, postoffice_directory::Error> {
+        let directory = Directory::open(&config.data_dir)?;
+        let store = Arc::new(Maildir::new(config.data_dir.join("mail"), &config.hostname));
+        let a = &config.auth;
+        let throttle = LoginThrottle::new(ThrottleConfig {
+            free_failures: a.free_failures,
+            base_delay: Duration::from_millis(a.base_delay_ms),
+            max_delay: Duration::from_millis(a.max_delay_ms),
+            lockout_after: a.lockout_after,
+            lockout: Duration::from_secs(a.lockout_secs),
+            forget_after: Duration::from_secs(a.forget_after_secs),
+            ..ThrottleConfig::default()
+        });
+        let limiter = ConnLimiter::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+        Ok(Shared {
+            config,
+            store,
+            directory,
+            throttle,
+            tls,
+            limiter,
+            last_login: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn policy_defaults(&self) -> PolicyDefaults {
+        policy_defaults(&self.config)
+    }
+
+    /// Verify credentials and lock the maildrop.
+    ///
+    /// Order matters: the throttle is consulted before any password work
+    /// (a locked-out client costs us nothing), a failure always costs one
+    /// hash verification (unknown users included, so timing reveals
+    /// nothing), and the maildrop is locked only after the password matched.
+    pub async fn login(self: &Arc<Self>, user: &str, password: Vec<u8>, ip: IpAddr) -> Result<LoginOk, LoginError> {
+        let address = normalize_address(user).unwrap_or_else(|_| String::new());
+        match self.throttle.check(ip, &address, Instant::now()) {
+            Verdict::Allow { delay } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            Verdict::Locked { remaining } => {
+                warn!(%ip, user = %printable(user), remaining_secs = remaining.as_secs(), "login refused: locked out after repeated failures");
+                return Err(LoginError::Credentials);
+            }
+        }
+        let dir = self.directory.snapshot();
+        let addr = address.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            if addr.is_empty() {
+                postoffice_directory::dummy_verify(&password);
+                AuthOutcome::Failed
+            } else {
+                dir.authenticate(&addr, &password)
+            }
+        })
+        .await
+        .map_err(|_| LoginError::Temp)?;
+        let address = match outcome {
+            AuthOutcome::Ok(u) => u.address,
+            AuthOutcome::Failed => {
+                let state = self.throttle.record_failure(ip, &address, Instant::now());
+                warn!(%ip, user = %printable(user), ip_failures = state.ip_failures, user_failures = state.user_failures, locked = state.locked, "login failed");
+                return Err(LoginError::Credentials);
+            }
+        };
+        self.throttle.record_success(ip, &address, Instant::now());
+        let policy = self.directory.snapshot().effective(&address, &self.policy_defaults());
+        if policy.login_delay_secs > 0 {
+            let last = self.last_login.lock().unwrap_or_else(|p| p.into_inner()).get(&address).copied();
+            if let Some(last) = last {
+                if last.elapsed() < Duration::from_secs(u64::from(policy.login_delay_secs)) {
+                    info!(user = %address, "login refused: LOGIN-DELAY");
+                    return Err(LoginError::LoginDelay);
+                }
+            }
+        }
+        let store = Arc::clone(&self.store);
+        let a = address.clone();
+        let opened = tokio::task::spawn_blocking(move || store.open(&a))
+            .await
+            .map_err(|_| LoginError::Temp)?;
+        let maildrop: Arc<dyn Maildrop> = match opened {
+            Ok(m) => Arc::from(m),
+            Err(StoreError::Locked) => {
+                info!(user = %address, "login refused: maildrop in use");
+                return Err(LoginError::InUse);
+            }
+            Err(e) => {
+                warn!(user = %address, error = %e, "cannot open maildrop");
+                return Err(LoginError::Temp);
+            }
+        };
+        self.last_login
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(address.clone(), Instant::now());
+        Ok(LoginOk {
+            address,
+            maildrop,
+            retention_days: policy.retention_days,
+            login_delay_secs: policy.login_delay_secs,
+        })
+    }
+}
+
+/// Server-wide policy defaults from the config.
+pub fn policy_defaults(config: &Config) -> PolicyDefaults {
+    PolicyDefaults {
+        retention_days: (config.policy.retention_days > 0).then_some(config.policy.retention_days),
+        login_delay_secs: config.policy.login_delay_secs,
+        quota_bytes: None,
+        quota_messages: None,
+    }
+}
+
+/// A user name as the client typed it, made safe for a log line.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}

@@ -1,0 +1,79 @@
+//! TLS setup: rustls with the ring provider, from configured PEM files or a
+//! self-signed certificate generated on first start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use postoffice_config::Config;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// Where the certificate and key come from.
+pub fn cert_paths(cfg: &Config) -> (PathBuf, PathBuf, bool) {
+    match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+        _ => {
+            let dir = cfg.data_dir.join("tls");
+            (dir.join("cert.pem"), dir.join("key.pem"), true)
+        }
+    }
+}
+
+/// Build the acceptor, generating a self-signed certificate for
+/// `hostname` (plus localhost and the loopback addresses) when no
+/// certificate is configured and none was generated before.
+pub fn acceptor(cfg: &Config) -> Result<TlsAcceptor> {
+    let (cert_path, key_path, generated) = cert_paths(cfg);
+    if generated && !(cert_path.exists() && key_path.exists()) {
+        generate_self_signed(&cfg.hostname, &cert_path, &key_path)?;
+        tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate; set [tls] cert/key for a real one");
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("invalid PEM in TLS certificate {}", cert_path.display()))?;
+    if certs.is_empty() {
+        bail!("no certificate found in {}", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("cannot read TLS private key {}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate and key do not match")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Result<()> {
+    let dir = cert_path.parent().context("certificate path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut names = vec![hostname.to_string(), "localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    names.dedup();
+    let ck = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    write_private(key_path, ck.key_pair.serialize_pem().as_bytes())?;
+    write_private(cert_path, ck.cert.pem().as_bytes())?;
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The one error type of the crate.
+//!
+//! Every message says what went wrong *and* what the operator (or the POP3
+//! layer) can do about it, because these strings end up in logs that are read
+//! by people who did not write this code.
+
+use std::io;
+
+/// Everything that can go wrong in a [`MailStore`](crate::MailStore) or a
+/// [`Maildrop`](crate::Maildrop).
+///
+/// The enum is `#[non_exhaustive]` so that a second backend (a database) can
+/// add its own failure modes without breaking callers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another session (in this or any other process) holds the maildrop's
+    /// exclusive lock. RFC 1939 expects the server to refuse the login with
+    /// `-ERR [IN-USE]`.
+    #[error(
+        "the maildrop is locked by another session; wait for that session to end and try again"
+    )]
+    Locked,
+
+    /// The mailbox name is unsafe or malformed. The payload describes why,
+    /// with the offending name escaped so it is safe to log.
+    #[error("invalid mailbox name {0}; use a plain address such as user@example.test")]
+    InvalidMailbox(String),
+
+    /// A filesystem operation failed. `context` names the operation and the
+    /// path, so the operator knows which permission, mount or disk to check.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, including the path involved.
+        context: String,
+        /// The underlying operating-system error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A message index outside the snapshot was requested (indices are
+    /// 0-based; POP3 message number `n` is index `n - 1`).
+    #[error(
+        "no message with index {0} in this maildrop; indices are 0-based and must be below the message count"
+    )]
+    NoSuchMessage(usize),
+
+    /// The message was in the snapshot but another program (a mail client via
+    /// IMAP, an administrator) removed it since the session started.
+    #[error(
+        "message {uid} (index {index}) was removed by another program after the maildrop was opened; it can no longer be read"
+    )]
+    Vanished {
+        /// 0-based index in the snapshot.
+        index: usize,
+        /// The message's unique ID.
+        uid: String,
+    },
+
+    /// `deliver` was handed zero bytes. An empty message is almost certainly
+    /// a bug upstream, and storing one would create a mail nobody can use.
+    #[error("refusing to deliver an empty message; the sender supplied no data")]
+    EmptyMessage,
+
+    /// Reading the message to deliver failed (e.g. the network connection
+    /// feeding it broke). Nothing was stored, so the sender may retry.
+    #[error(
+        "reading the message to deliver failed, nothing was stored (the sender may retry): {0}"
+    )]
+    MessageRead(#[source] io::Error),
+}
+
+impl StoreError {
+    /// Builds a closure for `map_err` that wraps an `io::Error` with context.
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Io { context, source }
+    }
+}

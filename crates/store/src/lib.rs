@@ -1,0 +1,157 @@
+#![forbid(unsafe_code)]
+//! Maildrop storage for postoffice.
+//!
+//! The POP3 server needs very little from storage, and this crate offers
+//! exactly that through two traits, so that a second backend (a database)
+//! can slot in later without touching the protocol code:
+//!
+//! - [`MailStore`]: per-mailbox operations — durable delivery, opening a
+//!   session, retention expiry, usage, removal.
+//! - [`Maildrop`]: one exclusively locked snapshot, as RFC 1939 requires for
+//!   a POP3 session — listing with sizes and unique IDs, streaming a message,
+//!   committing deletions at `QUIT`.
+//!
+//! Neither trait mentions paths. The one backend today is [`Maildir`]: a
+//! standard Maildir per user (`tmp/ new/ cur/`), so Dovecot, mutt and other
+//! tools can share the mailboxes. Messages are stored with CRLF line ends and
+//! their CRLF size in the file name, which makes opening a 100,000-message
+//! maildrop cost two `readdir`s and no per-message system calls.
+
+mod crlf;
+mod error;
+mod index;
+mod maildir;
+mod name;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::time::SystemTime;
+
+pub use error::StoreError;
+pub use maildir::Maildir;
+
+/// What a session knows about one message without opening it.
+///
+/// Kept small (no path, no flags) because a snapshot holds one per message
+/// for the whole session, and maildrops can have 100,000 messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Size in octets with CRLF line ends: what POP3 `LIST`/`STAT` report
+    /// and what [`Maildrop::open_message`] yields.
+    pub size: u64,
+    /// POP3 unique ID (`UIDL`): 1 to 70 printable ASCII characters, stable
+    /// for the life of the message and never reused.
+    pub uid: String,
+    /// When the message was delivered; drives ordering and retention.
+    pub received: SystemTime,
+}
+
+/// The result of a successful delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The new message's unique ID (as [`MessageInfo::uid`] will report it).
+    pub uid: String,
+    /// Stored size in octets, after CRLF normalisation.
+    pub size: u64,
+}
+
+/// How much a mailbox holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Number of messages.
+    pub messages: u64,
+    /// Total size in octets (CRLF sizes, as POP3 reports them).
+    pub bytes: u64,
+}
+
+/// What [`MailStore::expire`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpireReport {
+    /// The messages removed, oldest first.
+    pub expired: Vec<MessageInfo>,
+    /// Their total size in octets.
+    pub bytes: u64,
+}
+
+/// What [`Maildrop::commit`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Number of messages this commit removed. Messages some other program
+    /// had already deleted are not counted (there was nothing left to
+    /// remove), and neither are duplicate indices.
+    pub deleted: usize,
+    /// Their total size in octets.
+    pub bytes: u64,
+}
+
+/// Storage of all mailboxes, shared by every connection of the server.
+///
+/// Mailbox names are full addresses (`alice@example.test`) and are treated
+/// as untrusted input: implementations validate them and return
+/// [`StoreError::InvalidMailbox`] for anything malformed.
+pub trait MailStore: Send + Sync {
+    /// Durably store a message for `mailbox` (a full user address like "alice@example.test").
+    /// Returns only after the data is on stable storage.
+    ///
+    /// The message is streamed (never held in memory whole), its line ends
+    /// are normalised to CRLF, and a final CRLF is added if missing. An
+    /// empty message is refused with [`StoreError::EmptyMessage`]. On any
+    /// error nothing is left behind.
+    fn deliver(&self, mailbox: &str, message: &mut dyn Read) -> Result<Delivered, StoreError>;
+
+    /// Take the exclusive lock on the maildrop and list it. Err(StoreError::Locked) if another session (any process) holds it.
+    ///
+    /// The lock is released when the returned box is dropped, and also if
+    /// the process dies. A mailbox that has never received mail opens as an
+    /// empty maildrop.
+    fn open(&self, mailbox: &str) -> Result<Box<dyn Maildrop>, StoreError>;
+
+    /// Delete messages received before `cutoff`; skips (Err(Locked)) a maildrop locked by a session. dry_run lists without deleting.
+    ///
+    /// Taking the session lock keeps expiry from pulling messages out from
+    /// under a POP3 client that has already been told they exist.
+    fn expire(
+        &self,
+        mailbox: &str,
+        cutoff: SystemTime,
+        dry_run: bool,
+    ) -> Result<ExpireReport, StoreError>;
+
+    /// Number of messages and total octets, from names/index only.
+    ///
+    /// Does not take the lock, so it works (and never disturbs) while a
+    /// session is open.
+    fn usage(&self, mailbox: &str) -> Result<Usage, StoreError>;
+
+    /// Remove the mailbox's storage entirely (used when a user is deleted with --purge).
+    ///
+    /// Refused with [`StoreError::Locked`] while a session is open; removing
+    /// a mailbox without storage succeeds.
+    fn remove_mailbox(&self, mailbox: &str) -> Result<(), StoreError>;
+}
+
+/// One POP3 session's exclusive, fixed view of a maildrop.
+///
+/// Messages delivered after the snapshot was taken are not part of it (they
+/// show up in the next session), which gives POP3 its stable message
+/// numbering. Dropping the value releases the lock.
+pub trait Maildrop: Send + Sync {
+    /// Messages in a stable order (oldest first), fixed for the lifetime of the snapshot. POP3 message number n = index n-1.
+    fn messages(&self) -> &[MessageInfo];
+
+    /// Stream message `index` (0-based). The bytes are exactly `messages()[index].size` octets once line ends are normalised to CRLF.
+    ///
+    /// The stream already is CRLF-normalised; the caller only adds POP3
+    /// dot-stuffing. Fails with [`StoreError::NoSuchMessage`] for an index
+    /// outside the snapshot and [`StoreError::Vanished`] if another program
+    /// deleted the message meanwhile.
+    fn open_message(&self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// Permanently remove these messages (0-based indices), durably (fsync the directories). Already-vanished files are not an error.
+    ///
+    /// All indices are checked first: one out of range fails the whole call
+    /// with [`StoreError::NoSuchMessage`] before anything is deleted.
+    fn commit(&self, deleted: &[usize]) -> Result<CommitReport, StoreError>;
+}

@@ -1,0 +1,315 @@
+//! Names: mailbox validation, Maildir file names and POP3 unique IDs.
+//!
+//! Everything here is pure string work, kept apart from the filesystem code
+//! so the security-relevant parts (what may become a path component) can be
+//! read and tested in isolation.
+
+use std::collections::hash_map::RandomState;
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// Longest accepted mailbox name (the RFC 5321 path limit minus the angle
+/// brackets).
+pub(crate) const MAX_MAILBOX_LEN: usize = 254;
+
+/// Longest UID POP3 allows (RFC 1939 §7: 1 to 70 characters).
+const MAX_UID_LEN: usize = 70;
+
+/// A validated mailbox, split into the two path components it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MailboxName {
+    /// The local part, as given (case is preserved: some sites use
+    /// case-sensitive local parts, and the directory decides equivalence).
+    pub(crate) local: String,
+    /// The domain, lowercased because domains are case-insensitive and one
+    /// domain must map to exactly one directory.
+    pub(crate) domain: String,
+}
+
+/// Validates an untrusted mailbox name ("local@domain").
+///
+/// Both parts become directory names, so anything that could escape the
+/// storage root or create hidden/special entries is refused outright rather
+/// than escaped: a strict whitelist of shapes is far easier to audit.
+pub(crate) fn parse_mailbox(mailbox: &str) -> Result<MailboxName, StoreError> {
+    let invalid = |why: &str| {
+        // Long names are not echoed back: they would only bloat the log.
+        if mailbox.len() > MAX_MAILBOX_LEN {
+            StoreError::InvalidMailbox(format!("({} bytes long) {why}", mailbox.len()))
+        } else {
+            StoreError::InvalidMailbox(format!("{mailbox:?} {why}"))
+        }
+    };
+    if mailbox.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if mailbox.len() > MAX_MAILBOX_LEN {
+        return Err(invalid("is longer than 254 bytes"));
+    }
+    if mailbox.chars().any(char::is_control) {
+        return Err(invalid("contains a control character"));
+    }
+    if mailbox.contains(['/', '\\']) {
+        return Err(invalid("contains a path separator ('/' or '\\')"));
+    }
+    let Some((local, domain)) = mailbox.split_once('@') else {
+        return Err(invalid("has no '@' between local part and domain"));
+    };
+    if domain.contains('@') {
+        return Err(invalid("contains more than one '@'"));
+    }
+    for (part, what) in [(local, "local part"), (domain, "domain")] {
+        if part.is_empty() {
+            return Err(invalid(&format!("has an empty {what}")));
+        }
+        if part.starts_with('.') {
+            // Covers "." and ".." (path traversal) and hidden directories.
+            return Err(invalid(&format!("has a {what} starting with '.'")));
+        }
+    }
+    Ok(MailboxName {
+        local: local.to_owned(),
+        domain: domain.to_lowercase(),
+    })
+}
+
+/// Makes a host name safe for use inside Maildir file names, following the
+/// Maildir convention: characters with a meaning in file names are replaced
+/// by octal escapes, anything non-printable is dropped.
+pub(crate) fn sanitize_hostname(hostname: &str) -> String {
+    let mut out = String::with_capacity(hostname.len());
+    for c in hostname.chars() {
+        match c {
+            '/' => out.push_str("\\057"),
+            ':' => out.push_str("\\072"),
+            ',' => out.push_str("\\054"),
+            '\x21'..='\x7e' => out.push(c),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        // An empty host part would still be unique, but it confuses tools
+        // that split the name on '.'.
+        out.push_str("localhost");
+    }
+    out
+}
+
+/// Per-process delivery counter: makes names unique even when two
+/// deliveries in one process fall into the same microsecond.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh unique Maildir base name:
+/// `<secs>.M<micros>P<pid>Q<counter>R<random>.<hostname>`.
+///
+/// Time + pid + counter already make it unique on one host; the random part
+/// guards against pid reuse across a clock step backwards and against two
+/// hosts sharing a storage volume with the same configured host name. The
+/// randomness comes from std's `RandomState` (randomly keyed SipHash), which
+/// is plenty for collision avoidance and saves a dependency.
+pub(crate) fn unique_name(hostname: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let pid = std::process::id();
+    let q = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(now.as_nanos());
+    h.write_u32(pid);
+    h.write_u64(q);
+    let random = h.finish() as u32;
+    format!(
+        "{}.M{}P{}Q{}R{:08x}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        pid,
+        q,
+        random,
+        hostname
+    )
+}
+
+/// The part of a file name that identifies the message's *content*: the name
+/// without the `:2,<flags>` info suffix. It survives flag changes, so it keys
+/// the size index.
+pub(crate) fn key_of(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(key, _)| key)
+}
+
+/// The POP3 unique ID of a message file.
+///
+/// It is the base name up to the first ',' or ':', which other Maildir agents
+/// never change: they only append `,S=`/`,W=` fields or the `:2,` flags, and
+/// move the file from new/ to cur/. If that base is not a valid POP3 UID
+/// (1..=70 printable ASCII characters), a hash of it is used instead so the
+/// UID is still stable.
+pub(crate) fn uid_of(name: &str) -> String {
+    let base = name.split([',', ':']).next().unwrap_or(name);
+    let valid =
+        (1..=MAX_UID_LEN).contains(&base.len()) && base.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if valid {
+        return base.to_owned();
+    }
+    // An empty base would hash identically for every such file; fall back to
+    // the whole content key then, which is still stable and distinct.
+    let input = if base.is_empty() { key_of(name) } else { base };
+    let digest = Sha256::digest(input.as_bytes());
+    let mut hex = String::with_capacity(32);
+    for b in &digest[..16] {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+/// The CRLF size recorded in a `,W=<n>` field (Dovecot's "virtual size",
+/// which is exactly the CRLF size; we write it for our own deliveries too).
+pub(crate) fn w_size(name: &str) -> Option<u64> {
+    key_of(name)
+        .split(',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix("W="))
+        .and_then(|v| {
+            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                v.parse().ok()
+            } else {
+                None
+            }
+        })
+}
+
+/// The delivery time encoded in a standard Maildir name (leading decimal
+/// seconds followed by '.'), so listing needs no `stat`.
+pub(crate) fn received_of(name: &str) -> Option<SystemTime> {
+    let (secs, _) = name.split_once('.')?;
+    if secs.is_empty() || secs.len() > 19 || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs.parse().ok()?))
+}
+
+/// Whether a directory entry in new/ or cur/ is worth considering as a
+/// message: not a dot-file (editors' and tools' temporaries), no control
+/// characters (they would corrupt the tab/newline-separated index).
+pub(crate) fn looks_like_message(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_mailboxes() {
+        let m = parse_mailbox("Alice@Example.TEST").unwrap();
+        assert_eq!(m.local, "Alice");
+        assert_eq!(m.domain, "example.test");
+        assert!(parse_mailbox("a.b+tag@x").is_ok());
+        assert!(parse_mailbox(&format!("{}@x.y", "a".repeat(250))).is_ok());
+    }
+
+    #[test]
+    fn invalid_mailboxes() {
+        for bad in [
+            "",
+            "alice",
+            "@example.test",
+            "alice@",
+            "alice@@example.test",
+            "a@b@c",
+            "../x@example.test",
+            "alice@../etc",
+            "alice@..",
+            "..@example.test",
+            ".@example.test",
+            "alice@.",
+            ".hidden@example.test",
+            "alice@.example.test",
+            "al/ice@example.test",
+            "alice@exa/mple.test",
+            "al\\ice@example.test",
+            "al\0ice@example.test",
+            "alice@example.test\0",
+            "al\nice@example.test",
+            "al\tice@example.test",
+            "al\x7fice@example.test",
+            "al\u{85}ice@example.test",
+        ] {
+            assert!(
+                matches!(parse_mailbox(bad), Err(StoreError::InvalidMailbox(_))),
+                "{bad:?} was accepted"
+            );
+        }
+        let long = format!("{}@x.y", "a".repeat(251));
+        assert_eq!(long.len(), 255);
+        assert!(matches!(
+            parse_mailbox(&long),
+            Err(StoreError::InvalidMailbox(_))
+        ));
+    }
+
+    #[test]
+    fn hostname_is_sanitised() {
+        assert_eq!(sanitize_hostname("mx1.example.test"), "mx1.example.test");
+        assert_eq!(sanitize_hostname("a/b:c,d"), "a\\057b\\072c\\054d");
+        assert_eq!(sanitize_hostname("a b\tc\u{e9}"), "abc");
+        assert_eq!(sanitize_hostname(" \n"), "localhost");
+    }
+
+    #[test]
+    fn unique_name_shape() {
+        let n = unique_name("host");
+        let uid = uid_of(&n);
+        assert_eq!(uid, n, "our own names are their own UID");
+        assert!(received_of(&n).is_some());
+        let (_, rest) = n.split_once(".M").unwrap();
+        assert!(rest.contains('P') && rest.contains('Q') && rest.contains('R'));
+        let r = rest.split_once('R').unwrap().1;
+        let (hex, host) = r.split_once('.').unwrap();
+        assert_eq!(hex.len(), 8);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(host, "host");
+    }
+
+    #[test]
+    fn uid_rules() {
+        assert_eq!(uid_of("123.abc,S=10,W=12:2,S"), "123.abc");
+        assert_eq!(uid_of("123.abc:2,S"), "123.abc");
+        assert_eq!(uid_of("123.abc"), "123.abc");
+        let long = "x".repeat(71);
+        let h = uid_of(&long);
+        assert_eq!(h.len(), 32);
+        assert!(h.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            h,
+            uid_of(&format!("{long},S=5:2,")),
+            "stable under suffixes"
+        );
+        assert_eq!(uid_of(&"x".repeat(70)), "x".repeat(70));
+        let non_ascii = uid_of("caf\u{e9}.1");
+        assert_eq!(non_ascii.len(), 32);
+        assert_ne!(uid_of(",a"), uid_of(",b"));
+    }
+
+    #[test]
+    fn size_and_time_fields() {
+        assert_eq!(w_size("1.x,S=10,W=12"), Some(12));
+        assert_eq!(w_size("1.x,S=10,W=12:2,S"), Some(12));
+        assert_eq!(w_size("1.x,S=10"), None);
+        assert_eq!(w_size("1.x:2,W=12"), None, "flags are not fields");
+        assert_eq!(w_size("1.x,W=+12"), None);
+        assert_eq!(w_size("1.x,W="), None);
+        assert_eq!(
+            received_of("1700000000.M1P2.host"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(received_of("abc.def"), None);
+        assert_eq!(received_of("12345"), None);
+        assert_eq!(received_of(".123"), None);
+    }
+}

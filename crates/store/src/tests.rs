@@ -1,0 +1,714 @@
+//! Behavioural tests of the Maildir backend through the public traits.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::crlf::CHUNK;
+use crate::index::INDEX_FILE;
+use crate::maildir::LOCK_FILE;
+use crate::{MailStore, Maildir, Maildrop, StoreError};
+
+const BOX: &str = "alice@example.test";
+
+fn store() -> (tempfile::TempDir, Maildir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Maildir::new(dir.path().join("mail"), "mx.example.test");
+    (dir, store)
+}
+
+fn deliver(store: &Maildir, data: &[u8]) -> crate::Delivered {
+    store.deliver(BOX, &mut Cursor::new(data)).unwrap()
+}
+
+fn open(store: &Maildir) -> Box<dyn Maildrop> {
+    match store.open(BOX) {
+        Ok(d) => d,
+        Err(e) => panic!("open failed: {e}"),
+    }
+}
+
+fn read_all(md: &dyn Maildrop, index: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    md.open_message(index)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn maildir(store: &Maildir) -> PathBuf {
+    store.path_of(BOX).unwrap()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Writes a message file as another Maildir agent would.
+fn put(store: &Maildir, sub: &str, name: &str, content: &[u8]) {
+    let dir = maildir(store).join(sub);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(name), content).unwrap();
+}
+
+#[test]
+fn deliver_and_read_back() {
+    let (_tmp, store) = store();
+    let d = deliver(&store, b"Subject: hi\n\nbody\r\nno final newline");
+    let want = b"Subject: hi\r\n\r\nbody\r\nno final newline\r\n";
+    assert_eq!(d.size, want.len() as u64);
+
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 1);
+    let info = &md.messages()[0];
+    assert_eq!(info.uid, d.uid);
+    assert_eq!(info.size, d.size);
+    let got = read_all(&*md, 0);
+    assert_eq!(got, want);
+    assert_eq!(got.len() as u64, info.size);
+
+    // The stored file itself is CRLF with S= and W= carrying the size.
+    let new = files_in(&maildir(&store).join("new"));
+    assert_eq!(new, [format!("{},S={},W={}", d.uid, d.size, d.size)]);
+    assert_eq!(
+        fs::read(maildir(&store).join("new").join(&new[0])).unwrap(),
+        want
+    );
+    assert!(files_in(&maildir(&store).join("tmp")).is_empty());
+}
+
+#[test]
+fn deliver_handles_cr_at_the_chunk_boundary() {
+    let (_tmp, store) = store();
+    let mut input = vec![b'x'; 3 * CHUNK + 10];
+    for i in (80..input.len()).step_by(81) {
+        input[i] = b'\n';
+    }
+    // CRLF split exactly across the first read boundary...
+    input[CHUNK - 1] = b'\r';
+    input[CHUNK] = b'\n';
+    // ...and a lone CR at the second one.
+    input[2 * CHUNK - 1] = b'\r';
+    input[2 * CHUNK] = b'y';
+    let last = input.len() - 1;
+    input[last] = b'z';
+
+    let mut want = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'\r' if input.get(i + 1) == Some(&b'\n') => {
+                want.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\n' => want.extend_from_slice(b"\r\n"),
+            b => want.push(b),
+        }
+        i += 1;
+    }
+    want.extend_from_slice(b"\r\n");
+
+    let d = deliver(&store, &input);
+    assert_eq!(d.size, want.len() as u64);
+    let md = open(&store);
+    assert_eq!(md.messages()[0].size, want.len() as u64);
+    let got = read_all(&*md, 0);
+    assert!(got == want, "content differs");
+}
+
+#[test]
+fn final_crlf_is_added_once() {
+    let (_tmp, store) = store();
+    deliver(&store, b"a");
+    deliver(&store, b"b\n");
+    deliver(&store, b"c\r\n");
+    deliver(&store, b"d\r");
+    let md = open(&store);
+    let bodies: Vec<Vec<u8>> = (0..4).map(|i| read_all(&*md, i)).collect();
+    let mut sorted = bodies.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            b"a\r\n".to_vec(),
+            b"b\r\n".to_vec(),
+            b"c\r\n".to_vec(),
+            b"d\r\r\n".to_vec()
+        ]
+    );
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(md.messages()[i].size, body.len() as u64);
+    }
+}
+
+#[test]
+fn empty_delivery_is_refused_and_leaves_nothing() {
+    let (_tmp, store) = store();
+    let err = store.deliver(BOX, &mut io::empty()).unwrap_err();
+    assert!(matches!(err, StoreError::EmptyMessage), "{err}");
+    assert!(files_in(&maildir(&store).join("tmp")).is_empty());
+    assert!(files_in(&maildir(&store).join("new")).is_empty());
+}
+
+#[test]
+fn failed_input_leaves_no_tmp_file() {
+    struct Broken(usize);
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "gone"));
+            }
+            self.0 -= 1;
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+    let (_tmp, store) = store();
+    let err = store.deliver(BOX, &mut Broken(10)).unwrap_err();
+    assert!(matches!(err, StoreError::MessageRead(_)), "{err}");
+    assert!(files_in(&maildir(&store).join("tmp")).is_empty());
+    assert!(files_in(&maildir(&store).join("new")).is_empty());
+}
+
+#[test]
+fn uid_is_stable_across_reopen_and_moves() {
+    let (_tmp, store) = store();
+    let d1 = deliver(&store, b"one\n");
+    let d2 = deliver(&store, b"two\n");
+    let first: Vec<String> = open(&store)
+        .messages()
+        .iter()
+        .map(|m| m.uid.clone())
+        .collect();
+    let mut expected = vec![d1.uid.clone(), d2.uid.clone()];
+    expected.sort();
+    let mut sorted_first = first.clone();
+    sorted_first.sort();
+    assert_eq!(sorted_first, expected);
+
+    // A mail client marks the first as seen: new/ -> cur/ with ":2,S".
+    let dir = maildir(&store);
+    let name = files_in(&dir.join("new"))
+        .into_iter()
+        .find(|n| n.starts_with(&d1.uid))
+        .unwrap();
+    fs::rename(
+        dir.join("new").join(&name),
+        dir.join("cur").join(format!("{name}:2,S")),
+    )
+    .unwrap();
+
+    let md = open(&store);
+    let again: Vec<String> = md.messages().iter().map(|m| m.uid.clone()).collect();
+    assert_eq!(again, first, "same UIDs in the same order");
+    let i = again.iter().position(|u| *u == d1.uid).unwrap();
+    assert_eq!(md.messages()[i].size, d1.size);
+    assert_eq!(read_all(&*md, i), b"one\r\n");
+}
+
+#[test]
+fn message_moved_during_session_is_still_found() {
+    let (_tmp, store) = store();
+    let d = deliver(&store, b"moving\n");
+    let md = open(&store);
+    let dir = maildir(&store);
+    let name = files_in(&dir.join("new")).remove(0);
+    fs::rename(
+        dir.join("new").join(&name),
+        dir.join("cur").join(format!("{name}:2,S")),
+    )
+    .unwrap();
+    assert_eq!(read_all(&*md, 0), b"moving\r\n");
+
+    // The client changes the flags again; commit must still find it.
+    fs::rename(
+        dir.join("cur").join(format!("{name}:2,S")),
+        dir.join("cur").join(format!("{name}:2,RS")),
+    )
+    .unwrap();
+    let report = md.commit(&[0]).unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(report.bytes, d.size);
+    assert!(files_in(&dir.join("cur")).is_empty());
+}
+
+#[test]
+fn uids_are_unique() {
+    let (_tmp, store) = store();
+    let mut uids = HashSet::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..100)
+                        .map(|_| deliver(&store, b"x\n").uid)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for uid in h.join().unwrap() {
+                assert!(uid.len() <= 70);
+                assert!(uids.insert(uid), "duplicate UID");
+            }
+        }
+    });
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 400);
+    let listed: HashSet<String> = md.messages().iter().map(|m| m.uid.clone()).collect();
+    assert_eq!(listed, uids);
+}
+
+#[test]
+fn lock_is_exclusive_and_released_on_drop() {
+    let (_tmp, store) = store();
+    deliver(&store, b"x\n");
+    let first = open(&store);
+    assert!(matches!(store.open(BOX), Err(StoreError::Locked)));
+    // A second store value on the same root (as in another process) too.
+    let other = Maildir::new(store.root(), "other");
+    assert!(matches!(other.open(BOX), Err(StoreError::Locked)));
+    assert!(matches!(
+        store.expire(BOX, SystemTime::now(), true),
+        Err(StoreError::Locked)
+    ));
+    assert!(matches!(store.remove_mailbox(BOX), Err(StoreError::Locked)));
+    // usage and delivery don't need the lock.
+    assert_eq!(store.usage(BOX).unwrap().messages, 1);
+    deliver(&store, b"y\n");
+    assert_eq!(first.messages().len(), 1, "snapshot is fixed");
+    drop(first);
+    let second = open(&store);
+    assert_eq!(second.messages().len(), 2);
+    assert!(maildir(&store).join(LOCK_FILE).exists());
+}
+
+#[test]
+fn other_mailboxes_are_not_locked() {
+    let (_tmp, store) = store();
+    let _a = open(&store);
+    assert!(store.open("bob@example.test").is_ok());
+}
+
+#[test]
+fn open_of_a_new_mailbox_is_empty() {
+    let (_tmp, store) = store();
+    let md = open(&store);
+    assert!(md.messages().is_empty());
+    for sub in ["tmp", "new", "cur"] {
+        assert!(maildir(&store).join(sub).is_dir());
+    }
+    assert!(matches!(
+        md.open_message(0),
+        Err(StoreError::NoSuchMessage(0))
+    ));
+}
+
+#[test]
+fn commit_deletes_durably() {
+    let (_tmp, store) = store();
+    let a = deliver(&store, b"a\n");
+    let b = deliver(&store, b"bb\n");
+    let c = deliver(&store, b"ccc\n");
+    let md = open(&store);
+    let uids: Vec<String> = md.messages().iter().map(|m| m.uid.clone()).collect();
+    let keep = uids[1].clone();
+
+    // An out-of-range index fails the whole commit before deleting anything.
+    assert!(matches!(
+        md.commit(&[0, 3]),
+        Err(StoreError::NoSuchMessage(3))
+    ));
+    assert_eq!(files_in(&maildir(&store).join("new")).len(), 3);
+
+    let report = md.commit(&[2, 0, 0]).unwrap();
+    assert_eq!(report.deleted, 2);
+    let sizes: u64 = [&a, &b, &c]
+        .iter()
+        .filter(|d| d.uid != keep)
+        .map(|d| d.size)
+        .sum();
+    assert_eq!(report.bytes, sizes);
+    drop(md);
+
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 1);
+    assert_eq!(md.messages()[0].uid, keep);
+}
+
+#[test]
+fn vanished_files_are_tolerated() {
+    let (_tmp, store) = store();
+    deliver(&store, b"a\n");
+    let b = deliver(&store, b"b\n");
+    let md = open(&store);
+    let dir = maildir(&store);
+    // Another program deletes the first message behind the session's back.
+    let victim = md.messages()[0].uid.clone();
+    let name = files_in(&dir.join("new"))
+        .into_iter()
+        .find(|n| n.starts_with(&victim))
+        .unwrap();
+    fs::remove_file(dir.join("new").join(name)).unwrap();
+
+    assert!(matches!(
+        md.open_message(0),
+        Err(StoreError::Vanished { index: 0, .. })
+    ));
+    let report = md.commit(&[0, 1]).unwrap();
+    assert_eq!(report.deleted, 1, "only the file we removed counts");
+    assert_eq!(report.bytes, b.size);
+    // Committing again is harmless.
+    assert_eq!(md.commit(&[0, 1]).unwrap().deleted, 0);
+    drop(md);
+    assert!(open(&store).messages().is_empty());
+}
+
+#[test]
+fn duplicate_in_new_and_cur_is_listed_once() {
+    let (_tmp, store) = store();
+    put(
+        &store,
+        "new",
+        "1700000000.M1P1Q1R00000000.h,S=3,W=3",
+        b"x\r\n",
+    );
+    put(
+        &store,
+        "cur",
+        "1700000000.M1P1Q1R00000000.h,S=3,W=3:2,S",
+        b"x\r\n",
+    );
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 1);
+    assert_eq!(md.messages()[0].uid, "1700000000.M1P1Q1R00000000.h");
+}
+
+#[test]
+fn foreign_files_get_crlf_sizes_and_an_index() {
+    let (_tmp, store) = store();
+    let dir = maildir(&store);
+    // LF-only, no size fields, one without a trailing newline.
+    put(&store, "cur", "1600000000.foreign1.other:2,S", b"a\nb\n");
+    put(&store, "new", "1600000001.foreign2.other", b"a\nb");
+    // Dovecot style: LF on disk, W= is the CRLF size.
+    put(&store, "cur", "1600000002.dove.other,S=4,W=6:2,", b"c\nd\n");
+
+    let check = |md: &dyn Maildrop| {
+        let m = md.messages();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].uid, "1600000000.foreign1.other");
+        assert_eq!(m[1].uid, "1600000001.foreign2.other");
+        assert_eq!(m[2].uid, "1600000002.dove.other");
+        assert_eq!(
+            m[0].received,
+            UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+        );
+        let want: [&[u8]; 3] = [b"a\r\nb\r\n", b"a\r\nb\r\n", b"c\r\nd\r\n"];
+        for (i, want) in want.iter().enumerate() {
+            assert_eq!(read_all(md, i), *want);
+            assert_eq!(m[i].size, want.len() as u64);
+        }
+    };
+
+    check(&*open(&store));
+    let index = fs::read_to_string(dir.join(INDEX_FILE)).unwrap();
+    assert_eq!(
+        index, "1600000000.foreign1.other\t6\n1600000001.foreign2.other\t6\n",
+        "only foreign files without W= are indexed, keyed without flags"
+    );
+
+    // Deleted index: rebuilt identically.
+    fs::remove_file(dir.join(INDEX_FILE)).unwrap();
+    check(&*open(&store));
+    assert_eq!(fs::read_to_string(dir.join(INDEX_FILE)).unwrap(), index);
+
+    // Corrupt index: tolerated, and cleaned up.
+    fs::write(
+        dir.join(INDEX_FILE),
+        b"\xff\xff\n1600000000.foreign1.other\tsix\nrandom junk\n\t\t\n",
+    )
+    .unwrap();
+    check(&*open(&store));
+    assert_eq!(fs::read_to_string(dir.join(INDEX_FILE)).unwrap(), index);
+
+    // Entries of vanished files are dropped.
+    fs::remove_file(dir.join("new").join("1600000001.foreign2.other")).unwrap();
+    assert_eq!(open(&store).messages().len(), 2);
+    assert_eq!(
+        fs::read_to_string(dir.join(INDEX_FILE)).unwrap(),
+        "1600000000.foreign1.other\t6\n"
+    );
+
+    // Deleting the last indexed message removes its entry (and the file).
+    let md = open(&store);
+    assert_eq!(md.messages()[0].uid, "1600000000.foreign1.other");
+    assert_eq!(md.commit(&[0]).unwrap().bytes, 6);
+    assert!(!dir.join(INDEX_FILE).exists());
+}
+
+#[test]
+fn index_is_used_instead_of_reading_files() {
+    let (_tmp, store) = store();
+    let dir = maildir(&store);
+    put(&store, "cur", "1600000000.foreign.other:2,S", b"a\nb\n");
+    drop(open(&store));
+    // Proof the cache is trusted: a planted size is reported as is.
+    fs::write(dir.join(INDEX_FILE), "1600000000.foreign.other\t999\n").unwrap();
+    assert_eq!(open(&store).messages()[0].size, 999);
+    assert_eq!(store.usage(BOX).unwrap().bytes, 999);
+}
+
+#[test]
+fn foreign_name_without_timestamp_uses_mtime() {
+    let (_tmp, store) = store();
+    put(&store, "cur", "weird-name:2,S", b"old\n");
+    put(&store, "new", "also_weird", b"new\n");
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    let f = fs::File::options()
+        .write(true)
+        .open(maildir(&store).join("cur").join("weird-name:2,S"))
+        .unwrap();
+    f.set_modified(old).unwrap();
+    drop(f);
+
+    let md = open(&store);
+    let m = md.messages();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].uid, "weird-name");
+    let diff = m[0]
+        .received
+        .duration_since(old)
+        .unwrap_or_else(|e| e.duration());
+    assert!(diff < Duration::from_secs(2));
+    assert_eq!(m[1].uid, "also_weird");
+}
+
+#[test]
+fn odd_entries_are_ignored() {
+    let (_tmp, store) = store();
+    let dir = maildir(&store);
+    put(&store, "new", ".hidden", b"x\n");
+    put(&store, "cur", ".1600000000.x,W=3", b"x\n");
+    fs::create_dir_all(dir.join("cur").join("1600000000.subdir")).unwrap();
+    put(&store, "new", "1600000000.real.h,S=3,W=3", b"x\r\n");
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 1);
+    assert_eq!(md.messages()[0].uid, "1600000000.real.h");
+}
+
+#[test]
+fn invalid_mailbox_names_are_rejected_everywhere() {
+    let (_tmp, store) = store();
+    for bad in [
+        "",
+        "alice",
+        "../alice@example.test",
+        "alice@../x",
+        "alice@..",
+        "..@example.test",
+        "a/b@example.test",
+        "alice@ex/ample.test",
+        "a\0b@example.test",
+        "a\nb@example.test",
+        "@example.test",
+        "alice@",
+        ".alice@example.test",
+    ] {
+        let invalid = |r: Result<(), StoreError>| matches!(r, Err(StoreError::InvalidMailbox(_)));
+        assert!(invalid(store.path_of(bad).map(|_| ())), "{bad:?}");
+        assert!(
+            invalid(store.deliver(bad, &mut Cursor::new(b"x")).map(|_| ())),
+            "{bad:?}"
+        );
+        assert!(invalid(store.open(bad).map(|_| ())), "{bad:?}");
+        assert!(invalid(store.usage(bad).map(|_| ())), "{bad:?}");
+        assert!(
+            invalid(store.expire(bad, SystemTime::now(), true).map(|_| ())),
+            "{bad:?}"
+        );
+        assert!(invalid(store.remove_mailbox(bad)), "{bad:?}");
+        assert!(
+            invalid(store.cleanup_tmp(bad, Duration::ZERO).map(|_| ())),
+            "{bad:?}"
+        );
+    }
+    // Nothing was created anywhere.
+    assert!(!store.root().exists());
+}
+
+#[test]
+fn path_of_lowercases_the_domain_and_stays_inside_the_root() {
+    let (_tmp, store) = store();
+    let p = store.path_of("Alice@Example.TEST").unwrap();
+    assert_eq!(p, store.root().join("example.test").join("Alice"));
+}
+
+#[test]
+fn expire_with_cutoff_and_dry_run() {
+    let (_tmp, store) = store();
+    put(&store, "cur", "1000000000.old1.h,S=3,W=3:2,S", b"1\r\n");
+    put(&store, "new", "1000000100.old2.h,S=4,W=4", b"22\r\n");
+    let fresh = deliver(&store, b"fresh\n");
+    let cutoff = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+
+    let report = store.expire(BOX, cutoff, true).unwrap();
+    let uids: Vec<&str> = report.expired.iter().map(|m| m.uid.as_str()).collect();
+    assert_eq!(uids, ["1000000000.old1.h", "1000000100.old2.h"]);
+    assert_eq!(report.bytes, 7);
+    assert_eq!(
+        store.usage(BOX).unwrap().messages,
+        3,
+        "dry run deletes nothing"
+    );
+
+    // Refused while a session holds the lock.
+    {
+        let _session = open(&store);
+        assert!(matches!(
+            store.expire(BOX, cutoff, false),
+            Err(StoreError::Locked)
+        ));
+    }
+
+    let report = store.expire(BOX, cutoff, false).unwrap();
+    assert_eq!(report.expired.len(), 2);
+    assert_eq!(report.bytes, 7);
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 1);
+    assert_eq!(md.messages()[0].uid, fresh.uid);
+    drop(md);
+
+    // Nothing left to expire; a mailbox without storage is empty too.
+    assert!(store.expire(BOX, cutoff, false).unwrap().expired.is_empty());
+    let none = store.expire("nobody@example.test", cutoff, false).unwrap();
+    assert!(none.expired.is_empty());
+    assert!(!store.path_of("nobody@example.test").unwrap().exists());
+}
+
+#[test]
+fn cleanup_tmp_removes_only_old_files() {
+    let (_tmp, store) = store();
+    assert_eq!(store.cleanup_tmp(BOX, Duration::ZERO).unwrap(), 0);
+    deliver(&store, b"x\n");
+    let tmp = maildir(&store).join("tmp");
+    for name in ["stale1", "stale2", "fresh"] {
+        fs::write(tmp.join(name), b"partial").unwrap();
+    }
+    let old = SystemTime::now() - Duration::from_secs(48 * 3600);
+    for name in ["stale1", "stale2"] {
+        let f = fs::File::options()
+            .write(true)
+            .open(tmp.join(name))
+            .unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let removed = store
+        .cleanup_tmp(BOX, Duration::from_secs(36 * 3600))
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(files_in(&tmp), ["fresh"]);
+    assert_eq!(store.usage(BOX).unwrap().messages, 1, "messages untouched");
+}
+
+#[test]
+fn usage_counts_messages_and_octets() {
+    let (_tmp, store) = store();
+    assert_eq!(store.usage(BOX).unwrap(), crate::Usage::default());
+    let a = deliver(&store, b"hello\n");
+    let b = deliver(&store, b"world, longer\n");
+    put(&store, "cur", "1600000000.foreign:2,S", b"x\ny\n");
+    let u = store.usage(BOX).unwrap();
+    assert_eq!(u.messages, 3);
+    assert_eq!(u.bytes, a.size + b.size + 6);
+    // usage must not write the index (it holds no lock).
+    assert!(!maildir(&store).join(INDEX_FILE).exists());
+}
+
+#[test]
+fn mailboxes_and_remove_mailbox() {
+    let (_tmp, store) = store();
+    assert!(store.mailboxes().unwrap().is_empty());
+    deliver(&store, b"x\n");
+    store
+        .deliver("bob@Other.Test", &mut Cursor::new(b"y"))
+        .unwrap();
+    // Junk that must not be reported.
+    fs::create_dir_all(store.root().join("UPPER.test").join("carol").join("cur")).unwrap();
+    fs::create_dir_all(store.root().join("example.test").join("notamaildir")).unwrap();
+    assert_eq!(
+        store.mailboxes().unwrap(),
+        ["alice@example.test", "bob@other.test"]
+    );
+
+    store.remove_mailbox("bob@other.test").unwrap();
+    assert!(
+        !store.root().join("other.test").exists(),
+        "empty domain removed"
+    );
+    store.remove_mailbox("bob@other.test").unwrap();
+    assert_eq!(store.mailboxes().unwrap(), ["alice@example.test"]);
+}
+
+#[test]
+fn ten_thousand_messages() {
+    let (_tmp, store) = store();
+    let dir = maildir(&store);
+    fs::create_dir_all(dir.join("new")).unwrap();
+    fs::create_dir_all(dir.join("cur")).unwrap();
+    let mut total = 0u64;
+    for i in 0..10_000u64 {
+        let body = format!("message {i}\r\n");
+        let size = body.len() as u64;
+        total += size;
+        // Timestamps in reverse of creation order, to prove sorting.
+        let name = format!(
+            "{}.M{i}P1Q{i}R00000000.h,S={size},W={size}",
+            1_600_000_000 - i
+        );
+        if i % 2 == 0 {
+            fs::write(dir.join("new").join(name), body).unwrap();
+        } else {
+            fs::write(dir.join("cur").join(format!("{name}:2,S")), body).unwrap();
+        }
+    }
+    let md = open(&store);
+    let m = md.messages();
+    assert_eq!(m.len(), 10_000);
+    assert_eq!(m.iter().map(|m| m.size).sum::<u64>(), total);
+    assert!(m.windows(2).all(|w| w[0].received <= w[1].received));
+    let uids: HashSet<&str> = m.iter().map(|m| m.uid.as_str()).collect();
+    assert_eq!(uids.len(), 10_000);
+    assert_eq!(read_all(&*md, 0), b"message 9999\r\n");
+    assert_eq!(read_all(&*md, 9_999), b"message 0\r\n");
+    assert!(!dir.join(INDEX_FILE).exists(), "no foreign files, no index");
+    assert_eq!(
+        store.usage(BOX).unwrap(),
+        crate::Usage {
+            messages: 10_000,
+            bytes: total
+        }
+    );
+}
+
+#[test]
+fn hostname_is_sanitised_in_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Maildir::new(dir.path(), "bad/host:name,x y");
+    let d = store.deliver(BOX, &mut Cursor::new(b"hi\n")).unwrap();
+    let new = files_in(&store.path_of(BOX).unwrap().join("new"));
+    assert_eq!(new.len(), 1);
+    let base = new[0].split(',').next().unwrap();
+    assert!(base.ends_with(".bad\\057host\\072name\\054xy"), "{base}");
+    assert_eq!(d.uid, crate::name::uid_of(&new[0]));
+    assert_eq!(new[0].matches(',').count(), 2, "only S= and W= separators");
+    assert!(!new[0].contains(':'));
+}
