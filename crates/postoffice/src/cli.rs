@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use postoffice_config::Config;
-use postoffice_directory::{Directory, Policy, Retention, hash_password, normalize_address, normalize_domain};
+use postoffice_directory::{
+    Directory, Policy, Retention, hash_password, normalize_address, normalize_domain,
+};
 use postoffice_store::{MailStore, Maildir, StoreError};
 
 /// A mail server built around POP3: one binary, one config file.
@@ -19,7 +21,13 @@ use postoffice_store::{MailStore, Maildir, StoreError};
 #[command(name = "postoffice", version, propagate_version = true)]
 struct Cli {
     /// Config file (TOML). Without one, built-in defaults apply.
-    #[arg(short, long, global = true, env = "POSTOFFICE_CONFIG", value_name = "PATH")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "POSTOFFICE_CONFIG",
+        value_name = "PATH"
+    )]
     config: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -173,14 +181,19 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     let mut cfg = match path {
         Some(p) => {
             let mut c = Config::load(p)?;
-            let base = p.parent().filter(|b| !b.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let base = p
+                .parent()
+                .filter(|b| !b.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             c.resolve_paths(base);
             c
         }
         None => Config::default(),
     };
     if cfg.data_dir.is_relative() {
-        cfg.data_dir = std::env::current_dir().context("current directory")?.join(&cfg.data_dir);
+        cfg.data_dir = std::env::current_dir()
+            .context("current directory")?
+            .join(&cfg.data_dir);
     }
     Ok(cfg)
 }
@@ -253,7 +266,10 @@ async fn stop_signal() {
 fn print_banner(config: &Config, server: &postoffice_server::Server) {
     use postoffice_server::Service;
     let (cert, _, generated) = postoffice_server::tls::cert_paths(config);
-    println!("postoffice is running; data in {}", config.data_dir.display());
+    println!(
+        "postoffice is running; data in {}",
+        config.data_dir.display()
+    );
     for (service, addr) in server.local_addrs() {
         match service {
             Service::Pop3 => println!("  POP3   {addr}  (plain, STLS offered)"),
@@ -266,10 +282,16 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
         if generated { " (self-signed)" } else { "" }
     );
     let users = server.shared().directory.snapshot().users().count();
-    let me = std::env::args().next().unwrap_or_else(|| "postoffice".into());
+    let me = std::env::args()
+        .next()
+        .unwrap_or_else(|| "postoffice".into());
     let config_arg = std::env::var_os("POSTOFFICE_CONFIG")
         .is_none()
-        .then(|| std::env::args().skip_while(|a| a != "--config" && a != "-c").nth(1))
+        .then(|| {
+            std::env::args()
+                .skip_while(|a| a != "--config" && a != "-c")
+                .nth(1)
+        })
         .flatten()
         .map(|c| format!(" --config {c}"))
         .unwrap_or_default();
@@ -285,7 +307,10 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
 fn read_password(from_stdin: bool) -> Result<(String, bool)> {
     if from_stdin {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
         let pw = line.strip_suffix('\n').unwrap_or(&line);
         let pw = pw.strip_suffix('\r').unwrap_or(pw).to_string();
         if pw.is_empty() {
@@ -295,7 +320,11 @@ fn read_password(from_stdin: bool) -> Result<(String, bool)> {
     } else {
         use rand::Rng;
         use rand::distributions::Alphanumeric;
-        let pw: String = rand::thread_rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect();
+        let pw: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(20)
+            .map(char::from)
+            .collect();
         Ok((pw, true))
     }
 }
@@ -331,14 +360,16 @@ type PolicyEdit = Box<dyn Fn(&mut Policy)>;
 
 impl PolicyArgs {
     fn into_edit(self) -> Result<PolicyEdit> {
-        fn parse<T: std::str::FromStr>(v: &Option<String>, what: &str) -> Result<Option<Option<T>>> {
+        fn parse<T: std::str::FromStr>(
+            v: &Option<String>,
+            what: &str,
+        ) -> Result<Option<Option<T>>> {
             match v.as_deref() {
                 None => Ok(None),
                 Some("inherit") => Ok(Some(None)),
-                Some(s) => s
-                    .parse()
-                    .map(|n| Some(Some(n)))
-                    .map_err(|_| anyhow::anyhow!("--{what} must be a number or \"inherit\", not {s:?}")),
+                Some(s) => s.parse().map(|n| Some(Some(n))).map_err(|_| {
+                    anyhow::anyhow!("--{what} must be a number or \"inherit\", not {s:?}")
+                }),
             }
         }
         let retention: Option<Option<Retention>> = match self.retention_days.as_deref() {
@@ -346,7 +377,9 @@ impl PolicyArgs {
             Some("inherit") => Some(None),
             Some(s) if s.eq_ignore_ascii_case("never") => Some(Some(Retention::Never)),
             Some(s) => Some(Some(Retention::Days(s.parse().map_err(|_| {
-                anyhow::anyhow!("--retention-days must be a number, \"never\" or \"inherit\", not {s:?}")
+                anyhow::anyhow!(
+                    "--retention-days must be a number, \"never\" or \"inherit\", not {s:?}"
+                )
             })?))),
         };
         let delay: Option<Option<u32>> = parse(&self.login_delay, "login-delay")?;
@@ -373,9 +406,15 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
     let dir = Directory::open(&config.data_dir)?;
     let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
     match cmd {
-        UserCmd::Add { address, password_stdin } => {
+        UserCmd::Add {
+            address,
+            password_stdin,
+        } => {
             let address = normalize_address(&address)?;
-            let domain = address.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+            let domain = address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_string())
+                .unwrap_or_default();
             if dir.snapshot().domain(&domain).is_none() {
                 dir.add_domain(&domain)?;
                 println!("added domain {domain}");
@@ -396,10 +435,16 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
                 store.remove_mailbox(&address)?;
                 println!("deleted its mail");
             } else {
-                println!("its mail was kept in {} (use --purge to delete it)", store.path_of(&address)?.display());
+                println!(
+                    "its mail was kept in {} (use --purge to delete it)",
+                    store.path_of(&address)?.display()
+                );
             }
         }
-        UserCmd::Passwd { address, password_stdin } => {
+        UserCmd::Passwd {
+            address,
+            password_stdin,
+        } => {
             let address = normalize_address(&address)?;
             let (pw, generated) = read_password(password_stdin)?;
             dir.set_password(&address, &hash_password(pw.as_bytes())?)?;
@@ -410,7 +455,11 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
         }
         UserCmd::List => {
             for u in dir.snapshot().users() {
-                println!("{}{}", u.address, if u.disabled { "\t(disabled)" } else { "" });
+                println!(
+                    "{}{}",
+                    u.address,
+                    if u.disabled { "\t(disabled)" } else { "" }
+                );
             }
         }
         UserCmd::Info { address } => {
@@ -428,19 +477,26 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             println!("bytes:          {}", usage.bytes);
             println!(
                 "retention:      {}",
-                p.retention_days.map_or("never".to_string(), |d| format!("{d} days"))
+                p.retention_days
+                    .map_or("never".to_string(), |d| format!("{d} days"))
             );
             println!("login delay:    {} s", p.login_delay_secs);
             println!(
                 "quota bytes:    {}",
-                p.quota_bytes.map_or("unlimited".to_string(), |q| q.to_string())
+                p.quota_bytes
+                    .map_or("unlimited".to_string(), |q| q.to_string())
             );
             println!(
                 "quota messages: {}",
-                p.quota_messages.map_or("unlimited".to_string(), |q| q.to_string())
+                p.quota_messages
+                    .map_or("unlimited".to_string(), |q| q.to_string())
             );
         }
-        UserCmd::Set { address, policy, disabled } => {
+        UserCmd::Set {
+            address,
+            policy,
+            disabled,
+        } => {
             let address = normalize_address(&address)?;
             let edit = policy.into_edit()?;
             dir.update_user_policy(&address, |p| edit(p))?;
@@ -450,8 +506,16 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             println!("updated user {address}");
         }
         UserCmd::Import { dovecot_passwd } => {
-            let r = dir.import_dovecot_passwd_file(&dovecot_passwd, postoffice_directory::ImportOptions::default())?;
-            println!("imported: {} added, {} updated, {} skipped", r.added, r.updated, r.skipped.len());
+            let r = dir.import_dovecot_passwd_file(
+                &dovecot_passwd,
+                postoffice_directory::ImportOptions::default(),
+            )?;
+            println!(
+                "imported: {} added, {} updated, {} skipped",
+                r.added,
+                r.updated,
+                r.skipped.len()
+            );
             for (line, why) in &r.skipped {
                 println!("  line {line}: {why}");
             }
@@ -514,5 +578,9 @@ fn expire(config: &Config, dry_run: bool) -> Result<ExitCode> {
     if r.expired.is_empty() && r.skipped_locked.is_empty() {
         println!("nothing to expire");
     }
-    Ok(if r.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if r.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

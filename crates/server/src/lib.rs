@@ -53,7 +53,10 @@ impl Server {
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         let tls = tls::acceptor(&config).context("setting up TLS")?;
         let mut listeners = Vec::new();
-        for (service, addrs) in [(Service::Pop3, &config.pop3.listen), (Service::Pop3s, &config.pop3.listen_tls)] {
+        for (service, addrs) in [
+            (Service::Pop3, &config.pop3.listen),
+            (Service::Pop3s, &config.pop3.listen_tls),
+        ] {
             for addr in addrs {
                 let l = TcpListener::bind(addr)
                     .await
@@ -61,7 +64,11 @@ impl Server {
                 listeners.push((service, l));
             }
         }
-        let shared = Arc::new(Shared::new(config, Some(tls)).context("opening the user directory")?);
+        let shared =
+            Arc::new(Shared::new(config, Some(tls)).context("opening the user directory")?);
+        // Compute the dummy hash now so the first failed login for an
+        // unknown user costs the same as any other.
+        let _ = tokio::task::spawn_blocking(postoffice_directory::prepare_dummy_hash).await;
         Ok(Server { shared, listeners })
     }
 
@@ -94,9 +101,11 @@ impl Server {
         info!("shutting down: no new connections; waiting for sessions to finish");
         trigger.fire();
         let deadline = Duration::from_secs(self.shared.config.shutdown_timeout_secs);
-        if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
+        if tokio::time::timeout(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
         {
             warn!("shutdown deadline reached; closing remaining sessions");
             tasks.abort_all();
@@ -107,7 +116,13 @@ impl Server {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, service: Service, listener: TcpListener, mut shutdown: Shutdown, trigger: Trigger) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    service: Service,
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+    trigger: Trigger,
+) {
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -129,12 +144,15 @@ async fn accept_loop(shared: Arc<Shared>, service: Service, listener: TcpListene
             Err(why) => {
                 warn!(ip = %peer.ip(), ?why, "connection refused: limit reached");
                 let msg: &[u8] = match why {
-                    Refused::PerIp => b"-ERR [SYS/TEMP] Too many connections from your address.\r\n",
+                    Refused::PerIp => {
+                        b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
+                    }
                     Refused::Total => b"-ERR [SYS/TEMP] Server is busy; try again later.\r\n",
                 };
                 if service == Service::Pop3 {
                     // Best effort, never blocking the accept loop.
-                    let _ = tokio::time::timeout(Duration::from_millis(200), tcp.write_all(msg)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), tcp.write_all(msg)).await;
                 }
                 continue;
             }
@@ -166,6 +184,9 @@ async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
             _ = shutdown.recv() => return,
         }
         let s = Arc::clone(&shared);
-        let _ = tokio::task::spawn_blocking(move || sweeper::sweep(&s.config, &s.directory, &s.store, false)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            sweeper::sweep(&s.config, &s.directory, &s.store, false)
+        })
+        .await;
     }
 }

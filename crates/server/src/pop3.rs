@@ -39,7 +39,10 @@ impl Listing for View {
         self.0.messages().len()
     }
     fn size(&self, index: usize) -> u64 {
-        self.0.messages().get(index).map_or(0, |m: &MessageInfo| m.size)
+        self.0
+            .messages()
+            .get(index)
+            .map_or(0, |m: &MessageInfo| m.size)
     }
     fn uid(&self, index: usize) -> &str {
         self.0.messages().get(index).map_or("", |m| m.uid.as_str())
@@ -75,7 +78,13 @@ enum Step<S> {
 }
 
 /// Serve one accepted POP3 connection until it ends.
-pub async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool, mut shutdown: Shutdown) {
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    mut shutdown: Shutdown,
+) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     let plaintext_auth = shared.config.pop3.allow_plaintext_auth || peer.ip().is_loopback();
@@ -194,7 +203,11 @@ async fn flush<S: AsyncWrite + Unpin>(io: &mut S, conn: &mut Conn) -> std::io::R
 }
 
 /// Run the session over one transport until it ends or asks for STLS.
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown) -> Step<S> {
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    conn: &mut Conn,
+    shutdown: &mut Shutdown,
+) -> Step<S> {
     let autologout = Duration::from_secs(conn.shared.config.pop3.autologout_secs);
     let mut buf = [0u8; READ_BUF];
     loop {
@@ -221,7 +234,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, conn: &mut Conn, sh
                     conn.lines.clear();
                     return Step::StartTls(io);
                 }
-                Action::Authenticate { user, password, mechanism } => {
+                Action::Authenticate {
+                    user,
+                    password,
+                    mechanism,
+                } => {
                     // Send what is queued before the (possibly slow) check.
                     if flush(&mut io, conn).await.is_err() {
                         return Step::Done(End::Disconnected);
@@ -317,7 +334,8 @@ async fn retrieve<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let Some(maildrop) = conn.maildrop.clone() else {
         conn.out.truncate(mark);
-        conn.out.extend_from_slice(b"-ERR [SYS/TEMP] Maildrop not open.\r\n");
+        conn.out
+            .extend_from_slice(b"-ERR [SYS/TEMP] Maildrop not open.\r\n");
         return Ok(());
     };
     let size = maildrop.messages().get(index).map_or(0, |m| m.size) as usize;
@@ -336,12 +354,14 @@ async fn retrieve<S: AsyncWrite + Unpin>(
             // Nothing of the reply has been sent yet: replace the +OK.
             warn!(error = %e, index, "message unavailable");
             conn.out.truncate(mark);
-            conn.out.extend_from_slice(b"-ERR [SYS/TEMP] Message is unavailable; try again later.\r\n");
+            conn.out
+                .extend_from_slice(b"-ERR [SYS/TEMP] Message is unavailable; try again later.\r\n");
             return Ok(());
         }
         Err(_) => {
             conn.out.truncate(mark);
-            conn.out.extend_from_slice(b"-ERR [SYS/TEMP] Internal error.\r\n");
+            conn.out
+                .extend_from_slice(b"-ERR [SYS/TEMP] Internal error.\r\n");
             return Ok(());
         }
     };
@@ -377,7 +397,11 @@ async fn retrieve<S: AsyncWrite + Unpin>(
 }
 
 /// Fill `buf` (cleared first) with up to `max` bytes; empty means EOF.
-fn read_chunk(reader: &mut Box<dyn Read + Send>, buf: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
+fn read_chunk(
+    reader: &mut Box<dyn Read + Send>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<()> {
     buf.clear();
     reader.by_ref().take(max as u64).read_to_end(buf)?;
     Ok(())

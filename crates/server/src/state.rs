@@ -48,7 +48,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> Result<Self, postoffice_directory::Error> {
+    pub fn new(
+        config: Config,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Self, postoffice_directory::Error> {
         let directory = Directory::open(&config.data_dir)?;
         let store = Arc::new(Maildir::new(config.data_dir.join("mail"), &config.hostname));
         let a = &config.auth;
@@ -61,7 +64,10 @@ impl Shared {
             forget_after: Duration::from_secs(a.forget_after_secs),
             ..ThrottleConfig::default()
         });
-        let limiter = ConnLimiter::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+        let limiter = ConnLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
         Ok(Shared {
             config,
             store,
@@ -83,7 +89,12 @@ impl Shared {
     /// (a locked-out client costs us nothing), a failure always costs one
     /// hash verification (unknown users included, so timing reveals
     /// nothing), and the maildrop is locked only after the password matched.
-    pub async fn login(self: &Arc<Self>, user: &str, password: Vec<u8>, ip: IpAddr) -> Result<LoginOk, LoginError> {
+    pub async fn login(
+        self: &Arc<Self>,
+        user: &str,
+        password: Vec<u8>,
+        ip: IpAddr,
+    ) -> Result<LoginOk, LoginError> {
         let address = normalize_address(user).unwrap_or_else(|_| String::new());
         match self.throttle.check(ip, &address, Instant::now()) {
             Verdict::Allow { delay } => {
@@ -117,9 +128,17 @@ impl Shared {
             }
         };
         self.throttle.record_success(ip, &address, Instant::now());
-        let policy = self.directory.snapshot().effective(&address, &self.policy_defaults());
+        let policy = self
+            .directory
+            .snapshot()
+            .effective(&address, &self.policy_defaults());
         if policy.login_delay_secs > 0 {
-            let last = self.last_login.lock().unwrap_or_else(|p| p.into_inner()).get(&address).copied();
+            let last = self
+                .last_login
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&address)
+                .copied();
             if let Some(last) = last {
                 if last.elapsed() < Duration::from_secs(u64::from(policy.login_delay_secs)) {
                     info!(user = %address, "login refused: LOGIN-DELAY");

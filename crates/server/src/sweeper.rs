@@ -26,7 +26,12 @@ pub struct SweepReport {
 /// Expire old messages for every user with a retention policy, and remove
 /// stale tmp/ files from every maildrop. Never touches a maildrop that is
 /// locked by a POP3 session: it is skipped and retried next time.
-pub fn sweep(config: &Config, directory: &Directory, store: &Maildir, dry_run: bool) -> SweepReport {
+pub fn sweep(
+    config: &Config,
+    directory: &Directory,
+    store: &Maildir,
+    dry_run: bool,
+) -> SweepReport {
     let mut report = SweepReport::default();
     let defaults = policy_defaults(config);
     let dir = directory.snapshot();
@@ -39,7 +44,9 @@ pub fn sweep(config: &Config, directory: &Directory, store: &Maildir, dry_run: b
         match store.expire(&user.address, cutoff, dry_run) {
             Ok(r) => {
                 if !r.expired.is_empty() {
-                    report.expired.push((user.address.clone(), r.expired.len(), r.bytes));
+                    report
+                        .expired
+                        .push((user.address.clone(), r.expired.len(), r.bytes));
                 }
             }
             Err(StoreError::Locked) => report.skipped_locked.push(user.address.clone()),

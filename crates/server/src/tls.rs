@@ -52,13 +52,31 @@ pub fn acceptor(cfg: &Config) -> Result<TlsAcceptor> {
 }
 
 fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Result<()> {
-    let dir = cert_path.parent().context("certificate path has no directory")?;
+    let dir = cert_path
+        .parent()
+        .context("certificate path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut names = vec![hostname.to_string(), "localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        hostname.to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     names.dedup();
-    let ck = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
-    write_private(key_path, ck.key_pair.serialize_pem().as_bytes())?;
-    write_private(cert_path, ck.cert.pem().as_bytes())?;
+    let mut params = rcgen::CertificateParams::new(names).context("certificate names")?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "postoffice self-signed");
+    let key = rcgen::KeyPair::generate().context("generating a TLS key")?;
+    let cert = params
+        .self_signed(&key)
+        .context("generating a self-signed certificate")?;
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    write_private(cert_path, cert.pem().as_bytes())?;
     Ok(())
 }
 

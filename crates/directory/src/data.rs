@@ -1,0 +1,487 @@
+//! The in-memory directory: domains, users, lookups and authentication,
+//! plus conversion to and from `directory.toml`.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::fmt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::{lookup_key, normalize_address, normalize_domain};
+use crate::error::{Error, Result};
+use crate::password::{dummy_verify, validate_hash, verify_password};
+use crate::policy::{
+    DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, Policy, PolicyDefaults,
+    Retention, UserPolicy,
+};
+
+/// A mail domain served by this server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// Canonical (lower-case) domain name.
+    pub name: String,
+    /// Domain-wide overrides of the server defaults.
+    pub policy: DomainPolicy,
+}
+
+/// A mailbox owner.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Canonical (lower-case) `local@domain` address; also the login name.
+    pub address: String,
+    /// Password hash as stored (see [`crate::verify_password`] for formats).
+    pub password_hash: String,
+    /// Per-user overrides of the domain and server defaults.
+    pub policy: UserPolicy,
+    /// Disabled users keep their mail but cannot log in.
+    pub disabled: bool,
+}
+
+impl User {
+    /// The part after `@`.
+    pub fn domain(&self) -> &str {
+        self.address.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+
+    /// The part before `@`.
+    pub fn local_part(&self) -> &str {
+        self.address.rsplit_once('@').map_or("", |(l, _)| l)
+    }
+}
+
+/// Hand-written so that hashes never end up in logs or panic messages.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("address", &self.address)
+            .field("password_hash", &"<redacted>")
+            .field("policy", &self.policy)
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+/// A successfully authenticated user, detached from the snapshot so it can
+/// outlive it (sessions keep it across directory reloads).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserRef {
+    /// Canonical address; use this, not what the client typed, to find the
+    /// mailbox.
+    pub address: String,
+}
+
+impl UserRef {
+    /// The part after `@`.
+    pub fn domain(&self) -> &str {
+        self.address.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
+
+/// Result of [`DirectoryData::authenticate`].
+///
+/// Deliberately has a single failure variant: the protocol layer must not
+/// be able to tell clients (or logs shown to clients) *why* a login failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The password matched an enabled user.
+    Ok(UserRef),
+    /// Unknown user, disabled user or wrong password.
+    Failed,
+}
+
+/// An immutable, consistent view of the directory.
+///
+/// Obtained from [`crate::Directory::snapshot`]; cheap to share via `Arc`.
+/// Maps are ordered so that listings and the written file are stable.
+#[derive(Default)]
+pub struct DirectoryData {
+    pub(crate) domains: BTreeMap<String, Domain>,
+    pub(crate) users: BTreeMap<String, User>,
+    /// Pre-login capability values are computed once per snapshot, not per
+    /// connection, because they need a pass over every user.
+    summaries: OnceLock<(PolicyDefaults, ExpireSummary, LoginDelaySummary)>,
+}
+
+impl fmt::Debug for DirectoryData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectoryData")
+            .field("domains", &self.domains.len())
+            .field("users", &self.users.len())
+            .finish()
+    }
+}
+
+impl DirectoryData {
+    /// Looks a user up by address (case-insensitively).
+    pub fn user(&self, address: &str) -> Option<&User> {
+        self.users.get(lookup_key(address).as_ref())
+    }
+
+    /// Looks a domain up by name (case-insensitively).
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.get(lookup_key(name).as_ref())
+    }
+
+    /// All users, ordered by address.
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    /// All domains, ordered by name.
+    pub fn domains(&self) -> impl Iterator<Item = &Domain> {
+        self.domains.values()
+    }
+
+    /// Users whose address is in `domain`.
+    pub fn users_in_domain<'a>(&'a self, domain: &'a str) -> impl Iterator<Item = &'a User> {
+        let domain = lookup_key(domain).into_owned();
+        self.users.values().filter(move |u| u.domain() == domain)
+    }
+
+    /// Checks a login.
+    ///
+    /// Exactly one password-hash verification is done whatever the outcome
+    /// (a dummy one for unknown or malformed names), so response timing does
+    /// not reveal which addresses exist. Disabled users are verified too and
+    /// then refused, for the same reason.
+    pub fn authenticate(&self, address: &str, password: &[u8]) -> AuthOutcome {
+        let user = normalize_address(address)
+            .ok()
+            .and_then(|a| self.users.get(&a));
+        let Some(user) = user else {
+            dummy_verify(password);
+            return AuthOutcome::Failed;
+        };
+        if verify_password(&user.password_hash, password) && !user.disabled {
+            AuthOutcome::Ok(UserRef {
+                address: user.address.clone(),
+            })
+        } else {
+            AuthOutcome::Failed
+        }
+    }
+
+    /// The policy for `address`: user override, else domain override, else
+    /// `defaults`. Unknown users get their domain's policy if the domain
+    /// exists, else the defaults.
+    pub fn effective(&self, address: &str, defaults: &PolicyDefaults) -> EffectivePolicy {
+        let key = lookup_key(address);
+        let user_policy = self.users.get(key.as_ref()).map(|u| u.policy);
+        let domain_policy = key
+            .rsplit_once('@')
+            .and_then(|(_, d)| self.domains.get(d))
+            .map(|d| d.policy);
+        EffectivePolicy::resolve(
+            &user_policy.unwrap_or_default(),
+            &domain_policy.unwrap_or_default(),
+            defaults,
+        )
+    }
+
+    /// Shortest retention among enabled users and whether it varies, for
+    /// the pre-login `EXPIRE` capability (RFC 2449 section 6.7).
+    pub fn expire_summary(&self, defaults: &PolicyDefaults) -> ExpireSummary {
+        self.summaries(defaults).0
+    }
+
+    /// Shortest login delay among enabled users and whether it varies, for
+    /// the pre-login `LOGIN-DELAY` capability (RFC 2449 section 6.6).
+    pub fn login_delay_summary(&self, defaults: &PolicyDefaults) -> LoginDelaySummary {
+        self.summaries(defaults).1
+    }
+
+    fn summaries(&self, defaults: &PolicyDefaults) -> (ExpireSummary, LoginDelaySummary) {
+        if let Some((d, e, l)) = self.summaries.get()
+            && d == defaults
+        {
+            return (*e, *l);
+        }
+        let computed = self.compute_summaries(defaults);
+        // Only the first set of defaults is cached; the server uses one.
+        let _ = self.summaries.set((*defaults, computed.0, computed.1));
+        computed
+    }
+
+    fn compute_summaries(&self, defaults: &PolicyDefaults) -> (ExpireSummary, LoginDelaySummary) {
+        // `None` (never) sorts after every number of days.
+        let rank = |r: Option<u32>| r.map_or(u64::MAX, u64::from);
+        let mut expire: Option<ExpireSummary> = None;
+        let mut delay: Option<LoginDelaySummary> = None;
+        for user in self.users.values().filter(|u| !u.disabled) {
+            let p = self.effective(&user.address, defaults);
+            expire = Some(match expire {
+                None => ExpireSummary {
+                    min_days: p.retention_days,
+                    varies: false,
+                },
+                Some(e) => ExpireSummary {
+                    min_days: if rank(p.retention_days) < rank(e.min_days) {
+                        p.retention_days
+                    } else {
+                        e.min_days
+                    },
+                    varies: e.varies || e.min_days != p.retention_days,
+                },
+            });
+            delay = Some(match delay {
+                None => LoginDelaySummary {
+                    min_secs: p.login_delay_secs,
+                    varies: false,
+                },
+                Some(d) => LoginDelaySummary {
+                    min_secs: d.min_secs.min(p.login_delay_secs),
+                    varies: d.varies || d.min_secs != p.login_delay_secs,
+                },
+            });
+        }
+        (
+            expire.unwrap_or(ExpireSummary {
+                min_days: defaults.retention_days,
+                varies: false,
+            }),
+            delay.unwrap_or(LoginDelaySummary {
+                min_secs: defaults.login_delay_secs,
+                varies: false,
+            }),
+        )
+    }
+
+    // ----- mutation helpers, used by `Directory` under the file lock -----
+
+    pub(crate) fn clear_cache(&mut self) {
+        self.summaries = OnceLock::new();
+    }
+
+    pub(crate) fn add_domain(&mut self, name: &str) -> Result<String> {
+        let name = normalize_domain(name)?;
+        match self.domains.entry(name.clone()) {
+            Entry::Occupied(_) => Err(Error::DomainExists(name)),
+            Entry::Vacant(v) => {
+                v.insert(Domain {
+                    name: name.clone(),
+                    policy: Policy::default(),
+                });
+                Ok(name)
+            }
+        }
+    }
+
+    pub(crate) fn remove_domain(&mut self, name: &str) -> Result<()> {
+        let name = normalize_domain(name)?;
+        if !self.domains.contains_key(&name) {
+            return Err(Error::DomainNotFound(name));
+        }
+        let count = self.users_in_domain(&name).count();
+        if count > 0 {
+            return Err(Error::DomainHasUsers { name, count });
+        }
+        self.domains.remove(&name);
+        Ok(())
+    }
+
+    pub(crate) fn add_user(&mut self, address: &str, password_hash: &str) -> Result<String> {
+        let address = normalize_address(address)?;
+        validate_hash(password_hash)?;
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        if !self.domains.contains_key(domain) {
+            return Err(Error::DomainNotFound(domain.to_owned()));
+        }
+        match self.users.entry(address.clone()) {
+            Entry::Occupied(_) => Err(Error::UserExists(address)),
+            Entry::Vacant(v) => {
+                v.insert(User {
+                    address: address.clone(),
+                    password_hash: password_hash.to_owned(),
+                    policy: Policy::default(),
+                    disabled: false,
+                });
+                Ok(address)
+            }
+        }
+    }
+
+    pub(crate) fn user_mut(&mut self, address: &str) -> Result<&mut User> {
+        let address = normalize_address(address)?;
+        match self.users.get_mut(&address) {
+            Some(u) => Ok(u),
+            None => Err(Error::UserNotFound(address)),
+        }
+    }
+
+    pub(crate) fn domain_mut(&mut self, name: &str) -> Result<&mut Domain> {
+        let name = normalize_domain(name)?;
+        match self.domains.get_mut(&name) {
+            Some(d) => Ok(d),
+            None => Err(Error::DomainNotFound(name)),
+        }
+    }
+
+    pub(crate) fn remove_user(&mut self, address: &str) -> Result<()> {
+        let address = normalize_address(address)?;
+        match self.users.remove(&address) {
+            Some(_) => Ok(()),
+            None => Err(Error::UserNotFound(address)),
+        }
+    }
+
+    // ----- file format -----
+
+    /// Parses and validates the contents of `directory.toml`. `path` is
+    /// only used in error messages.
+    pub(crate) fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let bad = |message: String| Error::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let file: FileRepr = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut data = DirectoryData::default();
+        for d in file.domains {
+            let name = normalize_domain(&d.name).map_err(|e| bad(e.to_string()))?;
+            let policy = d.policy();
+            policy.validate().map_err(|e| bad(e.to_string()))?;
+            if data
+                .domains
+                .insert(
+                    name.clone(),
+                    Domain {
+                        name: name.clone(),
+                        policy,
+                    },
+                )
+                .is_some()
+            {
+                return Err(bad(format!("domain {name} is listed more than once")));
+            }
+        }
+        for u in file.users {
+            let address = normalize_address(&u.address).map_err(|e| bad(e.to_string()))?;
+            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            if !data.domains.contains_key(domain) {
+                return Err(bad(format!(
+                    "user {address} belongs to domain {domain}, which has no [[domain]] entry"
+                )));
+            }
+            validate_hash(&u.password).map_err(|e| bad(format!("user {address}: {e}")))?;
+            let policy = u.policy();
+            policy.validate().map_err(|e| bad(e.to_string()))?;
+            let user = User {
+                address: address.clone(),
+                password_hash: u.password,
+                policy,
+                disabled: u.disabled,
+            };
+            if data.users.insert(address.clone(), user).is_some() {
+                return Err(bad(format!("user {address} is listed more than once")));
+            }
+        }
+        Ok(data)
+    }
+
+    /// Serialises to the `directory.toml` format.
+    pub(crate) fn to_toml(&self) -> Result<String> {
+        let file = FileRepr {
+            domains: self
+                .domains
+                .values()
+                .map(|d| DomainRepr {
+                    name: d.name.clone(),
+                    retention_days: d.policy.retention_days,
+                    login_delay_secs: d.policy.login_delay_secs,
+                    quota_bytes: d.policy.quota_bytes,
+                    quota_messages: d.policy.quota_messages,
+                })
+                .collect(),
+            users: self
+                .users
+                .values()
+                .map(|u| UserRepr {
+                    address: u.address.clone(),
+                    password: u.password_hash.clone(),
+                    retention_days: u.policy.retention_days,
+                    login_delay_secs: u.policy.login_delay_secs,
+                    quota_bytes: u.policy.quota_bytes,
+                    quota_messages: u.policy.quota_messages,
+                    disabled: u.disabled,
+                })
+                .collect(),
+        };
+        let body = toml::to_string_pretty(&file)?;
+        Ok(format!("{FILE_HEADER}{body}"))
+    }
+}
+
+const FILE_HEADER: &str = "\
+# postoffice directory: domains, users and password hashes.
+# Written by the postoffice CLI; hand edits are fine, and a running server
+# picks changes up automatically (it keeps the old data if this file fails
+# to parse).
+
+";
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileRepr {
+    #[serde(default, rename = "domain", skip_serializing_if = "Vec::is_empty")]
+    domains: Vec<DomainRepr>,
+    #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
+    users: Vec<UserRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainRepr {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retention_days: Option<Retention>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    login_delay_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_messages: Option<u64>,
+}
+
+impl DomainRepr {
+    fn policy(&self) -> Policy {
+        Policy {
+            retention_days: self.retention_days,
+            login_delay_secs: self.login_delay_secs,
+            quota_bytes: self.quota_bytes,
+            quota_messages: self.quota_messages,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRepr {
+    address: String,
+    password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retention_days: Option<Retention>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    login_delay_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_messages: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    disabled: bool,
+}
+
+impl UserRepr {
+    fn policy(&self) -> Policy {
+        Policy {
+            retention_days: self.retention_days,
+            login_delay_secs: self.login_delay_secs,
+            quota_bytes: self.quota_bytes,
+            quota_messages: self.quota_messages,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}

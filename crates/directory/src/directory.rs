@@ -1,0 +1,367 @@
+//! The on-disk directory: `<data_dir>/directory.toml`, its automatic reload
+//! and its crash- and race-safe mutation.
+//!
+//! Readers (the server) never lock: they compare the file's identity
+//! (mtime, length, inode, ctime from one `stat`) with what they loaded and
+//! re-read it when it changed. Writers (the CLI, possibly several at once)
+//! serialise on an exclusive lock of `directory.lock`, re-read the file
+//! under the lock, apply their change, and replace the file atomically
+//! (write temp file, fsync, rename, fsync directory). Readers therefore see
+//! either the old or the new file, never a half-written one, and no
+//! writer's change is lost.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use crate::data::DirectoryData;
+use crate::error::{Error, Result};
+use crate::password::validate_hash;
+use crate::policy::{DomainPolicy, UserPolicy};
+
+/// File name of the directory inside the data directory.
+pub const DIRECTORY_FILE: &str = "directory.toml";
+/// File name of the writers' lock file inside the data directory.
+pub const LOCK_FILE: &str = "directory.lock";
+const TMP_FILE: &str = "directory.toml.tmp";
+
+/// Handle on `<data_dir>/directory.toml`. `Send + Sync`; share it via `Arc`.
+pub struct Directory {
+    data_dir: PathBuf,
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+struct State {
+    data: Arc<DirectoryData>,
+    /// Identity of the file `data` came from (`None` = file was absent),
+    /// or of the last file that failed to load, so a broken file is parsed
+    /// once rather than on every snapshot.
+    stamp: Option<Stamp>,
+    last_error: Option<String>,
+}
+
+/// What identifies one version of the file. Inode and ctime are included
+/// because the mtime alone can be coarse, and a rename always gives a new
+/// inode and ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Self {
+        #[cfg(unix)]
+        let (ino, ctime, ctime_nsec) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.ino(), meta.ctime(), meta.ctime_nsec())
+        };
+        #[cfg(not(unix))]
+        let (ino, ctime, ctime_nsec) = (0, 0, 0);
+        Stamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            ino,
+            ctime,
+            ctime_nsec,
+        }
+    }
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Directory {
+    /// Opens the directory stored in `data_dir`.
+    ///
+    /// A missing `directory.toml` is an empty directory (fresh install). An
+    /// existing but invalid file is an error: starting a server that
+    /// silently knows no users would be worse than not starting.
+    pub fn open(data_dir: &Path) -> Result<Directory> {
+        let path = data_dir.join(DIRECTORY_FILE);
+        let (data, stamp) = read_file(&path)?;
+        Ok(Directory {
+            data_dir: data_dir.to_owned(),
+            path,
+            state: Mutex::new(State {
+                data: Arc::new(data),
+                stamp,
+                last_error: None,
+            }),
+        })
+    }
+
+    /// Path of `directory.toml`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current directory contents.
+    ///
+    /// Costs one `stat` call; if the file changed since the last call (for
+    /// example because the CLI added a user) it is re-read first. If the new
+    /// file cannot be read or parsed, the previous data keeps being served
+    /// and the problem is available from [`Directory::last_reload_error`]:
+    /// a typo in a hand edit must not lock every user out.
+    pub fn snapshot(&self) -> Arc<DirectoryData> {
+        let mut st = lock(&self.state);
+        let current = match fs::metadata(&self.path) {
+            Ok(meta) => Some(Stamp::of(&meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                st.last_error = Some(Error::io("inspect", &self.path, e).to_string());
+                return Arc::clone(&st.data);
+            }
+        };
+        if current != st.stamp {
+            match read_file(&self.path) {
+                Ok((data, stamp)) => {
+                    st.data = Arc::new(data);
+                    st.stamp = stamp;
+                    st.last_error = None;
+                }
+                Err(e) => {
+                    st.stamp = current;
+                    st.last_error = Some(e.to_string());
+                }
+            }
+        }
+        Arc::clone(&st.data)
+    }
+
+    /// Why the most recent reload attempt failed, if it did; `None` once a
+    /// good file has been loaded again. The server may log this.
+    pub fn last_reload_error(&self) -> Option<String> {
+        lock(&self.state).last_error.clone()
+    }
+
+    /// Adds a domain; returns its canonical name.
+    pub fn add_domain(&self, name: &str) -> Result<String> {
+        self.mutate(|d| d.add_domain(name))
+    }
+
+    /// Removes a domain. Refused while it still has users, so that removing
+    /// a domain never silently deletes accounts.
+    pub fn remove_domain(&self, name: &str) -> Result<()> {
+        self.mutate(|d| d.remove_domain(name))
+    }
+
+    /// Adds a user with an already-hashed password (see
+    /// [`crate::hash_password`]); the domain must exist. Returns the
+    /// canonical address.
+    pub fn add_user(&self, address: &str, password_hash: &str) -> Result<String> {
+        validate_hash(password_hash)?;
+        self.mutate(|d| d.add_user(address, password_hash))
+    }
+
+    /// Removes a user from the directory. Their stored mail is not touched.
+    pub fn remove_user(&self, address: &str) -> Result<()> {
+        self.mutate(|d| d.remove_user(address))
+    }
+
+    /// Replaces a user's password hash.
+    pub fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
+        validate_hash(password_hash)?;
+        self.mutate(|d| {
+            d.user_mut(address)?.password_hash = password_hash.to_owned();
+            Ok(())
+        })
+    }
+
+    /// Enables or disables a user's logins without deleting anything.
+    pub fn set_user_disabled(&self, address: &str, disabled: bool) -> Result<()> {
+        self.mutate(|d| {
+            d.user_mut(address)?.disabled = disabled;
+            Ok(())
+        })
+    }
+
+    /// Replaces all of a user's policy overrides with `policy` (`None`
+    /// fields inherit from the domain). To change one field and keep the
+    /// others, use [`Directory::update_user_policy`].
+    pub fn set_user_policy(&self, address: &str, policy: UserPolicy) -> Result<()> {
+        self.update_user_policy(address, |p| *p = policy)
+    }
+
+    /// Edits a user's policy overrides under the writers' lock, so
+    /// concurrent edits of different fields do not overwrite each other.
+    pub fn update_user_policy(
+        &self,
+        address: &str,
+        edit: impl FnOnce(&mut UserPolicy),
+    ) -> Result<()> {
+        self.mutate(|d| {
+            let user = d.user_mut(address)?;
+            let mut policy = user.policy;
+            edit(&mut policy);
+            policy.validate()?;
+            user.policy = policy;
+            Ok(())
+        })
+    }
+
+    /// Replaces all of a domain's policy overrides with `policy`.
+    pub fn set_domain_policy(&self, name: &str, policy: DomainPolicy) -> Result<()> {
+        self.update_domain_policy(name, |p| *p = policy)
+    }
+
+    /// Edits a domain's policy overrides under the writers' lock.
+    pub fn update_domain_policy(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut DomainPolicy),
+    ) -> Result<()> {
+        self.mutate(|d| {
+            let domain = d.domain_mut(name)?;
+            let mut policy = domain.policy;
+            edit(&mut policy);
+            policy.validate()?;
+            domain.policy = policy;
+            Ok(())
+        })
+    }
+
+    /// Runs `change` on the current file contents under the writers' lock
+    /// and atomically replaces the file with the result. Nothing is written
+    /// if `change` fails.
+    pub(crate) fn mutate<T>(
+        &self,
+        change: impl FnOnce(&mut DirectoryData) -> Result<T>,
+    ) -> Result<T> {
+        fs::create_dir_all(&self.data_dir).map_err(|e| Error::io("create", &self.data_dir, e))?;
+        let lock_path = self.data_dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+        lock_file
+            .lock()
+            .map_err(|e| Error::io("lock", &lock_path, e))?;
+
+        // Re-read under the lock: another writer may have changed the file
+        // since our last snapshot, and its change must not be lost.
+        let (mut data, _) = read_file(&self.path)?;
+        let out = change(&mut data)?;
+        data.clear_cache();
+        let text = data.to_toml()?;
+        self.write_atomically(text.as_bytes())?;
+
+        // Publish our own result immediately, so a snapshot right after a
+        // mutation sees it even on file systems with coarse timestamps.
+        if let Ok(meta) = fs::metadata(&self.path) {
+            let mut st = lock(&self.state);
+            st.data = Arc::new(data);
+            st.stamp = Some(Stamp::of(&meta));
+            st.last_error = None;
+        }
+        // Dropping the file releases the lock as well; unlocking explicitly
+        // just makes the end of the critical section obvious.
+        let _ = lock_file.unlock();
+        Ok(out)
+    }
+
+    fn write_atomically(&self, contents: &[u8]) -> Result<()> {
+        let tmp = self.data_dir.join(TMP_FILE);
+        // A leftover from a writer that crashed; we hold the lock, so nobody
+        // else is using it.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale", &tmp, e)),
+        }
+        let result = self.write_tmp(&tmp, contents).and_then(|()| {
+            fs::rename(&tmp, &self.path)
+                .map_err(|e| Error::io("rename temporary file over", &self.path, e))
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        sync_dir(&self.data_dir)
+    }
+
+    fn write_tmp(&self, tmp: &Path, contents: &[u8]) -> Result<()> {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            // The file holds password hashes: private by default.
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut file = opts.open(tmp).map_err(|e| Error::io("create", tmp, e))?;
+        // Keep the previous file's owner and mode, so that running the CLI as
+        // root does not leave a file the server's user cannot read.
+        if let Ok(old) = fs::metadata(&self.path) {
+            let _ = file.set_permissions(old.permissions());
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()));
+            }
+        }
+        file.write_all(contents)
+            .map_err(|e| Error::io("write", tmp, e))?;
+        file.sync_all().map_err(|e| Error::io("sync", tmp, e))
+    }
+}
+
+/// Makes the rename durable: without syncing the directory, a crash could
+/// bring back the old file after the CLI reported success.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Reads and parses the file. Metadata comes from the opened handle so the
+/// stamp describes exactly the bytes that were parsed.
+fn read_file(path: &Path) -> Result<(DirectoryData, Option<Stamp>)> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok((DirectoryData::default(), None));
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| Error::Parse {
+        path: path.to_owned(),
+        message: format!(
+            "it is not valid UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
+    let data = DirectoryData::from_toml(&text, path)?;
+    Ok((data, Some(Stamp::of(&meta))))
+}
+
+/// A panic while holding the state lock leaves consistent data behind (all
+/// fields are replaced whole), so poisoning is ignored rather than turned
+/// into a panic in every later caller.
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
