@@ -205,7 +205,8 @@ impl Default for Log {
 }
 
 fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 /// The machine's host name, or "localhost".
@@ -213,7 +214,11 @@ pub fn default_hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        .filter(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
         .unwrap_or_else(|| "localhost".into())
 }
 
@@ -261,7 +266,9 @@ impl Config {
             return bad("tls.cert and tls.key must be given together");
         }
         if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
-            return bad("limits.max_connections and limits.max_connections_per_ip must be at least 1");
+            return bad(
+                "limits.max_connections and limits.max_connections_per_ip must be at least 1",
+            );
         }
         if self.policy.expire_interval_secs == 0 {
             return bad("policy.expire_interval_secs must be at least 1");
@@ -310,9 +317,12 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_name_and_line() {
-        let err = Config::from_toml("hostname = \"a.test\"\n\n[pop3]\nlisten_tsl = []\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml(
+            "hostname = \"a.test\"\n\n[pop3]\nlisten_tsl = []\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("listen_tsl"), "{err}");
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("c.toml"), "{err}");
@@ -343,7 +353,8 @@ mod tests {
     /// the example itself loads: the documentation cannot fall behind.
     #[test]
     fn example_config_documents_every_key() {
-        let example_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/postoffice.example.toml");
+        let example_path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/postoffice.example.toml");
         let example = std::fs::read_to_string(&example_path).expect("example config exists");
         Config::from_toml(&example, &example_path).expect("example config is valid");
         let effective: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
@@ -370,7 +381,11 @@ mod tests {
                 l.starts_with(&format!("{name} =")) || l.starts_with(&format!("{name}="))
             });
             let has_section = section.is_none_or(|s| example.contains(&format!("[{s}]")));
-            assert!(documented && has_section, "config key {key} is not documented in {}", example_path.display());
+            assert!(
+                documented && has_section,
+                "config key {key} is not documented in {}",
+                example_path.display()
+            );
         }
     }
 }

@@ -31,7 +31,10 @@ impl RespCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Ok(String),
-    Err { code: Option<RespCode>, text: String },
+    Err {
+        code: Option<RespCode>,
+        text: String,
+    },
     /// A SASL continuation (`+ base64`).
     Continue(String),
 }

@@ -61,8 +61,9 @@ fn number(arg: &[u8]) -> Option<u64> {
     if arg.is_empty() || arg.len() > 19 || !arg.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    arg.iter()
-        .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    arg.iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Split off the keyword; returns (keyword, rest-after-one-space).
@@ -143,7 +144,9 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
                 let l = number(l).ok_or(ParseError::BadArgs("invalid line count"))?;
                 Ok(Command::Top(n, l))
             }
-            _ => Err(ParseError::BadArgs("TOP needs a message number and a line count")),
+            _ => Err(ParseError::BadArgs(
+                "TOP needs a message number and a line count",
+            )),
         }
     } else if eq_kw(kw, "CAPA") {
         none(Command::Capa)
@@ -194,11 +197,17 @@ mod tests {
         assert_eq!(parse(b"TOP 2  10"), Ok(Command::Top(2, 10)));
         assert!(matches!(parse(b"RETR 0"), Err(ParseError::BadArgs(_))));
         assert!(matches!(parse(b"RETR -1"), Err(ParseError::BadArgs(_))));
-        assert!(matches!(parse(b"RETR 4294967296"), Err(ParseError::BadArgs(_))));
+        assert!(matches!(
+            parse(b"RETR 4294967296"),
+            Err(ParseError::BadArgs(_))
+        ));
         assert!(matches!(parse(b"RETR 1x"), Err(ParseError::BadArgs(_))));
         assert!(matches!(parse(b"RETR"), Err(ParseError::BadArgs(_))));
         assert!(matches!(parse(b"RETR 1 2"), Err(ParseError::BadArgs(_))));
-        assert!(matches!(parse(b"DELE 99999999999999999999999"), Err(ParseError::BadArgs(_))));
+        assert!(matches!(
+            parse(b"DELE 99999999999999999999999"),
+            Err(ParseError::BadArgs(_))
+        ));
         assert!(matches!(parse(b"TOP 1"), Err(ParseError::BadArgs(_))));
         assert!(matches!(parse(b"STAT 1"), Err(ParseError::BadArgs(_))));
     }
@@ -206,7 +215,10 @@ mod tests {
     #[test]
     fn user_and_pass_take_the_rest_of_the_line() {
         assert_eq!(parse(b"USER a@b"), Ok(Command::User(b"a@b")));
-        assert_eq!(parse(b"PASS my secret pw"), Ok(Command::Pass(b"my secret pw")));
+        assert_eq!(
+            parse(b"PASS my secret pw"),
+            Ok(Command::Pass(b"my secret pw"))
+        );
         assert_eq!(parse(b"PASS"), Ok(Command::Pass(b"")));
         assert!(parse(b"USER").is_err());
         assert!(parse(b"USER ").is_err());

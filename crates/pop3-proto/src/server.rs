@@ -376,7 +376,9 @@ impl ServerSession {
         // varies per user the lowest applies before login, with USER.
         let _ = match expire.value {
             Expire::Never => write_str(out, format_args!("EXPIRE NEVER\r\n")),
-            Expire::Days(d) if expire.per_user => write_str(out, format_args!("EXPIRE {d} USER\r\n")),
+            Expire::Days(d) if expire.per_user => {
+                write_str(out, format_args!("EXPIRE {d} USER\r\n"))
+            }
             Expire::Days(d) => write_str(out, format_args!("EXPIRE {d}\r\n")),
         };
         let _ = if delay.per_user {
@@ -460,7 +462,10 @@ impl ServerSession {
                     None => self.bad(out, "-ERR No user name given; send USER first.\r\n"),
                 }
             }
-            Command::Apop => self.bad(out, "-ERR APOP is not supported; use USER/PASS or AUTH over TLS.\r\n"),
+            Command::Apop => self.bad(
+                out,
+                "-ERR APOP is not supported; use USER/PASS or AUTH over TLS.\r\n",
+            ),
             Command::Auth { mechanism, initial } => {
                 let Some(mechanism) = mechanism else {
                     out.extend_from_slice(b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n");
@@ -557,7 +562,9 @@ impl ServerSession {
         };
         let _ = write_str(
             out,
-            format_args!("+OK Maildrop locked and ready, {count} messages ({total_bytes} octets).\r\n"),
+            format_args!(
+                "+OK Maildrop locked and ready, {count} messages ({total_bytes} octets).\r\n"
+            ),
         );
         self.user = Some(user);
         self.state = State::Transaction(Box::new(t));
@@ -573,11 +580,15 @@ impl ServerSession {
                 Action::None
             }
             AuthFailure::LoginDelay => {
-                out.extend_from_slice(b"-ERR [LOGIN-DELAY] Logged in too recently; try again later.\r\n");
+                out.extend_from_slice(
+                    b"-ERR [LOGIN-DELAY] Logged in too recently; try again later.\r\n",
+                );
                 Action::None
             }
             AuthFailure::TempFail => {
-                out.extend_from_slice(b"-ERR [SYS/TEMP] Temporary server failure; try again later.\r\n");
+                out.extend_from_slice(
+                    b"-ERR [SYS/TEMP] Temporary server failure; try again later.\r\n",
+                );
                 Action::None
             }
             AuthFailure::PermFail => {
@@ -600,12 +611,19 @@ impl ServerSession {
         };
         match cmd {
             Command::Stat => {
-                let _ = write_str(out, format_args!("+OK {} {}\r\n", t.live_count(), t.live_bytes()));
+                let _ = write_str(
+                    out,
+                    format_args!("+OK {} {}\r\n", t.live_count(), t.live_bytes()),
+                );
             }
             Command::List(None) => {
                 let _ = write_str(
                     out,
-                    format_args!("+OK {} messages ({} octets)\r\n", t.live_count(), t.live_bytes()),
+                    format_args!(
+                        "+OK {} messages ({} octets)\r\n",
+                        t.live_count(),
+                        t.live_bytes()
+                    ),
                 );
                 write_listing(out, t, |out, t, i| {
                     write_num(out, i as u64 + 1);
@@ -674,7 +692,11 @@ impl ServerSession {
                 t.deleted_bytes = 0;
                 let _ = write_str(
                     out,
-                    format_args!("+OK Maildrop has {} messages ({} octets).\r\n", t.live_count(), t.live_bytes()),
+                    format_args!(
+                        "+OK Maildrop has {} messages ({} octets).\r\n",
+                        t.live_count(),
+                        t.live_bytes()
+                    ),
                 );
             }
             Command::Noop => out.extend_from_slice(b"+OK\r\n"),
@@ -714,7 +736,11 @@ impl ServerSession {
     }
 }
 
-fn write_listing(out: &mut Vec<u8>, t: &Transaction, mut line: impl FnMut(&mut Vec<u8>, &Transaction, usize)) {
+fn write_listing(
+    out: &mut Vec<u8>,
+    t: &Transaction,
+    mut line: impl FnMut(&mut Vec<u8>, &Transaction, usize),
+) {
     out.reserve(t.live_count() * 16);
     for i in 0..t.listing.count() {
         if !t.deleted[i] {

@@ -99,7 +99,10 @@ fn failed_login_returns_to_authorization_with_auth_code() {
     // USER must be given again: PASS alone is refused.
     assert!(send(&mut s, "PASS again").0.starts_with("-ERR"));
     assert!(matches!(send(&mut s, "USER a@b").1, Action::None));
-    assert!(matches!(send(&mut s, "PASS x").1, Action::Authenticate { .. }));
+    assert!(matches!(
+        send(&mut s, "PASS x").1,
+        Action::Authenticate { .. }
+    ));
 }
 
 #[test]
@@ -196,7 +199,10 @@ fn capa_lists_everything_advertised() {
         "STLS",
         "UTF8 USER",
     ] {
-        assert!(capa.contains(&format!("\r\n{cap}\r\n")), "missing {cap} in {capa}");
+        assert!(
+            capa.contains(&format!("\r\n{cap}\r\n")),
+            "missing {cap} in {capa}"
+        );
     }
 }
 
@@ -239,7 +245,10 @@ fn sasl_plain_initial_and_continuation() {
 fn sasl_login() {
     let mut s = ServerSession::new(SessionConfig::default());
     assert_eq!(send(&mut s, "AUTH LOGIN").0, "+ VXNlcm5hbWU6\r\n");
-    assert_eq!(send(&mut s, &sasl::encode(b"alice@x")).0, "+ UGFzc3dvcmQ6\r\n");
+    assert_eq!(
+        send(&mut s, &sasl::encode(b"alice@x")).0,
+        "+ UGFzc3dvcmQ6\r\n"
+    );
     let (_, a) = send(&mut s, &sasl::encode(b"pw"));
     assert_eq!(
         a,
@@ -285,7 +294,9 @@ fn auth_without_mechanism_lists_them() {
 #[test]
 fn transaction_commands_before_login_are_refused() {
     let mut s = ServerSession::new(SessionConfig::default());
-    for c in ["STAT", "LIST", "RETR 1", "DELE 1", "RSET", "TOP 1 1", "UIDL"] {
+    for c in [
+        "STAT", "LIST", "RETR 1", "DELE 1", "RSET", "TOP 1 1", "UIDL",
+    ] {
         let (r, a) = send(&mut s, c);
         assert!(r.starts_with("-ERR"), "{c}");
         assert_eq!(a, Action::None);
@@ -323,7 +334,10 @@ fn dele_hides_message_and_rset_restores() {
     assert!(send(&mut s, "UIDL 2").0.starts_with("-ERR"));
     assert!(send(&mut s, "RETR 2").0.starts_with("-ERR"));
     assert!(send(&mut s, "TOP 2 0").0.starts_with("-ERR"));
-    assert_eq!(send(&mut s, "RSET").0, "+OK Maildrop has 3 messages (600 octets).\r\n");
+    assert_eq!(
+        send(&mut s, "RSET").0,
+        "+OK Maildrop has 3 messages (600 octets).\r\n"
+    );
     assert_eq!(send(&mut s, "STAT").0, "+OK 3 600\r\n");
 }
 
@@ -332,7 +346,13 @@ fn retr_and_top_request_streaming() {
     let mut s = logged_in();
     let (r, a) = send(&mut s, "RETR 3");
     assert_eq!(r, "+OK 300 octets\r\n");
-    assert_eq!(a, Action::Retrieve { index: 2, top: None });
+    assert_eq!(
+        a,
+        Action::Retrieve {
+            index: 2,
+            top: None
+        }
+    );
     let (r, a) = send(&mut s, "TOP 1 5");
     assert!(r.starts_with("+OK"));
     assert_eq!(
@@ -355,7 +375,12 @@ fn quit_in_transaction_updates_only_deleted() {
     send(&mut s, "DELE 3");
     let (r, a) = send(&mut s, "QUIT");
     assert_eq!(r, "");
-    assert_eq!(a, Action::Update { deleted: vec![0, 2] });
+    assert_eq!(
+        a,
+        Action::Update {
+            deleted: vec![0, 2]
+        }
+    );
     let mut out = Vec::new();
     assert_eq!(s.update_finished(Ok(()), &mut out), Action::Close);
     assert!(out.starts_with(b"+OK"));
@@ -383,7 +408,14 @@ fn quit_in_authorization_closes_without_update() {
 #[test]
 fn auth_commands_after_login_are_refused() {
     let mut s = logged_in();
-    for c in ["USER x@y", "PASS z", "AUTH PLAIN", "STLS", "UTF8", "APOP a b"] {
+    for c in [
+        "USER x@y",
+        "PASS z",
+        "AUTH PLAIN",
+        "STLS",
+        "UTF8",
+        "APOP a b",
+    ] {
         let (r, a) = send(&mut s, c);
         assert!(r.starts_with("-ERR"), "{c}");
         assert_eq!(a, Action::None);
