@@ -47,31 +47,31 @@ pub struct BadResponse(pub String);
 /// Parse a status line (without CRLF).
 pub fn parse_status(line: &[u8]) -> Result<Status, BadResponse> {
     let text = String::from_utf8_lossy(line);
-    if let Some(rest) = text.strip_prefix("+OK") {
-        if rest.is_empty() || rest.starts_with(' ') {
-            return Ok(Status::Ok(rest.trim_start().to_string()));
-        }
-    } else if let Some(rest) = text.strip_prefix("-ERR") {
-        if rest.is_empty() || rest.starts_with(' ') {
-            let rest = rest.trim_start();
-            if let Some(inner) = rest.strip_prefix('[') {
-                if let Some(end) = inner.find(']') {
-                    let code = RespCode::parse(&inner[..end]);
-                    return Ok(Status::Err {
-                        code: Some(code),
-                        text: inner[end + 1..].trim_start().to_string(),
-                    });
-                }
-            }
+    // A status word must be followed by a space or the end of the line.
+    let after = |word: &str| -> Option<&str> {
+        let rest = text.strip_prefix(word)?;
+        (rest.is_empty() || rest.starts_with(' ')).then(|| rest.trim_start())
+    };
+    if let Some(rest) = after("+OK") {
+        return Ok(Status::Ok(rest.to_string()));
+    }
+    if let Some(rest) = after("-ERR") {
+        if let Some((code, text)) = rest
+            .strip_prefix('[')
+            .and_then(|inner| inner.split_once(']'))
+        {
             return Ok(Status::Err {
-                code: None,
-                text: rest.to_string(),
+                code: Some(RespCode::parse(code)),
+                text: text.trim_start().to_string(),
             });
         }
-    } else if let Some(rest) = text.strip_prefix('+') {
-        if rest.is_empty() || rest.starts_with(' ') {
-            return Ok(Status::Continue(rest.trim_start().to_string()));
-        }
+        return Ok(Status::Err {
+            code: None,
+            text: rest.to_string(),
+        });
+    }
+    if let Some(rest) = after("+") {
+        return Ok(Status::Continue(rest.to_string()));
     }
     Err(BadResponse(text.chars().take(80).collect()))
 }

@@ -51,12 +51,9 @@ impl LineBuffer {
         }
         if self.discarding {
             // Drop everything up to and including the next LF.
-            match memchr(b'\n', data) {
-                Some(p) => {
-                    self.discarding = false;
-                    self.buf.extend_from_slice(&data[p + 1..]);
-                }
-                None => return,
+            if let Some(p) = memchr(b'\n', data) {
+                self.discarding = false;
+                self.buf.extend_from_slice(&data[p + 1..]);
             }
         } else {
             self.buf.extend_from_slice(data);

@@ -139,11 +139,11 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&address)
                 .copied();
-            if let Some(last) = last {
-                if last.elapsed() < Duration::from_secs(u64::from(policy.login_delay_secs)) {
-                    info!(user = %address, "login refused: LOGIN-DELAY");
-                    return Err(LoginError::LoginDelay);
-                }
+            if last.is_some_and(|l| {
+                l.elapsed() < Duration::from_secs(u64::from(policy.login_delay_secs))
+            }) {
+                info!(user = %address, "login refused: LOGIN-DELAY");
+                return Err(LoginError::LoginDelay);
             }
         }
         let store = Arc::clone(&self.store);
