@@ -88,11 +88,7 @@ pub async fn serve_connection(
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     let plaintext_auth = shared.config.pop3.allow_plaintext_auth || peer.ip().is_loopback();
-    let dir = shared.directory.snapshot();
-    let defaults = shared.policy_defaults();
-    let expire = dir.expire_summary(&defaults);
-    let delay = dir.login_delay_summary(&defaults);
-    drop(dir);
+    let (expire, delay) = shared.capa_summary();
     let cfg = SessionConfig {
         greeting: shared.config.pop3.greeting.clone(),
         implementation: "postoffice".into(),

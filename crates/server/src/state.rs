@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use postoffice_config::Config;
 use postoffice_directory::throttle::{LoginThrottle, ThrottleConfig, Verdict};
-use postoffice_directory::{AuthOutcome, Directory, PolicyDefaults, normalize_address};
+use postoffice_directory::{
+    AuthOutcome, Directory, DirectoryData, ExpireSummary, LoginDelaySummary, PolicyDefaults,
+    normalize_address,
+};
 use postoffice_store::{MailStore, Maildir, Maildrop, StoreError};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -45,7 +48,13 @@ pub struct Shared {
     /// Last successful login per user, for LOGIN-DELAY. In memory: a
     /// restart forgets it, which errs on the side of letting users in.
     last_login: Mutex<HashMap<String, Instant>>,
+    /// The pre-login EXPIRE/LOGIN-DELAY summary of the current directory
+    /// snapshot. Computing it walks every user, so it is done once per
+    /// directory change, not once per connection.
+    capa_cache: Mutex<Option<CapaCache>>,
 }
+
+type CapaCache = (Arc<DirectoryData>, ExpireSummary, LoginDelaySummary);
 
 impl Shared {
     pub fn new(
@@ -76,11 +85,28 @@ impl Shared {
             tls,
             limiter,
             last_login: Mutex::new(HashMap::new()),
+            capa_cache: Mutex::new(None),
         })
     }
 
     pub fn policy_defaults(&self) -> PolicyDefaults {
         policy_defaults(&self.config)
+    }
+
+    /// What CAPA advertises for EXPIRE and LOGIN-DELAY before login.
+    pub fn capa_summary(&self) -> (ExpireSummary, LoginDelaySummary) {
+        let snap = self.directory.snapshot();
+        let mut cache = self.capa_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, e, d)) = cache.as_ref()
+            && Arc::ptr_eq(cached, &snap)
+        {
+            return (*e, *d);
+        }
+        let defaults = self.policy_defaults();
+        let e = snap.expire_summary(&defaults);
+        let d = snap.login_delay_summary(&defaults);
+        *cache = Some((snap, e, d));
+        (e, d)
     }
 
     /// Verify credentials and lock the maildrop.
