@@ -38,6 +38,9 @@ pub struct Config {
     /// Seconds a shutdown (SIGTERM/SIGINT) waits for sessions to finish.
     pub shutdown_timeout_secs: u64,
     pub pop3: Pop3,
+    pub smtp: Smtp,
+    pub filter: Filter,
+    pub dns: Dns,
     pub tls: Tls,
     pub policy: Policy,
     pub auth: Auth,
@@ -52,6 +55,9 @@ impl Default for Config {
             hostname: default_hostname(),
             shutdown_timeout_secs: 30,
             pop3: Pop3::default(),
+            smtp: Smtp::default(),
+            filter: Filter::default(),
+            dns: Dns::default(),
             tls: Tls::default(),
             policy: Policy::default(),
             auth: Auth::default(),
@@ -92,6 +98,144 @@ impl Default for Pop3 {
             max_line_length: 1024,
             max_bad_commands: 20,
             greeting: "postoffice POP3 server ready.".into(),
+        }
+    }
+}
+
+/// The SMTP (MX) listener that receives mail for local users.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// SMTP listeners. Production: ["0.0.0.0:25"].
+    pub listen: Vec<SocketAddr>,
+    /// Largest message accepted, in octets (advertised with SIZE, RFC 1870).
+    pub max_message_size: u64,
+    /// Recipients per message (RFC 5321 4.5.3.1.8: at least 100).
+    pub max_recipients: usize,
+    /// Longest command line, in octets (RFC 5321 4.5.3.1.4: 512 plus
+    /// extension parameters).
+    pub max_line_length: usize,
+    /// Seconds to wait for the next command (RFC 5321 4.5.3.2.7: 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for the next chunk of message data (RFC 5321
+    /// 4.5.3.2.6: 10 minutes for the final dot; 3 minutes per block).
+    pub data_timeout_secs: u64,
+    /// Protocol errors tolerated before the connection is closed.
+    pub max_errors: u32,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            listen: vec![addr("127.0.0.1:2525")],
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 1000,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            max_errors: 10,
+        }
+    }
+}
+
+/// What a verification stage does with a message that fails it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageMode {
+    /// The stage is not run.
+    Off,
+    /// The result is recorded in headers only.
+    Tag,
+    /// A failing message is refused with a 5xx reply.
+    Reject,
+    /// A failing message is stored in the recipient's quarantine folder,
+    /// which POP3 does not show (`postoffice quarantine`).
+    Quarantine,
+}
+
+/// What to do when clamd cannot be reached or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refuse the message with a temporary error (451 4.7.1): the sender
+    /// retries later. Nothing unscanned gets in.
+    Closed,
+    /// Accept it with an `X-Virus-Scan: skipped` header.
+    Open,
+}
+
+/// The inbound verification pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filter {
+    /// Client IPs or CIDR networks always allowed (skip the IP block list
+    /// and DNSBLs), e.g. ["192.0.2.0/24", "2001:db8::/32"].
+    pub ip_allow: Vec<String>,
+    /// Client IPs or CIDR networks refused at connect (554 5.7.1).
+    pub ip_block: Vec<String>,
+    /// DNS block list zones (RFC 5782) queried at connect, e.g.
+    /// ["zen.spamhaus.org"].
+    pub dnsbl_zones: Vec<String>,
+    /// off, tag or reject for a client listed in a DNSBL.
+    pub dnsbl: StageMode,
+    /// Envelope senders refused at MAIL FROM: addresses ("spam@example.net")
+    /// or whole domains ("@example.net").
+    pub sender_block: Vec<String>,
+    /// SPF (RFC 7208): off, tag, reject (on "fail") or quarantine.
+    pub spf: StageMode,
+    /// DKIM (RFC 6376): off, tag, reject (no valid signature where one was
+    /// present) or quarantine.
+    pub dkim: StageMode,
+    /// DMARC (RFC 7489): off, tag, reject (honour the domain's p=reject;
+    /// p=quarantine quarantines) or quarantine (quarantine on any failure).
+    pub dmarc: StageMode,
+    /// clamd address: "127.0.0.1:3310" (TCP) or "/run/clamav/clamd.ctl"
+    /// (unix socket). Empty: no virus scanning.
+    pub clamd: String,
+    /// reject or quarantine an infected message (tag only adds a header).
+    pub virus: StageMode,
+    /// closed (451, default) or open (accept with X-Virus-Scan: skipped)
+    /// when clamd is unreachable or times out.
+    pub clamd_failure: FailMode,
+    /// Seconds allowed for one clamd scan.
+    pub clamd_timeout_secs: u64,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            ip_allow: Vec::new(),
+            ip_block: Vec::new(),
+            dnsbl_zones: Vec::new(),
+            dnsbl: StageMode::Reject,
+            sender_block: Vec::new(),
+            spf: StageMode::Tag,
+            dkim: StageMode::Tag,
+            dmarc: StageMode::Reject,
+            clamd: String::new(),
+            virus: StageMode::Reject,
+            clamd_failure: FailMode::Closed,
+            clamd_timeout_secs: 30,
+        }
+    }
+}
+
+/// DNS resolution for DNSBL, SPF, DKIM, DMARC (and MX lookups later).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers as "address:port" (UDP and TCP). Empty: use
+    /// /etc/resolv.conf. Tests point this at a DNS server on loopback.
+    pub nameservers: Vec<SocketAddr>,
+    /// Seconds per query.
+    pub timeout_secs: u64,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            nameservers: Vec::new(),
+            timeout_secs: 5,
         }
     }
 }
@@ -209,6 +353,49 @@ fn addr(s: &str) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
+/// Parse "192.0.2.1", "192.0.2.0/24", "2001:db8::/32" into (network, prefix).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = ip.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
+}
+
+/// Whether `ip` is inside the network `net/len`.
+pub fn cidr_contains(net: std::net::IpAddr, len: u8, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
 /// The machine's host name, or "localhost".
 pub fn default_hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
@@ -268,6 +455,30 @@ impl Config {
         if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
             return bad(
                 "limits.max_connections and limits.max_connections_per_ip must be at least 1",
+            );
+        }
+        if self.smtp.max_line_length < 512 {
+            return bad("smtp.max_line_length must be at least 512 (RFC 5321 4.5.3.1.4)");
+        }
+        if self.smtp.max_recipients == 0 {
+            return bad("smtp.max_recipients must be at least 1 (RFC 5321 asks for 100)");
+        }
+        if self.smtp.max_message_size < 1024 {
+            return bad("smtp.max_message_size must be at least 1024");
+        }
+        if self.smtp.max_errors == 0 {
+            return bad("smtp.max_errors must be at least 1");
+        }
+        for net in self.filter.ip_allow.iter().chain(&self.filter.ip_block) {
+            if parse_cidr(net).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "filter.ip_allow/ip_block: {net:?} is not an IP address or CIDR network"
+                )));
+            }
+        }
+        if self.filter.dnsbl == StageMode::Quarantine {
+            return bad(
+                "filter.dnsbl must be off, tag or reject (a connecting client has no message to quarantine yet)",
             );
         }
         if self.policy.expire_interval_secs == 0 {
@@ -339,6 +550,25 @@ mod tests {
         ] {
             assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cidr() {
+        let (n, l) = parse_cidr("192.0.2.0/24").unwrap();
+        assert!(cidr_contains(n, l, "192.0.2.77".parse().unwrap()));
+        assert!(!cidr_contains(n, l, "192.0.3.1".parse().unwrap()));
+        assert!(cidr_contains(n, l, "::ffff:192.0.2.5".parse().unwrap()));
+        let (n, l) = parse_cidr("2001:db8::/32").unwrap();
+        assert!(cidr_contains(n, l, "2001:db8:1::1".parse().unwrap()));
+        assert!(!cidr_contains(n, l, "2001:db9::1".parse().unwrap()));
+        let (n, l) = parse_cidr("10.1.2.3").unwrap();
+        assert!(cidr_contains(n, l, "10.1.2.3".parse().unwrap()));
+        assert!(!cidr_contains(n, l, "10.1.2.4".parse().unwrap()));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+        assert!(parse_cidr("nonsense").is_none());
+        assert!(
+            Config::from_toml("[filter]\nip_block = [\"1.2.3.4/99\"]", Path::new("x")).is_err()
+        );
     }
 
     #[test]
