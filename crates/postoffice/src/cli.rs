@@ -239,28 +239,28 @@ fn serve(config: Config) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        // Install the signal handlers before anything else, so a SIGTERM
+        // that arrives during start-up still means a graceful stop.
+        let stop = stop_signal()?;
         let server = postoffice_server::Server::bind(config.clone()).await?;
         print_banner(&config, &server);
-        server.run(stop_signal()).await
+        server.run(stop).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stop_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are registered when this is
+/// called, not when the future is first polled.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn print_banner(config: &Config, server: &postoffice_server::Server) {

@@ -239,7 +239,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     if flush(&mut io, conn).await.is_err() {
                         return Step::Done(End::Disconnected);
                     }
-                    login(conn, user, password, mechanism).await;
+                    if login(conn, user, password, mechanism).await == Action::Close {
+                        // Too many failures on this connection.
+                        let _ = flush(&mut io, conn).await;
+                        let _ = io.shutdown().await;
+                        return Step::Done(End::Error);
+                    }
                 }
                 Action::Retrieve { index, top } => {
                     if let Err(e) = retrieve(&mut io, conn, index, top, mark).await {
@@ -287,7 +292,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn login(conn: &mut Conn, user: String, password: Vec<u8>, mechanism: &'static str) {
+/// Carry out a login; returns the session's follow-up action (`Close` when
+/// the failure was one too many).
+async fn login(
+    conn: &mut Conn,
+    user: String,
+    password: Vec<u8>,
+    mechanism: &'static str,
+) -> Action {
     let shared = Arc::clone(&conn.shared);
     match shared.login(&user, password, conn.peer.ip()).await {
         Ok(ok) => {
@@ -303,6 +315,7 @@ async fn login(conn: &mut Conn, user: String, password: Vec<u8>, mechanism: &'st
                 },
                 &mut conn.out,
             );
+            Action::None
         }
         Err(e) => {
             let why = match e {
@@ -315,7 +328,7 @@ async fn login(conn: &mut Conn, user: String, password: Vec<u8>, mechanism: &'st
                 LoginError::Temp => AuthFailure::TempFail,
                 LoginError::Perm => AuthFailure::PermFail,
             };
-            conn.session.login_failed(why, &mut conn.out);
+            conn.session.login_failed(why, &mut conn.out)
         }
     }
 }

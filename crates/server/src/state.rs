@@ -174,9 +174,21 @@ impl Shared {
         }
         let store = Arc::clone(&self.store);
         let a = address.clone();
-        let opened = tokio::task::spawn_blocking(move || store.open(&a))
-            .await
-            .map_err(|_| LoginError::Temp)?;
+        // A retention sweep or `postoffice expire` holds the lock for a
+        // moment; retry briefly before telling the client [IN-USE].
+        let mut opened = Err(StoreError::Locked);
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (store, a) = (Arc::clone(&store), a.clone());
+            opened = tokio::task::spawn_blocking(move || store.open(&a))
+                .await
+                .map_err(|_| LoginError::Temp)?;
+            if !matches!(opened, Err(StoreError::Locked)) {
+                break;
+            }
+        }
         let maildrop: Arc<dyn Maildrop> = match opened {
             Ok(m) => Arc::from(m),
             Err(StoreError::Locked) => {

@@ -125,7 +125,7 @@ pub(crate) fn unique_name(hostname: &str) -> String {
     h.write_u64(q);
     let random = h.finish() as u32;
     format!(
-        "{}.M{}P{}Q{}R{:08x}.{}",
+        "{}.M{:06}P{}Q{}R{:08x}.{}",
         now.as_secs(),
         now.subsec_micros(),
         pid,
