@@ -1,0 +1,430 @@
+//! Every command, reply code and limit of the SMTP session, without a socket.
+
+use super::*;
+
+fn session() -> ServerSession {
+    ServerSession::new(SessionConfig {
+        hostname: "mx.test".into(),
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_line_length: 600,
+        max_errors: 5,
+        starttls_available: true,
+        tls_active: false,
+    })
+}
+
+/// Feed input; answer every check with accept; return (output, last action, unconsumed).
+fn run(s: &mut ServerSession, input: &str) -> (String, Action) {
+    let mut out = Vec::new();
+    let mut inp = input.as_bytes();
+    loop {
+        let a = s.handle(&mut inp, &mut out);
+        match a {
+            Action::CheckSender { .. } => s.sender_checked(Verdict::Accept, &mut out),
+            Action::CheckRecipient { address } => {
+                if address.starts_with("unknown") {
+                    s.recipient_checked(
+                        address,
+                        Verdict::Reject("550 5.1.1 No such user".into()),
+                        &mut out,
+                    )
+                } else {
+                    s.recipient_checked(address, Verdict::Accept, &mut out)
+                }
+            }
+            Action::NeedInput if inp.is_empty() => return (String::from_utf8(out).unwrap(), a),
+            Action::NeedInput => {}
+            other => return (String::from_utf8(out).unwrap(), other),
+        }
+    }
+}
+
+fn ready() -> ServerSession {
+    let mut s = session();
+    run(&mut s, "EHLO client.test\r\n");
+    s
+}
+
+#[test]
+fn greeting_and_ehlo_capabilities() {
+    let mut s = session();
+    let mut out = Vec::new();
+    s.greeting(&mut out);
+    assert_eq!(out, b"220 mx.test ESMTP postoffice\r\n");
+    let (r, _) = run(&mut s, "EHLO client.test\r\n");
+    let lines: Vec<&str> = r.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "250-mx.test greets client.test");
+    for cap in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+        "SMTPUTF8",
+        "CHUNKING",
+    ] {
+        assert!(lines.iter().any(|l| &l[4..] == cap), "{cap} missing: {r}");
+    }
+    assert!(lines.last().unwrap().starts_with("250 "));
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.starts_with("250-"))
+    );
+}
+
+#[test]
+fn helo_is_plain() {
+    let mut s = session();
+    assert_eq!(run(&mut s, "HELO client.test\r\n").0, "250 mx.test\r\n");
+}
+
+#[test]
+fn full_transaction_with_data() {
+    let mut s = ready();
+    let (r, a) = run(
+        &mut s,
+        "MAIL FROM:<a@example.net>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\nbody\r\n.\r\n",
+    );
+    assert_eq!(a, Action::Deliver);
+    assert_eq!(
+        r,
+        "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    let (env, msg) = s.message();
+    assert_eq!(env.mail_from, "a@example.net");
+    assert_eq!(env.rcpt_to, vec!["b@mx.test".to_string()]);
+    assert_eq!(env.helo, "client.test");
+    assert_eq!(msg, b"Subject: x\r\n\r\n.dot\r\nbody\r\n");
+    let mut out = Vec::new();
+    s.delivered("250 2.0.0 OK queued as X", &mut out);
+    assert_eq!(out, b"250 2.0.0 OK queued as X\r\n");
+    // A second transaction on the same connection works.
+    let (_, a) = run(
+        &mut s,
+        "MAIL FROM:<>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert_eq!(a, Action::Deliver);
+    assert_eq!(s.message().0.mail_from, "");
+    assert_eq!(s.message().0.rcpt_to, vec!["c@mx.test".to_string()]);
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let mut s = session();
+    let (r, a) = run(
+        &mut s,
+        "EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<unknown@mx.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(a, Action::Deliver);
+    let codes: Vec<&str> = r
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| &l[..4])
+        .collect();
+    assert_eq!(codes.last().unwrap(), &"354 ");
+    assert!(r.contains("550 5.1.1 No such user\r\n250 2.1.5"));
+    assert_eq!(s.message().0.rcpt_to.len(), 2);
+    let mut out = Vec::new();
+    s.delivered("250 2.0.0 OK", &mut out);
+    // QUIT was pipelined behind the data and is still there to be read.
+    let (r, a) = run(&mut s, "QUIT\r\n");
+    assert_eq!(r, "221 2.0.0 Bye\r\n");
+    assert_eq!(a, Action::Close);
+}
+
+#[test]
+fn commands_out_of_order() {
+    let mut s = session();
+    assert!(
+        run(&mut s, "MAIL FROM:<a@b.test>\r\n")
+            .0
+            .starts_with("503 5.5.1")
+    );
+    assert!(
+        run(&mut s, "RCPT TO:<a@b.test>\r\n")
+            .0
+            .starts_with("503 5.5.1")
+    );
+    assert!(run(&mut s, "DATA\r\n").0.starts_with("503 5.5.1"));
+    let mut s = ready();
+    assert!(
+        run(&mut s, "RCPT TO:<a@b.test>\r\n")
+            .0
+            .starts_with("503 5.5.1")
+    );
+    assert!(run(&mut s, "DATA\r\n").0.starts_with("503 5.5.1"));
+    run(&mut s, "MAIL FROM:<a@b.test>\r\n");
+    assert!(
+        run(&mut s, "MAIL FROM:<a@b.test>\r\n")
+            .0
+            .starts_with("503 5.5.1 Nested")
+    );
+    // DATA with no accepted recipient.
+    run(&mut s, "RCPT TO:<unknown@mx.test>\r\n");
+    assert!(run(&mut s, "DATA\r\n").0.starts_with("554 5.5.1"));
+}
+
+#[test]
+fn rset_clears_the_transaction() {
+    let mut s = ready();
+    run(&mut s, "MAIL FROM:<a@b.test>\r\nRCPT TO:<b@mx.test>\r\n");
+    assert_eq!(run(&mut s, "RSET\r\n").0, "250 2.0.0 OK\r\n");
+    assert!(run(&mut s, "DATA\r\n").0.starts_with("503"));
+    assert_eq!(run(&mut s, "NOOP\r\n").0, "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn vrfy_expn_help_reveal_nothing() {
+    let mut s = ready();
+    let vrfy_known = run(&mut s, "VRFY b@mx.test\r\n").0;
+    let vrfy_unknown = run(&mut s, "VRFY nobody@mx.test\r\n").0;
+    assert!(vrfy_known.starts_with("252 "));
+    assert_eq!(vrfy_known, vrfy_unknown);
+    assert!(run(&mut s, "EXPN staff\r\n").0.starts_with("502 "));
+    assert!(run(&mut s, "HELP\r\n").0.starts_with("214"));
+}
+
+#[test]
+fn size_limits() {
+    let mut s = ready();
+    assert!(
+        run(&mut s, "MAIL FROM:<a@b.test> SIZE=1001\r\n")
+            .0
+            .starts_with("552 5.3.4")
+    );
+    run(
+        &mut s,
+        "MAIL FROM:<a@b.test> SIZE=10\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+    );
+    let big = format!("{}\r\n.\r\n", "x".repeat(2000));
+    let (r, a) = run(&mut s, &big);
+    assert_eq!(
+        a,
+        Action::NeedInput,
+        "an oversized message must not be delivered"
+    );
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    // The session goes on.
+    assert_eq!(run(&mut s, "NOOP\r\n").0, "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn too_many_recipients() {
+    let mut s = ready();
+    let (r, _) = run(
+        &mut s,
+        "MAIL FROM:<a@b.test>\r\nRCPT TO:<r1@mx.test>\r\nRCPT TO:<r2@mx.test>\r\nRCPT TO:<r3@mx.test>\r\nRCPT TO:<r4@mx.test>\r\n",
+    );
+    assert!(r.ends_with("452 4.5.3 Too many recipients\r\n"), "{r}");
+    assert_eq!(s.envelope().rcpt_to.len(), 3);
+}
+
+#[test]
+fn bare_lf_in_data_is_refused_and_not_delivered() {
+    let mut s = ready();
+    run(
+        &mut s,
+        "MAIL FROM:<a@b.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+    );
+    let (r, a) = run(&mut s, "line one\nline two\r\n.\r\n");
+    assert_eq!(a, Action::NeedInput);
+    assert!(r.starts_with("554 5.6.0"), "{r}");
+}
+
+#[test]
+fn smuggled_message_stays_inside_the_first() {
+    let mut s = ready();
+    run(
+        &mut s,
+        "MAIL FROM:<a@b.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+    );
+    let (_, a) = run(
+        &mut s,
+        "Subject: one\r\n\r\nx\n.\r\nMAIL FROM:<admin@mx.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\nevil\r\n.\r\n",
+    );
+    // The whole thing is one message (and it has a bare LF, so it is refused).
+    assert_eq!(a, Action::NeedInput);
+    assert!(s.envelope().rcpt_to.is_empty());
+}
+
+#[test]
+fn overlong_command_line() {
+    let mut s = ready();
+    let long = format!("NOOP {}\r\nNOOP\r\n", "x".repeat(100_000));
+    let (r, _) = run(&mut s, &long);
+    assert_eq!(r, "500 5.5.2 Line too long\r\n250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn junk_and_error_limit() {
+    let mut s = ready();
+    let (r, _) = run(&mut s, "\0\u{1}\u{7f}garbage\r\n");
+    assert!(r.starts_with("500 5.5.1"), "{r}");
+    let (r, a) = run(&mut s, "FOO\r\nBAR\r\nBAZ\r\nQUX\r\nQUUX\r\n");
+    assert_eq!(a, Action::Close);
+    assert!(
+        r.ends_with("421 4.7.0 Too many errors, closing connection\r\n"),
+        "{r}"
+    );
+}
+
+#[test]
+fn starttls_rules() {
+    let mut s = ready();
+    let (r, a) = run(&mut s, "STARTTLS\r\n");
+    assert_eq!(r, "220 2.0.0 Ready to start TLS\r\n");
+    assert_eq!(a, Action::StartTls);
+    s.tls_started();
+    // After TLS the client must EHLO again, and STARTTLS is gone.
+    assert!(run(&mut s, "MAIL FROM:<a@b.test>\r\n").0.starts_with("503"));
+    let (r, _) = run(&mut s, "EHLO again\r\n");
+    assert!(!r.contains("STARTTLS"));
+    assert!(
+        run(&mut s, "STARTTLS\r\n")
+            .0
+            .starts_with("503 5.5.1 TLS already active")
+    );
+
+    let mut s = ServerSession::new(SessionConfig::default());
+    run(&mut s, "EHLO x\r\n");
+    assert!(run(&mut s, "STARTTLS\r\n").0.starts_with("502"));
+}
+
+#[test]
+fn smtputf8_required_for_utf8_addresses() {
+    let mut s = ready();
+    assert!(
+        run(&mut s, "MAIL FROM:<jösé@b.test>\r\n")
+            .0
+            .starts_with("553 5.6.7")
+    );
+    let (r, _) = run(
+        &mut s,
+        "MAIL FROM:<jösé@b.test> SMTPUTF8\r\nRCPT TO:<ü@mx.test>\r\n",
+    );
+    assert_eq!(r, "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n");
+    assert!(s.envelope().smtputf8);
+}
+
+#[test]
+fn eight_bit_mime_param() {
+    let mut s = ready();
+    run(&mut s, "MAIL FROM:<a@b.test> BODY=8BITMIME\r\n");
+    assert!(s.envelope().body_8bit);
+}
+
+#[test]
+fn bdat_chunks() {
+    let mut s = ready();
+    run(&mut s, "MAIL FROM:<a@b.test>\r\nRCPT TO:<b@mx.test>\r\n");
+    let (r, a) = run(&mut s, "BDAT 5\r\nhello");
+    assert_eq!(r, "250 2.0.0 5 octets received\r\n");
+    assert_eq!(a, Action::NeedInput);
+    let (_, a) = run(&mut s, "BDAT 8 LAST\r\n\r\n.world");
+    assert_eq!(a, Action::Deliver);
+    assert_eq!(
+        s.message().1,
+        b"hello\r\n.world",
+        "BDAT content is not unstuffed"
+    );
+    assert!(s.message().0.chunking);
+    let mut out = Vec::new();
+    s.delivered("250 2.0.0 OK", &mut out);
+    // DATA after BDAT in one transaction is refused.
+    run(
+        &mut s,
+        "MAIL FROM:<a@b.test>\r\nRCPT TO:<b@mx.test>\r\nBDAT 1\r\nx",
+    );
+    assert!(run(&mut s, "DATA\r\n").0.starts_with("503"));
+}
+
+#[test]
+fn bdat_without_recipients_consumes_the_chunk() {
+    let mut s = ready();
+    run(&mut s, "MAIL FROM:<a@b.test>\r\n");
+    let (r, a) = run(&mut s, "BDAT 10 LAST\r\nMAIL FROM:NOOP\r\n");
+    assert_eq!(a, Action::NeedInput);
+    assert!(r.starts_with("554 5.5.1"), "{r}");
+    // The 10 octets were content, not commands: what follows is "NOOP".
+    assert_eq!(run(&mut s, "NOOP\r\n").0, "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn bdat_over_size_limit() {
+    let mut s = ready();
+    run(&mut s, "MAIL FROM:<a@b.test>\r\nRCPT TO:<b@mx.test>\r\n");
+    let chunk = "y".repeat(1500);
+    let (r, a) = run(&mut s, &format!("BDAT 1500 LAST\r\n{chunk}"));
+    assert_eq!(a, Action::NeedInput);
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+}
+
+#[test]
+fn sender_rejected_by_caller() {
+    let mut s = ready();
+    let mut out = Vec::new();
+    let mut inp: &[u8] = b"MAIL FROM:<spam@bad.test>\r\n";
+    assert_eq!(
+        s.handle(&mut inp, &mut out),
+        Action::CheckSender {
+            address: "spam@bad.test".into()
+        }
+    );
+    s.sender_checked(Verdict::Reject("550 5.7.1 Sender blocked".into()), &mut out);
+    assert_eq!(out, b"550 5.7.1 Sender blocked\r\n");
+    assert!(run(&mut s, "RCPT TO:<b@mx.test>\r\n").0.starts_with("503"));
+}
+
+#[test]
+fn refused_connection_only_accepts_quit() {
+    let mut s = session();
+    let mut out = Vec::new();
+    s.refuse("554 5.7.1 Client listed by dnsbl.test", &mut out);
+    assert_eq!(out, b"554 5.7.1 Client listed by dnsbl.test\r\n");
+    assert!(run(&mut s, "EHLO x\r\n").0.starts_with("503"));
+    assert!(run(&mut s, "MAIL FROM:<a@b.test>\r\n").0.starts_with("503"));
+    assert_eq!(
+        run(&mut s, "QUIT\r\n"),
+        ("221 2.0.0 Bye\r\n".into(), Action::Close)
+    );
+}
+
+#[test]
+fn addresses_reach_the_caller_as_parsed() {
+    // The caller decides about relaying; make sure it sees the real target
+    // of source routes and odd local parts.
+    for (line, expect) in [
+        ("RCPT TO:<@relay.test:user@mx.test>", Some("user@mx.test")),
+        (
+            "RCPT TO:<user%other.test@mx.test>",
+            Some("user%other.test@mx.test"),
+        ),
+        ("RCPT TO:<\"user@other.test\"@mx.test>", None),
+        (
+            "RCPT TO:<other.test!user@mx.test>",
+            Some("other.test!user@mx.test"),
+        ),
+        ("RCPT TO:<postmaster@[127.0.0.1]>", None),
+    ] {
+        let mut s = ready();
+        run(&mut s, "MAIL FROM:<a@b.test>\r\n");
+        let mut out = Vec::new();
+        let input = format!("{line}\r\n");
+        let mut inp = input.as_bytes();
+        let a = s.handle(&mut inp, &mut out);
+        match (a, expect) {
+            (Action::CheckRecipient { address }, Some(e)) => assert_eq!(address, e, "{line}"),
+            (Action::CheckRecipient { address }, None) => {
+                // Any parse is fine as long as the caller gets it to judge.
+                assert!(!address.is_empty(), "{line}");
+            }
+            (other, _) => assert!(
+                String::from_utf8_lossy(&out).starts_with('5'),
+                "{line}: {other:?} {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
