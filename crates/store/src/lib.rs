@@ -125,6 +125,32 @@ pub trait MailStore: Send + Sync {
     /// session is open.
     fn usage(&self, mailbox: &str) -> Result<Usage, StoreError>;
 
+    /// Take back a message this store just delivered (used to roll back a
+    /// multi-recipient delivery that failed part-way, so the sender's retry
+    /// creates no duplicate). Missing messages are not an error.
+    fn discard(&self, mailbox: &str, delivered: &Delivered) -> Result<(), StoreError>;
+
+    /// Durably store a message in the mailbox's quarantine, which POP3
+    /// sessions never see.
+    fn deliver_quarantine(
+        &self,
+        mailbox: &str,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError>;
+
+    /// The quarantined messages, oldest first.
+    fn quarantine_list(&self, mailbox: &str) -> Result<Vec<MessageInfo>, StoreError>;
+
+    /// Read a quarantined message as stored.
+    fn quarantine_read(&self, mailbox: &str, uid: &str)
+    -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// Move a quarantined message into the maildrop (same UID).
+    fn quarantine_release(&self, mailbox: &str, uid: &str) -> Result<(), StoreError>;
+
+    /// Delete a quarantined message.
+    fn quarantine_delete(&self, mailbox: &str, uid: &str) -> Result<(), StoreError>;
+
     /// Remove the mailbox's storage entirely (used when a user is deleted with --purge).
     ///
     /// Refused with [`StoreError::Locked`] while a session is open; removing

@@ -544,9 +544,16 @@ fn copy_crlf(message: &mut dyn Read, file: &mut File, path: &Path) -> Result<u64
     Ok(size + out.len() as u64)
 }
 
-impl MailStore for Maildir {
-    fn deliver(&self, mailbox: &str, message: &mut dyn Read) -> Result<Delivered, StoreError> {
-        let dir = self.path_of(mailbox)?;
+/// The quarantine folder inside a user's maildir: a Maildir++ style
+/// sub-folder, so POP3 (which lists only new/ and cur/ of the top level)
+/// never shows it, while IMAP-era tools would see a "Quarantine" folder.
+const QUARANTINE: &str = ".Quarantine";
+
+impl Maildir {
+    /// Durable delivery into the maildir at `dir` (tmp, fsync, rename into
+    /// new/, fsync new/).
+    fn deliver_dir(&self, dir: &Path, message: &mut dyn Read) -> Result<Delivered, StoreError> {
+        let dir = dir.to_path_buf();
         let tmp_dir = dir.join("tmp");
 
         // Reserve a unique temporary name; create the maildir on first use.
@@ -610,6 +617,114 @@ impl MailStore for Maildir {
             uid: name::uid_of(&base),
             size,
         })
+    }
+
+    /// Find the file of message `uid` in new/ or cur/ of `dir`.
+    fn find_uid(dir: &Path, uid: &str) -> Result<Option<PathBuf>, StoreError> {
+        for sub in Sub::ALL {
+            let path = dir.join(sub.dir());
+            let entries = match fs::read_dir(&path) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("listing {}", path.display()))(e)),
+            };
+            for entry in entries.flatten() {
+                let file_name = entry.file_name();
+                let Some(n) = file_name.to_str() else {
+                    continue;
+                };
+                if name::uid_of(name::key_of(n)) == uid {
+                    return Ok(Some(entry.path()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn quarantine_dir(&self, mailbox: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.path_of(mailbox)?.join(QUARANTINE))
+    }
+}
+
+impl MailStore for Maildir {
+    fn deliver(&self, mailbox: &str, message: &mut dyn Read) -> Result<Delivered, StoreError> {
+        let dir = self.path_of(mailbox)?;
+        self.deliver_dir(&dir, message)
+    }
+
+    fn discard(&self, mailbox: &str, delivered: &Delivered) -> Result<(), StoreError> {
+        let dir = self.path_of(mailbox)?;
+        if let Some(path) = Self::find_uid(&dir, &delivered.uid)? {
+            fs::remove_file(&path)
+                .map_err(StoreError::io(format!("removing {}", path.display())))?;
+            sync_dir(&dir.join("new"))
+                .map_err(StoreError::io(format!("syncing {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    fn deliver_quarantine(
+        &self,
+        mailbox: &str,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        let dir = self.quarantine_dir(mailbox)?;
+        self.deliver_dir(&dir, message)
+    }
+
+    fn quarantine_list(&self, mailbox: &str) -> Result<Vec<MessageInfo>, StoreError> {
+        let dir = self.quarantine_dir(mailbox)?;
+        if !exists(&dir)? {
+            return Ok(Vec::new());
+        }
+        Ok(list(&dir, false)?.messages)
+    }
+
+    fn quarantine_read(
+        &self,
+        mailbox: &str,
+        uid: &str,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        let dir = self.quarantine_dir(mailbox)?;
+        let path =
+            Self::find_uid(&dir, uid)?.ok_or_else(|| StoreError::NoSuchUid(uid.to_string()))?;
+        let f = File::open(&path).map_err(StoreError::io(format!("opening {}", path.display())))?;
+        Ok(Box::new(f))
+    }
+
+    fn quarantine_release(&self, mailbox: &str, uid: &str) -> Result<(), StoreError> {
+        let qdir = self.quarantine_dir(mailbox)?;
+        let path =
+            Self::find_uid(&qdir, uid)?.ok_or_else(|| StoreError::NoSuchUid(uid.to_string()))?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let dir = self.path_of(mailbox)?;
+        ensure_maildir(&dir)?;
+        let target = dir.join("new").join(&file_name);
+        // Same file system: a rename keeps the name, so the UID stays.
+        fs::rename(&path, &target).map_err(StoreError::io(format!(
+            "moving {} to {}",
+            path.display(),
+            target.display()
+        )))?;
+        sync_dir(&dir.join("new")).map_err(StoreError::io(format!("syncing {}", dir.display())))?;
+        if let Some(parent) = path.parent() {
+            let _ = sync_dir(parent);
+        }
+        Ok(())
+    }
+
+    fn quarantine_delete(&self, mailbox: &str, uid: &str) -> Result<(), StoreError> {
+        let qdir = self.quarantine_dir(mailbox)?;
+        let path =
+            Self::find_uid(&qdir, uid)?.ok_or_else(|| StoreError::NoSuchUid(uid.to_string()))?;
+        fs::remove_file(&path).map_err(StoreError::io(format!("removing {}", path.display())))?;
+        if let Some(parent) = path.parent() {
+            let _ = sync_dir(parent);
+        }
+        Ok(())
     }
 
     fn open(&self, mailbox: &str) -> Result<Box<dyn Maildrop>, StoreError> {

@@ -712,3 +712,59 @@ fn hostname_is_sanitised_in_file_names() {
     assert_eq!(new[0].matches(',').count(), 2, "only S= and W= separators");
     assert!(!new[0].contains(':'));
 }
+
+#[test]
+fn quarantine_is_invisible_to_pop3_until_released() {
+    let (_t, store) = store();
+    deliver(&store, b"Subject: normal\r\n\r\nx\r\n");
+    let q = store
+        .deliver_quarantine(
+            BOX,
+            &mut Cursor::new(b"Subject: bad\r\n\r\nvirus\r\n".to_vec()),
+        )
+        .unwrap();
+    // POP3's view: only the normal message.
+    assert_eq!(open(&store).messages().len(), 1);
+    assert_eq!(store.usage(BOX).unwrap().messages, 1);
+    let listed = store.quarantine_list(BOX).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].uid, q.uid);
+    let mut body = Vec::new();
+    store
+        .quarantine_read(BOX, &q.uid)
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert_eq!(body, b"Subject: bad\r\n\r\nvirus\r\n");
+    // Release: now POP3 sees it, with the same UID.
+    store.quarantine_release(BOX, &q.uid).unwrap();
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 2);
+    assert!(md.messages().iter().any(|m| m.uid == q.uid));
+    drop(md);
+    assert!(store.quarantine_list(BOX).unwrap().is_empty());
+    assert!(matches!(
+        store.quarantine_release(BOX, &q.uid),
+        Err(StoreError::NoSuchUid(_))
+    ));
+    // Delete.
+    let q2 = store
+        .deliver_quarantine(BOX, &mut Cursor::new(b"x\r\n".to_vec()))
+        .unwrap();
+    store.quarantine_delete(BOX, &q2.uid).unwrap();
+    assert!(store.quarantine_list(BOX).unwrap().is_empty());
+}
+
+#[test]
+fn discard_takes_back_a_delivery() {
+    let (_t, store) = store();
+    let keep = deliver(&store, b"keep\r\n");
+    let gone = deliver(&store, b"gone\r\n");
+    store.discard(BOX, &gone).unwrap();
+    let md = open(&store);
+    let uids: Vec<&str> = md.messages().iter().map(|m| m.uid.as_str()).collect();
+    assert_eq!(uids, vec![keep.uid.as_str()]);
+    drop(md);
+    // Discarding something already gone is fine.
+    store.discard(BOX, &gone).unwrap();
+}
