@@ -1,0 +1,805 @@
+//! The inbound mail verification pipeline of postoffice.
+//!
+//! [`Filters`] is built once from the `[filter]` and `[dns]` configuration
+//! sections and shared (it is `Send + Sync`; wrap it in an `Arc`). The SMTP
+//! server calls it at three points of a transaction:
+//!
+//! 1. [`Filters::check_connect`] when a client connects: `ip_allow` (which
+//!    skips the next two), `ip_block`, then the DNS block lists (RFC 5782).
+//! 2. [`Filters::check_sender`] at MAIL FROM: `sender_block`.
+//! 3. [`Filters::check_message`] once per message after DATA: SPF (RFC 7208),
+//!    DKIM (RFC 6376), DMARC (RFC 7489) and a clamd virus scan, run
+//!    concurrently. It returns header lines to prepend and the action.
+//!
+//! # Stage modes
+//!
+//! `off`: not run. `tag`: the result only goes into the headers. `reject`: a
+//! failing message is refused with a 5xx reply. `quarantine`: it is accepted
+//! and stored in the quarantine folder. What "failing" means per stage:
+//!
+//! * SPF: the result `fail` (`softfail` only tags). `temperror` only tags.
+//! * DKIM: at least one `DKIM-Signature` is present and none verifies. A
+//!   signature whose key lookup hit a temporary DNS error counts as neither
+//!   (it only tags).
+//! * DMARC: the result `fail`. In `reject` mode the author domain's published
+//!   policy decides: `p=reject` rejects, `p=quarantine` quarantines, `p=none`
+//!   only tags (`sp=`, `np=` and `t=y` are honoured). In `quarantine` mode any
+//!   DMARC failure quarantines. DMARC uses the SPF and DKIM results even when
+//!   those stages are `off`.
+//! * Virus: clamd reports `FOUND`. A scanner failure (unreachable, timeout,
+//!   size limit, garbage) follows `clamd_failure`: `closed` gives a 451
+//!   temporary failure, `open` accepts with an `X-Virus-Scan: skipped` header.
+//!
+//! When several stages act, the strongest action wins: Reject > TempFail >
+//! Quarantine > Accept. Among equals, the first in the order virus, DMARC,
+//! SPF, DKIM gives the reply; quarantine reasons are joined.
+//!
+//! # Headers added to accepted messages
+//!
+//! * `Authentication-Results: <receiver_hostname>; spf=... smtp.mailfrom=...;
+//!   dkim=... header.d=... header.s=...; dmarc=... header.from=...` (RFC 8601),
+//!   when at least one of SPF, DKIM, DMARC ran.
+//! * `X-Postoffice-Verdict: <verdict>; dnsbl=<r> spf=<r> dkim=<r> dmarc=<r>
+//!   virus=<r>`, always. `<verdict>` is `clean` (nothing found), `suspect`
+//!   (something failed but its mode only tags), `quarantine`, `tempfail` or
+//!   `reject`. Each `<r>` is `off` for a stage not run; otherwise dnsbl is
+//!   `none`, `skipped` (ip_allow), `error` or `listed:<zone>[,<zone>]`; spf,
+//!   dkim and dmarc are RFC 8601 result words; virus is `clean`,
+//!   `found:<signature>`, `skipped` (clamd failed, fail-open) or `error`
+//!   (clamd failed, fail-closed). The part after `; ` is also
+//!   [`MessageVerdict::summary`], for the transaction log.
+//! * `X-Virus-Scan: skipped (<reason>)` when clamd failed and
+//!   `clamd_failure = "open"`.
+//!
+//! All values coming from outside (addresses, domains, signature names, DNS
+//! text) are sanitised: no CR, LF or other control characters, printable
+//! ASCII only, bounded length; lines are folded at 78 characters.
+//!
+//! A message may already carry forged copies of these headers; this crate
+//! only prepends, so stripping them is up to the caller.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod clamd;
+mod dnsbl;
+mod header;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use mail_auth::MessageAuthenticator;
+use postoffice_config::{Dns, FailMode, Filter, StageMode, cidr_contains, parse_cidr};
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use auth::{AuthOutcome, AuthResult, DmarcPolicy, Identities};
+use clamd::{ClamdAddr, ScanOutcome};
+use dnsbl::Listing;
+use header::{MAX_VALUE, property_value, render, render_list, sanitize, sanitize_comment};
+
+/// The name of the summary header.
+pub const VERDICT_HEADER: &str = "X-Postoffice-Verdict";
+
+/// Tag in [`ConnectVerdict::Accept`] for a client in `ip_allow`.
+pub const TAG_IP_ALLOW: &str = "ip_allow";
+/// Tag prefix for a DNSBL listing in `tag` mode: `dnsbl:<zone>`.
+pub const TAG_DNSBL: &str = "dnsbl:";
+/// Tag prefix for a DNSBL zone that could not be queried: `dnsbl_error:<zone>`.
+pub const TAG_DNSBL_ERROR: &str = "dnsbl_error:";
+
+/// Errors building [`Filters`].
+#[derive(Debug, Error)]
+pub enum FilterError {
+    #[error("invalid filter configuration: {0}")]
+    Config(String),
+    #[error("cannot set up DNS resolution: {0}")]
+    Dns(String),
+}
+
+/// The verdict at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectVerdict {
+    /// Go on. `tags` record what was found without acting on it:
+    /// [`TAG_IP_ALLOW`], `dnsbl:<zone>` (listed, `tag` mode),
+    /// `dnsbl_error:<zone>` (the zone could not be asked; treated as not
+    /// listed). Pass them to [`MessageContext::connect_tags`].
+    Accept { tags: Vec<String> },
+    /// Refuse the connection: send `reply` (a complete `554 5.7.1 ...` line
+    /// without CRLF) and close.
+    Reject { reply: String },
+}
+
+/// The verdict at MAIL FROM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderVerdict {
+    Accept,
+    /// `reply` is a complete `550 5.7.1 ...` line without CRLF.
+    Reject {
+        reply: String,
+    },
+}
+
+/// What to do with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageAction {
+    Accept,
+    /// Refuse it permanently with `reply` (a complete 5xx line without CRLF).
+    Reject {
+        reply: String,
+    },
+    /// Refuse it temporarily with `reply` (a complete 4xx line without CRLF).
+    TempFail {
+        reply: String,
+    },
+    /// Accept it into the recipients' quarantine folders.
+    Quarantine {
+        reason: String,
+    },
+}
+
+impl MessageAction {
+    fn rank(&self) -> u8 {
+        match self {
+            MessageAction::Accept => 0,
+            MessageAction::Quarantine { .. } => 1,
+            MessageAction::TempFail { .. } => 2,
+            MessageAction::Reject { .. } => 3,
+        }
+    }
+
+    fn word(&self) -> &'static str {
+        match self {
+            MessageAction::Accept => "accept",
+            MessageAction::Quarantine { .. } => "quarantine",
+            MessageAction::TempFail { .. } => "tempfail",
+            MessageAction::Reject { .. } => "reject",
+        }
+    }
+}
+
+/// Merges stage actions: the strongest wins (Reject, then TempFail, then
+/// Quarantine, then Accept); among equals the first one's reply is kept, and
+/// quarantine reasons are joined with "; ".
+pub fn combine_actions(actions: impl IntoIterator<Item = MessageAction>) -> MessageAction {
+    let mut best = MessageAction::Accept;
+    for action in actions {
+        match (&mut best, action) {
+            (MessageAction::Quarantine { reason }, MessageAction::Quarantine { reason: more }) => {
+                reason.push_str("; ");
+                reason.push_str(&more);
+            }
+            (b, a) if a.rank() > b.rank() => *b = a,
+            _ => {}
+        }
+    }
+    best
+}
+
+/// The transaction facts [`Filters::check_message`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageContext<'a> {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The HELO/EHLO argument.
+    pub helo: &'a str,
+    /// The MAIL FROM address without angle brackets; "" for the null sender.
+    pub mail_from: &'a str,
+    /// This server's name: the authserv-id of Authentication-Results.
+    pub receiver_hostname: &'a str,
+    /// The tags of this connection's [`ConnectVerdict::Accept`] (or `&[]`),
+    /// reported as `dnsbl=` in the verdict header.
+    pub connect_tags: &'a [String],
+}
+
+/// The result of [`Filters::check_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageVerdict {
+    /// Header lines to prepend to the message, each ending in CRLF:
+    /// `Authentication-Results:`, `X-Postoffice-Verdict:` and, when clamd
+    /// failed open, `X-Virus-Scan: skipped (...)`.
+    pub headers: String,
+    pub action: MessageAction,
+    /// Per-stage results for the transaction log line, e.g.
+    /// `dnsbl=none spf=pass dkim=pass dmarc=pass virus=clean`.
+    pub summary: String,
+}
+
+/// The verification pipeline. Build it once with [`Filters::new`] and share
+/// it; it holds a DNS resolver with a small cache.
+///
+/// The resolver's connections run on the tokio runtime of the first query:
+/// use one `Filters` within one runtime.
+pub struct Filters {
+    ip_allow: Vec<(IpAddr, u8)>,
+    ip_block: Vec<(IpAddr, u8)>,
+    dnsbl_zones: Vec<String>,
+    dnsbl: StageMode,
+    /// Lowercased full addresses.
+    block_addresses: Vec<String>,
+    /// Lowercased domains (from "@domain" entries).
+    block_domains: Vec<String>,
+    spf: StageMode,
+    dkim: StageMode,
+    dmarc: StageMode,
+    virus: StageMode,
+    clamd: Option<ClamdAddr>,
+    clamd_failure: FailMode,
+    clamd_timeout: Duration,
+    dns_timeout: Duration,
+    /// Present when a stage needs DNS. Its resolver also serves the DNSBL
+    /// queries, so everything uses the same name servers.
+    authenticator: Option<MessageAuthenticator>,
+}
+
+impl std::fmt::Debug for Filters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filters")
+            .field("dnsbl_zones", &self.dnsbl_zones)
+            .field("dnsbl", &self.dnsbl)
+            .field("spf", &self.spf)
+            .field("dkim", &self.dkim)
+            .field("dmarc", &self.dmarc)
+            .field("virus", &self.virus)
+            .field("clamd", &self.clamd)
+            .field("clamd_failure", &self.clamd_failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it carries.
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Builds the hickory resolver configuration from `[dns]`: each name server
+/// over UDP and TCP on its port, or /etc/resolv.conf when none is given.
+fn resolver_config(dns: &Dns) -> Result<(ResolverConfig, ResolverOpts), FilterError> {
+    let (config, mut opts) = if dns.nameservers.is_empty() {
+        hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+            FilterError::Dns(format!(
+                "dns.nameservers is empty and /etc/resolv.conf cannot be used ({e}); \
+                 set dns.nameservers = [\"address:port\", ...]"
+            ))
+        })?
+    } else {
+        let servers = dns
+            .nameservers
+            .iter()
+            .map(|addr| {
+                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                for connection in &mut server.connections {
+                    connection.port = addr.port();
+                }
+                server
+            })
+            .collect();
+        (
+            ResolverConfig::from_name_servers(servers),
+            ResolverOpts::default(),
+        )
+    };
+    if config.name_servers().is_empty() {
+        return Err(FilterError::Dns(
+            "no name servers: set dns.nameservers or add one to /etc/resolv.conf".into(),
+        ));
+    }
+    opts.timeout = Duration::from_secs(dns.timeout_secs.max(1));
+    opts.attempts = 2;
+    // Small: answers are short-lived (DNSBL TTLs), and tests that swap DNS
+    // data between runs build a new Filters anyway.
+    opts.cache_size = 256;
+    opts.use_hosts_file = ResolveHosts::Never;
+    Ok((config, opts))
+}
+
+impl Filters {
+    /// Checks and compiles the configuration. DNS is set up only when a
+    /// stage needs it (DNSBL with zones, SPF, DKIM or DMARC not `off`).
+    pub fn new(filter: &Filter, dns: &Dns) -> Result<Filters, FilterError> {
+        let nets = |list: &[String], key: &str| -> Result<Vec<(IpAddr, u8)>, FilterError> {
+            list.iter()
+                .map(|s| {
+                    parse_cidr(s).ok_or_else(|| {
+                        FilterError::Config(format!(
+                            "filter.{key}: {s:?} is not an IP address or CIDR network"
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let ip_allow = nets(&filter.ip_allow, "ip_allow")?;
+        let ip_block = nets(&filter.ip_block, "ip_block")?;
+
+        if filter.dnsbl == StageMode::Quarantine {
+            return Err(FilterError::Config(
+                "filter.dnsbl must be off, tag or reject".into(),
+            ));
+        }
+        let dnsbl_zones = filter
+            .dnsbl_zones
+            .iter()
+            .map(|z| {
+                dnsbl::normalize_zone(z).ok_or_else(|| {
+                    FilterError::Config(format!("filter.dnsbl_zones: {z:?} is not a DNS zone"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut block_addresses = Vec::new();
+        let mut block_domains = Vec::new();
+        for entry in &filter.sender_block {
+            let entry = entry.trim().trim_start_matches('<').trim_end_matches('>');
+            match entry.rsplit_once('@') {
+                Some(("", domain)) if !domain.is_empty() => {
+                    block_domains.push(normalize_domain(domain));
+                }
+                Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+                    block_addresses.push(format!("{}@{}", local, normalize_domain(domain)));
+                }
+                _ => {
+                    return Err(FilterError::Config(format!(
+                        "filter.sender_block: {entry:?} is neither an address nor \"@domain\""
+                    )));
+                }
+            }
+        }
+
+        let clamd = ClamdAddr::parse(&filter.clamd).map_err(FilterError::Config)?;
+
+        let needs_dns = (filter.dnsbl != StageMode::Off && !dnsbl_zones.is_empty())
+            || filter.spf != StageMode::Off
+            || filter.dkim != StageMode::Off
+            || filter.dmarc != StageMode::Off;
+        let authenticator = if needs_dns {
+            let (config, opts) = resolver_config(dns)?;
+            Some(
+                MessageAuthenticator::new(config, opts)
+                    .map_err(|e| FilterError::Dns(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+
+        Ok(Filters {
+            ip_allow,
+            ip_block,
+            dnsbl_zones,
+            dnsbl: filter.dnsbl,
+            block_addresses,
+            block_domains,
+            spf: filter.spf,
+            dkim: filter.dkim,
+            dmarc: filter.dmarc,
+            virus: filter.virus,
+            clamd,
+            clamd_failure: filter.clamd_failure,
+            clamd_timeout: Duration::from_secs(filter.clamd_timeout_secs.max(1)),
+            dns_timeout: Duration::from_secs(dns.timeout_secs.max(1)),
+            authenticator,
+        })
+    }
+
+    fn dnsbl_active(&self) -> bool {
+        self.dnsbl != StageMode::Off && !self.dnsbl_zones.is_empty()
+    }
+
+    fn virus_active(&self) -> bool {
+        self.virus != StageMode::Off && self.clamd.is_some()
+    }
+
+    /// At connect: `ip_allow` (accept, skipping the rest), `ip_block`
+    /// (reject), then every DNSBL zone, queried concurrently. A listing
+    /// rejects in `reject` mode, naming the first listing zone (in
+    /// configuration order) and its TXT reason; in `tag` mode it adds a
+    /// `dnsbl:<zone>` tag. A zone that cannot be asked counts as not listing
+    /// the client (`dnsbl_error:<zone>` tag, logged).
+    pub async fn check_connect(&self, ip: IpAddr) -> ConnectVerdict {
+        let ip = canonical_ip(ip);
+        if self
+            .ip_allow
+            .iter()
+            .any(|&(net, len)| cidr_contains(net, len, ip))
+        {
+            return ConnectVerdict::Accept {
+                tags: vec![TAG_IP_ALLOW.to_string()],
+            };
+        }
+        if self
+            .ip_block
+            .iter()
+            .any(|&(net, len)| cidr_contains(net, len, ip))
+        {
+            tracing::info!(%ip, "client refused: ip_block");
+            return ConnectVerdict::Reject {
+                reply: format!(
+                    "554 5.7.1 Service unavailable; client [{ip}] blocked by local policy"
+                ),
+            };
+        }
+        let mut tags = Vec::new();
+        if !self.dnsbl_active() {
+            return ConnectVerdict::Accept { tags };
+        }
+        let Some(authenticator) = &self.authenticator else {
+            return ConnectVerdict::Accept { tags };
+        };
+
+        let mut lookups = JoinSet::new();
+        for (i, zone) in self.dnsbl_zones.iter().enumerate() {
+            let resolver = authenticator.resolver().clone();
+            let zone = zone.clone();
+            let timeout = self.dns_timeout * 2;
+            lookups.spawn(async move { (i, dnsbl::lookup(&resolver, ip, &zone, timeout).await) });
+        }
+        let mut results = Vec::with_capacity(self.dnsbl_zones.len());
+        while let Some(joined) = lookups.join_next().await {
+            match joined {
+                Ok(result) => results.push(result),
+                Err(e) => tracing::warn!(error = %e, "DNSBL lookup task failed"),
+            }
+        }
+        results.sort_by_key(|(i, _)| *i);
+
+        for (i, listing) in results {
+            let zone = &self.dnsbl_zones[i];
+            match listing {
+                Listing::NotListed => {}
+                Listing::Error(e) => {
+                    tracing::warn!(%ip, zone = %zone, error = %e, "DNSBL query failed; treating as not listed");
+                    tags.push(format!("{TAG_DNSBL_ERROR}{zone}"));
+                }
+                Listing::Listed { codes, reason } => {
+                    tracing::info!(%ip, zone = %zone, ?codes, reason = reason.as_deref().unwrap_or(""), "client listed in DNSBL");
+                    if self.dnsbl == StageMode::Reject {
+                        let mut reply = format!(
+                            "554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
+                        );
+                        if let Some(reason) = reason {
+                            reply.push_str("; ");
+                            reply.push_str(&reason);
+                        }
+                        return ConnectVerdict::Reject { reply };
+                    }
+                    tags.push(format!("{TAG_DNSBL}{zone}"));
+                }
+            }
+        }
+        ConnectVerdict::Accept { tags }
+    }
+
+    /// At MAIL FROM: refuses a sender in `sender_block`. Full addresses
+    /// match case-insensitively; `@domain` entries match every address at
+    /// exactly that domain (not its subdomains). The null sender is never
+    /// blocked.
+    pub fn check_sender(&self, mail_from: &str) -> SenderVerdict {
+        let address = mail_from
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return SenderVerdict::Accept;
+        };
+        let domain = normalize_domain(domain);
+        let full = format!("{local}@{domain}");
+        let hit = self
+            .block_addresses
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(&full))
+            || self.block_domains.contains(&domain);
+        if hit {
+            tracing::info!(sender = %sanitize(address, MAX_VALUE), "sender refused: sender_block");
+            SenderVerdict::Reject {
+                reply: format!(
+                    "550 5.7.1 Sender address rejected: <{}> is blocked by local policy",
+                    sanitize(address, MAX_VALUE).replace([' ', '<', '>'], "")
+                ),
+            }
+        } else {
+            SenderVerdict::Accept
+        }
+    }
+
+    /// After DATA, once per message: SPF, DKIM and DMARC (concurrently with
+    /// the virus scan). See the crate documentation for the modes, the
+    /// headers and how actions combine.
+    pub async fn check_message(&self, ctx: &MessageContext<'_>, message: &[u8]) -> MessageVerdict {
+        let ids = Identities::new(ctx.ip, ctx.helo, ctx.mail_from, ctx.receiver_hostname);
+        let want_spf = self.spf != StageMode::Off;
+        let want_dkim = self.dkim != StageMode::Off;
+        let want_dmarc = self.dmarc != StageMode::Off;
+
+        let auth_future = async {
+            let Some(authenticator) = &self.authenticator else {
+                return AuthOutcome::default();
+            };
+            if !(want_spf || want_dkim || want_dmarc) {
+                return AuthOutcome::default();
+            }
+            // mail-auth bounds SPF itself (20 s); this bounds everything.
+            let deadline = Duration::from_secs(30).max(self.dns_timeout * 8);
+            match tokio::time::timeout(
+                deadline,
+                auth::authenticate(
+                    authenticator,
+                    &ids,
+                    message,
+                    want_spf,
+                    want_dkim,
+                    want_dmarc,
+                ),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::warn!("SPF/DKIM/DMARC checks timed out");
+                    AuthOutcome::timed_out(
+                        want_spf || want_dmarc,
+                        want_dkim || want_dmarc,
+                        want_dmarc,
+                        &ids,
+                    )
+                }
+            }
+        };
+        let scan_future = async {
+            match &self.clamd {
+                Some(addr) if self.virus_active() => {
+                    Some(clamd::scan(addr, message, self.clamd_timeout).await)
+                }
+                _ => None,
+            }
+        };
+        let (outcome, scan) = tokio::join!(auth_future, scan_future);
+        if let Some(ScanOutcome::Failed(reason)) = &scan {
+            tracing::warn!(reason = %reason, "virus scan failed");
+        }
+        self.verdict(ctx, &ids, &outcome, scan.as_ref())
+    }
+
+    /// Turns the stage results into actions, headers and the summary.
+    fn verdict(
+        &self,
+        ctx: &MessageContext<'_>,
+        ids: &Identities<'_>,
+        outcome: &AuthOutcome,
+        scan: Option<&ScanOutcome>,
+    ) -> MessageVerdict {
+        let mut actions = Vec::new();
+        let mut suspect = false;
+        let mut extra_headers = String::new();
+
+        // Virus.
+        let virus_token = match scan {
+            None => "off".to_string(),
+            Some(ScanOutcome::Clean) => "clean".to_string(),
+            Some(ScanOutcome::Infected(signature)) => {
+                suspect = true;
+                match self.virus {
+                    StageMode::Reject => actions.push(MessageAction::Reject {
+                        reply: format!("554 5.7.1 Message rejected: virus {signature} found"),
+                    }),
+                    StageMode::Quarantine => actions.push(MessageAction::Quarantine {
+                        reason: format!("virus {signature} found"),
+                    }),
+                    StageMode::Tag | StageMode::Off => {}
+                }
+                format!("found:{}", signature.replace(' ', "_"))
+            }
+            Some(ScanOutcome::Failed(reason)) => match self.clamd_failure {
+                FailMode::Closed => {
+                    actions.push(MessageAction::TempFail {
+                        reply: "451 4.7.1 Virus scanner unavailable, try again later".into(),
+                    });
+                    "error".to_string()
+                }
+                FailMode::Open => {
+                    extra_headers.push_str(&render(
+                        "X-Virus-Scan",
+                        &format!("skipped ({})", sanitize_comment(reason)),
+                    ));
+                    "skipped".to_string()
+                }
+            },
+        };
+
+        // DMARC.
+        if let Some(dmarc) = &outcome.dmarc
+            && dmarc.result == AuthResult::Fail
+        {
+            suspect = true;
+            let domain = sanitize(&dmarc.domain, MAX_VALUE);
+            match (self.dmarc, dmarc.policy) {
+                (StageMode::Reject, DmarcPolicy::Reject) => actions.push(MessageAction::Reject {
+                    reply: format!("550 5.7.1 DMARC policy of {domain} says reject"),
+                }),
+                (StageMode::Reject, DmarcPolicy::Quarantine) => {
+                    actions.push(MessageAction::Quarantine {
+                        reason: format!("DMARC policy of {domain} says quarantine"),
+                    })
+                }
+                (StageMode::Quarantine, _) => actions.push(MessageAction::Quarantine {
+                    reason: format!("DMARC check failed for {domain}"),
+                }),
+                _ => {}
+            }
+        }
+
+        // SPF.
+        if let Some(spf) = &outcome.spf {
+            if matches!(spf.result, AuthResult::Fail | AuthResult::SoftFail) {
+                suspect = true;
+            }
+            if spf.result == AuthResult::Fail {
+                let domain = sanitize(&spf.domain, MAX_VALUE);
+                match self.spf {
+                    StageMode::Reject => actions.push(MessageAction::Reject {
+                        reply: format!(
+                            "550 5.7.23 SPF validation failed: {domain} does not allow [{}] to send its mail",
+                            ids.ip
+                        ),
+                    }),
+                    StageMode::Quarantine => actions.push(MessageAction::Quarantine {
+                        reason: format!("SPF fail for {domain}"),
+                    }),
+                    StageMode::Tag | StageMode::Off => {}
+                }
+            }
+        }
+
+        // DKIM.
+        let dkim_token = outcome.dkim.as_ref().map(|sigs| dkim_summary(sigs));
+        if let Some(sigs) = &outcome.dkim
+            && !sigs.is_empty()
+            && sigs
+                .iter()
+                .all(|s| !matches!(s.result, AuthResult::Pass | AuthResult::TempError))
+        {
+            suspect = true;
+            match self.dkim {
+                StageMode::Reject => actions.push(MessageAction::Reject {
+                    reply: "550 5.7.20 No valid DKIM signature found".into(),
+                }),
+                StageMode::Quarantine => actions.push(MessageAction::Quarantine {
+                    reason: "no valid DKIM signature".into(),
+                }),
+                StageMode::Tag | StageMode::Off => {}
+            }
+        }
+
+        // DNSBL (decided at connect; reported here).
+        let listed: Vec<&str> = ctx
+            .connect_tags
+            .iter()
+            .filter_map(|t| t.strip_prefix(TAG_DNSBL))
+            .collect();
+        let dnsbl_token = if ctx.connect_tags.iter().any(|t| t == TAG_IP_ALLOW) {
+            "skipped".to_string()
+        } else if !listed.is_empty() {
+            suspect = true;
+            format!("listed:{}", sanitize(&listed.join(","), MAX_VALUE))
+        } else if ctx
+            .connect_tags
+            .iter()
+            .any(|t| t.starts_with(TAG_DNSBL_ERROR))
+        {
+            "error".to_string()
+        } else if self.dnsbl_active() {
+            "none".to_string()
+        } else {
+            "off".to_string()
+        };
+
+        let action = combine_actions(actions);
+        let summary = format!(
+            "dnsbl={} spf={} dkim={} dmarc={} virus={}",
+            dnsbl_token.replace(' ', "_"),
+            outcome.spf.as_ref().map_or("off", |s| s.result.as_str()),
+            dkim_token.unwrap_or("off"),
+            outcome.dmarc.as_ref().map_or("off", |d| d.result.as_str()),
+            sanitize(&virus_token, MAX_VALUE).replace(' ', "_"),
+        );
+        let verdict_word = match action {
+            MessageAction::Accept if suspect => "suspect",
+            MessageAction::Accept => "clean",
+            ref other => other.word(),
+        };
+
+        let mut headers = String::new();
+        if let Some(ar) = authentication_results(ctx.receiver_hostname, outcome) {
+            headers.push_str(&ar);
+        }
+        headers.push_str(&render(
+            VERDICT_HEADER,
+            &format!("{verdict_word}; {summary}"),
+        ));
+        headers.push_str(&extra_headers);
+
+        MessageVerdict {
+            headers,
+            action,
+            summary,
+        }
+    }
+}
+
+/// The DKIM token of the summary: `none` without signatures, `pass` when
+/// one verifies, otherwise the result of the first (temperror first).
+fn dkim_summary(sigs: &[auth::DkimCheck]) -> &'static str {
+    if sigs.is_empty() {
+        "none"
+    } else if sigs.iter().any(|s| s.result == AuthResult::Pass) {
+        "pass"
+    } else if sigs.iter().any(|s| s.result == AuthResult::TempError) {
+        "temperror"
+    } else {
+        sigs[0].result.as_str()
+    }
+}
+
+/// Lowercases a domain and drops a trailing dot.
+fn normalize_domain(domain: &str) -> String {
+    domain.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Most DKIM results listed in Authentication-Results.
+const MAX_DKIM_RESULTS: usize = 5;
+
+/// The Authentication-Results header (RFC 8601), or `None` when no method
+/// ran.
+fn authentication_results(authserv_id: &str, outcome: &AuthOutcome) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(spf) = &outcome.spf {
+        let mut part = format!("spf={}", spf.result.as_str());
+        if !spf.identity.is_empty() {
+            part.push_str(&format!(
+                " {}={}",
+                spf.property,
+                property_value(&spf.identity)
+            ));
+        }
+        parts.push(part);
+    }
+    if let Some(sigs) = &outcome.dkim {
+        if sigs.is_empty() {
+            parts.push("dkim=none".into());
+        }
+        for sig in sigs.iter().take(MAX_DKIM_RESULTS) {
+            let mut part = format!("dkim={}", sig.result.as_str());
+            if !sig.domain.is_empty() {
+                part.push_str(&format!(" header.d={}", property_value(&sig.domain)));
+            }
+            if !sig.selector.is_empty() {
+                part.push_str(&format!(" header.s={}", property_value(&sig.selector)));
+            }
+            parts.push(part);
+        }
+    }
+    if let Some(dmarc) = &outcome.dmarc {
+        let mut part = format!("dmarc={}", dmarc.result.as_str());
+        if dmarc.result == AuthResult::Fail {
+            part.push_str(&format!(" (p={})", dmarc.policy.as_str()));
+        }
+        if !dmarc.domain.is_empty() {
+            part.push_str(&format!(" header.from={}", property_value(&dmarc.domain)));
+        }
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let id = sanitize(authserv_id, MAX_VALUE).replace([' ', ';', '(', ')'], "");
+    let id = if id.is_empty() {
+        "localhost".to_string()
+    } else {
+        id
+    };
+    Some(render_list("Authentication-Results", &id, &parts))
+}
+
+#[cfg(test)]
+mod tests;
