@@ -17,11 +17,14 @@
 //!   streaming, chunk by chunk.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, RFC 5034).
 //! - [`server`] is the server session state machine.
-//! - [`client`] parses server replies for POP3 clients.
+//! - [`client`] parses server replies for POP3 clients, and
+//!   [`client_codec`] the contents of multi-line replies (CAPA, LIST, UIDL)
+//!   plus a streaming RETR/TOP body decoder.
 #![forbid(unsafe_code)]
 
 pub mod body;
 pub mod client;
+pub mod client_codec;
 pub mod command;
 pub mod line;
 pub mod sasl;

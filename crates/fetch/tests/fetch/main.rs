@@ -1,0 +1,12 @@
+//! Integration tests for postoffice-fetch against the in-process
+//! postoffice server (and a few scripted fake servers).
+
+mod common;
+
+mod cli;
+mod client;
+mod destinations;
+mod interruption;
+mod policies;
+mod tls;
+mod verbose;
