@@ -10,7 +10,7 @@ use postoffice_config::Config;
 use postoffice_directory::{
     Directory, Policy, Retention, hash_password, normalize_address, normalize_domain,
 };
-use postoffice_store::{MailStore, Maildir, StoreError};
+use postoffice_store::{MailStore, Maildir};
 
 /// A mail server built around POP3: one binary, one config file.
 ///
@@ -55,6 +55,10 @@ enum Command {
         /// The recipient, e.g. alice@example.test.
         recipient: String,
     },
+    /// Download mail from POP3 servers into a Maildir, an mbox or a command
+    /// (like fetchmail), deleting it from the server or keeping it there.
+    /// Accounts are read from ~/.config/postoffice/fetch.toml.
+    Fetch(postoffice_fetch::FetchArgs),
     /// Delete messages older than their retention policy (the server does
     /// this periodically by itself) and stale half-written deliveries.
     Expire {
@@ -155,8 +159,6 @@ struct PolicyArgs {
 
 /// sysexits.h codes, as mail programs expect from a delivery agent.
 mod sysexits {
-    pub const DATAERR: u8 = 65;
-    pub const NOUSER: u8 = 67;
     pub const TEMPFAIL: u8 = 75;
     pub const CONFIG: u8 = 78;
 }
@@ -199,6 +201,12 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // The fetch client has its own accounts file and needs nothing of the
+    // server's configuration.
+    let command = match cli.command {
+        Command::Fetch(args) => return postoffice_fetch::run(args),
+        other => other,
+    };
     let config = match load_config(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -206,7 +214,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(sysexits::CONFIG));
         }
     };
-    match cli.command {
+    match command {
+        Command::Fetch(_) => unreachable!("handled above"),
         Command::Serve => serve(config),
         Command::Config(ConfigCmd::Check) => {
             print!("{}", config.to_toml());
@@ -274,6 +283,9 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
         match service {
             Service::Pop3 => println!("  POP3   {addr}  (plain, STLS offered)"),
             Service::Pop3s => println!("  POP3S  {addr}  (implicit TLS)"),
+            Service::Smtp => {
+                println!("  SMTP   {addr}  (receives mail for local users; STARTTLS offered)")
+            }
         }
     }
     println!(
@@ -525,35 +537,34 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
 }
 
 fn deliver(config: &Config, recipient: &str) -> Result<ExitCode> {
-    let address = match normalize_address(recipient) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("postoffice deliver: {e}");
-            return Ok(ExitCode::from(sysexits::NOUSER));
-        }
-    };
     let dir = Directory::open(&config.data_dir)?;
-    if dir.snapshot().user(&address).is_none() {
-        eprintln!("postoffice deliver: no such user: {address}");
-        return Ok(ExitCode::from(sysexits::NOUSER));
-    }
     let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    let local = postoffice_server::delivery::Local {
+        config,
+        directory: &dir,
+        store: &store,
+    };
     let mut stdin = std::io::stdin().lock();
     if std::io::stdin().is_terminal() {
         eprintln!("reading the message from standard input; end with Ctrl-D");
     }
-    match store.deliver(&address, &mut stdin as &mut dyn Read) {
+    // The same delivery path as the SMTP listener: recipient check,
+    // quotas, durable store.
+    match local.deliver_stream(recipient, &mut stdin as &mut dyn Read) {
         Ok(d) => {
-            eprintln!("delivered to {address} ({} octets, uid {})", d.size, d.uid);
+            eprintln!(
+                "delivered to {recipient} ({} octets, uid {})",
+                d.size, d.uid
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Err(StoreError::EmptyMessage) => {
-            eprintln!("postoffice deliver: empty message");
-            Ok(ExitCode::from(sysexits::DATAERR))
-        }
         Err(e) => {
-            eprintln!("postoffice deliver: {e}; the message was not stored, try again");
-            Ok(ExitCode::from(sysexits::TEMPFAIL))
+            let hint = match e.exit_code() {
+                sysexits::TEMPFAIL => "; the message was not stored, try again later",
+                _ => "",
+            };
+            eprintln!("postoffice deliver: {e}{hint}");
+            Ok(ExitCode::from(e.exit_code()))
         }
     }
 }

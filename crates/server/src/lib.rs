@@ -4,16 +4,20 @@
 //!
 //! - [`Server::bind`] opens every listener (so port errors surface before
 //!   anything else happens) and [`Server::run`] serves until shut down.
-//! - [`pop3`] handles one connection.
+//! - [`pop3`] handles one POP3 connection, [`smtp`] one SMTP connection.
+//! - [`delivery`] is the one path into a maildrop (SMTP and `deliver`).
 //! - [`state`] holds what connections share, including the login procedure.
 //! - [`limits`] caps connections in total and per client IP.
 //! - [`sweeper`] applies retention and cleans up stale tmp/ files.
 //! - [`shutdown`] broadcasts the stop signal.
 #![forbid(unsafe_code)]
 
+pub mod delivery;
+pub mod headers;
 pub mod limits;
 pub mod pop3;
 pub mod shutdown;
+pub mod smtp;
 pub mod state;
 pub mod sweeper;
 pub mod tls;
@@ -38,6 +42,7 @@ use crate::state::Shared;
 pub enum Service {
     Pop3,
     Pop3s,
+    Smtp,
 }
 
 /// A bound, not yet running server.
@@ -56,11 +61,12 @@ impl Server {
         for (service, addrs) in [
             (Service::Pop3, &config.pop3.listen),
             (Service::Pop3s, &config.pop3.listen_tls),
+            (Service::Smtp, &config.smtp.listen),
         ] {
             for addr in addrs {
                 let l = TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change [pop3] listen/listen_tls in the config"))?;
+                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change the listen addresses ([pop3] listen/listen_tls, [smtp] listen) in the config"))?;
                 listeners.push((service, l));
             }
         }
@@ -149,7 +155,11 @@ async fn accept_loop(
                     }
                     Refused::Total => b"-ERR [SYS/TEMP] Server is busy; try again later.\r\n",
                 };
-                if service == Service::Pop3 {
+                let msg: &[u8] = match service {
+                    Service::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
+                    _ => msg,
+                };
+                if service != Service::Pop3s {
                     // Best effort, never blocking the accept loop.
                     let _ =
                         tokio::time::timeout(Duration::from_millis(200), tcp.write_all(msg)).await;
@@ -159,11 +169,20 @@ async fn accept_loop(
         };
         let shared = Arc::clone(&shared);
         let sd = trigger.subscribe();
-        let span = tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s);
+        let span = match service {
+            Service::Smtp => tracing::info_span!("smtp", peer = %peer),
+            _ => tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s),
+        };
         conns.spawn(tracing::Instrument::instrument(
             async move {
                 let _guard = guard;
-                pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd).await;
+                match service {
+                    Service::Smtp => smtp::serve_connection(shared, tcp, peer, sd).await,
+                    _ => {
+                        pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd)
+                            .await
+                    }
+                }
             },
             span,
         ));

@@ -45,6 +45,8 @@ pub struct Shared {
     pub throttle: LoginThrottle,
     pub tls: Option<TlsAcceptor>,
     pub limiter: Arc<ConnLimiter>,
+    /// The inbound verification pipeline (SMTP).
+    pub filters: postoffice_filter::Filters,
     /// Last successful login per user, for LOGIN-DELAY. In memory: a
     /// restart forgets it, which errs on the side of letting users in.
     last_login: Mutex<HashMap<String, Instant>>,
@@ -57,11 +59,9 @@ pub struct Shared {
 type CapaCache = (Arc<DirectoryData>, ExpireSummary, LoginDelaySummary);
 
 impl Shared {
-    pub fn new(
-        config: Config,
-        tls: Option<TlsAcceptor>,
-    ) -> Result<Self, postoffice_directory::Error> {
+    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
         let directory = Directory::open(&config.data_dir)?;
+        let filters = postoffice_filter::Filters::new(&config.filter, &config.dns)?;
         let store = Arc::new(Maildir::new(config.data_dir.join("mail"), &config.hostname));
         let a = &config.auth;
         let throttle = LoginThrottle::new(ThrottleConfig {
@@ -84,6 +84,7 @@ impl Shared {
             throttle,
             tls,
             limiter,
+            filters,
             last_login: Mutex::new(HashMap::new()),
             capa_cache: Mutex::new(None),
         })

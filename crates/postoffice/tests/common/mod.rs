@@ -64,7 +64,8 @@ impl Env {
         let config = dir.path().join("postoffice.toml");
         let text = format!(
             "data_dir = \"data\"\nhostname = \"test.local\"\n\
-             pop3.listen = [\"127.0.0.1:0\"]\npop3.listen_tls = [\"127.0.0.1:0\"]\n{extra}\n"
+             pop3.listen = [\"127.0.0.1:0\"]\npop3.listen_tls = [\"127.0.0.1:0\"]\n\
+             smtp.listen = [\"127.0.0.1:0\"]\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("server.log");
@@ -156,11 +157,12 @@ impl Env {
             child: Some(child),
             pop3: None,
             pop3s: None,
+            smtp: None,
             log: self.log.clone(),
             data_dir: self.data_dir(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        while server.pop3.is_none() || server.pop3s.is_none() {
+        while server.pop3.is_none() || server.pop3s.is_none() || server.smtp.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(line) => line,
@@ -175,6 +177,7 @@ impl Env {
             match (kind, parsed) {
                 (Some("POP3"), Some(a)) => server.pop3 = Some(a),
                 (Some("POP3S"), Some(a)) => server.pop3s = Some(a),
+                (Some("SMTP"), Some(a)) => server.smtp = Some(a),
                 _ => {}
             }
         }
@@ -221,6 +224,7 @@ pub struct Server {
     child: Option<Child>,
     pop3: Option<SocketAddr>,
     pop3s: Option<SocketAddr>,
+    smtp: Option<SocketAddr>,
     log: PathBuf,
     data_dir: PathBuf,
 }
@@ -232,6 +236,10 @@ impl Server {
 
     pub fn pop3s_addr(&self) -> SocketAddr {
         self.pop3s.expect("pop3s listener")
+    }
+
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp.expect("smtp listener")
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,215 @@
+//! Local delivery: the one path by which mail reaches a maildrop, shared by
+//! the SMTP listener and `postoffice deliver`.
+//!
+//! It checks that each recipient exists and has room (quotas), stores the
+//! message durably for every recipient (each copy fsynced before this
+//! returns), and if any copy fails, takes back the copies already made so
+//! that the sender's retry does not produce duplicates.
+
+use std::io::{Cursor, Read};
+
+use postoffice_config::Config;
+use postoffice_directory::{Directory, normalize_address};
+use postoffice_store::{Delivered, MailStore, Maildir, StoreError};
+
+use crate::state::policy_defaults;
+
+/// Why a delivery did not happen. Each maps to an SMTP reply and a
+/// sysexits code.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    #[error("mailbox of {0} is over quota")]
+    OverQuota(String),
+    #[error("message of {size} octets exceeds the quota of {user} ({quota} octets)")]
+    TooBigForQuota { user: String, size: u64, quota: u64 },
+    #[error("empty message")]
+    Empty,
+    #[error("temporary failure: {0}")]
+    Temporary(String),
+}
+
+impl DeliveryError {
+    /// The SMTP reply (RFC 3463 enhanced codes).
+    pub fn smtp_reply(&self) -> String {
+        match self {
+            DeliveryError::NoSuchUser(u) => {
+                format!("550 5.1.1 <{u}>: Recipient address rejected: User unknown")
+            }
+            DeliveryError::OverQuota(u) => {
+                format!("452 4.2.2 <{u}>: Mailbox full, try again later")
+            }
+            DeliveryError::TooBigForQuota { user, .. } => {
+                format!("552 5.2.2 <{user}>: Message larger than the mailbox quota")
+            }
+            DeliveryError::Empty => "554 5.6.0 Empty message".into(),
+            DeliveryError::Temporary(_) => {
+                "451 4.3.0 Temporary local problem, try again later".into()
+            }
+        }
+    }
+
+    /// The exit status for `postoffice deliver` (sysexits.h).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DeliveryError::NoSuchUser(_) => 67,
+            DeliveryError::Empty => 65,
+            // Quota: temporary, the MTA keeps the message and retries.
+            DeliveryError::OverQuota(_)
+            | DeliveryError::TooBigForQuota { .. }
+            | DeliveryError::Temporary(_) => 75,
+        }
+    }
+}
+
+/// Where local delivery gets its facts.
+pub struct Local<'a> {
+    pub config: &'a Config,
+    pub directory: &'a Directory,
+    pub store: &'a Maildir,
+}
+
+impl Local<'_> {
+    /// Check a recipient before accepting it: it must be a known user of a
+    /// local domain with room for at least one more message.
+    pub fn check_recipient(&self, address: &str) -> Result<String, DeliveryError> {
+        let addr = normalize_address(address)
+            .map_err(|_| DeliveryError::NoSuchUser(address.to_string()))?;
+        let dir = self.directory.snapshot();
+        if dir.user(&addr).is_none() {
+            return Err(DeliveryError::NoSuchUser(addr));
+        }
+        self.check_quota(&addr, 0)?;
+        Ok(addr)
+    }
+
+    /// Is this a domain we receive mail for?
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let d = domain.to_ascii_lowercase();
+        self.directory.snapshot().domain(&d).is_some()
+    }
+
+    fn check_quota(&self, addr: &str, size: u64) -> Result<(), DeliveryError> {
+        let p = self
+            .directory
+            .snapshot()
+            .effective(addr, &policy_defaults(self.config));
+        if p.quota_bytes.is_none() && p.quota_messages.is_none() {
+            return Ok(());
+        }
+        let usage = self
+            .store
+            .usage(addr)
+            .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
+        if let Some(q) = p.quota_bytes {
+            if size > q {
+                return Err(DeliveryError::TooBigForQuota {
+                    user: addr.to_string(),
+                    size,
+                    quota: q,
+                });
+            }
+            if usage.bytes + size > q {
+                return Err(DeliveryError::OverQuota(addr.to_string()));
+            }
+        }
+        if let Some(q) = p.quota_messages
+            && usage.messages + 1 > q
+        {
+            return Err(DeliveryError::OverQuota(addr.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Store `message` for every recipient, durably, or for none.
+    pub fn deliver(
+        &self,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<Vec<Delivered>, DeliveryError> {
+        if message.is_empty() {
+            return Err(DeliveryError::Empty);
+        }
+        let size = message.len() as u64;
+        let mut checked = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            let addr = self.check_recipient(r)?;
+            self.check_quota(&addr, size)?;
+            checked.push(addr);
+        }
+        let mut done: Vec<(String, Delivered)> = Vec::with_capacity(checked.len());
+        for addr in &checked {
+            match self.store.deliver(addr, &mut Cursor::new(message)) {
+                Ok(d) => done.push((addr.clone(), d)),
+                Err(e) => {
+                    for (a, d) in &done {
+                        let _ = self.store.discard(a, d);
+                    }
+                    return Err(store_error(e));
+                }
+            }
+        }
+        Ok(done.into_iter().map(|(_, d)| d).collect())
+    }
+
+    /// Store into each recipient's quarantine folder.
+    pub fn quarantine(&self, recipients: &[String], message: &[u8]) -> Result<(), DeliveryError> {
+        for r in recipients {
+            let addr = self.check_recipient(r)?;
+            self.store
+                .deliver_quarantine(&addr, &mut Cursor::new(message))
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    /// Stream one message to one recipient (`postoffice deliver`).
+    pub fn deliver_stream(
+        &self,
+        recipient: &str,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, DeliveryError> {
+        let addr = self.check_recipient(recipient)?;
+        let d = self.store.deliver(&addr, message).map_err(store_error)?;
+        // The size is known only now: enforce the byte quota after the fact
+        // by taking the message back.
+        if let Err(e) = self.check_quota_after(&addr, d.size) {
+            let _ = self.store.discard(&addr, &d);
+            return Err(e);
+        }
+        Ok(d)
+    }
+
+    fn check_quota_after(&self, addr: &str, size: u64) -> Result<(), DeliveryError> {
+        let p = self
+            .directory
+            .snapshot()
+            .effective(addr, &policy_defaults(self.config));
+        let Some(q) = p.quota_bytes else {
+            return Ok(());
+        };
+        if size > q {
+            return Err(DeliveryError::TooBigForQuota {
+                user: addr.to_string(),
+                size,
+                quota: q,
+            });
+        }
+        let usage = self
+            .store
+            .usage(addr)
+            .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
+        if usage.bytes > q {
+            return Err(DeliveryError::OverQuota(addr.to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn store_error(e: StoreError) -> DeliveryError {
+    match e {
+        StoreError::EmptyMessage => DeliveryError::Empty,
+        e => DeliveryError::Temporary(e.to_string()),
+    }
+}
