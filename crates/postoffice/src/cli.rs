@@ -59,6 +59,10 @@ enum Command {
     /// (like fetchmail), deleting it from the server or keeping it there.
     /// Accounts are read from ~/.config/postoffice/fetch.toml.
     Fetch(postoffice_fetch::FetchArgs),
+    /// Manage quarantined messages (held by the verification pipeline;
+    /// POP3 does not show them).
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
     /// Delete messages older than their retention policy (the server does
     /// this periodically by itself) and stale half-written deliveries.
     Expire {
@@ -66,6 +70,20 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum QuarantineCmd {
+    /// List a user's quarantined messages: UID, size, date, subject.
+    #[command(alias = "ls")]
+    List { address: String },
+    /// Print a quarantined message.
+    Show { address: String, uid: String },
+    /// Move a quarantined message into the user's maildrop.
+    Release { address: String, uid: String },
+    /// Delete a quarantined message.
+    #[command(alias = "rm", alias = "del")]
+    Delete { address: String, uid: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,6 +244,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(cmd) => user(&config, cmd),
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
+        Command::Quarantine(cmd) => quarantine(&config, cmd),
     }
 }
 
@@ -567,6 +586,51 @@ fn deliver(config: &Config, recipient: &str) -> Result<ExitCode> {
             Ok(ExitCode::from(e.exit_code()))
         }
     }
+}
+
+fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
+    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    match cmd {
+        QuarantineCmd::List { address } => {
+            let address = normalize_address(&address)?;
+            for m in store.quarantine_list(&address)? {
+                let mut head = Vec::new();
+                store
+                    .quarantine_read(&address, &m.uid)?
+                    .take(16 * 1024)
+                    .read_to_end(&mut head)?;
+                let subject = String::from_utf8_lossy(&head)
+                    .split("\r\n\r\n")
+                    .next()
+                    .unwrap_or("")
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("subject")
+                            .then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let date = postoffice_server::headers::rfc5322_date(m.received);
+                println!("{}\t{}\t{}\t{}", m.uid, m.size, date, subject);
+            }
+        }
+        QuarantineCmd::Show { address, uid } => {
+            let address = normalize_address(&address)?;
+            let mut r = store.quarantine_read(&address, &uid)?;
+            std::io::copy(&mut r, &mut std::io::stdout().lock())?;
+        }
+        QuarantineCmd::Release { address, uid } => {
+            let address = normalize_address(&address)?;
+            store.quarantine_release(&address, &uid)?;
+            println!("released {uid} into the maildrop of {address}");
+        }
+        QuarantineCmd::Delete { address, uid } => {
+            let address = normalize_address(&address)?;
+            store.quarantine_delete(&address, &uid)?;
+            println!("deleted {uid} from the quarantine of {address}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn expire(config: &Config, dry_run: bool) -> Result<ExitCode> {

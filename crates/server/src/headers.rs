@@ -128,3 +128,112 @@ mod tests {
         assert!(h.lines().all(|l| l.len() < 998));
     }
 }
+
+/// Remove header fields a sender could forge to impersonate our own
+/// verdicts (RFC 8601 5): `Authentication-Results` whose authserv-id is our
+/// host name, and any `X-Postoffice-Verdict` / `X-Virus-Scan`. Only the
+/// header section is touched; the body is never rewritten. Borrowed when
+/// there is nothing to remove.
+pub fn strip_forged<'a>(message: &'a [u8], hostname: &str) -> std::borrow::Cow<'a, [u8]> {
+    let header_end = find_header_end(message);
+    let mut drops: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0;
+    while pos < header_end {
+        // One field: its first line plus continuation lines (starting with
+        // space or tab).
+        let start = pos;
+        let mut end = next_line(message, pos);
+        while end < header_end && matches!(message.get(end), Some(b' ' | b'\t')) {
+            end = next_line(message, end);
+        }
+        let field = &message[start..end];
+        if is_forged(field, hostname) {
+            drops.push((start, end));
+        }
+        pos = end;
+    }
+    if drops.is_empty() {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = Vec::with_capacity(message.len());
+    let mut last = 0;
+    for (s, e) in drops {
+        out.extend_from_slice(&message[last..s]);
+        last = e;
+    }
+    out.extend_from_slice(&message[last..]);
+    std::borrow::Cow::Owned(out)
+}
+
+fn next_line(m: &[u8], from: usize) -> usize {
+    memchr_lf(&m[from..]).map_or(m.len(), |p| from + p + 1)
+}
+
+fn memchr_lf(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == b'\n')
+}
+
+/// Offset of the blank line ending the header section (or the end).
+fn find_header_end(m: &[u8]) -> usize {
+    let mut pos = 0;
+    while pos < m.len() {
+        let line_end = next_line(m, pos);
+        let line = &m[pos..line_end];
+        if line == b"\r\n" || line == b"\n" {
+            return pos;
+        }
+        // A line without a colon that is not a continuation ends the header
+        // (malformed input: treat the rest as body).
+        if !matches!(line.first(), Some(b' ' | b'\t')) && !line.contains(&b':') {
+            return pos;
+        }
+        pos = line_end;
+    }
+    m.len()
+}
+
+fn is_forged(field: &[u8], hostname: &str) -> bool {
+    let Some(colon) = field.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = String::from_utf8_lossy(&field[..colon])
+        .trim()
+        .to_ascii_lowercase();
+    match name.as_str() {
+        "x-postoffice-verdict" | "x-virus-scan" => true,
+        "authentication-results" => {
+            let value = String::from_utf8_lossy(&field[colon + 1..]);
+            let id = value
+                .trim_start()
+                .split(|c: char| c == ';' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            id.eq_ignore_ascii_case(hostname)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod strip_tests {
+    use super::strip_forged;
+
+    #[test]
+    fn forged_verdicts_are_removed_and_nothing_else() {
+        let m = b"Authentication-Results: mx.test;\r\n\tspf=pass\r\nX-Postoffice-Verdict: clean\r\nAuthentication-Results: other.example; dkim=pass\r\nSubject: hi\r\nX-Virus-Scan: none\r\n\r\nAuthentication-Results: mx.test; body text stays\r\n";
+        let out = strip_forged(m, "MX.test");
+        assert_eq!(
+            &*out,
+            &b"Authentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.test; body text stays\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn clean_message_is_borrowed() {
+        let m = b"Subject: hi\r\n\r\nbody\r\n";
+        assert!(matches!(
+            strip_forged(m, "mx.test"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+}

@@ -275,10 +275,11 @@ async fn deliver(conn: &mut Conn) -> String {
         rcpt_to: &env.rcpt_to,
         time: SystemTime::now(),
     });
+    let body = crate::headers::strip_forged(body, &conn.shared.config.hostname);
     let mut message = Vec::with_capacity(trace.len() + verdict.headers.len() + size);
     message.extend_from_slice(trace.as_bytes());
     message.extend_from_slice(verdict.headers.as_bytes());
-    message.extend_from_slice(body);
+    message.extend_from_slice(&body);
     let rcpts = env.rcpt_to.clone();
     let (reply, result) = match verdict.action {
         MessageAction::Reject { reply } => (reply, "rejected"),
