@@ -39,6 +39,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     pub pop3: Pop3,
     pub smtp: Smtp,
+    pub submission: Submission,
+    pub queue: Queue,
+    pub dkim: Dkim,
     pub filter: Filter,
     pub dns: Dns,
     pub tls: Tls,
@@ -56,6 +59,9 @@ impl Default for Config {
             shutdown_timeout_secs: 30,
             pop3: Pop3::default(),
             smtp: Smtp::default(),
+            submission: Submission::default(),
+            queue: Queue::default(),
+            dkim: Dkim::default(),
             filter: Filter::default(),
             dns: Dns::default(),
             tls: Tls::default(),
@@ -134,6 +140,111 @@ impl Default for Smtp {
             command_timeout_secs: 300,
             data_timeout_secs: 600,
             max_errors: 10,
+        }
+    }
+}
+
+/// Mail submission for the server's own users (RFC 6409, RFC 8314).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Submission {
+    /// Submission listeners with STARTTLS. Production: ["0.0.0.0:587"].
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS submission listeners. Production: ["0.0.0.0:465"].
+    pub listen_tls: Vec<SocketAddr>,
+    /// Offer AUTH without TLS to loopback clients (webmail or scripts on the
+    /// same host). Non-loopback clients always need TLS first.
+    pub allow_plaintext_auth_loopback: bool,
+    /// Extra addresses a user may send as, besides their own:
+    /// { "alice@example.test" = ["sales@example.test", "@example.test"] }
+    /// ("@domain" allows every address of the domain).
+    pub sender_aliases: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Submission {
+    fn default() -> Self {
+        Submission {
+            listen: vec![addr("127.0.0.1:2587")],
+            listen_tls: vec![addr("127.0.0.1:2465")],
+            allow_plaintext_auth_loopback: true,
+            sender_aliases: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// The outbound queue: delivery of mail for other domains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// TCP port of remote MX servers (25; tests use another).
+    pub remote_port: u16,
+    /// Seconds between attempts: the n-th retry waits the n-th value; the
+    /// last value repeats until max_age_secs.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Give up and bounce after this many seconds (default 5 days).
+    pub max_age_secs: u64,
+    /// Send the sender a delay warning after this many seconds (0 = never).
+    pub delay_warning_secs: u64,
+    /// Concurrent deliveries in total.
+    pub max_concurrency: usize,
+    /// Concurrent deliveries to one destination domain.
+    pub max_concurrency_per_domain: usize,
+    /// Seconds to wait for a TCP connection, and for each reply.
+    pub connect_timeout_secs: u64,
+    pub command_timeout_secs: u64,
+    /// Domains whose MX must offer STARTTLS (with a valid certificate);
+    /// otherwise the message waits and is retried.
+    pub require_tls_domains: Vec<String>,
+    /// Send everything through this relay ("host:port"), like Postfix's
+    /// relayhost. Empty: deliver by MX lookup.
+    pub relayhost: String,
+    /// Per-domain relays, overriding relayhost: { "example.org" = "relay.example.net:587" }.
+    pub transports: std::collections::BTreeMap<String, String>,
+    /// AUTH PLAIN credentials for relayhost/transports (over TLS only).
+    pub relay_user: String,
+    pub relay_password: String,
+    /// CA file to verify relays and MX servers with, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            remote_port: 25,
+            retry_schedule_secs: vec![300, 900, 1800, 3600, 7200, 14400],
+            max_age_secs: 5 * 86_400,
+            delay_warning_secs: 4 * 3600,
+            max_concurrency: 20,
+            max_concurrency_per_domain: 4,
+            connect_timeout_secs: 30,
+            command_timeout_secs: 300,
+            require_tls_domains: Vec::new(),
+            relayhost: String::new(),
+            transports: std::collections::BTreeMap::new(),
+            relay_user: String::new(),
+            relay_password: String::new(),
+            ca_file: None,
+        }
+    }
+}
+
+/// DKIM signing of outgoing mail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dkim {
+    /// Sign mail submitted by our users when a key exists for the sender's
+    /// domain (`postoffice dkim generate DOMAIN` creates one in
+    /// data_dir/dkim/).
+    pub sign: bool,
+    /// The selector published in DNS: <selector>._domainkey.<domain>.
+    pub selector: String,
+}
+
+impl Default for Dkim {
+    fn default() -> Self {
+        Dkim {
+            sign: true,
+            selector: "postoffice".into(),
         }
     }
 }
@@ -481,6 +592,24 @@ impl Config {
                 "filter.dnsbl must be off, tag or reject (a connecting client has no message to quarantine yet)",
             );
         }
+        if self.queue.retry_schedule_secs.is_empty() || self.queue.retry_schedule_secs.contains(&0)
+        {
+            return bad("queue.retry_schedule_secs must be a non-empty list of positive seconds");
+        }
+        if self.queue.max_concurrency == 0 || self.queue.max_concurrency_per_domain == 0 {
+            return bad(
+                "queue.max_concurrency and queue.max_concurrency_per_domain must be at least 1",
+            );
+        }
+        if self.dkim.selector.is_empty()
+            || !self
+                .dkim
+                .selector
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return bad("dkim.selector must be letters, digits, '-' or '.'");
+        }
         if self.policy.expire_interval_secs == 0 {
             return bad("policy.expire_interval_secs must be at least 1");
         }
@@ -598,9 +727,10 @@ mod tests {
         }
         let mut all = Vec::new();
         keys("", &effective, &mut all);
-        // tls.cert/key are None by default and so absent from the rendering.
+        // Options that are None by default are absent from the rendering.
         all.push("tls.cert".into());
         all.push("tls.key".into());
+        all.push("queue.ca_file".into());
         for key in all {
             let (section, name) = match key.rsplit_once('.') {
                 Some((s, n)) => (Some(s), n),
