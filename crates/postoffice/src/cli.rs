@@ -59,6 +59,9 @@ enum Command {
     /// (like fetchmail), deleting it from the server or keeping it there.
     /// Accounts are read from ~/.config/postoffice/fetch.toml.
     Fetch(postoffice_fetch::FetchArgs),
+    /// DKIM keys for signing outgoing mail.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
     /// Manage quarantined messages (held by the verification pipeline;
     /// POP3 does not show them).
     #[command(subcommand)]
@@ -69,6 +72,19 @@ enum Command {
         /// Only report what would be deleted.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DkimCmd {
+    /// Create a signing key for DOMAIN in data_dir/dkim/ and print the DNS
+    /// TXT record to publish. Mail our users submit from DOMAIN is signed
+    /// from then on.
+    Generate {
+        domain: String,
+        /// rsa (2048 bits; understood by every verifier) or ed25519 (RFC 8463).
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ed25519"])]
+        algorithm: String,
     },
 }
 
@@ -245,6 +261,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
         Command::Quarantine(cmd) => quarantine(&config, cmd),
+        Command::Dkim(DkimCmd::Generate { domain, algorithm }) => {
+            let domain = normalize_domain(&domain)?;
+            let algo = if algorithm == "ed25519" {
+                postoffice_server::dkim::Algorithm::Ed25519
+            } else {
+                postoffice_server::dkim::Algorithm::Rsa2048
+            };
+            let record = postoffice_server::dkim::generate(&config.data_dir, &domain, algo)?;
+            let path = postoffice_server::dkim::key_path(&config.data_dir, &domain);
+            println!("DKIM key written to {}", path.display());
+            println!("Publish this DNS TXT record:");
+            let quoted: Vec<String> = record
+                .as_bytes()
+                .chunks(255)
+                .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+                .collect();
+            println!(
+                "{}._domainkey.{domain}. IN TXT {}",
+                config.dkim.selector,
+                quoted.join(" ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -305,6 +344,8 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
             Service::Smtp => {
                 println!("  SMTP   {addr}  (receives mail for local users; STARTTLS offered)")
             }
+            Service::Submission => println!("  SUBMIT {addr}  (submission: AUTH, STARTTLS)"),
+            Service::Submissions => println!("  SUBMITS {addr}  (submission: AUTH, implicit TLS)"),
         }
     }
     println!(

@@ -13,12 +13,14 @@
 #![forbid(unsafe_code)]
 
 pub mod delivery;
+pub mod dkim;
 pub mod headers;
 pub mod limits;
 pub mod pop3;
 pub mod shutdown;
 pub mod smtp;
 pub mod state;
+pub mod submission;
 pub mod sweeper;
 pub mod tls;
 
@@ -43,6 +45,8 @@ pub enum Service {
     Pop3,
     Pop3s,
     Smtp,
+    Submission,
+    Submissions,
 }
 
 /// A bound, not yet running server.
@@ -62,6 +66,8 @@ impl Server {
             (Service::Pop3, &config.pop3.listen),
             (Service::Pop3s, &config.pop3.listen_tls),
             (Service::Smtp, &config.smtp.listen),
+            (Service::Submission, &config.submission.listen),
+            (Service::Submissions, &config.submission.listen_tls),
         ] {
             for addr in addrs {
                 let l = TcpListener::bind(addr)
@@ -156,10 +162,12 @@ async fn accept_loop(
                     Refused::Total => b"-ERR [SYS/TEMP] Server is busy; try again later.\r\n",
                 };
                 let msg: &[u8] = match service {
-                    Service::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
+                    Service::Smtp | Service::Submission => {
+                        b"421 4.7.0 Too many connections, try again later\r\n"
+                    }
                     _ => msg,
                 };
-                if service != Service::Pop3s {
+                if !matches!(service, Service::Pop3s | Service::Submissions) {
                     // Best effort, never blocking the accept loop.
                     let _ =
                         tokio::time::timeout(Duration::from_millis(200), tcp.write_all(msg)).await;
@@ -171,13 +179,30 @@ async fn accept_loop(
         let sd = trigger.subscribe();
         let span = match service {
             Service::Smtp => tracing::info_span!("smtp", peer = %peer),
-            _ => tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s),
+            Service::Submission | Service::Submissions => {
+                tracing::info_span!("submission", peer = %peer)
+            }
+            Service::Pop3 | Service::Pop3s => {
+                tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s)
+            }
         };
         conns.spawn(tracing::Instrument::instrument(
             async move {
                 let _guard = guard;
                 match service {
-                    Service::Smtp => smtp::serve_connection(shared, tcp, peer, sd).await,
+                    Service::Smtp => {
+                        smtp::serve_connection(shared, tcp, peer, smtp::Mode::Mx, sd).await
+                    }
+                    Service::Submission => {
+                        let mode = smtp::Mode::Submission {
+                            implicit_tls: false,
+                        };
+                        smtp::serve_connection(shared, tcp, peer, mode, sd).await
+                    }
+                    Service::Submissions => {
+                        let mode = smtp::Mode::Submission { implicit_tls: true };
+                        smtp::serve_connection(shared, tcp, peer, mode, sd).await
+                    }
                     _ => {
                         pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd)
                             .await

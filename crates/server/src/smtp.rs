@@ -39,7 +39,18 @@ pub fn queue_id() -> String {
     )
 }
 
+/// Which service a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Port 25: mail for local users from anyone, verified by the pipeline.
+    Mx,
+    /// Ports 587 (STARTTLS) / 465 (implicit TLS): our users' outgoing mail,
+    /// after AUTH.
+    Submission { implicit_tls: bool },
+}
+
 struct Conn {
+    mode: Mode,
     shared: Arc<Shared>,
     peer: SocketAddr,
     session: ServerSession,
@@ -59,11 +70,14 @@ pub async fn serve_connection(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
+    mode: Mode,
     mut shutdown: Shutdown,
 ) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     let cfg = &shared.config.smtp;
+    let submission = matches!(mode, Mode::Submission { .. });
+    let implicit_tls = matches!(mode, Mode::Submission { implicit_tls: true });
     let session = ServerSession::new(SessionConfig {
         hostname: shared.config.hostname.clone(),
         max_message_size: usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX),
@@ -71,9 +85,14 @@ pub async fn serve_connection(
         max_line_length: cfg.max_line_length,
         max_errors: cfg.max_errors,
         starttls_available: shared.tls.is_some(),
-        tls_active: false,
+        tls_active: implicit_tls,
+        submission,
+        plaintext_auth: submission
+            && shared.config.submission.allow_plaintext_auth_loopback
+            && peer.ip().is_loopback(),
     });
     let mut conn = Conn {
+        mode,
         shared: Arc::clone(&shared),
         peer,
         session,
@@ -82,46 +101,54 @@ pub async fn serve_connection(
         tls_version: None,
         connect_tags: Vec::new(),
     };
-    match shared.filters.check_connect(peer.ip()).await {
-        ConnectVerdict::Accept { tags } => {
-            conn.connect_tags = tags;
-            conn.session.greeting(&mut conn.out);
-        }
-        ConnectVerdict::Reject { reply } => {
-            info!(ip = %peer.ip(), %reply, "smtp connection refused by policy");
-            conn.session.refuse(&reply, &mut conn.out);
-        }
-    }
-    let end = match drive(tcp, &mut conn, &mut shutdown).await {
-        Step::Done(e) => e,
-        Step::StartTls(tcp) => {
-            let timeout = Duration::from_secs(shared.config.limits.tls_handshake_timeout_secs);
-            match shared.tls.as_ref() {
-                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let (_, c) = tls.get_ref();
-                        conn.tls_version = Some(format!(
-                            "{} {}",
-                            c.protocol_version()
-                                .map_or("TLS".into(), |v| format!("{v:?}")),
-                            c.negotiated_cipher_suite()
-                                .map_or(String::new(), |s| format!("{:?}", s.suite()))
-                        ));
-                        conn.session.tls_started();
-                        match drive(tls, &mut conn, &mut shutdown).await {
-                            Step::Done(e) => e,
-                            Step::StartTls(_) => "error",
-                        }
-                    }
-                    _ => "tls-failed",
-                },
-                None => "error",
+    let timeout = Duration::from_secs(shared.config.limits.tls_handshake_timeout_secs);
+    let end = if implicit_tls {
+        match tls_accept(&shared, tcp, timeout).await {
+            Some(tls) => {
+                conn.tls_version = Some(tls_description(&tls));
+                conn.session.greeting(&mut conn.out);
+                match drive(tls, &mut conn, &mut shutdown).await {
+                    Step::Done(e) => e,
+                    Step::StartTls(_) => "error",
+                }
             }
+            None => "tls-failed",
+        }
+    } else {
+        if submission {
+            conn.session.greeting(&mut conn.out);
+        } else {
+            match shared.filters.check_connect(peer.ip()).await {
+                ConnectVerdict::Accept { tags } => {
+                    conn.connect_tags = tags;
+                    conn.session.greeting(&mut conn.out);
+                }
+                ConnectVerdict::Reject { reply } => {
+                    info!(ip = %peer.ip(), %reply, "smtp connection refused by policy");
+                    conn.session.refuse(&reply, &mut conn.out);
+                }
+            }
+        }
+        match drive(tcp, &mut conn, &mut shutdown).await {
+            Step::Done(e) => e,
+            Step::StartTls(tcp) => match tls_accept(&shared, tcp, timeout).await {
+                Some(tls) => {
+                    conn.tls_version = Some(tls_description(&tls));
+                    conn.session.tls_started();
+                    match drive(tls, &mut conn, &mut shutdown).await {
+                        Step::Done(e) => e,
+                        Step::StartTls(_) => "error",
+                    }
+                }
+                None => "tls-failed",
+            },
         }
     };
     let stats = conn.session.stats();
     info!(
         ip = %peer.ip(),
+        submission,
+        user = conn.session.envelope().authenticated.as_deref().unwrap_or("-"),
         helo = %conn.session.envelope().helo,
         tls = conn.session.tls_active(),
         end,
@@ -131,6 +158,36 @@ pub async fn serve_connection(
         duration_ms = started.elapsed().as_millis() as u64,
         "smtp session"
     );
+}
+
+async fn tls_accept(
+    shared: &Shared,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = shared.tls.as_ref()?;
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+fn tls_description(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> String {
+    let (_, c) = tls.get_ref();
+    format!(
+        "{} {}",
+        c.protocol_version()
+            .map_or("TLS".into(), |v| format!("{v:?}")),
+        c.negotiated_cipher_suite()
+            .map_or(String::new(), |s| format!("{:?}", s.suite()))
+    )
 }
 
 async fn flush<S: AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -173,22 +230,73 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     return Step::StartTls(io);
                 }
                 Action::CheckSender { address } => {
-                    let v = match conn.shared.filters.check_sender(&address) {
-                        SenderVerdict::Accept => Verdict::Accept,
-                        SenderVerdict::Reject { reply } => Verdict::Reject(reply),
+                    let v = match conn.mode {
+                        Mode::Mx => match conn.shared.filters.check_sender(&address) {
+                            SenderVerdict::Accept => Verdict::Accept,
+                            SenderVerdict::Reject { reply } => Verdict::Reject(reply),
+                        },
+                        Mode::Submission { .. } => {
+                            let user = conn
+                                .session
+                                .envelope()
+                                .authenticated
+                                .clone()
+                                .unwrap_or_default();
+                            if crate::submission::sender_allowed(&conn.shared, &user, &address) {
+                                Verdict::Accept
+                            } else {
+                                warn!(user = %user, sender = %postoffice_smtp::server::sanitize(&address), "submission: sender address not owned");
+                                Verdict::Reject(format!(
+                                    "553 5.7.1 <{}>: Sender address not owned by user {user}",
+                                    postoffice_smtp::server::sanitize(&address)
+                                ))
+                            }
+                        }
                     };
                     conn.session.sender_checked(v, &mut conn.out);
                 }
                 Action::CheckRecipient { address } => {
-                    let v = recipient_verdict(&conn.shared, &address);
+                    let v = match conn.mode {
+                        Mode::Mx => recipient_verdict(&conn.shared, &address),
+                        Mode::Submission { .. } => {
+                            crate::submission::recipient_verdict(&conn.shared, &address)
+                        }
+                    };
                     conn.session.recipient_checked(address, v, &mut conn.out);
+                }
+                Action::Authenticate { user, password } => {
+                    if flush(&mut io, &mut conn.out).await.is_err() {
+                        return Step::Done("disconnected");
+                    }
+                    let result = conn
+                        .shared
+                        .authenticate(&user, password, conn.peer.ip())
+                        .await
+                        .ok();
+                    conn.session.auth_result(result, &mut conn.out);
                 }
                 Action::Deliver => {
                     // Let the client see the earlier replies while we work.
                     if flush(&mut io, &mut conn.out).await.is_err() {
                         return Step::Done("disconnected");
                     }
-                    let reply = deliver(conn).await;
+                    let reply = match conn.mode {
+                        Mode::Mx => deliver(conn).await,
+                        Mode::Submission { .. } => {
+                            let id = queue_id();
+                            let (env, body) = conn.session.message();
+                            let env = env.clone();
+                            crate::submission::submit(
+                                &conn.shared,
+                                conn.peer.ip(),
+                                conn.tls_version.as_deref(),
+                                &env,
+                                &id,
+                                body,
+                            )
+                            .await
+                        }
+                    };
                     conn.session.delivered(&reply, &mut conn.out);
                 }
             }

@@ -37,6 +37,14 @@ pub struct LoginOk {
     pub login_delay_secs: u32,
 }
 
+/// Where submitted mail for remote recipients goes: the outbound queue.
+pub trait Outbound: Send + Sync {
+    /// Spool durably (fsynced) and return the queue ID.
+    fn enqueue(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<String, String>;
+    /// Take an entry back (a submission that failed after spooling).
+    fn cancel(&self, id: &str);
+}
+
 /// Everything a connection needs, shared behind an `Arc`.
 pub struct Shared {
     pub config: Config,
@@ -47,6 +55,11 @@ pub struct Shared {
     pub limiter: Arc<ConnLimiter>,
     /// The inbound verification pipeline (SMTP).
     pub filters: postoffice_filter::Filters,
+    /// The outbound queue (submission of mail for other domains); `None`
+    /// refuses remote recipients.
+    pub outbound: std::sync::RwLock<Option<Arc<dyn Outbound>>>,
+    /// DKIM signing of submitted mail.
+    pub dkim: crate::dkim::Signer,
     /// Last successful login per user, for LOGIN-DELAY. In memory: a
     /// restart forgets it, which errs on the side of letting users in.
     last_login: Mutex<HashMap<String, Instant>>,
@@ -77,6 +90,7 @@ impl Shared {
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         );
+        let dkim = crate::dkim::Signer::new(&config.data_dir, &config.dkim.selector);
         Ok(Shared {
             config,
             store,
@@ -85,6 +99,8 @@ impl Shared {
             tls,
             limiter,
             filters,
+            outbound: std::sync::RwLock::new(None),
+            dkim,
             last_login: Mutex::new(HashMap::new()),
             capa_cache: Mutex::new(None),
         })
@@ -110,18 +126,17 @@ impl Shared {
         (e, d)
     }
 
-    /// Verify credentials and lock the maildrop.
-    ///
-    /// Order matters: the throttle is consulted before any password work
-    /// (a locked-out client costs us nothing), a failure always costs one
-    /// hash verification (unknown users included, so timing reveals
-    /// nothing), and the maildrop is locked only after the password matched.
-    pub async fn login(
-        self: &Arc<Self>,
+    /// Verify a user's password with brute-force throttling: the throttle
+    /// is consulted before any password work (a locked-out client costs us
+    /// nothing), and a failure always costs one hash verification (unknown
+    /// users included, so timing reveals nothing). Returns the canonical
+    /// address. Shared by POP3 and SMTP submission.
+    pub async fn authenticate(
+        &self,
         user: &str,
         password: Vec<u8>,
         ip: IpAddr,
-    ) -> Result<LoginOk, LoginError> {
+    ) -> Result<String, LoginError> {
         let address = normalize_address(user).unwrap_or_else(|_| String::new());
         match self.throttle.check(ip, &address, Instant::now()) {
             Verdict::Allow { delay } => {
@@ -146,15 +161,28 @@ impl Shared {
         })
         .await
         .map_err(|_| LoginError::Temp)?;
-        let address = match outcome {
-            AuthOutcome::Ok(u) => u.address,
+        match outcome {
+            AuthOutcome::Ok(u) => {
+                self.throttle.record_success(ip, &u.address, Instant::now());
+                Ok(u.address)
+            }
             AuthOutcome::Failed => {
                 let state = self.throttle.record_failure(ip, &address, Instant::now());
                 warn!(%ip, user = %printable(user), ip_failures = state.ip_failures, user_failures = state.user_failures, locked = state.locked, "login failed");
-                return Err(LoginError::Credentials);
+                Err(LoginError::Credentials)
             }
-        };
-        self.throttle.record_success(ip, &address, Instant::now());
+        }
+    }
+
+    /// POP3 login: authenticate, apply LOGIN-DELAY, lock the maildrop (only
+    /// after the password matched).
+    pub async fn login(
+        self: &Arc<Self>,
+        user: &str,
+        password: Vec<u8>,
+        ip: IpAddr,
+    ) -> Result<LoginOk, LoginError> {
+        let address = self.authenticate(user, password, ip).await?;
         let policy = self
             .directory
             .snapshot()

@@ -37,6 +37,12 @@ pub struct SessionConfig {
     pub starttls_available: bool,
     /// Already encrypted.
     pub tls_active: bool,
+    /// Submission mode (RFC 6409): AUTH is required before MAIL.
+    pub submission: bool,
+    /// AUTH may be offered on this connection before TLS (loopback
+    /// clients, when configured). After TLS it is always offered in
+    /// submission mode.
+    pub plaintext_auth: bool,
 }
 
 impl Default for SessionConfig {
@@ -49,6 +55,8 @@ impl Default for SessionConfig {
             max_errors: 10,
             starttls_available: false,
             tls_active: false,
+            submission: false,
+            plaintext_auth: false,
         }
     }
 }
@@ -68,6 +76,8 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// Received with BDAT rather than DATA.
     pub chunking: bool,
+    /// The authenticated user (submission), if any.
+    pub authenticated: Option<String>,
 }
 
 /// What the session needs from the caller.
@@ -79,6 +89,9 @@ pub enum Action {
     CheckSender { address: String },
     /// Decide on this recipient.
     CheckRecipient { address: String },
+    /// Verify these credentials (AUTH PLAIN/LOGIN), then call
+    /// [`ServerSession::auth_result`].
+    Authenticate { user: String, password: Vec<u8> },
     /// The `220` is in the output: send it, discard any input buffered
     /// behind STARTTLS, run the handshake, call [`ServerSession::tls_started`].
     StartTls,
@@ -115,6 +128,12 @@ enum State {
     Pending(Pending),
     /// The connection was refused at connect: only QUIT is accepted.
     Refused,
+    /// AUTH PLAIN waiting for the client's response.
+    AuthPlain,
+    /// AUTH LOGIN waiting for the user name.
+    AuthLoginUser,
+    /// AUTH LOGIN waiting for the password.
+    AuthLoginPass(String),
     Closed,
 }
 
@@ -124,6 +143,7 @@ enum Pending {
     Recipient,
     Tls,
     Delivery,
+    Auth,
 }
 
 /// Counters for the transaction log line.
@@ -204,6 +224,7 @@ impl ServerSession {
             State::Pending(Pending::Recipient) => Some("recipient check"),
             State::Pending(Pending::Tls) => Some("TLS handshake"),
             State::Pending(Pending::Delivery) => Some("delivery"),
+            State::Pending(Pending::Auth) => Some("authentication"),
             _ => None,
         }
     }
@@ -260,6 +281,18 @@ impl ServerSession {
                     }
                     if let Some(a) = self.bdat_chunk_done(last, out) {
                         return a;
+                    }
+                }
+                State::AuthPlain | State::AuthLoginUser | State::AuthLoginPass(_) => {
+                    let Some(line) = self.next_line(input, out) else {
+                        return Action::NeedInput;
+                    };
+                    let action = self.sasl_response(&line, out);
+                    if !matches!(action, Action::NeedInput) {
+                        return action;
+                    }
+                    if self.too_many_errors(out) {
+                        return Action::Close;
                     }
                 }
                 _ => {
@@ -335,9 +368,11 @@ impl ServerSession {
     fn reset_transaction(&mut self) {
         let helo = std::mem::take(&mut self.env.helo);
         let esmtp = self.env.esmtp;
+        let authenticated = self.env.authenticated.take();
         self.env = Envelope {
             helo,
             esmtp,
+            authenticated,
             ..Envelope::default()
         };
         self.message = Vec::new();
@@ -364,6 +399,9 @@ impl ServerSession {
         ];
         if self.cfg.starttls_available && !self.cfg.tls_active {
             caps.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            caps.push("AUTH PLAIN LOGIN".into());
         }
         caps.extend(["SMTPUTF8".into(), "CHUNKING".into(), "HELP".into()]);
         let last = caps.len() - 1;
@@ -478,10 +516,10 @@ impl ServerSession {
                 self.state = State::Pending(Pending::Tls);
                 Action::StartTls
             }
-            Request::Auth { .. } => {
-                self.error(out, "503 5.5.1 AUTH not available on this port\r\n");
-                Action::NeedInput
-            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response, out),
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.error(out, "502 5.5.1 Command not implemented\r\n");
                 Action::NeedInput
@@ -497,6 +535,10 @@ impl ServerSession {
                         return Action::NeedInput;
                     }
                     _ => {}
+                }
+                if self.cfg.submission && self.env.authenticated.is_none() {
+                    self.error(out, "530 5.7.0 Authentication required\r\n");
+                    return Action::NeedInput;
                 }
                 if from.flags & MAIL_BODY_BINARYMIME != 0 {
                     self.error(out, "555 5.5.4 BODY=BINARYMIME not supported\r\n");
@@ -737,6 +779,7 @@ impl ServerSession {
         self.cfg.tls_active = true;
         self.reset_transaction();
         self.env.helo.clear();
+        self.env.authenticated = None;
         self.state = State::Connected;
         self.line.clear();
         self.discarding = false;
@@ -753,6 +796,165 @@ impl ServerSession {
         self.reset_transaction();
         self.state = State::Ready;
     }
+}
+
+impl ServerSession {
+    /// AUTH is advertised and accepted on this connection now.
+    fn auth_offered(&self) -> bool {
+        self.cfg.submission
+            && self.env.authenticated.is_none()
+            && (self.cfg.tls_active || self.cfg.plaintext_auth)
+    }
+
+    fn auth(&mut self, mechanism: u64, initial: &str, out: &mut Vec<u8>) -> Action {
+        if !self.cfg.submission {
+            self.error(out, "503 5.5.1 AUTH not available on this port\r\n");
+            return Action::NeedInput;
+        }
+        if self.env.authenticated.is_some() {
+            self.error(out, "503 5.5.1 Already authenticated\r\n");
+            return Action::NeedInput;
+        }
+        match self.state {
+            State::Connected => {
+                self.error(out, "503 5.5.1 Send EHLO first\r\n");
+                return Action::NeedInput;
+            }
+            State::Transaction => {
+                self.error(
+                    out,
+                    "503 5.5.1 AUTH not allowed during a mail transaction\r\n",
+                );
+                return Action::NeedInput;
+            }
+            _ => {}
+        }
+        if !self.cfg.tls_active && !self.cfg.plaintext_auth {
+            // RFC 4954 6.
+            self.error(
+                out,
+                "538 5.7.11 Encryption required for requested authentication mechanism\r\n",
+            );
+            return Action::NeedInput;
+        }
+        let initial = (!initial.is_empty()).then_some(initial);
+        match mechanism {
+            smtp_proto::AUTH_PLAIN => match initial {
+                Some(data) => self.sasl_plain(data.as_bytes(), out),
+                None => {
+                    self.state = State::AuthPlain;
+                    out.extend_from_slice(b"334 \r\n");
+                    Action::NeedInput
+                }
+            },
+            smtp_proto::AUTH_LOGIN => match initial {
+                Some(data) => match decode_b64(data.as_bytes()) {
+                    Some(u) => {
+                        self.state = State::AuthLoginPass(String::from_utf8_lossy(&u).into_owned());
+                        out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
+                        Action::NeedInput
+                    }
+                    None => {
+                        self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+                        Action::NeedInput
+                    }
+                },
+                None => {
+                    self.state = State::AuthLoginUser;
+                    out.extend_from_slice(b"334 VXNlcm5hbWU6\r\n");
+                    Action::NeedInput
+                }
+            },
+            _ => {
+                self.error(out, "504 5.5.4 Unrecognized authentication type\r\n");
+                Action::NeedInput
+            }
+        }
+    }
+
+    fn sasl_response(&mut self, line: &[u8], out: &mut Vec<u8>) -> Action {
+        let state = std::mem::replace(&mut self.state, State::Ready);
+        if line == b"*" {
+            self.error(out, "501 5.0.0 Authentication cancelled\r\n");
+            return Action::NeedInput;
+        }
+        match state {
+            State::AuthPlain => self.sasl_plain(line, out),
+            State::AuthLoginUser => match decode_b64(line) {
+                Some(u) => {
+                    self.state = State::AuthLoginPass(String::from_utf8_lossy(&u).into_owned());
+                    out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
+                    Action::NeedInput
+                }
+                None => {
+                    self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+                    Action::NeedInput
+                }
+            },
+            State::AuthLoginPass(user) => match decode_b64(line) {
+                Some(password) => {
+                    self.state = State::Pending(Pending::Auth);
+                    Action::Authenticate { user, password }
+                }
+                None => {
+                    self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+                    Action::NeedInput
+                }
+            },
+            other => {
+                self.state = other;
+                Action::NeedInput
+            }
+        }
+    }
+
+    fn sasl_plain(&mut self, data: &[u8], out: &mut Vec<u8>) -> Action {
+        let Some(raw) = decode_b64(data) else {
+            self.state = State::Ready;
+            self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+            return Action::NeedInput;
+        };
+        // authzid NUL authcid NUL passwd; acting as someone else is not
+        // supported, so a non-empty authzid must equal the authcid.
+        let mut parts = raw.splitn(3, |&b| b == 0);
+        let (Some(authz), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next())
+        else {
+            self.state = State::Ready;
+            self.error(out, "501 5.5.2 Malformed PLAIN response\r\n");
+            return Action::NeedInput;
+        };
+        if user.is_empty() || (!authz.is_empty() && authz != user) {
+            self.state = State::Ready;
+            self.error(out, "535 5.7.8 Authentication credentials invalid\r\n");
+            return Action::NeedInput;
+        }
+        self.state = State::Pending(Pending::Auth);
+        Action::Authenticate {
+            user: String::from_utf8_lossy(user).into_owned(),
+            password: password.to_vec(),
+        }
+    }
+
+    /// The caller's verdict on [`Action::Authenticate`]: the canonical
+    /// address on success.
+    pub fn auth_result(&mut self, user: Option<String>, out: &mut Vec<u8>) {
+        self.state = State::Ready;
+        match user {
+            Some(u) => {
+                self.env.authenticated = Some(u);
+                out.extend_from_slice(b"235 2.7.0 Authentication successful\r\n");
+            }
+            None => self.error(out, "535 5.7.8 Authentication credentials invalid\r\n"),
+        }
+    }
+}
+
+fn decode_b64(data: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    if data == b"=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(data).ok()
 }
 
 /// Make client-supplied text safe to echo and log: printable ASCII only,

@@ -69,6 +69,8 @@ impl TestServer {
         // Only POP3 here; other services' default ports would collide
         // between tests running in parallel.
         cfg.smtp.listen = Vec::new();
+        cfg.submission.listen = Vec::new();
+        cfg.submission.listen_tls = Vec::new();
         let server = Server::bind(cfg).await.expect("bind");
         let mut plain = None;
         let mut tls = None;

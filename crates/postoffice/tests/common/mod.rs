@@ -65,7 +65,8 @@ impl Env {
         let text = format!(
             "data_dir = \"data\"\nhostname = \"test.local\"\n\
              pop3.listen = [\"127.0.0.1:0\"]\npop3.listen_tls = [\"127.0.0.1:0\"]\n\
-             smtp.listen = [\"127.0.0.1:0\"]\n{extra}\n"
+             smtp.listen = [\"127.0.0.1:0\"]\nsubmission.listen = [\"127.0.0.1:0\"]\n\
+             submission.listen_tls = [\"127.0.0.1:0\"]\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("server.log");
@@ -158,11 +159,18 @@ impl Env {
             pop3: None,
             pop3s: None,
             smtp: None,
+            submit: None,
+            submits: None,
             log: self.log.clone(),
             data_dir: self.data_dir(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        while server.pop3.is_none() || server.pop3s.is_none() || server.smtp.is_none() {
+        while server.pop3.is_none()
+            || server.pop3s.is_none()
+            || server.smtp.is_none()
+            || server.submit.is_none()
+            || server.submits.is_none()
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(line) => line,
@@ -178,6 +186,8 @@ impl Env {
                 (Some("POP3"), Some(a)) => server.pop3 = Some(a),
                 (Some("POP3S"), Some(a)) => server.pop3s = Some(a),
                 (Some("SMTP"), Some(a)) => server.smtp = Some(a),
+                (Some("SUBMIT"), Some(a)) => server.submit = Some(a),
+                (Some("SUBMITS"), Some(a)) => server.submits = Some(a),
                 _ => {}
             }
         }
@@ -225,6 +235,8 @@ pub struct Server {
     pop3: Option<SocketAddr>,
     pop3s: Option<SocketAddr>,
     smtp: Option<SocketAddr>,
+    submit: Option<SocketAddr>,
+    submits: Option<SocketAddr>,
     log: PathBuf,
     data_dir: PathBuf,
 }
@@ -240,6 +252,14 @@ impl Server {
 
     pub fn smtp_addr(&self) -> SocketAddr {
         self.smtp.expect("smtp listener")
+    }
+
+    pub fn submit_addr(&self) -> SocketAddr {
+        self.submit.expect("submission listener")
+    }
+
+    pub fn submits_addr(&self) -> SocketAddr {
+        self.submits.expect("submissions listener")
     }
 
     pub fn pid(&self) -> u32 {

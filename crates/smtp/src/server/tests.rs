@@ -11,6 +11,8 @@ fn session() -> ServerSession {
         max_errors: 5,
         starttls_available: true,
         tls_active: false,
+        submission: false,
+        plaintext_auth: false,
     })
 }
 
@@ -22,6 +24,7 @@ fn run(s: &mut ServerSession, input: &str) -> (String, Action) {
         let a = s.handle(&mut inp, &mut out);
         match a {
             Action::CheckSender { .. } => s.sender_checked(Verdict::Accept, &mut out),
+            Action::Authenticate { .. } => s.auth_result(None, &mut out),
             Action::CheckRecipient { address } => {
                 if address.starts_with("unknown") {
                     s.recipient_checked(
@@ -427,4 +430,141 @@ fn addresses_reach_the_caller_as_parsed() {
             ),
         }
     }
+}
+
+fn submission(tls: bool, plaintext_auth: bool) -> ServerSession {
+    let mut s = ServerSession::new(SessionConfig {
+        hostname: "mx.test".into(),
+        starttls_available: true,
+        tls_active: tls,
+        submission: true,
+        plaintext_auth,
+        ..SessionConfig::default()
+    });
+    let mut out = Vec::new();
+    let mut inp: &[u8] = b"EHLO c\r\n";
+    s.handle(&mut inp, &mut out);
+    s
+}
+
+fn b64(s: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn submission_requires_auth_before_mail() {
+    let mut s = submission(true, false);
+    assert!(
+        run(&mut s, "MAIL FROM:<a@mx.test>\r\n")
+            .0
+            .starts_with("530 5.7.0")
+    );
+}
+
+#[test]
+fn auth_offered_only_after_tls_unless_allowed() {
+    let mut s = submission(false, false);
+    let (ehlo, _) = run(&mut s, "EHLO c\r\n");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert!(
+        run(
+            &mut s,
+            &format!("AUTH PLAIN {}\r\n", b64(b"\0a@mx.test\0pw"))
+        )
+        .0
+        .starts_with("538 5.7.11")
+    );
+    let mut s = submission(true, false);
+    assert!(run(&mut s, "EHLO c\r\n").0.contains("AUTH PLAIN LOGIN"));
+    let mut s = submission(false, true);
+    assert!(run(&mut s, "EHLO c\r\n").0.contains("AUTH PLAIN LOGIN"));
+}
+
+#[test]
+fn auth_plain_and_login_flows() {
+    let mut s = submission(true, false);
+    let mut out = Vec::new();
+    let line = format!("AUTH PLAIN {}\r\n", b64(b"\0alice@mx.test\0secret"));
+    let mut inp = line.as_bytes();
+    assert_eq!(
+        s.handle(&mut inp, &mut out),
+        Action::Authenticate {
+            user: "alice@mx.test".into(),
+            password: b"secret".to_vec()
+        }
+    );
+    s.auth_result(Some("alice@mx.test".into()), &mut out);
+    assert!(String::from_utf8_lossy(&out).ends_with("235 2.7.0 Authentication successful\r\n"));
+    assert_eq!(s.envelope().authenticated.as_deref(), Some("alice@mx.test"));
+    assert!(run(&mut s, "AUTH PLAIN\r\n").0.starts_with("503"));
+    // The authentication survives transactions.
+    assert_eq!(
+        run(&mut s, "MAIL FROM:<alice@mx.test>\r\n").0,
+        "250 2.1.0 Sender OK\r\n"
+    );
+    run(&mut s, "RSET\r\n");
+    assert_eq!(s.envelope().authenticated.as_deref(), Some("alice@mx.test"));
+
+    let mut s = submission(true, false);
+    assert_eq!(run(&mut s, "AUTH LOGIN\r\n").0, "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(
+        run(&mut s, &format!("{}\r\n", b64(b"bob@mx.test"))).0,
+        "334 UGFzc3dvcmQ6\r\n"
+    );
+    let mut out = Vec::new();
+    let l = format!("{}\r\n", b64(b"pw"));
+    let mut inp = l.as_bytes();
+    assert_eq!(
+        s.handle(&mut inp, &mut out),
+        Action::Authenticate {
+            user: "bob@mx.test".into(),
+            password: b"pw".to_vec()
+        }
+    );
+    s.auth_result(None, &mut out);
+    assert!(String::from_utf8_lossy(&out).starts_with("535 5.7.8"));
+    assert!(s.envelope().authenticated.is_none());
+}
+
+#[test]
+fn auth_bad_input() {
+    let mut s = submission(true, false);
+    assert!(
+        run(&mut s, "AUTH PLAIN !!!notbase64\r\n")
+            .0
+            .starts_with("501 5.5.2")
+    );
+    assert_eq!(run(&mut s, "AUTH PLAIN\r\n").0, "334 \r\n");
+    assert!(run(&mut s, "*\r\n").0.starts_with("501 5.0.0"));
+    assert!(
+        run(&mut s, &format!("AUTH PLAIN {}\r\n", b64(b"no-nuls")))
+            .0
+            .starts_with("501")
+    );
+    assert!(
+        run(
+            &mut s,
+            &format!("AUTH PLAIN {}\r\n", b64(b"bob\0alice\0pw"))
+        )
+        .0
+        .starts_with("535")
+    );
+    assert!(run(&mut s, "AUTH CRAM-MD5\r\n").0.starts_with("504"));
+    // AUTH on the MX port is refused.
+    let mut s = ready();
+    assert!(run(&mut s, "AUTH PLAIN\r\n").0.starts_with("503"));
+}
+
+#[test]
+fn starttls_forgets_authentication() {
+    let mut s = submission(false, true);
+    let mut out = Vec::new();
+    let line = format!("AUTH PLAIN {}\r\n", b64(b"\0a@mx.test\0pw"));
+    let mut inp = line.as_bytes();
+    s.handle(&mut inp, &mut out);
+    s.auth_result(Some("a@mx.test".into()), &mut out);
+    run(&mut s, "STARTTLS\r\n");
+    s.tls_started();
+    assert!(s.envelope().authenticated.is_none());
 }

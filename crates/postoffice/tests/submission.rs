@@ -1,0 +1,235 @@
+//! Mail submission (ports 587/465) end to end.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::{Client, Env, Server, tcp_connect, tls_wrap};
+
+fn reply<S: Read + Write>(c: &mut Client<S>) -> (u16, String) {
+    let mut text = String::new();
+    loop {
+        let line = c.read_line();
+        let code: u16 = line
+            .get(..3)
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("bad reply line {line:?}"));
+        text.push_str(&line);
+        text.push('\n');
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return (code, text);
+        }
+    }
+}
+
+fn cmd<S: Read + Write>(c: &mut Client<S>, line: &str) -> (u16, String) {
+    c.send(line);
+    reply(c)
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn setup(extra: &str) -> (Env, Server) {
+    let env = Env::new(extra);
+    env.add_user("alice@example.test", "pw-alice");
+    env.add_user("bob@example.test", "pw-bob");
+    let server = env.start();
+    (env, server)
+}
+
+fn connect(server: &Server) -> Client<std::net::TcpStream> {
+    let mut c = Client::new(tcp_connect(server.submit_addr()));
+    assert_eq!(reply(&mut c).0, 220);
+    assert_eq!(cmd(&mut c, "EHLO client.test").0, 250);
+    c
+}
+
+fn login<S: Read + Write>(c: &mut Client<S>, user: &str, pw: &str) -> (u16, String) {
+    cmd(
+        c,
+        &format!("AUTH PLAIN {}", b64(&format!("\0{user}\0{pw}"))),
+    )
+}
+
+fn send<S: Read + Write>(c: &mut Client<S>, from: &str, to: &str, body: &str) -> (u16, String) {
+    let (code, text) = cmd(c, &format!("MAIL FROM:<{from}>"));
+    if code != 250 {
+        return (code, text);
+    }
+    let (code, text) = cmd(c, &format!("RCPT TO:<{to}>"));
+    if code != 250 {
+        return (code, text);
+    }
+    assert_eq!(cmd(c, "DATA").0, 354);
+    c.send_raw(body.as_bytes());
+    c.send_raw(b".\r\n");
+    reply(c)
+}
+
+fn pop_all(server: &Server, user: &str, pw: &str) -> Vec<String> {
+    let mut c = server.login_when_free(user, pw);
+    let (n, _) = c.stat();
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let (status, body) = c.cmd_multi(&format!("RETR {i}"));
+        assert!(status.starts_with("+OK"));
+        out.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    c.cmd("QUIT");
+    out
+}
+
+#[test]
+fn auth_is_required_and_checked() {
+    let (_env, server) = setup("");
+    let mut c = connect(&server);
+    let (code, text) = cmd(&mut c, "MAIL FROM:<alice@example.test>");
+    assert_eq!(code, 530, "{text}");
+    assert_eq!(login(&mut c, "alice@example.test", "wrong").0, 535);
+    assert!(cmd(&mut c, "AUTH PLAIN %%%notbase64").1.starts_with("501"));
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    assert_eq!(cmd(&mut c, "MAIL FROM:<alice@example.test>").0, 250);
+}
+
+#[test]
+fn auth_login_mechanism() {
+    let (_env, server) = setup("");
+    let mut c = connect(&server);
+    assert_eq!(cmd(&mut c, "AUTH LOGIN").0, 334);
+    assert_eq!(cmd(&mut c, &b64("alice@example.test")).0, 334);
+    assert_eq!(cmd(&mut c, &b64("pw-alice")).0, 235);
+}
+
+#[test]
+fn own_address_only() {
+    let (_env, server) = setup("");
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = cmd(&mut c, "MAIL FROM:<bob@example.test>");
+    assert_eq!(code, 553, "{text}");
+    assert!(text.starts_with("553 5.7.1"), "{text}");
+    assert_eq!(cmd(&mut c, "MAIL FROM:<>").0, 553);
+    // Envelope OK but the From: header claims someone else.
+    let (code, text) = send(
+        &mut c,
+        "alice@example.test",
+        "bob@example.test",
+        "From: Bob <bob@example.test>\r\nSubject: forged\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 553, "{text}");
+    assert!(pop_all(&server, "bob@example.test", "pw-bob").is_empty());
+}
+
+#[test]
+fn sender_aliases_from_config() {
+    let (_env, server) =
+        setup("[submission.sender_aliases]\n\"alice@example.test\" = [\"sales@example.test\"]\n");
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(
+        &mut c,
+        "sales@example.test",
+        "bob@example.test",
+        "From: Sales <sales@example.test>\r\nSubject: alias\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+}
+
+#[test]
+fn local_delivery_adds_date_message_id_and_trace() {
+    let (_env, server) = setup("");
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(
+        &mut c,
+        "alice@example.test",
+        "bob@example.test",
+        "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello bob\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let msgs = pop_all(&server, "bob@example.test", "pw-bob");
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert!(
+        m.starts_with("Return-Path: <alice@example.test>\r\nReceived: from client.test"),
+        "{m}"
+    );
+    assert!(m.contains("with ESMTPA id "), "{m}");
+    assert!(m.contains("\r\nDate: "), "{m}");
+    assert!(m.contains("\r\nMessage-ID: <"), "{m}");
+    assert!(m.ends_with("Subject: hi\r\n\r\nhello bob\r\n"), "{m}");
+}
+
+#[test]
+fn plaintext_auth_needs_tls_when_configured_and_implicit_tls_port() {
+    let (env, server) = setup("submission.allow_plaintext_auth_loopback = false\n");
+    let mut c = Client::new(tcp_connect(server.submit_addr()));
+    assert_eq!(reply(&mut c).0, 220);
+    let (_, ehlo) = cmd(&mut c, "EHLO client.test");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(
+        login(&mut c, "alice@example.test", "pw-alice")
+            .1
+            .starts_with("538 5.7.11")
+    );
+    assert_eq!(cmd(&mut c, "STARTTLS").0, 220);
+    let mut t = Client::new(tls_wrap(&env.data_dir(), c.into_inner()));
+    let (_, ehlo) = cmd(&mut t, "EHLO client.test");
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    assert_eq!(login(&mut t, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(
+        &mut t,
+        "alice@example.test",
+        "bob@example.test",
+        "Subject: tls\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let m = &pop_all(&server, "bob@example.test", "pw-bob")[0];
+    assert!(m.contains("with ESMTPSA id"), "{m}");
+
+    // Port 465: TLS from the first byte.
+    let tcp = tcp_connect(server.submits_addr());
+    let mut s = Client::new(tls_wrap(&env.data_dir(), tcp));
+    assert_eq!(reply(&mut s).0, 220);
+    let (_, ehlo) = cmd(&mut s, "EHLO client.test");
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert_eq!(login(&mut s, "bob@example.test", "pw-bob").0, 235);
+}
+
+#[test]
+fn dkim_signature_on_submitted_mail() {
+    let (env, server) = setup("");
+    let out = env
+        .cli(&["dkim", "generate", "example.test", "--algorithm", "ed25519"])
+        .ok();
+    assert!(
+        out.stdout.contains("postoffice._domainkey.example.test"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("v=DKIM1; k=ed25519; p="),
+        "{}",
+        out.stdout
+    );
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(
+        &mut c,
+        "alice@example.test",
+        "bob@example.test",
+        "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: signed\r\n\r\nbody\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let m = &pop_all(&server, "bob@example.test", "pw-bob")[0];
+    assert!(m.contains("DKIM-Signature: "), "{m}");
+    assert!(m.contains("d=example.test"), "{m}");
+    assert!(m.contains("s=postoffice"), "{m}");
+}
