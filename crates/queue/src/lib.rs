@@ -1,0 +1,481 @@
+//! The outbound mail queue of postoffice.
+//!
+//! * [`Queue`]: the durable spool under `<data_dir>/queue` (format and crash
+//!   safety: see [`spool`]). [`Queue::enqueue`] returns only once the
+//!   message and its envelope are fsynced, so the SMTP side may answer
+//!   `250` after it. The `postoffice queue` commands use [`Queue::list`],
+//!   [`Queue::show`], [`Queue::retry`], [`Queue::flush`], [`Queue::delete`]
+//!   (and the [`cli`] formatting helpers); they work from another process
+//!   while the server runs.
+//! * [`run`]: the scheduler and delivery (see [`scheduler`]): MX lookup,
+//!   SMTP with opportunistic or required STARTTLS, relays with AUTH, retries
+//!   with backoff, bounces and delay warnings as RFC 3464 DSNs.
+//!
+//! "Nothing lost, nothing sent twice": a recipient's result is written to
+//! its envelope (atomically) right after its session, before anything else
+//! happens; a recipient counts as delivered only after the remote's 2xx to
+//! its RCPT and to the message data. A message can be sent twice only when
+//! the connection died after the data went out but before the reply came
+//! back (RFC 5321 section 6.1 accepts that duplicate).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod dsn;
+pub mod route;
+pub mod schedule;
+pub mod scheduler;
+pub mod spool;
+pub mod transport;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::Notify;
+
+pub use scheduler::{DeliveryConfig, run};
+pub use spool::{Envelope, Rcpt, RcptState};
+
+use spool::{ENVELOPE_VERSION, Spool, new_id, unix_now, valid_id};
+
+/// Local delivery for bounces and delay warnings: deliver `message` to the
+/// local user `rcpt`. `Err` is temporary: it is tried again later.
+pub type LocalDeliver = Arc<dyn Fn(&str, &[u8]) -> Result<(), String> + Send + Sync>;
+
+/// DKIM signing hook: header lines to prepend (each ending in CRLF) to a
+/// message from `mail_from`, or `None`.
+pub type Signer = Arc<dyn Fn(&str, &[u8]) -> Option<String> + Send + Sync>;
+
+/// Errors of the queue.
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("no queue entry {0}")]
+    NotFound(String),
+    #[error("invalid queue ID {0:?}")]
+    InvalidId(String),
+    #[error("queue entry {id} is unreadable: {message}")]
+    Corrupt { id: String, message: String },
+    #[error("invalid address {0:?}")]
+    InvalidAddress(String),
+    #[error("a message needs at least one recipient")]
+    NoRecipients,
+}
+
+/// A queue ID (letters and digits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(String);
+
+impl QueueId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for QueueId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for QueueId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A recipient as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptSummary {
+    pub address: String,
+    pub state: RcptState,
+    pub attempts: u32,
+    /// Unix seconds (pending: next delivery attempt).
+    pub next_attempt: u64,
+    pub last_error: String,
+    /// RFC 3463 status of the last attempt.
+    pub status: String,
+    pub remote_mta: String,
+    /// Failed: the bounce went out (or the null sender needs none).
+    pub notified: bool,
+    /// Unix seconds of the last attempt, 0 if none.
+    pub last_attempt: u64,
+}
+
+/// One entry as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySummary {
+    pub id: String,
+    /// "" is the null sender.
+    pub mail_from: String,
+    pub size: u64,
+    /// Unix seconds of arrival.
+    pub created_at: u64,
+    pub age_secs: u64,
+    /// The earliest next attempt of a pending recipient.
+    pub next_attempt: Option<u64>,
+    /// The last error of a pending recipient (or of any, if none pending).
+    pub last_error: Option<String>,
+    pub delay_warned: bool,
+    pub rcpts: Vec<RcptSummary>,
+}
+
+/// One entry in detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryDetail {
+    pub summary: EntrySummary,
+    /// The message's header section (CRLF line ends).
+    pub headers: String,
+}
+
+fn summarize(env: &Envelope, now: u64) -> EntrySummary {
+    let pending = env.rcpts.iter().filter(|r| r.state == RcptState::Pending);
+    let next_attempt = pending.clone().map(|r| r.next_attempt).min();
+    let last_error = pending
+        .clone()
+        .chain(env.rcpts.iter())
+        .map(|r| r.last_error.clone())
+        .find(|e| !e.is_empty());
+    EntrySummary {
+        id: env.id.clone(),
+        mail_from: env.mail_from.clone(),
+        size: env.size,
+        created_at: env.created_at,
+        age_secs: now.saturating_sub(env.created_at),
+        next_attempt,
+        last_error,
+        delay_warned: env.delay_warned,
+        rcpts: env
+            .rcpts
+            .iter()
+            .map(|r| RcptSummary {
+                address: r.address.clone(),
+                state: r.state,
+                attempts: r.attempts,
+                next_attempt: r.next_attempt,
+                last_error: r.last_error.clone(),
+                status: r.status.clone(),
+                remote_mta: r.remote_mta.clone(),
+                notified: r.notified,
+                last_attempt: r.last_attempt,
+            })
+            .collect(),
+    }
+}
+
+/// An envelope address is usable: no controls, spaces, angle brackets;
+/// bounded length. `""` only for the sender (null sender).
+fn valid_address(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 512
+        && !a
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>'))
+}
+
+/// The outbound queue. `Send + Sync`: share it with an `Arc`.
+#[derive(Debug)]
+pub struct Queue {
+    spool: Spool,
+    cfg: postoffice_config::Queue,
+    notify: Notify,
+}
+
+impl Queue {
+    /// Open (create) the spool at `<data_dir>/queue` and recover from a
+    /// crash: half-written entries are removed, complete ones kept.
+    pub fn open(data_dir: &Path, cfg: &postoffice_config::Queue) -> Result<Queue, QueueError> {
+        let spool = Spool::new(data_dir.join("queue"))?;
+        let report = spool.recover()?;
+        if !report.removed_partial.is_empty() || report.removed_tmp > 0 {
+            tracing::info!(
+                entries = report.entries,
+                removed_partial = report.removed_partial.len(),
+                removed_tmp = report.removed_tmp,
+                "queue recovered"
+            );
+        }
+        Ok(Queue {
+            spool,
+            cfg: cfg.clone(),
+            notify: Notify::new(),
+        })
+    }
+
+    /// The configuration the queue was opened with.
+    pub fn config(&self) -> &postoffice_config::Queue {
+        &self.cfg
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        self.spool.dir()
+    }
+
+    pub(crate) fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Wake the scheduler (if it runs in this process).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Durably spool one message for these recipients. Returns once the
+    /// message file, the envelope and the directory are fsynced. `mail_from`
+    /// "" is the null sender. Duplicate recipients (ignoring case) are
+    /// merged. Wakes the scheduler.
+    pub fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Result<QueueId, QueueError> {
+        if !mail_from.is_empty() && !valid_address(mail_from) {
+            return Err(QueueError::InvalidAddress(mail_from.to_string()));
+        }
+        let mut list: Vec<String> = Vec::with_capacity(rcpts.len());
+        for r in rcpts {
+            if !valid_address(r) {
+                return Err(QueueError::InvalidAddress(r.clone()));
+            }
+            if !list.iter().any(|x| x.eq_ignore_ascii_case(r)) {
+                list.push(r.clone());
+            }
+        }
+        if list.is_empty() {
+            return Err(QueueError::NoRecipients);
+        }
+        let now = unix_now();
+        let id = new_id();
+        let env = Envelope {
+            version: ENVELOPE_VERSION,
+            id: id.clone(),
+            mail_from: mail_from.to_string(),
+            created_at: now,
+            size: message.len() as u64,
+            delay_warned: false,
+            rcpts: list
+                .into_iter()
+                .map(|address| Rcpt {
+                    address,
+                    state: RcptState::Pending,
+                    attempts: 0,
+                    next_attempt: now,
+                    last_error: String::new(),
+                    status: String::new(),
+                    remote_mta: String::new(),
+                    diagnostic: String::new(),
+                    notified: false,
+                    last_attempt: 0,
+                })
+                .collect(),
+        };
+        self.spool.create(&env, message)?;
+        tracing::info!(id, from = %format!("<{mail_from}>"), nrcpt = env.rcpts.len(),
+            size = message.len(), "queued");
+        self.wake();
+        Ok(QueueId(id))
+    }
+
+    /// Every entry, oldest first. Entries whose envelope cannot be read are
+    /// skipped (and logged).
+    pub fn list(&self) -> Result<Vec<EntrySummary>, QueueError> {
+        let now = unix_now();
+        let mut out = Vec::new();
+        for id in self.spool.ids()? {
+            match self.spool.read_env(&id) {
+                Ok(Some(env)) => out.push(summarize(&env, now)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(id, error = %e, "skipping an unreadable queue entry"),
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    fn checked(id: &str) -> Result<&str, QueueError> {
+        if valid_id(id) {
+            Ok(id)
+        } else {
+            Err(QueueError::InvalidId(id.to_string()))
+        }
+    }
+
+    /// One entry with its message's headers.
+    pub fn show(&self, id: &str) -> Result<EntryDetail, QueueError> {
+        let id = Self::checked(id)?;
+        let env = self
+            .spool
+            .read_env(id)?
+            .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        let message = self.spool.read_message(id)?;
+        let headers = String::from_utf8_lossy(&dsn::header_section(&message, 1 << 20)).into_owned();
+        Ok(EntryDetail {
+            summary: summarize(&env, unix_now()),
+            headers,
+        })
+    }
+
+    /// Make `id` due now (its pending recipients, and a bounce not yet sent).
+    pub fn retry(&self, id: &str) -> Result<(), QueueError> {
+        let id = Self::checked(id)?;
+        let now = unix_now();
+        self.spool
+            .update(id, |env| make_due(env, now))?
+            .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Make every entry due now. Returns how many entries had something to
+    /// do.
+    pub fn flush(&self) -> Result<usize, QueueError> {
+        let now = unix_now();
+        let mut n = 0;
+        for id in self.spool.ids()? {
+            if let Ok(Some(true)) = self.spool.update(&id, |env| make_due(env, now)) {
+                n += 1;
+            }
+        }
+        self.wake();
+        Ok(n)
+    }
+
+    /// Remove an entry without bouncing it.
+    pub fn delete(&self, id: &str) -> Result<(), QueueError> {
+        let id = Self::checked(id)?;
+        if self.spool.remove(id)? {
+            tracing::info!(id, "removed from the queue by request");
+            Ok(())
+        } else {
+            Err(QueueError::NotFound(id.to_string()))
+        }
+    }
+}
+
+/// Set the next attempt of everything still to do to `now`; whether there
+/// was anything.
+fn make_due(env: &mut Envelope, now: u64) -> bool {
+    let mut any = false;
+    for r in &mut env.rcpts {
+        let open = match r.state {
+            RcptState::Pending => true,
+            RcptState::Failed => !r.notified,
+            RcptState::Delivered => false,
+        };
+        if open {
+            any = true;
+            r.next_attempt = r.next_attempt.min(now);
+        }
+    }
+    any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> postoffice_config::Queue {
+        postoffice_config::Queue::default()
+    }
+
+    #[test]
+    fn enqueue_list_show_retry_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), &cfg()).unwrap();
+        let msg = b"From: a@src.test\r\nSubject: hi\r\n\r\nbody\r\n";
+        let id = q
+            .enqueue(
+                "a@src.test",
+                &[
+                    "b@dest.test".into(),
+                    "B@dest.test".into(),
+                    "c@x.test".into(),
+                ],
+                msg,
+            )
+            .unwrap();
+        let list = q.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].id, id.as_str());
+        assert_eq!(list[0].size, msg.len() as u64);
+        assert_eq!(list[0].rcpts.len(), 2, "duplicates merged");
+        assert_eq!(list[0].rcpts[0].state, RcptState::Pending);
+        let d = q.show(&id).unwrap();
+        assert_eq!(d.headers, "From: a@src.test\r\nSubject: hi\r\n");
+        // Push the next attempt into the future, then retry.
+        q.spool()
+            .update(&id, |e| e.rcpts[0].next_attempt = u64::MAX / 2)
+            .unwrap();
+        q.retry(&id).unwrap();
+        assert!(q.list().unwrap()[0].rcpts[0].next_attempt <= unix_now());
+        assert_eq!(q.flush().unwrap(), 1);
+        assert!(matches!(q.retry("NOPE"), Err(QueueError::NotFound(_))));
+        assert!(matches!(q.show("../etc"), Err(QueueError::InvalidId(_))));
+        q.delete(&id).unwrap();
+        assert!(matches!(q.delete(&id), Err(QueueError::NotFound(_))));
+        assert!(q.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn enqueue_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), &cfg()).unwrap();
+        assert!(matches!(
+            q.enqueue("a@b", &[], b"x"),
+            Err(QueueError::NoRecipients)
+        ));
+        assert!(matches!(
+            q.enqueue("a@b", &["x y@z".into()], b"x"),
+            Err(QueueError::InvalidAddress(_))
+        ));
+        assert!(matches!(
+            q.enqueue("a\r\n@b", &["x@z".into()], b"x"),
+            Err(QueueError::InvalidAddress(_))
+        ));
+        // The null sender is fine.
+        q.enqueue("", &["x@z".into()], b"x").unwrap();
+    }
+
+    /// Kill-safety at the API level: what enqueue returned survives a
+    /// "crash" (dropping the Queue) and a reopen; half-written entries do
+    /// not.
+    #[test]
+    fn reopen_keeps_complete_entries_and_drops_half_written_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let q = Queue::open(dir.path(), &cfg()).unwrap();
+            q.enqueue(
+                "a@src.test",
+                &["b@dest.test".into()],
+                b"Subject: x\r\n\r\ny\r\n",
+            )
+            .unwrap()
+        };
+        let qdir = dir.path().join("queue");
+        std::fs::write(qdir.join("DEADBEEF.msg"), b"half").unwrap();
+        std::fs::write(qdir.join("DEADBEEF.env.tmp"), b"version = 1\nid = \"DEA").unwrap();
+        let q = Queue::open(dir.path(), &cfg()).unwrap();
+        let list = q.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].id, id.as_str());
+        assert!(!qdir.join("DEADBEEF.msg").exists());
+        assert!(!qdir.join("DEADBEEF.env.tmp").exists());
+    }
+}

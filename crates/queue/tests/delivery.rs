@@ -1,0 +1,561 @@
+//! The queue end to end: a private dnsmasq publishes MX records pointing at
+//! fake SMTP servers on 127.0.0.1; the scheduler delivers, retries, bounces.
+//!
+//! Needs the Debian package `dnsmasq` for the DNS tests (skipped without it,
+//! unless CI=true, where that is a failure).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Call, eventually, fake_smtp, free_port, start, start_dns, test_config, text};
+use postoffice_queue::{Queue, RcptState, Signer};
+
+const MESSAGE: &[u8] = b"From: Alice <alice@src.test>\r\nTo: bob@dest.test\r\nSubject: Test message\r\nMessage-ID: <t1@src.test>\r\n\r\nThe body stays private.\r\n.leading dot\r\n";
+
+fn rcpts(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// (a) 4xx twice, then accepted: delivered on the third attempt, exactly
+/// once, with dot-stuffing undone by the server and the DKIM hook applied.
+#[tokio::test]
+async fn temporary_failures_are_retried_until_delivered() {
+    let server = fake_smtp(
+        |c: &Call<'_>| {
+            (c.cmd == "RCPT" && c.conn <= 2).then(|| "450 4.2.0 greylisted, come back later".into())
+        },
+        None,
+        None,
+    )
+    .await;
+    let Some(dns) = start_dns(&[
+        "mx-host=dest.test,mx.dest.test,10",
+        "host-record=mx.dest.test,127.0.0.1",
+    ])
+    .await
+    else {
+        return;
+    };
+    let signer: Signer = Arc::new(|from: &str, _msg: &[u8]| {
+        Some(format!("DKIM-Signature: v=1; test=\"{from}\"\r\n"))
+    });
+    let h = start(
+        test_config(server.addr.port()),
+        Some(dns.addr),
+        Some(signer),
+    );
+    let id = h
+        .queue
+        .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .unwrap();
+    // After the first attempt: pending, with the remote's reply recorded.
+    assert!(eventually(10, || server.connections() >= 1).await);
+    assert!(
+        eventually(5, || h
+            .queue
+            .list()
+            .unwrap()
+            .first()
+            .is_some_and(|e| e.rcpts[0].attempts >= 1))
+        .await
+    );
+    let e = &h.queue.list().unwrap()[0];
+    assert_eq!(e.id, id.as_str());
+    assert_eq!(e.rcpts[0].state, RcptState::Pending);
+    assert!(
+        e.rcpts[0].last_error.contains("450 4.2.0 greylisted"),
+        "{e:?}"
+    );
+    assert_eq!(e.rcpts[0].remote_mta, "mx.dest.test");
+    // Speed it up.
+    h.queue.flush().unwrap();
+    assert!(
+        eventually(15, || !server.received().is_empty()
+            && h.queue.list().unwrap().is_empty())
+        .await,
+        "not delivered: {:?}",
+        h.queue.list()
+    );
+    assert_eq!(server.connections(), 3);
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_from, "alice@src.test");
+    assert_eq!(got[0].rcpts, vec!["bob@dest.test"]);
+    let data = text(&got[0].data);
+    assert!(data.starts_with("DKIM-Signature: v=1; test=\"alice@src.test\"\r\nFrom: Alice"));
+    assert!(
+        data.ends_with("The body stays private.\r\n.leading dot\r\n"),
+        "{data}"
+    );
+    assert!(h.local_mail().is_empty(), "no bounce");
+    h.stop().await;
+}
+
+/// The connection drops after the data went out, before the reply: not
+/// counted as delivered, so it is sent again (the one duplicate RFC 5321
+/// 6.1 accepts).
+#[tokio::test]
+async fn lost_reply_after_data_means_retry() {
+    let server = fake_smtp(
+        |c: &Call<'_>| (c.cmd == "DATA" && c.conn == 1).then(|| "<close>".into()),
+        None,
+        None,
+    )
+    .await;
+    let Some(dns) = start_dns(&[
+        "mx-host=dest.test,mx.dest.test,10",
+        "host-record=mx.dest.test,127.0.0.1",
+    ])
+    .await
+    else {
+        return;
+    };
+    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
+    h.queue
+        .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .unwrap();
+    assert!(
+        eventually(5, || h
+            .queue
+            .list()
+            .unwrap()
+            .first()
+            .is_some_and(|e| e.rcpts[0].attempts == 1))
+        .await
+    );
+    let e = &h.queue.list().unwrap()[0];
+    assert_eq!(e.rcpts[0].state, RcptState::Pending);
+    assert!(
+        e.rcpts[0].last_error.contains("may have been delivered"),
+        "{e:?}"
+    );
+    h.queue.flush().unwrap();
+    assert!(
+        eventually(10, || server.received().len() == 1
+            && h.queue.list().unwrap().is_empty())
+        .await
+    );
+    assert_eq!(server.connections(), 2);
+    assert!(h.local_mail().is_empty());
+    h.stop().await;
+}
+
+/// The implicit MX: no MX record, the domain's A record is used.
+#[tokio::test]
+async fn a_record_fallback() {
+    let server = fake_smtp(|_: &Call<'_>| None, None, None).await;
+    let Some(dns) = start_dns(&["host-record=amx.test,127.0.0.1"]).await else {
+        return;
+    };
+    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
+    h.queue
+        .enqueue("alice@src.test", &rcpts(&["bob@amx.test"]), MESSAGE)
+        .unwrap();
+    assert!(eventually(10, || server.received().len() == 1).await);
+    assert!(eventually(5, || h.queue.list().unwrap().is_empty()).await);
+    h.stop().await;
+}
+
+/// (b) 5xx for one recipient, 250 for the other: the second is delivered,
+/// the first bounced to the (local) sender with the original headers.
+#[tokio::test]
+async fn permanent_failure_bounces_to_the_local_sender() {
+    let server = fake_smtp(
+        |c: &Call<'_>| {
+            (c.cmd == "RCPT" && c.arg.starts_with("bob@")).then(|| {
+                "550 5.1.1 <bob@dest.test>: Recipient address rejected: User unknown".into()
+            })
+        },
+        None,
+        None,
+    )
+    .await;
+    let Some(dns) = start_dns(&[
+        "mx-host=dest.test,mx.dest.test,10",
+        "host-record=mx.dest.test,127.0.0.1",
+    ])
+    .await
+    else {
+        return;
+    };
+    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
+    let id = h
+        .queue
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@dest.test", "carol@dest.test"]),
+            MESSAGE,
+        )
+        .unwrap();
+    assert!(eventually(10, || h.local_mail().len() == 1).await);
+    assert!(eventually(5, || h.queue.list().unwrap().is_empty()).await);
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpts, vec!["carol@dest.test"]);
+
+    let (to, bounce) = &h.local_mail()[0];
+    assert_eq!(to, "alice@src.test");
+    let b = text(bounce);
+    assert!(b.starts_with("Return-Path: <>\r\n"), "{b}");
+    assert!(b.contains("From: Mail Delivery System <MAILER-DAEMON@mail.src.test>"));
+    assert!(b.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+    assert!(b.contains(&format!("X-Postoffice-Queue-ID: {id}")));
+    assert!(b.contains("Final-Recipient: rfc822; bob@dest.test"));
+    assert!(!b.contains("Final-Recipient: rfc822; carol@dest.test"));
+    assert!(b.contains("Action: failed"));
+    assert!(b.contains("Status: 5.1.1"));
+    assert!(b.contains("Remote-MTA: dns; mx.dest.test"));
+    assert!(b.contains("Diagnostic-Code: smtp; 550 5.1.1 <bob@dest.test>: Recipient"));
+    assert!(b.contains("Content-Type: text/rfc822-headers"));
+    assert!(b.contains("Subject: Test message\r\nMessage-ID: <t1@src.test>\r\n"));
+    assert!(!b.contains("The body stays private"));
+    h.stop().await;
+}
+
+/// (c) The destination is down: retried, a delay warning, then a bounce
+/// once max_age_secs has passed.
+#[tokio::test]
+async fn unreachable_destination_is_retried_then_bounced() {
+    let Some(dns) = start_dns(&[
+        "mx-host=down.test,mx.down.test,10",
+        "host-record=mx.down.test,127.0.0.1",
+    ])
+    .await
+    else {
+        return;
+    };
+    let closed_port = free_port();
+    let mut cfg = test_config(closed_port);
+    cfg.max_age_secs = 3;
+    cfg.delay_warning_secs = 1;
+    let h = start(cfg, Some(dns.addr), None);
+    h.queue
+        .enqueue("alice@src.test", &rcpts(&["bob@down.test"]), MESSAGE)
+        .unwrap();
+    assert!(
+        eventually(15, || h.local_mail().len() == 2).await,
+        "{:?}",
+        h.queue.list()
+    );
+    assert!(eventually(5, || h.queue.list().unwrap().is_empty()).await);
+    let mail = h.local_mail();
+    let warning = text(&mail[0].1);
+    assert!(
+        warning.contains("Subject: Delayed Mail (still being retried)"),
+        "{warning}"
+    );
+    assert!(warning.contains("Action: delayed"));
+    assert!(warning.contains("Will-Retry-Until:"));
+    let bounce = text(&mail[1].1).replace("\r\n\t", " ");
+    assert!(
+        bounce.contains("Subject: Undelivered Mail Returned to Sender"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("Action: failed"));
+    assert!(bounce.contains("Status: 4.4.1"));
+    assert!(bounce.contains("Diagnostic-Code: X-Postoffice; delivery time expired"));
+    assert!(bounce.contains("Connection refused"), "{bounce}");
+    assert!(!bounce.contains("Remote-MTA"));
+    assert!(bounce.contains("Subject: Test message"));
+    h.stop().await;
+}
+
+/// (e) A null MX bounces at once (5.1.10), as does a domain that does not
+/// exist (5.1.2); one DSN names both.
+#[tokio::test]
+async fn null_mx_and_nxdomain_bounce_immediately() {
+    let Some(dns) = start_dns(&["mx-host=nullmx.test,.,0"]).await else {
+        return;
+    };
+    let h = start(test_config(free_port()), Some(dns.addr), None);
+    h.queue
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@nullmx.test", "carol@nowhere.test"]),
+            MESSAGE,
+        )
+        .unwrap();
+    assert!(eventually(10, || !h.local_mail().is_empty()).await);
+    assert!(eventually(5, || h.queue.list().unwrap().is_empty()).await);
+    let mail = h.local_mail();
+    assert_eq!(mail.len(), 1, "one DSN for both");
+    let b = text(&mail[0].1);
+    let b = b.replace("\r\n\t", " ");
+    assert!(
+        b.contains("Final-Recipient: rfc822; bob@nullmx.test\r\nAction: failed\r\nStatus: 5.1.10"),
+        "{b}"
+    );
+    assert!(b.contains("null MX"), "{b}");
+    assert!(
+        b.contains(
+            "Final-Recipient: rfc822; carol@nowhere.test\r\nAction: failed\r\nStatus: 5.1.2"
+        ),
+        "{b}"
+    );
+    h.stop().await;
+}
+
+/// (f) A bounce for a remote sender is queued with the null sender; when
+/// that fails too, it is dropped: a bounce is never bounced.
+#[tokio::test]
+async fn bounces_are_never_bounced() {
+    let server = fake_smtp(
+        |c: &Call<'_>| (c.cmd == "RCPT").then(|| "550 5.7.1 go away".into()),
+        None,
+        None,
+    )
+    .await;
+    let Some(dns) = start_dns(&[
+        "mx-host=dest.test,mx.dest.test,10",
+        "mx-host=remote.test,mx.dest.test,10",
+        "host-record=mx.dest.test,127.0.0.1",
+    ])
+    .await
+    else {
+        return;
+    };
+    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
+    h.queue
+        .enqueue("someone@remote.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .unwrap();
+    // The original, then its bounce (null sender) to someone@remote.test.
+    assert!(
+        eventually(15, || server.mail_froms().len() >= 2
+            && h.queue.list().unwrap().is_empty())
+        .await,
+        "{:?} {:?}",
+        server.mail_froms(),
+        h.queue.list()
+    );
+    // Give a wrongly generated third message time to show up.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(server.mail_froms(), vec!["someone@remote.test", ""]);
+    assert!(h.queue.list().unwrap().is_empty());
+    assert!(h.local_mail().is_empty());
+    assert!(server.received().is_empty());
+    h.stop().await;
+}
+
+/// A message from the null sender that fails permanently: no bounce at all.
+#[tokio::test]
+async fn null_sender_failure_is_dropped() {
+    let server = fake_smtp(
+        |c: &Call<'_>| (c.cmd == "DATA").then(|| "554 5.6.0 rejected".into()),
+        None,
+        None,
+    )
+    .await;
+    let Some(dns) = start_dns(&[
+        "mx-host=dest.test,mx.dest.test,10",
+        "host-record=mx.dest.test,127.0.0.1",
+    ])
+    .await
+    else {
+        return;
+    };
+    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
+    h.queue
+        .enqueue("", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .unwrap();
+    assert!(
+        eventually(10, || server.connections() == 1
+            && h.queue.list().unwrap().is_empty())
+        .await
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(h.local_mail().is_empty());
+    assert!(h.queue.list().unwrap().is_empty());
+    assert_eq!(server.connections(), 1);
+    h.stop().await;
+}
+
+/// (d) Kill-safety: what enqueue returned survives dropping the queue and
+/// reopening it; a half-written entry is removed on open; the scheduler
+/// delivers the survivor.
+#[tokio::test]
+async fn queue_survives_restart_and_drops_half_written_entries() {
+    let server = fake_smtp(|_: &Call<'_>| None, None, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(server.addr.port());
+    let id = {
+        let q = Queue::open(dir.path(), &cfg).unwrap();
+        q.enqueue("alice@src.test", &rcpts(&["bob@[127.0.0.1]"]), MESSAGE)
+            .unwrap()
+        // Dropped without running: the "crash".
+    };
+    let qdir = dir.path().join("queue");
+    std::fs::write(qdir.join("0000000000HALF.msg"), b"Subject: half\r\n\r\n").unwrap();
+    std::fs::write(
+        qdir.join("0000000000HALF.env.tmp"),
+        b"version = 1\nid = \"00",
+    )
+    .unwrap();
+
+    let queue = Arc::new(Queue::open(dir.path(), &cfg).unwrap());
+    let list = queue.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id.as_str());
+    assert!(!qdir.join("0000000000HALF.msg").exists());
+    assert!(!qdir.join("0000000000HALF.env.tmp").exists());
+
+    // Deliver it now (an address literal needs no DNS).
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(postoffice_queue::run(
+        Arc::clone(&queue),
+        postoffice_queue::DeliveryConfig {
+            hostname: "mail.src.test".into(),
+            queue: cfg,
+            dns: postoffice_config::Dns::default(),
+            local_domains: Arc::new(|_: &str| false),
+        },
+        Arc::new(|_: &str, _: &[u8]| Ok(())),
+        None,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    assert!(
+        eventually(10, || server.received().len() == 1
+            && queue.list().unwrap().is_empty())
+        .await
+    );
+    assert_eq!(server.received()[0].rcpts, vec!["bob@[127.0.0.1]"]);
+    let _ = tx.send(());
+    task.await.unwrap();
+}
+
+/// Opportunistic STARTTLS with a certificate nobody trusts: encrypted and
+/// delivered anyway. For a domain in require_tls_domains: not delivered.
+#[tokio::test]
+async fn opportunistic_and_required_tls() {
+    let (acceptor, _pem) = common::tls_acceptor(&["mx.dest.test"]);
+    let server = fake_smtp(|_: &Call<'_>| None, Some(acceptor), None).await;
+    let Some(dns) = start_dns(&[
+        "mx-host=dest.test,mx.dest.test,10",
+        "mx-host=strict.test,mx.dest.test,10",
+        "host-record=mx.dest.test,127.0.0.1",
+    ])
+    .await
+    else {
+        return;
+    };
+    let mut cfg = test_config(server.addr.port());
+    cfg.require_tls_domains = vec!["strict.test".into()];
+    let h = start(cfg, Some(dns.addr), None);
+    h.queue
+        .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .unwrap();
+    let strict = h
+        .queue
+        .enqueue("alice@src.test", &rcpts(&["eve@strict.test"]), MESSAGE)
+        .unwrap();
+    assert!(eventually(10, || server.received().len() == 1).await);
+    let got = server.received();
+    assert!(got[0].tls, "delivered over TLS");
+    assert_eq!(got[0].rcpts, vec!["bob@dest.test"]);
+    // The strict one waits, with a TLS error recorded.
+    assert!(
+        eventually(10, || h
+            .queue
+            .list()
+            .unwrap()
+            .iter()
+            .any(|e| e.id == strict.as_str() && e.rcpts[0].attempts >= 1))
+        .await
+    );
+    let list = h.queue.list().unwrap();
+    assert_eq!(list.len(), 1);
+    let r = &list[0].rcpts[0];
+    assert_eq!(r.state, RcptState::Pending);
+    assert!(r.last_error.contains("TLS handshake failed"), "{r:?}");
+    assert_eq!(server.received().len(), 1);
+    h.stop().await;
+}
+
+/// The relayhost with AUTH PLAIN, only after STARTTLS with a verified
+/// certificate (queue.ca_file).
+#[tokio::test]
+async fn relayhost_with_auth_over_verified_tls() {
+    let (acceptor, pem) = common::tls_acceptor(&["127.0.0.1"]);
+    let server = fake_smtp(
+        |_: &Call<'_>| None,
+        Some(acceptor),
+        Some(("relayuser".into(), "s3cret".into())),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let mut cfg = test_config(free_port());
+    cfg.relayhost = format!("127.0.0.1:{}", server.addr.port());
+    cfg.relay_user = "relayuser".into();
+    cfg.relay_password = "s3cret".into();
+    cfg.ca_file = Some(ca);
+    let h = start(cfg, None, None);
+    h.queue
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@anywhere.test", "carol@elsewhere.test"]),
+            MESSAGE,
+        )
+        .unwrap();
+    assert!(
+        eventually(10, || server.received().len() == 2
+            && h.queue.list().unwrap().is_empty())
+        .await,
+        "{:?}",
+        h.queue.list()
+    );
+    for r in server.received() {
+        assert!(r.tls);
+        assert_eq!(r.auth_user.as_deref(), Some("relayuser"));
+    }
+    h.stop().await;
+}
+
+/// A relay whose certificate is not trusted gets no credentials.
+#[tokio::test]
+async fn relay_credentials_need_a_verified_certificate() {
+    let (acceptor, _pem) = common::tls_acceptor(&["127.0.0.1"]);
+    let server = fake_smtp(
+        |_: &Call<'_>| None,
+        Some(acceptor),
+        Some(("relayuser".into(), "s3cret".into())),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Some other CA.
+    let (_, other_pem) = common::tls_acceptor(&["127.0.0.1"]);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, other_pem).unwrap();
+    let mut cfg = test_config(free_port());
+    cfg.transports.insert(
+        "anywhere.test".into(),
+        format!("127.0.0.1:{}", server.addr.port()),
+    );
+    cfg.relay_user = "relayuser".into();
+    cfg.relay_password = "s3cret".into();
+    cfg.ca_file = Some(ca);
+    let h = start(cfg, None, None);
+    h.queue
+        .enqueue("alice@src.test", &rcpts(&["bob@anywhere.test"]), MESSAGE)
+        .unwrap();
+    assert!(
+        eventually(10, || h
+            .queue
+            .list()
+            .unwrap()
+            .first()
+            .is_some_and(|e| e.rcpts[0].attempts >= 1))
+        .await
+    );
+    let e = &h.queue.list().unwrap()[0];
+    assert_eq!(e.rcpts[0].state, RcptState::Pending);
+    assert!(
+        e.rcpts[0].last_error.contains("TLS handshake failed"),
+        "{e:?}"
+    );
+    assert!(server.mail_froms().is_empty());
+    h.stop().await;
+}
