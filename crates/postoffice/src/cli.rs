@@ -59,6 +59,15 @@ enum Command {
     /// (like fetchmail), deleting it from the server or keeping it there.
     /// Accounts are read from ~/.config/postoffice/fetch.toml.
     Fetch(postoffice_fetch::FetchArgs),
+    /// Inspect and control the outbound queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Send a message read from standard input, like sendmail(1): for cron,
+    /// scripts and PHP mail(). Install as /usr/sbin/sendmail with
+    /// `ln -s $(which postoffice) /usr/sbin/sendmail`. Exit status: 0 sent
+    /// (delivered or queued), 64 usage, 67 unknown local user, 75 try
+    /// again later.
+    Sendmail(SendmailArgs),
     /// DKIM keys for signing outgoing mail.
     #[command(subcommand)]
     Dkim(DkimCmd),
@@ -73,6 +82,48 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCmd {
+    /// List queued messages with their recipients' states.
+    #[command(alias = "ls")]
+    List,
+    /// Show one entry: envelope, per-recipient state and the headers.
+    Show { id: String },
+    /// Try an entry again now.
+    Retry { id: String },
+    /// Delete an entry without bouncing it.
+    #[command(alias = "rm", alias = "del")]
+    Delete { id: String },
+    /// Try every entry again now.
+    Flush,
+}
+
+/// sendmail-compatible options (the common subset; others are refused).
+#[derive(Args, Debug)]
+struct SendmailArgs {
+    /// Take the recipients from the To:, Cc: and Bcc: headers (Bcc: is removed).
+    #[arg(short = 't')]
+    from_headers: bool,
+    /// The envelope sender (default: <user>@<hostname>).
+    #[arg(short = 'f', value_name = "ADDRESS")]
+    sender: Option<String>,
+    /// Full name for a From: header added when there is none.
+    #[arg(short = 'F', value_name = "NAME")]
+    full_name: Option<String>,
+    /// Accepted for compatibility: a line with a single dot never ends
+    /// the input here (input ends at end of file).
+    #[arg(short = 'i')]
+    ignore_dots: bool,
+    /// sendmail -o options (e.g. -oi): accepted and ignored.
+    #[arg(short = 'o', value_name = "OPTION")]
+    options: Vec<String>,
+    /// sendmail -b mode: only -bm (deliver mail, the default) is supported.
+    #[arg(short = 'b', value_name = "MODE")]
+    mode: Option<String>,
+    /// Recipients.
+    recipients: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,7 +249,18 @@ mod sysexits {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Installed as /usr/sbin/sendmail (a symlink): behave as `postoffice sendmail`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if invoked_as == "sendmail" {
+        args.insert(1, "sendmail".into());
+        args[0] = "postoffice".into();
+    }
+    let cli = Cli::parse_from(args);
     let is_deliver = matches!(cli.command, Command::Deliver { .. });
     match run(cli) {
         Ok(code) => code,
@@ -261,6 +323,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
         Command::Quarantine(cmd) => quarantine(&config, cmd),
+        Command::Queue(cmd) => queue_cmd(&config, cmd),
+        Command::Sendmail(args) => sendmail(&config, args),
         Command::Dkim(DkimCmd::Generate { domain, algorithm }) => {
             let domain = normalize_domain(&domain)?;
             let algo = if algorithm == "ed25519" {
@@ -625,6 +689,145 @@ fn deliver(config: &Config, recipient: &str) -> Result<ExitCode> {
             };
             eprintln!("postoffice deliver: {e}{hint}");
             Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}
+
+fn queue_cmd(config: &Config, cmd: QueueCmd) -> Result<ExitCode> {
+    use postoffice_queue::cli;
+    let queue = postoffice_queue::Queue::open(&config.data_dir, &config.queue)?;
+    let out = match cmd {
+        QueueCmd::List => cli::cli_list(&queue)?,
+        QueueCmd::Show { id } => cli::cli_show(&queue, &id)?,
+        QueueCmd::Retry { id } => cli::cli_retry(&queue, &id)?,
+        QueueCmd::Delete { id } => cli::cli_delete(&queue, &id)?,
+        QueueCmd::Flush => cli::cli_flush(&queue)?,
+    };
+    print!("{out}");
+    if !out.ends_with('\n') && !out.is_empty() {
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Addresses in the To/Cc/Bcc headers, and the message with Bcc removed.
+fn header_recipients(message: &[u8]) -> (Vec<String>, Vec<u8>) {
+    let mut rcpts = Vec::new();
+    if let Some(m) = mail_parser::MessageParser::default().parse_headers(message) {
+        for list in [m.to(), m.cc(), m.bcc()].into_iter().flatten() {
+            rcpts.extend(list.iter().filter_map(|a| a.address().map(str::to_string)));
+        }
+    }
+    // Drop Bcc: (and its continuation lines) from the header section.
+    let mut out = Vec::with_capacity(message.len());
+    let mut in_header = true;
+    let mut skipping = false;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if in_header {
+            if line == b"\r\n" || line == b"\n" {
+                in_header = false;
+            } else if skipping && matches!(line.first(), Some(b' ' | b'\t')) {
+                continue;
+            } else {
+                skipping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+                if skipping {
+                    continue;
+                }
+            }
+        }
+        out.extend_from_slice(line);
+    }
+    (rcpts, out)
+}
+
+fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
+    const USAGE: u8 = 64;
+    if let Some(mode) = &args.mode
+        && mode != "m"
+    {
+        eprintln!("sendmail: -b{mode} is not supported (only -bm)");
+        return Ok(ExitCode::from(USAGE));
+    }
+    let _ = (args.ignore_dots, &args.options);
+    let mut body = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut body)
+        .context("reading the message")?;
+    // Scripts write LF; SMTP and the store want CRLF.
+    let mut crlf = Vec::with_capacity(body.len() + body.len() / 32);
+    let mut prev = 0u8;
+    for &b in &body {
+        if b == b'\n' && prev != b'\r' {
+            crlf.push(b'\r');
+        }
+        crlf.push(b);
+        prev = b;
+    }
+    if !crlf.ends_with(b"\r\n") {
+        crlf.extend_from_slice(b"\r\n");
+    }
+    let (mut rcpts, mut message) = (args.recipients.clone(), crlf);
+    if args.from_headers {
+        let (found, stripped) = header_recipients(&message);
+        rcpts.extend(found);
+        message = stripped;
+    }
+    if rcpts.is_empty() {
+        eprintln!("sendmail: no recipients (give them as arguments, or use -t)");
+        return Ok(ExitCode::from(USAGE));
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let sender = args
+        .sender
+        .clone()
+        .unwrap_or_else(|| format!("{user}@{}", config.hostname));
+    if let Some(name) = &args.full_name {
+        let has_from = mail_parser::MessageParser::default()
+            .parse_headers(&message)
+            .is_some_and(|m| m.from().is_some());
+        if !has_from {
+            let mut with = format!(
+                "From: {} <{sender}>\r\n",
+                name.replace(['\r', '\n', '<', '>'], "")
+            )
+            .into_bytes();
+            with.extend_from_slice(&message);
+            message = with;
+        }
+    }
+    let dir = Directory::open(&config.data_dir)?;
+    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    let dkim = postoffice_server::dkim::Signer::new(&config.data_dir, &config.dkim.selector);
+    let queue = postoffice_queue::Queue::open(&config.data_dir, &config.queue)?;
+    let outbound: std::sync::Arc<dyn postoffice_server::state::Outbound> = std::sync::Arc::new(
+        postoffice_server::outbound::QueueOutbound(std::sync::Arc::new(queue)),
+    );
+    let ctx = postoffice_server::submission::Context {
+        config,
+        directory: &dir,
+        store: &store,
+        dkim: &dkim,
+        outbound: Some(outbound),
+    };
+    let id = postoffice_server::smtp::queue_id();
+    let received = format!(
+        "Received: by {} (postoffice sendmail, uid {user}) id {id};\r\n\t{}\r\n",
+        config.hostname,
+        postoffice_server::headers::rfc5322_date(std::time::SystemTime::now())
+    );
+    let result =
+        postoffice_server::submission::prepare(&ctx, None, &sender, &id, &received, &message)
+            .and_then(|(msg, _)| postoffice_server::submission::store(&ctx, &sender, &rcpts, &msg));
+    match result {
+        Ok(Some(q)) => {
+            eprintln!("sendmail: queued as {q}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(None) => Ok(ExitCode::SUCCESS),
+        Err(r) => {
+            eprintln!("sendmail: {}", r.reply);
+            Ok(ExitCode::from(r.exit_code))
         }
     }
 }

@@ -153,6 +153,15 @@ impl Local<'_> {
         Ok(done.into_iter().map(|(_, d)| d).collect())
     }
 
+    /// Take back what [`Local::deliver`] stored for `recipients`.
+    pub fn undo(&self, recipients: &[String], delivered: &[Delivered]) {
+        for (r, d) in recipients.iter().zip(delivered) {
+            if let Ok(addr) = normalize_address(r) {
+                let _ = self.store.discard(&addr, d);
+            }
+        }
+    }
+
     /// Store into each recipient's quarantine folder.
     pub fn quarantine(&self, recipients: &[String], message: &[u8]) -> Result<(), DeliveryError> {
         for r in recipients {

@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod headers;
 pub mod limits;
+pub mod outbound;
 pub mod pop3;
 pub mod shutdown;
 pub mod smtp;
@@ -52,6 +53,7 @@ pub enum Service {
 /// A bound, not yet running server.
 pub struct Server {
     shared: Arc<Shared>,
+    queue: Arc<postoffice_queue::Queue>,
     listeners: Vec<(Service, TcpListener)>,
 }
 
@@ -72,16 +74,26 @@ impl Server {
             for addr in addrs {
                 let l = TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change the listen addresses ([pop3] listen/listen_tls, [smtp] listen) in the config"))?;
+                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change the listen addresses ([pop3], [smtp], [submission]) in the config"))?;
                 listeners.push((service, l));
             }
         }
-        let shared =
-            Arc::new(Shared::new(config, Some(tls)).context("opening the user directory")?);
+        let queue = Arc::new(
+            postoffice_queue::Queue::open(&config.data_dir, &config.queue)
+                .context("opening the outbound queue")?,
+        );
+        let shared = Arc::new(Shared::new(config, Some(tls)).context("setting up the server")?);
+        if let Ok(mut o) = shared.outbound.write() {
+            *o = Some(Arc::new(outbound::QueueOutbound(Arc::clone(&queue))));
+        }
         // Compute the dummy hash now so the first failed login for an
         // unknown user costs the same as any other.
         let _ = tokio::task::spawn_blocking(postoffice_directory::prepare_dummy_hash).await;
-        Ok(Server { shared, listeners })
+        Ok(Server {
+            shared,
+            queue,
+            listeners,
+        })
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -109,6 +121,11 @@ impl Server {
             tasks.spawn(accept_loop(shared, service, listener, sd, trig));
         }
         tasks.spawn(sweeper_loop(Arc::clone(&self.shared), shutdown.clone()));
+        tasks.spawn(outbound::run(
+            Arc::clone(&self.shared),
+            self.queue,
+            shutdown.clone(),
+        ));
         stop.await;
         info!("shutting down: no new connections; waiting for sessions to finish");
         trigger.fire();

@@ -17,12 +17,16 @@ use postoffice_smtp::server::sanitize;
 use postoffice_smtp::{Envelope, Verdict};
 use tracing::{info, warn};
 
-use crate::delivery::{DeliveryError, Local};
+use crate::delivery::Local;
 use crate::headers::{Trace, rfc5322_date, trace_headers};
 use crate::state::Shared;
 
 /// May `user` (authenticated) send as `address`?
 pub fn sender_allowed(shared: &Shared, user: &str, address: &str) -> bool {
+    sender_allowed_cfg(&shared.config, user, address)
+}
+
+fn sender_allowed_cfg(config: &postoffice_config::Config, user: &str, address: &str) -> bool {
     if user.is_empty() || address.is_empty() {
         // The null sender is for bounces from MTAs, not for users.
         return false;
@@ -32,8 +36,7 @@ pub fn sender_allowed(shared: &Shared, user: &str, address: &str) -> bool {
         return true;
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-    shared
-        .config
+    config
         .submission
         .sender_aliases
         .get(user)
@@ -102,6 +105,154 @@ fn parse_header(body: &[u8]) -> Header {
     }
 }
 
+/// What submission needs, so `postoffice sendmail` can use it without a
+/// running server.
+pub struct Context<'a> {
+    pub config: &'a postoffice_config::Config,
+    pub directory: &'a postoffice_directory::Directory,
+    pub store: &'a postoffice_store::Maildir,
+    pub dkim: &'a crate::dkim::Signer,
+    pub outbound: Option<Arc<dyn crate::state::Outbound>>,
+}
+
+/// Why a submission was refused: the SMTP reply and the sysexits code.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reply: String,
+    pub exit_code: u8,
+}
+
+impl Refusal {
+    fn new(reply: impl Into<String>, exit_code: u8) -> Self {
+        Refusal {
+            reply: reply.into(),
+            exit_code,
+        }
+    }
+}
+
+/// Complete a message (From/Date/Message-ID when missing), check that its
+/// From: addresses belong to `user` (when given), and DKIM-sign it.
+/// `trace` is prepended above the signature (a `Received:` line or "").
+pub fn prepare(
+    ctx: &Context<'_>,
+    user: Option<&str>,
+    mail_from: &str,
+    id: &str,
+    trace: &str,
+    body: &[u8],
+) -> Result<(Vec<u8>, bool), Refusal> {
+    let header = parse_header(body);
+    if let Some(user) = user
+        && let Some(bad) = header
+            .from
+            .iter()
+            .find(|f| !sender_allowed_cfg(ctx.config, user, f))
+    {
+        warn!(%user, from = %sanitize(bad), "submission: From: address not owned");
+        return Err(Refusal::new(
+            format!(
+                "553 5.7.1 From: address <{}> not owned by user {user}",
+                sanitize(bad)
+            ),
+            77,
+        ));
+    }
+    let mut added = String::new();
+    if header.from.is_empty() {
+        added.push_str(&format!("From: <{mail_from}>\r\n"));
+    }
+    if !header.has_date {
+        added.push_str(&format!("Date: {}\r\n", rfc5322_date(SystemTime::now())));
+    }
+    if !header.has_message_id {
+        added.push_str(&format!("Message-ID: <{id}@{}>\r\n", ctx.config.hostname));
+    }
+    let mut message = Vec::with_capacity(added.len() + body.len() + 1024);
+    message.extend_from_slice(added.as_bytes());
+    message.extend_from_slice(body);
+    let sign_domain = header
+        .from
+        .first()
+        .map(String::as_str)
+        .unwrap_or(mail_from)
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_default();
+    let signature = if ctx.config.dkim.sign {
+        ctx.dkim.sign(&sign_domain, &message)
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(trace.len() + 512 + message.len());
+    out.extend_from_slice(trace.as_bytes());
+    if let Some(sig) = &signature {
+        out.extend_from_slice(sig.as_bytes());
+    }
+    out.extend_from_slice(&message);
+    Ok((out, signature.is_some()))
+}
+
+/// Deliver to local recipients and spool the rest, all or nothing.
+/// Returns the queue ID when something was queued.
+pub fn store(
+    ctx: &Context<'_>,
+    mail_from: &str,
+    rcpts: &[String],
+    message: &[u8],
+) -> Result<Option<String>, Refusal> {
+    let local = Local {
+        config: ctx.config,
+        directory: ctx.directory,
+        store: ctx.store,
+    };
+    let (local_rcpts, remote_rcpts): (Vec<String>, Vec<String>) =
+        rcpts.iter().cloned().partition(|r| {
+            let d = r.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            local.is_local_domain(d)
+        });
+    if !remote_rcpts.is_empty() && ctx.outbound.is_none() {
+        return Err(Refusal::new(
+            "451 4.3.0 Outbound queue unavailable, try again later",
+            75,
+        ));
+    }
+    // Local copies first (they can be taken back), then the queue: once
+    // spooled, the scheduler may start sending at once.
+    let mut delivered = Vec::new();
+    if !local_rcpts.is_empty() {
+        // Local copies carry the Return-Path of final delivery.
+        let mut local_msg = format!("Return-Path: <{mail_from}>\r\n").into_bytes();
+        local_msg.extend_from_slice(message);
+        delivered = local
+            .deliver(&local_rcpts, &local_msg)
+            .map_err(|e| Refusal::new(e.smtp_reply(), e.exit_code()))?;
+    }
+    let queued = match (&ctx.outbound, remote_rcpts.is_empty()) {
+        (Some(q), false) => match q.enqueue(mail_from, &remote_rcpts, message) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                warn!(error = %e, "enqueue failed; taking back the local copies");
+                local.undo(&local_rcpts, &delivered);
+                return Err(Refusal::new(
+                    "451 4.3.0 Temporary local problem, try again later",
+                    75,
+                ));
+            }
+        },
+        _ => None,
+    };
+    info!(
+        from = %mail_from,
+        local = %local_rcpts.join(","),
+        remote = %remote_rcpts.join(","),
+        queue_id = queued.as_deref().unwrap_or("-"),
+        size = message.len(),
+        "submitted"
+    );
+    Ok(queued)
+}
+
 /// Verify, complete, sign and store a submitted message; returns the reply.
 pub async fn submit(
     shared: &Arc<Shared>,
@@ -112,47 +263,6 @@ pub async fn submit(
     body: &[u8],
 ) -> String {
     let user = env.authenticated.clone().unwrap_or_default();
-    let header = parse_header(body);
-    if let Some(bad) = header
-        .from
-        .iter()
-        .find(|f| !sender_allowed(shared, &user, f))
-    {
-        warn!(%user, from = %sanitize(bad), "submission: From: address not owned");
-        return format!(
-            "553 5.7.1 From: address <{}> not owned by user {user}",
-            sanitize(bad)
-        );
-    }
-    let mut added = String::new();
-    if header.from.is_empty() {
-        added.push_str(&format!("From: <{}>\r\n", env.mail_from));
-    }
-    if !header.has_date {
-        added.push_str(&format!("Date: {}\r\n", rfc5322_date(SystemTime::now())));
-    }
-    if !header.has_message_id {
-        added.push_str(&format!(
-            "Message-ID: <{id}@{}>\r\n",
-            shared.config.hostname
-        ));
-    }
-    let mut message = Vec::with_capacity(added.len() + body.len() + 1024);
-    message.extend_from_slice(added.as_bytes());
-    message.extend_from_slice(body);
-    let sign_domain = header
-        .from
-        .first()
-        .map(String::as_str)
-        .unwrap_or(&env.mail_from)
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_string())
-        .unwrap_or_default();
-    let signature = if shared.config.dkim.sign {
-        shared.dkim.sign(&sign_domain, &message)
-    } else {
-        None
-    };
     let trace = trace_headers(&Trace {
         helo: &env.helo,
         ip,
@@ -170,78 +280,36 @@ pub async fn submit(
         .split_once("Received:")
         .map(|(_, r)| format!("Received:{r}"))
         .unwrap_or_default();
-    let mut out = Vec::with_capacity(received.len() + 512 + message.len());
-    out.extend_from_slice(received.as_bytes());
-    if let Some(sig) = &signature {
-        out.extend_from_slice(sig.as_bytes());
-    }
-    out.extend_from_slice(&message);
-
-    let local = Local {
-        config: &shared.config,
-        directory: &shared.directory,
-        store: &shared.store,
-    };
-    let (local_rcpts, remote_rcpts): (Vec<String>, Vec<String>) =
-        env.rcpt_to.iter().cloned().partition(|r| {
-            let d = r.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            local.is_local_domain(d)
-        });
-    let outbound = shared.outbound.read().ok().and_then(|o| o.clone());
-    let queued = if remote_rcpts.is_empty() {
-        None
-    } else {
-        let Some(q) = outbound.clone() else {
-            return "451 4.3.0 Outbound queue unavailable, try again later".into();
+    let shared2 = Arc::clone(shared);
+    let (env2, id2, body2) = (env.clone(), id.to_string(), body.to_vec());
+    let result = tokio::task::spawn_blocking(move || {
+        let outbound = shared2.outbound.read().ok().and_then(|o| o.clone());
+        let ctx = Context {
+            config: &shared2.config,
+            directory: &shared2.directory,
+            store: &shared2.store,
+            dkim: &shared2.dkim,
+            outbound,
         };
-        let (from, rcpts, msg) = (env.mail_from.clone(), remote_rcpts.clone(), out.clone());
-        match tokio::task::spawn_blocking(move || q.enqueue(&from, &rcpts, &msg)).await {
-            Ok(Ok(qid)) => Some(qid),
-            Ok(Err(e)) => {
-                warn!(error = %e, "enqueue failed");
-                return "451 4.3.0 Temporary local problem, try again later".into();
-            }
-            Err(_) => return "451 4.3.0 Temporary local problem, try again later".into(),
+        let (message, signed) =
+            prepare(&ctx, Some(&user), &env2.mail_from, &id2, &received, &body2)?;
+        let queued = store(&ctx, &env2.mail_from, &env2.rcpt_to, &message)?;
+        Ok::<_, Refusal>((queued, signed))
+    })
+    .await;
+    match result {
+        Ok(Ok((Some(q), signed))) => {
+            info!(id, queue_id = %q, dkim = signed, "submission accepted");
+            format!("250 2.0.0 OK id={id} queued as {q}")
         }
-    };
-    if !local_rcpts.is_empty() {
-        // Local copies carry the Return-Path of final delivery.
-        let mut local_msg = format!("Return-Path: <{}>\r\n", env.mail_from).into_bytes();
-        local_msg.extend_from_slice(&out);
-        let s = Arc::clone(shared);
-        let rcpts = local_rcpts.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let local = Local {
-                config: &s.config,
-                directory: &s.directory,
-                store: &s.store,
-            };
-            local.deliver(&rcpts, &local_msg).map(|_| ())
-        })
-        .await
-        .unwrap_or_else(|e| Err(DeliveryError::Temporary(e.to_string())));
-        if let Err(e) = stored {
-            // All or nothing: take back the queued copy.
-            if let (Some(q), Some(qid)) = (outbound, &queued) {
-                q.cancel(qid);
-            }
-            warn!(error = %e, id, "submission: local delivery failed");
-            return e.smtp_reply();
+        Ok(Ok((None, signed))) => {
+            info!(id, dkim = signed, "submission delivered");
+            format!("250 2.0.0 OK id={id}")
         }
-    }
-    info!(
-        id,
-        user = %user,
-        from = %env.mail_from,
-        local = %local_rcpts.join(","),
-        remote = %remote_rcpts.join(","),
-        queue_id = queued.as_deref().unwrap_or("-"),
-        dkim = signature.is_some(),
-        size = out.len(),
-        "submission"
-    );
-    match queued {
-        Some(q) => format!("250 2.0.0 OK id={id} queued as {q}"),
-        None => format!("250 2.0.0 OK id={id}"),
+        Ok(Err(r)) => r.reply,
+        Err(e) => {
+            warn!(error = %e, id, "submission task failed");
+            "451 4.3.0 Temporary local problem, try again later".into()
+        }
     }
 }
