@@ -1,0 +1,558 @@
+#!/usr/bin/env bash
+# postoffice vs. Dovecot, side by side, on this machine.
+#
+#   bench/compare.sh [--quick] [--runs N] [--fresh] [--only LIST] [--no-wait]
+#                    [--no-drop-caches] [--build] [--work DIR]
+#
+# What it does (see BENCHMARKS.md for the meaning of every figure):
+#  1. Installs Debian's dovecot-pop3d if missing (without starting the
+#     system Dovecot) and creates the mail user (uid/gid 5000).
+#  2. Seeds one deterministic corpus twice, once per layout, with
+#     `postoffice-bench seed`: 1,000 users x 20 messages (mean ~48 KB), a
+#     100,000-message maildrop, a 10 MB message, and (postoffice only)
+#     10,000 idle users. The same SHA512-CRYPT passwd-file is Dovecot's
+#     passdb and is imported into postoffice, so both verify the same hash.
+#     A corpus is reused by later runs with the same parameters (--fresh
+#     re-seeds: the old copy is moved aside and deleted only at the end).
+#  3. Starts a private Dovecot instance and the release postoffice, each on
+#     its own loopback port.
+#  4. Waits (up to 20 min) until no rustc/cargo build runs, warms both up,
+#     then runs every scenario RUNS times (default 3), alternating which
+#     server goes first, and prints one markdown table of medians.
+#  5. Stops every server it started (by pid, also on error or Ctrl-C).
+#
+# --quick: tiny numbers (20 users x 5 messages, 200 sessions, 1 run) for a
+#          smoke run of the script itself; its figures mean nothing.
+# --only:  comma-separated subset of: s16,s64,login,hold,hold10k,pipeline,
+#          retrbig,bigbox,bigbox-first
+# Environment: BENCH_WORK (default /var/tmp/postoffice-bench),
+#   POSTOFFICE_BIN, BENCH_BIN (default target/release/...),
+#   DOVECOT_PORT (21110), POSTOFFICE_PORT (22110).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+QUICK=0 FRESH=0 RUNS= WAIT_IDLE=1 DROP_CACHES=1 BUILD=0 ONLY=
+WORK=${BENCH_WORK:-/var/tmp/postoffice-bench}
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --fresh) FRESH=1 ;;
+        --runs) RUNS=$2; shift ;;
+        --only) ONLY=$2; shift ;;
+        --no-wait) WAIT_IDLE=0 ;;
+        --no-drop-caches) DROP_CACHES=0 ;;
+        --build) BUILD=1 ;;
+        --work) WORK=$2; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
+    esac
+    shift
+done
+
+PO=${POSTOFFICE_BIN:-$ROOT/target/release/postoffice}
+BENCH=${BENCH_BIN:-$ROOT/target/release/postoffice-bench}
+D_PORT=${DOVECOT_PORT:-21110}
+P_PORT=${POSTOFFICE_PORT:-22110}
+PASSWORD=benchpass
+SEED=42
+DOMAIN=bench.test
+MAIL_UID=5000
+
+# ------------------------------------------------------------ parameters
+if [[ $QUICK == 1 ]]; then
+    USERS=20 MSGS=5 SESSIONS=200 C_LOW=4 C_HIGH=16 HOLD=20 HOLD_SECS=1
+    BIG_HOLD=200 BIGBOX=2000 BIGMSG=$((1024 * 1024)) PIPE=1000 REPEAT=3
+    RUNS=${RUNS:-1}
+else
+    USERS=1000 MSGS=20 SESSIONS=2000 C_LOW=16 C_HIGH=64 HOLD=1000 HOLD_SECS=5
+    BIG_HOLD=10000 BIGBOX=100000 BIGMSG=$((10 * 1024 * 1024)) PIPE=1000 REPEAT=5
+    RUNS=${RUNS:-3}
+fi
+IDLE_USERS=$BIG_HOLD
+KEY="u$USERS-m$MSGS-b$BIGBOX-x$BIGMSG-i$IDLE_USERS-s$SEED"
+CORPUS=$WORK/corpus-$KEY
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULTS=$WORK/results/$STAMP
+DCONF_DIR=$WORK/dovecot
+P_CONF=$WORK/postoffice.toml
+
+log() { echo "[$(date +%T)] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+want() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
+
+# ------------------------------------------------------------ cleanup
+D_PID= P_PID= GEN_PID=
+stop_dovecot() {
+    [[ -n $D_PID ]] || return 0
+    kill -TERM "$D_PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$D_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$D_PID" 2>/dev/null || true
+    D_PID=
+}
+stop_postoffice() {
+    [[ -n $P_PID ]] || return 0
+    kill -TERM "$P_PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$P_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$P_PID" 2>/dev/null || true
+    wait "$P_PID" 2>/dev/null || true
+    P_PID=
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -z $GEN_PID ]] || kill -TERM "$GEN_PID" 2>/dev/null || true
+    stop_dovecot
+    stop_postoffice
+    if [[ -d $WORK/trash ]]; then
+        log "deleting corpora moved aside at the start ($WORK/trash)"
+        rm -rf "$WORK/trash"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------ binaries
+if [[ $BUILD == 1 || ! -x $PO || ! -x $BENCH ]]; then
+    [[ -z ${POSTOFFICE_BIN:-}${BENCH_BIN:-} ]] || [[ $BUILD == 1 ]] ||
+        die "POSTOFFICE_BIN/BENCH_BIN given but not executable"
+    log "building release binaries (cargo build --release -p postoffice -p postoffice-bench)"
+    (cd "$ROOT" && cargo build --release -p postoffice -p postoffice-bench)
+fi
+
+# ------------------------------------------------------------ Dovecot
+install_dovecot() {
+    if command -v dovecot >/dev/null && [[ -x /usr/lib/dovecot/pop3 ]]; then
+        return
+    fi
+    log "installing dovecot-pop3d from Debian"
+    # Keep the package scripts from starting the system Dovecot.
+    local own_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-pop3d >/dev/null
+    [[ $own_policy == 0 ]] || rm -f /usr/sbin/policy-rc.d
+    # If a system instance started anyway, stop it (by its own pid file).
+    if [[ -s /run/dovecot/master.pid ]]; then
+        kill -TERM "$(cat /run/dovecot/master.pid)" 2>/dev/null || true
+    fi
+}
+install_dovecot
+getent group $MAIL_UID >/dev/null || groupadd -g $MAIL_UID pobench
+getent passwd $MAIL_UID >/dev/null ||
+    useradd -u $MAIL_UID -g $MAIL_UID -M -d /nonexistent -s /usr/sbin/nologin pobench
+for u in dovecot dovenull; do
+    getent passwd $u >/dev/null || die "user $u missing (it comes with dovecot-core)"
+done
+
+# Idle sessions need descriptors: raise the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+# postoffice holds two descriptors per session (socket + maildrop lock).
+P_HOLD_MAX=$(( (NOFILE - 256) / 2 ))
+BIG_HOLD_EFF=$(( BIG_HOLD < P_HOLD_MAX ? BIG_HOLD : P_HOLD_MAX ))
+
+for p in $D_PORT $P_PORT $((P_PORT + 1)); do
+    if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use"; fi
+done
+
+# ------------------------------------------------------------ corpus
+mkdir -p "$WORK" "$RESULTS" "$DCONF_DIR"
+chmod 755 "$WORK"
+# One run at a time per work directory (same ports, same corpus).
+exec 9>"$WORK/.lock"
+flock -n 9 || die "another compare.sh is running in $WORK (pid $(cat "$WORK/compare.pid" 2>/dev/null))"
+echo $$ >"$WORK/compare.pid"
+seed() { "$BENCH" seed --seed $SEED --domain $DOMAIN --password $PASSWORD "$@" | grep -v '^RESULT' >&2; }
+if [[ -f $CORPUS/.seeded && $FRESH == 0 ]]; then
+    log "reusing the corpus in $CORPUS (--fresh to re-seed)"
+else
+    # Never delete a previous corpus before timing: mass deletions make file
+    # creation on this disk slow for minutes. Move it aside; the EXIT trap
+    # deletes it after the run. (Corpora of other parameters, e.g. --quick,
+    # are left alone.)
+    if [[ -e $CORPUS ]]; then
+        mkdir -p "$WORK/trash"
+        mv "$CORPUS" "$WORK/trash/$(basename "$CORPUS").$STAMP"
+    fi
+    mkdir -p "$CORPUS/po" "$CORPUS/dovecot"
+    chmod 755 "$CORPUS" "$CORPUS/dovecot"
+    for layout in postoffice dovecot; do
+        dir=$CORPUS/po owner=()
+        if [[ $layout == dovecot ]]; then dir=$CORPUS/dovecot owner=(--owner $MAIL_UID:$MAIL_UID); fi
+        log "seeding the $layout layout in $dir"
+        seed --layout $layout --dir "$dir" "${owner[@]}" --users "$USERS" --messages "$MSGS" \
+            --passwd-file "$CORPUS/users.passwd"
+        seed --layout $layout --dir "$dir" "${owner[@]}" --users 1 --user-prefix bigbox \
+            --messages "$BIGBOX" --sizes small --passwd-file "$CORPUS/bigbox.passwd"
+        seed --layout $layout --dir "$dir" "${owner[@]}" --users 1 --user-prefix bigmsg \
+            --messages 1 --sizes "$BIGMSG" --passwd-file "$CORPUS/bigmsg.passwd"
+    done
+    log "seeding $IDLE_USERS idle users (postoffice only)"
+    seed --layout postoffice --dir "$CORPUS/po" --users "$IDLE_USERS" --user-prefix idle \
+        --messages "$MSGS" --sizes small --passwd-file "$CORPUS/idle.passwd"
+    cat "$CORPUS/users.passwd" "$CORPUS/bigbox.passwd" "$CORPUS/bigmsg.passwd" \
+        >"$CORPUS/dovecot.passwd"
+    cat "$CORPUS/dovecot.passwd" "$CORPUS/idle.passwd" >"$CORPUS/postoffice.passwd"
+    chmod 644 "$CORPUS"/*.passwd
+    touch "$CORPUS/.imported-pending" "$CORPUS/.seeded"
+fi
+
+# ------------------------------------------------------------ configs
+cat >"$P_CONF" <<EOF
+# postoffice for bench/compare.sh (written by the script).
+data_dir = "$CORPUS/po"
+hostname = "bench.local"
+shutdown_timeout_secs = 5
+[pop3]
+listen = ["127.0.0.1:$P_PORT"]
+listen_tls = ["127.0.0.1:$((P_PORT + 1))"]
+[limits]
+# Every client is 127.0.0.1: lift the per-IP cap (default 50).
+max_connections = 20000
+max_connections_per_ip = 20000
+[log]
+level = "info"
+EOF
+# No SMTP/submission listeners: only POP3 is measured, and their default
+# ports may be taken. Each section is kept only if this binary knows it.
+for extra in '[smtp]\nlisten = []\n' '[submission]\nlisten = []\nlisten_tls = []\n'; do
+    cp "$P_CONF" "$P_CONF.prev"
+    printf "$extra" >>"$P_CONF"
+    "$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
+done
+if [[ -f $CORPUS/.imported-pending ]]; then
+    log "importing $(wc -l <"$CORPUS/postoffice.passwd") users into postoffice from the passwd-file"
+    "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/postoffice.passwd" >&2
+    rm -f "$CORPUS/.imported-pending"
+fi
+
+# Dovecot 2.3, private instance. Every non-default setting is here.
+mkdir -p "$DCONF_DIR/run"
+cat >"$DCONF_DIR/dovecot.conf" <<EOF
+# Private Dovecot for bench/compare.sh (written by the script).
+base_dir = $DCONF_DIR/run
+instance_name = pobench-dovecot
+state_dir = $DCONF_DIR/state
+log_path = $DCONF_DIR/dovecot.log
+info_log_path = $DCONF_DIR/dovecot-info.log
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+# No credential cache (the default; passwd-file credentials are never
+# cached anyway): every login verifies one SHA512-CRYPT hash.
+auth_cache_size = 0
+mail_uid = $MAIL_UID
+mail_gid = $MAIL_UID
+first_valid_uid = 1000
+first_valid_gid = 1000
+default_internal_user = dovecot
+default_login_user = dovenull
+mail_location = maildir:~/Maildir
+passdb {
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT $CORPUS/dovecot.passwd
+}
+userdb {
+  driver = static
+  args = uid=$MAIL_UID gid=$MAIL_UID home=$CORPUS/dovecot/%n
+}
+# Process limits raised so they do not cap the runs (defaults: 100 / 1000).
+default_process_limit = 1000
+default_client_limit = 20000
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $D_PORT
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+  # High-performance mode: long-lived login processes, many clients each.
+  service_count = 0
+  process_min_avail = 2
+  process_limit = 16
+  client_limit = 20000
+}
+service pop3 {
+  process_limit = 20000
+}
+service auth {
+  client_limit = 20000
+}
+service anvil {
+  client_limit = 20000
+}
+protocol pop3 {
+  # Default 10 per user and IP; every client here is 127.0.0.1.
+  mail_max_userip_connections = 20000
+}
+EOF
+dovecot -c "$DCONF_DIR/dovecot.conf" -n >"$RESULTS/dovecot-n.conf" 2>"$RESULTS/dovecot-n.err" ||
+    { cat "$RESULTS/dovecot-n.err" >&2; die "dovecot rejected its config"; }
+
+# ------------------------------------------------------------ servers
+wait_port() {
+    local port=$1 pid=$2
+    for _ in $(seq 300); do
+        ss -Htln "sport = :$port" | grep -q . && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+start_dovecot() {
+    dovecot -c "$DCONF_DIR/dovecot.conf" || die "dovecot did not start (see $DCONF_DIR/dovecot.log)"
+    for _ in $(seq 100); do [[ -s $DCONF_DIR/run/master.pid ]] && break; sleep 0.1; done
+    D_PID=$(cat "$DCONF_DIR/run/master.pid")
+    wait_port "$D_PORT" "$D_PID" || die "dovecot is not listening on $D_PORT (see $DCONF_DIR/dovecot.log)"
+}
+start_postoffice() {
+    "$PO" --config "$P_CONF" serve >>"$RESULTS/postoffice.out" 2>>"$RESULTS/postoffice.log" &
+    P_PID=$!
+    wait_port "$P_PORT" "$P_PID" || die "postoffice is not listening on $P_PORT (see $RESULTS/postoffice.log)"
+}
+drop_caches() {
+    if [[ $DROP_CACHES == 1 ]]; then
+        sync
+        echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    fi
+}
+CAN_DROP=0
+if [[ $DROP_CACHES == 1 && -w /proc/sys/vm/drop_caches ]]; then CAN_DROP=1; fi
+
+log "starting Dovecot on 127.0.0.1:$D_PORT and postoffice on 127.0.0.1:$P_PORT"
+start_dovecot
+start_postoffice
+
+# ------------------------------------------------------------ generator
+VALUES=$RESULTS/values.tsv
+: >"$VALUES"
+ERRORS=0
+addr() { if [[ $1 == dovecot ]]; then echo "127.0.0.1:$D_PORT"; else echo "127.0.0.1:$P_PORT"; fi; }
+srvsel() { if [[ $1 == dovecot ]]; then echo "--server-tree $D_PID"; else echo "--server-pids $P_PID"; fi; }
+# The machine is shared: measure only while no compiler runs. Waiting is
+# bounded by one budget for the whole run (20 minutes, polls every 15 s).
+busy() { pgrep -x rustc >/dev/null || pgrep -f 'cargo (build|test|clippy)' >/dev/null; }
+IDLE_BUDGET=1200 WAITED=0 INTERFERED=0
+wait_idle() {
+    [[ $WAIT_IDLE == 1 ]] || return 0
+    local said=0
+    while busy; do
+        if (( WAITED >= IDLE_BUDGET )); then
+            log "WARNING: rustc/cargo still running and the 20-minute idle budget is spent; measuring anyway"
+            return 0
+        fi
+        [[ $said == 1 ]] || log "waiting for rustc/cargo to finish before measuring"
+        said=1
+        sleep 15
+        WAITED=$((WAITED + 15))
+    done
+}
+# gen SCENARIO SERVER RUN ARGS... : run the generator, keep its output,
+# record every key=value of its RESULT line. A measured run during which
+# rustc/cargo started is repeated (up to 3 attempts) after waiting for
+# idle; GEN_PRE, if set, is run before every attempt (server restarts).
+GEN_PRE=
+gen() {
+    local scen=$1 srv=$2 run=$3
+    shift 3
+    local out=$RESULTS/$scen.$srv.$run.txt attempt rc interfered gpid i
+    for attempt in 1 2 3; do
+        wait_idle
+        [[ -z $GEN_PRE ]] || $GEN_PRE
+        "$BENCH" pop3 "$@" --addr "$(addr "$srv")" --password $PASSWORD >"$out" 2>&1 &
+        gpid=$!
+        GEN_PID=$gpid
+        interfered=0 i=0
+        while kill -0 "$gpid" 2>/dev/null; do
+            if (( i % 5 == 0 )) && [[ $WAIT_IDLE == 1 && $scen != warmup* ]] && busy; then interfered=1; fi
+            i=$((i + 1))
+            sleep 0.2
+        done
+        rc=0
+        wait "$gpid" || rc=$?
+        GEN_PID=
+        if [[ $interfered == 1 && $attempt -lt 3 && $WAITED -lt $IDLE_BUDGET ]]; then
+            log "rustc/cargo ran during $scen on $srv (run $run); repeating it"
+            continue
+        fi
+        break
+    done
+    if [[ $rc != 0 ]]; then
+        log "WARNING: $scen on $srv (run $run) reported errors; see $out"
+        ERRORS=$((ERRORS + 1))
+    fi
+    local line
+    line=$(grep '^RESULT ' "$out" | tail -n 1 || true)
+    [[ -n $line ]] || { log "WARNING: no RESULT line in $out"; return 0; }
+    for kv in ${line#RESULT } interfered=$interfered; do
+        printf '%s\t%s\t%s\t%s\t%s\n' "$scen" "$srv" "$run" "${kv%%=*}" "${kv#*=}" >>"$VALUES"
+    done
+    [[ $interfered == 0 ]] || INTERFERED=$((INTERFERED + 1))
+    printf '  %-12s %-10s run %s: %s%s\n' "$scen" "$srv" "$run" "$(summary "$line")" \
+        "$([[ $interfered == 0 ]] || echo ' (rustc/cargo was running)')" >&2
+}
+summary() {
+    local l=$1 k
+    for k in sessions_per_s mb_per_s p99_ms pss_mib held warm_median_ms first_ms median_ms gen_cpu_pct server_cpu_pct errors; do
+        [[ $l == *" $k="* ]] && printf '%s=%s ' "$k" "$(sed -n "s/.* $k=\([^ ]*\).*/\1/p" <<<"$l")"
+    done
+}
+# median SCENARIO SERVER KEY
+median() {
+    awk -F'\t' -v s="$1" -v v="$2" -v k="$3" '$1==s && $2==v && $4==k {print $5}' "$VALUES" |
+        sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
+}
+SESS_USERS=(--users-file "$CORPUS/users.passwd" --users "$USERS")
+order() { if (( $1 % 2 == 1 )); then echo "dovecot postoffice"; else echo "postoffice dovecot"; fi; }
+
+# ------------------------------------------------------------ idle machine
+wait_idle
+log "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ------------------------------------------------------------ warm-up
+log "warming up both servers (index files, page cache)"
+for srv in dovecot postoffice; do
+    gen warmup $srv 0 sessions "${SESS_USERS[@]}" --concurrency 8 --sessions "$USERS" --retr all --verify-hash
+    gen warmup-bigbox $srv 0 bigbox --user "bigbox1@$DOMAIN" --repeat 2
+    gen warmup-retrbig $srv 0 retr-big --user "bigmsg1@$DOMAIN" --repeat 1 --verify-hash
+done
+if want hold10k; then
+    gen warmup-idle postoffice 0 sessions --users-file "$CORPUS/idle.passwd" --users "$BIG_HOLD_EFF" \
+        --concurrency 16 --sessions "$BIG_HOLD_EFF" --retr none
+fi
+
+# ------------------------------------------------------------ scenarios
+for run in $(seq "$RUNS"); do
+    log "run $run of $RUNS"
+    for srv in $(order "$run"); do
+        # shellcheck disable=SC2046
+        {
+        want s16 && gen s16 $srv $run sessions "${SESS_USERS[@]}" $(srvsel $srv) \
+            --concurrency $C_LOW --sessions $SESSIONS --retr all
+        want s64 && gen s64 $srv $run sessions "${SESS_USERS[@]}" $(srvsel $srv) \
+            --concurrency $C_HIGH --sessions $SESSIONS --retr all
+        want login && gen login $srv $run sessions "${SESS_USERS[@]}" $(srvsel $srv) \
+            --concurrency $C_LOW --sessions $SESSIONS --retr none
+        want hold && gen hold $srv $run hold "${SESS_USERS[@]}" $(srvsel $srv) \
+            --sessions $HOLD --seconds $HOLD_SECS
+        want pipeline && gen pipeline $srv $run pipeline --user "user1@$DOMAIN" \
+            --count $PIPE --repeat $REPEAT
+        want retrbig && gen retrbig $srv $run retr-big --user "bigmsg1@$DOMAIN" --repeat $REPEAT
+        want bigbox && gen bigbox $srv $run bigbox --user "bigbox1@$DOMAIN" --repeat $((REPEAT + 1))
+        } || true
+    done
+    if want hold10k; then
+        # shellcheck disable=SC2046
+        gen hold10k postoffice $run hold --users-file "$CORPUS/idle.passwd" $(srvsel postoffice) \
+            --sessions $BIG_HOLD_EFF --seconds $HOLD_SECS --connect-concurrency 64
+    fi
+done
+if want bigbox-first; then
+    # The first login after a server restart (and, where allowed, with the
+    # kernel's page cache dropped): what a cold start costs.
+    restart_dovecot() { stop_dovecot; drop_caches; start_dovecot; }
+    restart_postoffice() { stop_postoffice; drop_caches; start_postoffice; }
+    for run in $(seq "$RUNS"); do
+        for srv in $(order "$run"); do
+            GEN_PRE=restart_$srv
+            gen bigbox-first $srv $run bigbox --user "bigbox1@$DOMAIN" --repeat 1
+            GEN_PRE=
+        done
+    done
+fi
+
+# ------------------------------------------------------------ table
+num() { [[ $1 != - ]]; }
+fmt() { # value decimals
+    if num "$1"; then printf "%.${2}f" "$1"; else printf -- '-'; fi
+}
+ratio() { # numerator denominator
+    if num "$1" && num "$2" && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
+        awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'
+    else printf -- '-'; fi
+}
+sess_cell() { # scen srv
+    local s=$1 v=$2 ok cpu
+    ok=$(median "$s" "$v" ok)
+    num "$ok" || { printf -- '-'; return; }
+    cpu=$(awk -v c="$(median "$s" "$v" server_cpu_s)" -v n="$ok" 'BEGIN {if (n > 0) printf "%.2f", c * 1000 / n}')
+    printf '%s sess/s' "$(fmt "$(median "$s" "$v" sessions_per_s)" 1)"
+    [[ $s == login ]] || printf ', %s MB/s' "$(fmt "$(median "$s" "$v" mb_per_s)" 0)"
+    printf ', p99 %s ms, server %s ms CPU/sess' "$(fmt "$(median "$s" "$v" p99_ms)" 0)" "$cpu"
+}
+gen_cpu() { # scen key
+    local d p
+    d=$(median "$1" dovecot "$2") p=$(median "$1" postoffice "$2")
+    if [[ $2 == gen_cpu_pct ]]; then
+        printf 'D %s%% / P %s%% of a core' "$(fmt "$d" 0)" "$(fmt "$p" 0)"
+    else
+        printf 'D %s s / P %s s' "$(fmt "$d" 2)" "$(fmt "$p" 2)"
+    fi
+}
+TABLE=$RESULTS/table.md
+{
+    echo "| scenario | Dovecot median | postoffice median | ratio (>1 = postoffice better) | generator CPU |"
+    echo "| --- | --- | --- | --- | --- |"
+    for s in s16 s64 login; do
+        want "$s" || continue
+        case $s in
+            s16) label="Sessions, RETR all, concurrency $C_LOW ($SESSIONS sessions)" ;;
+            s64) label="Sessions, RETR all, concurrency $C_HIGH ($SESSIONS sessions)" ;;
+            login) label="Login only (USER/PASS, STAT, UIDL), concurrency $C_LOW" ;;
+        esac
+        echo "| $label | $(sess_cell $s dovecot) | $(sess_cell $s postoffice) | $(ratio "$(median $s postoffice sessions_per_s)" "$(median $s dovecot sessions_per_s)") (P/D sess/s) | $(gen_cpu $s gen_cpu_pct) |"
+    done
+    hold_cell() { # scen srv
+        printf '%s MiB PSS (%s MiB before the sessions, +%s KiB/session; RSS %s MiB, %s processes)' \
+            "$(fmt "$(median "$1" "$2" pss_mib)" 1)" "$(fmt "$(median "$1" "$2" pss_before_mib)" 1)" \
+            "$(fmt "$(median "$1" "$2" pss_per_session_kib)" 1)" "$(fmt "$(median "$1" "$2" rss_mib)" 0)" \
+            "$(fmt "$(median "$1" "$2" server_processes)" 0)"
+    }
+    if want hold; then
+        d=$(median hold dovecot pss_mib) p=$(median hold postoffice pss_mib)
+        echo "| $HOLD idle logged-in sessions: server memory while held | $(hold_cell hold dovecot) | $(hold_cell hold postoffice) | $(ratio "$d" "$p") (D/P PSS) | $(gen_cpu hold gen_cpu_s) |"
+    fi
+    if want hold10k; then
+        echo "| $BIG_HOLD_EFF idle logged-in sessions (postoffice only; fd limit $NOFILE) | - | $(hold_cell hold10k postoffice) | - | P $(fmt "$(median hold10k postoffice gen_cpu_s)" 2) s |"
+    fi
+    if want bigbox; then
+        d=$(median bigbox dovecot warm_median_ms) p=$(median bigbox postoffice warm_median_ms)
+        echo "| Big maildrop ($BIGBOX messages): login+STAT+UIDL, warm | $(fmt "$d" 1) ms | $(fmt "$p" 1) ms | $(ratio "$d" "$p") (D/P time) | - |"
+    fi
+    if want bigbox-first; then
+        d=$(median bigbox-first dovecot first_ms) p=$(median bigbox-first postoffice first_ms)
+        c=""; [[ $CAN_DROP == 1 ]] && c=", page cache dropped"
+        echo "| Big maildrop: first login after server restart$c | $(fmt "$d" 1) ms | $(fmt "$p" 1) ms | $(ratio "$d" "$p") (D/P time) | - |"
+    fi
+    if want pipeline; then
+        d=$(median pipeline dovecot median_ms) p=$(median pipeline postoffice median_ms)
+        echo "| $PIPE pipelined \`LIST 1\` in one write | $(fmt "$d" 2) ms | $(fmt "$p" 2) ms | $(ratio "$d" "$p") (D/P time) | - |"
+    fi
+    if want retrbig; then
+        d=$(median retrbig dovecot mb_per_s) p=$(median retrbig postoffice mb_per_s)
+        echo "| RETR of one $((BIGMSG / 1024 / 1024)) MiB message | $(fmt "$d" 0) MB/s | $(fmt "$p" 0) MB/s | $(ratio "$p" "$d") (P/D MB/s) | $(gen_cpu retrbig gen_cpu_pct) |"
+    fi
+} >"$TABLE"
+
+{
+    echo
+    echo "postoffice vs. Dovecot $(dovecot --version | cut -d' ' -f1), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB,"
+    echo "postoffice $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), medians of $RUNS run(s); corpus $USERS users x $MSGS messages."
+    echo
+    cat "$TABLE"
+    echo
+    echo "Raw results: $RESULTS (values.tsv, one file per run)."
+    if [[ $ERRORS -gt 0 ]]; then echo "WARNING: $ERRORS generator run(s) reported errors; see the files above."; fi
+    if [[ $INTERFERED -gt 0 ]]; then echo "NOTE: rustc/cargo was running during $INTERFERED measured run(s) even after repeats (interfered=1 in values.tsv)."; fi
+    echo "Waited $WAITED s for an idle machine."
+
+}
+[[ $ERRORS -eq 0 ]]

@@ -1,0 +1,272 @@
+//! `pop3 sessions`: a fixed number of complete POP3 sessions from many
+//! concurrent clients.
+//!
+//! Each session: connect, greeting, USER, PASS, STAT, [LIST], UIDL,
+//! RETR 1..k (each checked against LIST; optionally hashed), [DELE], QUIT.
+//! Latency is measured per session, from before `connect` to QUIT's reply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::conn::{Conn, nums};
+use crate::procinfo::{self, ServerSel};
+use crate::report::{ErrKind, Errors, ResultLine, SessErr, Summary};
+use crate::users::UserPool;
+
+/// How many messages each session retrieves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retr {
+    All,
+    None,
+    First(u64),
+}
+
+impl std::str::FromStr for Retr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(Retr::All),
+            "none" => Ok(Retr::None),
+            n => n
+                .parse()
+                .map(Retr::First)
+                .map_err(|_| format!("expected all, none or a number, not {n:?}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub addr: SocketAddr,
+    pub password: String,
+    pub concurrency: usize,
+    pub sessions: usize,
+    pub retr: Retr,
+    pub dele: bool,
+    pub verify_hash: bool,
+    pub timeout: Duration,
+    pub servers: ServerSel,
+}
+
+/// What one successful session did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Done {
+    latency: Duration,
+    messages: u64,
+    octets: u64,
+    hashed: u64,
+}
+
+pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
+    let pool = Arc::new(pool);
+    let opts = Arc::new(opts);
+    let next = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Result<Done, SessErr>)>();
+    if opts.concurrency > pool.len() {
+        eprintln!(
+            "note: concurrency {} > {} users: some users get concurrent sessions (IN-USE on servers that lock)",
+            opts.concurrency,
+            pool.len()
+        );
+    }
+    let cpu0 = procinfo::self_cpu();
+    let srv0 = opts.servers.cpu_ticks();
+    let t0 = Instant::now();
+    for _ in 0..opts.concurrency.min(opts.sessions) {
+        let (pool, opts, next, tx) = (pool.clone(), opts.clone(), next.clone(), tx.clone());
+        tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < opts.sessions {
+                let (idx, user) = pool.acquire();
+                let user = user.to_string();
+                let r = match tokio::time::timeout(opts.timeout, session(&opts, &user)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SessErr::new(
+                        ErrKind::Timeout,
+                        format!("no end after {:?}", opts.timeout),
+                    )),
+                };
+                pool.release(idx);
+                if tx.send((user, r)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut errors = Errors::default();
+    let mut lat = Vec::with_capacity(opts.sessions);
+    let (mut messages, mut octets, mut hashed) = (0u64, 0u64, 0u64);
+    while let Some((user, r)) = rx.recv().await {
+        match r {
+            Ok(d) => {
+                lat.push(d.latency);
+                messages += d.messages;
+                octets += d.octets;
+                hashed += d.hashed;
+            }
+            Err(e) => errors.record(&e, &user),
+        }
+    }
+    let elapsed = t0.elapsed();
+    let cpu = procinfo::self_cpu().saturating_sub(cpu0);
+    let srv_cpu = procinfo::ticks_to_duration(opts.servers.cpu_ticks().saturating_sub(srv0));
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let ok = lat.len();
+    let s = Summary::of(lat);
+
+    println!(
+        "pop3 sessions: {ok}/{} ok in {:.2} s, concurrency {}, retr {:?}{}",
+        opts.sessions,
+        secs,
+        opts.concurrency,
+        opts.retr,
+        if opts.dele { ", DELE" } else { "" }
+    );
+    println!(
+        "  {:.1} sessions/s, {:.1} messages/s, {:.1} MB/s of message data ({} messages, {} octets{})",
+        ok as f64 / secs,
+        messages as f64 / secs,
+        octets as f64 / secs / 1e6,
+        messages,
+        octets,
+        if opts.verify_hash {
+            format!(", {hashed} hashes checked")
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  session latency ms: p50 {} p90 {} p99 {} max {}",
+        crate::report::ms(s.p50),
+        crate::report::ms(s.p90),
+        crate::report::ms(s.p99),
+        crate::report::ms(s.max)
+    );
+    println!(
+        "  generator CPU {:.2} s ({:.0}% of one core){}",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() / secs * 100.0,
+        if opts.servers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", server CPU {:.2} s ({:.0}% of one core, {:.3} ms/session)",
+                srv_cpu.as_secs_f64(),
+                srv_cpu.as_secs_f64() / secs * 100.0,
+                srv_cpu.as_secs_f64() * 1e3 / ok.max(1) as f64
+            )
+        }
+    );
+    let mut r = ResultLine::new("sessions");
+    r.kv("sessions", opts.sessions)
+        .kv("ok", ok)
+        .kv("concurrency", opts.concurrency)
+        .f("elapsed_s", secs, 3)
+        .f("sessions_per_s", ok as f64 / secs, 2)
+        .f("messages_per_s", messages as f64 / secs, 2)
+        .f("mb_per_s", octets as f64 / secs / 1e6, 2)
+        .kv("messages", messages)
+        .kv("octets", octets)
+        .kv("hashes_checked", hashed)
+        .kv("p50_ms", crate::report::ms(s.p50))
+        .kv("p90_ms", crate::report::ms(s.p90))
+        .kv("p99_ms", crate::report::ms(s.p99))
+        .kv("max_ms", crate::report::ms(s.max))
+        .f("gen_cpu_s", cpu.as_secs_f64(), 3)
+        .f("gen_cpu_pct", cpu.as_secs_f64() / secs * 100.0, 1);
+    if !opts.servers.is_empty() {
+        r.f("server_cpu_s", srv_cpu.as_secs_f64(), 3).f(
+            "server_cpu_pct",
+            srv_cpu.as_secs_f64() / secs * 100.0,
+            1,
+        );
+    }
+    errors.report(&mut r);
+    r.print();
+    Ok(errors.total() == 0 && ok == opts.sessions)
+}
+
+async fn session(opts: &Options, user: &str) -> Result<Done, SessErr> {
+    let start = Instant::now();
+    let mut c = Conn::open(opts.addr).await?;
+    c.login(user, &opts.password).await?;
+    let stat = c.command("STAT").await?;
+    let (count, total) =
+        nums(&stat).ok_or_else(|| SessErr::new(ErrKind::Protocol, format!("STAT: {stat:?}")))?;
+    let want = match opts.retr {
+        Retr::All => count,
+        Retr::None => 0,
+        Retr::First(k) => k.min(count),
+    };
+    // LIST gives the sizes RETR is checked against; a login-only session
+    // (retr none) skips it and does just STAT + UIDL.
+    let mut sizes = Vec::new();
+    if want > 0 {
+        c.command("LIST").await?;
+        let mut bad = false;
+        c.multiline(|l| match std::str::from_utf8(l).ok().and_then(nums) {
+            Some((n, size)) if n == sizes.len() as u64 + 1 => sizes.push(size),
+            _ => bad = true,
+        })
+        .await?;
+        if bad || sizes.len() as u64 != count || sizes.iter().sum::<u64>() != total {
+            return Err(SessErr::new(
+                ErrKind::Verify,
+                format!(
+                    "LIST: {} entries totalling {} octets, STAT said {count} / {total}",
+                    sizes.len(),
+                    sizes.iter().sum::<u64>()
+                ),
+            ));
+        }
+    }
+    c.command("UIDL").await?;
+    let mut uids = 0u64;
+    c.multiline(|_| uids += 1).await?;
+    if uids != count {
+        return Err(SessErr::new(
+            ErrKind::Verify,
+            format!("UIDL listed {uids} messages, STAT said {count}"),
+        ));
+    }
+    let mut done = Done::default();
+    for n in 1..=want {
+        c.command(&format!("RETR {n}")).await?;
+        let body = c.retr_body(opts.verify_hash).await?;
+        let listed = sizes[(n - 1) as usize];
+        if body.octets != listed {
+            return Err(SessErr::new(
+                ErrKind::Verify,
+                format!("RETR {n}: {} octets, LIST said {listed}", body.octets),
+            ));
+        }
+        match body.hash_ok {
+            Some(true) => done.hashed += 1,
+            Some(false) => {
+                return Err(SessErr::new(
+                    ErrKind::Verify,
+                    format!("RETR {n}: body does not match its X-Bench-Body-SHA256"),
+                ));
+            }
+            None if opts.verify_hash => {
+                return Err(SessErr::new(
+                    ErrKind::Verify,
+                    format!("RETR {n}: no X-Bench-Body-SHA256 header to check"),
+                ));
+            }
+            None => {}
+        }
+        done.messages += 1;
+        done.octets += body.octets;
+        if opts.dele {
+            c.command(&format!("DELE {n}")).await?;
+        }
+    }
+    c.quit().await?;
+    done.latency = start.elapsed();
+    Ok(done)
+}
