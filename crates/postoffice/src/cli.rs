@@ -36,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the mail server (POP3 with STLS, and POP3S).
+    /// Run the mail server: POP3 (STLS) and POP3S, SMTP for incoming mail,
+    /// submission (587/465) and the outbound queue.
     Serve,
     /// Validate the configuration.
     #[command(subcommand)]
@@ -367,6 +368,10 @@ fn serve(config: Config) -> Result<ExitCode> {
     init_logging(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // File I/O and password hashing run on blocking threads; a bounded
+        // pool keeps a burst of logins from leaving hundreds of idle threads
+        // (and their memory) behind.
+        .max_blocking_threads(64)
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {

@@ -56,7 +56,7 @@ impl CrlfConverter {
                 out.push(b'\r');
             }
         }
-        while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
             let (run, at) = rest.split_at(i);
             out.extend_from_slice(run);
             match at {

@@ -138,6 +138,19 @@ pub(crate) fn unique_name(hostname: &str) -> String {
 /// The part of a file name that identifies the message's *content*: the name
 /// without the `:2,<flags>` info suffix. It survives flag changes, so it keys
 /// the size index.
+/// Whether a file name says its content is already in CRLF form: it
+/// carries `,S=n` and `,W=n` with the same n, as every file we deliver
+/// does (physical size equals the CRLF size).
+pub(crate) fn is_stored_crlf(name: &str) -> bool {
+    let key = key_of(name);
+    let field = |tag: &str| -> Option<&str> {
+        key.split(',')
+            .find_map(|f| f.strip_prefix(tag))
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    };
+    matches!((field("S="), field("W=")), (Some(s), Some(w)) if s == w)
+}
+
 pub(crate) fn key_of(name: &str) -> &str {
     name.split_once(':').map_or(name, |(key, _)| key)
 }
@@ -202,6 +215,16 @@ pub(crate) fn looks_like_message(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_crlf_names() {
+        use super::is_stored_crlf;
+        assert!(is_stored_crlf("1.M1P1.h,S=10,W=10"));
+        assert!(is_stored_crlf("1.M1P1.h,S=10,W=10:2,S"));
+        assert!(!is_stored_crlf("1.M1P1.h,S=10,W=12:2,S"));
+        assert!(!is_stored_crlf("1.M1P1.h,W=10"));
+        assert!(!is_stored_crlf("1.M1P1.h"));
+    }
+
     use super::*;
 
     #[test]
