@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod headers;
 pub mod limits;
+pub mod metrics;
 pub mod outbound;
 pub mod pop3;
 pub mod shutdown;
@@ -140,7 +141,14 @@ impl Server {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        info!("stopped");
+        let counters: Vec<String> = self
+            .shared
+            .counters
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        info!(counters = %counters.join(" "), "stopped");
         Ok(())
     }
 }

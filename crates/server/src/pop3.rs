@@ -152,6 +152,10 @@ pub async fn serve_connection(
         dele_bytes,
         bad_commands,
     } = conn.session.stats();
+    let c = &conn.shared.counters;
+    crate::metrics::inc(&c.pop3_sessions);
+    crate::metrics::add(&c.pop3_retr, retr);
+    crate::metrics::add(&c.pop3_deleted, dele);
     // One summary line per session, as Dovecot logs it.
     info!(
         user = conn.session.user().unwrap_or("-"),
@@ -304,6 +308,7 @@ async fn login(
     match shared.login(&user, password, conn.peer.ip()).await {
         Ok(ok) => {
             debug!(user = %ok.address, mechanism, "login");
+            crate::metrics::inc(&conn.shared.counters.pop3_logins);
             let listing: Arc<dyn Listing> = Arc::new(View(Arc::clone(&ok.maildrop)));
             conn.maildrop = Some(ok.maildrop);
             conn.session.login_succeeded(
@@ -318,6 +323,7 @@ async fn login(
             Action::None
         }
         Err(e) => {
+            crate::metrics::inc(&conn.shared.counters.pop3_login_failures);
             let why = match e {
                 LoginError::Credentials => {
                     conn.auth_failures += 1;

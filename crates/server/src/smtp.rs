@@ -125,6 +125,7 @@ pub async fn serve_connection(
                 }
                 ConnectVerdict::Reject { reply } => {
                     info!(ip = %peer.ip(), %reply, "smtp connection refused by policy");
+                    crate::metrics::inc(&shared.counters.smtp_refused_connections);
                     conn.session.refuse(&reply, &mut conn.out);
                 }
             }
@@ -145,6 +146,10 @@ pub async fn serve_connection(
         }
     };
     let stats = conn.session.stats();
+    if !submission {
+        crate::metrics::inc(&shared.counters.smtp_sessions);
+        crate::metrics::add(&shared.counters.smtp_rcpt_rejected, stats.rejected_rcpts);
+    }
     info!(
         ip = %peer.ip(),
         submission,
@@ -273,6 +278,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         .authenticate(&user, password, conn.peer.ip())
                         .await
                         .ok();
+                    if result.is_none() {
+                        crate::metrics::inc(&conn.shared.counters.submission_auth_failures);
+                    }
                     conn.session.auth_result(result, &mut conn.out);
                 }
                 Action::Deliver => {
@@ -427,6 +435,13 @@ async fn deliver(conn: &mut Conn) -> String {
             }
         }
     };
+    let c = &conn.shared.counters;
+    crate::metrics::inc(match result {
+        "delivered" => &c.smtp_delivered,
+        "quarantined" => &c.smtp_quarantined,
+        "rejected" => &c.smtp_rejected,
+        _ => &c.smtp_tempfailed,
+    });
     info!(
         id,
         ip = %conn.peer.ip(),

@@ -297,6 +297,9 @@ pub async fn submit(
         Ok::<_, Refusal>((queued, signed))
     })
     .await;
+    if matches!(result, Ok(Ok(_))) {
+        crate::metrics::inc(&shared.counters.submission_accepted);
+    }
     match result {
         Ok(Ok((Some(q), signed))) => {
             info!(id, queue_id = %q, dkim = signed, "submission accepted");
