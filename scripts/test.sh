@@ -67,6 +67,10 @@ if [[ "${1:-}" != "--quick" && $CLIENTS == 1 ]]; then
         python3 tests/clients/sending.py target/debug/postoffice
     stage "postoffice fetch against Dovecot and postoffice" \
         python3 tests/clients/fetch_compare.py target/debug/postoffice
+    stage "crash-kill: SIGKILL under SMTP+POP3 load, nothing lost or duplicated" \
+        python3 tests/crash/crash.py target/debug/postoffice --kills 50 --seed 7
+    stage "fuzz smoke: every target 5 s (stable runner, fixed seed)" \
+        ./scripts/fuzz.sh 5 20261127
     stage "benchmark harness smoke run" \
         bash bench/smoke.sh target/debug/postoffice target/debug/postoffice-bench
 fi

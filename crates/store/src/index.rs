@@ -63,7 +63,7 @@ pub(crate) fn load(dir: &Path) -> Index {
     index
 }
 
-fn parse_line(line: &[u8]) -> Option<(&str, u64)> {
+pub(crate) fn parse_line(line: &[u8]) -> Option<(&str, u64)> {
     let line = std::str::from_utf8(line).ok()?;
     let (key, size) = line.split_once('\t')?;
     if !crate::name::looks_like_message(key)

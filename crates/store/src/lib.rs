@@ -181,3 +181,49 @@ pub trait Maildrop: Send + Sync {
     /// with [`StoreError::NoSuchMessage`] before anything is deleted.
     fn commit(&self, deleted: &[usize]) -> Result<CommitReport, StoreError>;
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    use crate::StoreError;
+
+    /// `parse_mailbox`: `Ok((local, domain))` for an accepted `local@domain`.
+    pub fn parse_mailbox(mailbox: &str) -> Result<(String, String), StoreError> {
+        crate::name::parse_mailbox(mailbox).map(|m| (m.local, m.domain))
+    }
+    pub fn uid_of(name: &str) -> String {
+        crate::name::uid_of(name)
+    }
+    pub fn key_of(name: &str) -> &str {
+        crate::name::key_of(name)
+    }
+    pub fn w_size(name: &str) -> Option<u64> {
+        crate::name::w_size(name)
+    }
+    pub fn received_of(name: &str) -> Option<SystemTime> {
+        crate::name::received_of(name)
+    }
+    pub fn looks_like_message(name: &str) -> bool {
+        crate::name::looks_like_message(name)
+    }
+    pub fn sanitize_hostname(hostname: &str) -> String {
+        crate::name::sanitize_hostname(hostname)
+    }
+    /// One line of `postoffice-index`.
+    pub fn index_line(line: &[u8]) -> Option<(&str, u64)> {
+        crate::index::parse_line(line)
+    }
+    /// Load the index file of `dir`: (entries, clean).
+    pub fn index_load(dir: &Path) -> (HashMap<String, u64>, bool) {
+        let i = crate::index::load(dir);
+        (i.sizes, i.clean)
+    }
+    /// Write the index of `dir` atomically.
+    pub fn index_store(dir: &Path, sizes: &HashMap<String, u64>) -> std::io::Result<()> {
+        crate::index::store(dir, sizes)
+    }
+}

@@ -730,3 +730,70 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 pub fn simple_message(subject: &str, body: &str) -> Vec<u8> {
     format!("From: sender@example.net\r\nTo: someone@example.test\r\nSubject: {subject}\r\n\r\n{body}\r\n").into_bytes()
 }
+
+/// Read one (possibly multi-line) SMTP reply: (code, all lines joined by \n).
+#[track_caller]
+pub fn smtp_reply<S: Read + Write>(c: &mut Client<S>) -> (u16, String) {
+    let mut text = String::new();
+    loop {
+        let line = c.read_line();
+        let code: u16 = line
+            .get(..3)
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("bad SMTP reply line {line:?}"));
+        text.push_str(&line);
+        text.push('\n');
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return (code, text);
+        }
+    }
+}
+
+/// Send one SMTP command line and read its reply.
+#[track_caller]
+pub fn smtp_cmd<S: Read + Write>(c: &mut Client<S>, line: &str) -> (u16, String) {
+    c.send(line);
+    smtp_reply(c)
+}
+
+/// An SMTP connection to `addr`, greeted and after `EHLO`.
+#[track_caller]
+pub fn smtp_connect(addr: SocketAddr) -> Client<TcpStream> {
+    let mut c = Client::new(tcp_connect(addr));
+    let (code, text) = smtp_reply(&mut c);
+    assert_eq!(code, 220, "{text}");
+    let (code, text) = smtp_cmd(&mut c, "EHLO client.example.net");
+    assert_eq!(code, 250, "{text}");
+    c
+}
+
+/// Peak resident set size of a process in KiB (`VmHWM` in /proc/PID/status).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+/// Every file (not directory) below `dir`, recursively, sorted.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""Crash-kill test: SIGKILL the real server at random moments while mail
+flows in over SMTP and out over POP3, restart it on the same ports and data
+directory, and check at the end that no accepted message was lost or
+duplicated.
+
+    python3 tests/crash/crash.py PATH/TO/postoffice [--kills 50] [--seed N]
+
+Python 3 standard library only. Exit status 0 only if lost=0 and
+duplicated=0 and every post-restart check passed.
+
+Accounting, per message number n (subject "crash-<n>"):
+  accepted      the SMTP client got 250 after DATA
+  committed     n was retrieved in a POP3 session whose QUIT got +OK
+  maybe         n was retrieved in a session whose QUIT reply was lost
+                (the deletion may or may not have been applied)
+  remaining     n is still in a maildrop at the end (final drain)
+  lost          accepted, and never committed, maybe-downloaded or remaining
+  duplicated    committed twice; or twice in one listing; or committed and
+                also remaining (a lost QUIT reply counts as "maybe", never
+                as committed, so that case is allowed)
+Other checks: after every restart a login works at once (no stale lock);
+no UIDL ever names a file that is in a tmp/ directory; every retrieved
+message is complete (its last line is present).
+"""
+
+import argparse
+import os
+import poplib
+import random
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+
+DOMAIN = "example.test"
+USERS = [f"user{i}@{DOMAIN}" for i in range(4)]
+PROBE = f"probe@{DOMAIN}"
+PASSWORD = "crash test password"
+IO_TIMEOUT = 10
+SUBJECT_RE = re.compile(rb"^Subject: crash-(\d+)$")
+END_RE = re.compile(rb"^end crash-(\d+)$")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Server:
+    """Starts and kills `postoffice serve`; fixes its ports after the first start."""
+
+    def __init__(self, binary, workdir):
+        self.binary = binary
+        self.workdir = workdir
+        self.config = os.path.join(workdir, "postoffice.toml")
+        self.logpath = os.path.join(workdir, "server.log")
+        self.proc = None
+        self.ports = None  # {"POP3": port, "POP3S": port, "SMTP": port}
+        self.lock = threading.Lock()
+        self.write_config({"POP3": 0, "POP3S": 0, "SMTP": 0})
+
+    def write_config(self, ports):
+        text = f"""data_dir = "data"
+hostname = "crash.test"
+shutdown_timeout_secs = 2
+[pop3]
+listen = ["127.0.0.1:{ports['POP3']}"]
+listen_tls = ["127.0.0.1:{ports['POP3S']}"]
+[smtp]
+listen = ["127.0.0.1:{ports['SMTP']}"]
+[submission]
+listen = []
+listen_tls = []
+[auth]
+free_failures = 1000
+lockout_after = 100000
+[limits]
+max_connections_per_ip = 1000
+"""
+        with open(self.config, "w") as f:
+            f.write(text)
+
+    def cli(self, args, stdin=b""):
+        return subprocess.run(
+            [self.binary, "--config", self.config] + args,
+            input=stdin,
+            capture_output=True,
+            cwd=self.workdir,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POSTOFFICE_CONFIG")},
+        )
+
+    def start(self):
+        deadline = time.monotonic() + 60
+        while True:
+            logf = open(self.logpath, "ab")
+            proc = subprocess.Popen(
+                [self.binary, "--config", self.config, "serve"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=logf,
+                cwd=self.workdir,
+                env={k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POSTOFFICE_CONFIG")},
+            )
+            logf.close()
+            found = {}
+            while len(found) < 3:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                words = line.decode("utf-8", "replace").split()
+                if len(words) >= 2 and words[0] in ("POP3", "POP3S", "SMTP"):
+                    found[words[0]] = int(words[1].rsplit(":", 1)[1])
+            if len(found) == 3:
+                # Keep draining stdout so the server never blocks on it.
+                threading.Thread(target=self._drain, args=(proc.stdout,), daemon=True).start()
+                break
+            proc.wait()
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start; see " + self.logpath)
+            time.sleep(0.1)  # e.g. the port is not free yet: retry
+        if self.ports is None:
+            self.ports = found
+            self.write_config(found)
+        elif found != self.ports:
+            raise RuntimeError(f"server came back on other ports: {found} != {self.ports}")
+        self.proc = proc
+
+    @staticmethod
+    def _drain(stream):
+        try:
+            while stream.read(4096):
+                pass
+        except Exception:
+            pass
+
+    def kill(self):
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+
+class State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.accepted = set()
+        self.maybe_accepted = set()
+        self.committed = Counter()
+        self.maybe = Counter()
+        self.remaining = Counter()
+        self.dup_in_listing = set()
+        self.errors = []
+        self.sessions_ok = 0
+        self.sessions_lost_quit = 0
+        self.sessions_failed = 0
+
+    def error(self, msg):
+        with self.lock:
+            if len(self.errors) < 50:
+                self.errors.append(msg)
+        log("ERROR: " + msg)
+
+
+def message_bytes(n, rng):
+    body_lines = [f"line {i} of message {n} " + "x" * rng.randint(0, 200) for i in range(rng.randint(1, 40))]
+    if rng.random() < 0.1:
+        body_lines.append("." + "dot-stuffed line")
+    text = (
+        f"From: sender@remote.example\r\nTo: someone@{DOMAIN}\r\nSubject: crash-{n}\r\n"
+        f"Message-ID: <crash-{n}@remote.example>\r\n\r\n" + "\r\n".join(body_lines) + f"\r\nend crash-{n}\r\n"
+    )
+    return text.encode()
+
+
+def sender(server, state, stop, rng):
+    n = 0
+    while not stop.is_set():
+        n += 1
+        user = USERS[n % len(USERS)]
+        msg = message_bytes(n, rng)
+        with state.lock:
+            state.sent += 1
+        data_sent = False
+        try:
+            s = smtplib.SMTP(timeout=IO_TIMEOUT)
+            s.connect("127.0.0.1", server.ports["SMTP"])
+            s.ehlo("crash.client")
+            code, _ = s.mail("sender@remote.example")
+            if code != 250:
+                raise smtplib.SMTPException(f"MAIL {code}")
+            code, _ = s.rcpt(user)
+            if code != 250:
+                raise smtplib.SMTPException(f"RCPT {code}")
+            data_sent = True
+            code, resp = s.data(msg)
+            if code == 250:
+                with state.lock:
+                    state.accepted.add(n)
+            else:
+                with state.lock:
+                    state.maybe_accepted.add(n)
+            try:
+                s.quit()
+            except Exception:
+                pass
+        except (OSError, smtplib.SMTPException):
+            if data_sent:
+                with state.lock:
+                    state.maybe_accepted.add(n)
+            time.sleep(0.02)
+
+
+def pop_session(server, state, user, final=False):
+    """One login/RETR all/DELE all/QUIT. Returns the subjects seen (Counter),
+    or None if the session could not complete its listing."""
+    try:
+        p = poplib.POP3("127.0.0.1", server.ports["POP3"], timeout=IO_TIMEOUT)
+    except OSError:
+        return None
+    try:
+        p.user(user)
+        p.pass_(PASSWORD)
+        _, uidl_lines, _ = p.uidl()
+        uids = [l.split(b" ", 1)[1].decode() for l in uidl_lines]
+        tmpdir = os.path.join(server.workdir, "data", "mail", DOMAIN, user.split("@")[0], "tmp")
+        try:
+            tmp_names = {f.split(",")[0].split(":")[0] for f in os.listdir(tmpdir)}
+        except FileNotFoundError:
+            tmp_names = set()
+        for u in uids:
+            if u in tmp_names:
+                state.error(f"{user}: UIDL lists {u}, a file in tmp/")
+        seen = Counter()
+        for i in range(1, len(uids) + 1):
+            _, lines, _ = p.retr(i)
+            nums = [int(m.group(1)) for l in lines for m in [SUBJECT_RE.match(l)] if m]
+            ends = [int(m.group(1)) for l in lines for m in [END_RE.match(l)] if m]
+            if len(nums) != 1 or ends != nums:
+                state.error(f"{user}: message {i} is incomplete or malformed: subjects={nums} ends={ends}")
+                continue
+            seen[nums[0]] += 1
+        for n, c in seen.items():
+            if c > 1:
+                with state.lock:
+                    state.dup_in_listing.add(n)
+                state.error(f"{user}: crash-{n} appears {c} times in one listing")
+        if final:
+            with state.lock:
+                state.remaining.update(seen)
+        for i in range(1, len(uids) + 1):
+            p.dele(i)
+    except (OSError, poplib.error_proto, EOFError):
+        try:
+            p.close()
+        except Exception:
+            pass
+        with state.lock:
+            state.sessions_failed += 1
+        return None
+    try:
+        resp = p.quit()
+        ok = resp.startswith(b"+OK")
+    except poplib.error_proto as e:
+        # An explicit -ERR to QUIT: deletions not (all) applied; the
+        # messages may reappear. Treat like a lost reply.
+        ok = None
+    except (OSError, EOFError):
+        ok = None
+    with state.lock:
+        if ok:
+            state.sessions_ok += 1
+            if not final:
+                state.committed.update(seen)
+        else:
+            state.sessions_lost_quit += 1
+            if not final:
+                state.maybe.update(seen)
+    if final and not ok:
+        return None
+    return seen
+
+
+def popper(server, state, stop, user):
+    # Each login costs the server an argon2 verification (about a second of
+    # CPU in a debug build): pause between sessions so that the logins do
+    # not starve everything else on a small CI machine.
+    while not stop.is_set():
+        if pop_session(server, state, user) is None:
+            time.sleep(0.1)
+        else:
+            time.sleep(0.3)
+
+
+def probe_login(server, state):
+    """Right after a restart a login must work: no stale lock. The probe
+    user's previous session was left open (logged in, holding the maildrop
+    lock) when the server was killed, and nobody else uses that maildrop,
+    so [IN-USE] now could only come from a lock that outlived its server.
+    Returns the new session, left open for the next kill."""
+    deadline = time.monotonic() + 15
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            p = poplib.POP3("127.0.0.1", server.ports["POP3"], timeout=IO_TIMEOUT)
+            p.user(PROBE)
+            p.pass_(PASSWORD)
+            p.stat()
+            return p
+        except (OSError, EOFError) as e:
+            last = e
+            time.sleep(0.05)
+        except poplib.error_proto as e:
+            last = e
+            break
+    state.error(f"login after restart failed (stale lock?): {last!r}")
+    return None
+
+
+def killer(server, state, stop, kills, rng, done):
+    count = 0
+    probe = probe_login(server, state)
+    while count < kills and not stop.is_set():
+        time.sleep(rng.uniform(0.05, 0.5))
+        with server.lock:
+            server.kill()
+            server.start()
+        count += 1
+        if probe is not None:
+            probe.sock.close()
+        probe = probe_login(server, state)
+        if count % 25 == 0:
+            log(f"{count} kills")
+    done.set()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--kills", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    binary = os.path.abspath(args.binary)
+    rng = random.Random(args.seed)
+    workdir = tempfile.mkdtemp(prefix="postoffice-crash-")
+    server = Server(binary, workdir)
+    state = State()
+    ok = False
+    try:
+        for u in USERS + [PROBE]:
+            r = server.cli(["user", "add", u, "--password-stdin"], (PASSWORD + "\n").encode())
+            if r.returncode != 0:
+                raise RuntimeError(f"user add {u}: {r.stderr.decode()}")
+        server.start()
+        log(f"server pid {server.pid()} ports {server.ports}; data in {workdir}; seed {args.seed}")
+        stop = threading.Event()
+        done = threading.Event()
+        threads = [threading.Thread(target=sender, args=(server, state, stop, random.Random(rng.random())))]
+        threads += [threading.Thread(target=popper, args=(server, state, stop, u)) for u in USERS]
+        kt = threading.Thread(target=killer, args=(server, state, stop, args.kills, random.Random(rng.random()), done))
+        for t in threads + [kt]:
+            t.daemon = True
+            t.start()
+        # Generous: a debug build spends ~1 s per argon2 login.
+        limit = time.monotonic() + max(180, args.kills * 6)
+        while not done.wait(1):
+            if time.monotonic() > limit:
+                state.error("time limit reached before all kills were done")
+                break
+        stop.set()
+        for t in threads + [kt]:
+            t.join(timeout=60)
+        # One more restart, then drain every maildrop.
+        with server.lock:
+            server.kill()
+            server.start()
+        probe = probe_login(server, state)
+        if probe is not None:
+            probe.quit()
+        for u in USERS:
+            for _ in range(20):
+                if pop_session(server, state, u, final=True) is not None:
+                    break
+                time.sleep(0.1)
+            else:
+                state.error(f"could not drain {u}")
+        # Drained maildrops must now be empty.
+        for u in USERS:
+            p = poplib.POP3("127.0.0.1", server.ports["POP3"], timeout=IO_TIMEOUT)
+            p.user(u)
+            p.pass_(PASSWORD)
+            count, _ = p.stat()
+            p.quit()
+            if count != 0:
+                state.error(f"{u}: {count} messages left after the drain")
+
+        seen_all = set(state.committed) | set(state.maybe) | set(state.remaining)
+        lost = sorted(n for n in state.accepted if n not in seen_all)
+        dup = set(state.dup_in_listing)
+        for n in seen_all:
+            c = state.committed[n]
+            r = state.remaining[n]
+            if c >= 2 or r >= 2 or (c >= 1 and r >= 1):
+                dup.add(n)
+        downloaded = len(set(state.committed))
+        remaining = sum(state.remaining.values())
+        unknown = sorted(n for n in seen_all if n not in state.accepted and n not in state.maybe_accepted)
+        if unknown:
+            state.error(f"messages seen that were never sent: {unknown[:10]}")
+        print(
+            f"kills={args.kills} sent={state.sent} accepted={len(state.accepted)} "
+            f"maybe_accepted={len(state.maybe_accepted)} downloaded={downloaded} "
+            f"maybe_downloaded={len(set(state.maybe) - set(state.committed))} remaining={remaining} "
+            f"lost={len(lost)} duplicated={len(dup)} sessions_ok={state.sessions_ok} "
+            f"sessions_lost_quit={state.sessions_lost_quit} sessions_failed={state.sessions_failed} "
+            f"errors={len(state.errors)}",
+            flush=True,
+        )
+        if lost:
+            print(f"lost: {lost[:20]}")
+        if dup:
+            print(f"duplicated: {sorted(dup)[:20]}")
+        for e in state.errors:
+            print("error:", e)
+        ok = not lost and not dup and not state.errors and len(state.accepted) > 0
+        if len(state.accepted) == 0:
+            print("error: no message was accepted at all")
+    finally:
+        server.kill()
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"data kept in {workdir}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
