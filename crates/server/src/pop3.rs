@@ -118,7 +118,7 @@ pub async fn serve_connection(
     };
     let handshake = Duration::from_secs(conn.shared.config.limits.tls_handshake_timeout_secs);
     let end = if implicit_tls {
-        match tls_accept(&conn.shared, tcp, handshake).await {
+        match crate::tls::accept(&conn.shared, tcp, handshake).await {
             Some(tls) => {
                 conn.session.greeting(&mut conn.out);
                 match drive(tls, &mut conn, &mut shutdown).await {
@@ -132,7 +132,7 @@ pub async fn serve_connection(
         conn.session.greeting(&mut conn.out);
         match drive(tcp, &mut conn, &mut shutdown).await {
             Step::Done(e) => e,
-            Step::StartTls(tcp) => match tls_accept(&conn.shared, tcp, handshake).await {
+            Step::StartTls(tcp) => match crate::tls::accept(&conn.shared, tcp, handshake).await {
                 Some(tls) => {
                     conn.session.tls_started();
                     match drive(tls, &mut conn, &mut shutdown).await {
@@ -169,25 +169,6 @@ pub async fn serve_connection(
         duration_ms = started.elapsed().as_millis() as u64,
         "pop3 session"
     );
-}
-
-async fn tls_accept(
-    shared: &Shared,
-    tcp: TcpStream,
-    timeout: Duration,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let acceptor = shared.tls.as_ref()?;
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
-            debug!(error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            debug!("TLS handshake timed out");
-            None
-        }
-    }
 }
 
 async fn flush<S: AsyncWrite + Unpin>(io: &mut S, conn: &mut Conn) -> std::io::Result<()> {

@@ -103,7 +103,7 @@ pub async fn serve_connection(
     };
     let timeout = Duration::from_secs(shared.config.limits.tls_handshake_timeout_secs);
     let end = if implicit_tls {
-        match tls_accept(&shared, tcp, timeout).await {
+        match crate::tls::accept(&shared, tcp, timeout).await {
             Some(tls) => {
                 conn.tls_version = Some(tls_description(&tls));
                 conn.session.greeting(&mut conn.out);
@@ -132,7 +132,7 @@ pub async fn serve_connection(
         }
         match drive(tcp, &mut conn, &mut shutdown).await {
             Step::Done(e) => e,
-            Step::StartTls(tcp) => match tls_accept(&shared, tcp, timeout).await {
+            Step::StartTls(tcp) => match crate::tls::accept(&shared, tcp, timeout).await {
                 Some(tls) => {
                     conn.tls_version = Some(tls_description(&tls));
                     conn.session.tls_started();
@@ -163,25 +163,6 @@ pub async fn serve_connection(
         duration_ms = started.elapsed().as_millis() as u64,
         "smtp session"
     );
-}
-
-async fn tls_accept(
-    shared: &Shared,
-    tcp: TcpStream,
-    timeout: Duration,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let acceptor = shared.tls.as_ref()?;
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(tls),
-        Ok(Err(e)) => {
-            debug!(error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            debug!("TLS handshake timed out");
-            None
-        }
-    }
 }
 
 fn tls_description(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> String {

@@ -95,3 +95,25 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// The TLS handshake on an accepted connection (POP3S, STLS, STARTTLS,
+/// port 465), bounded by `timeout`. `None` when TLS is not configured, the
+/// handshake fails or it takes too long; the caller then closes.
+pub async fn accept(
+    shared: &crate::state::Shared,
+    tcp: tokio::net::TcpStream,
+    timeout: std::time::Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let acceptor = shared.tls.as_ref()?;
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
