@@ -5,29 +5,7 @@ mod common;
 
 use std::net::TcpStream;
 
-use common::{Client, Env, Server, tcp_connect, tls_wrap};
-
-/// Read one (possibly multi-line) SMTP reply: (code, all lines joined by \n).
-fn reply<S: std::io::Read + std::io::Write>(c: &mut Client<S>) -> (u16, String) {
-    let mut text = String::new();
-    loop {
-        let line = c.read_line();
-        let code: u16 = line
-            .get(..3)
-            .and_then(|d| d.parse().ok())
-            .unwrap_or_else(|| panic!("bad reply line {line:?}"));
-        text.push_str(&line);
-        text.push('\n');
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return (code, text);
-        }
-    }
-}
-
-fn cmd<S: std::io::Read + std::io::Write>(c: &mut Client<S>, line: &str) -> (u16, String) {
-    c.send(line);
-    reply(c)
-}
+use common::{Client, Env, Server, smtp_cmd as cmd, smtp_reply as reply, tcp_connect, tls_wrap};
 
 fn connect(server: &Server) -> Client<TcpStream> {
     let mut c = Client::new(tcp_connect(server.smtp_addr()));
