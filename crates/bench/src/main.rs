@@ -1,12 +1,10 @@
 //! `postoffice-bench`: load generator and corpus seeder for benchmarking
-//! postoffice against Dovecot over POP3.
+//! postoffice against Dovecot (POP3) and Postfix (SMTP).
 //!
 //! Every load mode runs a fixed amount of work (never open-ended), verifies
 //! what it receives, and ends with one machine-readable `RESULT` line. The
 //! exit status is 0 only if there was no error of any kind, so a script can
 //! use a run as a check. See BENCHMARKS.md and `bench/compare.sh`.
-//!
-//! There is no `smtp` mode: postoffice has no SMTP server yet.
 #![forbid(unsafe_code)]
 
 mod conn;
@@ -15,6 +13,7 @@ mod procinfo;
 mod report;
 mod seed;
 mod sessions;
+mod smtp;
 mod users;
 
 use std::net::SocketAddr;
@@ -28,11 +27,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::modes::Target;
 use crate::procinfo::ServerSel;
 
-/// Load generator and corpus seeder for POP3 servers (postoffice, Dovecot).
+/// Load generator and corpus seeder for mail servers: POP3 (postoffice,
+/// Dovecot) and SMTP (postoffice, Postfix).
 ///
 /// Load modes print a summary and one `RESULT mode=... key=value ...` line;
 /// the exit status is 2 if any session failed or any check did not match.
-/// (No `smtp` mode: postoffice has no SMTP server yet.)
 #[derive(Parser, Debug)]
 #[command(name = "postoffice-bench", version)]
 struct Cli {
@@ -50,6 +49,11 @@ enum Command {
     /// POP3 load modes.
     #[command(subcommand)]
     Pop3(Pop3Cmd),
+    /// SMTP: C concurrent clients send S messages of a given size to local
+    /// users (round-robin), one transaction at a time per connection;
+    /// timed until the last 250 and, with --wait-new, until every accepted
+    /// message is a file in a Maildir new/ directory.
+    Smtp(SmtpArgs),
     /// Write a deterministic corpus into Maildirs (postoffice or Dovecot
     /// layout) and, optionally, a Dovecot passwd-file for its users.
     Seed(SeedArgs),
@@ -243,6 +247,48 @@ struct RetrBigArgs {
 }
 
 #[derive(Args, Debug)]
+struct SmtpArgs {
+    /// Server address (an SMTP listener that accepts mail for the users).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    addr: SocketAddr,
+    /// Recipients, used round-robin.
+    #[command(flatten)]
+    users: UserArgs,
+    #[command(flatten)]
+    servers: ServerArgs,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Messages to send in all.
+    #[arg(long)]
+    messages: usize,
+    /// Octets per message as sent (headers, body and line ends).
+    #[arg(long, default_value_t = 10_240)]
+    size: usize,
+    /// Transactions per connection before QUIT (1: a new connection per
+    /// message, like smtp-source without -d).
+    #[arg(long, default_value_t = 1)]
+    per_connection: usize,
+    /// MAIL FROM address.
+    #[arg(long, default_value = "bench@bench.test")]
+    sender: String,
+    /// EHLO name.
+    #[arg(long, default_value = "bench.test")]
+    helo: String,
+    /// Seconds before one transaction counts as failed.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// After the last reply, wait until the files in the Maildir `new/`
+    /// directories under DIR have grown by the number of accepted
+    /// messages (end-to-end rate).
+    #[arg(long, value_name = "DIR")]
+    wait_new: Option<PathBuf>,
+    /// Seconds to wait for --wait-new before reporting the missing ones.
+    #[arg(long, default_value_t = 300)]
+    wait_timeout: u64,
+}
+
+#[derive(Args, Debug)]
 struct SeedArgs {
     /// Data directory (postoffice: its data_dir; Dovecot: the homes' parent).
     #[arg(long)]
@@ -304,6 +350,11 @@ fn main() -> ExitCode {
     }
 }
 
+enum Load {
+    Pop3(Pop3Cmd),
+    Smtp(SmtpArgs),
+}
+
 fn run(cli: Cli) -> Result<bool> {
     let pop3 = match cli.command {
         Command::Seed(a) => {
@@ -324,7 +375,8 @@ fn run(cli: Cli) -> Result<bool> {
             })?;
             return Ok(true);
         }
-        Command::Pop3(p) => p,
+        Command::Pop3(p) => Load::Pop3(p),
+        Command::Smtp(a) => Load::Smtp(a),
     };
     let rt = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -337,6 +389,29 @@ fn run(cli: Cli) -> Result<bool> {
             .build()?
     };
     rt.block_on(async move {
+        let pop3 = match pop3 {
+            Load::Pop3(p) => p,
+            Load::Smtp(a) => {
+                let users = a.users.load()?;
+                return smtp::run(
+                    smtp::Options {
+                        addr: a.addr,
+                        concurrency: a.concurrency,
+                        messages: a.messages,
+                        size: a.size,
+                        per_connection: a.per_connection,
+                        sender: a.sender,
+                        helo: a.helo,
+                        timeout: Duration::from_secs(a.timeout),
+                        wait_new: a.wait_new,
+                        wait_timeout: Duration::from_secs(a.wait_timeout),
+                        servers: a.servers.sel(),
+                    },
+                    users,
+                )
+                .await;
+            }
+        };
         match pop3 {
             Pop3Cmd::Sessions(a) => {
                 let pool = users::UserPool::new(a.users.load()?);
