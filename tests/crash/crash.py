@@ -22,6 +22,18 @@ Accounting, per message number n (subject "crash-<n>"):
 Other checks: after every restart a login works at once (no stale lock);
 no UIDL ever names a file that is in a tmp/ directory; every retrieved
 message is complete (its last line is present).
+
+Outbound queue: a second sender submits numbered messages ("out-<n>") as
+an authenticated local user over the submission port to a remote domain
+whose transport is a sink SMTP server on loopback (this script, never
+killed), which counts every complete delivery. After the last restart the
+queue is flushed and drained; then
+  out_lost        accepted by submission (250) but never delivered
+  out_redelivered delivered more than once: only possible when a kill falls
+                  between the sink's 250 and the removal of the spool entry
+                  (SMTP's at-least-once window, RFC 1047); reported, not
+                  an error
+  out_partial     a delivery that arrived incomplete (an error)
 """
 
 import argparse
@@ -43,6 +55,10 @@ from collections import Counter
 DOMAIN = "example.test"
 USERS = [f"user{i}@{DOMAIN}" for i in range(4)]
 PROBE = f"probe@{DOMAIN}"
+OUT_USER = f"outbound@{DOMAIN}"
+REMOTE = "remote.test"
+OUT_SUBJECT_RE = re.compile(rb"^Subject: out-(\d+)\r?$", re.M)
+OUT_END_RE = re.compile(rb"^end out-(\d+)\r?$", re.M)
 PASSWORD = "crash test password"
 IO_TIMEOUT = 10
 SUBJECT_RE = re.compile(rb"^Subject: crash-(\d+)$")
@@ -62,9 +78,9 @@ class Server:
         self.config = os.path.join(workdir, "postoffice.toml")
         self.logpath = os.path.join(workdir, "server.log")
         self.proc = None
-        self.ports = None  # {"POP3": port, "POP3S": port, "SMTP": port}
+        self.ports = None  # {"POP3": port, "POP3S": port, "SMTP": port, "SUBMIT": port}
         self.lock = threading.Lock()
-        self.write_config({"POP3": 0, "POP3S": 0, "SMTP": 0})
+        self.sink_port = None
 
     def write_config(self, ports):
         text = f"""data_dir = "data"
@@ -76,8 +92,13 @@ listen_tls = ["127.0.0.1:{ports['POP3S']}"]
 [smtp]
 listen = ["127.0.0.1:{ports['SMTP']}"]
 [submission]
-listen = []
+listen = ["127.0.0.1:{ports['SUBMIT']}"]
 listen_tls = []
+allow_plaintext_auth_loopback = true
+[queue]
+retry_schedule_secs = [1]
+[queue.transports]
+"{REMOTE}" = "127.0.0.1:{self.sink_port}"
 [auth]
 free_failures = 1000
 lockout_after = 100000
@@ -111,14 +132,14 @@ max_connections_per_ip = 1000
             )
             logf.close()
             found = {}
-            while len(found) < 3:
+            while len(found) < 4:
                 line = proc.stdout.readline()
                 if not line:
                     break
                 words = line.decode("utf-8", "replace").split()
-                if len(words) >= 2 and words[0] in ("POP3", "POP3S", "SMTP"):
+                if len(words) >= 2 and words[0] in ("POP3", "POP3S", "SMTP", "SUBMIT"):
                     found[words[0]] = int(words[1].rsplit(":", 1)[1])
-            if len(found) == 3:
+            if len(found) == 4:
                 # Keep draining stdout so the server never blocks on it.
                 threading.Thread(target=self._drain, args=(proc.stdout,), daemon=True).start()
                 break
@@ -165,6 +186,11 @@ class State:
         self.sessions_ok = 0
         self.sessions_lost_quit = 0
         self.sessions_failed = 0
+        self.out_sent = 0
+        self.out_accepted = set()
+        self.out_maybe = set()
+        self.out_received = Counter()
+        self.out_partial = 0
 
     def error(self, msg):
         with self.lock:
@@ -220,6 +246,127 @@ def sender(server, state, stop, rng):
                 with state.lock:
                     state.maybe_accepted.add(n)
             time.sleep(0.02)
+
+
+class Sink:
+    """A minimal SMTP server on loopback standing in for a remote MX: it
+    accepts every transaction and records each complete message's number
+    before answering 250 to the end of DATA."""
+
+    def __init__(self, state):
+        self.state = state
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        conn.settimeout(60)
+        f = conn.makefile("rb")
+        try:
+            conn.sendall(b"220 sink.remote.test ESMTP\r\n")
+            while True:
+                line = f.readline(4096)
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    data = []
+                    while True:
+                        l = f.readline(65536)
+                        if not l:
+                            return  # cut off mid-DATA: nothing recorded
+                        if l == b".\r\n":
+                            break
+                        data.append(l)
+                    self._record(b"".join(data))
+                    conn.sendall(b"250 2.0.0 stored\r\n")
+                elif verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250 sink.remote.test\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def _record(self, data):
+        subj = OUT_SUBJECT_RE.search(data)
+        end = OUT_END_RE.search(data)
+        with self.state.lock:
+            if subj and end and subj.group(1) == end.group(1):
+                self.state.out_received[int(subj.group(1))] += 1
+            else:
+                self.state.out_partial += 1
+        if not (subj and end and subj.group(1) == end.group(1)):
+            self.state.error(f"sink: incomplete delivery (subject {subj!r}, end {end!r})")
+
+
+def out_sender(server, state, stop, rng):
+    """Submits numbered messages for the remote domain as OUT_USER, many per
+    authenticated connection (each login is an argon2 verification)."""
+    n = 0
+    s = None
+    while not stop.is_set():
+        n += 1
+        body = "\r\n".join(f"out line {i} " + "y" * rng.randint(0, 200) for i in range(rng.randint(1, 40)))
+        msg = (
+            f"From: <{OUT_USER}>\r\nTo: <peer@{REMOTE}>\r\nSubject: out-{n}\r\n"
+            f"Message-ID: <out-{n}@{DOMAIN}>\r\n\r\n{body}\r\nend out-{n}\r\n"
+        ).encode()
+        with state.lock:
+            state.out_sent += 1
+        data_sent = False
+        try:
+            if s is None:
+                s = smtplib.SMTP(timeout=IO_TIMEOUT)
+                s.connect("127.0.0.1", server.ports["SUBMIT"])
+                s.ehlo("crash.client")
+                s.login(OUT_USER, PASSWORD)
+            code, _ = s.mail(OUT_USER)
+            if code != 250:
+                raise smtplib.SMTPException(f"MAIL {code}")
+            code, _ = s.rcpt(f"peer@{REMOTE}")
+            if code != 250:
+                raise smtplib.SMTPException(f"RCPT {code}")
+            data_sent = True
+            code, _ = s.data(msg)
+            with state.lock:
+                (state.out_accepted if code == 250 else state.out_maybe).add(n)
+            time.sleep(0.05)
+        except (OSError, smtplib.SMTPException):
+            if data_sent:
+                with state.lock:
+                    state.out_maybe.add(n)
+            try:
+                if s is not None:
+                    s.close()
+            except Exception:
+                pass
+            s = None
+            time.sleep(0.05)
+
+
+def queue_entries(server):
+    d = os.path.join(server.workdir, "data", "queue")
+    try:
+        return sum(1 for f in os.listdir(d) if f.endswith(".env"))
+    except FileNotFoundError:
+        return 0
 
 
 def pop_session(server, state, user, final=False):
@@ -357,9 +504,12 @@ def main():
     workdir = tempfile.mkdtemp(prefix="postoffice-crash-")
     server = Server(binary, workdir)
     state = State()
+    sink = Sink(state)
+    server.sink_port = sink.port
+    server.write_config({"POP3": 0, "POP3S": 0, "SMTP": 0, "SUBMIT": 0})
     ok = False
     try:
-        for u in USERS + [PROBE]:
+        for u in USERS + [PROBE, OUT_USER]:
             r = server.cli(["user", "add", u, "--password-stdin"], (PASSWORD + "\n").encode())
             if r.returncode != 0:
                 raise RuntimeError(f"user add {u}: {r.stderr.decode()}")
@@ -368,6 +518,7 @@ def main():
         stop = threading.Event()
         done = threading.Event()
         threads = [threading.Thread(target=sender, args=(server, state, stop, random.Random(rng.random())))]
+        threads += [threading.Thread(target=out_sender, args=(server, state, stop, random.Random(rng.random())))]
         threads += [threading.Thread(target=popper, args=(server, state, stop, u)) for u in USERS]
         kt = threading.Thread(target=killer, args=(server, state, stop, args.kills, random.Random(rng.random()), done))
         for t in threads + [kt]:
@@ -406,6 +557,27 @@ def main():
             if count != 0:
                 state.error(f"{u}: {count} messages left after the drain")
 
+        # Outbound: retry whatever waits now, then wait for the queue to
+        # drain (bounded) and for every accepted message to reach the sink.
+        server.cli(["queue", "flush"])
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with state.lock:
+                missing = [n for n in state.out_accepted if n not in state.out_received]
+            if not missing and queue_entries(server) == 0:
+                break
+            time.sleep(0.2)
+        left_in_queue = queue_entries(server)
+        if left_in_queue:
+            state.error(f"{left_in_queue} entries still in the outbound queue after 180 s")
+        out_lost = sorted(n for n in state.out_accepted if n not in state.out_received)
+        out_redelivered = sorted(n for n, c in state.out_received.items() if c > 1)
+        out_unknown = sorted(
+            n for n in state.out_received if n not in state.out_accepted and n not in state.out_maybe
+        )
+        if out_unknown:
+            state.error(f"outbound messages delivered that were never sent: {out_unknown[:10]}")
+
         seen_all = set(state.committed) | set(state.maybe) | set(state.remaining)
         lost = sorted(n for n in state.accepted if n not in seen_all)
         dup = set(state.dup_in_listing)
@@ -425,18 +597,30 @@ def main():
             f"maybe_downloaded={len(set(state.maybe) - set(state.committed))} remaining={remaining} "
             f"lost={len(lost)} duplicated={len(dup)} sessions_ok={state.sessions_ok} "
             f"sessions_lost_quit={state.sessions_lost_quit} sessions_failed={state.sessions_failed} "
+            f"out_sent={state.out_sent} out_accepted={len(state.out_accepted)} "
+            f"out_maybe_accepted={len(state.out_maybe)} out_delivered={len(state.out_received)} "
+            f"out_lost={len(out_lost)} out_redelivered={len(out_redelivered)} out_partial={state.out_partial} "
             f"errors={len(state.errors)}",
             flush=True,
         )
+        if out_lost:
+            print(f"outbound lost: {out_lost[:20]}")
         if lost:
             print(f"lost: {lost[:20]}")
         if dup:
             print(f"duplicated: {sorted(dup)[:20]}")
         for e in state.errors:
             print("error:", e)
-        ok = not lost and not dup and not state.errors and len(state.accepted) > 0
-        if len(state.accepted) == 0:
-            print("error: no message was accepted at all")
+        ok = (
+            not lost
+            and not dup
+            and not out_lost
+            and not state.errors
+            and len(state.accepted) > 0
+            and len(state.out_accepted) > 0
+        )
+        if len(state.accepted) == 0 or len(state.out_accepted) == 0:
+            print("error: no message was accepted at all (inbound or outbound)")
     finally:
         server.kill()
         if ok and not args.keep:

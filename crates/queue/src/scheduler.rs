@@ -623,9 +623,9 @@ async fn record(ctx: &Arc<Ctx>, id: &str, results: Vec<RcptOutcome>) -> Result<(
     let queue = Arc::clone(&ctx.queue);
     let cfg = ctx.cfg.queue.clone();
     let id_owned = id.to_string();
-    let gone = blocking(move || {
+    let finished = blocking(move || {
         let now = unix_now();
-        queue.spool().update(&id_owned, |env| {
+        queue.spool().update_or_finish(&id_owned, |env| {
             let created = env.created_at;
             for out in &results {
                 let Some(r) = env
@@ -671,10 +671,11 @@ async fn record(ctx: &Arc<Ctx>, id: &str, results: Vec<RcptOutcome>) -> Result<(
             }
         })
     })
-    .await?
-    .is_none();
-    if gone {
-        info!(id, "queue entry was removed during delivery");
+    .await?;
+    match finished {
+        None => info!(id, "queue entry was removed during delivery"),
+        Some(true) => info!(id, "removed (done)"),
+        Some(false) => {}
     }
     Ok(())
 }

@@ -343,6 +343,33 @@ impl Spool {
         Ok(Some(r))
     }
 
+    /// Like [`Spool::update`], but an entry that `f` leaves complete (every
+    /// recipient delivered, or failed and notified) is removed at once
+    /// instead of being rewritten: after a remote `250` this is the only
+    /// disk work before the entry is gone, which keeps the window in which
+    /// a crash makes the message go out twice as short as it can be.
+    /// `Ok(None)`: no such entry; `Ok(Some(true))`: removed.
+    pub fn update_or_finish(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Envelope),
+    ) -> Result<Option<bool>, QueueError> {
+        let _lock = self.lock()?;
+        let Some(mut env) = self.read_env(id)? else {
+            return Ok(None);
+        };
+        let before = env.clone();
+        f(&mut env);
+        if env.is_complete() {
+            self.remove_locked(id)?;
+            return Ok(Some(true));
+        }
+        if env != before {
+            self.write_env_locked(&env)?;
+        }
+        Ok(Some(false))
+    }
+
     /// Remove an entry (envelope first). `Ok(false)`: there was none.
     pub fn remove(&self, id: &str) -> Result<bool, QueueError> {
         let _lock = self.lock()?;
@@ -597,6 +624,36 @@ mod tests {
         assert!(!spool.remove("ID1").unwrap());
         assert!(spool.ids().unwrap().is_empty());
         assert!(!spool.msg_path("ID1").exists());
+    }
+
+    #[test]
+    fn update_or_finish_removes_a_completed_entry_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("queue")).unwrap();
+        spool.create(&env("ID2"), b"body").unwrap();
+        // Still pending afterwards: rewritten, kept.
+        let r = spool
+            .update_or_finish("ID2", |e| e.rcpts[0].attempts = 7)
+            .unwrap();
+        assert_eq!(r, Some(false));
+        assert_eq!(spool.read_env("ID2").unwrap().unwrap().rcpts[0].attempts, 7);
+        // The last pending recipient delivered: gone, message file too.
+        let r = spool
+            .update_or_finish("ID2", |e| e.rcpts[0].state = RcptState::Delivered)
+            .unwrap();
+        assert_eq!(r, Some(true));
+        assert!(spool.ids().unwrap().is_empty());
+        assert!(!spool.msg_path("ID2").exists());
+        assert_eq!(spool.update_or_finish("ID2", |_| ()).unwrap(), None);
+        // A failure still to be bounced keeps the entry.
+        let mut e = env("ID3");
+        e.rcpts[1].notified = false;
+        spool.create(&e, b"body").unwrap();
+        let r = spool
+            .update_or_finish("ID3", |e| e.rcpts[0].state = RcptState::Delivered)
+            .unwrap();
+        assert_eq!(r, Some(false));
+        assert!(spool.read_env("ID3").unwrap().is_some());
     }
 
     #[test]
