@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# postoffice vs. Dovecot, side by side, on this machine.
+# postoffice vs. Dovecot (POP3) and Postfix (SMTP), side by side, on this
+# machine.
 #
 #   bench/compare.sh [--quick] [--runs N] [--fresh] [--only LIST] [--no-wait]
 #                    [--no-drop-caches] [--build] [--work DIR]
 #
 # What it does (see BENCHMARKS.md for the meaning of every figure):
 #  1. Installs Debian's dovecot-pop3d if missing (without starting the
-#     system Dovecot) and creates the mail user (uid/gid 5000).
+#     system Dovecot) and creates the mail user (uid/gid 5000); for the
+#     smtp scenario also Debian's postfix (system instance unconfigured,
+#     see bench/postfix.sh).
 #  2. Seeds one deterministic corpus twice, once per layout, with
 #     `postoffice-bench seed`: 1,000 users x 20 messages (mean ~48 KB), a
 #     100,000-message maildrop, a 10 MB message, and (postoffice only)
@@ -14,8 +17,11 @@
 #     passdb and is imported into postoffice, so both verify the same hash.
 #     A corpus is reused by later runs with the same parameters (--fresh
 #     re-seeds: the old copy is moved aside and deleted only at the end).
-#  3. Starts a private Dovecot instance and the release postoffice, each on
-#     its own loopback port.
+#     SMTP recipients are separate users without mail (smtp<n>@smtp.bench.test,
+#     imported into postoffice, Postfix's virtual map), so SMTP runs leave
+#     the POP3 corpus untouched.
+#  3. Starts a private Dovecot instance, the release postoffice and (for
+#     smtp) a private Postfix instance, each on its own loopback port.
 #  4. Waits (up to 20 min) until no rustc/cargo build runs, warms both up,
 #     then runs every scenario RUNS times (default 3), alternating which
 #     server goes first, and prints one markdown table of medians.
@@ -24,10 +30,11 @@
 # --quick: tiny numbers (20 users x 5 messages, 200 sessions, 1 run) for a
 #          smoke run of the script itself; its figures mean nothing.
 # --only:  comma-separated subset of: s16,s64,login,hold,hold10k,pipeline,
-#          retrbig,bigbox,bigbox-first
+#          retrbig,bigbox,bigbox-first,smtp
 # Environment: BENCH_WORK (default /var/tmp/postoffice-bench),
 #   POSTOFFICE_BIN, BENCH_BIN (default target/release/...),
-#   DOVECOT_PORT (21110), POSTOFFICE_PORT (22110).
+#   DOVECOT_PORT (21110), POSTOFFICE_PORT (22110), POSTFIX_PORT (21025),
+#   POSTOFFICE_SMTP_PORT (22025).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,21 +60,32 @@ PO=${POSTOFFICE_BIN:-$ROOT/target/release/postoffice}
 BENCH=${BENCH_BIN:-$ROOT/target/release/postoffice-bench}
 D_PORT=${DOVECOT_PORT:-21110}
 P_PORT=${POSTOFFICE_PORT:-22110}
+F_PORT=${POSTFIX_PORT:-21025}
+PS_PORT=${POSTOFFICE_SMTP_PORT:-22025}
 PASSWORD=benchpass
 SEED=42
 DOMAIN=bench.test
+# SMTP recipients: their own domain, so that each server's Maildirs for
+# them are one directory tree (the generator counts new/ files under it)
+# and the POP3 users' maildrops are never written to.
+SMTP_DOMAIN=smtp.$DOMAIN
 MAIL_UID=5000
 
 # ------------------------------------------------------------ parameters
 if [[ $QUICK == 1 ]]; then
     USERS=20 MSGS=5 SESSIONS=200 C_LOW=4 C_HIGH=16 HOLD=20 HOLD_SECS=1
     BIG_HOLD=200 BIGBOX=2000 BIGMSG=$((1024 * 1024)) PIPE=1000 REPEAT=3
+    SMTP_MSGS=200
     RUNS=${RUNS:-1}
 else
     USERS=1000 MSGS=20 SESSIONS=2000 C_LOW=16 C_HIGH=64 HOLD=1000 HOLD_SECS=5
     BIG_HOLD=10000 BIGBOX=100000 BIGMSG=$((10 * 1024 * 1024)) PIPE=1000 REPEAT=5
+    SMTP_MSGS=2000
     RUNS=${RUNS:-3}
 fi
+# SMTP: 10 KB messages from 16 clients, one message per connection, to
+# SMTP_USERS recipients round-robin.
+SMTP_USERS=$USERS SMTP_SIZE=10240 SMTP_C=16
 IDLE_USERS=$BIG_HOLD
 KEY="u$USERS-m$MSGS-b$BIGBOX-x$BIGMSG-i$IDLE_USERS-s$SEED"
 CORPUS=$WORK/corpus-$KEY
@@ -79,6 +97,9 @@ P_CONF=$WORK/postoffice.toml
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 want() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
+# install_postfix, setup_postfix, start_postfix, stop_postfix (PF_PID), ...
+# shellcheck source=bench/postfix.sh
+source "$ROOT/bench/postfix.sh"
 
 # ------------------------------------------------------------ cleanup
 D_PID= P_PID= GEN_PID=
@@ -103,8 +124,9 @@ cleanup() {
     [[ -z $GEN_PID ]] || kill -TERM "$GEN_PID" 2>/dev/null || true
     stop_dovecot
     stop_postoffice
+    stop_postfix
     if [[ -d $WORK/trash ]]; then
-        log "deleting corpora moved aside at the start ($WORK/trash)"
+        log "deleting what was moved aside during the run ($WORK/trash: old corpora, SMTP deliveries)"
         rm -rf "$WORK/trash"
     fi
     exit "$rc"
@@ -148,6 +170,7 @@ getent passwd $MAIL_UID >/dev/null ||
 for u in dovecot dovenull; do
     getent passwd $u >/dev/null || die "user $u missing (it comes with dovecot-core)"
 done
+if want smtp; then install_postfix; fi
 
 # Idle sessions need descriptors: raise the soft limit to the hard one.
 ulimit -n "$(ulimit -Hn)"
@@ -156,7 +179,9 @@ NOFILE=$(ulimit -n)
 P_HOLD_MAX=$(( (NOFILE - 256) / 2 ))
 BIG_HOLD_EFF=$(( BIG_HOLD < P_HOLD_MAX ? BIG_HOLD : P_HOLD_MAX ))
 
-for p in $D_PORT $P_PORT $((P_PORT + 1)); do
+SMTP_PORTS=()
+if want smtp; then SMTP_PORTS=("$F_PORT" "$PS_PORT"); fi
+for p in $D_PORT $P_PORT $((P_PORT + 1)) "${SMTP_PORTS[@]}"; do
     if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use"; fi
 done
 
@@ -201,6 +226,16 @@ else
     chmod 644 "$CORPUS"/*.passwd
     touch "$CORPUS/.imported-pending" "$CORPUS/.seeded"
 fi
+# SMTP recipients: users without mail in their own domain, same passwd-file
+# format and hash (a corpus seeded before the smtp scenario gets them now).
+# postoffice imports them; Postfix's virtual map is built from the file.
+if [[ ! -f $CORPUS/smtp.passwd ]]; then
+    pwhash=$(head -n 1 "$CORPUS/users.passwd" | cut -d: -f2-)
+    for n in $(seq "$SMTP_USERS"); do echo "smtp$n@$SMTP_DOMAIN:$pwhash"; done >"$CORPUS/smtp.passwd.new"
+    chmod 644 "$CORPUS/smtp.passwd.new"
+    mv "$CORPUS/smtp.passwd.new" "$CORPUS/smtp.passwd"
+    touch "$CORPUS/.smtp-import-pending"
+fi
 
 # ------------------------------------------------------------ configs
 cat >"$P_CONF" <<EOF
@@ -218,17 +253,51 @@ max_connections_per_ip = 20000
 [log]
 level = "info"
 EOF
-# No SMTP/submission listeners: only POP3 is measured, and their default
-# ports may be taken. Each section is kept only if this binary knows it.
-for extra in '[smtp]\nlisten = []\n' '[submission]\nlisten = []\nlisten_tls = []\n'; do
-    cp "$P_CONF" "$P_CONF.prev"
-    printf "$extra" >>"$P_CONF"
-    "$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
-done
+if want smtp; then
+    cat >>"$P_CONF" <<EOF
+# The MX listener for the smtp scenario. The verification stages that need
+# DNS or clamd are off, as Postfix runs none: no DNSBL zones, no SPF, DKIM
+# or DMARC, no clamd. Mail is fsynced into the maildrop before 250 (always).
+[smtp]
+listen = ["127.0.0.1:$PS_PORT"]
+[submission]
+listen = []
+listen_tls = []
+[filter]
+dnsbl = "off"
+spf = "off"
+dkim = "off"
+dmarc = "off"
+clamd = ""
+EOF
+    "$PO" --config "$P_CONF" config check >/dev/null ||
+        die "postoffice rejects the [smtp]/[filter] config in $P_CONF (a binary without SMTP?)"
+else
+    # No SMTP/submission listeners: their default ports may be taken. Each
+    # section is kept only if this binary knows it.
+    for extra in '[smtp]\nlisten = []\n' '[submission]\nlisten = []\nlisten_tls = []\n'; do
+        cp "$P_CONF" "$P_CONF.prev"
+        printf "$extra" >>"$P_CONF"
+        "$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
+    done
+fi
 if [[ -f $CORPUS/.imported-pending ]]; then
     log "importing $(wc -l <"$CORPUS/postoffice.passwd") users into postoffice from the passwd-file"
     "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/postoffice.passwd" >&2
     rm -f "$CORPUS/.imported-pending"
+fi
+if [[ -f $CORPUS/.smtp-import-pending ]]; then
+    log "importing $SMTP_USERS SMTP recipients ($SMTP_DOMAIN) into postoffice"
+    "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/smtp.passwd" >&2
+    rm -f "$CORPUS/.smtp-import-pending"
+fi
+# Where each server keeps the SMTP recipients' Maildirs (<root>/<user>/new).
+PO_SMTP_MAIL=$CORPUS/po/mail/$SMTP_DOMAIN
+F_SMTP_MAIL=$WORK/postfix/mail/$SMTP_DOMAIN
+if want smtp; then
+    setup_postfix "$WORK" "$F_PORT" "$CORPUS/smtp.passwd"
+    cp "$WORK/postfix/postconf-n.conf" "$RESULTS/postconf-n.conf"
+    cp "$WORK/postfix/etc/master.cf" "$RESULTS/postfix-master.cf"
 fi
 
 # Dovecot 2.3, private instance. Every non-default setting is here.
@@ -330,13 +399,35 @@ if [[ $DROP_CACHES == 1 && -w /proc/sys/vm/drop_caches ]]; then CAN_DROP=1; fi
 log "starting Dovecot on 127.0.0.1:$D_PORT and postoffice on 127.0.0.1:$P_PORT"
 start_dovecot
 start_postoffice
+if want smtp; then
+    log "starting Postfix on 127.0.0.1:$F_PORT (postoffice's SMTP listener: 127.0.0.1:$PS_PORT)"
+    start_postfix
+    wait_port "$PS_PORT" "$P_PID" || die "postoffice is not listening for SMTP on $PS_PORT"
+    # The roots the generator counts new/ files under must exist; virtual(8)
+    # creates the Maildirs below as uid $MAIL_UID.
+    install -d -o $MAIL_UID -g $MAIL_UID "$F_SMTP_MAIL"
+    mkdir -p "$PO_SMTP_MAIL"
+fi
 
 # ------------------------------------------------------------ generator
 VALUES=$RESULTS/values.tsv
 : >"$VALUES"
 ERRORS=0
-addr() { if [[ $1 == dovecot ]]; then echo "127.0.0.1:$D_PORT"; else echo "127.0.0.1:$P_PORT"; fi; }
-srvsel() { if [[ $1 == dovecot ]]; then echo "--server-tree $D_PID"; else echo "--server-pids $P_PID"; fi; }
+addr() { # SERVER [smtp]
+    case $1 in
+        dovecot) echo "127.0.0.1:$D_PORT" ;;
+        postfix) echo "127.0.0.1:$F_PORT" ;;
+        *) if [[ ${2:-} == smtp ]]; then echo "127.0.0.1:$PS_PORT"; else echo "127.0.0.1:$P_PORT"; fi ;;
+    esac
+}
+# Dovecot and Postfix: the master and every process it forked (and reaped).
+srvsel() {
+    case $1 in
+        dovecot) echo "--server-tree $D_PID" ;;
+        postfix) echo "--server-tree $PF_PID" ;;
+        *) echo "--server-pids $P_PID" ;;
+    esac
+}
 # The machine is shared: measure only while no compiler runs. Waiting is
 # bounded by one budget for the whole run (20 minutes, polls every 15 s).
 busy() { pgrep -x rustc >/dev/null || pgrep -f 'cargo (build|test|clippy)' >/dev/null; }
@@ -355,7 +446,8 @@ wait_idle() {
         WAITED=$((WAITED + 15))
     done
 }
-# gen SCENARIO SERVER RUN ARGS... : run the generator, keep its output,
+# gen SCENARIO SERVER RUN ARGS... : run the generator (`pop3 ARGS`, or
+# `smtp ARGS` for the scenarios smtp and warmup-smtp), keep its output,
 # record every key=value of its RESULT line. A measured run during which
 # rustc/cargo started is repeated (up to 3 attempts) after waiting for
 # idle; GEN_PRE, if set, is run before every attempt (server restarts).
@@ -367,7 +459,11 @@ gen() {
     for attempt in 1 2 3; do
         wait_idle
         [[ -z $GEN_PRE ]] || $GEN_PRE
-        "$BENCH" pop3 "$@" --addr "$(addr "$srv")" --password $PASSWORD >"$out" 2>&1 &
+        if [[ $scen == smtp || $scen == warmup-smtp ]]; then
+            "$BENCH" smtp "$@" --addr "$(addr "$srv" smtp)" >"$out" 2>&1 &
+        else
+            "$BENCH" pop3 "$@" --addr "$(addr "$srv")" --password $PASSWORD >"$out" 2>&1 &
+        fi
         gpid=$!
         GEN_PID=$gpid
         interfered=0 i=0
@@ -401,7 +497,7 @@ gen() {
 }
 summary() {
     local l=$1 k
-    for k in sessions_per_s mb_per_s p99_ms pss_mib held warm_median_ms first_ms median_ms gen_cpu_pct server_cpu_pct errors; do
+    for k in sessions_per_s mb_per_s e2e_msgs_per_s accept_msgs_per_s p99_ms pss_mib held warm_median_ms first_ms median_ms gen_cpu_pct server_cpu_pct errors; do
         [[ $l == *" $k="* ]] && printf '%s=%s ' "$k" "$(sed -n "s/.* $k=\([^ ]*\).*/\1/p" <<<"$l")"
     done
 }
@@ -411,19 +507,55 @@ median() {
         sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
 }
 SESS_USERS=(--users-file "$CORPUS/users.passwd" --users "$USERS")
-order() { if (( $1 % 2 == 1 )); then echo "dovecot postoffice"; else echo "postoffice dovecot"; fi; }
+# order RUN [ANCHOR]: odd runs start with the anchor (default Dovecot).
+order() {
+    local a=${2:-dovecot}
+    if (( $1 % 2 == 1 )); then echo "$a postoffice"; else echo "postoffice $a"; fi
+}
+# SMTP: the generator's arguments for SERVER and N messages. Recipients
+# round-robin over the SMTP users, one message per connection (as
+# smtp-source without -d), and with --wait-new the run ends only when every
+# accepted message is a file in a new/ under that server's Maildir root.
+smtp_args() { # SERVER MESSAGES
+    local root=$F_SMTP_MAIL
+    [[ $1 == postoffice ]] && root=$PO_SMTP_MAIL
+    echo "--users-file $CORPUS/smtp.passwd --users $SMTP_USERS --concurrency $SMTP_C" \
+        "--messages $2 --size $SMTP_SIZE --per-connection 1 --wait-new $root $(srvsel "$1")"
+}
+# smtp_clear SERVER: move the mail delivered to the SMTP users out of their
+# new/ into the trash (deleted when the script ends), so each run starts
+# from empty Maildirs and the corpus is left as it was. Moved, not deleted:
+# mass deletions slow file creation on this disk for minutes.
+SMTP_TRASH=$WORK/trash/smtp-$STAMP SMTP_CLEARS=0
+smtp_clear() {
+    local root=$F_SMTP_MAIL dest
+    [[ $1 == postoffice ]] && root=$PO_SMTP_MAIL
+    SMTP_CLEARS=$((SMTP_CLEARS + 1))
+    dest=$SMTP_TRASH/$1.$SMTP_CLEARS
+    mkdir -p "$dest"
+    find "$root" -mindepth 3 -maxdepth 3 -path '*/new/*' -type f -exec mv --backup=numbered -t "$dest" {} +
+}
 
 # ------------------------------------------------------------ idle machine
 wait_idle
 log "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------ warm-up
-log "warming up both servers (index files, page cache)"
+log "warming up the servers (index files, page cache; for smtp every Maildir)"
 for srv in dovecot postoffice; do
     gen warmup $srv 0 sessions "${SESS_USERS[@]}" --concurrency 8 --sessions "$USERS" --retr all --verify-hash
     gen warmup-bigbox $srv 0 bigbox --user "bigbox1@$DOMAIN" --repeat 2
     gen warmup-retrbig $srv 0 retr-big --user "bigmsg1@$DOMAIN" --repeat 1 --verify-hash
 done
+if want smtp; then
+    # One message per SMTP user: creates every Maildir on both servers.
+    for srv in postfix postoffice; do
+        GEN_PRE="smtp_clear $srv"
+        # shellcheck disable=SC2046
+        gen warmup-smtp "$srv" 0 $(smtp_args "$srv" "$SMTP_USERS")
+        GEN_PRE=
+    done
+fi
 if want hold10k; then
     gen warmup-idle postoffice 0 sessions --users-file "$CORPUS/idle.passwd" --users "$BIG_HOLD_EFF" \
         --concurrency 16 --sessions "$BIG_HOLD_EFF" --retr none
@@ -449,6 +581,14 @@ for run in $(seq "$RUNS"); do
         want bigbox && gen bigbox $srv $run bigbox --user "bigbox1@$DOMAIN" --repeat $((REPEAT + 1))
         } || true
     done
+    if want smtp; then
+        for srv in $(order "$run" postfix); do
+            GEN_PRE="smtp_clear $srv"
+            # shellcheck disable=SC2046
+            gen smtp "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS")
+            GEN_PRE=
+        done
+    fi
     if want hold10k; then
         # shellcheck disable=SC2046
         gen hold10k postoffice $run hold --users-file "$CORPUS/idle.passwd" $(srvsel postoffice) \
@@ -467,6 +607,11 @@ if want bigbox-first; then
             GEN_PRE=
         done
     done
+fi
+if want smtp; then
+    # Leave the SMTP users' Maildirs empty, as the corpus was.
+    smtp_clear postfix
+    smtp_clear postoffice
 fi
 
 # ------------------------------------------------------------ table
@@ -488,18 +633,30 @@ sess_cell() { # scen srv
     [[ $s == login ]] || printf ', %s MB/s' "$(fmt "$(median "$s" "$v" mb_per_s)" 0)"
     printf ', p99 %s ms, server %s ms CPU/sess' "$(fmt "$(median "$s" "$v" p99_ms)" 0)" "$cpu"
 }
-gen_cpu() { # scen key
-    local d p
-    d=$(median "$1" dovecot "$2") p=$(median "$1" postoffice "$2")
+gen_cpu() { # scen key [anchor]: the generator's CPU on the anchor (D, or F
+    # for Postfix) and on postoffice (P)
+    local a=${3:-dovecot} d p l=D
+    [[ $a != postfix ]] || l=F
+    d=$(median "$1" "$a" "$2") p=$(median "$1" postoffice "$2")
     if [[ $2 == gen_cpu_pct ]]; then
-        printf 'D %s%% / P %s%% of a core' "$(fmt "$d" 0)" "$(fmt "$p" 0)"
+        printf '%s %s%% / P %s%% of a core' "$l" "$(fmt "$d" 0)" "$(fmt "$p" 0)"
     else
-        printf 'D %s s / P %s s' "$(fmt "$d" 2)" "$(fmt "$p" 2)"
+        printf '%s %s s / P %s s' "$l" "$(fmt "$d" 2)" "$(fmt "$p" 2)"
     fi
+}
+smtp_cell() { # srv
+    local n cpu
+    n=$(median smtp "$1" accepted)
+    num "$n" || { printf -- '-'; return; }
+    cpu=$(awk -v c="$(median smtp "$1" server_cpu_s)" -v n="$n" 'BEGIN {if (n > 0) printf "%.2f", c * 1000 / n}')
+    printf '%s msgs/s end to end (%s msgs/s accepted), p99 %s ms, server %s ms CPU/msg' \
+        "$(fmt "$(median smtp "$1" e2e_msgs_per_s)" 1)" "$(fmt "$(median smtp "$1" accept_msgs_per_s)" 1)" \
+        "$(fmt "$(median smtp "$1" p99_ms)" 0)" "$cpu"
 }
 TABLE=$RESULTS/table.md
 {
-    echo "| scenario | Dovecot median | postoffice median | ratio (>1 = postoffice better) | generator CPU |"
+    # The anchor is Dovecot for the POP3 rows and Postfix for the SMTP row.
+    echo "| scenario | anchor median (Dovecot; SMTP: Postfix) | postoffice median | ratio (>1 = postoffice better) | generator CPU |"
     echo "| --- | --- | --- | --- | --- |"
     for s in s16 s64 login; do
         want "$s" || continue
@@ -540,11 +697,15 @@ TABLE=$RESULTS/table.md
         d=$(median retrbig dovecot mb_per_s) p=$(median retrbig postoffice mb_per_s)
         echo "| RETR of one $((BIGMSG / 1024 / 1024)) MiB message | $(fmt "$d" 0) MB/s | $(fmt "$p" 0) MB/s | $(ratio "$p" "$d") (P/D MB/s) | $(gen_cpu retrbig gen_cpu_pct) |"
     fi
+    if want smtp; then
+        f=$(median smtp postfix e2e_msgs_per_s) p=$(median smtp postoffice e2e_msgs_per_s)
+        echo "| SMTP $((SMTP_SIZE / 1024)) KB, c$SMTP_C, end-to-end msgs/s ($SMTP_MSGS messages, one per connection, fsynced; anchor: Postfix) | Postfix: $(smtp_cell postfix) | $(smtp_cell postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu smtp gen_cpu_pct postfix) |"
+    fi
 } >"$TABLE"
 
 {
     echo
-    echo "postoffice vs. Dovecot $(dovecot --version | cut -d' ' -f1), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB,"
+    echo "postoffice vs. Dovecot $(dovecot --version | cut -d' ' -f1)$(want smtp && echo " and Postfix $(postconf -dh mail_version)"), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB,"
     echo "postoffice $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), medians of $RUNS run(s); corpus $USERS users x $MSGS messages."
     echo
     cat "$TABLE"
