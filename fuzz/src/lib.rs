@@ -573,6 +573,29 @@ pub fn body_roundtrip(data: &[u8]) {
     assert_eq!(pos, wire.len(), "stream decoder consumed the next reply");
     assert_eq!(got2, expected, "StreamDecoder round trip");
 
+    // The RETR fast path: on CRLF input (what the store yields) the
+    // stuffer must produce exactly the encoder's bytes, in any chunking;
+    // on any input, every line start after an LF that is a '.' is stuffed.
+    let mut st = pop3_proto::CrlfStuffer::new();
+    let mut fast = Vec::new();
+    for c in expected.chunks(chunk + 3) {
+        st.encode(c, &mut fast);
+    }
+    st.finish(&mut fast);
+    assert_eq!(fast, wire, "CrlfStuffer differs from BodyEncoder on CRLF input");
+    let mut st = pop3_proto::CrlfStuffer::new();
+    let mut raw = Vec::new();
+    for c in msg.chunks(chunk) {
+        st.encode(c, &mut raw);
+    }
+    st.finish(&mut raw);
+    assert!(raw.ends_with(b".\r\n"));
+    let body = &raw[..raw.len() - 3];
+    assert!(
+        !body.starts_with(b".\r") && !body.windows(3).any(|w| w == b"\n.\r") || body.is_empty(),
+        "an unstuffed '.' line would end the response early"
+    );
+
     // TOP n: a prefix of the RETR body (up to the terminator).
     let n = u64::from(data[0] % 4);
     let mut top = pop3_proto::BodyEncoder::top(n);

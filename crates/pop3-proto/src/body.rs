@@ -8,10 +8,16 @@
 //! message did not end with one). It never holds more than the chunk it is
 //! given, so a 100 MB message streams through in constant memory.
 //!
+//! [`CrlfStuffer`] is the fast path for `RETR` of a message that is already
+//! in CRLF form (what the store yields): it only finds where a `.` must be
+//! inserted (one SIMD search for `\n.` per chunk), so the server can send
+//! the stored bytes as they are, without copying them line by line.
+//!
 //! [`BodyDecoder`] is the reverse for clients: it undoes dot-stuffing and
 //! recognises the terminating line.
 
 use memchr::memchr;
+use memchr::memmem;
 
 /// Streaming RETR/TOP encoder. See the module docs.
 #[derive(Debug, Clone)]
@@ -121,6 +127,77 @@ impl BodyEncoder {
         }
         out.extend_from_slice(b".\r\n");
         self.done = true;
+    }
+}
+
+/// Dot-stuffing for `RETR` of a message already in CRLF form. See the
+/// module docs.
+///
+/// It does not repair line ends: a bare LF in the input is sent as it is
+/// (still followed by a stuffed `.` where one starts a line, so the
+/// response can never be ended early). For input that is CRLF throughout,
+/// the output equals [`BodyEncoder::retr`]'s.
+#[derive(Debug, Clone)]
+pub struct CrlfStuffer {
+    at_line_start: bool,
+}
+
+impl Default for CrlfStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CrlfStuffer {
+    pub fn new() -> Self {
+        CrlfStuffer {
+            at_line_start: true,
+        }
+    }
+
+    /// Append to `points` the offsets in `input` (the next chunk of the
+    /// message) before which a `.` must be sent, in increasing order.
+    pub fn scan(&mut self, input: &[u8], points: &mut Vec<usize>) {
+        let Some(&last) = input.last() else {
+            return;
+        };
+        if self.at_line_start && input[0] == b'.' {
+            points.push(0);
+        }
+        points.extend(memmem::find_iter(input, b"\n.").map(|p| p + 1));
+        self.at_line_start = last == b'\n';
+    }
+
+    /// Append `input` to `out` with the dots `points` (from [`scan`] on the
+    /// same input) inserted.
+    ///
+    /// [`scan`]: CrlfStuffer::scan
+    pub fn write_stuffed(input: &[u8], points: &[usize], out: &mut Vec<u8>) {
+        out.reserve(input.len() + points.len());
+        let mut from = 0;
+        for &p in points {
+            out.extend_from_slice(&input[from..p]);
+            out.push(b'.');
+            from = p;
+        }
+        out.extend_from_slice(&input[from..]);
+    }
+
+    /// Scan and append in one step.
+    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut points = Vec::new();
+        self.scan(input, &mut points);
+        Self::write_stuffed(input, &points, out);
+    }
+
+    /// End the response: a CRLF if the message did not end with a line
+    /// end, then `.`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+            self.at_line_start = true;
+        }
+        out.extend_from_slice(b".\r\n");
     }
 }
 
@@ -246,6 +323,60 @@ mod tests {
             all_chunkings(BodyEncoder::top(1), b"A: 1\n\nx\ny\n"),
             b"A: 1\r\n\r\nx\r\n.\r\n"
         );
+    }
+
+    fn stuffer_chunks(msg: &[u8], chunk: usize) -> Vec<u8> {
+        let mut st = CrlfStuffer::new();
+        let mut out = Vec::new();
+        for c in msg.chunks(chunk.max(1)) {
+            st.encode(c, &mut out);
+        }
+        st.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn crlf_stuffer_matches_the_encoder_on_crlf_input() {
+        let msgs: [&[u8]; 7] = [
+            b"Subject: hi\r\n\r\nbody\r\n",
+            b"A: b\r\n\r\n.\r\n..x\r\n.hidden\r\nx.y\r\n",
+            b".\r\n",
+            b"..\r\n.\r\n.",
+            b"",
+            b"A: b\r\n\r\nno end",
+            b"\r\n.\r\n\r\n..\r\n",
+        ];
+        for msg in msgs {
+            let want = all_chunkings(BodyEncoder::retr(), msg);
+            for c in 1..9 {
+                assert_eq!(stuffer_chunks(msg, c), want, "{msg:?} chunk {c}");
+            }
+            assert_eq!(stuffer_chunks(msg, msg.len()), want, "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn crlf_stuffer_points() {
+        let mut st = CrlfStuffer::new();
+        let mut p = Vec::new();
+        st.scan(b".a\r\n.b\r\nc.\r\n", &mut p);
+        assert_eq!(p, [0, 4]);
+        // The next chunk starts a line: its leading dot is stuffed too.
+        p.clear();
+        st.scan(b".x\r\n", &mut p);
+        assert_eq!(p, [0]);
+        // Mid-line chunk boundary: no stuffing.
+        p.clear();
+        st.scan(b"ab", &mut p);
+        st.scan(b".c\r\n", &mut p);
+        assert!(p.is_empty());
+        // A bare LF is passed through, but a dot after it is still stuffed,
+        // so the response cannot be cut short.
+        let mut out = Vec::new();
+        let mut st = CrlfStuffer::new();
+        st.encode(b"a\n.\r\n", &mut out);
+        st.finish(&mut out);
+        assert_eq!(out, b"a\n..\r\n.\r\n");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod line;
 pub mod sasl;
 pub mod server;
 
-pub use body::BodyEncoder;
+pub use body::{BodyEncoder, CrlfStuffer};
 pub use command::{Command, ParseError};
 pub use line::{Frame, LineBuffer};
 pub use server::{Action, AuthFailure, Listing, ServerSession, SessionConfig};

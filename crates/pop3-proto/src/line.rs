@@ -34,7 +34,9 @@ impl LineBuffer {
     /// `max_line` is the longest line accepted, excluding the line end.
     pub fn new(max_line: usize) -> Self {
         LineBuffer {
-            buf: Vec::with_capacity(1024),
+            // Allocated on the first input, sized by what arrives: an idle
+            // session should cost as little as possible.
+            buf: Vec::new(),
             start: 0,
             scanned: 0,
             max_line,

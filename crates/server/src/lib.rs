@@ -211,31 +211,38 @@ async fn accept_loop(
                 tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s)
             }
         };
-        conns.spawn(tracing::Instrument::instrument(
-            async move {
-                let _guard = guard;
-                match service {
-                    Service::Smtp => {
-                        smtp::serve_connection(shared, tcp, peer, smtp::Mode::Mx, sd).await
-                    }
-                    Service::Submission => {
-                        let mode = smtp::Mode::Submission {
-                            implicit_tls: false,
-                        };
-                        smtp::serve_connection(shared, tcp, peer, mode, sd).await
-                    }
-                    Service::Submissions => {
-                        let mode = smtp::Mode::Submission { implicit_tls: true };
-                        smtp::serve_connection(shared, tcp, peer, mode, sd).await
-                    }
-                    _ => {
-                        pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd)
-                            .await
-                    }
+        // One task type per protocol: a task's allocation is the size of
+        // its future, and an idle POP3 session must not pay for the
+        // larger SMTP one.
+        use tracing::Instrument;
+        match service {
+            Service::Smtp => conns.spawn(
+                async move {
+                    let _guard = guard;
+                    smtp::serve_connection(shared, tcp, peer, smtp::Mode::Mx, sd).await
                 }
-            },
-            span,
-        ));
+                .instrument(span),
+            ),
+            Service::Submission | Service::Submissions => {
+                let mode = smtp::Mode::Submission {
+                    implicit_tls: service == Service::Submissions,
+                };
+                conns.spawn(
+                    async move {
+                        let _guard = guard;
+                        smtp::serve_connection(shared, tcp, peer, mode, sd).await
+                    }
+                    .instrument(span),
+                )
+            }
+            Service::Pop3 | Service::Pop3s => conns.spawn(
+                async move {
+                    let _guard = guard;
+                    pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd).await
+                }
+                .instrument(span),
+            ),
+        };
     }
     drop(listener);
     // Sessions were told to stop via the same signal; wait for them here so

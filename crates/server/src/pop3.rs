@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pop3_proto::server::{Advertised, AuthFailure, Expire, Stats, UserPolicy};
-use pop3_proto::{Action, BodyEncoder, LineBuffer, Listing, ServerSession, SessionConfig};
+use pop3_proto::{
+    Action, BodyEncoder, CrlfStuffer, LineBuffer, Listing, ServerSession, SessionConfig,
+};
 use postoffice_store::{Maildrop, MessageInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +32,52 @@ const READ_BUF: usize = 4096;
 const CHUNK: usize = 256 * 1024;
 /// Flush the reply buffer once it grows past this (long LIST/UIDL).
 const FLUSH_AT: usize = 64 * 1024;
+/// RETR chunks at least this big that need no dot-stuffing are written to
+/// the socket from the read buffer instead of being copied into the reply
+/// buffer (smaller messages go out with the replies around them).
+const DIRECT_WRITE_MIN: usize = 32 * 1024;
+
+/// A connection's byte stream, read without holding a buffer while idle.
+///
+/// An idle POP3 session spends its life waiting for the next command; a
+/// read buffer kept across that wait would be most of its memory. Plain
+/// TCP waits for readiness and then reads into a buffer on the stack that
+/// is never part of the session's future; TLS keeps a buffer across the
+/// wait (rustls may already hold decrypted bytes, so socket readiness is
+/// not the whole story) and lives in its own boxed future.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Read what is available into `lines`; `Ok(0)` at end of stream.
+    fn read_lines(
+        &mut self,
+        lines: &mut LineBuffer,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+}
+
+impl Transport for TcpStream {
+    async fn read_lines(&mut self, lines: &mut LineBuffer) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            let mut buf = [0u8; READ_BUF];
+            match self.try_read(&mut buf) {
+                Ok(n) => {
+                    lines.extend(&buf[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn read_lines(&mut self, lines: &mut LineBuffer) -> std::io::Result<usize> {
+        let mut buf = [0u8; READ_BUF];
+        let n = self.read(&mut buf).await?;
+        lines.extend(&buf[..n]);
+        Ok(n)
+    }
+}
 
 /// The store's snapshot as the protocol sees it.
 struct View(Arc<dyn Maildrop>);
@@ -117,31 +165,41 @@ pub async fn serve_connection(
         auth_failures: 0,
     };
     let handshake = Duration::from_secs(conn.shared.config.limits.tls_handshake_timeout_secs);
+    // The TLS parts are boxed: a plain session's future (what an idle
+    // connection costs) then holds only a pointer for them.
     let end = if implicit_tls {
-        match crate::tls::accept(&conn.shared, tcp, handshake).await {
-            Some(tls) => {
-                conn.session.greeting(&mut conn.out);
-                match drive(tls, &mut conn, &mut shutdown).await {
-                    Step::Done(e) => e,
-                    Step::StartTls(_) => End::Error,
-                }
-            }
-            None => End::Error,
-        }
-    } else {
-        conn.session.greeting(&mut conn.out);
-        match drive(tcp, &mut conn, &mut shutdown).await {
-            Step::Done(e) => e,
-            Step::StartTls(tcp) => match crate::tls::accept(&conn.shared, tcp, handshake).await {
+        Box::pin(async {
+            match crate::tls::accept(&conn.shared, tcp, handshake).await {
                 Some(tls) => {
-                    conn.session.tls_started();
+                    conn.session.greeting(&mut conn.out);
                     match drive(tls, &mut conn, &mut shutdown).await {
                         Step::Done(e) => e,
                         Step::StartTls(_) => End::Error,
                     }
                 }
                 None => End::Error,
-            },
+            }
+        })
+        .await
+    } else {
+        conn.session.greeting(&mut conn.out);
+        match drive(tcp, &mut conn, &mut shutdown).await {
+            Step::Done(e) => e,
+            Step::StartTls(tcp) => {
+                Box::pin(async {
+                    match crate::tls::accept(&conn.shared, tcp, handshake).await {
+                        Some(tls) => {
+                            conn.session.tls_started();
+                            match drive(tls, &mut conn, &mut shutdown).await {
+                                Step::Done(e) => e,
+                                Step::StartTls(_) => End::Error,
+                            }
+                        }
+                        None => End::Error,
+                    }
+                })
+                .await
+            }
         }
     };
     let Stats {
@@ -184,13 +242,8 @@ async fn flush<S: AsyncWrite + Unpin>(io: &mut S, conn: &mut Conn) -> std::io::R
 }
 
 /// Run the session over one transport until it ends or asks for STLS.
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
-    mut io: S,
-    conn: &mut Conn,
-    shutdown: &mut Shutdown,
-) -> Step<S> {
+async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown) -> Step<S> {
     let autologout = Duration::from_secs(conn.shared.config.pop3.autologout_secs);
-    let mut buf = [0u8; READ_BUF];
     loop {
         // Answer every complete line we have, in order.
         loop {
@@ -224,7 +277,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     if flush(&mut io, conn).await.is_err() {
                         return Step::Done(End::Disconnected);
                     }
-                    if login(conn, user, password, mechanism).await == Action::Close {
+                    if Box::pin(login(conn, user, password, mechanism)).await == Action::Close {
                         // Too many failures on this connection.
                         let _ = flush(&mut io, conn).await;
                         let _ = io.shutdown().await;
@@ -232,7 +285,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Action::Retrieve { index, top } => {
-                    if let Err(e) = retrieve(&mut io, conn, index, top, mark).await {
+                    // Boxed (like the login below): their state would
+                    // otherwise be part of every idle session's future.
+                    if let Err(e) = Box::pin(retrieve(&mut io, conn, index, top, mark)).await {
                         debug!(error = %e, "connection lost during RETR");
                         return Step::Done(End::Disconnected);
                     }
@@ -254,7 +309,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             return Step::Done(End::Disconnected);
         }
         let n = tokio::select! {
-            r = tokio::time::timeout(autologout, io.read(&mut buf)) => match r {
+            r = tokio::time::timeout(autologout, io.read_lines(&mut conn.lines)) => match r {
                 Ok(Ok(0)) => return Step::Done(End::Disconnected),
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return Step::Done(End::Disconnected),
@@ -273,7 +328,6 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         conn.bytes_in += n as u64;
-        conn.lines.extend(&buf[..n]);
     }
 }
 
@@ -361,34 +415,101 @@ async fn retrieve<S: AsyncWrite + Unpin>(
             return Ok(());
         }
     };
-    let mut enc = match top {
-        Some(n) => BodyEncoder::top(n),
-        None => BodyEncoder::retr(),
-    };
     // A short read means end of file: small messages need one read only.
-    let mut requested = first + 1;
-    loop {
-        let eof = chunk.len() < requested;
-        enc.encode(&chunk, &mut conn.out);
-        if eof || enc.is_done() {
-            break;
+    let eof = chunk.len() <= first;
+    if let Some(n) = top {
+        let mut enc = BodyEncoder::top(n);
+        let mut eof = eof;
+        loop {
+            enc.encode(&chunk, &mut conn.out);
+            if eof || enc.is_done() {
+                break;
+            }
+            if conn.out.len() >= FLUSH_AT {
+                flush(io, conn).await?;
+            }
+            (reader, chunk) = read_next(reader, chunk).await?;
+            eof = chunk.len() < CHUNK;
         }
-        if conn.out.len() >= FLUSH_AT {
-            flush(io, conn).await?;
-        }
-        let (r, c) = tokio::task::spawn_blocking(move || {
-            let mut c = chunk;
-            let res = read_chunk(&mut reader, &mut c, CHUNK);
-            (reader, c, res)
-        })
-        .await
-        .map(|(r, c, res)| res.map(|_| (r, c)))
-        .map_err(std::io::Error::other)??;
-        reader = r;
-        chunk = c;
-        requested = CHUNK;
+        enc.finish(&mut conn.out);
+        return Ok(());
     }
-    enc.finish(&mut conn.out);
+    // RETR: the store yields the message in CRLF form, so only the dots
+    // need inserting. Big chunks without a line starting with '.' (nearly
+    // all) go to the socket straight from the read buffer, and the next
+    // chunk is read on the blocking pool while this one is being written.
+    // At most two chunk buffers (+ the reply buffer when stuffing) per
+    // session: memory stays well under 1 MB per large RETR.
+    let mut stuffer = CrlfStuffer::new();
+    let mut points = Vec::new();
+    let mut spare = Vec::new();
+    let mut eof = eof;
+    loop {
+        let next = (!eof).then(|| {
+            let spare = std::mem::take(&mut spare);
+            let mut r = reader_slot(&mut reader);
+            tokio::task::spawn_blocking(move || {
+                let mut c = spare;
+                let res = read_chunk(&mut r, &mut c, CHUNK);
+                (r, c, res)
+            })
+        });
+        points.clear();
+        stuffer.scan(&chunk, &mut points);
+        if points.is_empty() && chunk.len() >= DIRECT_WRITE_MIN {
+            write_out(io, conn).await?;
+            io.write_all(&chunk).await?;
+            conn.bytes_out += chunk.len() as u64;
+        } else {
+            CrlfStuffer::write_stuffed(&chunk, &points, &mut conn.out);
+            if conn.out.len() >= FLUSH_AT {
+                write_out(io, conn).await?;
+            }
+        }
+        let Some(next) = next else { break };
+        let (r, c, res) = next.await.map_err(std::io::Error::other)?;
+        res?;
+        reader = r;
+        spare = std::mem::replace(&mut chunk, c);
+        eof = chunk.len() < CHUNK;
+    }
+    stuffer.finish(&mut conn.out);
+    // Keep no chunk-sized reply buffer in an idle session.
+    if conn.out.capacity() > FLUSH_AT * 2 {
+        conn.out.shrink_to(4096);
+    }
+    Ok(())
+}
+
+/// Take the reader out for a read on the blocking pool; a placeholder
+/// stays behind until it comes back.
+fn reader_slot(reader: &mut Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+    std::mem::replace(reader, Box::new(std::io::empty()))
+}
+
+/// Read the next chunk on the blocking pool (TOP).
+async fn read_next(
+    reader: Box<dyn Read + Send>,
+    chunk: Vec<u8>,
+) -> std::io::Result<(Box<dyn Read + Send>, Vec<u8>)> {
+    let (r, c, res) = tokio::task::spawn_blocking(move || {
+        let mut r = reader;
+        let mut c = chunk;
+        let res = read_chunk(&mut r, &mut c, CHUNK);
+        (r, c, res)
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    res.map(|()| (r, c))
+}
+
+/// Write the reply buffer without flushing the transport (more follows).
+async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, conn: &mut Conn) -> std::io::Result<()> {
+    if !conn.out.is_empty() {
+        io.write_all(&conn.out).await?;
+        conn.bytes_out += conn.out.len() as u64;
+        conn.out.clear();
+    }
     Ok(())
 }
 
@@ -399,6 +520,7 @@ fn read_chunk(
     max: usize,
 ) -> std::io::Result<()> {
     buf.clear();
+    buf.reserve_exact(max);
     reader.by_ref().take(max as u64).read_to_end(buf)?;
     Ok(())
 }
@@ -420,5 +542,36 @@ async fn update(conn: &mut Conn, deleted: Vec<usize>) -> Result<(), ()> {
             Err(())
         }
         Err(_) => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle session costs is mostly its task, whose size is this
+    /// future's: no read buffer, no TLS state and no RETR or login state
+    /// may be kept in it (those are boxed or on the stack).
+    #[tokio::test]
+    async fn a_plain_session_future_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = postoffice_config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let shared = Arc::new(Shared::new(config, None).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = tcp.local_addr().unwrap();
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        let fut = serve_connection(shared, tcp, peer, false, shutdown);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("serve_connection future: {size} bytes");
+        assert!(
+            size <= 2048,
+            "an idle POP3 session's future is {size} bytes"
+        );
     }
 }
