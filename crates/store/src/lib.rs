@@ -22,6 +22,7 @@ mod error;
 mod index;
 mod maildir;
 mod name;
+mod uid;
 
 #[cfg(test)]
 mod tests;
@@ -31,11 +32,14 @@ use std::time::SystemTime;
 
 pub use error::StoreError;
 pub use maildir::Maildir;
+pub use uid::Uid;
 
 /// What a session knows about one message without opening it.
 ///
-/// Kept small (no path, no flags) because a snapshot holds one per message
-/// for the whole session, and maildrops can have 100,000 messages.
+/// Kept small (no path, no flags, no allocation of its own: the UID points
+/// into a buffer shared by the whole snapshot) because a snapshot holds one
+/// per message for the whole session, and maildrops can have 100,000
+/// messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageInfo {
     /// Size in octets with CRLF line ends: what POP3 `LIST`/`STAT` report
@@ -43,7 +47,7 @@ pub struct MessageInfo {
     pub size: u64,
     /// POP3 unique ID (`UIDL`): 1 to 70 printable ASCII characters, stable
     /// for the life of the message and never reused.
-    pub uid: String,
+    pub uid: Uid,
     /// When the message was delivered; drives ordering and retention.
     pub received: SystemTime,
 }

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use crate::crlf::{CHUNK, CrlfConverter, CrlfReader, crlf_len};
 use crate::index;
 use crate::name::{self, MailboxName};
+use crate::uid::{Arena, Frozen, Span};
 use crate::{
     CommitReport, Delivered, ExpireReport, MailStore, Maildrop, MessageInfo, StoreError, Usage,
 };
@@ -227,6 +229,7 @@ impl Maildir {
             dir,
             messages: listing.messages,
             locations: listing.locations,
+            names: listing.names,
             index: Mutex::new(listing.index),
         })
     }
@@ -319,29 +322,70 @@ impl Sub {
 }
 
 /// Where a listed message's file was when the snapshot was taken.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Location {
     sub: Sub,
-    name: Box<str>,
+    /// The file name, in the snapshot's [`Frozen`] name buffer.
+    name: Span,
 }
 
-/// A directory entry that looks like a message, before sizing.
+/// A directory entry that looks like a message, before sizing. Its strings
+/// live in the listing's [`Arena`]; the record itself stays small and
+/// self-contained, so sorting 100,000 of them rarely leaves it.
 struct Found {
-    sub: Sub,
-    name: String,
-    /// Length of the sort key (the name without flags), computed once so
-    /// sorting 100,000 names does not re-scan them on every comparison.
-    key_len: usize,
     received: SystemTime,
-    uid: String,
+    /// From a `,W=` field in the name.
+    w_size: Option<u64>,
+    name: Span,
+    /// The name's sort key (without flags): a prefix of `name`.
+    key: Span,
+    /// Normally also a prefix of `name`; a hash stored separately if the
+    /// name's base is not a valid UID.
+    uid: Span,
+    sub: Sub,
+}
+
+/// The entries of new/ and cur/, with their names in one buffer.
+#[derive(Default)]
+struct Scan {
+    arena: Arena,
+    found: Vec<Found>,
 }
 
 /// The result of listing a maildir.
 struct Listing {
     messages: Vec<MessageInfo>,
     locations: Vec<Location>,
+    /// The file names `locations` point into (the messages' UIDs have a
+    /// buffer of their own).
+    names: Frozen,
     /// Sizes of the listed foreign messages (what the index should contain).
     index: HashMap<String, u64>,
+}
+
+/// A fast, unkeyed hasher (FxHash) for de-duplicating UIDs: they are file
+/// names chosen by delivery agents, not by remote parties, so there is no
+/// flooding to defend against, and SipHash was a visible cost.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.write_u64(u64::from(b));
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Lists new/ and cur/ of the maildir at `dir`.
@@ -352,14 +396,20 @@ struct Listing {
 /// decides whether an updated size cache is written back, which is only safe
 /// while holding the lock.
 fn list(dir: &Path, persist_index: bool) -> Result<Listing, StoreError> {
-    let mut found = Vec::new();
+    let mut scan = Scan::default();
     for sub in Sub::ALL {
-        read_sub(dir, sub, &mut found)?;
+        read_sub(dir, sub, &mut scan)?;
     }
+    let Scan { arena, mut found } = scan;
     // Oldest first; ties broken by name (without flags, so the order does
-    // not depend on what a mail client did to the flags).
+    // not depend on what a mail client did to the flags). The names are
+    // only looked at for ties, which are rare: comparing them eagerly made
+    // every comparison chase two pointers.
     found.sort_unstable_by(|a, b| {
-        (a.received, &a.name[..a.key_len], a.sub).cmp(&(b.received, &b.name[..b.key_len], b.sub))
+        a.received
+            .cmp(&b.received)
+            .then_with(|| arena.get(a.key).cmp(arena.get(b.key)))
+            .then(a.sub.cmp(&b.sub))
     });
     // The same message seen in both new/ and cur/ (moved during listing)
     // must be listed once: duplicate UIDs would break POP3 clients.
@@ -368,31 +418,39 @@ fn list(dir: &Path, persist_index: bool) -> Result<Listing, StoreError> {
         .first()
         .is_some_and(|first| found.iter().any(|f| f.sub != first.sub))
     {
-        let keep: Vec<bool> = {
-            let mut seen = HashSet::with_capacity(found.len());
-            found.iter().map(|f| seen.insert(f.uid.as_str())).collect()
-        };
-        let mut keep = keep.into_iter();
-        found.retain(|_| keep.next().unwrap_or(true));
+        let mut seen: HashSet<&str, BuildHasherDefault<FxHasher>> =
+            HashSet::with_capacity_and_hasher(found.len(), Default::default());
+        found.retain(|f| seen.insert(arena.get(f.uid)));
     }
 
+    // The UIDs again, in listing order: UIDL then reads one buffer front to
+    // back instead of jumping around the names (in directory-hash order),
+    // which cost a cache miss per message.
+    let mut uids = Arena::with_capacity(found.iter().map(|f| f.uid.len()).sum());
+    for f in &mut found {
+        f.uid = uids
+            .push(arena.get(f.uid))
+            .ok_or_else(|| too_many_names(dir))?;
+    }
+    let uids = uids.freeze();
+    let names = arena.freeze();
     let old = index::load(dir);
     let mut fresh = HashMap::new();
     let mut changed = !old.clean;
     let mut messages = Vec::with_capacity(found.len());
     let mut locations = Vec::with_capacity(found.len());
     for f in found {
-        let size = match name::w_size(&f.name) {
+        let size = match f.w_size {
             Some(size) => size,
             None => {
-                let key = name::key_of(&f.name);
+                let key = names.get(f.key);
                 match old.sizes.get(key) {
                     Some(&size) => {
                         fresh.insert(key.to_owned(), size);
                         size
                     }
                     None => {
-                        let path = dir.join(f.sub.dir()).join(&f.name);
+                        let path = dir.join(f.sub.dir()).join(names.get(f.name));
                         match File::open(&path).and_then(crlf_len) {
                             Ok(size) => {
                                 fresh.insert(key.to_owned(), size);
@@ -414,12 +472,12 @@ fn list(dir: &Path, persist_index: bool) -> Result<Listing, StoreError> {
         };
         messages.push(MessageInfo {
             size,
-            uid: f.uid,
+            uid: uids.uid(f.uid),
             received: f.received,
         });
         locations.push(Location {
             sub: f.sub,
-            name: f.name.into_boxed_str(),
+            name: f.name,
         });
     }
     // Entries only ever get dropped or added, so equal counts and no
@@ -433,18 +491,20 @@ fn list(dir: &Path, persist_index: bool) -> Result<Listing, StoreError> {
     Ok(Listing {
         messages,
         locations,
+        names,
         index: fresh,
     })
 }
 
-/// Appends the message-like entries of `dir/<sub>` to `out`.
-fn read_sub(dir: &Path, sub: Sub, out: &mut Vec<Found>) -> Result<(), StoreError> {
+/// Appends the message-like entries of `dir/<sub>` to `scan`.
+fn read_sub(dir: &Path, sub: Sub, scan: &mut Scan) -> Result<(), StoreError> {
     let path = dir.join(sub.dir());
     let entries = match fs::read_dir(&path) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::io(format!("listing {}", path.display()))(e)),
     };
+    let too_many = || too_many_names(&path);
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::Io {
             context: format!("listing {}", path.display()),
@@ -470,7 +530,8 @@ fn read_sub(dir: &Path, sub: Sub, out: &mut Vec<Found>) -> Result<(), StoreError
                 });
             }
         }
-        let received = match name::received_of(&name) {
+        let info = name::parse(&name);
+        let received = match info.received {
             Some(t) => t,
             None => match entry.metadata().and_then(|m| m.modified()) {
                 Ok(t) => t,
@@ -483,30 +544,46 @@ fn read_sub(dir: &Path, sub: Sub, out: &mut Vec<Found>) -> Result<(), StoreError
                 }
             },
         };
-        let uid = name::uid_of(&name);
-        let key_len = name::key_of(&name).len();
-        out.push(Found {
-            sub,
-            name,
-            key_len,
+        let span = scan.arena.push(&name).ok_or_else(too_many)?;
+        let uid = match info.uid_len {
+            Some(len) => span.prefix(len),
+            None => scan.arena.push(&name::uid_of(&name)).ok_or_else(too_many)?,
+        };
+        scan.found.push(Found {
             received,
+            w_size: info.w_size,
+            name: span,
+            key: span.prefix(info.key_len),
             uid,
+            sub,
         });
     }
     Ok(())
+}
+
+/// The (theoretical) failure of an [`Arena`] outgrowing its 32-bit offsets.
+fn too_many_names(dir: &Path) -> StoreError {
+    StoreError::Io {
+        context: format!("listing {}", dir.display()),
+        source: io::Error::other("the file names of one maildrop exceed 4 GiB"),
+    }
 }
 
 /// Finds the current file of every message in the maildir, by UID. Used when
 /// a file is not where the snapshot saw it because another agent moved it
 /// (new/ → cur/) or changed its flags (new `:2,` suffix).
 fn locate_all(dir: &Path) -> Result<HashMap<String, PathBuf>, StoreError> {
-    let mut found = Vec::new();
+    let mut scan = Scan::default();
     for sub in Sub::ALL {
-        read_sub(dir, sub, &mut found)?;
+        read_sub(dir, sub, &mut scan)?;
     }
+    let Scan { arena, found } = scan;
     Ok(found
         .into_iter()
-        .map(|f| (f.uid, dir.join(f.sub.dir()).join(f.name)))
+        .map(|f| {
+            let path = dir.join(f.sub.dir()).join(arena.get(f.name));
+            (arena.get(f.uid).to_owned(), path)
+        })
         .collect())
 }
 
@@ -821,6 +898,8 @@ struct MaildirDrop {
     messages: Vec<MessageInfo>,
     /// Parallel to `messages`.
     locations: Vec<Location>,
+    /// The file names `locations` point into.
+    names: Frozen,
     /// The size cache as of the snapshot, kept so deletions can prune it.
     index: Mutex<HashMap<String, u64>>,
 }
@@ -837,7 +916,7 @@ impl fmt::Debug for MaildirDrop {
 impl MaildirDrop {
     fn path_of(&self, index: usize) -> Option<PathBuf> {
         let loc = self.locations.get(index)?;
-        Some(self.dir.join(loc.sub.dir()).join(&*loc.name))
+        Some(self.dir.join(loc.sub.dir()).join(self.names.get(loc.name)))
     }
 
     /// Deletes the given messages and returns the indices whose files this
@@ -873,7 +952,7 @@ impl MaildirDrop {
                             }
                         }
                     }
-                    match relocated.as_ref().and_then(|m| m.get(&info.uid)) {
+                    match relocated.as_ref().and_then(|m| m.get(info.uid.as_str())) {
                         Some(moved) => fs::remove_file(moved).map(|()| true),
                         None => Ok(false),
                     }
@@ -919,7 +998,9 @@ impl MaildirDrop {
         let mut changed = false;
         for &i in removed {
             if let Some(loc) = self.locations.get(i) {
-                changed |= index.remove(name::key_of(&loc.name)).is_some();
+                changed |= index
+                    .remove(name::key_of(self.names.get(loc.name)))
+                    .is_some();
             }
         }
         if changed {
@@ -939,13 +1020,13 @@ impl Maildrop for MaildirDrop {
         };
         let vanished = || StoreError::Vanished {
             index,
-            uid: info.uid.clone(),
+            uid: info.uid.to_string(),
         };
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let moved = locate_all(&self.dir)?
-                    .remove(&info.uid)
+                    .remove(info.uid.as_str())
                     .ok_or_else(vanished)?;
                 match File::open(&moved) {
                     Ok(file) => file,

@@ -186,7 +186,7 @@ fn uid_is_stable_across_reopen_and_moves() {
     let first: Vec<String> = open(&store)
         .messages()
         .iter()
-        .map(|m| m.uid.clone())
+        .map(|m| m.uid.to_string())
         .collect();
     let mut expected = vec![d1.uid.clone(), d2.uid.clone()];
     expected.sort();
@@ -207,7 +207,7 @@ fn uid_is_stable_across_reopen_and_moves() {
     .unwrap();
 
     let md = open(&store);
-    let again: Vec<String> = md.messages().iter().map(|m| m.uid.clone()).collect();
+    let again: Vec<String> = md.messages().iter().map(|m| m.uid.to_string()).collect();
     assert_eq!(again, first, "same UIDs in the same order");
     let i = again.iter().position(|u| *u == d1.uid).unwrap();
     assert_eq!(md.messages()[i].size, d1.size);
@@ -263,7 +263,7 @@ fn uids_are_unique() {
     });
     let md = open(&store);
     assert_eq!(md.messages().len(), 400);
-    let listed: HashSet<String> = md.messages().iter().map(|m| m.uid.clone()).collect();
+    let listed: HashSet<String> = md.messages().iter().map(|m| m.uid.to_string()).collect();
     assert_eq!(listed, uids);
 }
 
@@ -319,7 +319,7 @@ fn commit_deletes_durably() {
     let b = deliver(&store, b"bb\n");
     let c = deliver(&store, b"ccc\n");
     let md = open(&store);
-    let uids: Vec<String> = md.messages().iter().map(|m| m.uid.clone()).collect();
+    let uids: Vec<String> = md.messages().iter().map(|m| m.uid.to_string()).collect();
     let keep = uids[1].clone();
 
     // An out-of-range index fails the whole commit before deleting anything.
@@ -355,7 +355,7 @@ fn vanished_files_are_tolerated() {
     let victim = md.messages()[0].uid.clone();
     let name = files_in(&dir.join("new"))
         .into_iter()
-        .find(|n| n.starts_with(&victim))
+        .find(|n| n.starts_with(victim.as_str()))
         .unwrap();
     fs::remove_file(dir.join("new").join(name)).unwrap();
 
@@ -767,4 +767,81 @@ fn discard_takes_back_a_delivery() {
     drop(md);
     // Discarding something already gone is fine.
     store.discard(BOX, &gone).unwrap();
+}
+
+/// The listing against a straightforward model of its rules: oldest first,
+/// ties by the name without flags, then new/ before cur/; UIDs by
+/// `uid_of` (hashed for bases that are too long or not ASCII); a message
+/// in both new/ and cur/ listed once; every listed message readable.
+#[test]
+fn listing_matches_a_model_of_its_rules() {
+    use crate::name::{key_of, uid_of};
+
+    let (_tmp, store) = store();
+    // (sub rank, name, body)
+    let mut files: Vec<(u8, String, String)> = Vec::new();
+    for i in 0..300usize {
+        // Few distinct seconds: many ties for the name to break.
+        let secs = 1_600_000_000 + i % 7;
+        let base = match i % 5 {
+            0 => format!("{secs}.M{i}P1.h"),
+            1 => format!("{secs}.{i}{}", "x".repeat(55 + i % 20)),
+            2 => format!("{secs}.caf\u{e9}{i}"),
+            3 => format!("{secs}.z{i}"),
+            _ => format!("{secs}.a{i}"),
+        };
+        let body = format!("message {i}\r\n");
+        let n = body.len();
+        let name = match i % 4 {
+            0 => format!("{base},S={n},W={n}"),
+            1 => format!("{base},S={n},W={n}:2,S"),
+            2 => format!("{base}:2,"),
+            _ => base,
+        };
+        files.push((u8::from(i % 3 != 0), name, body));
+    }
+    // Seen in both directories (moved while listing): listed once, from
+    // new/ (the contents differ only to tell which file was kept).
+    files.push((0, "1600000003.dup,W=6".into(), "new/\r\n".into()));
+    files.push((1, "1600000003.dup,W=6:2,S".into(), "cur/\r\n".into()));
+    files.push((
+        1,
+        format!("1600000004.{}:2,", "y".repeat(80)),
+        "cur/\r\n".into(),
+    ));
+    files.push((
+        0,
+        format!("1600000004.{}", "y".repeat(80)),
+        "new/\r\n".into(),
+    ));
+    for (sub, name, body) in &files {
+        put(
+            &store,
+            ["new", "cur"][usize::from(*sub)],
+            name,
+            body.as_bytes(),
+        );
+    }
+
+    let mut model: Vec<&(u8, String, String)> = files.iter().collect();
+    model.sort_by(|a, b| {
+        let secs = |n: &str| n.split_once('.').unwrap().0.parse::<u64>().unwrap();
+        (secs(&a.1), key_of(&a.1), a.0).cmp(&(secs(&b.1), key_of(&b.1), b.0))
+    });
+    let mut seen = HashSet::new();
+    model.retain(|f| seen.insert(uid_of(&f.1)));
+    assert_eq!(model.len(), files.len() - 2);
+
+    let md = open(&store);
+    let listed = md.messages();
+    assert_eq!(listed.len(), model.len());
+    for (i, (m, (_, name, body))) in listed.iter().zip(&model).enumerate() {
+        assert_eq!(m.uid, uid_of(name), "UID of message {i} ({name})");
+        assert_eq!(m.size, body.len() as u64, "size of {name}");
+        let secs = name.split_once('.').unwrap().0.parse().unwrap();
+        assert_eq!(m.received, UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(read_all(&*md, i), body.as_bytes(), "content of {name}");
+    }
+    let hashed = listed.iter().filter(|m| m.uid.len() == 32).count();
+    assert!(hashed > 100, "the long and non-ASCII names ({hashed})");
 }
