@@ -364,36 +364,7 @@ fn init_logging(config: &Config) {
         .init();
 }
 
-/// Two glibc malloc settings that keep a server small, applied by
-/// re-executing `serve` once (glibc reads them only at process start; set
-/// either variable yourself to choose other values):
-/// - MALLOC_ARENA_MAX=2: glibc gives threads their own arenas (up to 8 per
-///   core) and keeps what is freed in each; after a burst of load an idle
-///   server stayed at its peak (345 MiB vs 35 MiB, BENCHMARKS.md).
-/// - MALLOC_MMAP_THRESHOLD_=1 MiB: large blocks (argon2id's 19 MiB per
-///   password check) are mapped and unmapped each time instead of being
-///   kept in the heap, where 30 failed logins left 500 MB behind.
-fn tune_malloc() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some()
-        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-    {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("MALLOC_ARENA_MAX", "2")
-        .env("MALLOC_MMAP_THRESHOLD_", "1048576")
-        .exec();
-    // Only reached if exec failed: carry on with the defaults.
-    eprintln!("postoffice: could not re-execute with tuned malloc settings ({err}); continuing");
-}
-
 fn serve(config: Config) -> Result<ExitCode> {
-    tune_malloc();
     init_logging(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
