@@ -29,7 +29,7 @@ use crate::state::{LoginError, Shared};
 const READ_BUF: usize = 4096;
 /// Messages up to this size are read in one go; larger ones stream in
 /// chunks of this size, so a large RETR costs at most ~2x this in memory.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 /// Flush the reply buffer once it grows past this (long LIST/UIDL).
 const FLUSH_AT: usize = 64 * 1024;
 /// RETR chunks at least this big that need no dot-stuffing are written to
