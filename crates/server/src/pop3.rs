@@ -158,7 +158,7 @@ pub async fn serve_connection(
         session: ServerSession::new(cfg),
         shared,
         peer,
-        out: Vec::with_capacity(512),
+        out: Vec::new(),
         maildrop: None,
         bytes_in: 0,
         bytes_out: 0,
