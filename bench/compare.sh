@@ -97,7 +97,8 @@ P_CONF=$WORK/postoffice.toml
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 want() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
-# install_postfix, setup_postfix, start_postfix, stop_postfix (PF_PID), ...
+# install_postfix, setup_postfix, start_postfix, stop_postfix (PF_PID), ...,
+# and wait_port, which every server start below uses.
 # shellcheck source=bench/postfix.sh
 source "$ROOT/bench/postfix.sh"
 
@@ -367,15 +368,7 @@ dovecot -c "$DCONF_DIR/dovecot.conf" -n >"$RESULTS/dovecot-n.conf" 2>"$RESULTS/d
     { cat "$RESULTS/dovecot-n.err" >&2; die "dovecot rejected its config"; }
 
 # ------------------------------------------------------------ servers
-wait_port() {
-    local port=$1 pid=$2
-    for _ in $(seq 300); do
-        ss -Htln "sport = :$port" | grep -q . && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
+# wait_port PORT PID is defined in bench/postfix.sh (sourced above).
 start_dovecot() {
     dovecot -c "$DCONF_DIR/dovecot.conf" || die "dovecot did not start (see $DCONF_DIR/dovecot.log)"
     for _ in $(seq 100); do [[ -s $DCONF_DIR/run/master.pid ]] && break; sleep 0.1; done

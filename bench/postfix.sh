@@ -19,7 +19,9 @@ PF_PID='' PF_DIR='' PF_PORT=''
 : "${MAIL_UID:=5000}"
 command -v log >/dev/null || log() { echo "[$(date +%T)] $*" >&2; }
 command -v die >/dev/null || die() { log "ERROR: $*"; exit 1; }
-command -v wait_port >/dev/null || wait_port() { # port pid (as in compare.sh)
+# wait_port PORT PID: until PORT listens on loopback (bounded, 30 s), or 1
+# if PID died first. compare.sh uses it for every server it starts.
+wait_port() {
     local port=$1 pid=$2
     for _ in $(seq 300); do
         ss -Htln "sport = :$port" | grep -q . && return 0

@@ -146,6 +146,36 @@ impl Errors {
     }
 }
 
+/// Print the latency percentiles line: `  LABEL: p50 .. p90 .. p99 .. max ..`.
+pub fn print_latency(label: &str, s: &Summary) {
+    println!(
+        "  {label}: p50 {} p90 {} p99 {} max {}",
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max)
+    );
+}
+
+/// Print the generator's CPU use over `secs` of wall time and, if the
+/// servers were measured, theirs with the cost per `unit` (`count` units).
+pub fn print_cpu(cpu: Duration, secs: f64, server: Option<(Duration, usize, &str)>) {
+    let extra = match server {
+        None => String::new(),
+        Some((srv, count, unit)) => format!(
+            ", server CPU {:.2} s ({:.0}% of one core, {:.3} ms/{unit})",
+            srv.as_secs_f64(),
+            srv.as_secs_f64() / secs * 100.0,
+            srv.as_secs_f64() * 1e3 / count.max(1) as f64
+        ),
+    };
+    println!(
+        "  generator CPU {:.2} s ({:.0}% of one core){extra}",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() / secs * 100.0
+    );
+}
+
 /// Builder of the `RESULT` line.
 pub struct ResultLine {
     line: String,
@@ -167,6 +197,31 @@ impl ResultLine {
     /// A float with a fixed number of decimals.
     pub fn f(&mut self, key: &str, value: f64, decimals: usize) -> &mut Self {
         let _ = write!(self.line, " {key}={value:.decimals$}");
+        self
+    }
+
+    /// `p50_ms p90_ms p99_ms max_ms`.
+    pub fn latency(&mut self, s: &Summary) -> &mut Self {
+        self.kv("p50_ms", ms(s.p50))
+            .kv("p90_ms", ms(s.p90))
+            .kv("p99_ms", ms(s.p99))
+            .kv("max_ms", ms(s.max))
+    }
+
+    /// `gen_cpu_s gen_cpu_pct [server_cpu_s server_cpu_pct]` over `secs`.
+    pub fn cpu(&mut self, cpu: Duration, secs: f64, server: Option<Duration>) -> &mut Self {
+        self.f("gen_cpu_s", cpu.as_secs_f64(), 3).f(
+            "gen_cpu_pct",
+            cpu.as_secs_f64() / secs * 100.0,
+            1,
+        );
+        if let Some(srv) = server {
+            self.f("server_cpu_s", srv.as_secs_f64(), 3).f(
+                "server_cpu_pct",
+                srv.as_secs_f64() / secs * 100.0,
+                1,
+            );
+        }
         self
     }
 

@@ -139,28 +139,9 @@ pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
             String::new()
         }
     );
-    println!(
-        "  session latency ms: p50 {} p90 {} p99 {} max {}",
-        crate::report::ms(s.p50),
-        crate::report::ms(s.p90),
-        crate::report::ms(s.p99),
-        crate::report::ms(s.max)
-    );
-    println!(
-        "  generator CPU {:.2} s ({:.0}% of one core){}",
-        cpu.as_secs_f64(),
-        cpu.as_secs_f64() / secs * 100.0,
-        if opts.servers.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", server CPU {:.2} s ({:.0}% of one core, {:.3} ms/session)",
-                srv_cpu.as_secs_f64(),
-                srv_cpu.as_secs_f64() / secs * 100.0,
-                srv_cpu.as_secs_f64() * 1e3 / ok.max(1) as f64
-            )
-        }
-    );
+    crate::report::print_latency("session latency ms", &s);
+    let server = (!opts.servers.is_empty()).then_some(srv_cpu);
+    crate::report::print_cpu(cpu, secs, server.map(|d| (d, ok, "session")));
     let mut r = ResultLine::new("sessions");
     r.kv("sessions", opts.sessions)
         .kv("ok", ok)
@@ -172,19 +153,8 @@ pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
         .kv("messages", messages)
         .kv("octets", octets)
         .kv("hashes_checked", hashed)
-        .kv("p50_ms", crate::report::ms(s.p50))
-        .kv("p90_ms", crate::report::ms(s.p90))
-        .kv("p99_ms", crate::report::ms(s.p99))
-        .kv("max_ms", crate::report::ms(s.max))
-        .f("gen_cpu_s", cpu.as_secs_f64(), 3)
-        .f("gen_cpu_pct", cpu.as_secs_f64() / secs * 100.0, 1);
-    if !opts.servers.is_empty() {
-        r.f("server_cpu_s", srv_cpu.as_secs_f64(), 3).f(
-            "server_cpu_pct",
-            srv_cpu.as_secs_f64() / secs * 100.0,
-            1,
-        );
-    }
+        .latency(&s)
+        .cpu(cpu, secs, server);
     errors.report(&mut r);
     r.print();
     Ok(errors.total() == 0 && ok == opts.sessions)

@@ -127,28 +127,9 @@ pub async fn run(opts: Options, rcpts: Vec<String>) -> anyhow::Result<bool> {
         None if opts.wait_new.is_some() => println!("  end to end: {undelivered} never arrived"),
         None => {}
     }
-    println!(
-        "  transaction latency ms (MAIL to 250 after DATA): p50 {} p90 {} p99 {} max {}",
-        crate::report::ms(s.p50),
-        crate::report::ms(s.p90),
-        crate::report::ms(s.p99),
-        crate::report::ms(s.max)
-    );
-    println!(
-        "  generator CPU {:.2} s ({:.0}% of one core){}",
-        cpu.as_secs_f64(),
-        cpu.as_secs_f64() / secs * 100.0,
-        if opts.servers.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", server CPU {:.2} s ({:.0}% of one core, {:.3} ms/message)",
-                srv_cpu.as_secs_f64(),
-                srv_cpu.as_secs_f64() / secs * 100.0,
-                srv_cpu.as_secs_f64() * 1e3 / accepted.max(1) as f64
-            )
-        }
-    );
+    crate::report::print_latency("transaction latency ms (MAIL to 250 after DATA)", &s);
+    let server = (!opts.servers.is_empty()).then_some(srv_cpu);
+    crate::report::print_cpu(cpu, secs, server.map(|d| (d, accepted, "message")));
     let mut r = ResultLine::new("smtp");
     r.kv("messages", opts.messages)
         .kv("accepted", accepted)
@@ -163,19 +144,7 @@ pub async fn run(opts: Options, rcpts: Vec<String>) -> anyhow::Result<bool> {
             2,
         );
     }
-    r.kv("p50_ms", crate::report::ms(s.p50))
-        .kv("p90_ms", crate::report::ms(s.p90))
-        .kv("p99_ms", crate::report::ms(s.p99))
-        .kv("max_ms", crate::report::ms(s.max))
-        .f("gen_cpu_s", cpu.as_secs_f64(), 3)
-        .f("gen_cpu_pct", cpu.as_secs_f64() / secs * 100.0, 1);
-    if !opts.servers.is_empty() {
-        r.f("server_cpu_s", srv_cpu.as_secs_f64(), 3).f(
-            "server_cpu_pct",
-            srv_cpu.as_secs_f64() / secs * 100.0,
-            1,
-        );
-    }
+    r.latency(&s).cpu(cpu, secs, server);
     errors.report(&mut r);
     r.print();
     Ok(errors.total() == 0 && accepted == opts.messages)
