@@ -345,6 +345,29 @@ fn unique_name() -> String {
     )
 }
 
+/// `Write` for a delivery that streams into `self.writer` until it is
+/// committed or rolled back (then `None`: writing is an error).
+macro_rules! write_through_writer {
+    ($($t:ty),+) => {$(
+        impl Write for $t {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                match &mut self.writer {
+                    Some(w) => w.write(buf),
+                    None => Err(io::Error::other("delivery already finished")),
+                }
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                match &mut self.writer {
+                    Some(w) => w.flush(),
+                    None => Ok(()),
+                }
+            }
+        }
+    )+};
+}
+
+write_through_writer!(MaildirDelivery, MboxDelivery, CommandDelivery);
+
 /// Delivery into a Maildir: written to `tmp/`, fsynced, renamed into
 /// `new/`, and `new/` fsynced.
 pub struct MaildirDelivery {
@@ -383,21 +406,6 @@ impl MaildirDelivery {
             new: root.join("new").join(&name),
             new_dir: root.join("new"),
         })
-    }
-}
-
-impl Write for MaildirDelivery {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.writer {
-            Some(w) => w.write(buf),
-            None => Err(io::Error::other("delivery already finished")),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.writer {
-            Some(w) => w.flush(),
-            None => Ok(()),
-        }
     }
 }
 
@@ -579,21 +587,6 @@ impl MboxDelivery {
     }
 }
 
-impl Write for MboxDelivery {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.writer {
-            Some(w) => w.write(buf),
-            None => Err(io::Error::other("delivery already finished")),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.writer {
-            Some(w) => w.flush(),
-            None => Ok(()),
-        }
-    }
-}
-
 impl MboxDelivery {
     fn finish_and_sync(&mut self) -> io::Result<()> {
         let w = self
@@ -688,21 +681,6 @@ impl AsFdClone for io::Stderr {
     fn as_fd_clone(&self) -> Option<std::os::fd::OwnedFd> {
         use std::os::fd::AsFd;
         self.as_fd().try_clone_to_owned().ok()
-    }
-}
-
-impl Write for CommandDelivery {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.writer {
-            Some(w) => w.write(buf),
-            None => Err(io::Error::other("delivery already finished")),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.writer {
-            Some(w) => w.flush(),
-            None => Ok(()),
-        }
     }
 }
 
