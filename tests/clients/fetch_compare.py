@@ -25,30 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
+
+from harness import FAILED, PASSED, check, free_port
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
-PASSED, FAILED = [], []
 MAIL_USER = "pofetch"
-
-
-def check(name):
-    def wrap(fn):
-        try:
-            fn()
-            PASSED.append(name)
-            print(f"ok   {name}", flush=True)
-        except Exception:  # noqa: BLE001
-            FAILED.append(name)
-            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
-        return fn
-    return wrap
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, seconds=60):

@@ -31,32 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
+
+from harness import FAILED, PASSED, check, find, free_port
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
-PASSED, FAILED = [], []
 EICAR = (r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*").encode()
 MARKER = b"POSTOFFICE-QUARANTINE-MARKER-7f3a"
 CHILDREN = []
-
-
-def check(name):
-    def wrap(fn):
-        try:
-            fn()
-            PASSED.append(name)
-            print(f"ok   {name}", flush=True)
-        except Exception:  # noqa: BLE001
-            FAILED.append(name)
-            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
-        return fn
-    return wrap
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait(what, predicate, seconds=60):
@@ -66,17 +47,6 @@ def wait(what, predicate, seconds=60):
             return
         time.sleep(0.1)
     raise SystemExit(f"{what} did not come up within {seconds} s")
-
-
-def find(binary):
-    for d in ("/usr/sbin", "/usr/bin", "/sbin"):
-        p = os.path.join(d, binary)
-        if os.path.exists(p):
-            return p
-    p = shutil.which(binary)
-    if not p:
-        raise SystemExit(f"{binary} is not installed (Debian: dnsmasq, clamav-daemon, swaks)")
-    return p
 
 
 def start_dns(work):

@@ -24,24 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
+
+from harness import FAILED, PASSED, check
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
-PASSED = []
-FAILED = []
-
-
-def check(name):
-    def wrap(fn):
-        try:
-            fn()
-            PASSED.append(name)
-            print(f"ok   {name}", flush=True)
-        except Exception:  # noqa: BLE001 - report every failure and go on
-            FAILED.append(name)
-            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
-        return fn
-    return wrap
 
 
 def crlf(data: bytes) -> bytes:

@@ -22,48 +22,16 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
+
+from harness import FAILED, PASSED, check, find, free_port
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
-PASSED, FAILED = [], []
 CHILDREN = []
-
-
-def check(name):
-    def wrap(fn):
-        try:
-            fn()
-            PASSED.append(name)
-            print(f"ok   {name}", flush=True)
-        except Exception:  # noqa: BLE001
-            FAILED.append(name)
-            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
-        return fn
-    return wrap
-
-
-def free_port(*hosts):
-    """A port free on every given loopback address."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for h in hosts[1:]:
-            with socket.socket() as t:
-                try:
-                    t.bind((h, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise SystemExit("no common free port")
 
 
 def wait_until(what, predicate, seconds=90):
@@ -74,14 +42,6 @@ def wait_until(what, predicate, seconds=90):
             return r
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def find(binary):
-    for d in ("/usr/sbin", "/usr/bin", "/sbin"):
-        p = os.path.join(d, binary)
-        if os.path.exists(p):
-            return p
-    raise SystemExit(f"{binary} not installed")
 
 
 def txt(name, text):
