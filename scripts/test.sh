@@ -58,7 +58,7 @@ stage "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnin
 stage "cargo test" cargo test --workspace --quiet
 
 if [[ "${1:-}" != "--quick" && $CLIENTS == 1 ]]; then
-    cargo build --quiet --bin postoffice --bin postoffice-bench
+    cargo build --quiet -p postoffice -p postoffice-bench
     stage "real clients: curl, poplib, fetchmail" \
         python3 tests/clients/run_clients.py target/debug/postoffice
     stage "receiving pipeline: swaks, smtplib, dnsmasq, clamd" \

@@ -67,9 +67,9 @@ mod header;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use mail_auth::MessageAuthenticator;
 use postoffice_config::{Dns, FailMode, Filter, StageMode, cidr_contains, parse_cidr};
+use postoffice_smtp::{Reply, codes, status};
 use thiserror::Error;
 use tokio::task::JoinSet;
 
@@ -105,18 +105,21 @@ pub enum ConnectVerdict {
     /// `dnsbl_error:<zone>` (the zone could not be asked; treated as not
     /// listed). Pass them to [`MessageContext::connect_tags`].
     Accept { tags: Vec<String> },
-    /// Refuse the connection: send `reply` (a complete `554 5.7.1 ...` line
-    /// without CRLF) and close.
-    Reject { reply: String },
+    /// Refuse the connection: send `reply` (a `554 5.7.1`) and close.
+    Reject {
+        /// The reply to send instead of the greeting.
+        reply: Reply,
+    },
 }
 
 /// The verdict at MAIL FROM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderVerdict {
     Accept,
-    /// `reply` is a complete `550 5.7.1 ...` line without CRLF.
+    /// Refuse the sender with `reply` (a `550 5.7.1`).
     Reject {
-        reply: String,
+        /// The reply to MAIL FROM.
+        reply: Reply,
     },
 }
 
@@ -124,13 +127,15 @@ pub enum SenderVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageAction {
     Accept,
-    /// Refuse it permanently with `reply` (a complete 5xx line without CRLF).
+    /// Refuse it permanently with `reply` (a 5xx).
     Reject {
-        reply: String,
+        /// The reply to the end of DATA.
+        reply: Reply,
     },
-    /// Refuse it temporarily with `reply` (a complete 4xx line without CRLF).
+    /// Refuse it temporarily with `reply` (a 4xx).
     TempFail {
-        reply: String,
+        /// The reply to the end of DATA.
+        reply: Reply,
     },
     /// Accept it into the recipients' quarantine folders.
     Quarantine {
@@ -255,47 +260,6 @@ pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Builds the hickory resolver configuration from `[dns]`: each name server
-/// over UDP and TCP on its port, or /etc/resolv.conf when none is given.
-fn resolver_config(dns: &Dns) -> Result<(ResolverConfig, ResolverOpts), FilterError> {
-    let (config, mut opts) = if dns.nameservers.is_empty() {
-        hickory_resolver::system_conf::read_system_conf().map_err(|e| {
-            FilterError::Dns(format!(
-                "dns.nameservers is empty and /etc/resolv.conf cannot be used ({e}); \
-                 set dns.nameservers = [\"address:port\", ...]"
-            ))
-        })?
-    } else {
-        let servers = dns
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                for connection in &mut server.connections {
-                    connection.port = addr.port();
-                }
-                server
-            })
-            .collect();
-        (
-            ResolverConfig::from_name_servers(servers),
-            ResolverOpts::default(),
-        )
-    };
-    if config.name_servers().is_empty() {
-        return Err(FilterError::Dns(
-            "no name servers: set dns.nameservers or add one to /etc/resolv.conf".into(),
-        ));
-    }
-    opts.timeout = Duration::from_secs(dns.timeout_secs.max(1));
-    opts.attempts = 2;
-    // Small: answers are short-lived (DNSBL TTLs), and tests that swap DNS
-    // data between runs build a new Filters anyway.
-    opts.cache_size = 256;
-    opts.use_hosts_file = ResolveHosts::Never;
-    Ok((config, opts))
-}
-
 impl Filters {
     /// Checks and compiles the configuration. DNS is set up only when a
     /// stage needs it (DNSBL with zones, SPF, DKIM or DMARC not `off`).
@@ -355,7 +319,10 @@ impl Filters {
             || filter.dkim != StageMode::Off
             || filter.dmarc != StageMode::Off;
         let authenticator = if needs_dns {
-            let (config, opts) = resolver_config(dns)?;
+            // A small cache: answers are short-lived (DNSBL TTLs), and tests
+            // that swap DNS data between runs build a new Filters anyway.
+            let (config, opts) = postoffice_common::resolver::config(dns, 256)
+                .map_err(|e| FilterError::Dns(e.to_string()))?;
             Some(
                 MessageAuthenticator::new(config, opts)
                     .map_err(|e| FilterError::Dns(e.to_string()))?,
@@ -415,8 +382,10 @@ impl Filters {
         {
             tracing::info!(%ip, "client refused: ip_block");
             return ConnectVerdict::Reject {
-                reply: format!(
-                    "554 5.7.1 Service unavailable; client [{ip}] blocked by local policy"
+                reply: Reply::new(
+                    codes::TRANSACTION_FAILED,
+                    status::NOT_AUTHORIZED,
+                    format!("Service unavailable; client [{ip}] blocked by local policy"),
                 ),
             };
         }
@@ -455,14 +424,19 @@ impl Filters {
                 Listing::Listed { codes, reason } => {
                     tracing::info!(%ip, zone = %zone, ?codes, reason = reason.as_deref().unwrap_or(""), "client listed in DNSBL");
                     if self.dnsbl == StageMode::Reject {
-                        let mut reply = format!(
-                            "554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
-                        );
+                        let mut text =
+                            format!("Service unavailable; client [{ip}] blocked using {zone}");
                         if let Some(reason) = reason {
-                            reply.push_str("; ");
-                            reply.push_str(&reason);
+                            text.push_str("; ");
+                            text.push_str(&reason);
                         }
-                        return ConnectVerdict::Reject { reply };
+                        return ConnectVerdict::Reject {
+                            reply: Reply::new(
+                                codes::TRANSACTION_FAILED,
+                                status::NOT_AUTHORIZED,
+                                text,
+                            ),
+                        };
                     }
                     tags.push(format!("{TAG_DNSBL}{zone}"));
                 }
@@ -493,9 +467,13 @@ impl Filters {
         if hit {
             tracing::info!(sender = %sanitize(address, MAX_VALUE), "sender refused: sender_block");
             SenderVerdict::Reject {
-                reply: format!(
-                    "550 5.7.1 Sender address rejected: <{}> is blocked by local policy",
-                    sanitize(address, MAX_VALUE).replace([' ', '<', '>'], "")
+                reply: Reply::new(
+                    codes::MAILBOX_UNAVAILABLE,
+                    status::NOT_AUTHORIZED,
+                    format!(
+                        "Sender address rejected: <{}> is blocked by local policy",
+                        sanitize(address, MAX_VALUE).replace([' ', '<', '>'], "")
+                    ),
                 ),
             }
         } else {
@@ -581,7 +559,11 @@ impl Filters {
                 suspect = true;
                 match self.virus {
                     StageMode::Reject => actions.push(MessageAction::Reject {
-                        reply: format!("554 5.7.1 Message rejected: virus {signature} found"),
+                        reply: Reply::new(
+                            codes::TRANSACTION_FAILED,
+                            status::NOT_AUTHORIZED,
+                            format!("Message rejected: virus {signature} found"),
+                        ),
                     }),
                     StageMode::Quarantine => actions.push(MessageAction::Quarantine {
                         reason: format!("virus {signature} found"),
@@ -593,7 +575,11 @@ impl Filters {
             Some(ScanOutcome::Failed(reason)) => match self.clamd_failure {
                 FailMode::Closed => {
                     actions.push(MessageAction::TempFail {
-                        reply: "451 4.7.1 Virus scanner unavailable, try again later".into(),
+                        reply: Reply::new(
+                            codes::LOCAL_ERROR,
+                            status::NOT_AUTHORIZED,
+                            "Virus scanner unavailable, try again later",
+                        ),
                     });
                     "error".to_string()
                 }
@@ -615,7 +601,11 @@ impl Filters {
             let domain = sanitize(&dmarc.domain, MAX_VALUE);
             match (self.dmarc, dmarc.policy) {
                 (StageMode::Reject, DmarcPolicy::Reject) => actions.push(MessageAction::Reject {
-                    reply: format!("550 5.7.1 DMARC policy of {domain} says reject"),
+                    reply: Reply::new(
+                        codes::MAILBOX_UNAVAILABLE,
+                        status::NOT_AUTHORIZED,
+                        format!("DMARC policy of {domain} says reject"),
+                    ),
                 }),
                 (StageMode::Reject, DmarcPolicy::Quarantine) => {
                     actions.push(MessageAction::Quarantine {
@@ -638,9 +628,13 @@ impl Filters {
                 let domain = sanitize(&spf.domain, MAX_VALUE);
                 match self.spf {
                     StageMode::Reject => actions.push(MessageAction::Reject {
-                        reply: format!(
-                            "550 5.7.23 SPF validation failed: {domain} does not allow [{}] to send its mail",
-                            ids.ip
+                        reply: Reply::new(
+                            codes::MAILBOX_UNAVAILABLE,
+                            status::SPF_FAILED,
+                            format!(
+                                "SPF validation failed: {domain} does not allow [{}] to send its mail",
+                                ids.ip
+                            ),
                         ),
                     }),
                     StageMode::Quarantine => actions.push(MessageAction::Quarantine {
@@ -662,7 +656,11 @@ impl Filters {
             suspect = true;
             match self.dkim {
                 StageMode::Reject => actions.push(MessageAction::Reject {
-                    reply: "550 5.7.20 No valid DKIM signature found".into(),
+                    reply: Reply::new(
+                        codes::MAILBOX_UNAVAILABLE,
+                        status::NO_PASSING_DKIM,
+                        "No valid DKIM signature found",
+                    ),
                 }),
                 StageMode::Quarantine => actions.push(MessageAction::Quarantine {
                     reason: "no valid DKIM signature".into(),

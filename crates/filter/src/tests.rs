@@ -24,10 +24,14 @@ fn ctx<'a>(tags: &'a [String]) -> MessageContext<'a> {
 }
 
 fn reject(r: &str) -> MessageAction {
-    MessageAction::Reject { reply: r.into() }
+    MessageAction::Reject {
+        reply: Reply::parse(r).unwrap(),
+    }
 }
 fn tempfail(r: &str) -> MessageAction {
-    MessageAction::TempFail { reply: r.into() }
+    MessageAction::TempFail {
+        reply: Reply::parse(r).unwrap(),
+    }
 }
 fn quarantine(r: &str) -> MessageAction {
     MessageAction::Quarantine { reason: r.into() }
@@ -88,7 +92,7 @@ fn resolver_builds_outside_a_runtime() {
     };
     let f = Filters::new(&Filter::default(), &dns).unwrap();
     assert!(f.authenticator.is_some());
-    let (config, opts) = resolver_config(&dns).unwrap();
+    let (config, opts) = postoffice_common::resolver::config(&dns, 256).unwrap();
     let servers = config.name_servers();
     assert_eq!(servers.len(), 2);
     assert_eq!(servers[1].ip, "::1".parse::<IpAddr>().unwrap());
@@ -169,16 +173,21 @@ fn sender_block_matching() {
     match f.check_sender("anyone@junk.test") {
         SenderVerdict::Reject { reply } => {
             assert!(
-                reply.starts_with("550 5.7.1 Sender address rejected: "),
+                reply
+                    .to_string()
+                    .starts_with("550 5.7.1 Sender address rejected: "),
                 "{reply}"
             );
-            assert!(reply.contains("anyone@junk.test"), "{reply}");
+            assert!(reply.to_string().contains("anyone@junk.test"), "{reply}");
         }
         other => panic!("{other:?}"),
     }
     // Nothing from the client can break the reply line.
     match f.check_sender("x\r\n250 ok@junk.test") {
-        SenderVerdict::Reject { reply } => assert!(!reply.contains(['\r', '\n']), "{reply:?}"),
+        SenderVerdict::Reject { reply } => {
+            assert_eq!(reply.lines.len(), 1, "{reply:?}");
+            assert!(!reply.lines[0].contains(['\r', '\n']), "{reply:?}");
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -206,7 +215,7 @@ async fn ip_allow_and_block() {
     match f.check_connect("192.0.3.9".parse().unwrap()).await {
         ConnectVerdict::Reject { reply } => {
             assert_eq!(
-                reply,
+                reply.to_string(),
                 "554 5.7.1 Service unavailable; client [192.0.3.9] blocked by local policy"
             );
         }
@@ -339,6 +348,7 @@ fn spf_acts_on_fail_only() {
     let f = filters(StageMode::Reject, StageMode::Off, StageMode::Off);
     match verdict_of(&f, &outcome(AuthResult::Fail), None).action {
         MessageAction::Reject { reply } => {
+            let reply = reply.to_string();
             assert!(reply.starts_with("550 5.7.23 "), "{reply}");
             assert!(reply.contains("sender.test") && reply.contains("[192.0.2.1]"));
         }

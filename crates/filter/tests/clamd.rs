@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Daemon, binary_or_skip, free_port};
 use postoffice_config::{Dns, FailMode, Filter, StageMode};
 use postoffice_filter::{Filters, MessageAction, MessageContext, MessageVerdict};
+use postoffice_smtp::Reply;
 
 /// A string found in no real mail, detected by the test's own signature.
 const MARKER: &str = "POSTOFFICE-TEST-VIRUS-MARKER-3f9a1c07";
@@ -191,8 +192,10 @@ async fn real_clamd() {
         match &v.action {
             // clamd names unofficial signatures "<name>.UNOFFICIAL".
             MessageAction::Reject { reply } => assert!(
-                reply.starts_with("554 5.7.1 Message rejected: virus Postoffice.Test.Signature")
-                    && reply.ends_with(" found"),
+                reply
+                    .to_string()
+                    .starts_with("554 5.7.1 Message rejected: virus Postoffice.Test.Signature")
+                    && reply.to_string().ends_with(" found"),
                 "{reply}"
             ),
             other => panic!("{addr}: marker not rejected: {other:?}"),
@@ -201,7 +204,10 @@ async fn real_clamd() {
         let v = scan(&f, &eicar_mail).await;
         match &v.action {
             MessageAction::Reject { reply } => {
-                assert!(reply.contains("virus Eicar-Test-Signature"), "{reply}")
+                assert!(
+                    reply.to_string().contains("virus Eicar-Test-Signature"),
+                    "{reply}"
+                )
             }
             other => panic!("{addr}: EICAR not rejected: {other:?}"),
         }
@@ -240,7 +246,7 @@ async fn real_clamd() {
     assert_eq!(
         scan(&f, &huge).await.action,
         MessageAction::TempFail {
-            reply: "451 4.7.1 Virus scanner unavailable, try again later".into()
+            reply: Reply::parse("451 4.7.1 Virus scanner unavailable, try again later").unwrap()
         }
     );
     let f = filters(&clamd.tcp, StageMode::Reject, FailMode::Open);
@@ -259,7 +265,8 @@ async fn real_clamd() {
         assert_eq!(
             scan(&f, &marked).await.action,
             MessageAction::TempFail {
-                reply: "451 4.7.1 Virus scanner unavailable, try again later".into()
+                reply: Reply::parse("451 4.7.1 Virus scanner unavailable, try again later")
+                    .unwrap()
             },
             "{addr}"
         );

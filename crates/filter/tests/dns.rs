@@ -18,6 +18,7 @@ use postoffice_config::{Dns, Filter, StageMode};
 use postoffice_filter::{
     ConnectVerdict, Filters, MessageAction, MessageContext, MessageVerdict, TAG_IP_ALLOW,
 };
+use postoffice_smtp::Reply;
 
 const RECEIVER: &str = "mx.postoffice.test";
 
@@ -235,7 +236,7 @@ async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
     match f.check_connect("127.0.0.2".parse().unwrap()).await {
         ConnectVerdict::Reject { reply } => {
             assert_eq!(
-                reply,
+                reply.to_string(),
                 "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using dnsbl.test; \
                  Listed for testing, see http://dnsbl.test/"
             );
@@ -250,7 +251,7 @@ async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
     match f.check_connect("2001:db8::2".parse().unwrap()).await {
         ConnectVerdict::Reject { reply } => {
             assert!(
-                reply.starts_with(
+                reply.to_string().starts_with(
                     "554 5.7.1 Service unavailable; client [2001:db8::2] blocked using dnsbl.test"
                 ),
                 "{reply}"
@@ -385,7 +386,9 @@ async fn spf_pass_and_fail() {
     match v.action {
         MessageAction::Reject { reply } => {
             assert!(
-                reply.starts_with("550 5.7.23 SPF validation failed: bad.test"),
+                reply
+                    .to_string()
+                    .starts_with("550 5.7.23 SPF validation failed: bad.test"),
                 "{reply}"
             )
         }
@@ -470,7 +473,7 @@ async fn dkim_signed_message_verifies_and_tampered_one_fails() {
     assert_eq!(
         v.action,
         MessageAction::Reject {
-            reply: "550 5.7.20 No valid DKIM signature found".into()
+            reply: Reply::parse("550 5.7.20 No valid DKIM signature found").unwrap()
         }
     );
     // dkim = quarantine.
@@ -502,7 +505,7 @@ async fn dkim_signed_message_verifies_and_tampered_one_fails() {
     assert_eq!(
         v.action,
         MessageAction::Reject {
-            reply: "550 5.7.1 DMARC policy of good.test says reject".into()
+            reply: Reply::parse("550 5.7.1 DMARC policy of good.test says reject").unwrap()
         }
     );
 }
@@ -526,7 +529,7 @@ async fn unsigned_spf_failing_message_is_rejected_by_dmarc() {
     assert_eq!(
         v.action,
         MessageAction::Reject {
-            reply: "550 5.7.1 DMARC policy of bad.test says reject".into()
+            reply: Reply::parse("550 5.7.1 DMARC policy of bad.test says reject").unwrap()
         }
     );
     assert!(

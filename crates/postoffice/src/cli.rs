@@ -10,7 +10,7 @@ use postoffice_config::Config;
 use postoffice_directory::{
     Directory, Policy, Retention, hash_password, normalize_address, normalize_domain,
 };
-use postoffice_store::{MailStore, Maildir};
+use postoffice_store::MailStore;
 
 /// A mail server built around POP3: one binary, one config file.
 ///
@@ -243,11 +243,7 @@ struct PolicyArgs {
     quota_messages: Option<String>,
 }
 
-/// sysexits.h codes, as mail programs expect from a delivery agent.
-mod sysexits {
-    pub const TEMPFAIL: u8 = 75;
-    pub const CONFIG: u8 = 78;
-}
+use postoffice_core::delivery::sysexits;
 
 pub fn main() -> ExitCode {
     // Installed as /usr/sbin/sendmail (a symlink): behave as `postoffice sendmail`.
@@ -329,12 +325,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dkim(DkimCmd::Generate { domain, algorithm }) => {
             let domain = normalize_domain(&domain)?;
             let algo = if algorithm == "ed25519" {
-                postoffice_server::dkim::Algorithm::Ed25519
+                postoffice_core::dkim::Algorithm::Ed25519
             } else {
-                postoffice_server::dkim::Algorithm::Rsa2048
+                postoffice_core::dkim::Algorithm::Rsa2048
             };
-            let record = postoffice_server::dkim::generate(&config.data_dir, &domain, algo)?;
-            let path = postoffice_server::dkim::key_path(&config.data_dir, &domain);
+            let record = postoffice_core::dkim::generate(&config.data_dir, &domain, algo)?;
+            let path = postoffice_core::dkim::key_path(&config.data_dir, &domain);
             println!("DKIM key written to {}", path.display());
             println!("Publish this DNS TXT record:");
             let quoted: Vec<String> = record
@@ -422,7 +418,7 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
         cert.display(),
         if generated { " (self-signed)" } else { "" }
     );
-    let users = server.shared().directory.snapshot().users().count();
+    let users = server.app().directory.snapshot().users().count();
     let me = std::env::args()
         .next()
         .unwrap_or_else(|| "postoffice".into());
@@ -545,7 +541,7 @@ impl PolicyArgs {
 
 fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
     let dir = Directory::open(&config.data_dir)?;
-    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    let store = postoffice_core::app::maildir(config);
     match cmd {
         UserCmd::Add {
             address,
@@ -609,7 +605,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             let Some(u) = snap.user(&address) else {
                 bail!("no such user: {address} (see `postoffice user list`)");
             };
-            let p = snap.effective(&address, &postoffice_server::state::policy_defaults(config));
+            let p = snap.effective(&address, &postoffice_core::policy_defaults(config));
             let usage = store.usage(&address)?;
             println!("address:        {}", u.address);
             println!("disabled:       {}", u.disabled);
@@ -667,8 +663,8 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
 
 fn deliver(config: &Config, recipient: &str) -> Result<ExitCode> {
     let dir = Directory::open(&config.data_dir)?;
-    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
-    let local = postoffice_server::delivery::Local {
+    let store = postoffice_core::app::maildir(config);
+    let local = postoffice_core::delivery::Local {
         config,
         directory: &dir,
         store: &store,
@@ -715,37 +711,8 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Addresses in the To/Cc/Bcc headers, and the message with Bcc removed.
-fn header_recipients(message: &[u8]) -> (Vec<String>, Vec<u8>) {
-    let mut rcpts = Vec::new();
-    if let Some(m) = mail_parser::MessageParser::default().parse_headers(message) {
-        for list in [m.to(), m.cc(), m.bcc()].into_iter().flatten() {
-            rcpts.extend(list.iter().filter_map(|a| a.address().map(str::to_string)));
-        }
-    }
-    // Drop Bcc: (and its continuation lines) from the header section.
-    let mut out = Vec::with_capacity(message.len());
-    let mut in_header = true;
-    let mut skipping = false;
-    for line in message.split_inclusive(|&b| b == b'\n') {
-        if in_header {
-            if line == b"\r\n" || line == b"\n" {
-                in_header = false;
-            } else if skipping && matches!(line.first(), Some(b' ' | b'\t')) {
-                continue;
-            } else {
-                skipping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
-                if skipping {
-                    continue;
-                }
-            }
-        }
-        out.extend_from_slice(line);
-    }
-    (rcpts, out)
-}
-
 fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
+    use postoffice_core::sendmail::{Request, Sent};
     const USAGE: u8 = 64;
     if let Some(mode) = &args.mode
         && mode != "m"
@@ -754,91 +721,36 @@ fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(USAGE));
     }
     let _ = (args.ignore_dots, &args.options);
-    let mut body = Vec::new();
+    let mut input = Vec::new();
     std::io::stdin()
         .lock()
-        .read_to_end(&mut body)
+        .read_to_end(&mut input)
         .context("reading the message")?;
-    // Scripts write LF; SMTP and the store want CRLF.
-    let mut crlf = Vec::with_capacity(body.len() + body.len() / 32);
-    let mut prev = 0u8;
-    for &b in &body {
-        if b == b'\n' && prev != b'\r' {
-            crlf.push(b'\r');
-        }
-        crlf.push(b);
-        prev = b;
-    }
-    if !crlf.ends_with(b"\r\n") {
-        crlf.extend_from_slice(b"\r\n");
-    }
-    let (mut rcpts, mut message) = (args.recipients.clone(), crlf);
-    if args.from_headers {
-        let (found, stripped) = header_recipients(&message);
-        rcpts.extend(found);
-        message = stripped;
-    }
-    if rcpts.is_empty() {
-        eprintln!("sendmail: no recipients (give them as arguments, or use -t)");
-        return Ok(ExitCode::from(USAGE));
-    }
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    let sender = args
-        .sender
-        .clone()
-        .unwrap_or_else(|| format!("{user}@{}", config.hostname));
-    if let Some(name) = &args.full_name {
-        let has_from = mail_parser::MessageParser::default()
-            .parse_headers(&message)
-            .is_some_and(|m| m.from().is_some());
-        if !has_from {
-            let mut with = format!(
-                "From: {} <{sender}>\r\n",
-                name.replace(['\r', '\n', '<', '>'], "")
-            )
-            .into_bytes();
-            with.extend_from_slice(&message);
-            message = with;
-        }
-    }
-    let dir = Directory::open(&config.data_dir)?;
-    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
-    let dkim = postoffice_server::dkim::Signer::new(&config.data_dir, &config.dkim.selector);
+    let app = postoffice_core::App::without_filters(config.clone())?;
     let queue = postoffice_queue::Queue::open(&config.data_dir, &config.queue)?;
-    let outbound: std::sync::Arc<dyn postoffice_server::state::Outbound> = std::sync::Arc::new(
-        postoffice_server::outbound::QueueOutbound(std::sync::Arc::new(queue)),
-    );
-    let ctx = postoffice_server::submission::Context {
-        config,
-        directory: &dir,
-        store: &store,
-        dkim: &dkim,
-        outbound: Some(outbound),
+    app.set_outbound(std::sync::Arc::new(queue));
+    let request = Request {
+        recipients: args.recipients,
+        from_headers: args.from_headers,
+        sender: args.sender,
+        full_name: args.full_name,
+        login: std::env::var("USER").unwrap_or_else(|_| "root".into()),
     };
-    let id = postoffice_server::smtp::queue_id();
-    let received = format!(
-        "Received: by {} (postoffice sendmail, uid {user}) id {id};\r\n\t{}\r\n",
-        config.hostname,
-        postoffice_server::headers::rfc5322_date(std::time::SystemTime::now())
-    );
-    let result =
-        postoffice_server::submission::prepare(&ctx, None, &sender, &id, &received, &message)
-            .and_then(|(msg, _)| postoffice_server::submission::store(&ctx, &sender, &rcpts, &msg));
-    match result {
-        Ok(Some(q)) => {
+    match postoffice_core::sendmail::send(&app, &request, &input) {
+        Ok(Sent::Queued(q)) => {
             eprintln!("sendmail: queued as {q}");
             Ok(ExitCode::SUCCESS)
         }
-        Ok(None) => Ok(ExitCode::SUCCESS),
-        Err(r) => {
-            eprintln!("sendmail: {}", r.reply);
-            Ok(ExitCode::from(r.exit_code))
+        Ok(Sent::Delivered) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            Ok(ExitCode::from(e.exit_code()))
         }
     }
 }
 
 fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
-    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+    let store = postoffice_core::app::maildir(config);
     match cmd {
         QuarantineCmd::List { address } => {
             let address = normalize_address(&address)?;
@@ -859,7 +771,7 @@ fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
                             .then(|| v.trim().to_string())
                     })
                     .unwrap_or_default();
-                let date = postoffice_server::headers::rfc5322_date(m.received);
+                let date = postoffice_common::date::rfc5322(m.received);
                 println!("{}\t{}\t{}\t{}", m.uid, m.size, date, subject);
             }
         }
@@ -884,8 +796,8 @@ fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
 
 fn expire(config: &Config, dry_run: bool) -> Result<ExitCode> {
     let dir = Directory::open(&config.data_dir)?;
-    let store = Maildir::new(config.data_dir.join("mail"), &config.hostname);
-    let r = postoffice_server::sweeper::sweep(config, &dir, &store, dry_run);
+    let store = postoffice_core::app::maildir(config);
+    let r = postoffice_core::retention::sweep(config, &dir, &store, dry_run);
     let verb = if dry_run { "would expire" } else { "expired" };
     for (user, n, bytes) in &r.expired {
         println!("{user}: {verb} {n} message(s), {bytes} bytes");

@@ -258,7 +258,7 @@ pub fn build(d: &Dsn<'_>) -> Vec<u8> {
             clean(&r.address, 300)
         ));
         m.push_str(&format!("Action: {}\r\n", d.action.word()));
-        let status = if postoffice_smtp::client::EnhancedCode::parse(&r.status).is_some() {
+        let status = if postoffice_smtp::EnhancedCode::parse(&r.status).is_some() {
             r.status.clone()
         } else {
             match d.action {

@@ -66,6 +66,27 @@ pub enum QueueError {
     NoRecipients,
 }
 
+/// Submission hands mail for other domains to the queue through the
+/// core's [`postoffice_core::Outbound`].
+impl postoffice_core::Outbound for Queue {
+    fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Result<String, postoffice_core::OutboundError> {
+        Queue::enqueue(self, mail_from, rcpts, message)
+            .map(|id| id.to_string())
+            .map_err(|e| postoffice_core::OutboundError(Box::new(e)))
+    }
+
+    fn cancel(&self, id: &str) {
+        if let Err(e) = self.delete(id) {
+            tracing::warn!(id, error = %e, "could not take back a queued message");
+        }
+    }
+}
+
 /// A queue ID (letters and digits).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(String);

@@ -23,7 +23,7 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use postoffice_config::Dns;
-use postoffice_smtp::client::EnhancedCode;
+use postoffice_smtp::EnhancedCode;
 
 /// Most addresses tried in one delivery attempt (like Postfix's
 /// smtp_mx_address_limit).

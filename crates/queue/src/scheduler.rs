@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use postoffice_smtp::client::{EnhancedCode, RcptResult, Status, TlsMode};
+use postoffice_smtp::EnhancedCode;
+use postoffice_smtp::client::{RcptResult, Status, TlsMode};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};

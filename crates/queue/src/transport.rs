@@ -25,9 +25,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use postoffice_smtp::EnhancedCode;
 use postoffice_smtp::client::{
-    Action, ClientConfig, ClientSession, EnhancedCode, Outcome, RcptResult, Status, TlsMode,
-    Transaction, dot_stuff,
+    Action, ClientConfig, ClientSession, Outcome, RcptResult, Status, TlsMode, Transaction,
+    dot_stuff,
 };
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

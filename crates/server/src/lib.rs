@@ -1,29 +1,24 @@
-//! The postoffice network server: tokio listeners, TLS, limits and wiring.
-//! Protocol logic lives in `pop3-proto`; storage in `postoffice-store`;
-//! users in `postoffice-directory`. This crate only connects them to sockets.
+//! The postoffice network server: tokio listeners, TLS, connection limits
+//! and the session drivers that connect sockets to the sans-IO protocol
+//! sessions. It holds no protocol logic (that is `pop3-proto` and
+//! `postoffice-smtp`) and no application logic (that is `postoffice-core`:
+//! logins, delivery, submission policy).
 //!
 //! - [`Server::bind`] opens every listener (so port errors surface before
 //!   anything else happens) and [`Server::run`] serves until shut down.
-//! - [`pop3`] handles one POP3 connection, [`smtp`] one SMTP connection.
-//! - [`delivery`] is the one path into a maildrop (SMTP and `deliver`).
-//! - [`state`] holds what connections share, including the login procedure.
-//! - [`limits`] caps connections in total and per client IP.
-//! - [`sweeper`] applies retention and cleans up stale tmp/ files.
+//! - [`pop3`] drives one POP3 connection, [`smtp`] one SMTP or submission
+//!   connection.
+//! - [`tls`] loads (or generates) the certificate and runs handshakes.
+//! - [`limits`] caps connections in total and per client network.
+//! - [`outbound`] runs the outbound queue's scheduler beside the listeners.
 //! - [`shutdown`] broadcasts the stop signal.
 #![forbid(unsafe_code)]
 
-pub mod delivery;
-pub mod dkim;
-pub mod headers;
 pub mod limits;
-pub mod metrics;
 pub mod outbound;
 pub mod pop3;
 pub mod shutdown;
 pub mod smtp;
-pub mod state;
-pub mod submission;
-pub mod sweeper;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -32,23 +27,49 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use postoffice_config::Config;
+use postoffice_core::App;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::limits::Refused;
+use crate::limits::{ConnLimiter, Refused};
 use crate::shutdown::{Shutdown, Trigger};
-use crate::state::Shared;
 
 /// What kind of service a listener offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
+    /// POP3 on 110 (STLS offered).
     Pop3,
+    /// POP3 over implicit TLS on 995.
     Pop3s,
+    /// SMTP for incoming mail on 25.
     Smtp,
+    /// Submission on 587 (STARTTLS).
     Submission,
+    /// Submission over implicit TLS on 465.
     Submissions,
+}
+
+/// What every connection of the server shares: the application, the TLS
+/// acceptor and the connection limits.
+pub struct Shared {
+    /// The application core.
+    pub app: Arc<App>,
+    /// The TLS acceptor (`None` only in tests).
+    pub tls: Option<TlsAcceptor>,
+    /// Connection limits.
+    pub limiter: Arc<ConnLimiter>,
+}
+
+impl Shared {
+    /// The server side of `app` with `tls`.
+    pub fn new(app: Arc<App>, tls: Option<TlsAcceptor>) -> Shared {
+        let limits = &app.config.limits;
+        let limiter = ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip);
+        Shared { app, tls, limiter }
+    }
 }
 
 /// A bound, not yet running server.
@@ -83,10 +104,9 @@ impl Server {
             postoffice_queue::Queue::open(&config.data_dir, &config.queue)
                 .context("opening the outbound queue")?,
         );
-        let shared = Arc::new(Shared::new(config, Some(tls)).context("setting up the server")?);
-        if let Ok(mut o) = shared.outbound.write() {
-            *o = Some(Arc::new(outbound::QueueOutbound(Arc::clone(&queue))));
-        }
+        let app = Arc::new(App::new(config).context("setting up the server")?);
+        app.set_outbound(Arc::clone(&queue) as Arc<dyn postoffice_core::Outbound>);
+        let shared = Arc::new(Shared::new(app, Some(tls)));
         // Compute the dummy hash now so the first failed login for an
         // unknown user costs the same as any other.
         let _ = tokio::task::spawn_blocking(postoffice_directory::prepare_dummy_hash).await;
@@ -105,8 +125,9 @@ impl Server {
             .collect()
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The application the server runs.
+    pub fn app(&self) -> &Arc<App> {
+        &self.shared.app
     }
 
     /// Serve until `stop` resolves, then drain: stop accepting, give
@@ -130,7 +151,7 @@ impl Server {
         stop.await;
         info!("shutting down: no new connections; waiting for sessions to finish");
         trigger.fire();
-        let deadline = Duration::from_secs(self.shared.config.shutdown_timeout_secs);
+        let deadline = Duration::from_secs(self.shared.app.config.shutdown_timeout_secs);
         if tokio::time::timeout(deadline, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -143,6 +164,7 @@ impl Server {
         }
         let counters: Vec<String> = self
             .shared
+            .app
             .counters
             .snapshot()
             .into_iter()
@@ -251,7 +273,7 @@ async fn accept_loop(
 }
 
 async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
-    let every = Duration::from_secs(shared.config.policy.expire_interval_secs);
+    let every = Duration::from_secs(shared.app.config.policy.expire_interval_secs);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -259,9 +281,9 @@ async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
             _ = shutdown.recv() => return,
         }
-        let s = Arc::clone(&shared);
+        let app = Arc::clone(&shared.app);
         let _ = tokio::task::spawn_blocking(move || {
-            sweeper::sweep(&s.config, &s.directory, &s.store, false)
+            postoffice_core::retention::sweep(&app.config, &app.directory, &app.store, false)
         })
         .await;
     }

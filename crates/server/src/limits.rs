@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+/// Hands out connection slots, in total and per client.
 #[derive(Debug)]
 pub struct ConnLimiter {
     max_total: usize,
@@ -23,11 +24,14 @@ struct Counts {
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// The server holds `max_connections` already.
     Total,
+    /// This client holds `max_connections_per_ip` already.
     PerIp,
 }
 
 impl ConnLimiter {
+    /// A limiter for `max_total` connections, `max_per_ip` per client.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(ConnLimiter {
             max_total,
@@ -36,6 +40,7 @@ impl ConnLimiter {
         })
     }
 
+    /// A slot for a connection from `ip`, or why there is none.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if c.total >= self.max_total {

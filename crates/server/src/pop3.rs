@@ -21,8 +21,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use postoffice_core::{LoginError, metrics};
+
+use crate::Shared;
 use crate::shutdown::Shutdown;
-use crate::state::{LoginError, Shared};
 
 /// Read buffer per connection. Commands are short; 4 KiB keeps an idle
 /// session small while still taking a pipelined burst in one read.
@@ -135,10 +137,11 @@ pub async fn serve_connection(
 ) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let plaintext_auth = shared.config.pop3.allow_plaintext_auth || peer.ip().is_loopback();
-    let (expire, delay) = shared.capa_summary();
+    let config = &shared.app.config;
+    let plaintext_auth = config.pop3.allow_plaintext_auth || peer.ip().is_loopback();
+    let (expire, delay) = shared.app.capa_summary();
     let cfg = SessionConfig {
-        greeting: shared.config.pop3.greeting.clone(),
+        greeting: config.pop3.greeting.clone(),
         implementation: "postoffice".into(),
         tls_active: implicit_tls,
         stls_available: shared.tls.is_some(),
@@ -151,10 +154,10 @@ pub async fn serve_connection(
             value: delay.min_secs,
             per_user: delay.varies,
         },
-        max_bad_commands: shared.config.pop3.max_bad_commands,
+        max_bad_commands: config.pop3.max_bad_commands,
     };
     let mut conn = Conn {
-        lines: LineBuffer::new(shared.config.pop3.max_line_length),
+        lines: LineBuffer::new(config.pop3.max_line_length),
         session: ServerSession::new(cfg),
         shared,
         peer,
@@ -164,7 +167,7 @@ pub async fn serve_connection(
         bytes_out: 0,
         auth_failures: 0,
     };
-    let handshake = Duration::from_secs(conn.shared.config.limits.tls_handshake_timeout_secs);
+    let handshake = Duration::from_secs(conn.shared.app.config.limits.tls_handshake_timeout_secs);
     // The TLS parts are boxed: a plain session's future (what an idle
     // connection costs) then holds only a pointer for them.
     let end = if implicit_tls {
@@ -210,10 +213,10 @@ pub async fn serve_connection(
         dele_bytes,
         bad_commands,
     } = conn.session.stats();
-    let c = &conn.shared.counters;
-    crate::metrics::inc(&c.pop3_sessions);
-    crate::metrics::add(&c.pop3_retr, retr);
-    crate::metrics::add(&c.pop3_deleted, dele);
+    let c = &conn.shared.app.counters;
+    metrics::inc(&c.pop3_sessions);
+    metrics::add(&c.pop3_retr, retr);
+    metrics::add(&c.pop3_deleted, dele);
     // One summary line per session, as Dovecot logs it.
     info!(
         user = conn.session.user().unwrap_or("-"),
@@ -243,7 +246,7 @@ async fn flush<S: AsyncWrite + Unpin>(io: &mut S, conn: &mut Conn) -> std::io::R
 
 /// Run the session over one transport until it ends or asks for STLS.
 async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown) -> Step<S> {
-    let autologout = Duration::from_secs(conn.shared.config.pop3.autologout_secs);
+    let autologout = Duration::from_secs(conn.shared.app.config.pop3.autologout_secs);
     loop {
         // Answer every complete line we have, in order.
         loop {
@@ -339,11 +342,11 @@ async fn login(
     password: Vec<u8>,
     mechanism: &'static str,
 ) -> Action {
-    let shared = Arc::clone(&conn.shared);
-    match shared.login(&user, password, conn.peer.ip()).await {
+    let app = Arc::clone(&conn.shared.app);
+    match app.login(&user, password, conn.peer.ip()).await {
         Ok(ok) => {
             debug!(user = %ok.address, mechanism, "login");
-            crate::metrics::inc(&conn.shared.counters.pop3_logins);
+            metrics::inc(&app.counters.pop3_logins);
             let listing: Arc<dyn Listing> = Arc::new(View(Arc::clone(&ok.maildrop)));
             conn.maildrop = Some(ok.maildrop);
             conn.session.login_succeeded(
@@ -358,7 +361,7 @@ async fn login(
             Action::None
         }
         Err(e) => {
-            crate::metrics::inc(&conn.shared.counters.pop3_login_failures);
+            metrics::inc(&app.counters.pop3_login_failures);
             let why = match e {
                 LoginError::Credentials => {
                     conn.auth_failures += 1;
@@ -559,7 +562,8 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             ..Default::default()
         };
-        let shared = Arc::new(Shared::new(config, None).unwrap());
+        let app = Arc::new(postoffice_core::App::new(config).unwrap());
+        let shared = Arc::new(Shared::new(app, None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -11,15 +11,18 @@ pub struct Trigger(watch::Sender<bool>);
 #[derive(Debug, Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
+/// A new stop signal and its first receiver.
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
     (Trigger(tx), Shutdown(rx))
 }
 
 impl Trigger {
+    /// Tell every receiver to stop.
     pub fn fire(&self) {
         let _ = self.0.send(true);
     }
+    /// Another receiver.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown(self.0.subscribe())
     }
@@ -31,6 +34,7 @@ impl Shutdown {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 
+    /// Whether stopping was requested.
     pub fn is_shutdown(&self) -> bool {
         *self.0.borrow()
     }

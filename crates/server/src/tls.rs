@@ -1,7 +1,6 @@
 //! TLS setup: rustls with the ring provider, from configured PEM files or a
 //! self-signed certificate generated on first start.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,7 +54,8 @@ fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Re
     let dir = cert_path
         .parent()
         .context("certificate path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    postoffice_common::durable::create_dir_all(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let mut names = vec![
         hostname.to_string(),
         "localhost".to_string(),
@@ -75,24 +75,10 @@ fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Re
     let cert = params
         .self_signed(&key)
         .context("generating a self-signed certificate")?;
-    write_private(key_path, key.serialize_pem().as_bytes())?;
-    write_private(cert_path, cert.pem().as_bytes())?;
-    Ok(())
-}
-
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    for (path, pem) in [(key_path, key.serialize_pem()), (cert_path, cert.pem())] {
+        postoffice_common::durable::write(path, pem.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -100,7 +86,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 /// port 465), bounded by `timeout`. `None` when TLS is not configured, the
 /// handshake fails or it takes too long; the caller then closes.
 pub async fn accept(
-    shared: &crate::state::Shared,
+    shared: &crate::Shared,
     tcp: tokio::net::TcpStream,
     timeout: std::time::Duration,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {

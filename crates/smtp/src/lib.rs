@@ -1,5 +1,8 @@
 //! Sans-IO SMTP for postoffice (RFC 5321 with ESMTP extensions).
 //!
+//! - [`reply`]: SMTP replies as values — code, enhanced status code, text —
+//!   built from typed parts on the server side and parsed on the client
+//!   side. Every reply postoffice sends is a [`Reply`].
 //! - [`server::ServerSession`]: the receiving side's state machine.
 //! - [`client::ClientSession`]: the sending side's state machine (one
 //!   transaction to one server), with [`client::dot_stuff`].
@@ -11,6 +14,8 @@
 
 pub mod client;
 pub mod data;
+pub mod reply;
 pub mod server;
 
-pub use server::{Action, Envelope, ServerSession, SessionConfig, Verdict};
+pub use reply::{EnhancedCode, Reply, Status, codes, status};
+pub use server::{Action, Envelope, ServerSession, SessionConfig, Verdict, sanitize};

@@ -23,6 +23,7 @@
 use smtp_proto::{MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, Request};
 
 use crate::data::{DataDecoder, DataEnd};
+use crate::reply::{Reply, codes, status};
 
 /// Fixed facts about one connection.
 #[derive(Debug, Clone)]
@@ -104,9 +105,10 @@ pub enum Action {
 /// The caller's decision on a sender or recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Accept it (`250`).
     Accept,
-    /// Refuse with this reply line (code, enhanced code, text; no CRLF).
-    Reject(String),
+    /// Refuse it with this reply (4xx or 5xx).
+    Reject(Reply),
 }
 
 #[derive(Debug)]
@@ -197,14 +199,37 @@ impl ServerSession {
         out.extend_from_slice(format!("220 {} ESMTP postoffice\r\n", self.cfg.hostname).as_bytes());
     }
 
-    /// Refuse service at connect (RFC 5321 3.1): write `reply` (a 554 line)
+    /// Refuse service at connect (RFC 5321 3.1): write `reply` (a 554)
     /// instead of the greeting; afterwards every command but QUIT gets 503.
-    pub fn refuse(&mut self, reply: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(reply.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    pub fn refuse(&mut self, reply: &Reply, out: &mut Vec<u8>) {
+        reply.write_to(out);
         self.state = State::Refused;
     }
 
+    /// The client was silent for too long: `421` and the session is over.
+    pub fn timed_out(&mut self, out: &mut Vec<u8>) {
+        Reply::new(
+            codes::SERVICE_UNAVAILABLE,
+            status::BAD_CONNECTION,
+            "Timeout, closing connection",
+        )
+        .write_to(out);
+        self.state = State::Closed;
+    }
+
+    /// The server is stopping: `421` and the session is over. Nothing was
+    /// accepted in the unfinished transaction, so the client retries it.
+    pub fn shutting_down(&mut self, out: &mut Vec<u8>) {
+        Reply::new(
+            codes::SERVICE_UNAVAILABLE,
+            status::SYSTEM_NOT_ACCEPTING,
+            "Server shutting down",
+        )
+        .write_to(out);
+        self.state = State::Closed;
+    }
+
+    /// Counters for the session's log line.
     pub fn stats(&self) -> Stats {
         self.stats
     }
@@ -744,8 +769,7 @@ impl ServerSession {
             (Verdict::Reject(reply), _) => {
                 self.state = State::Ready;
                 self.stats.errors += 1;
-                out.extend_from_slice(reply.as_bytes());
-                out.extend_from_slice(b"\r\n");
+                reply.write_to(out);
             }
             (Verdict::Accept, None) => {
                 self.state = State::Ready;
@@ -767,8 +791,7 @@ impl ServerSession {
             Verdict::Reject(reply) => {
                 self.stats.rejected_rcpts += 1;
                 self.stats.errors += 1;
-                out.extend_from_slice(reply.as_bytes());
-                out.extend_from_slice(b"\r\n");
+                reply.write_to(out);
             }
         }
     }
@@ -786,13 +809,12 @@ impl ServerSession {
     }
 
     /// The caller stored (or refused) the message of [`Action::Deliver`];
-    /// `reply` is the final reply line without CRLF (250 only when durable).
-    pub fn delivered(&mut self, reply: &str, out: &mut Vec<u8>) {
-        if reply.starts_with('2') {
+    /// `reply` is the final reply (2xx only when the message is durable).
+    pub fn delivered(&mut self, reply: &Reply, out: &mut Vec<u8>) {
+        if reply.is_positive() {
             self.stats.messages += 1;
         }
-        out.extend_from_slice(reply.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        reply.write_to(out);
         self.reset_transaction();
         self.state = State::Ready;
     }

@@ -1,6 +1,7 @@
 //! Every command, reply code and limit of the SMTP session, without a socket.
 
 use super::*;
+use crate::reply::status;
 
 fn session() -> ServerSession {
     ServerSession::new(SessionConfig {
@@ -29,7 +30,7 @@ fn run(s: &mut ServerSession, input: &str) -> (String, Action) {
                 if address.starts_with("unknown") {
                     s.recipient_checked(
                         address,
-                        Verdict::Reject("550 5.1.1 No such user".into()),
+                        Verdict::Reject(Reply::new(550, status::BAD_DEST_MAILBOX, "No such user")),
                         &mut out,
                     )
                 } else {
@@ -101,7 +102,7 @@ fn full_transaction_with_data() {
     assert_eq!(env.helo, "client.test");
     assert_eq!(msg, b"Subject: x\r\n\r\n.dot\r\nbody\r\n");
     let mut out = Vec::new();
-    s.delivered("250 2.0.0 OK queued as X", &mut out);
+    s.delivered(&Reply::new(250, status::OTHER, "OK queued as X"), &mut out);
     assert_eq!(out, b"250 2.0.0 OK queued as X\r\n");
     // A second transaction on the same connection works.
     let (_, a) = run(
@@ -130,7 +131,7 @@ fn pipelined_commands_are_answered_in_order() {
     assert!(r.contains("550 5.1.1 No such user\r\n250 2.1.5"));
     assert_eq!(s.message().0.rcpt_to.len(), 2);
     let mut out = Vec::new();
-    s.delivered("250 2.0.0 OK", &mut out);
+    s.delivered(&Reply::new(250, status::OTHER, "OK"), &mut out);
     // QUIT was pipelined behind the data and is still there to be read.
     let (r, a) = run(&mut s, "QUIT\r\n");
     assert_eq!(r, "221 2.0.0 Bye\r\n");
@@ -334,7 +335,7 @@ fn bdat_chunks() {
     );
     assert!(s.message().0.chunking);
     let mut out = Vec::new();
-    s.delivered("250 2.0.0 OK", &mut out);
+    s.delivered(&Reply::new(250, status::OTHER, "OK"), &mut out);
     // DATA after BDAT in one transaction is refused.
     run(
         &mut s,
@@ -375,7 +376,10 @@ fn sender_rejected_by_caller() {
             address: "spam@bad.test".into()
         }
     );
-    s.sender_checked(Verdict::Reject("550 5.7.1 Sender blocked".into()), &mut out);
+    s.sender_checked(
+        Verdict::Reject(Reply::new(550, status::NOT_AUTHORIZED, "Sender blocked")),
+        &mut out,
+    );
     assert_eq!(out, b"550 5.7.1 Sender blocked\r\n");
     assert!(run(&mut s, "RCPT TO:<b@mx.test>\r\n").0.starts_with("503"));
 }
@@ -384,7 +388,10 @@ fn sender_rejected_by_caller() {
 fn refused_connection_only_accepts_quit() {
     let mut s = session();
     let mut out = Vec::new();
-    s.refuse("554 5.7.1 Client listed by dnsbl.test", &mut out);
+    s.refuse(
+        &Reply::new(554, status::NOT_AUTHORIZED, "Client listed by dnsbl.test"),
+        &mut out,
+    );
     assert_eq!(out, b"554 5.7.1 Client listed by dnsbl.test\r\n");
     assert!(run(&mut s, "EHLO x\r\n").0.starts_with("503"));
     assert!(run(&mut s, "MAIL FROM:<a@b.test>\r\n").0.starts_with("503"));

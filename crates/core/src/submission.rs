@@ -13,17 +13,35 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use postoffice_smtp::server::sanitize;
-use postoffice_smtp::{Envelope, Verdict};
+use postoffice_common::date::rfc5322;
+use postoffice_smtp::{Envelope, Reply, Verdict, codes, sanitize, status};
 use tracing::{info, warn};
 
-use crate::delivery::Local;
-use crate::headers::{Trace, rfc5322_date, trace_headers};
-use crate::state::Shared;
+use crate::App;
+use crate::delivery::{Local, sysexits, temporary_failure};
+use crate::trace::{Trace, trace_headers};
 
 /// May `user` (authenticated) send as `address`?
-pub fn sender_allowed(shared: &Shared, user: &str, address: &str) -> bool {
-    sender_allowed_cfg(&shared.config, user, address)
+pub fn sender_allowed(app: &App, user: &str, address: &str) -> bool {
+    sender_allowed_cfg(&app.config, user, address)
+}
+
+/// The reply to MAIL FROM on submission: `250` for an address the user may
+/// send as, `553 5.7.1` otherwise.
+pub fn sender_verdict(app: &App, user: &str, address: &str) -> Verdict {
+    if sender_allowed(app, user, address) {
+        Verdict::Accept
+    } else {
+        warn!(%user, sender = %sanitize(address), "submission: sender address not owned");
+        Verdict::Reject(Reply::new(
+            codes::MAILBOX_NAME_NOT_ALLOWED,
+            status::NOT_AUTHORIZED,
+            format!(
+                "<{}>: Sender address not owned by user {user}",
+                sanitize(address)
+            ),
+        ))
+    }
 }
 
 fn sender_allowed_cfg(config: &postoffice_config::Config, user: &str, address: &str) -> bool {
@@ -50,29 +68,34 @@ fn sender_allowed_cfg(config: &postoffice_config::Config, user: &str, address: &
 
 /// Recipients on submission: local users must exist; anything else goes
 /// to the outbound queue (the user is authenticated: this is not relaying).
-pub fn recipient_verdict(shared: &Shared, address: &str) -> Verdict {
-    let local = Local {
-        config: &shared.config,
-        directory: &shared.directory,
-        store: &shared.store,
-    };
+pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
+    let local = app.local();
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
     if domain.is_empty() {
-        return Verdict::Reject(format!(
-            "501 5.1.3 <{}>: Bad recipient address syntax",
-            sanitize(address)
+        return Verdict::Reject(Reply::new(
+            codes::PARAM_SYNTAX_ERROR,
+            status::BAD_DEST_SYNTAX,
+            format!("<{}>: Bad recipient address syntax", sanitize(address)),
         ));
     }
     if local.is_local_domain(domain) {
         return match local.check_recipient(address) {
             Ok(_) => Verdict::Accept,
-            Err(e) => Verdict::Reject(e.smtp_reply()),
+            Err(e) => Verdict::Reject(e.reply()),
         };
     }
-    if shared.outbound.read().map(|o| o.is_none()).unwrap_or(true) {
-        return Verdict::Reject("451 4.3.0 Outbound queue unavailable, try again later".into());
+    if app.outbound().is_none() {
+        return Verdict::Reject(queue_unavailable());
     }
     Verdict::Accept
+}
+
+fn queue_unavailable() -> Reply {
+    Reply::new(
+        codes::LOCAL_ERROR,
+        status::SYSTEM_OTHER,
+        "Outbound queue unavailable, try again later",
+    )
 }
 
 /// Header facts of a submitted message.
@@ -105,29 +128,18 @@ fn parse_header(body: &[u8]) -> Header {
     }
 }
 
-/// What submission needs, so `postoffice sendmail` can use it without a
-/// running server.
-pub struct Context<'a> {
-    pub config: &'a postoffice_config::Config,
-    pub directory: &'a postoffice_directory::Directory,
-    pub store: &'a postoffice_store::Maildir,
-    pub dkim: &'a crate::dkim::Signer,
-    pub outbound: Option<Arc<dyn crate::state::Outbound>>,
-}
-
 /// Why a submission was refused: the SMTP reply and the sysexits code.
 #[derive(Debug)]
 pub struct Refusal {
-    pub reply: String,
+    /// The reply to the end of DATA.
+    pub reply: Reply,
+    /// The exit status of `postoffice sendmail`.
     pub exit_code: u8,
 }
 
 impl Refusal {
-    fn new(reply: impl Into<String>, exit_code: u8) -> Self {
-        Refusal {
-            reply: reply.into(),
-            exit_code,
-        }
+    fn new(reply: Reply, exit_code: u8) -> Self {
+        Refusal { reply, exit_code }
     }
 }
 
@@ -135,7 +147,7 @@ impl Refusal {
 /// From: addresses belong to `user` (when given), and DKIM-sign it.
 /// `trace` is prepended above the signature (a `Received:` line or "").
 pub fn prepare(
-    ctx: &Context<'_>,
+    app: &App,
     user: Option<&str>,
     mail_from: &str,
     id: &str,
@@ -147,15 +159,16 @@ pub fn prepare(
         && let Some(bad) = header
             .from
             .iter()
-            .find(|f| !sender_allowed_cfg(ctx.config, user, f))
+            .find(|f| !sender_allowed_cfg(&app.config, user, f))
     {
         warn!(%user, from = %sanitize(bad), "submission: From: address not owned");
         return Err(Refusal::new(
-            format!(
-                "553 5.7.1 From: address <{}> not owned by user {user}",
-                sanitize(bad)
+            Reply::new(
+                codes::MAILBOX_NAME_NOT_ALLOWED,
+                status::NOT_AUTHORIZED,
+                format!("From: address <{}> not owned by user {user}", sanitize(bad)),
             ),
-            77,
+            sysexits::NOPERM,
         ));
     }
     let mut added = String::new();
@@ -163,10 +176,10 @@ pub fn prepare(
         added.push_str(&format!("From: <{mail_from}>\r\n"));
     }
     if !header.has_date {
-        added.push_str(&format!("Date: {}\r\n", rfc5322_date(SystemTime::now())));
+        added.push_str(&format!("Date: {}\r\n", rfc5322(SystemTime::now())));
     }
     if !header.has_message_id {
-        added.push_str(&format!("Message-ID: <{id}@{}>\r\n", ctx.config.hostname));
+        added.push_str(&format!("Message-ID: <{id}@{}>\r\n", app.config.hostname));
     }
     let mut message = Vec::with_capacity(added.len() + body.len() + 1024);
     message.extend_from_slice(added.as_bytes());
@@ -179,8 +192,8 @@ pub fn prepare(
         .rsplit_once('@')
         .map(|(_, d)| d.to_string())
         .unwrap_or_default();
-    let signature = if ctx.config.dkim.sign {
-        ctx.dkim.sign(&sign_domain, &message)
+    let signature = if app.config.dkim.sign {
+        app.dkim.sign(&sign_domain, &message)
     } else {
         None
     };
@@ -196,26 +209,20 @@ pub fn prepare(
 /// Deliver to local recipients and spool the rest, all or nothing.
 /// Returns the queue ID when something was queued.
 pub fn store(
-    ctx: &Context<'_>,
+    app: &App,
     mail_from: &str,
     rcpts: &[String],
     message: &[u8],
 ) -> Result<Option<String>, Refusal> {
-    let local = Local {
-        config: ctx.config,
-        directory: ctx.directory,
-        store: ctx.store,
-    };
+    let local: Local<'_> = app.local();
+    let outbound = app.outbound();
     let (local_rcpts, remote_rcpts): (Vec<String>, Vec<String>) =
         rcpts.iter().cloned().partition(|r| {
             let d = r.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
             local.is_local_domain(d)
         });
-    if !remote_rcpts.is_empty() && ctx.outbound.is_none() {
-        return Err(Refusal::new(
-            "451 4.3.0 Outbound queue unavailable, try again later",
-            75,
-        ));
+    if !remote_rcpts.is_empty() && outbound.is_none() {
+        return Err(Refusal::new(queue_unavailable(), sysexits::TEMPFAIL));
     }
     // Local copies first (they can be taken back), then the queue: once
     // spooled, the scheduler may start sending at once.
@@ -226,18 +233,15 @@ pub fn store(
         local_msg.extend_from_slice(message);
         delivered = local
             .deliver(&local_rcpts, &local_msg)
-            .map_err(|e| Refusal::new(e.smtp_reply(), e.exit_code()))?;
+            .map_err(|e| Refusal::new(e.reply(), e.exit_code()))?;
     }
-    let queued = match (&ctx.outbound, remote_rcpts.is_empty()) {
+    let queued = match (&outbound, remote_rcpts.is_empty()) {
         (Some(q), false) => match q.enqueue(mail_from, &remote_rcpts, message) {
             Ok(id) => Some(id),
             Err(e) => {
                 warn!(error = %e, "enqueue failed; taking back the local copies");
                 local.undo(&local_rcpts, &delivered);
-                return Err(Refusal::new(
-                    "451 4.3.0 Temporary local problem, try again later",
-                    75,
-                ));
+                return Err(Refusal::new(temporary_failure(), sysexits::TEMPFAIL));
             }
         },
         _ => None,
@@ -255,18 +259,18 @@ pub fn store(
 
 /// Verify, complete, sign and store a submitted message; returns the reply.
 pub async fn submit(
-    shared: &Arc<Shared>,
+    app: &Arc<App>,
     ip: IpAddr,
     tls: Option<&str>,
     env: &Envelope,
     id: &str,
     body: &[u8],
-) -> String {
+) -> Reply {
     let user = env.authenticated.clone().unwrap_or_default();
     let trace = trace_headers(&Trace {
         helo: &env.helo,
         ip,
-        hostname: &shared.config.hostname,
+        hostname: &app.config.hostname,
         esmtp: env.esmtp,
         tls,
         authenticated: true,
@@ -280,39 +284,35 @@ pub async fn submit(
         .split_once("Received:")
         .map(|(_, r)| format!("Received:{r}"))
         .unwrap_or_default();
-    let shared2 = Arc::clone(shared);
+    let app2 = Arc::clone(app);
     let (env2, id2, body2) = (env.clone(), id.to_string(), body.to_vec());
     let result = tokio::task::spawn_blocking(move || {
-        let outbound = shared2.outbound.read().ok().and_then(|o| o.clone());
-        let ctx = Context {
-            config: &shared2.config,
-            directory: &shared2.directory,
-            store: &shared2.store,
-            dkim: &shared2.dkim,
-            outbound,
-        };
         let (message, signed) =
-            prepare(&ctx, Some(&user), &env2.mail_from, &id2, &received, &body2)?;
-        let queued = store(&ctx, &env2.mail_from, &env2.rcpt_to, &message)?;
+            prepare(&app2, Some(&user), &env2.mail_from, &id2, &received, &body2)?;
+        let queued = store(&app2, &env2.mail_from, &env2.rcpt_to, &message)?;
         Ok::<_, Refusal>((queued, signed))
     })
     .await;
     if matches!(result, Ok(Ok(_))) {
-        crate::metrics::inc(&shared.counters.submission_accepted);
+        crate::metrics::inc(&app.counters.submission_accepted);
     }
     match result {
         Ok(Ok((Some(q), signed))) => {
             info!(id, queue_id = %q, dkim = signed, "submission accepted");
-            format!("250 2.0.0 OK id={id} queued as {q}")
+            Reply::new(
+                codes::OK,
+                status::OTHER,
+                format!("OK id={id} queued as {q}"),
+            )
         }
         Ok(Ok((None, signed))) => {
             info!(id, dkim = signed, "submission delivered");
-            format!("250 2.0.0 OK id={id}")
+            Reply::new(codes::OK, status::OTHER, format!("OK id={id}"))
         }
         Ok(Err(r)) => r.reply,
         Err(e) => {
             warn!(error = %e, id, "submission task failed");
-            "451 4.3.0 Temporary local problem, try again later".into()
+            temporary_failure()
         }
     }
 }

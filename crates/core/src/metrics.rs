@@ -1,5 +1,5 @@
 //! Process-wide counters, for the summary logged at shutdown and for the
-//! metrics endpoint to come. Plain atomics: incrementing one is cheaper
+//! metrics endpoint. Plain atomics: incrementing one is cheaper
 //! than the log line that accompanies it.
 
 use std::sync::atomic::{AtomicU64, Ordering};

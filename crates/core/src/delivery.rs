@@ -10,63 +10,114 @@ use std::io::{Cursor, Read};
 
 use postoffice_config::Config;
 use postoffice_directory::{Directory, normalize_address};
+use postoffice_smtp::{Reply, codes, sanitize, status};
 use postoffice_store::{Delivered, MailStore, Maildir, StoreError};
 
-use crate::state::policy_defaults;
+use crate::app::policy_defaults;
+
+/// sysexits.h codes, as mail programs expect them from a delivery agent.
+pub mod sysexits {
+    /// The input data was incorrect.
+    pub const DATAERR: u8 = 65;
+    /// The recipient does not exist.
+    pub const NOUSER: u8 = 67;
+    /// Temporary failure: try again later.
+    pub const TEMPFAIL: u8 = 75;
+    /// Not allowed.
+    pub const NOPERM: u8 = 77;
+    /// Configuration error.
+    pub const CONFIG: u8 = 78;
+}
 
 /// Why a delivery did not happen. Each maps to an SMTP reply and a
 /// sysexits code.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
+    /// The recipient is not a user here.
     #[error("no such user: {0}")]
     NoSuchUser(String),
+    /// The mailbox is full (temporary: it may empty).
     #[error("mailbox of {0} is over quota")]
     OverQuota(String),
+    /// The message alone is larger than the mailbox's quota.
     #[error("message of {size} octets exceeds the quota of {user} ({quota} octets)")]
-    TooBigForQuota { user: String, size: u64, quota: u64 },
+    TooBigForQuota {
+        /// The recipient.
+        user: String,
+        /// The message's size.
+        size: u64,
+        /// The quota in octets.
+        quota: u64,
+    },
+    /// An empty message.
     #[error("empty message")]
     Empty,
-    #[error("temporary failure: {0}")]
-    Temporary(String),
+    /// The store failed (disk full, permissions); try again later.
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl DeliveryError {
     /// The SMTP reply (RFC 3463 enhanced codes).
-    pub fn smtp_reply(&self) -> String {
+    pub fn reply(&self) -> Reply {
         match self {
-            DeliveryError::NoSuchUser(u) => {
-                format!("550 5.1.1 <{u}>: Recipient address rejected: User unknown")
-            }
-            DeliveryError::OverQuota(u) => {
-                format!("452 4.2.2 <{u}>: Mailbox full, try again later")
-            }
-            DeliveryError::TooBigForQuota { user, .. } => {
-                format!("552 5.2.2 <{user}>: Message larger than the mailbox quota")
-            }
-            DeliveryError::Empty => "554 5.6.0 Empty message".into(),
-            DeliveryError::Temporary(_) => {
-                "451 4.3.0 Temporary local problem, try again later".into()
-            }
+            DeliveryError::NoSuchUser(u) => Reply::new(
+                codes::MAILBOX_UNAVAILABLE,
+                status::BAD_DEST_MAILBOX,
+                format!(
+                    "<{}>: Recipient address rejected: User unknown",
+                    sanitize(u)
+                ),
+            ),
+            DeliveryError::OverQuota(u) => Reply::new(
+                codes::INSUFFICIENT_STORAGE,
+                status::MAILBOX_FULL,
+                format!("<{u}>: Mailbox full, try again later"),
+            ),
+            DeliveryError::TooBigForQuota { user, .. } => Reply::new(
+                codes::EXCEEDED_STORAGE,
+                status::MAILBOX_FULL,
+                format!("<{user}>: Message larger than the mailbox quota"),
+            ),
+            DeliveryError::Empty => Reply::new(
+                codes::TRANSACTION_FAILED,
+                status::MEDIA_OTHER,
+                "Empty message",
+            ),
+            DeliveryError::Store(_) => temporary_failure(),
         }
     }
 
     /// The exit status for `postoffice deliver` (sysexits.h).
     pub fn exit_code(&self) -> u8 {
         match self {
-            DeliveryError::NoSuchUser(_) => 67,
-            DeliveryError::Empty => 65,
+            DeliveryError::NoSuchUser(_) => sysexits::NOUSER,
+            DeliveryError::Empty => sysexits::DATAERR,
             // Quota: temporary, the MTA keeps the message and retries.
             DeliveryError::OverQuota(_)
             | DeliveryError::TooBigForQuota { .. }
-            | DeliveryError::Temporary(_) => 75,
+            | DeliveryError::Store(_) => sysexits::TEMPFAIL,
         }
     }
 }
 
+/// `451 4.3.0 Temporary local problem, try again later`: what a client
+/// hears when something on our side failed and it should retry.
+pub fn temporary_failure() -> Reply {
+    Reply::new(
+        codes::LOCAL_ERROR,
+        status::SYSTEM_OTHER,
+        "Temporary local problem, try again later",
+    )
+}
+
 /// Where local delivery gets its facts.
 pub struct Local<'a> {
+    /// The configuration (policy defaults).
     pub config: &'a Config,
+    /// Users, domains and their policies.
     pub directory: &'a Directory,
+    /// The maildrops.
     pub store: &'a Maildir,
 }
 
@@ -98,10 +149,7 @@ impl Local<'_> {
         if p.quota_bytes.is_none() && p.quota_messages.is_none() {
             return Ok(());
         }
-        let usage = self
-            .store
-            .usage(addr)
-            .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
+        let usage = self.store.usage(addr)?;
         if let Some(q) = p.quota_bytes {
             if size > q {
                 return Err(DeliveryError::TooBigForQuota {
@@ -205,10 +253,7 @@ impl Local<'_> {
                 quota: q,
             });
         }
-        let usage = self
-            .store
-            .usage(addr)
-            .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
+        let usage = self.store.usage(addr)?;
         if usage.bytes > q {
             return Err(DeliveryError::OverQuota(addr.to_string()));
         }
@@ -219,6 +264,6 @@ impl Local<'_> {
 fn store_error(e: StoreError) -> DeliveryError {
     match e {
         StoreError::EmptyMessage => DeliveryError::Empty,
-        e => DeliveryError::Temporary(e.to_string()),
+        e => DeliveryError::Store(e),
     }
 }

@@ -9,7 +9,7 @@ use postoffice_directory::Directory;
 use postoffice_store::{MailStore, Maildir, StoreError};
 use tracing::{info, warn};
 
-use crate::state::policy_defaults;
+use crate::app::policy_defaults;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone)]
@@ -20,6 +20,7 @@ pub struct SweepReport {
     pub skipped_locked: Vec<String>,
     /// Stale tmp/ files removed.
     pub tmp_removed: usize,
+    /// What went wrong, per user or mailbox (the sweep goes on).
     pub errors: Vec<String>,
 }
 

@@ -4,13 +4,11 @@
 //! RSA). `postoffice dkim generate DOMAIN` creates one and prints the DNS
 //! TXT record to publish at `<selector>._domainkey.<domain>`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use rustls_pki_types::PrivateKeyDer;
@@ -19,8 +17,34 @@ use rustls_pki_types::pem::PemObject;
 /// Which key type to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// Ed25519 (RFC 8463): short keys, not understood by every verifier.
     Ed25519,
+    /// RSA, 2048 bits: understood everywhere.
     Rsa2048,
+}
+
+/// Why a key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    /// Refusing to overwrite a key that signs mail already.
+    #[error("a DKIM key for {domain} already exists at {path}; delete it first to replace it")]
+    Exists {
+        /// The domain.
+        domain: String,
+        /// Its key file.
+        path: PathBuf,
+    },
+    /// Key generation or encoding failed.
+    #[error("generating the DKIM key: {0}")]
+    Generate(String),
+    /// The key file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Headers signed (those present are signed; RFC 6376 5.4.1).
@@ -36,25 +60,26 @@ const SIGNED_HEADERS: [&str; 9] = [
     "Reply-To",
 ];
 
+/// Where the key of `domain` lives.
 pub fn key_path(data_dir: &Path, domain: &str) -> PathBuf {
     data_dir.join("dkim").join(format!("{domain}.key"))
 }
 
 /// Create a key for `domain` (refusing to overwrite one) and return the
 /// TXT record value to publish.
-pub fn generate(data_dir: &Path, domain: &str, algorithm: Algorithm) -> Result<String> {
+pub fn generate(data_dir: &Path, domain: &str, algorithm: Algorithm) -> Result<String, DkimError> {
     let path = key_path(data_dir, domain);
     if path.exists() {
-        bail!(
-            "a DKIM key for {domain} already exists at {}; delete it first to replace it",
-            path.display()
-        );
+        return Err(DkimError::Exists {
+            domain: domain.to_string(),
+            path,
+        });
     }
+    let generate = |e: &dyn std::fmt::Display| DkimError::Generate(e.to_string());
     let (pkcs8, record) = match algorithm {
         Algorithm::Ed25519 => {
-            let der = Ed25519Key::generate_pkcs8()
-                .map_err(|e| anyhow::anyhow!("generating an ed25519 key: {e}"))?;
-            let key = Ed25519Key::from_pkcs8_der(&der).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let der = Ed25519Key::generate_pkcs8().map_err(|e| generate(&e))?;
+            let key = Ed25519Key::from_pkcs8_der(&der).map_err(|e| generate(&e))?;
             (
                 der,
                 format!(
@@ -65,16 +90,16 @@ pub fn generate(data_dir: &Path, domain: &str, algorithm: Algorithm) -> Result<S
         }
         Algorithm::Rsa2048 => {
             use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
-            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
-                .context("generating an RSA key")?;
+            let key =
+                rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| generate(&e))?;
             let der = key
                 .to_pkcs8_der()
-                .context("encoding the RSA key")?
+                .map_err(|e| generate(&e))?
                 .as_bytes()
                 .to_vec();
             let public = rsa::RsaPublicKey::from(&key)
                 .to_public_key_der()
-                .context("encoding the RSA public key")?;
+                .map_err(|e| generate(&e))?;
             (
                 der,
                 format!("v=DKIM1; k=rsa; p={}", STANDARD.encode(public.as_bytes())),
@@ -82,9 +107,14 @@ pub fn generate(data_dir: &Path, domain: &str, algorithm: Algorithm) -> Result<S
         }
     };
     let pem = pem_encode("PRIVATE KEY", &pkcs8);
-    let dir = path.parent().context("key path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_private(&path, pem.as_bytes())?;
+    let write = |source| DkimError::Write {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        postoffice_common::durable::create_dir_all(dir).map_err(write)?;
+    }
+    postoffice_common::durable::write(&path, pem.as_bytes()).map_err(write)?;
     Ok(record)
 }
 
@@ -99,22 +129,6 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 /// Signs with whatever key exists for the sender's domain.
 pub struct Signer {
     data_dir: PathBuf,
@@ -122,6 +136,7 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// Keys from `<data_dir>/dkim/`, published under `selector`.
     pub fn new(data_dir: &Path, selector: &str) -> Self {
         Signer {
             data_dir: data_dir.to_path_buf(),
@@ -141,33 +156,15 @@ impl Signer {
             Ok(k) => k,
             Err(_) => return None,
         };
-        let result = match &key {
-            PrivateKeyDer::Pkcs8(p8) => match Ed25519Key::from_pkcs8_der(p8.secret_pkcs8_der()) {
-                Ok(k) => DkimSigner::from_key(k)
-                    .domain(domain.clone())
-                    .selector(self.selector.clone())
-                    .headers(SIGNED_HEADERS)
-                    .sign(message)
-                    .map(|s| s.to_header()),
-                Err(_) => match RsaKey::<Sha256>::from_key_der(key.clone_key()) {
-                    Ok(k) => DkimSigner::from_key(k)
-                        .domain(domain.clone())
-                        .selector(self.selector.clone())
-                        .headers(SIGNED_HEADERS)
-                        .sign(message)
-                        .map(|s| s.to_header()),
-                    Err(e) => Err(e),
-                },
-            },
-            _ => match RsaKey::<Sha256>::from_key_der(key.clone_key()) {
-                Ok(k) => DkimSigner::from_key(k)
-                    .domain(domain.clone())
-                    .selector(self.selector.clone())
-                    .headers(SIGNED_HEADERS)
-                    .sign(message)
-                    .map(|s| s.to_header()),
-                Err(e) => Err(e),
-            },
+        // PKCS#8 holds either key type: try ed25519 first, then RSA.
+        let ed25519 = match &key {
+            PrivateKeyDer::Pkcs8(p8) => Ed25519Key::from_pkcs8_der(p8.secret_pkcs8_der()).ok(),
+            _ => None,
+        };
+        let result = match ed25519 {
+            Some(k) => sign_with(k, &domain, &self.selector, message),
+            None => RsaKey::<Sha256>::from_key_der(key.clone_key())
+                .and_then(|k| sign_with(k, &domain, &self.selector, message)),
         };
         match result {
             Ok(h) => Some(h),
@@ -177,6 +174,20 @@ impl Signer {
             }
         }
     }
+}
+
+fn sign_with<K: SigningKey>(
+    key: K,
+    domain: &str,
+    selector: &str,
+    message: &[u8],
+) -> mail_auth::Result<String> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED_HEADERS)
+        .sign(message)
+        .map(|s| s.to_header())
 }
 
 #[cfg(test)]

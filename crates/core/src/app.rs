@@ -1,5 +1,6 @@
-//! State shared by every connection: config, store, directory, throttling,
-//! TLS, and the login procedure that ties them together.
+//! The application state every listener, the queue and the CLI share, and
+//! the login procedure that ties the directory, the throttle and the store
+//! together.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,54 +14,68 @@ use postoffice_directory::{
     normalize_address,
 };
 use postoffice_store::{MailStore, Maildir, Maildrop, StoreError};
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::limits::ConnLimiter;
+use crate::outbound::Outbound;
 
 /// Why a login was refused. Only the caller's logs see the detail behind
 /// `Credentials`; the client gets one `[AUTH]` answer for all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginError {
+    /// Wrong user or password, a disabled user, or a throttled client.
     Credentials,
+    /// Another session holds the maildrop.
     InUse,
+    /// The user logged in less than LOGIN-DELAY seconds ago.
     LoginDelay,
+    /// A temporary local problem (storage, overload).
     Temp,
+    /// A permanent local problem.
     Perm,
 }
 
 /// A successful login: the locked maildrop and the user's policy.
 pub struct LoginOk {
+    /// The canonical address.
     pub address: String,
+    /// The locked snapshot; dropping it unlocks.
     pub maildrop: Arc<dyn Maildrop>,
+    /// Days mail is kept (`None`: forever), for EXPIRE.
     pub retention_days: Option<u32>,
+    /// Seconds between logins, for LOGIN-DELAY.
     pub login_delay_secs: u32,
 }
 
-/// Where submitted mail for remote recipients goes: the outbound queue.
-pub trait Outbound: Send + Sync {
-    /// Spool durably (fsynced) and return the queue ID.
-    fn enqueue(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<String, String>;
-    /// Take an entry back (a submission that failed after spooling).
-    fn cancel(&self, id: &str);
+/// Why the application could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The directory of users could not be opened.
+    #[error(transparent)]
+    Directory(#[from] postoffice_directory::Error),
+    /// The verification pipeline's configuration is wrong.
+    #[error(transparent)]
+    Filter(#[from] postoffice_filter::FilterError),
 }
 
-/// Everything a connection needs, shared behind an `Arc`.
-pub struct Shared {
+/// The application state shared by every connection, the queue and the
+/// CLI commands that act like the server (`deliver`, `sendmail`).
+pub struct App {
+    /// The configuration.
     pub config: Config,
+    /// The maildrops.
     pub store: Arc<Maildir>,
+    /// Domains and users.
     pub directory: Directory,
+    /// Brute-force protection of logins.
     pub throttle: LoginThrottle,
-    pub tls: Option<TlsAcceptor>,
-    pub limiter: Arc<ConnLimiter>,
     /// The inbound verification pipeline (SMTP).
     pub filters: postoffice_filter::Filters,
     /// The outbound queue (submission of mail for other domains); `None`
     /// refuses remote recipients.
-    pub outbound: std::sync::RwLock<Option<Arc<dyn Outbound>>>,
+    outbound: std::sync::RwLock<Option<Arc<dyn Outbound>>>,
     /// DKIM signing of submitted mail.
     pub dkim: crate::dkim::Signer,
-    /// Event counters (logged at shutdown; exported by the metrics work).
+    /// Event counters.
     pub counters: crate::metrics::Counters,
     /// Password verifications running at once. An argon2id check needs
     /// 19 MiB and a core; more at once than there are cores only adds
@@ -77,11 +92,34 @@ pub struct Shared {
 
 type CapaCache = (Arc<DirectoryData>, ExpireSummary, LoginDelaySummary);
 
-impl Shared {
-    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
-        let directory = Directory::open(&config.data_dir)?;
+impl App {
+    /// Open the directory and the store of `config.data_dir` and build the
+    /// verification pipeline. No outbound queue is attached yet
+    /// ([`App::set_outbound`]).
+    pub fn new(config: Config) -> Result<Self, AppError> {
         let filters = postoffice_filter::Filters::new(&config.filter, &config.dns)?;
-        let store = Arc::new(Maildir::new(config.data_dir.join("mail"), &config.hostname));
+        Self::with_filters(config, filters)
+    }
+
+    /// Like [`App::new`], for commands that never receive mail from outside
+    /// (`sendmail`, `deliver`): every verification stage is off, so nothing
+    /// needs DNS or clamd.
+    pub fn without_filters(config: Config) -> Result<Self, AppError> {
+        let off = postoffice_config::Filter {
+            dnsbl: postoffice_config::StageMode::Off,
+            spf: postoffice_config::StageMode::Off,
+            dkim: postoffice_config::StageMode::Off,
+            dmarc: postoffice_config::StageMode::Off,
+            virus: postoffice_config::StageMode::Off,
+            ..postoffice_config::Filter::default()
+        };
+        let filters = postoffice_filter::Filters::new(&off, &config.dns)?;
+        Self::with_filters(config, filters)
+    }
+
+    fn with_filters(config: Config, filters: postoffice_filter::Filters) -> Result<Self, AppError> {
+        let directory = Directory::open(&config.data_dir)?;
+        let store = Arc::new(maildir(&config));
         let a = &config.auth;
         let throttle = LoginThrottle::new(ThrottleConfig {
             free_failures: a.free_failures,
@@ -92,18 +130,12 @@ impl Shared {
             forget_after: Duration::from_secs(a.forget_after_secs),
             ..ThrottleConfig::default()
         });
-        let limiter = ConnLimiter::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        );
         let dkim = crate::dkim::Signer::new(&config.data_dir, &config.dkim.selector);
-        Ok(Shared {
+        Ok(App {
             config,
             store,
             directory,
             throttle,
-            tls,
-            limiter,
             filters,
             outbound: std::sync::RwLock::new(None),
             dkim,
@@ -116,8 +148,33 @@ impl Shared {
         })
     }
 
+    /// The server-wide policy defaults of the configuration.
     pub fn policy_defaults(&self) -> PolicyDefaults {
         policy_defaults(&self.config)
+    }
+
+    /// Attach the outbound queue: submitted mail for other domains goes
+    /// there from now on.
+    pub fn set_outbound(&self, outbound: Arc<dyn Outbound>) {
+        *self.outbound.write().unwrap_or_else(|p| p.into_inner()) = Some(outbound);
+    }
+
+    /// The outbound queue, if one is attached.
+    pub fn outbound(&self) -> Option<Arc<dyn Outbound>> {
+        self.outbound
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Local delivery with this application's configuration, directory
+    /// and store.
+    pub fn local(&self) -> crate::delivery::Local<'_> {
+        crate::delivery::Local {
+            config: &self.config,
+            directory: &self.directory,
+            store: &self.store,
+        }
     }
 
     /// What CAPA advertises for EXPIRE and LOGIN-DELAY before login.
@@ -267,10 +324,12 @@ pub fn policy_defaults(config: &Config) -> PolicyDefaults {
     }
 }
 
+/// The Maildir store of a configuration: `<data_dir>/mail`.
+pub fn maildir(config: &Config) -> Maildir {
+    Maildir::new(config.data_dir.join("mail"), &config.hostname)
+}
+
 /// A user name as the client typed it, made safe for a log line.
 pub fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    postoffice_common::text::printable(s, 64)
 }

@@ -1,0 +1,185 @@
+//! Mail arriving on the MX port (SMTP, port 25): which recipients are
+//! accepted, and what happens to a message once its DATA is complete.
+//!
+//! Only users of local domains are accepted, whatever an address looks
+//! like (no relaying). A complete message goes through the verification
+//! pipeline, gets its trace headers (`Return-Path`, `Received`, the
+//! verdict headers; forged copies of ours are removed) and is stored for
+//! every recipient, or for none. The reply says what happened: `250` only
+//! once every copy is fsynced.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use postoffice_filter::{MessageAction, MessageContext};
+use postoffice_smtp::{Reply, Verdict, codes, sanitize, status};
+use tracing::{info, warn};
+
+use crate::App;
+use crate::delivery::{DeliveryError, temporary_failure};
+use crate::trace::{Trace, strip_forged, trace_headers};
+
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored in every recipient's maildrop.
+    Delivered,
+    /// Stored in every recipient's quarantine.
+    Quarantined,
+    /// Refused for good by the pipeline (5xx).
+    Rejected,
+    /// Refused for now by the pipeline (4xx).
+    TempFailed,
+    /// Accepted by the pipeline but not stored (4xx/5xx from delivery).
+    Failed,
+}
+
+impl Outcome {
+    /// The word used in the transaction log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Rejected => "rejected",
+            Outcome::TempFailed => "tempfail",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// A complete message and its transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The transaction ID (logs, `Received:`, the reply).
+    pub id: &'a str,
+    /// The client's address.
+    pub ip: IpAddr,
+    /// What the client said in EHLO/HELO.
+    pub helo: &'a str,
+    /// EHLO (true) or HELO.
+    pub esmtp: bool,
+    /// The TLS version and cipher, when encrypted.
+    pub tls: Option<&'a str>,
+    /// The reverse-path ("" for the null sender).
+    pub mail_from: &'a str,
+    /// The accepted recipients.
+    pub rcpt_to: &'a [String],
+    /// What the connect-time checks found (see `postoffice-filter`).
+    pub connect_tags: &'a [String],
+    /// The content as received, without our headers.
+    pub body: &'a [u8],
+}
+
+/// Relay protection and the recipient check: only known users of local
+/// domains with room for a message; everything else is refused.
+pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
+    let local = app.local();
+    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    if !local.is_local_domain(domain) {
+        return Verdict::Reject(Reply::new(
+            codes::TRANSACTION_FAILED,
+            status::NOT_AUTHORIZED,
+            format!("<{}>: Relay access denied", sanitize(address)),
+        ));
+    }
+    match local.check_recipient(address) {
+        Ok(_) => Verdict::Accept,
+        Err(DeliveryError::NoSuchUser(_)) => Verdict::Reject(Reply::new(
+            codes::MAILBOX_UNAVAILABLE,
+            status::BAD_DEST_MAILBOX,
+            format!(
+                "<{}>: Recipient address rejected: User unknown",
+                sanitize(address)
+            ),
+        )),
+        Err(e) => Verdict::Reject(e.reply()),
+    }
+}
+
+/// Verify and store a complete message; returns the final reply and what
+/// happened (the counters are updated here).
+pub async fn deliver(app: &Arc<App>, m: Message<'_>) -> (Reply, Outcome) {
+    let size = m.body.len();
+    let ctx = MessageContext {
+        ip: m.ip,
+        helo: m.helo,
+        mail_from: m.mail_from,
+        receiver_hostname: &app.config.hostname,
+        connect_tags: m.connect_tags,
+    };
+    let verdict = app.filters.check_message(&ctx, m.body).await;
+    let trace = trace_headers(&Trace {
+        helo: m.helo,
+        ip: m.ip,
+        hostname: &app.config.hostname,
+        esmtp: m.esmtp,
+        tls: m.tls,
+        authenticated: false,
+        id: m.id,
+        mail_from: m.mail_from,
+        rcpt_to: m.rcpt_to,
+        time: SystemTime::now(),
+    });
+    let body = strip_forged(m.body, &app.config.hostname);
+    let (reply, outcome) = match verdict.action {
+        MessageAction::Reject { reply } => (reply, Outcome::Rejected),
+        MessageAction::TempFail { reply } => (reply, Outcome::TempFailed),
+        action => {
+            let quarantine = matches!(action, MessageAction::Quarantine { .. });
+            let mut message = Vec::with_capacity(trace.len() + verdict.headers.len() + size);
+            message.extend_from_slice(trace.as_bytes());
+            message.extend_from_slice(verdict.headers.as_bytes());
+            message.extend_from_slice(&body);
+            let rcpts = m.rcpt_to.to_vec();
+            let app2 = Arc::clone(app);
+            let stored = tokio::task::spawn_blocking(move || {
+                let local = app2.local();
+                if quarantine {
+                    local.quarantine(&rcpts, &message)
+                } else {
+                    local.deliver(&rcpts, &message).map(|_| ())
+                }
+            })
+            .await;
+            let ok = |text: String| Reply::new(codes::OK, status::OTHER, text);
+            match stored {
+                Ok(Ok(())) if quarantine => (
+                    ok(format!("OK id={} (quarantined)", m.id)),
+                    Outcome::Quarantined,
+                ),
+                Ok(Ok(())) => (ok(format!("OK id={}", m.id)), Outcome::Delivered),
+                Ok(Err(e)) => {
+                    warn!(error = %e, id = m.id, "delivery failed");
+                    (e.reply(), Outcome::Failed)
+                }
+                Err(e) => {
+                    warn!(error = %e, id = m.id, "delivery task failed");
+                    (temporary_failure(), Outcome::Failed)
+                }
+            }
+        }
+    };
+    let c = &app.counters;
+    crate::metrics::inc(match outcome {
+        Outcome::Delivered => &c.smtp_delivered,
+        Outcome::Quarantined => &c.smtp_quarantined,
+        Outcome::Rejected => &c.smtp_rejected,
+        Outcome::TempFailed | Outcome::Failed => &c.smtp_tempfailed,
+    });
+    info!(
+        id = m.id,
+        ip = %m.ip,
+        helo = %m.helo,
+        from = %m.mail_from,
+        rcpts = %m.rcpt_to.join(","),
+        size,
+        tls = m.tls.is_some(),
+        connect = %m.connect_tags.join(","),
+        verdict = %verdict.summary,
+        result = outcome.as_str(),
+        reply = %reply,
+        "smtp transaction"
+    );
+    (reply, outcome)
+}

@@ -1,0 +1,45 @@
+//! The postoffice application: what the server *does* with mail and users,
+//! independent of sockets, TLS and the command line.
+//!
+//! The protocol crates (`pop3-proto`, `postoffice-smtp`) know how to talk;
+//! the store, the directory and the filters know how to keep and judge;
+//! this crate decides. Everything a listener, the CLI or the outbound queue
+//! does to mail goes through one function here, so each rule exists once:
+//!
+//! - [`App`] is the shared application state: configuration, store,
+//!   directory, verification pipeline, DKIM signer, counters and the
+//!   outbound queue behind the [`Outbound`] trait. [`App::authenticate`]
+//!   and [`App::login`] are *the* login procedure (throttling, one hash
+//!   check per failure whatever the user, LOGIN-DELAY, the maildrop lock).
+//! - [`delivery`]: the one path into a maildrop — recipient checks, quotas,
+//!   all-or-nothing delivery to several recipients, quarantine.
+//! - [`inbound`]: a message arriving on the MX port — relay protection,
+//!   the verification pipeline, trace headers, delivery; returns the reply.
+//! - [`submission`]: a message our user sends — sender ownership of the
+//!   envelope and of every From:/Sender:/Resent-From: address, Date and
+//!   Message-ID, DKIM, local delivery and the queue, all or nothing.
+//! - [`sendmail`]: the message preparation of `postoffice sendmail`.
+//! - [`dkim`]: signing keys and signatures.
+//! - [`trace`]: `Return-Path`, `Received`, and removing forged verdicts.
+//! - [`retention`]: the retention sweep.
+//! - [`metrics`]: process-wide counters.
+//!
+//! Blocking work (file I/O, password hashes) is done with plain blocking
+//! calls in this crate; the async entry points ([`App::login`],
+//! [`inbound::deliver`], [`submission::submit`]) move it to tokio's blocking
+//! pool so that no listener thread waits on a disk or a hash.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod delivery;
+pub mod dkim;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod retention;
+pub mod sendmail;
+pub mod submission;
+pub mod trace;
+
+pub use app::{App, LoginError, LoginOk, policy_defaults};
+pub use outbound::{Outbound, OutboundError};

@@ -1,0 +1,188 @@
+//! `postoffice sendmail`: a message from a local program (cron, a script,
+//! PHP's `mail()`), prepared the way sendmail(1) users expect and then
+//! handed to the submission path ([`crate::submission`]).
+//!
+//! Preparation: line ends become CRLF (scripts write LF), with `-t` the
+//! recipients are taken from To:, Cc: and Bcc: and Bcc: is removed, with
+//! `-F` a From: is added when there is none, and a `Received:` line records
+//! the local user.
+
+use std::time::SystemTime;
+
+use postoffice_common::date::rfc5322;
+use postoffice_smtp::Reply;
+
+use crate::App;
+use crate::submission::{self, Refusal};
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Recipients given as arguments.
+    pub recipients: Vec<String>,
+    /// `-t`: also take recipients from To:, Cc: and Bcc:.
+    pub from_headers: bool,
+    /// `-f`: the envelope sender (default `<login>@<hostname>`).
+    pub sender: Option<String>,
+    /// `-F`: the full name for a From: header added when there is none.
+    pub full_name: Option<String>,
+    /// The local (Unix) user running the command.
+    pub login: String,
+}
+
+/// What happened to the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// Delivered to local users only.
+    Delivered,
+    /// Queued for remote recipients (the queue ID).
+    Queued(String),
+}
+
+/// Why nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendmailError {
+    /// No recipient in the arguments (nor, with `-t`, in the headers).
+    #[error("no recipients (give them as arguments, or use -t)")]
+    NoRecipients,
+    /// The submission path refused the message.
+    #[error("{}", .0.reply)]
+    Refused(Refusal),
+}
+
+impl SendmailError {
+    /// The exit status (sysexits.h): 64 for usage errors, else the refusal's.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SendmailError::NoRecipients => 64,
+            SendmailError::Refused(r) => r.exit_code,
+        }
+    }
+
+    /// The SMTP reply behind a refusal.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            SendmailError::Refused(r) => Some(&r.reply),
+            SendmailError::NoRecipients => None,
+        }
+    }
+}
+
+/// Prepare `input` as [`Request`] says and submit it: local recipients
+/// are delivered at once, others queued; all or nothing.
+pub fn send(app: &App, req: &Request, input: &[u8]) -> Result<Sent, SendmailError> {
+    let mut message = to_crlf(input);
+    let mut rcpts = req.recipients.clone();
+    if req.from_headers {
+        let (found, stripped) = header_recipients(&message);
+        rcpts.extend(found);
+        message = stripped;
+    }
+    if rcpts.is_empty() {
+        return Err(SendmailError::NoRecipients);
+    }
+    let sender = req
+        .sender
+        .clone()
+        .unwrap_or_else(|| format!("{}@{}", req.login, app.config.hostname));
+    if let Some(name) = &req.full_name {
+        let has_from = mail_parser::MessageParser::default()
+            .parse_headers(&message)
+            .is_some_and(|m| m.from().is_some());
+        if !has_from {
+            let mut with = format!(
+                "From: {} <{sender}>\r\n",
+                name.replace(['\r', '\n', '<', '>'], "")
+            )
+            .into_bytes();
+            with.extend_from_slice(&message);
+            message = with;
+        }
+    }
+    let id = postoffice_common::ids::unique_id();
+    let received = format!(
+        "Received: by {} (postoffice sendmail, uid {}) id {id};\r\n\t{}\r\n",
+        app.config.hostname,
+        req.login.replace(['\r', '\n'], ""),
+        rfc5322(SystemTime::now())
+    );
+    let (prepared, _) = submission::prepare(app, None, &sender, &id, &received, &message)
+        .map_err(SendmailError::Refused)?;
+    match submission::store(app, &sender, &rcpts, &prepared) {
+        Ok(Some(q)) => Ok(Sent::Queued(q)),
+        Ok(None) => Ok(Sent::Delivered),
+        Err(r) => Err(SendmailError::Refused(r)),
+    }
+}
+
+/// LF line ends become CRLF (lone CR is left alone); a final CRLF is
+/// added if missing.
+pub fn to_crlf(input: &[u8]) -> Vec<u8> {
+    let mut crlf = Vec::with_capacity(input.len() + input.len() / 32 + 2);
+    let mut prev = 0u8;
+    for &b in input {
+        if b == b'\n' && prev != b'\r' {
+            crlf.push(b'\r');
+        }
+        crlf.push(b);
+        prev = b;
+    }
+    if !crlf.ends_with(b"\r\n") {
+        crlf.extend_from_slice(b"\r\n");
+    }
+    crlf
+}
+
+/// Addresses in the To/Cc/Bcc headers, and the message with Bcc removed.
+pub fn header_recipients(message: &[u8]) -> (Vec<String>, Vec<u8>) {
+    let mut rcpts = Vec::new();
+    if let Some(m) = mail_parser::MessageParser::default().parse_headers(message) {
+        for list in [m.to(), m.cc(), m.bcc()].into_iter().flatten() {
+            rcpts.extend(list.iter().filter_map(|a| a.address().map(str::to_string)));
+        }
+    }
+    // Drop Bcc: (and its continuation lines) from the header section.
+    let mut out = Vec::with_capacity(message.len());
+    let mut in_header = true;
+    let mut skipping = false;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if in_header {
+            if line == b"\r\n" || line == b"\n" {
+                in_header = false;
+            } else if skipping && matches!(line.first(), Some(b' ' | b'\t')) {
+                continue;
+            } else {
+                skipping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+                if skipping {
+                    continue;
+                }
+            }
+        }
+        out.extend_from_slice(line);
+    }
+    (rcpts, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lf_becomes_crlf_once() {
+        assert_eq!(to_crlf(b"a\nb\r\nc"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(to_crlf(b""), b"\r\n");
+        assert_eq!(to_crlf(b"x\r\n"), b"x\r\n");
+    }
+
+    #[test]
+    fn bcc_is_read_and_removed() {
+        let m =
+            b"To: a@x.test\r\nBcc: b@y.test,\r\n c@z.test\r\nSubject: s\r\n\r\nBcc: body stays\r\n";
+        let (rcpts, out) = header_recipients(m);
+        assert_eq!(rcpts, vec!["a@x.test", "b@y.test", "c@z.test"]);
+        assert_eq!(
+            out,
+            b"To: a@x.test\r\nSubject: s\r\n\r\nBcc: body stays\r\n".to_vec()
+        );
+    }
+}
