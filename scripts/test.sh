@@ -59,6 +59,8 @@ stage "cargo test" cargo test --workspace --quiet
 
 if [[ "${1:-}" != "--quick" && $CLIENTS == 1 ]]; then
     cargo build --quiet -p postoffice -p postoffice-bench
+    stage "README quick start, literally, from a fresh clone" \
+        python3 tests/clients/quickstart.py .
     stage "real clients: curl, poplib, fetchmail" \
         python3 tests/clients/run_clients.py target/debug/postoffice
     stage "receiving pipeline: swaks, smtplib, dnsmasq, clamd" \

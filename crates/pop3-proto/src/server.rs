@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | [`Action::Authenticate`] | checks credentials, policy, locks the maildrop | [`ServerSession::login_succeeded`] / [`ServerSession::login_failed`] |
 //! | [`Action::StartTls`] | sends the buffered `+OK`, runs the TLS handshake | [`ServerSession::tls_started`] |
-//! | [`Action::Retrieve`] | streams the message through a [`crate::BodyEncoder`] | nothing |
+//! | [`Action::Retrieve`] | opens the message | [`ServerSession::retrieve_started`] (writes the `+OK`), then streams it through a [`crate::BodyEncoder`]; or [`ServerSession::retrieve_failed`] |
 //! | [`Action::Update`] | deletes the messages durably | [`ServerSession::update_finished`] |
 //! | [`Action::Close`] | sends the buffer and closes | nothing |
 //!
@@ -111,13 +111,42 @@ pub enum Action {
     /// Send the buffered `+OK`, discard any buffered input, run the TLS
     /// handshake, then call [`ServerSession::tls_started`].
     StartTls,
-    /// The `+OK` line is in the buffer; stream message `index` after it.
-    Retrieve { index: usize, top: Option<u64> },
+    /// Open message `index`; then call [`ServerSession::retrieve_started`]
+    /// and stream it (all of it, or its header and `top` body lines), or
+    /// call [`ServerSession::retrieve_failed`]. Nothing is in the buffer
+    /// for this command yet.
+    Retrieve {
+        /// The message (0-based).
+        index: usize,
+        /// TOP's line count; `None` for RETR.
+        top: Option<u64>,
+    },
     /// Enter the UPDATE state: delete these messages (indices), then call
     /// [`ServerSession::update_finished`].
     Update { deleted: Vec<usize> },
     /// Send the buffer and close the connection.
     Close,
+}
+
+/// Why a connection is refused before any session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// This client's network holds too many connections already.
+    TooManyFromClient,
+    /// The server holds its maximum of connections.
+    ServerFull,
+}
+
+impl Busy {
+    /// The one line sent before closing (instead of the greeting).
+    pub fn reply(self) -> &'static [u8] {
+        match self {
+            Busy::TooManyFromClient => {
+                b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
+            }
+            Busy::ServerFull => b"-ERR [SYS/TEMP] Server is busy; try again later.\r\n",
+        }
+    }
 }
 
 /// Why a login attempt failed, as reported by the caller.
@@ -352,10 +381,15 @@ impl ServerSession {
         }
     }
 
+    /// RFC 2449 section 5: "Capabilities available in the AUTHORIZATION
+    /// state MUST be announced in both states." So USER, SASL, STLS and UTF8
+    /// (RFC 6856) are listed after login too, as long as they are available
+    /// before login on this connection; only EXPIRE and LOGIN-DELAY change
+    /// (to the user's own values, without the USER suffix, as section 6.7
+    /// and 6.8 allow).
     fn capa(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"+OK Capability list follows\r\n");
-        let authorization = !matches!(self.state, State::Transaction(_));
-        if authorization && self.auth_allowed() {
+        if self.auth_allowed() {
             out.extend_from_slice(b"USER\r\nSASL PLAIN LOGIN\r\n");
         }
         out.extend_from_slice(b"TOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n");
@@ -390,12 +424,10 @@ impl ServerSession {
             out,
             format_args!("IMPLEMENTATION {}\r\n", self.cfg.implementation),
         );
-        if authorization && self.cfg.stls_available && !self.cfg.tls_active {
+        if self.cfg.stls_available && !self.cfg.tls_active {
             out.extend_from_slice(b"STLS\r\n");
         }
-        if authorization {
-            out.extend_from_slice(b"UTF8 USER\r\n");
-        }
+        out.extend_from_slice(b"UTF8 USER\r\n");
         out.extend_from_slice(b".\r\n");
     }
 
@@ -655,10 +687,6 @@ impl ServerSession {
             },
             Command::Retr(n) => match t.lookup(n) {
                 Ok(i) => {
-                    let size = t.listing.size(i);
-                    let _ = write_str(out, format_args!("+OK {size} octets\r\n"));
-                    self.stats.retr += 1;
-                    self.stats.retr_bytes += size;
                     return Action::Retrieve {
                         index: i,
                         top: None,
@@ -668,8 +696,6 @@ impl ServerSession {
             },
             Command::Top(n, lines) => match t.lookup(n) {
                 Ok(i) => {
-                    out.extend_from_slice(b"+OK Top of message follows\r\n");
-                    self.stats.top += 1;
                     return Action::Retrieve {
                         index: i,
                         top: Some(lines),
@@ -721,6 +747,47 @@ impl ServerSession {
             | Command::Utf8 => return self.bad(out, "-ERR Already logged in.\r\n"),
         }
         Action::None
+    }
+
+    /// The message of [`Action::Retrieve`] is open: write the `+OK` line
+    /// (the caller streams the message after it).
+    pub fn retrieve_started(&mut self, index: usize, top: Option<u64>, out: &mut Vec<u8>) {
+        match top {
+            None => {
+                let size = match &self.state {
+                    State::Transaction(t) if index < t.listing.count() => t.listing.size(index),
+                    _ => 0,
+                };
+                let _ = write_str(out, format_args!("+OK {size} octets\r\n"));
+                self.stats.retr += 1;
+                self.stats.retr_bytes += size;
+            }
+            Some(_) => {
+                out.extend_from_slice(b"+OK Top of message follows\r\n");
+                self.stats.top += 1;
+            }
+        }
+    }
+
+    /// The message of [`Action::Retrieve`] could not be opened (another
+    /// program deleted it, a disk error): a `-ERR [SYS/TEMP]`, and the
+    /// session goes on.
+    pub fn retrieve_failed(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"-ERR [SYS/TEMP] Message is unavailable; try again later.\r\n");
+    }
+
+    /// The client was idle longer than the autologout timer (RFC 1939
+    /// section 3): say so and close. Nothing is deleted.
+    pub fn timed_out(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"-ERR Autologout; idle for too long.\r\n");
+        self.state = State::Closed;
+    }
+
+    /// The server is stopping: say so and close. Deletions are not applied
+    /// (no QUIT was received).
+    pub fn shutting_down(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"-ERR [SYS/TEMP] Server shutting down.\r\n");
+        self.state = State::Closed;
     }
 
     /// The UPDATE state finished: `Ok` if every deletion was applied.

@@ -26,8 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use pop3_proto::server::Busy;
 use postoffice_config::Config;
 use postoffice_core::App;
+use postoffice_smtp::{Reply, codes, status};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -202,22 +204,22 @@ async fn accept_loop(
             Ok(g) => g,
             Err(why) => {
                 warn!(ip = %peer.ip(), ?why, "connection refused: limit reached");
-                let msg: &[u8] = match why {
-                    Refused::PerIp => {
-                        b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
-                    }
-                    Refused::Total => b"-ERR [SYS/TEMP] Server is busy; try again later.\r\n",
-                };
-                let msg: &[u8] = match service {
-                    Service::Smtp | Service::Submission => {
-                        b"421 4.7.0 Too many connections, try again later\r\n"
-                    }
-                    _ => msg,
+                let msg: Vec<u8> = match service {
+                    Service::Smtp | Service::Submission | Service::Submissions => Reply::new(
+                        codes::SERVICE_UNAVAILABLE,
+                        status::SECURITY_OTHER,
+                        "Too many connections, try again later",
+                    )
+                    .to_bytes(),
+                    Service::Pop3 | Service::Pop3s => match why {
+                        Refused::PerIp => Busy::TooManyFromClient.reply().to_vec(),
+                        Refused::Total => Busy::ServerFull.reply().to_vec(),
+                    },
                 };
                 if !matches!(service, Service::Pop3s | Service::Submissions) {
                     // Best effort, never blocking the accept loop.
                     let _ =
-                        tokio::time::timeout(Duration::from_millis(200), tcp.write_all(msg)).await;
+                        tokio::time::timeout(Duration::from_millis(200), tcp.write_all(&msg)).await;
                 }
                 continue;
             }

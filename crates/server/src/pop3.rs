@@ -250,7 +250,6 @@ async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown
     loop {
         // Answer every complete line we have, in order.
         loop {
-            let mark = conn.out.len();
             let action = match conn.lines.next_frame() {
                 Some(frame) => conn.session.handle(frame, &mut conn.out),
                 None => break,
@@ -290,7 +289,7 @@ async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown
                 Action::Retrieve { index, top } => {
                     // Boxed (like the login below): their state would
                     // otherwise be part of every idle session's future.
-                    if let Err(e) = Box::pin(retrieve(&mut io, conn, index, top, mark)).await {
+                    if let Err(e) = Box::pin(retrieve(&mut io, conn, index, top)).await {
                         debug!(error = %e, "connection lost during RETR");
                         return Step::Done(End::Disconnected);
                     }
@@ -317,7 +316,7 @@ async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return Step::Done(End::Disconnected),
                 Err(_) => {
-                    conn.out.extend_from_slice(b"-ERR Autologout; idle for too long.\r\n");
+                    conn.session.timed_out(&mut conn.out);
                     let _ = flush(&mut io, conn).await;
                     return Step::Done(End::Timeout);
                 }
@@ -325,7 +324,7 @@ async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown
             _ = shutdown.recv() => {
                 // Idle between commands: nothing is half done. Say goodbye;
                 // deletions are not applied (no QUIT was received).
-                conn.out.extend_from_slice(b"-ERR [SYS/TEMP] Server shutting down.\r\n");
+                conn.session.shutting_down(&mut conn.out);
                 let _ = flush(&mut io, conn).await;
                 return Step::Done(End::Shutdown);
             }
@@ -377,18 +376,15 @@ async fn login(
     }
 }
 
-/// Stream one message after the `+OK` the session queued at `mark`.
+/// Open one message and stream it after the session's `+OK`.
 async fn retrieve<S: AsyncWrite + Unpin>(
     io: &mut S,
     conn: &mut Conn,
     index: usize,
     top: Option<u64>,
-    mark: usize,
 ) -> std::io::Result<()> {
     let Some(maildrop) = conn.maildrop.clone() else {
-        conn.out.truncate(mark);
-        conn.out
-            .extend_from_slice(b"-ERR [SYS/TEMP] Maildrop not open.\r\n");
+        conn.session.retrieve_failed(&mut conn.out);
         return Ok(());
     };
     let size = maildrop.messages().get(index).map_or(0, |m| m.size) as usize;
@@ -404,20 +400,17 @@ async fn retrieve<S: AsyncWrite + Unpin>(
     let (mut reader, mut chunk) = match opened {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            // Nothing of the reply has been sent yet: replace the +OK.
             warn!(error = %e, index, "message unavailable");
-            conn.out.truncate(mark);
-            conn.out
-                .extend_from_slice(b"-ERR [SYS/TEMP] Message is unavailable; try again later.\r\n");
+            conn.session.retrieve_failed(&mut conn.out);
             return Ok(());
         }
-        Err(_) => {
-            conn.out.truncate(mark);
-            conn.out
-                .extend_from_slice(b"-ERR [SYS/TEMP] Internal error.\r\n");
+        Err(e) => {
+            warn!(error = %e, index, "message read task failed");
+            conn.session.retrieve_failed(&mut conn.out);
             return Ok(());
         }
     };
+    conn.session.retrieve_started(index, top, &mut conn.out);
     // A short read means end of file: small messages need one read only.
     let eof = chunk.len() <= first;
     if let Some(n) = top {

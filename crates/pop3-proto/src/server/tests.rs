@@ -211,8 +211,43 @@ fn capa_after_login_shows_user_policy() {
     let mut s = logged_in();
     let (capa, _) = send(&mut s, "CAPA");
     assert!(capa.contains("\r\nEXPIRE 30\r\n"), "{capa}");
-    assert!(!capa.contains("USER\r\n"));
-    assert!(!capa.contains("STLS"));
+    assert!(!capa.contains("EXPIRE 30 USER"), "{capa}");
+    // Not offered on this connection before login, so not after it either.
+    assert!(!capa.contains("STLS"), "{capa}");
+}
+
+/// RFC 2449 section 5: every capability available in the AUTHORIZATION
+/// state is announced in both states.
+#[test]
+fn capa_before_login_is_announced_after_login() {
+    let cfg = SessionConfig {
+        stls_available: true,
+        ..SessionConfig::default()
+    };
+    let mut s = ServerSession::new(cfg);
+    let (before, _) = send(&mut s, "CAPA");
+    send(&mut s, "USER alice@example.test");
+    let (_, a) = send(&mut s, "PASS secret");
+    assert!(matches!(a, Action::Authenticate { .. }));
+    let mut out = Vec::new();
+    s.login_succeeded("alice@example.test".into(), listing(), policy(), &mut out);
+    let (after, _) = send(&mut s, "CAPA");
+    let names = |capa: &str| -> Vec<String> {
+        capa.lines()
+            .skip(1)
+            .take_while(|l| *l != ".")
+            .map(|l| l.split(' ').next().unwrap_or("").to_string())
+            .collect()
+    };
+    let after_names = names(&after);
+    for cap in names(&before) {
+        assert!(
+            after_names.contains(&cap),
+            "{cap} missing after login:\n{after}"
+        );
+    }
+    assert!(after.contains("\r\nSTLS\r\n") && after.contains("\r\nUTF8 USER\r\n"));
+    assert!(after.contains("\r\nUSER\r\n") && after.contains("\r\nSASL PLAIN LOGIN\r\n"));
 }
 
 #[test]
@@ -345,7 +380,7 @@ fn dele_hides_message_and_rset_restores() {
 fn retr_and_top_request_streaming() {
     let mut s = logged_in();
     let (r, a) = send(&mut s, "RETR 3");
-    assert_eq!(r, "+OK 300 octets\r\n");
+    assert_eq!(r, "", "the +OK waits until the message is open");
     assert_eq!(
         a,
         Action::Retrieve {
@@ -353,8 +388,11 @@ fn retr_and_top_request_streaming() {
             top: None
         }
     );
+    let mut out = Vec::new();
+    s.retrieve_started(2, None, &mut out);
+    assert_eq!(out, b"+OK 300 octets\r\n");
     let (r, a) = send(&mut s, "TOP 1 5");
-    assert!(r.starts_with("+OK"));
+    assert_eq!(r, "");
     assert_eq!(
         a,
         Action::Retrieve {
@@ -362,10 +400,52 @@ fn retr_and_top_request_streaming() {
             top: Some(5)
         }
     );
+    let mut out = Vec::new();
+    s.retrieve_started(0, Some(5), &mut out);
+    assert!(out.starts_with(b"+OK"));
     assert!(send(&mut s, "RETR 0").0.starts_with("-ERR"));
     assert!(send(&mut s, "RETR 9").0.starts_with("-ERR"));
     assert_eq!(s.stats().retr, 1);
     assert_eq!(s.stats().retr_bytes, 300);
+}
+
+#[test]
+fn a_message_that_cannot_be_opened_gets_one_err_and_the_session_goes_on() {
+    let mut s = logged_in();
+    let (r, a) = send(&mut s, "RETR 1");
+    assert_eq!(
+        (r.as_str(), &a),
+        (
+            "",
+            &Action::Retrieve {
+                index: 0,
+                top: None
+            }
+        )
+    );
+    let mut out = Vec::new();
+    s.retrieve_failed(&mut out);
+    assert_eq!(
+        out,
+        b"-ERR [SYS/TEMP] Message is unavailable; try again later.\r\n"
+    );
+    assert_eq!(s.stats().retr, 0, "nothing was retrieved");
+    assert_eq!(send(&mut s, "NOOP").0, "+OK\r\n");
+}
+
+#[test]
+fn timeout_and_shutdown_close_with_their_own_reply() {
+    let mut s = logged_in();
+    let mut out = Vec::new();
+    s.timed_out(&mut out);
+    assert_eq!(out, b"-ERR Autologout; idle for too long.\r\n");
+    assert!(s.is_closed());
+    let mut s = logged_in();
+    let mut out = Vec::new();
+    s.shutting_down(&mut out);
+    assert_eq!(out, b"-ERR [SYS/TEMP] Server shutting down.\r\n");
+    assert!(s.is_closed());
+    assert_eq!(send(&mut s, "QUIT").1, Action::Close, "no UPDATE after it");
 }
 
 #[test]
