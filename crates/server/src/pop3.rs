@@ -249,11 +249,8 @@ async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown
     let autologout = Duration::from_secs(conn.shared.app.config.pop3.autologout_secs);
     loop {
         // Answer every complete line we have, in order.
-        loop {
-            let action = match conn.lines.next_frame() {
-                Some(frame) => conn.session.handle(frame, &mut conn.out),
-                None => break,
-            };
+        while let Some(frame) = conn.lines.next_frame() {
+            let action = conn.session.handle(frame, &mut conn.out);
             match action {
                 Action::None => {}
                 Action::Close => {
