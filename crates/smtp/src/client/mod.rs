@@ -43,7 +43,7 @@ pub use content::dot_stuff;
 
 /// Whether and how to use STARTTLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
+pub enum TlsPolicy {
     /// Never (the caller cannot do TLS).
     Off,
     /// Use it when the server offers it; go on in plaintext otherwise.
@@ -57,7 +57,7 @@ pub enum TlsMode {
 pub struct ClientConfig {
     /// The EHLO/HELO argument: our host name.
     pub helo_name: String,
-    pub tls: TlsMode,
+    pub tls: TlsPolicy,
     /// AUTH PLAIN credentials (user, password). They are sent only inside
     /// TLS; without TLS the session fails temporarily instead. A server that
     /// does not offer AUTH PLAIN gets the mail without authentication.
@@ -392,7 +392,7 @@ impl ClientSession {
                 if reply.code == 220 {
                     self.state = State::TlsHandshake;
                     Action::StartTls
-                } else if self.cfg.tls == TlsMode::Required {
+                } else if self.cfg.tls == TlsPolicy::Required {
                     self.host_failure(&reply, "STARTTLS refused, but TLS is required")
                 } else if reply.code == 421 {
                     self.host_failure(&reply, "STARTTLS")
@@ -415,13 +415,13 @@ impl ClientSession {
     }
 
     fn after_hello(&mut self) -> Action {
-        if !self.tls_active && !self.tls_refused && self.cfg.tls != TlsMode::Off {
+        if !self.tls_active && !self.tls_refused && self.cfg.tls != TlsPolicy::Off {
             if self.caps.starttls {
                 self.send_line("STARTTLS");
                 self.state = State::StartTls;
                 return Action::NeedInput;
             }
-            if self.cfg.tls == TlsMode::Required {
+            if self.cfg.tls == TlsPolicy::Required {
                 return self.local_host_failure(
                     "TLS is required, but the server does not offer STARTTLS",
                     EnhancedCode(4, 7, 4),

@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn cfg(tls: TlsMode) -> ClientConfig {
+fn cfg(tls: TlsPolicy) -> ClientConfig {
     ClientConfig {
         helo_name: "client.test".into(),
         tls,
@@ -46,7 +46,7 @@ fn ehlo_capabilities() {
 #[test]
 fn pipelined_transaction_with_per_recipient_results() {
     let mut s = ClientSession::new(
-        cfg(TlsMode::Opportunistic),
+        cfg(TlsPolicy::Opportunistic),
         tx(&["a@dest.test", "b@dest.test", "c@dest.test"]),
     );
     let (out, a) = step(&mut s, "220 mx.test ESMTP\r\n");
@@ -86,7 +86,7 @@ fn pipelined_transaction_with_per_recipient_results() {
 
 #[test]
 fn without_pipelining_commands_go_one_by_one() {
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test", "b@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test", "b@d.test"]));
     step(&mut s, "220 hi\r\n");
     let (out, _) = step(&mut s, "250-mx\r\n250 8BITMIME\r\n");
     assert_eq!(out, "MAIL FROM:<alice@src.test>\r\n");
@@ -109,7 +109,7 @@ fn without_pipelining_commands_go_one_by_one() {
 
 #[test]
 fn no_data_when_every_recipient_is_refused() {
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "220 hi\r\n");
     step(&mut s, "250 mx\r\n");
     step(&mut s, "250 ok\r\n");
@@ -119,7 +119,7 @@ fn no_data_when_every_recipient_is_refused() {
     assert!(!s.outcome().data_sent);
 
     // Pipelined: the server says 354 anyway; an empty content is sent.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "220 hi\r\n");
     step(&mut s, EHLO_PIPE);
     let (out, a) = step(&mut s, "250 ok\r\n550 no\r\n354 go\r\n");
@@ -133,7 +133,7 @@ fn no_data_when_every_recipient_is_refused() {
 
 #[test]
 fn mail_from_refused() {
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test", "b@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test", "b@d.test"]));
     step(&mut s, "220 hi\r\n");
     step(&mut s, EHLO_PIPE);
     let (out, a) = step(
@@ -148,7 +148,7 @@ fn mail_from_refused() {
         assert_eq!(r.reason, "MAIL FROM: 553 5.7.1 sender refused");
     }
     // 4xx to MAIL: temporary, and another host may do better.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "220 hi\r\n");
     step(&mut s, "250 mx\r\n");
     let (_, a) = step(&mut s, "451 4.3.0 local problem\r\n");
@@ -160,7 +160,7 @@ fn mail_from_refused() {
 
 #[test]
 fn code_421_mid_session() {
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test", "b@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test", "b@d.test"]));
     step(&mut s, "220 hi\r\n");
     step(&mut s, EHLO_PIPE);
     let (out, a) = step(
@@ -177,14 +177,14 @@ fn code_421_mid_session() {
     assert_eq!(s.handle(b"250 late\r\n"), Action::Done);
 
     // 421 as the greeting: a host-level failure.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     let (out, a) = step(&mut s, "421 4.7.0 too busy\r\n");
     assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
     let o = s.outcome();
     assert!(o.try_next_host);
     assert_eq!(o.rcpts[0].status, Status::Temporary);
     // A 5xx greeting too is only temporary (try the next MX).
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "554 5.7.1 go away\r\n");
     let o = s.outcome();
     assert!(o.try_next_host);
@@ -194,7 +194,7 @@ fn code_421_mid_session() {
 
 #[test]
 fn ehlo_refused_falls_back_to_helo() {
-    let mut s = ClientSession::new(cfg(TlsMode::Opportunistic), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Opportunistic), tx(&["a@d.test"]));
     step(&mut s, "220 old server\r\n");
     let (out, _) = step(&mut s, "502 5.5.2 command not recognized\r\n");
     assert_eq!(out, "HELO client.test\r\n");
@@ -209,7 +209,7 @@ fn ehlo_refused_falls_back_to_helo() {
     assert_eq!(s.outcome().rcpts[0].status, Status::Delivered);
 
     // HELO refused as well: host failure.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     step(&mut s, "500 what\r\n");
     let (_, a) = step(&mut s, "550 no\r\n");
@@ -219,7 +219,7 @@ fn ehlo_refused_falls_back_to_helo() {
 
 #[test]
 fn starttls_then_ehlo_again_and_buffered_input_dropped() {
-    let mut s = ClientSession::new(cfg(TlsMode::Opportunistic), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Opportunistic), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     let (out, _) = step(&mut s, "250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n");
     assert_eq!(out, "STARTTLS\r\n");
@@ -242,7 +242,7 @@ fn starttls_then_ehlo_again_and_buffered_input_dropped() {
 #[test]
 fn starttls_policies() {
     // Required but not offered.
-    let mut s = ClientSession::new(cfg(TlsMode::Required), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Required), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     let (out, a) = step(&mut s, "250-mx\r\n250 PIPELINING\r\n");
     assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
@@ -250,28 +250,28 @@ fn starttls_policies() {
     assert_eq!(o.rcpts[0].status, Status::Temporary);
     assert_eq!(o.rcpts[0].enhanced, EnhancedCode(4, 7, 4));
     // Offered but refused: opportunistic goes on in plaintext.
-    let mut s = ClientSession::new(cfg(TlsMode::Opportunistic), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Opportunistic), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
     let (out, _) = step(&mut s, "454 4.7.0 TLS not available\r\n");
     assert_eq!(out, "MAIL FROM:<alice@src.test>\r\n");
     // ...required does not.
-    let mut s = ClientSession::new(cfg(TlsMode::Required), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Required), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
     let (_, a) = step(&mut s, "454 4.7.0 TLS not available\r\n");
     assert_eq!(a, Action::Done);
     assert!(s.outcome().try_next_host);
     // Handshake failure.
-    let mut s = ClientSession::new(cfg(TlsMode::Required), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Required), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
     assert_eq!(step(&mut s, "220 go\r\n").1, Action::StartTls);
     let o = s.tls_failed("invalid certificate");
     assert!(o.tls_failed && o.try_next_host);
     assert_eq!(o.rcpts[0].status, Status::Temporary);
-    // TlsMode::Off never asks.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    // TlsPolicy::Off never asks.
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     let (out, _) = step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
     assert!(out.starts_with("MAIL"));
@@ -279,7 +279,7 @@ fn starttls_policies() {
 
 #[test]
 fn auth_plain_only_inside_tls() {
-    let mut c = cfg(TlsMode::Opportunistic);
+    let mut c = cfg(TlsPolicy::Opportunistic);
     c.credentials = Some(("user".into(), "pass".into()));
     // No TLS offered: the credentials are not sent.
     let mut s = ClientSession::new(c.clone(), tx(&["a@d.test"]));
@@ -299,7 +299,7 @@ fn auth_plain_only_inside_tls() {
     let (out, _) = step(&mut s, "235 2.7.0 ok\r\n");
     assert_eq!(out, "MAIL FROM:<alice@src.test>\r\n");
     // Failed authentication: temporary.
-    let mut c = cfg(TlsMode::Required);
+    let mut c = cfg(TlsPolicy::Required);
     c.credentials = Some(("user".into(), "bad".into()));
     let mut s = ClientSession::new(c, tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
@@ -322,7 +322,7 @@ fn auth_plain_only_inside_tls() {
 fn size_8bitmime_and_smtputf8() {
     let mut t = tx(&["a@d.test"]);
     t.size = 5000;
-    let mut s = ClientSession::new(cfg(TlsMode::Off), t);
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), t);
     step(&mut s, "220 x\r\n");
     let (out, a) = step(&mut s, EHLO_PIPE);
     assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
@@ -332,7 +332,7 @@ fn size_8bitmime_and_smtputf8() {
 
     let mut t = tx(&["a@d.test"]);
     t.body_8bit = true;
-    let mut s = ClientSession::new(cfg(TlsMode::Off), t);
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), t);
     step(&mut s, "220 x\r\n");
     let (out, _) = step(&mut s, EHLO_PIPE);
     assert!(
@@ -342,11 +342,11 @@ fn size_8bitmime_and_smtputf8() {
 
     let mut t = tx(&["jörg@d.test"]);
     t.mail_from = String::new();
-    let mut s = ClientSession::new(cfg(TlsMode::Off), t.clone());
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), t.clone());
     step(&mut s, "220 x\r\n");
     step(&mut s, EHLO_PIPE);
     assert_eq!(s.outcome().rcpts[0].enhanced, EnhancedCode(5, 6, 7));
-    let mut s = ClientSession::new(cfg(TlsMode::Off), t);
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), t);
     step(&mut s, "220 x\r\n");
     let (out, _) = step(&mut s, "250-mx\r\n250 SMTPUTF8\r\n");
     assert_eq!(out, "MAIL FROM:<> SMTPUTF8\r\n");
@@ -355,13 +355,13 @@ fn size_8bitmime_and_smtputf8() {
 #[test]
 fn connection_lost() {
     // Before anything: host-level.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     let o = s.connection_lost("connection reset");
     assert!(o.try_next_host);
     assert_eq!(o.rcpts[0].status, Status::Temporary);
     // After the content was sent, before the final reply: NOT delivered.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     step(&mut s, "220 x\r\n");
     step(&mut s, EHLO_PIPE);
     assert_eq!(
@@ -373,7 +373,7 @@ fn connection_lost() {
     assert_eq!(o.rcpts[0].status, Status::Temporary);
     assert!(o.rcpts[0].reason.contains("may have been delivered"));
     // Garbage from the server.
-    let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
+    let mut s = ClientSession::new(cfg(TlsPolicy::Off), tx(&["a@d.test"]));
     assert_eq!(step(&mut s, "HTTP/1.1 400 Bad\r\n").1, Action::Done);
     assert!(s.outcome().try_next_host);
 }
