@@ -53,6 +53,8 @@ pub mod codes {
     pub const BAD_SEQUENCE: u16 = 503;
     /// 504 Command parameter not implemented.
     pub const PARAM_NOT_IMPLEMENTED: u16 = 504;
+    /// 530 Authentication required (RFC 4954).
+    pub const AUTH_REQUIRED: u16 = 530;
     /// 535 Authentication credentials invalid (RFC 4954).
     pub const AUTH_INVALID: u16 = 535;
     /// 538 Encryption required for requested authentication mechanism.
@@ -114,12 +116,19 @@ pub mod status {
     pub const INVALID_COMMAND: Status = Status(5, 1);
     /// X.5.2 Syntax error.
     pub const SYNTAX_ERROR: Status = Status(5, 2);
+    /// X.5.2 with `252` to VRFY, as sendmail sends it: the registry calls
+    /// X.5.2 "Syntax error" (the same numbers as [`SYNTAX_ERROR`]), but
+    /// this is what our `252` has always carried.
+    pub const CANNOT_VRFY: Status = Status(5, 2);
     /// X.5.3 Too many recipients.
     pub const TOO_MANY_RECIPIENTS: Status = Status(5, 3);
     /// X.5.4 Invalid command arguments.
     pub const INVALID_ARGUMENTS: Status = Status(5, 4);
     /// X.6.0 Other or undefined media error.
     pub const MEDIA_OTHER: Status = Status(6, 0);
+    /// X.6.7 Non-ASCII addresses not permitted for that sender/recipient
+    /// (RFC 6531).
+    pub const NON_ASCII_ADDRESS: Status = Status(6, 7);
     /// X.7.0 Other or undefined security status (2.7.0: authenticated).
     pub const SECURITY_OTHER: Status = Status(7, 0);
     /// X.7.1 Delivery not authorized, message refused.

@@ -3,7 +3,13 @@
 //! the caller's to verify ([`Action::Authenticate`], answered with
 //! [`ServerSession::auth_result`]).
 
-use super::{Action, Pending, ServerSession, State};
+use super::{Action, Pending, ServerSession, State, replies};
+use crate::reply::{Reply, codes, status};
+
+/// The LOGIN mechanism's first prompt: base64 of `Username:`.
+const USERNAME_PROMPT: &str = "VXNlcm5hbWU6";
+/// The LOGIN mechanism's second prompt: base64 of `Password:`.
+const PASSWORD_PROMPT: &str = "UGFzc3dvcmQ6";
 
 impl ServerSession {
     /// AUTH is advertised and accepted on this connection now.
@@ -13,35 +19,39 @@ impl ServerSession {
             && (self.cfg.tls_active || self.cfg.plaintext_auth)
     }
 
+    /// AUTH: checks, then the initial response or a `334` challenge.
     pub(super) fn auth(&mut self, mechanism: u64, initial: &str, out: &mut Vec<u8>) -> Action {
         if !self.cfg.submission {
-            self.error(out, "503 5.5.1 AUTH not available on this port\r\n");
+            self.error(
+                out,
+                replies::bad_sequence("AUTH not available on this port"),
+            );
             return Action::NeedInput;
         }
         if self.env.authenticated.is_some() {
-            self.error(out, "503 5.5.1 Already authenticated\r\n");
+            self.error(out, replies::bad_sequence("Already authenticated"));
             return Action::NeedInput;
         }
         match self.state {
             State::Connected => {
-                self.error(out, "503 5.5.1 Send EHLO first\r\n");
+                self.error(out, replies::bad_sequence("Send EHLO first"));
                 return Action::NeedInput;
             }
             State::Transaction => {
-                self.error(
-                    out,
-                    "503 5.5.1 AUTH not allowed during a mail transaction\r\n",
-                );
+                let reply = replies::bad_sequence("AUTH not allowed during a mail transaction");
+                self.error(out, reply);
                 return Action::NeedInput;
             }
             _ => {}
         }
         if !self.cfg.tls_active && !self.cfg.plaintext_auth {
             // RFC 4954 6.
-            self.error(
-                out,
-                "538 5.7.11 Encryption required for requested authentication mechanism\r\n",
+            let reply = Reply::new(
+                codes::ENCRYPTION_REQUIRED,
+                status::ENCRYPTION_REQUIRED,
+                "Encryption required for requested authentication mechanism",
             );
+            self.error(out, reply);
             return Action::NeedInput;
         }
         let initial = (!initial.is_empty()).then_some(initial);
@@ -50,7 +60,7 @@ impl ServerSession {
                 Some(data) => self.sasl_plain(data.as_bytes(), out),
                 None => {
                     self.state = State::AuthPlain;
-                    out.extend_from_slice(b"334 \r\n");
+                    challenge("").write_to(out);
                     Action::NeedInput
                 }
             },
@@ -58,31 +68,42 @@ impl ServerSession {
                 Some(data) => match decode_b64(data.as_bytes()) {
                     Some(u) => {
                         self.state = State::AuthLoginPass(String::from_utf8_lossy(&u).into_owned());
-                        out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
+                        challenge(PASSWORD_PROMPT).write_to(out);
                         Action::NeedInput
                     }
                     None => {
-                        self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+                        self.error(out, replies::invalid_base64());
                         Action::NeedInput
                     }
                 },
                 None => {
                     self.state = State::AuthLoginUser;
-                    out.extend_from_slice(b"334 VXNlcm5hbWU6\r\n");
+                    challenge(USERNAME_PROMPT).write_to(out);
                     Action::NeedInput
                 }
             },
             _ => {
-                self.error(out, "504 5.5.4 Unrecognized authentication type\r\n");
+                let reply = Reply::new(
+                    codes::PARAM_NOT_IMPLEMENTED,
+                    status::INVALID_ARGUMENTS,
+                    "Unrecognized authentication type",
+                );
+                self.error(out, reply);
                 Action::NeedInput
             }
         }
     }
 
+    /// A line answering our `334` (`*` cancels the exchange).
     pub(super) fn sasl_response(&mut self, line: &[u8], out: &mut Vec<u8>) -> Action {
         let state = std::mem::replace(&mut self.state, State::Ready);
         if line == b"*" {
-            self.error(out, "501 5.0.0 Authentication cancelled\r\n");
+            let reply = Reply::new(
+                codes::PARAM_SYNTAX_ERROR,
+                status::OTHER,
+                "Authentication cancelled",
+            );
+            self.error(out, reply);
             return Action::NeedInput;
         }
         match state {
@@ -90,11 +111,11 @@ impl ServerSession {
             State::AuthLoginUser => match decode_b64(line) {
                 Some(u) => {
                     self.state = State::AuthLoginPass(String::from_utf8_lossy(&u).into_owned());
-                    out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
+                    challenge(PASSWORD_PROMPT).write_to(out);
                     Action::NeedInput
                 }
                 None => {
-                    self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+                    self.error(out, replies::invalid_base64());
                     Action::NeedInput
                 }
             },
@@ -104,7 +125,7 @@ impl ServerSession {
                     Action::Authenticate { user, password }
                 }
                 None => {
-                    self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+                    self.error(out, replies::invalid_base64());
                     Action::NeedInput
                 }
             },
@@ -115,10 +136,11 @@ impl ServerSession {
         }
     }
 
+    /// The PLAIN response (RFC 4616 2), initial or after the `334`.
     fn sasl_plain(&mut self, data: &[u8], out: &mut Vec<u8>) -> Action {
         let Some(raw) = decode_b64(data) else {
             self.state = State::Ready;
-            self.error(out, "501 5.5.2 Invalid base64 data\r\n");
+            self.error(out, replies::invalid_base64());
             return Action::NeedInput;
         };
         // authzid NUL authcid NUL passwd; acting as someone else is not
@@ -127,12 +149,17 @@ impl ServerSession {
         let (Some(authz), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next())
         else {
             self.state = State::Ready;
-            self.error(out, "501 5.5.2 Malformed PLAIN response\r\n");
+            let reply = Reply::new(
+                codes::PARAM_SYNTAX_ERROR,
+                status::SYNTAX_ERROR,
+                "Malformed PLAIN response",
+            );
+            self.error(out, reply);
             return Action::NeedInput;
         };
         if user.is_empty() || (!authz.is_empty() && authz != user) {
             self.state = State::Ready;
-            self.error(out, "535 5.7.8 Authentication credentials invalid\r\n");
+            self.error(out, replies::auth_invalid());
             return Action::NeedInput;
         }
         self.state = State::Pending(Pending::Auth);
@@ -141,6 +168,11 @@ impl ServerSession {
             password: password.to_vec(),
         }
     }
+}
+
+/// A `334` server challenge (RFC 4954 4): no enhanced code, base64 text.
+fn challenge(text: &str) -> Reply {
+    Reply::plain(codes::AUTH_CHALLENGE, text)
 }
 
 fn decode_b64(data: &[u8]) -> Option<Vec<u8>> {

@@ -2,20 +2,21 @@
 //! [`DataDecoder`]) and BDAT (CHUNKING, RFC 3030). Both end in
 //! [`Action::Deliver`] or in a refusal of the whole transaction.
 
-use super::{Action, Pending, ServerSession, State};
+use super::{Action, Pending, ServerSession, State, replies};
 use crate::data::{DataDecoder, DataEnd};
+use crate::reply::{Reply, codes, status};
 
 impl ServerSession {
     /// DATA: `354`, then content until `<CRLF>.<CRLF>`.
     pub(super) fn data(&mut self, out: &mut Vec<u8>) -> Action {
-        if let Some(a) = self.check_can_send_content(out, false) {
+        if let Some(a) = self.check_can_send_content(out) {
             return a;
         }
         if self.env.chunking {
-            self.error(out, "503 5.5.1 DATA not allowed after BDAT\r\n");
+            self.error(out, replies::bad_sequence("DATA not allowed after BDAT"));
             return Action::NeedInput;
         }
-        out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        Reply::plain(codes::START_DATA, "End data with <CR><LF>.<CR><LF>").write_to(out);
         self.message = Vec::new();
         self.state = State::Data(DataDecoder::new(self.cfg.max_message_size));
         Action::NeedInput
@@ -27,10 +28,10 @@ impl ServerSession {
         // RFC 3030: the chunk must be read even when the command fails.
         let failure = match self.state {
             State::Transaction if self.env.rcpt_to.is_empty() => {
-                Some("554 5.5.1 No valid recipients\r\n".to_string())
+                Some(replies::no_valid_recipients())
             }
             State::Transaction => None,
-            _ => Some("503 5.5.1 Need MAIL and RCPT before BDAT\r\n".to_string()),
+            _ => Some(replies::bad_sequence("Need MAIL and RCPT before BDAT")),
         };
         if failure.is_none() {
             self.env.chunking = true;
@@ -84,46 +85,53 @@ impl ServerSession {
     }
 
     /// DATA/BDAT preconditions; `Some` when refused.
-    fn check_can_send_content(&mut self, out: &mut Vec<u8>, _bdat: bool) -> Option<Action> {
+    fn check_can_send_content(&mut self, out: &mut Vec<u8>) -> Option<Action> {
         match self.state {
             State::Transaction if !self.env.rcpt_to.is_empty() => None,
             State::Transaction => {
-                self.error(out, "554 5.5.1 No valid recipients\r\n");
+                self.error(out, replies::no_valid_recipients());
                 Some(Action::NeedInput)
             }
             State::Connected => {
-                self.error(out, "503 5.5.1 Send EHLO/HELO first\r\n");
+                self.error(out, replies::hello_first());
                 Some(Action::NeedInput)
             }
             _ => {
-                self.error(out, "503 5.5.1 Need MAIL and RCPT before DATA\r\n");
+                self.error(out, replies::bad_sequence("Need MAIL and RCPT before DATA"));
                 Some(Action::NeedInput)
             }
         }
     }
 
+    /// The DATA content ended: refuse it (too big, bare newlines) or hand
+    /// it over.
     fn data_finished(&mut self, end: DataEnd, out: &mut Vec<u8>) -> Option<Action> {
         if end.too_big {
             self.reset_transaction();
             self.state = State::Ready;
-            out.extend_from_slice(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+            replies::message_too_big().write_to(out);
             return None;
         }
         if end.bare_newline {
             self.reset_transaction();
             self.state = State::Ready;
-            out.extend_from_slice(
-                b"554 5.6.0 Message contains bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)\r\n",
-            );
+            Reply::new(
+                codes::TRANSACTION_FAILED,
+                status::MEDIA_OTHER,
+                "Message contains bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)",
+            )
+            .write_to(out);
             return None;
         }
         self.state = State::Pending(Pending::Delivery);
         Some(Action::Deliver)
     }
 
+    /// A BDAT chunk was read: report a failure, `250`, or hand the message
+    /// over after LAST.
     fn bdat_chunk_done(&mut self, last: bool, out: &mut Vec<u8>) -> Option<Action> {
-        if let Some(f) = self.bdat_failed.clone() {
-            out.extend_from_slice(f.as_bytes());
+        if let Some(failure) = &self.bdat_failed {
+            failure.write_to(out);
             self.stats.errors += 1;
             if last {
                 self.bdat_failed = None;
@@ -147,18 +155,15 @@ impl ServerSession {
             if self.bdat_overflow {
                 self.reset_transaction();
                 self.state = State::Ready;
-                out.extend_from_slice(
-                    b"552 5.3.4 Message size exceeds fixed maximum message size\r\n",
-                );
+                replies::message_too_big().write_to(out);
                 return None;
             }
             self.state = State::Pending(Pending::Delivery);
             return Some(Action::Deliver);
         }
         self.state = State::Transaction;
-        out.extend_from_slice(
-            format!("250 2.0.0 {} octets received\r\n", self.message.len()).as_bytes(),
-        );
+        let text = format!("{} octets received", self.message.len());
+        Reply::new(codes::OK, status::OTHER, text).write_to(out);
         None
     }
 }

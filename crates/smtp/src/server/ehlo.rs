@@ -2,6 +2,7 @@
 //! extensions we offer; LHLO is refused (this is not an LMTP server).
 
 use super::{Action, ServerSession, State, sanitize};
+use crate::reply::{Reply, codes, status};
 
 impl ServerSession {
     /// EHLO (`esmtp`) or HELO: reset, remember the client's name, answer
@@ -13,7 +14,7 @@ impl ServerSession {
         self.state = State::Ready;
         let name = &self.cfg.hostname;
         if !esmtp {
-            out.extend_from_slice(format!("250 {name}\r\n").as_bytes());
+            Reply::plain(codes::OK, name.as_str()).write_to(out);
             return Action::NeedInput;
         }
         let mut caps = vec![
@@ -30,17 +31,23 @@ impl ServerSession {
             caps.push("AUTH PLAIN LOGIN".into());
         }
         caps.extend(["SMTPUTF8".into(), "CHUNKING".into(), "HELP".into()]);
-        let last = caps.len() - 1;
-        for (i, c) in caps.iter().enumerate() {
-            let sep = if i == last { ' ' } else { '-' };
-            out.extend_from_slice(format!("250{sep}{c}\r\n").as_bytes());
+        Reply {
+            code: codes::OK,
+            enhanced: None,
+            lines: caps,
         }
+        .write_to(out);
         Action::NeedInput
     }
 
     /// LHLO: we speak SMTP, not LMTP (RFC 2033).
     pub(super) fn lhlo(&mut self, out: &mut Vec<u8>) -> Action {
-        self.error(out, "500 5.5.1 This is not an LMTP server\r\n");
+        let reply = Reply::new(
+            codes::SYNTAX_ERROR,
+            status::INVALID_COMMAND,
+            "This is not an LMTP server",
+        );
+        self.error(out, reply);
         Action::NeedInput
     }
 }

@@ -7,44 +7,57 @@ use std::borrow::Cow;
 
 use smtp_proto::{MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, MailFrom};
 
-use super::{Action, Pending, ServerSession, State};
+use super::{Action, Pending, ServerSession, State, replies};
+use crate::reply::{Reply, codes, status};
 
 impl ServerSession {
     /// MAIL FROM: a transaction may start; ask the caller about the sender.
     pub(super) fn mail(&mut self, from: MailFrom<Cow<'_, str>>, out: &mut Vec<u8>) -> Action {
         match self.state {
             State::Connected => {
-                self.error(out, "503 5.5.1 Send EHLO/HELO first\r\n");
+                self.error(out, replies::hello_first());
                 return Action::NeedInput;
             }
             State::Transaction => {
-                self.error(out, "503 5.5.1 Nested MAIL command\r\n");
+                self.error(out, replies::bad_sequence("Nested MAIL command"));
                 return Action::NeedInput;
             }
             _ => {}
         }
         if self.cfg.submission && self.env.authenticated.is_none() {
-            self.error(out, "530 5.7.0 Authentication required\r\n");
+            let reply = Reply::new(
+                codes::AUTH_REQUIRED,
+                status::SECURITY_OTHER,
+                "Authentication required",
+            );
+            self.error(out, reply);
             return Action::NeedInput;
         }
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
-            self.error(out, "555 5.5.4 BODY=BINARYMIME not supported\r\n");
+            let reply = Reply::new(
+                codes::PARAMS_NOT_RECOGNIZED,
+                status::INVALID_ARGUMENTS,
+                "BODY=BINARYMIME not supported",
+            );
+            self.error(out, reply);
             return Action::NeedInput;
         }
         if from.size > self.cfg.max_message_size {
-            self.error(
-                out,
-                "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
-            );
+            self.error(out, replies::message_too_big());
             return Action::NeedInput;
         }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
-            self.error(out, "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n");
+            let reply = Reply::new(
+                codes::MAILBOX_NAME_NOT_ALLOWED,
+                status::NON_ASCII_ADDRESS,
+                "Non-ASCII address requires SMTPUTF8",
+            );
+            self.error(out, reply);
             return Action::NeedInput;
         }
         if from.address.bytes().any(|b| b.is_ascii_control()) {
-            self.error(out, "501 5.1.7 Bad sender address syntax\r\n");
+            self.error(out, replies::bad_sender_syntax());
             return Action::NeedInput;
         }
         let address = from.address.into_owned();

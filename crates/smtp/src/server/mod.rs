@@ -44,6 +44,7 @@ mod data;
 mod ehlo;
 mod mail;
 mod rcpt;
+mod replies;
 mod simple;
 mod starttls;
 
@@ -187,7 +188,7 @@ pub struct ServerSession {
     /// Message content (DATA decoded or BDAT chunks), without our headers.
     message: Vec<u8>,
     /// BDAT: the transaction failed; chunks are read and thrown away until LAST.
-    bdat_failed: Option<String>,
+    bdat_failed: Option<Reply>,
     bdat_overflow: bool,
     /// Partial command line carried between `handle` calls.
     line: Vec<u8>,
@@ -197,8 +198,6 @@ pub struct ServerSession {
     pending_mail: Option<(String, bool, bool)>,
     stats: Stats,
 }
-
-const OK: &str = "250 2.0.0 OK\r\n";
 
 impl ServerSession {
     pub fn new(cfg: SessionConfig) -> Self {
@@ -218,7 +217,11 @@ impl ServerSession {
 
     /// Write the `220` greeting.
     pub fn greeting(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(format!("220 {} ESMTP postoffice\r\n", self.cfg.hostname).as_bytes());
+        Reply::plain(
+            codes::READY,
+            format!("{} ESMTP postoffice", self.cfg.hostname),
+        )
+        .write_to(out);
     }
 
     /// Refuse service at connect (RFC 5321 3.1): write `reply` (a 554)
@@ -349,7 +352,7 @@ impl ServerSession {
                         line.pop();
                     }
                     if line.len() > self.cfg.max_line_length {
-                        self.error(out, "500 5.5.2 Line too long\r\n");
+                        self.error(out, replies::line_too_long());
                         continue;
                     }
                     return Some(line);
@@ -360,7 +363,7 @@ impl ServerSession {
                         if self.line.len() > self.cfg.max_line_length {
                             self.line = Vec::new();
                             self.discarding = true;
-                            self.error(out, "500 5.5.2 Line too long\r\n");
+                            self.error(out, replies::line_too_long());
                         }
                     }
                     *input = &[];
@@ -370,14 +373,20 @@ impl ServerSession {
         }
     }
 
-    fn error(&mut self, out: &mut Vec<u8>, reply: &str) {
+    /// Write a refusal that counts towards `max_errors`.
+    fn error(&mut self, out: &mut Vec<u8>, reply: Reply) {
         self.stats.errors += 1;
-        out.extend_from_slice(reply.as_bytes());
+        reply.write_to(out);
     }
 
     fn too_many_errors(&mut self, out: &mut Vec<u8>) -> bool {
         if self.stats.errors >= self.cfg.max_errors && !matches!(self.state, State::Closed) {
-            out.extend_from_slice(b"421 4.7.0 Too many errors, closing connection\r\n");
+            Reply::new(
+                codes::SERVICE_UNAVAILABLE,
+                status::SECURITY_OTHER,
+                "Too many errors, closing connection",
+            )
+            .write_to(out);
             self.state = State::Closed;
             return true;
         }
@@ -409,7 +418,12 @@ impl ServerSession {
             return match parsed {
                 Ok(Request::Quit) => self.quit(out),
                 _ => {
-                    self.error(out, "503 5.7.1 Service refused; send QUIT\r\n");
+                    let reply = Reply::new(
+                        codes::BAD_SEQUENCE,
+                        status::NOT_AUTHORIZED,
+                        "Service refused; send QUIT",
+                    );
+                    self.error(out, reply);
                     Action::NeedInput
                 }
             };
@@ -417,28 +431,7 @@ impl ServerSession {
         let req = match parsed {
             Ok(r) => r,
             Err(e) => {
-                let reply = match e {
-                    smtp_proto::Error::UnknownCommand => {
-                        "500 5.5.1 Command unrecognized\r\n".to_string()
-                    }
-                    smtp_proto::Error::InvalidSenderAddress => {
-                        "501 5.1.7 Bad sender address syntax\r\n".to_string()
-                    }
-                    smtp_proto::Error::InvalidRecipientAddress => {
-                        "501 5.1.3 Bad recipient address syntax\r\n".to_string()
-                    }
-                    smtp_proto::Error::SyntaxError { syntax } => {
-                        format!("501 5.5.4 Syntax: {syntax}\r\n")
-                    }
-                    smtp_proto::Error::InvalidParameter { param } => {
-                        format!("501 5.5.4 Invalid parameter {param}\r\n")
-                    }
-                    smtp_proto::Error::UnsupportedParameter { param } => {
-                        format!("555 5.5.4 Unsupported parameter {}\r\n", sanitize(&param))
-                    }
-                    _ => "500 5.5.2 Syntax error\r\n".to_string(),
-                };
-                self.error(out, &reply);
+                self.error(out, parse_error_reply(e));
                 return Action::NeedInput;
             }
         };
@@ -480,7 +473,7 @@ impl ServerSession {
                 self.env.body_8bit = eight_bit;
                 self.env.smtputf8 = smtputf8;
                 self.state = State::Transaction;
-                out.extend_from_slice(b"250 2.1.0 Sender OK\r\n");
+                Reply::new(codes::OK, status::ADDRESS_OTHER, "Sender OK").write_to(out);
             }
             (Verdict::Reject(reply), _) => {
                 self.state = State::Ready;
@@ -489,7 +482,8 @@ impl ServerSession {
             }
             (Verdict::Accept, None) => {
                 self.state = State::Ready;
-                out.extend_from_slice(b"451 4.3.0 Internal error\r\n");
+                Reply::new(codes::LOCAL_ERROR, status::SYSTEM_OTHER, "Internal error")
+                    .write_to(out);
             }
         }
     }
@@ -502,7 +496,7 @@ impl ServerSession {
                 if !self.env.rcpt_to.contains(&address) {
                     self.env.rcpt_to.push(address);
                 }
-                out.extend_from_slice(b"250 2.1.5 Recipient OK\r\n");
+                Reply::new(codes::OK, status::DEST_VALID, "Recipient OK").write_to(out);
             }
             Verdict::Reject(reply) => {
                 self.stats.rejected_rcpts += 1;
@@ -542,10 +536,45 @@ impl ServerSession {
         match user {
             Some(u) => {
                 self.env.authenticated = Some(u);
-                out.extend_from_slice(b"235 2.7.0 Authentication successful\r\n");
+                Reply::new(
+                    codes::AUTH_OK,
+                    status::SECURITY_OTHER,
+                    "Authentication successful",
+                )
+                .write_to(out);
             }
-            None => self.error(out, "535 5.7.8 Authentication credentials invalid\r\n"),
+            None => self.error(out, replies::auth_invalid()),
         }
+    }
+}
+
+/// The reply to a line `smtp-proto` could not parse.
+fn parse_error_reply(e: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error;
+    match e {
+        Error::UnknownCommand => Reply::new(
+            codes::SYNTAX_ERROR,
+            status::INVALID_COMMAND,
+            "Command unrecognized",
+        ),
+        Error::InvalidSenderAddress => replies::bad_sender_syntax(),
+        Error::InvalidRecipientAddress => replies::bad_recipient_syntax(codes::PARAM_SYNTAX_ERROR),
+        Error::SyntaxError { syntax } => Reply::new(
+            codes::PARAM_SYNTAX_ERROR,
+            status::INVALID_ARGUMENTS,
+            format!("Syntax: {syntax}"),
+        ),
+        Error::InvalidParameter { param } => Reply::new(
+            codes::PARAM_SYNTAX_ERROR,
+            status::INVALID_ARGUMENTS,
+            format!("Invalid parameter {param}"),
+        ),
+        Error::UnsupportedParameter { param } => Reply::new(
+            codes::PARAMS_NOT_RECOGNIZED,
+            status::INVALID_ARGUMENTS,
+            format!("Unsupported parameter {}", sanitize(&param)),
+        ),
+        _ => Reply::new(codes::SYNTAX_ERROR, status::SYNTAX_ERROR, "Syntax error"),
     }
 }
 

@@ -7,7 +7,8 @@ use std::borrow::Cow;
 
 use smtp_proto::RcptTo;
 
-use super::{Action, Pending, ServerSession, State};
+use super::{Action, Pending, ServerSession, State, replies};
+use crate::reply::{Reply, codes, status};
 
 impl ServerSession {
     /// RCPT TO: check what the session can check, then ask the caller.
@@ -15,28 +16,39 @@ impl ServerSession {
         match self.state {
             State::Transaction => {}
             State::Connected => {
-                self.error(out, "503 5.5.1 Send EHLO/HELO first\r\n");
+                self.error(out, replies::hello_first());
                 return Action::NeedInput;
             }
             _ => {
-                self.error(out, "503 5.5.1 Need MAIL before RCPT\r\n");
+                self.error(out, replies::bad_sequence("Need MAIL before RCPT"));
                 return Action::NeedInput;
             }
         }
         if self.env.rcpt_to.len() >= self.cfg.max_recipients {
             // RFC 5321 4.5.3.1.10: 452 for too many recipients.
             self.stats.rejected_rcpts += 1;
-            out.extend_from_slice(b"452 4.5.3 Too many recipients\r\n");
+            Reply::new(
+                codes::INSUFFICIENT_STORAGE,
+                status::TOO_MANY_RECIPIENTS,
+                "Too many recipients",
+            )
+            .write_to(out);
             return Action::NeedInput;
         }
         if (!self.env.smtputf8 && !to.address.is_ascii())
             || to.address.bytes().any(|b| b.is_ascii_control())
         {
-            self.error(out, "553 5.1.3 Bad recipient address syntax\r\n");
+            self.error(
+                out,
+                replies::bad_recipient_syntax(codes::MAILBOX_NAME_NOT_ALLOWED),
+            );
             return Action::NeedInput;
         }
         if to.address.is_empty() {
-            self.error(out, "501 5.1.3 Bad recipient address syntax\r\n");
+            self.error(
+                out,
+                replies::bad_recipient_syntax(codes::PARAM_SYNTAX_ERROR),
+            );
             return Action::NeedInput;
         }
         self.state = State::Pending(Pending::Recipient);
