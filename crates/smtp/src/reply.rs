@@ -76,6 +76,18 @@ pub mod codes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Status(pub u16, pub u16);
 
+impl Status {
+    /// This status in class 4: `4.x.y`, a transient failure.
+    pub fn transient(self) -> EnhancedCode {
+        EnhancedCode(4, self.0, self.1)
+    }
+
+    /// This status in class 5: `5.x.y`, a permanent failure.
+    pub fn permanent(self) -> EnhancedCode {
+        EnhancedCode(5, self.0, self.1)
+    }
+}
+
 /// Enhanced status codes (RFC 3463 and its registry), class-less.
 pub mod status {
     use super::Status;
@@ -108,6 +120,8 @@ pub mod status {
     pub const SYSTEM_NOT_ACCEPTING: Status = Status(3, 2);
     /// X.3.4 Message too big for system.
     pub const MESSAGE_TOO_BIG: Status = Status(3, 4);
+    /// X.4.0 Other or undefined network or routing status.
+    pub const NETWORK_OTHER: Status = Status(4, 0);
     /// X.4.2 Bad connection.
     pub const BAD_CONNECTION: Status = Status(4, 2);
     /// X.5.0 Other or undefined protocol status.
@@ -133,6 +147,10 @@ pub mod status {
     pub const SECURITY_OTHER: Status = Status(7, 0);
     /// X.7.1 Delivery not authorized, message refused.
     pub const NOT_AUTHORIZED: Status = Status(7, 1);
+    /// X.7.4 Security features not supported.
+    pub const SECURITY_NOT_SUPPORTED: Status = Status(7, 4);
+    /// X.7.5 Cryptographic failure.
+    pub const CRYPTO_FAILURE: Status = Status(7, 5);
     /// X.7.8 Authentication credentials invalid (RFC 4954).
     pub const AUTH_CREDENTIALS_INVALID: Status = Status(7, 8);
     /// X.7.11 Encryption required for requested authentication mechanism.
@@ -513,6 +531,13 @@ mod tests {
         assert_eq!(r.to_bytes(), b"452-4.2.2 full\r\n452 4.2.2 try later\r\n");
         assert_eq!(EnhancedCode::parse("4.7.1000"), None);
         assert_eq!(EnhancedCode::parse("4.7.10"), Some(EnhancedCode(4, 7, 10)));
+    }
+
+    #[test]
+    fn statuses_take_the_class_they_are_given() {
+        assert_eq!(status::BAD_CONNECTION.transient(), EnhancedCode(4, 4, 2));
+        assert_eq!(status::MESSAGE_TOO_BIG.permanent(), EnhancedCode(5, 3, 4));
+        assert_eq!(status::CRYPTO_FAILURE.transient().to_string(), "4.7.5");
     }
 
     #[test]

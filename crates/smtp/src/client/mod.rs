@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 
 use base64::Engine;
 
-use crate::reply::{EnhancedCode, Reply, ReplyParser};
+use crate::reply::{EnhancedCode, Reply, ReplyParser, codes, status};
 
 mod capabilities;
 mod content;
@@ -273,7 +273,7 @@ impl ClientSession {
                 Ok(None) => return Action::NeedInput,
                 Err(e) => {
                     let reason = format!("{e} from server");
-                    return self.fail_unresolved(None, &reason, EnhancedCode(4, 5, 0));
+                    return self.fail_unresolved(None, &reason, status::PROTOCOL_OTHER.transient());
                 }
             };
             let action = self.on_reply(reply);
@@ -302,7 +302,7 @@ impl ClientSession {
         self.resolve_rest(
             None,
             &format!("TLS handshake failed: {reason}"),
-            EnhancedCode(4, 7, 5),
+            status::CRYPTO_FAILURE.transient(),
         );
         self.outcome()
     }
@@ -321,7 +321,7 @@ impl ClientSession {
                 self.try_next_host = true;
             }
             self.state = State::Done;
-            self.resolve_rest(None, &reason, EnhancedCode(4, 4, 2));
+            self.resolve_rest(None, &reason, status::BAD_CONNECTION.transient());
         }
         self.outcome()
     }
@@ -335,7 +335,7 @@ impl ClientSession {
                 r.clone().unwrap_or_else(|| {
                     RcptResult::local(
                         Status::Temporary,
-                        EnhancedCode(4, 4, 0),
+                        status::NETWORK_OTHER.transient(),
                         "session ended before this recipient was handled",
                     )
                 })
@@ -359,7 +359,7 @@ impl ClientSession {
     fn on_reply(&mut self, reply: Reply) -> Action {
         match self.state {
             State::Greeting => {
-                if reply.code == 220 {
+                if reply.code == codes::READY {
                     self.send_line(&format!("EHLO {}", self.cfg.helo_name));
                     self.state = State::Ehlo;
                     Action::NeedInput
@@ -389,12 +389,12 @@ impl ClientSession {
                 }
             }
             State::StartTls => {
-                if reply.code == 220 {
+                if reply.code == codes::READY {
                     self.state = State::TlsHandshake;
                     Action::StartTls
                 } else if self.cfg.tls == TlsPolicy::Required {
                     self.host_failure(&reply, "STARTTLS refused, but TLS is required")
-                } else if reply.code == 421 {
+                } else if reply.code == codes::SERVICE_UNAVAILABLE {
                     self.host_failure(&reply, "STARTTLS")
                 } else {
                     self.tls_refused = true;
@@ -403,7 +403,7 @@ impl ClientSession {
             }
             State::TlsHandshake => Action::StartTls,
             State::Auth => {
-                if reply.code == 235 {
+                if reply.code == codes::AUTH_OK {
                     self.begin_transaction()
                 } else {
                     self.host_failure(&reply, "authentication failed")
@@ -424,7 +424,7 @@ impl ClientSession {
             if self.cfg.tls == TlsPolicy::Required {
                 return self.local_host_failure(
                     "TLS is required, but the server does not offer STARTTLS",
-                    EnhancedCode(4, 7, 4),
+                    status::SECURITY_NOT_SUPPORTED.transient(),
                 );
             }
         }
@@ -432,7 +432,7 @@ impl ClientSession {
             if !self.tls_active {
                 return self.local_host_failure(
                     "not sending AUTH credentials without TLS",
-                    EnhancedCode(4, 7, 4),
+                    status::SECURITY_NOT_SUPPORTED.transient(),
                 );
             }
             if self.caps.auth.iter().any(|m| m == "PLAIN") {
@@ -465,7 +465,7 @@ impl ClientSession {
             self.resolve_rest(
                 None,
                 "the server does not support SMTPUTF8, which the addresses need",
-                EnhancedCode(5, 6, 7),
+                status::NON_ASCII_ADDRESS.permanent(),
             );
             return self.finish();
         }
@@ -477,7 +477,7 @@ impl ClientSession {
                 "message size {} exceeds the server's limit of {max} octets",
                 self.tx.size
             );
-            self.resolve_rest(None, &reason, EnhancedCode(5, 3, 4));
+            self.resolve_rest(None, &reason, status::MESSAGE_TOO_BIG.permanent());
             return self.finish();
         }
         let mut cmds = vec![Cmd::Mail];
@@ -532,10 +532,10 @@ impl ClientSession {
             return self.fail_unresolved(
                 Some(&reply),
                 "unexpected reply from server",
-                EnhancedCode(4, 5, 0),
+                status::PROTOCOL_OTHER.transient(),
             );
         };
-        if reply.code == 421 {
+        if reply.code == codes::SERVICE_UNAVAILABLE {
             // The server is closing the connection.
             if cmd == Cmd::Mail {
                 self.try_next_host = true;
@@ -576,7 +576,7 @@ impl ClientSession {
                 }
             }
             Cmd::Data => {
-                if reply.code == 354 {
+                if reply.code == codes::START_DATA {
                     if self.mail_ok && self.any_accepted() {
                         self.expect.push_back(Cmd::DataEnd { ignored: false });
                         self.data_sent = true;
@@ -663,7 +663,7 @@ impl ClientSession {
         let mut r = RcptResult::from_reply(reply, context);
         r.status = Status::Temporary;
         if r.enhanced.0 != 4 {
-            r.enhanced = EnhancedCode(4, r.enhanced.1, r.enhanced.2);
+            r.enhanced = r.enhanced.with_class(4);
         }
         for slot in self.results.iter_mut().filter(|s| s.is_none()) {
             *slot = Some(r.clone());
