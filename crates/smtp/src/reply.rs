@@ -4,18 +4,19 @@
 //! One type serves both sides. The server builds its replies from typed
 //! parts — `Reply::new(codes::MAILBOX_UNAVAILABLE, status::BAD_DEST_MAILBOX,
 //! "User unknown")` — and never from a string with the numbers in it; the
-//! client parses what a remote server sent into the same type
-//! ([`ReplyParser`]). Enhanced codes are written class-less ([`Status`]):
-//! the class (2, 4 or 5) always follows the reply code, so a `4xx` reply can
-//! never carry a `5.x.x` status by mistake.
+//! client parses what a remote server sent into the same type (with the
+//! crate's `ReplyParser`, or [`Reply::parse`] for one reply). Enhanced
+//! codes are written class-less ([`Status`]): the class (2, 4 or 5) always
+//! follows the reply code, so a `4xx` reply can never carry a `5.x.x`
+//! status by mistake.
 
 use std::fmt;
 
 /// Longest reply line accepted from a server (RFC 5321 4.5.3.1.5 says 512;
 /// be lenient).
-pub const MAX_REPLY_LINE: usize = 4096;
+pub(crate) const MAX_REPLY_LINE: usize = 4096;
 /// Most lines in one multi-line reply accepted from a server.
-pub const MAX_REPLY_LINES: usize = 256;
+pub(crate) const MAX_REPLY_LINES: usize = 256;
 
 /// Reply codes (RFC 5321 4.2.3), named after their meaning.
 pub mod codes {
@@ -353,7 +354,7 @@ pub struct ProtocolError(pub String);
 
 /// Splits a server's byte stream into [`Reply`]s.
 #[derive(Debug, Default)]
-pub struct ReplyParser {
+pub(crate) struct ReplyParser {
     buf: Vec<u8>,
     code: Option<u16>,
     lines: Vec<String>,

@@ -8,21 +8,27 @@ use crate::reply::Reply;
 pub struct Capabilities {
     /// EHLO was accepted (false after the HELO fallback).
     pub esmtp: bool,
+    /// `PIPELINING` (RFC 2920): commands may be sent without waiting.
     pub pipelining: bool,
     /// `SIZE` was announced; `Some(0)` means no fixed limit.
     pub size: Option<u64>,
+    /// `STARTTLS` (RFC 3207).
     pub starttls: bool,
     /// SASL mechanisms, upper case.
     pub auth: Vec<String>,
+    /// `8BITMIME` (RFC 6152).
     pub eightbitmime: bool,
+    /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `ENHANCEDSTATUSCODES` (RFC 2034).
     pub enhanced_status_codes: bool,
+    /// `CHUNKING` (RFC 3030): BDAT.
     pub chunking: bool,
 }
 
 impl Capabilities {
     /// From a 250 reply to EHLO (the first line is the server's name).
-    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+    pub(crate) fn from_ehlo(reply: &Reply) -> Capabilities {
         let mut caps = Capabilities {
             esmtp: true,
             ..Capabilities::default()

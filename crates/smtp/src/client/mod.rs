@@ -57,6 +57,7 @@ pub enum TlsPolicy {
 pub struct ClientConfig {
     /// The EHLO/HELO argument: our host name.
     pub helo_name: String,
+    /// Whether STARTTLS is used, and whether it is required.
     pub tls: TlsPolicy,
     /// AUTH PLAIN credentials (user, password). They are sent only inside
     /// TLS; without TLS the session fails temporarily instead. A server that
@@ -69,6 +70,7 @@ pub struct ClientConfig {
 pub struct Transaction {
     /// The reverse-path; empty for the null sender.
     pub mail_from: String,
+    /// The forward-paths, one RCPT each, in order.
     pub rcpt_to: Vec<String>,
     /// Size of the message in octets (for `SIZE=`).
     pub size: u64,
@@ -79,15 +81,20 @@ pub struct Transaction {
 /// What the caller must do next. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Send the output, read more from the server.
     NeedInput,
+    /// Run the TLS handshake (the server said `220` to STARTTLS).
     StartTls,
+    /// Send the [`dot_stuff`]ed message (the server said `354`).
     SendData,
+    /// Send the output (`QUIT`) and close: the [`Outcome`] is final.
     Done,
 }
 
 /// A recipient's fate in this session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// The server took responsibility for it (2xx to RCPT and to the data).
     Delivered,
     /// Try again later.
     Temporary,
@@ -98,6 +105,7 @@ pub enum Status {
 /// The result for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptResult {
+    /// Delivered, or a temporary or permanent failure.
     pub status: Status,
     /// The server reply that decided it, if a reply did.
     pub reply: Option<Reply>,
@@ -210,6 +218,8 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
+    /// A session for one transaction; it starts by waiting for the
+    /// server's greeting.
     pub fn new(cfg: ClientConfig, tx: Transaction) -> Self {
         let n = tx.rcpt_to.len();
         ClientSession {
@@ -239,14 +249,17 @@ impl ClientSession {
         std::mem::take(&mut self.out)
     }
 
+    /// What the server announced (after TLS: what it announced inside).
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
 
+    /// The session runs inside TLS.
     pub fn tls_active(&self) -> bool {
         self.tls_active
     }
 
+    /// The session is over ([`Action::Done`] was returned).
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

@@ -33,6 +33,9 @@
 //! | `auth.rs` | AUTH PLAIN/LOGIN and the SASL continuation lines |
 //! | `starttls.rs` | STARTTLS |
 //! | `simple.rs` | NOOP, RSET, VRFY, EXPN, HELP, QUIT; ETRN, ATRN, BURL (not implemented) |
+//!
+//! Replies are [`Reply`] values built from [`codes`] and [`status`];
+//! `replies.rs` has the ones several handlers send.
 
 use smtp_proto::Request;
 
@@ -53,9 +56,13 @@ mod starttls;
 pub struct SessionConfig {
     /// Our name, for the greeting and EHLO.
     pub hostname: String,
+    /// The largest message accepted, in octets (announced as `SIZE`).
     pub max_message_size: usize,
+    /// Recipients per transaction; more get `452`.
     pub max_recipients: usize,
+    /// The longest command line, without CRLF; longer ones get `500`.
     pub max_line_length: usize,
+    /// Refused commands before the session is closed with `421`.
     pub max_errors: u32,
     /// TLS is configured (STARTTLS can be offered).
     pub starttls_available: bool,
@@ -96,7 +103,9 @@ pub struct Envelope {
     pub mail_from: String,
     /// Accepted recipients, in order.
     pub rcpt_to: Vec<String>,
+    /// MAIL said `BODY=8BITMIME`.
     pub body_8bit: bool,
+    /// MAIL said `SMTPUTF8`.
     pub smtputf8: bool,
     /// Received with BDAT rather than DATA.
     pub chunking: bool,
@@ -109,13 +118,26 @@ pub struct Envelope {
 pub enum Action {
     /// All input consumed: send the output, read more.
     NeedInput,
-    /// Decide on this reverse-path (`""` is the null sender).
-    CheckSender { address: String },
-    /// Decide on this recipient.
-    CheckRecipient { address: String },
+    /// Decide on this reverse-path, then call
+    /// [`ServerSession::sender_checked`].
+    CheckSender {
+        /// The reverse-path (`""` is the null sender).
+        address: String,
+    },
+    /// Decide on this recipient, then call
+    /// [`ServerSession::recipient_checked`].
+    CheckRecipient {
+        /// The forward-path as the client sent it.
+        address: String,
+    },
     /// Verify these credentials (AUTH PLAIN/LOGIN), then call
     /// [`ServerSession::auth_result`].
-    Authenticate { user: String, password: Vec<u8> },
+    Authenticate {
+        /// The user name (PLAIN's authcid, or LOGIN's first answer).
+        user: String,
+        /// The password, as sent.
+        password: Vec<u8>,
+    },
     /// The `220` is in the output: send it, discard any input buffered
     /// behind STARTTLS, run the handshake, call [`ServerSession::tls_started`].
     StartTls,
@@ -174,8 +196,11 @@ enum Pending {
 /// Counters for the transaction log line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Messages accepted (a 2xx from [`ServerSession::delivered`]).
     pub messages: u64,
+    /// Recipients refused (by the caller, or over the limit).
     pub rejected_rcpts: u64,
+    /// Refused commands (towards [`SessionConfig::max_errors`]).
     pub errors: u32,
 }
 
@@ -200,6 +225,8 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
+    /// A session for one connection; send [`ServerSession::greeting`]
+    /// (or [`ServerSession::refuse`]) first.
     pub fn new(cfg: SessionConfig) -> Self {
         ServerSession {
             cfg,
@@ -259,10 +286,12 @@ impl ServerSession {
         self.stats
     }
 
+    /// The envelope so far (HELO name, authenticated user, transaction).
     pub fn envelope(&self) -> &Envelope {
         &self.env
     }
 
+    /// The connection is encrypted (from the start, or after STARTTLS).
     pub fn tls_active(&self) -> bool {
         self.cfg.tls_active
     }
@@ -279,6 +308,7 @@ impl ServerSession {
         }
     }
 
+    /// The session is over: send the output and close.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
