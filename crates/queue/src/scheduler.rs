@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use postoffice_smtp::EnhancedCode;
-use postoffice_smtp::client::{RcptResult, Status, TlsMode};
+use postoffice_smtp::client::{RcptResult, Status, TlsPolicy};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -551,9 +551,9 @@ async fn deliver_group(
     };
     // Credentials go only over verified TLS.
     let tls_mode = if require_tls || credentials.is_some() {
-        TlsMode::Required
+        TlsPolicy::Required
     } else {
-        TlsMode::Opportunistic
+        TlsPolicy::Opportunistic
     };
     let mut last = None;
     for target in &targets {
@@ -571,10 +571,10 @@ async fn deliver_group(
             command_timeout: Duration::from_secs(qcfg.command_timeout_secs.max(1)),
         };
         let mut outcome = transport::deliver(&attempt).await;
-        if outcome.tls_failed && tls_mode == TlsMode::Opportunistic {
+        if outcome.tls_failed && tls_mode == TlsPolicy::Opportunistic {
             info!(id, host = %target.host, reason = %outcome.rcpts.first().map(|r| r.reason.as_str()).unwrap_or(""),
                 "TLS handshake failed; trying again without TLS");
-            attempt.tls_mode = TlsMode::Off;
+            attempt.tls_mode = TlsPolicy::Off;
             outcome = transport::deliver(&attempt).await;
         }
         let relay = format!(

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use postoffice_smtp::EnhancedCode;
 use postoffice_smtp::client::{
-    Action, ClientConfig, ClientSession, Outcome, RcptResult, Status, TlsMode, Transaction,
+    Action, ClientConfig, ClientSession, Outcome, RcptResult, Status, TlsPolicy, Transaction,
     dot_stuff,
 };
 use rustls::client::WebPkiServerVerifier;
@@ -228,7 +228,7 @@ pub struct Attempt<'a> {
     pub host: &'a str,
     pub addr: SocketAddr,
     pub helo_name: &'a str,
-    pub tls_mode: TlsMode,
+    pub tls_mode: TlsPolicy,
     pub credentials: Option<(String, String)>,
     pub mail_from: &'a str,
     pub rcpts: &'a [String],
@@ -287,8 +287,8 @@ pub async fn deliver(attempt: &Attempt<'_>) -> Outcome {
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
-    let tls_mode = if attempt.tls.is_none() && attempt.tls_mode == TlsMode::Opportunistic {
-        TlsMode::Off
+    let tls_mode = if attempt.tls.is_none() && attempt.tls_mode == TlsPolicy::Opportunistic {
+        TlsPolicy::Off
     } else {
         attempt.tls_mode
     };
@@ -367,7 +367,7 @@ pub async fn deliver(attempt: &Attempt<'_>) -> Outcome {
                     Stream::Plain(tcp) => tcp,
                     _ => return session.tls_failed("STARTTLS inside TLS"),
                 };
-                let connector = if tls_mode == TlsMode::Required {
+                let connector = if tls_mode == TlsPolicy::Required {
                     &tls.strict
                 } else {
                     &tls.lenient

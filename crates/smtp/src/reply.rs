@@ -4,18 +4,19 @@
 //! One type serves both sides. The server builds its replies from typed
 //! parts — `Reply::new(codes::MAILBOX_UNAVAILABLE, status::BAD_DEST_MAILBOX,
 //! "User unknown")` — and never from a string with the numbers in it; the
-//! client parses what a remote server sent into the same type
-//! ([`ReplyParser`]). Enhanced codes are written class-less ([`Status`]):
-//! the class (2, 4 or 5) always follows the reply code, so a `4xx` reply can
-//! never carry a `5.x.x` status by mistake.
+//! client parses what a remote server sent into the same type (with the
+//! crate's `ReplyParser`, or [`Reply::parse`] for one reply). Enhanced
+//! codes are written class-less ([`Status`]): the class (2, 4 or 5) always
+//! follows the reply code, so a `4xx` reply can never carry a `5.x.x`
+//! status by mistake.
 
 use std::fmt;
 
 /// Longest reply line accepted from a server (RFC 5321 4.5.3.1.5 says 512;
 /// be lenient).
-pub const MAX_REPLY_LINE: usize = 4096;
+pub(crate) const MAX_REPLY_LINE: usize = 4096;
 /// Most lines in one multi-line reply accepted from a server.
-pub const MAX_REPLY_LINES: usize = 256;
+pub(crate) const MAX_REPLY_LINES: usize = 256;
 
 /// Reply codes (RFC 5321 4.2.3), named after their meaning.
 pub mod codes {
@@ -53,6 +54,8 @@ pub mod codes {
     pub const BAD_SEQUENCE: u16 = 503;
     /// 504 Command parameter not implemented.
     pub const PARAM_NOT_IMPLEMENTED: u16 = 504;
+    /// 530 Authentication required (RFC 4954).
+    pub const AUTH_REQUIRED: u16 = 530;
     /// 535 Authentication credentials invalid (RFC 4954).
     pub const AUTH_INVALID: u16 = 535;
     /// 538 Encryption required for requested authentication mechanism.
@@ -73,6 +76,18 @@ pub mod codes {
 /// comes from the reply code it is used with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Status(pub u16, pub u16);
+
+impl Status {
+    /// This status in class 4: `4.x.y`, a transient failure.
+    pub fn transient(self) -> EnhancedCode {
+        EnhancedCode(4, self.0, self.1)
+    }
+
+    /// This status in class 5: `5.x.y`, a permanent failure.
+    pub fn permanent(self) -> EnhancedCode {
+        EnhancedCode(5, self.0, self.1)
+    }
+}
 
 /// Enhanced status codes (RFC 3463 and its registry), class-less.
 pub mod status {
@@ -106,6 +121,8 @@ pub mod status {
     pub const SYSTEM_NOT_ACCEPTING: Status = Status(3, 2);
     /// X.3.4 Message too big for system.
     pub const MESSAGE_TOO_BIG: Status = Status(3, 4);
+    /// X.4.0 Other or undefined network or routing status.
+    pub const NETWORK_OTHER: Status = Status(4, 0);
     /// X.4.2 Bad connection.
     pub const BAD_CONNECTION: Status = Status(4, 2);
     /// X.5.0 Other or undefined protocol status.
@@ -114,16 +131,27 @@ pub mod status {
     pub const INVALID_COMMAND: Status = Status(5, 1);
     /// X.5.2 Syntax error.
     pub const SYNTAX_ERROR: Status = Status(5, 2);
+    /// X.5.2 with `252` to VRFY, as sendmail sends it: the registry calls
+    /// X.5.2 "Syntax error" (the same numbers as [`SYNTAX_ERROR`]), but
+    /// this is what our `252` has always carried.
+    pub const CANNOT_VRFY: Status = Status(5, 2);
     /// X.5.3 Too many recipients.
     pub const TOO_MANY_RECIPIENTS: Status = Status(5, 3);
     /// X.5.4 Invalid command arguments.
     pub const INVALID_ARGUMENTS: Status = Status(5, 4);
     /// X.6.0 Other or undefined media error.
     pub const MEDIA_OTHER: Status = Status(6, 0);
+    /// X.6.7 Non-ASCII addresses not permitted for that sender/recipient
+    /// (RFC 6531).
+    pub const NON_ASCII_ADDRESS: Status = Status(6, 7);
     /// X.7.0 Other or undefined security status (2.7.0: authenticated).
     pub const SECURITY_OTHER: Status = Status(7, 0);
     /// X.7.1 Delivery not authorized, message refused.
     pub const NOT_AUTHORIZED: Status = Status(7, 1);
+    /// X.7.4 Security features not supported.
+    pub const SECURITY_NOT_SUPPORTED: Status = Status(7, 4);
+    /// X.7.5 Cryptographic failure.
+    pub const CRYPTO_FAILURE: Status = Status(7, 5);
     /// X.7.8 Authentication credentials invalid (RFC 4954).
     pub const AUTH_CREDENTIALS_INVALID: Status = Status(7, 8);
     /// X.7.11 Encryption required for requested authentication mechanism.
@@ -326,7 +354,7 @@ pub struct ProtocolError(pub String);
 
 /// Splits a server's byte stream into [`Reply`]s.
 #[derive(Debug, Default)]
-pub struct ReplyParser {
+pub(crate) struct ReplyParser {
     buf: Vec<u8>,
     code: Option<u16>,
     lines: Vec<String>,
@@ -504,6 +532,13 @@ mod tests {
         assert_eq!(r.to_bytes(), b"452-4.2.2 full\r\n452 4.2.2 try later\r\n");
         assert_eq!(EnhancedCode::parse("4.7.1000"), None);
         assert_eq!(EnhancedCode::parse("4.7.10"), Some(EnhancedCode(4, 7, 10)));
+    }
+
+    #[test]
+    fn statuses_take_the_class_they_are_given() {
+        assert_eq!(status::BAD_CONNECTION.transient(), EnhancedCode(4, 4, 2));
+        assert_eq!(status::MESSAGE_TOO_BIG.permanent(), EnhancedCode(5, 3, 4));
+        assert_eq!(status::CRYPTO_FAILURE.transient().to_string(), "4.7.5");
     }
 
     #[test]

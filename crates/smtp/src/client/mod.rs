@@ -33,71 +33,17 @@ use std::collections::VecDeque;
 
 use base64::Engine;
 
-use crate::reply::{EnhancedCode, Reply, ReplyParser};
+use crate::reply::{EnhancedCode, Reply, ReplyParser, codes, status};
 
-/// What the server announced in its EHLO reply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    /// EHLO was accepted (false after the HELO fallback).
-    pub esmtp: bool,
-    pub pipelining: bool,
-    /// `SIZE` was announced; `Some(0)` means no fixed limit.
-    pub size: Option<u64>,
-    pub starttls: bool,
-    /// SASL mechanisms, upper case.
-    pub auth: Vec<String>,
-    pub eightbitmime: bool,
-    pub smtputf8: bool,
-    pub enhanced_status_codes: bool,
-    pub chunking: bool,
-}
+mod capabilities;
+mod content;
 
-impl Capabilities {
-    /// From a 250 reply to EHLO (the first line is the server's name).
-    pub fn from_ehlo(reply: &Reply) -> Capabilities {
-        let mut caps = Capabilities {
-            esmtp: true,
-            ..Capabilities::default()
-        };
-        for line in reply.lines.iter().skip(1) {
-            let mut words = line.split_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            // Some old servers announce "AUTH=PLAIN LOGIN".
-            let (keyword, first_param) = match keyword.split_once('=') {
-                Some((k, p)) => (k.to_ascii_uppercase(), Some(p)),
-                None => (keyword.to_ascii_uppercase(), None),
-            };
-            let params: Vec<&str> = first_param.into_iter().chain(words).collect();
-            match keyword.as_str() {
-                "PIPELINING" => caps.pipelining = true,
-                "SIZE" => {
-                    caps.size = Some(params.first().and_then(|p| p.parse().ok()).unwrap_or(0));
-                }
-                "STARTTLS" => caps.starttls = true,
-                "AUTH" => {
-                    for p in params {
-                        let m = p.to_ascii_uppercase();
-                        if !caps.auth.contains(&m) {
-                            caps.auth.push(m);
-                        }
-                    }
-                }
-                "8BITMIME" => caps.eightbitmime = true,
-                "SMTPUTF8" => caps.smtputf8 = true,
-                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
-                "CHUNKING" => caps.chunking = true,
-                _ => {}
-            }
-        }
-        caps
-    }
-}
+pub use capabilities::Capabilities;
+pub use content::dot_stuff;
 
 /// Whether and how to use STARTTLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
+pub enum TlsPolicy {
     /// Never (the caller cannot do TLS).
     Off,
     /// Use it when the server offers it; go on in plaintext otherwise.
@@ -111,7 +57,8 @@ pub enum TlsMode {
 pub struct ClientConfig {
     /// The EHLO/HELO argument: our host name.
     pub helo_name: String,
-    pub tls: TlsMode,
+    /// Whether STARTTLS is used, and whether it is required.
+    pub tls: TlsPolicy,
     /// AUTH PLAIN credentials (user, password). They are sent only inside
     /// TLS; without TLS the session fails temporarily instead. A server that
     /// does not offer AUTH PLAIN gets the mail without authentication.
@@ -123,6 +70,7 @@ pub struct ClientConfig {
 pub struct Transaction {
     /// The reverse-path; empty for the null sender.
     pub mail_from: String,
+    /// The forward-paths, one RCPT each, in order.
     pub rcpt_to: Vec<String>,
     /// Size of the message in octets (for `SIZE=`).
     pub size: u64,
@@ -133,15 +81,20 @@ pub struct Transaction {
 /// What the caller must do next. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Send the output, read more from the server.
     NeedInput,
+    /// Run the TLS handshake (the server said `220` to STARTTLS).
     StartTls,
+    /// Send the [`dot_stuff`]ed message (the server said `354`).
     SendData,
+    /// Send the output (`QUIT`) and close: the [`Outcome`] is final.
     Done,
 }
 
 /// A recipient's fate in this session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// The server took responsibility for it (2xx to RCPT and to the data).
     Delivered,
     /// Try again later.
     Temporary,
@@ -152,6 +105,7 @@ pub enum Status {
 /// The result for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptResult {
+    /// Delivered, or a temporary or permanent failure.
     pub status: Status,
     /// The server reply that decided it, if a reply did.
     pub reply: Option<Reply>,
@@ -264,6 +218,8 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
+    /// A session for one transaction; it starts by waiting for the
+    /// server's greeting.
     pub fn new(cfg: ClientConfig, tx: Transaction) -> Self {
         let n = tx.rcpt_to.len();
         ClientSession {
@@ -293,14 +249,17 @@ impl ClientSession {
         std::mem::take(&mut self.out)
     }
 
+    /// What the server announced (after TLS: what it announced inside).
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
 
+    /// The session runs inside TLS.
     pub fn tls_active(&self) -> bool {
         self.tls_active
     }
 
+    /// The session is over ([`Action::Done`] was returned).
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
@@ -327,7 +286,7 @@ impl ClientSession {
                 Ok(None) => return Action::NeedInput,
                 Err(e) => {
                     let reason = format!("{e} from server");
-                    return self.fail_unresolved(None, &reason, EnhancedCode(4, 5, 0));
+                    return self.fail_unresolved(None, &reason, status::PROTOCOL_OTHER.transient());
                 }
             };
             let action = self.on_reply(reply);
@@ -356,7 +315,7 @@ impl ClientSession {
         self.resolve_rest(
             None,
             &format!("TLS handshake failed: {reason}"),
-            EnhancedCode(4, 7, 5),
+            status::CRYPTO_FAILURE.transient(),
         );
         self.outcome()
     }
@@ -375,7 +334,7 @@ impl ClientSession {
                 self.try_next_host = true;
             }
             self.state = State::Done;
-            self.resolve_rest(None, &reason, EnhancedCode(4, 4, 2));
+            self.resolve_rest(None, &reason, status::BAD_CONNECTION.transient());
         }
         self.outcome()
     }
@@ -389,7 +348,7 @@ impl ClientSession {
                 r.clone().unwrap_or_else(|| {
                     RcptResult::local(
                         Status::Temporary,
-                        EnhancedCode(4, 4, 0),
+                        status::NETWORK_OTHER.transient(),
                         "session ended before this recipient was handled",
                     )
                 })
@@ -413,7 +372,7 @@ impl ClientSession {
     fn on_reply(&mut self, reply: Reply) -> Action {
         match self.state {
             State::Greeting => {
-                if reply.code == 220 {
+                if reply.code == codes::READY {
                     self.send_line(&format!("EHLO {}", self.cfg.helo_name));
                     self.state = State::Ehlo;
                     Action::NeedInput
@@ -443,12 +402,12 @@ impl ClientSession {
                 }
             }
             State::StartTls => {
-                if reply.code == 220 {
+                if reply.code == codes::READY {
                     self.state = State::TlsHandshake;
                     Action::StartTls
-                } else if self.cfg.tls == TlsMode::Required {
+                } else if self.cfg.tls == TlsPolicy::Required {
                     self.host_failure(&reply, "STARTTLS refused, but TLS is required")
-                } else if reply.code == 421 {
+                } else if reply.code == codes::SERVICE_UNAVAILABLE {
                     self.host_failure(&reply, "STARTTLS")
                 } else {
                     self.tls_refused = true;
@@ -457,7 +416,7 @@ impl ClientSession {
             }
             State::TlsHandshake => Action::StartTls,
             State::Auth => {
-                if reply.code == 235 {
+                if reply.code == codes::AUTH_OK {
                     self.begin_transaction()
                 } else {
                     self.host_failure(&reply, "authentication failed")
@@ -469,16 +428,16 @@ impl ClientSession {
     }
 
     fn after_hello(&mut self) -> Action {
-        if !self.tls_active && !self.tls_refused && self.cfg.tls != TlsMode::Off {
+        if !self.tls_active && !self.tls_refused && self.cfg.tls != TlsPolicy::Off {
             if self.caps.starttls {
                 self.send_line("STARTTLS");
                 self.state = State::StartTls;
                 return Action::NeedInput;
             }
-            if self.cfg.tls == TlsMode::Required {
+            if self.cfg.tls == TlsPolicy::Required {
                 return self.local_host_failure(
                     "TLS is required, but the server does not offer STARTTLS",
-                    EnhancedCode(4, 7, 4),
+                    status::SECURITY_NOT_SUPPORTED.transient(),
                 );
             }
         }
@@ -486,7 +445,7 @@ impl ClientSession {
             if !self.tls_active {
                 return self.local_host_failure(
                     "not sending AUTH credentials without TLS",
-                    EnhancedCode(4, 7, 4),
+                    status::SECURITY_NOT_SUPPORTED.transient(),
                 );
             }
             if self.caps.auth.iter().any(|m| m == "PLAIN") {
@@ -519,7 +478,7 @@ impl ClientSession {
             self.resolve_rest(
                 None,
                 "the server does not support SMTPUTF8, which the addresses need",
-                EnhancedCode(5, 6, 7),
+                status::NON_ASCII_ADDRESS.permanent(),
             );
             return self.finish();
         }
@@ -531,7 +490,7 @@ impl ClientSession {
                 "message size {} exceeds the server's limit of {max} octets",
                 self.tx.size
             );
-            self.resolve_rest(None, &reason, EnhancedCode(5, 3, 4));
+            self.resolve_rest(None, &reason, status::MESSAGE_TOO_BIG.permanent());
             return self.finish();
         }
         let mut cmds = vec![Cmd::Mail];
@@ -586,10 +545,10 @@ impl ClientSession {
             return self.fail_unresolved(
                 Some(&reply),
                 "unexpected reply from server",
-                EnhancedCode(4, 5, 0),
+                status::PROTOCOL_OTHER.transient(),
             );
         };
-        if reply.code == 421 {
+        if reply.code == codes::SERVICE_UNAVAILABLE {
             // The server is closing the connection.
             if cmd == Cmd::Mail {
                 self.try_next_host = true;
@@ -630,7 +589,7 @@ impl ClientSession {
                 }
             }
             Cmd::Data => {
-                if reply.code == 354 {
+                if reply.code == codes::START_DATA {
                     if self.mail_ok && self.any_accepted() {
                         self.expect.push_back(Cmd::DataEnd { ignored: false });
                         self.data_sent = true;
@@ -717,7 +676,7 @@ impl ClientSession {
         let mut r = RcptResult::from_reply(reply, context);
         r.status = Status::Temporary;
         if r.enhanced.0 != 4 {
-            r.enhanced = EnhancedCode(4, r.enhanced.1, r.enhanced.2);
+            r.enhanced = r.enhanced.with_class(4);
         }
         for slot in self.results.iter_mut().filter(|s| s.is_none()) {
             *slot = Some(r.clone());
@@ -760,435 +719,5 @@ impl ClientSession {
     }
 }
 
-/// The message as DATA content: lines starting with `.` get another `.`
-/// (RFC 5321 4.5.2), bare CR and bare LF become CRLF, a missing final CRLF
-/// is added, and the terminating `.<CRLF>` is appended.
-pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 8);
-    let mut line_start = true;
-    let mut i = 0;
-    while i < message.len() {
-        let b = message[i];
-        match b {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if message.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                line_start = true;
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                line_start = true;
-            }
-            b'.' if line_start => {
-                out.extend_from_slice(b"..");
-                line_start = false;
-            }
-            _ => {
-                out.push(b);
-                line_start = false;
-            }
-        }
-        i += 1;
-    }
-    if !line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(tls: TlsMode) -> ClientConfig {
-        ClientConfig {
-            helo_name: "client.test".into(),
-            tls,
-            credentials: None,
-        }
-    }
-
-    fn tx(rcpts: &[&str]) -> Transaction {
-        Transaction {
-            mail_from: "alice@src.test".into(),
-            rcpt_to: rcpts.iter().map(|s| s.to_string()).collect(),
-            size: 100,
-            body_8bit: false,
-        }
-    }
-
-    /// Feed a server line block; return (client output, action).
-    fn step(s: &mut ClientSession, input: &str) -> (String, Action) {
-        let a = s.handle(input.as_bytes());
-        (String::from_utf8(s.take_output()).unwrap(), a)
-    }
-
-    const EHLO_PIPE: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
-
-    #[test]
-    fn ehlo_capabilities() {
-        let mut p = ReplyParser::new();
-        p.push(b"250-mx.test greets you\r\n250-PIPELINING\r\n250-SIZE 35882577\r\n250-STARTTLS\r\n250-AUTH PLAIN login\r\n250-AUTH=PLAIN LOGIN CRAM-MD5\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n");
-        let caps = Capabilities::from_ehlo(&p.next_reply().unwrap().unwrap());
-        assert!(caps.esmtp && caps.pipelining && caps.starttls && caps.eightbitmime);
-        assert!(caps.smtputf8 && caps.chunking && caps.enhanced_status_codes);
-        assert_eq!(caps.size, Some(35_882_577));
-        assert_eq!(caps.auth, vec!["PLAIN", "LOGIN", "CRAM-MD5"]);
-        p.push(b"250-mx\r\n250 SIZE\r\n");
-        let caps = Capabilities::from_ehlo(&p.next_reply().unwrap().unwrap());
-        assert_eq!(caps.size, Some(0));
-        assert!(!caps.pipelining && !caps.starttls);
-    }
-
-    #[test]
-    fn pipelined_transaction_with_per_recipient_results() {
-        let mut s = ClientSession::new(
-            cfg(TlsMode::Opportunistic),
-            tx(&["a@dest.test", "b@dest.test", "c@dest.test"]),
-        );
-        let (out, a) = step(&mut s, "220 mx.test ESMTP\r\n");
-        assert_eq!(
-            (out.as_str(), a),
-            ("EHLO client.test\r\n", Action::NeedInput)
-        );
-        let (out, a) = step(&mut s, EHLO_PIPE);
-        assert_eq!(a, Action::NeedInput);
-        // One batch: MAIL, all RCPTs, DATA.
-        assert_eq!(
-            out,
-            "MAIL FROM:<alice@src.test> SIZE=100\r\nRCPT TO:<a@dest.test>\r\nRCPT TO:<b@dest.test>\r\nRCPT TO:<c@dest.test>\r\nDATA\r\n"
-        );
-        // Replies arrive in pieces.
-        let (out, a) = step(&mut s, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n45");
-        assert_eq!((out.as_str(), a), ("", Action::NeedInput));
-        let (_, a) = step(
-            &mut s,
-            "0 4.2.0 greylisted\r\n550 5.1.1 no such user\r\n354 go ahead\r\n",
-        );
-        assert_eq!(a, Action::SendData);
-        assert!(s.awaiting_data_reply());
-        let (out, a) = step(&mut s, "");
-        assert_eq!((out.as_str(), a), ("", Action::NeedInput));
-        let (out, a) = step(&mut s, "250 2.0.0 queued as X\r\n");
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert!(!o.try_next_host && o.data_sent && !o.tls);
-        assert_eq!(o.rcpts[0].status, Status::Delivered);
-        assert_eq!(o.rcpts[0].reason, "250 2.0.0 queued as X");
-        assert_eq!(o.rcpts[1].status, Status::Temporary);
-        assert_eq!(o.rcpts[1].enhanced, EnhancedCode(4, 2, 0));
-        assert_eq!(o.rcpts[2].status, Status::Permanent);
-        assert_eq!(o.rcpts[2].reason, "550 5.1.1 no such user");
-    }
-
-    #[test]
-    fn without_pipelining_commands_go_one_by_one() {
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test", "b@d.test"]));
-        step(&mut s, "220 hi\r\n");
-        let (out, _) = step(&mut s, "250-mx\r\n250 8BITMIME\r\n");
-        assert_eq!(out, "MAIL FROM:<alice@src.test>\r\n");
-        let (out, _) = step(&mut s, "250 ok\r\n");
-        assert_eq!(out, "RCPT TO:<a@d.test>\r\n");
-        let (out, _) = step(&mut s, "550 no\r\n");
-        assert_eq!(out, "RCPT TO:<b@d.test>\r\n");
-        let (out, _) = step(&mut s, "250 ok\r\n");
-        assert_eq!(out, "DATA\r\n");
-        let (_, a) = step(&mut s, "354 go\r\n");
-        assert_eq!(a, Action::SendData);
-        let (out, a) = step(&mut s, "554 5.7.1 spam\r\n");
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert_eq!(o.rcpts[0].status, Status::Permanent);
-        assert_eq!(o.rcpts[0].enhanced, EnhancedCode(5, 0, 0));
-        assert_eq!(o.rcpts[1].status, Status::Permanent);
-        assert_eq!(o.rcpts[1].reason, "554 5.7.1 spam");
-    }
-
-    #[test]
-    fn no_data_when_every_recipient_is_refused() {
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "220 hi\r\n");
-        step(&mut s, "250 mx\r\n");
-        step(&mut s, "250 ok\r\n");
-        let (out, a) = step(&mut s, "450 4.2.1 later\r\n");
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        assert_eq!(s.outcome().rcpts[0].status, Status::Temporary);
-        assert!(!s.outcome().data_sent);
-
-        // Pipelined: the server says 354 anyway; an empty content is sent.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "220 hi\r\n");
-        step(&mut s, EHLO_PIPE);
-        let (out, a) = step(&mut s, "250 ok\r\n550 no\r\n354 go\r\n");
-        assert_eq!((out.as_str(), a), (".\r\n", Action::NeedInput));
-        let (out, a) = step(&mut s, "554 no valid recipients\r\n");
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert_eq!(o.rcpts[0].status, Status::Permanent);
-        assert_eq!(o.rcpts[0].reason, "550 no");
-    }
-
-    #[test]
-    fn mail_from_refused() {
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test", "b@d.test"]));
-        step(&mut s, "220 hi\r\n");
-        step(&mut s, EHLO_PIPE);
-        let (out, a) = step(
-            &mut s,
-            "553 5.7.1 sender refused\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n",
-        );
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert!(!o.try_next_host);
-        for r in &o.rcpts {
-            assert_eq!(r.status, Status::Permanent);
-            assert_eq!(r.reason, "MAIL FROM: 553 5.7.1 sender refused");
-        }
-        // 4xx to MAIL: temporary, and another host may do better.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "220 hi\r\n");
-        step(&mut s, "250 mx\r\n");
-        let (_, a) = step(&mut s, "451 4.3.0 local problem\r\n");
-        assert_eq!(a, Action::Done);
-        let o = s.outcome();
-        assert!(o.try_next_host);
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-    }
-
-    #[test]
-    fn code_421_mid_session() {
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test", "b@d.test"]));
-        step(&mut s, "220 hi\r\n");
-        step(&mut s, EHLO_PIPE);
-        let (out, a) = step(
-            &mut s,
-            "250 ok\r\n550 5.1.1 unknown\r\n421 4.3.2 shutting down\r\n",
-        );
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert_eq!(o.rcpts[0].status, Status::Permanent);
-        assert_eq!(o.rcpts[1].status, Status::Temporary);
-        assert_eq!(o.rcpts[1].reason, "421 4.3.2 shutting down");
-        assert!(!o.try_next_host);
-        // Further input is ignored.
-        assert_eq!(s.handle(b"250 late\r\n"), Action::Done);
-
-        // 421 as the greeting: a host-level failure.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        let (out, a) = step(&mut s, "421 4.7.0 too busy\r\n");
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert!(o.try_next_host);
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-        // A 5xx greeting too is only temporary (try the next MX).
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "554 5.7.1 go away\r\n");
-        let o = s.outcome();
-        assert!(o.try_next_host);
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-        assert_eq!(o.rcpts[0].enhanced, EnhancedCode(4, 7, 1));
-    }
-
-    #[test]
-    fn ehlo_refused_falls_back_to_helo() {
-        let mut s = ClientSession::new(cfg(TlsMode::Opportunistic), tx(&["a@d.test"]));
-        step(&mut s, "220 old server\r\n");
-        let (out, _) = step(&mut s, "502 5.5.2 command not recognized\r\n");
-        assert_eq!(out, "HELO client.test\r\n");
-        let (out, _) = step(&mut s, "250 hello\r\n");
-        assert_eq!(out, "MAIL FROM:<alice@src.test>\r\n");
-        assert!(!s.capabilities().esmtp);
-        step(&mut s, "250 ok\r\n");
-        step(&mut s, "250 ok\r\n");
-        step(&mut s, "354 go\r\n");
-        let (_, a) = step(&mut s, "250 ok\r\n");
-        assert_eq!(a, Action::Done);
-        assert_eq!(s.outcome().rcpts[0].status, Status::Delivered);
-
-        // HELO refused as well: host failure.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        step(&mut s, "500 what\r\n");
-        let (_, a) = step(&mut s, "550 no\r\n");
-        assert_eq!(a, Action::Done);
-        assert!(s.outcome().try_next_host);
-    }
-
-    #[test]
-    fn starttls_then_ehlo_again_and_buffered_input_dropped() {
-        let mut s = ClientSession::new(cfg(TlsMode::Opportunistic), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        let (out, _) = step(&mut s, "250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n");
-        assert_eq!(out, "STARTTLS\r\n");
-        // A reply injected behind the 220 must not survive the handshake.
-        let (_, a) = step(&mut s, "220 ready\r\n250 injected\r\n");
-        assert_eq!(a, Action::StartTls);
-        assert_eq!(s.tls_started(), Action::NeedInput);
-        assert_eq!(
-            String::from_utf8(s.take_output()).unwrap(),
-            "EHLO client.test\r\n"
-        );
-        let (out, _) = step(&mut s, "250-mx\r\n250 PIPELINING\r\n");
-        assert!(
-            out.starts_with("MAIL FROM:<alice@src.test>\r\nRCPT"),
-            "{out}"
-        );
-        assert!(s.tls_active());
-    }
-
-    #[test]
-    fn starttls_policies() {
-        // Required but not offered.
-        let mut s = ClientSession::new(cfg(TlsMode::Required), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        let (out, a) = step(&mut s, "250-mx\r\n250 PIPELINING\r\n");
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-        assert_eq!(o.rcpts[0].enhanced, EnhancedCode(4, 7, 4));
-        // Offered but refused: opportunistic goes on in plaintext.
-        let mut s = ClientSession::new(cfg(TlsMode::Opportunistic), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
-        let (out, _) = step(&mut s, "454 4.7.0 TLS not available\r\n");
-        assert_eq!(out, "MAIL FROM:<alice@src.test>\r\n");
-        // ...required does not.
-        let mut s = ClientSession::new(cfg(TlsMode::Required), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
-        let (_, a) = step(&mut s, "454 4.7.0 TLS not available\r\n");
-        assert_eq!(a, Action::Done);
-        assert!(s.outcome().try_next_host);
-        // Handshake failure.
-        let mut s = ClientSession::new(cfg(TlsMode::Required), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
-        assert_eq!(step(&mut s, "220 go\r\n").1, Action::StartTls);
-        let o = s.tls_failed("invalid certificate");
-        assert!(o.tls_failed && o.try_next_host);
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-        // TlsMode::Off never asks.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        let (out, _) = step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
-        assert!(out.starts_with("MAIL"));
-    }
-
-    #[test]
-    fn auth_plain_only_inside_tls() {
-        let mut c = cfg(TlsMode::Opportunistic);
-        c.credentials = Some(("user".into(), "pass".into()));
-        // No TLS offered: the credentials are not sent.
-        let mut s = ClientSession::new(c.clone(), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        let (out, a) = step(&mut s, "250-mx\r\n250 AUTH PLAIN\r\n");
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        assert_eq!(s.outcome().rcpts[0].status, Status::Temporary);
-        // With TLS.
-        let mut s = ClientSession::new(c, tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
-        step(&mut s, "220 go\r\n");
-        s.tls_started();
-        s.take_output();
-        let (out, _) = step(&mut s, "250-mx\r\n250 AUTH PLAIN LOGIN\r\n");
-        assert_eq!(out, "AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
-        let (out, _) = step(&mut s, "235 2.7.0 ok\r\n");
-        assert_eq!(out, "MAIL FROM:<alice@src.test>\r\n");
-        // Failed authentication: temporary.
-        let mut c = cfg(TlsMode::Required);
-        c.credentials = Some(("user".into(), "bad".into()));
-        let mut s = ClientSession::new(c, tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        step(&mut s, "250-mx\r\n250 STARTTLS\r\n");
-        step(&mut s, "220 go\r\n");
-        s.tls_started();
-        step(&mut s, "250-mx\r\n250 AUTH PLAIN\r\n");
-        let (_, a) = step(&mut s, "535 5.7.8 bad credentials\r\n");
-        assert_eq!(a, Action::Done);
-        let o = s.outcome();
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-        assert!(
-            o.rcpts[0].reason.contains("535 5.7.8"),
-            "{}",
-            o.rcpts[0].reason
-        );
-    }
-
-    #[test]
-    fn size_8bitmime_and_smtputf8() {
-        let mut t = tx(&["a@d.test"]);
-        t.size = 5000;
-        let mut s = ClientSession::new(cfg(TlsMode::Off), t);
-        step(&mut s, "220 x\r\n");
-        let (out, a) = step(&mut s, EHLO_PIPE);
-        assert_eq!((out.as_str(), a), ("QUIT\r\n", Action::Done));
-        let o = s.outcome();
-        assert_eq!(o.rcpts[0].status, Status::Permanent);
-        assert_eq!(o.rcpts[0].enhanced, EnhancedCode(5, 3, 4));
-
-        let mut t = tx(&["a@d.test"]);
-        t.body_8bit = true;
-        let mut s = ClientSession::new(cfg(TlsMode::Off), t);
-        step(&mut s, "220 x\r\n");
-        let (out, _) = step(&mut s, EHLO_PIPE);
-        assert!(
-            out.starts_with("MAIL FROM:<alice@src.test> SIZE=100 BODY=8BITMIME\r\n"),
-            "{out}"
-        );
-
-        let mut t = tx(&["jörg@d.test"]);
-        t.mail_from = String::new();
-        let mut s = ClientSession::new(cfg(TlsMode::Off), t.clone());
-        step(&mut s, "220 x\r\n");
-        step(&mut s, EHLO_PIPE);
-        assert_eq!(s.outcome().rcpts[0].enhanced, EnhancedCode(5, 6, 7));
-        let mut s = ClientSession::new(cfg(TlsMode::Off), t);
-        step(&mut s, "220 x\r\n");
-        let (out, _) = step(&mut s, "250-mx\r\n250 SMTPUTF8\r\n");
-        assert_eq!(out, "MAIL FROM:<> SMTPUTF8\r\n");
-    }
-
-    #[test]
-    fn connection_lost() {
-        // Before anything: host-level.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        let o = s.connection_lost("connection reset");
-        assert!(o.try_next_host);
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-        // After the content was sent, before the final reply: NOT delivered.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        step(&mut s, "220 x\r\n");
-        step(&mut s, EHLO_PIPE);
-        assert_eq!(
-            step(&mut s, "250 ok\r\n250 ok\r\n354 go\r\n").1,
-            Action::SendData
-        );
-        let o = s.connection_lost("connection closed");
-        assert!(!o.try_next_host && o.data_sent);
-        assert_eq!(o.rcpts[0].status, Status::Temporary);
-        assert!(o.rcpts[0].reason.contains("may have been delivered"));
-        // Garbage from the server.
-        let mut s = ClientSession::new(cfg(TlsMode::Off), tx(&["a@d.test"]));
-        assert_eq!(step(&mut s, "HTTP/1.1 400 Bad\r\n").1, Action::Done);
-        assert!(s.outcome().try_next_host);
-    }
-
-    #[test]
-    fn dot_stuffing() {
-        assert_eq!(dot_stuff(b""), b".\r\n");
-        assert_eq!(dot_stuff(b"a\r\n"), b"a\r\n.\r\n");
-        assert_eq!(dot_stuff(b"a"), b"a\r\n.\r\n");
-        assert_eq!(
-            dot_stuff(b".x\r\n..\r\n.\r\nmid.dle\r\n"),
-            b"..x\r\n...\r\n..\r\nmid.dle\r\n.\r\n"
-        );
-        // Bare LF and bare CR become CRLF (no smuggled terminators).
-        assert_eq!(dot_stuff(b"a\n.\nb\rc"), b"a\r\n..\r\nb\r\nc\r\n.\r\n");
-        assert_eq!(dot_stuff(b"a\r\n\r\n.\r\n"), b"a\r\n\r\n..\r\n.\r\n");
-    }
-}
+mod tests;
