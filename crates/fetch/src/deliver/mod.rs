@@ -41,7 +41,7 @@ mod transcode;
 
 pub use command::CommandDelivery;
 pub use maildir::MaildirDelivery;
-pub use mbox::{MboxDelivery, asctime};
+pub use mbox::MboxDelivery;
 pub use transcode::{CrlfToLf, MboxrdQuoter};
 
 const BUF: usize = 64 * 1024;
