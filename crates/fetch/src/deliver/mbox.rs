@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use postoffice_common::date::asctime;
+use postoffice_common::durable;
 
 use super::transcode::{CrlfToLf, MboxrdQuoter};
 use super::{BUF, Delivery};
@@ -86,10 +87,13 @@ pub struct MboxDelivery {
 impl MboxDelivery {
     /// Lock the mbox (creating it if needed) and write the From_ line.
     pub fn begin(path: &Path, received: SystemTime) -> io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        durable::create_dir_all(dir)?;
         let dotlock = DotLock::acquire(path, Duration::from_secs(30))?;
+        let existed = path.try_exists()?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -98,6 +102,11 @@ impl MboxDelivery {
             .mode(0o600)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        if !existed {
+            // A new mbox's directory entry must be durable before a message
+            // in it counts as delivered (the commit fsyncs only the file).
+            durable::sync_dir(dir)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match file.try_lock() {
