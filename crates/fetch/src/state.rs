@@ -181,13 +181,13 @@ impl State {
 /// An exclusive lock (flock) on `<state file>.lock`, so two `fetch`
 /// processes never work on one account at the same time. Released on drop.
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: File,
 }
 
 impl StateLock {
     /// Take the lock, or fail at once if another process holds it.
-    pub fn acquire(state_file: &Path) -> io::Result<StateLock> {
+    pub(crate) fn acquire(state_file: &Path) -> io::Result<StateLock> {
         let mut name = state_file.as_os_str().to_os_string();
         name.push(".lock");
         let path = PathBuf::from(name);

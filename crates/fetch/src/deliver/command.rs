@@ -10,7 +10,7 @@ use super::{BUF, Delivery};
 write_through_writer!(CommandDelivery);
 
 /// Delivery to a command's standard input; exit status 0 means delivered.
-pub struct CommandDelivery {
+pub(crate) struct CommandDelivery {
     child: Option<Child>,
     writer: Option<CrlfToLf<BufWriter<ChildStdin>>>,
     command: String,
@@ -19,7 +19,7 @@ pub struct CommandDelivery {
 impl CommandDelivery {
     /// Start `/bin/sh -c command`. Its standard output goes to our
     /// standard error, so that standard output stays for summaries.
-    pub fn begin(command: &str) -> io::Result<Self> {
+    pub(crate) fn begin(command: &str) -> io::Result<Self> {
         let stdout = match io::stderr().as_fd_clone() {
             Some(fd) => Stdio::from(fd),
             None => Stdio::null(),

@@ -78,7 +78,7 @@ impl Drop for DotLock {
 /// Delivery appended to an mbox file (mboxrd). Holds the dotlock and an
 /// flock on the file while writing; on failure the file is truncated back
 /// to its old length.
-pub struct MboxDelivery {
+pub(crate) struct MboxDelivery {
     writer: Option<CrlfToLf<MboxrdQuoter<BufWriter<File>>>>,
     orig_len: u64,
     _dotlock: DotLock,
@@ -86,7 +86,7 @@ pub struct MboxDelivery {
 
 impl MboxDelivery {
     /// Lock the mbox (creating it if needed) and write the From_ line.
-    pub fn begin(path: &Path, received: SystemTime) -> io::Result<Self> {
+    pub(crate) fn begin(path: &Path, received: SystemTime) -> io::Result<Self> {
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())

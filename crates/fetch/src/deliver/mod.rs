@@ -7,6 +7,11 @@
 //! or accepted by the command with exit status 0. Until then nothing may be
 //! deleted on the server, and [`Delivery::abort`] (or dropping the
 //! delivery) leaves no trace of it.
+//!
+//! One file per job: this one holds the [`Delivery`] trait and
+//! [`Destination::begin`]; `maildir`, `mbox` (with its dotlock) and
+//! `command` are the three destinations; `transcode` holds the writers
+//! they stream through (CRLF to LF, mboxrd `From ` quoting).
 
 use std::io::{self, Write};
 use std::time::SystemTime;
@@ -39,10 +44,9 @@ mod maildir;
 mod mbox;
 mod transcode;
 
-pub use command::CommandDelivery;
+pub(crate) use command::CommandDelivery;
 pub use maildir::MaildirDelivery;
-pub use mbox::MboxDelivery;
-pub use transcode::{CrlfToLf, MboxrdQuoter};
+pub(crate) use mbox::MboxDelivery;
 
 const BUF: usize = 64 * 1024;
 

@@ -7,14 +7,14 @@ use std::io::{self, Write};
 /// Converts CRLF line ends to LF across chunk boundaries; a CR not followed
 /// by LF is kept.
 #[derive(Debug)]
-pub struct CrlfToLf<W: Write> {
+pub(crate) struct CrlfToLf<W: Write> {
     inner: W,
     pending_cr: bool,
 }
 
 impl<W: Write> CrlfToLf<W> {
     /// Wrap `inner`.
-    pub fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         CrlfToLf {
             inner,
             pending_cr: false,
@@ -22,13 +22,13 @@ impl<W: Write> CrlfToLf<W> {
     }
 
     /// Write out a trailing lone CR and return the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.end()?;
         Ok(self.inner)
     }
 
     /// Write out a trailing lone CR (in place).
-    pub fn end(&mut self) -> io::Result<()> {
+    pub(crate) fn end(&mut self) -> io::Result<()> {
         if self.pending_cr {
             self.inner.write_all(b"\r")?;
             self.pending_cr = false;
@@ -37,12 +37,12 @@ impl<W: Write> CrlfToLf<W> {
     }
 
     /// The inner writer.
-    pub fn get_mut(&mut self) -> &mut W {
+    pub(crate) fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
 
     /// The inner writer, dropping any pending CR.
-    pub fn into_inner(self) -> W {
+    pub(crate) fn into_inner(self) -> W {
         self.inner
     }
 }
@@ -98,7 +98,7 @@ enum QState {
 /// more `>`. Works across chunk boundaries, buffering at most a counter
 /// and five bytes.
 #[derive(Debug)]
-pub struct MboxrdQuoter<W: Write> {
+pub(crate) struct MboxrdQuoter<W: Write> {
     inner: W,
     state: QState,
     gt: u64,
@@ -110,7 +110,7 @@ const FROM_: &[u8] = b"From ";
 
 impl<W: Write> MboxrdQuoter<W> {
     /// Wrap `inner`.
-    pub fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         MboxrdQuoter {
             inner,
             state: QState::Start,
@@ -146,15 +146,17 @@ impl<W: Write> MboxrdQuoter<W> {
         Ok(())
     }
 
-    /// End the message: flush any pending prefix, make sure it ends with a
-    /// newline, and add the blank separator line. Returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    /// [`MboxrdQuoter::end`], returning the inner writer (the mbox
+    /// delivery ends in place; the tests use this).
+    #[cfg(test)]
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.end()?;
         Ok(self.inner)
     }
 
-    /// [`MboxrdQuoter::finish`] in place.
-    pub fn end(&mut self) -> io::Result<()> {
+    /// End the message: flush any pending prefix, make sure it ends with a
+    /// newline, and add the blank separator line.
+    pub(crate) fn end(&mut self) -> io::Result<()> {
         if self.state != QState::Mid || self.gt > 0 {
             self.flush_prefix()?;
         }
@@ -168,12 +170,12 @@ impl<W: Write> MboxrdQuoter<W> {
     }
 
     /// The inner writer.
-    pub fn get_mut(&mut self) -> &mut W {
+    pub(crate) fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
 
     /// The inner writer, as it is.
-    pub fn into_inner(self) -> W {
+    pub(crate) fn into_inner(self) -> W {
         self.inner
     }
 }
