@@ -69,7 +69,7 @@ pub struct FetchArgs {
 
 /// Parse `30s`, `5m`, `1h`, `1d`, combinations like `1h30m`, or plain
 /// seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -119,7 +119,7 @@ fn check_duration(d: Duration) -> Result<Duration, String> {
 /// The delay before the next attempt after `failures` consecutive failed
 /// runs: the poll interval doubled per failure, at most 30 minutes (or the
 /// poll interval, if that is longer).
-pub fn backoff(every: Duration, failures: u32) -> Duration {
+pub(crate) fn backoff(every: Duration, failures: u32) -> Duration {
     let cap = every.max(Duration::from_secs(30 * 60));
     if failures == 0 {
         return every;
@@ -132,7 +132,7 @@ pub fn backoff(every: Duration, failures: u32) -> Duration {
 /// [`backoff`] for its consecutive `failures`, but never less than what is
 /// left of the server's LOGIN-DELAY, which counts from the login (about
 /// when the last run began, `since_login` ago).
-pub fn next_wait(
+pub(crate) fn next_wait(
     every: Duration,
     failures: u32,
     login_delay: Option<Duration>,

@@ -660,7 +660,7 @@ async fn handshake(
 
 /// The APOP digest: lower-case hex MD5 of the timestamp followed by the
 /// password (RFC 1939 section 7).
-pub fn apop_digest(timestamp: &str, password: &str) -> String {
+pub(crate) fn apop_digest(timestamp: &str, password: &str) -> String {
     let mut h = Md5::new();
     h.update(timestamp.as_bytes());
     h.update(password.as_bytes());

@@ -297,7 +297,7 @@ struct RawDestination {
 }
 
 /// The home directory ($HOME).
-pub fn home_dir() -> Option<PathBuf> {
+pub(crate) fn home_dir() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
@@ -306,7 +306,7 @@ pub fn home_dir() -> Option<PathBuf> {
 /// Default accounts file: `$POSTOFFICE_FETCH_CONFIG` is handled by the
 /// command line; this is `~/.config/postoffice/fetch.toml`
 /// (`$XDG_CONFIG_HOME/postoffice/fetch.toml` when that is set).
-pub fn default_config_path() -> Option<PathBuf> {
+pub(crate) fn default_config_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())

@@ -175,7 +175,7 @@ fn plural(n: u64) -> &'static str {
 }
 
 /// Decimal units, one decimal: `3.4 MB`.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
     if n < 1000 {
         return format!("{n} B");

@@ -18,7 +18,10 @@
 //!   delivers one twice (see [`fetch`]).
 //!
 //! The protocol parsing itself is sans-IO, in `pop3-proto`
-//! (`client`, `client_codec`, `body`, `sasl`).
+//! (`client`, `client_codec`, `body`, `sasl`). The mechanisms fetch shares
+//! with the server come from `postoffice-common`: durable writes (the
+//! Maildir delivery, the state file), Maildir file names, the mbox `From `
+//! date and the TLS certificate verifier.
 //!
 //! # Example
 //!
@@ -41,7 +44,6 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod cli;
 pub mod client;

@@ -8,22 +8,24 @@
 //! 1735689600 QhdPYR:00WBw1Ph7x7
 //! ```
 //!
-//! Durability: [`State::save`] replaces the file atomically (write a
-//! temporary file, fsync it, rename it over the old one, fsync the
-//! directory), so a crash leaves either the old or the new file. During a
-//! session, [`State::record`] appends one line and fsyncs it right after
-//! each delivery, before any DELE or QUIT is sent; an append torn by a crash
-//! leaves a last line without its newline, which [`State::load`] ignores
-//! (that message was not recorded, and is fetched again: the only duplicate
-//! window left is between the destination's fsync and this one). The file
-//! is compacted with `save` at the start (before the first append) and at
-//! the end of every session.
+//! Durability: [`State::save`] replaces the file atomically with
+//! `postoffice_common::durable::write` (a temporary file, fsynced, renamed
+//! over the old one, and the directory fsynced), so a crash leaves either
+//! the old or the new file. During a session, [`State::record`] appends
+//! one line and fsyncs it right after each delivery, before any DELE or
+//! QUIT is sent; an append torn by a crash leaves a last line without its
+//! newline, which [`State::load`] ignores (that message was not recorded,
+//! and is fetched again: the only duplicate window left is between the
+//! destination's fsync and this one). The file is compacted with `save` at
+//! the start (before the first append) and at the end of every session.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use postoffice_common::durable;
 
 const HEADER: &str = "# postoffice fetch state v1: <first-seen unix time> <uidl>\n";
 
@@ -33,11 +35,6 @@ pub struct State {
     path: PathBuf,
     entries: BTreeMap<String, u64>,
     journal: Option<File>,
-}
-
-/// Fsync a directory so a rename or create inside it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -162,42 +159,20 @@ impl State {
         self.entries.retain(|k, v| keep(k, *v));
     }
 
-    /// Atomically replace the file with the current entries: temporary
-    /// file, fsync, rename, fsync of the directory.
+    /// Atomically replace the file with the current entries
+    /// ([`durable::write`]: temporary file, fsync, rename, fsync of the
+    /// directory), then reopen it for appending.
     pub fn save(&mut self) -> io::Result<()> {
-        let dir = parent_of(&self.path);
-        std::fs::create_dir_all(dir)?;
-        let name = self
-            .path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "state file has no name"))?;
-        let mut tmp_name = name.to_os_string();
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let mut text = String::with_capacity(HEADER.len() + self.entries.len() * 40);
-            text.push_str(HEADER);
-            for (uid, ts) in &self.entries {
-                text.push_str(&format!("{ts} {uid}\n"));
-            }
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &self.path)?;
-            sync_dir(dir)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(|e| {
+        let context = |e: io::Error| {
             io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display()))
-        })?;
+        };
+        durable::create_dir_all(parent_of(&self.path)).map_err(context)?;
+        let mut text = String::with_capacity(HEADER.len() + self.entries.len() * 40);
+        text.push_str(HEADER);
+        for (uid, ts) in &self.entries {
+            text.push_str(&format!("{ts} {uid}\n"));
+        }
+        durable::write(&self.path, text.as_bytes()).map_err(context)?;
         self.journal = Some(OpenOptions::new().append(true).open(&self.path)?);
         Ok(())
     }
@@ -206,17 +181,17 @@ impl State {
 /// An exclusive lock (flock) on `<state file>.lock`, so two `fetch`
 /// processes never work on one account at the same time. Released on drop.
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: File,
 }
 
 impl StateLock {
     /// Take the lock, or fail at once if another process holds it.
-    pub fn acquire(state_file: &Path) -> io::Result<StateLock> {
+    pub(crate) fn acquire(state_file: &Path) -> io::Result<StateLock> {
         let mut name = state_file.as_os_str().to_os_string();
         name.push(".lock");
         let path = PathBuf::from(name);
-        std::fs::create_dir_all(parent_of(&path))?;
+        durable::create_dir_all(parent_of(&path))?;
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -299,7 +274,7 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.contains(&format!(".tmp{}", std::process::id())))
+            .filter(|n| n != "acct.state" && n != "acct.state.tmp99999")
             .collect();
         assert!(names.is_empty(), "temporary file left behind: {names:?}");
         let loaded = State::load(&p).unwrap();

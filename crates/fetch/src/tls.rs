@@ -1,14 +1,15 @@
 //! TLS for the client: rustls with the ring provider, verifying the server
-//! against the system's CA certificates or a configured CA file.
+//! against the system's CA certificates or a configured CA file. The
+//! verifier itself is `postoffice_common::tls_client` (shared with the
+//! outbound queue); what stays here is fetch's own choice of [`Trust`],
+//! the server name and the mapping of handshake failures to [`Error`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use postoffice_common::tls_client::{self as common, TlsClientError, TrustAnchors, Verification};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -54,122 +55,42 @@ pub enum Trust {
     Insecure,
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Build the rustls client configuration for `trust`.
-pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>> {
-    let provider = provider();
-    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::TlsConfig(e.to_string()))?;
-    let config = match trust {
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth(),
+/// Build the rustls client configuration for `trust` with
+/// `postoffice_common::tls_client`: [`Trust::System`] and
+/// [`Trust::CaFile`] verify (and an empty system store is an error rather
+/// than a client that can verify nothing); [`Trust::Insecure`] accepts any
+/// certificate ([`Verification::AcceptAny`]; handshake signatures are still
+/// checked).
+pub(crate) fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>> {
+    let config_error = |e: TlsClientError| Error::TlsConfig(e.to_string());
+    let (anchors, verification) = match trust {
+        // No anchor is consulted; the system store is as good as any.
+        Trust::Insecure => (
+            TrustAnchors::load(&common::Trust::System).map_err(config_error)?,
+            Verification::AcceptAny,
+        ),
         Trust::System => {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = RootCertStore::empty();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default();
-                return Err(Error::TlsConfig(format!(
-                    "no system CA certificates found{why}; install ca-certificates or set ca_file"
-                )));
+            let anchors = TrustAnchors::load(&common::Trust::System).map_err(config_error)?;
+            if anchors.is_empty() {
+                return Err(Error::TlsConfig(
+                    "no system CA certificates found; install ca-certificates or set ca_file"
+                        .into(),
+                ));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            (anchors, Verification::Required)
         }
-        Trust::CaFile(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| {
-                    Error::TlsConfig(format!("cannot read CA file {}: {e}", path.display()))
-                })?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| {
-                    Error::TlsConfig(format!("invalid PEM in CA file {}: {e}", path.display()))
-                })?;
-            let mut roots = RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(Error::TlsConfig(format!(
-                    "no usable certificate in CA file {}",
-                    path.display()
-                )));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        Trust::CaFile(path) => (
+            TrustAnchors::load(&common::Trust::CaFile(path.clone())).map_err(config_error)?,
+            Verification::Required,
+        ),
     };
-    Ok(Arc::new(config))
+    anchors.client_config(verification).map_err(config_error)
 }
 
 /// The name the server's certificate must carry.
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_string())
         .map_err(|_| Error::TlsConfig(format!("{host:?} is not a valid server name")))
-}
-
-/// A certificate verifier that accepts every certificate.
-///
-/// # Danger
-///
-/// This disables server authentication: a man in the middle can present
-/// any certificate and will be trusted. Handshake signatures are still
-/// checked (so the session keys belong to whoever holds the presented
-/// certificate), but nothing ties that certificate to the server you meant.
-/// Used only for [`Trust::Insecure`], which must be chosen explicitly
-/// (`insecure = true` or `--insecure`).
-#[derive(Debug)]
-pub struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Turn a failed handshake into a helpful error.
@@ -194,5 +115,31 @@ pub(crate) fn handshake_error(host: &str, e: std::io::Error) -> Error {
                 message: e.to_string(),
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_problems_are_configuration_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        match client_config(&Trust::CaFile(missing)) {
+            Err(Error::TlsConfig(m)) => assert!(m.contains("nope.pem"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        match client_config(&Trust::CaFile(junk)) {
+            Err(Error::TlsConfig(m)) => assert!(m.contains("no usable certificate"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn insecure_needs_no_trust_anchors() {
+        client_config(&Trust::Insecure).unwrap();
     }
 }

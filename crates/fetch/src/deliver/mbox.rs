@@ -1,0 +1,257 @@
+//! The mbox destination (mboxrd): the message is appended under a dotlock
+//! and an flock, and truncated away again if anything fails.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use postoffice_common::date::asctime;
+use postoffice_common::durable;
+
+use super::transcode::{CrlfToLf, MboxrdQuoter};
+use super::{BUF, Delivery};
+
+write_through_writer!(MboxDelivery);
+
+/// A `.lock` file created with O_EXCL next to the mbox; removed on drop.
+#[derive(Debug)]
+struct DotLock {
+    path: PathBuf,
+}
+
+impl DotLock {
+    fn acquire(mbox: &Path, wait: Duration) -> io::Result<DotLock> {
+        let mut name = mbox.as_os_str().to_os_string();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let deadline = Instant::now() + wait;
+        loop {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    let _ = writeln!(f, "{}", std::process::id());
+                    return Ok(DotLock { path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // A lock older than 10 minutes is stale (the convention
+                    // of procmail and mutt is 5).
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(600));
+                    if stale {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WouldBlock,
+                            format!("{} is held by another program", path.display()),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Delivery appended to an mbox file (mboxrd). Holds the dotlock and an
+/// flock on the file while writing; on failure the file is truncated back
+/// to its old length.
+pub(crate) struct MboxDelivery {
+    writer: Option<CrlfToLf<MboxrdQuoter<BufWriter<File>>>>,
+    orig_len: u64,
+    _dotlock: DotLock,
+}
+
+impl MboxDelivery {
+    /// Lock the mbox (creating it if needed) and write the From_ line.
+    pub(crate) fn begin(path: &Path, received: SystemTime) -> io::Result<Self> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        durable::create_dir_all(dir)?;
+        let dotlock = DotLock::acquire(path, Duration::from_secs(30))?;
+        let existed = path.try_exists()?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        if !existed {
+            // A new mbox's directory entry must be durable before a message
+            // in it counts as delivered (the commit fsyncs only the file).
+            durable::sync_dir(dir)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("{} is locked by another program", path.display()),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        let orig_len = file.seek(SeekFrom::End(0))?;
+        // The previous message must be followed by a blank line.
+        let mut sep: &[u8] = b"";
+        if orig_len > 0 {
+            let back = orig_len.min(2);
+            file.seek(SeekFrom::Start(orig_len - back))?;
+            let mut tail = [0u8; 2];
+            file.read_exact(&mut tail[..back as usize])?;
+            let tail = &tail[..back as usize];
+            sep = if tail == b"\n\n" || (orig_len == 1 && tail == b"\n") {
+                b""
+            } else if tail.ends_with(b"\n") {
+                b"\n"
+            } else {
+                b"\n\n"
+            };
+            file.seek(SeekFrom::End(0))?;
+        }
+        let mut w = BufWriter::with_capacity(BUF, file);
+        let r = (|| {
+            w.write_all(sep)?;
+            w.write_all(format!("From MAILER-DAEMON {}\n", asctime(received)).as_bytes())
+        })();
+        let mut d = MboxDelivery {
+            writer: Some(CrlfToLf::new(MboxrdQuoter::new(w))),
+            orig_len,
+            _dotlock: dotlock,
+        };
+        if let Err(e) = r {
+            d.rollback();
+            return Err(e);
+        }
+        Ok(d)
+    }
+
+    fn rollback(&mut self) {
+        if let Some(w) = self.writer.take() {
+            let (file, _) = w.into_inner().into_inner().into_parts();
+            let _ = file.set_len(self.orig_len);
+            let _ = file.sync_all();
+        }
+    }
+}
+
+impl MboxDelivery {
+    fn finish_and_sync(&mut self) -> io::Result<()> {
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| io::Error::other("delivery already finished"))?;
+        w.end()?;
+        w.get_mut().end()?;
+        let bw = w.get_mut().get_mut();
+        bw.flush()?;
+        bw.get_ref().sync_all()
+    }
+}
+
+impl Delivery for MboxDelivery {
+    fn commit(mut self: Box<Self>) -> io::Result<()> {
+        match self.finish_and_sync() {
+            Ok(()) => {
+                // Closing the file releases the flock; then the dotlock goes.
+                self.writer.take();
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn abort(mut self: Box<Self>) {
+        self.rollback();
+    }
+}
+
+impl Drop for MboxDelivery {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// The From_ line date (now from postoffice-common) keeps its form.
+    #[test]
+    fn asctime_format() {
+        assert_eq!(asctime(UNIX_EPOCH), "Thu Jan  1 00:00:00 1970");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
+        assert_eq!(asctime(t), "Thu Feb 29 12:34:56 2024");
+    }
+
+    #[test]
+    fn mbox_appends_quotes_and_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("inbox.mbox");
+        let mut d = Box::new(MboxDelivery::begin(&mbox, UNIX_EPOCH).unwrap());
+        d.write_all(b"Subject: 1\r\n\r\nFrom here\r\nno newline")
+            .unwrap();
+        assert!(dir.path().join("inbox.mbox.lock").exists());
+        d.commit().unwrap();
+        assert!(!dir.path().join("inbox.mbox.lock").exists());
+        let mut d = Box::new(MboxDelivery::begin(&mbox, UNIX_EPOCH).unwrap());
+        d.write_all(b"Subject: 2\r\n\r\nbody\r\n").unwrap();
+        d.abort();
+        let mut d = Box::new(MboxDelivery::begin(&mbox, UNIX_EPOCH).unwrap());
+        d.write_all(b"Subject: 3\r\n\r\nbody\r\n").unwrap();
+        d.commit().unwrap();
+        let text = std::fs::read_to_string(&mbox).unwrap();
+        assert_eq!(
+            text,
+            "From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nSubject: 1\n\n>From here\nno newline\n\n\
+             From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nSubject: 3\n\nbody\n\n"
+        );
+    }
+
+    #[test]
+    fn mbox_dotlock_blocks_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("m");
+        let held = DotLock::acquire(&mbox, Duration::from_secs(1)).unwrap();
+        let e = DotLock::acquire(&mbox, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        DotLock::acquire(&mbox, Duration::from_millis(200)).unwrap();
+    }
+}
