@@ -215,7 +215,7 @@ pub mod fuzzing {
         crate::name::looks_like_message(name)
     }
     pub fn sanitize_hostname(hostname: &str) -> String {
-        crate::name::sanitize_hostname(hostname)
+        postoffice_common::maildir_name::sanitize_hostname(hostname)
     }
     /// One line of `postoffice-index`.
     pub fn index_line(line: &[u8]) -> Option<(&str, u64)> {

@@ -1,17 +1,25 @@
 //! Delivery: stream a message into tmp/, fsync it, rename it into new/
 //! under a name that carries its size, fsync new/.
 //!
+//! That is one file creation (`0600`, see [`durable::create_new`]), the
+//! writes, one `fsync`, one `rename` and one directory `fsync` per message
+//! ([`durable::publish`]); the final name is chosen only after writing,
+//! because it carries the size.
+//!
 //! Only after the last step is the message acknowledged; on any failure
 //! nothing is left behind (the temporary file is removed, and a message
 //! whose rename could not be made durable is taken back).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use postoffice_common::durable::{self, sync_dir};
+use postoffice_common::maildir_name::unique_name;
+
 use super::scan::find_uid;
-use super::{Maildir, ensure_maildir, sync_dir};
+use super::{Maildir, ensure_maildir};
 use crate::crlf::{CHUNK, CrlfConverter};
 use crate::name;
 use crate::{Delivered, StoreError};
@@ -73,7 +81,7 @@ impl Maildir {
     }
 
     /// Durable delivery into the maildir at `dir` (tmp, fsync, rename into
-    /// new/, fsync new/).
+    /// new/, fsync new/), creating the maildir on first use.
     pub(super) fn deliver_dir(
         &self,
         dir: &Path,
@@ -86,13 +94,9 @@ impl Maildir {
         let mut created_dirs = false;
         let mut attempt = 0;
         let (base, tmp_path, mut file) = loop {
-            let base = name::unique_name(&self.hostname);
+            let base = unique_name(&self.hostname);
             let tmp_path = tmp_dir.join(&base);
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_path)
-            {
+            match durable::create_new(&tmp_path) {
                 Ok(file) => break (base, tmp_path, file),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !created_dirs => {
                     ensure_maildir(&dir)?;
@@ -122,21 +126,23 @@ impl Maildir {
 
         // S= (physical size) and W= (CRLF size) are equal because we store
         // CRLF; W= lets every later listing skip opening the file.
-        let final_name = format!("{base},S={size},W={size}");
-        let new_dir = dir.join("new");
-        let final_path = new_dir.join(&final_name);
-        fs::rename(&tmp_path, &final_path).map_err(StoreError::io(format!(
-            "moving {} to {}",
-            tmp_path.display(),
-            final_path.display()
-        )))?;
-        guard.armed = false;
-        if let Err(e) = sync_dir(&new_dir) {
-            // Not known to be durable: report failure, and take the message
-            // back so the sender's retry doesn't create a duplicate.
-            let _ = fs::remove_file(&final_path);
-            return Err(StoreError::io(format!("syncing {}", new_dir.display()))(e));
+        let final_path = dir.join("new").join(format!("{base},S={size},W={size}"));
+        if let Err(e) = durable::publish(&tmp_path, &final_path) {
+            // Either the rename failed (the file is still in tmp/) or the
+            // fsync of new/ did (the message is not known to be durable):
+            // report failure and take the message back, so nothing is left
+            // behind and the sender's retry creates no duplicate.
+            guard.armed = false;
+            if fs::remove_file(&tmp_path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+                let _ = fs::remove_file(&final_path);
+            }
+            return Err(StoreError::io(format!(
+                "moving {} to {} and syncing new/",
+                tmp_path.display(),
+                final_path.display()
+            ))(e));
         }
+        guard.armed = false;
         Ok(Delivered {
             // Normally the base itself; hashed if a very long host name
             // pushed it past the 70-character UID limit.

@@ -25,10 +25,13 @@ mod quarantine;
 mod scan;
 mod snapshot;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use postoffice_common::durable::{self, sync_dir};
+use postoffice_common::maildir_name;
 
 use crate::name::{self, MailboxName};
 use crate::{Delivered, ExpireReport, MailStore, Maildrop, MessageInfo, StoreError, Usage};
@@ -59,7 +62,7 @@ impl Maildir {
     pub fn new(root: impl Into<PathBuf>, hostname: &str) -> Self {
         Self {
             root: root.into(),
-            hostname: name::sanitize_hostname(hostname),
+            hostname: maildir_name::sanitize_hostname(hostname),
         }
     }
 
@@ -146,52 +149,16 @@ fn is_dir_entry(entry: &fs::DirEntry) -> bool {
     entry.file_type().is_ok_and(|t| t.is_dir())
 }
 
-/// fsyncs a directory, making renames, creations and unlinks in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `path` and any missing parents, fsyncing each parent after a
-/// creation so the new directory entry itself is durable (otherwise a crash
-/// could lose a mailbox whose first message had been acknowledged).
-fn ensure_dir(path: &Path) -> Result<(), StoreError> {
-    match fs::metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(StoreError::Io {
-                context: format!("{} exists but is not a directory", path.display()),
-                source: io::Error::from(io::ErrorKind::NotADirectory),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError::io(format!("checking {}", path.display()))(e)),
-    }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(parent) = parent {
-        ensure_dir(parent)?;
-    }
-    match fs::create_dir(path) {
-        // Someone else may have won the race; fsync the parent anyway so we
-        // never rely on their not-yet-done fsync.
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            return Err(StoreError::io(format!(
-                "creating directory {} (check permissions of the data directory)",
-                path.display()
-            ))(e));
-        }
-        _ => {}
-    }
-    if let Some(parent) = parent {
-        sync_dir(parent).map_err(StoreError::io(format!("syncing {}", parent.display())))?;
-    }
-    Ok(())
-}
-
-/// Creates the maildir at `dir` with its three subdirectories.
+/// Creates the maildir at `dir` with its three subdirectories, and any
+/// missing parents (the domain directory, the root): private
+/// ([`durable::DIR_MODE`]), and with every parent fsynced after a creation,
+/// so a new mailbox survives a crash together with its first message.
 fn ensure_maildir(dir: &Path) -> Result<(), StoreError> {
-    ensure_dir(dir)?;
-    for sub in ["tmp", "new", "cur"] {
-        ensure_dir(&dir.join(sub))?;
+    for path in [dir, &dir.join("tmp"), &dir.join("new"), &dir.join("cur")] {
+        durable::create_dir_all(path).map_err(StoreError::io(format!(
+            "creating directory {} (check permissions of the data directory)",
+            path.display()
+        )))?;
     }
     Ok(())
 }

@@ -12,7 +12,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::scan::{find_uid, list};
-use super::{Maildir, ensure_maildir, exists, sync_dir};
+use postoffice_common::durable::sync_dir;
+
+use super::{Maildir, ensure_maildir, exists};
 use crate::{MessageInfo, StoreError};
 
 /// The quarantine folder's name inside a user's maildir.

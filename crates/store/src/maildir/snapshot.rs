@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
+use postoffice_common::durable::sync_dir;
+
 use super::ensure_maildir;
 use super::lock::lock;
 use super::scan::{Location, Sub, list, locate_all};
-use super::sync_dir;
 use crate::crlf::CrlfReader;
 use crate::index;
 use crate::name;
