@@ -47,14 +47,14 @@ pub(super) fn lock(dir: &Path) -> Result<File, StoreError> {
 }
 
 /// Opens the lock file at `path`, creating it if it is missing. An existing
-/// file costs one `open`, as before; a new one is made by
+/// file costs one `open`; a new one is made by
 /// [`durable::create_new`], which gives it `0600` whatever the umask (an
 /// `open` with `O_CREAT` would leave the mode to the umask).
 fn open_or_create(path: &Path) -> io::Result<File> {
     let open = || OpenOptions::new().read(true).write(true).open(path);
     match open() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => match durable::create_new(path) {
-            // Another session or delivery created it meanwhile.
+            // Another session (or expiry) created it meanwhile.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(),
             created => created,
         },

@@ -7,6 +7,10 @@
 //! mailboxes; this code tolerates them renaming (new/ → cur/, flag suffixes)
 //! and deleting files underneath a session.
 //!
+//! Mail is private to the server's user: every directory the backend
+//! creates is `0700` and every file `0600`, whatever the umask (the modes
+//! of `postoffice_common::durable`, through which all of them are made).
+//!
 //! One module per job; this one holds the [`Maildir`] type, maps mailbox
 //! names to directories, and implements [`MailStore`] by dispatching:
 //!
