@@ -38,10 +38,12 @@ pub enum StoreError {
         source: io::Error,
     },
 
-    /// A message index outside the snapshot was requested (indices are
-    /// 0-based; POP3 message number `n` is index `n - 1`).
+    /// No quarantined message has this unique ID (the payload).
     #[error("no message with unique ID {0:?}; list them with `postoffice quarantine list`")]
     NoSuchUid(String),
+
+    /// A message index outside the snapshot was requested (indices are
+    /// 0-based; POP3 message number `n` is index `n - 1`).
     #[error(
         "no message with index {0} in this maildrop; indices are 0-based and must be below the message count"
     )]

@@ -9,18 +9,20 @@
 //! the file name without the `:2,` flags suffix (so flag changes by a mail
 //! client don't invalidate it). The file is only a cache: anything unparsable
 //! is ignored and recomputed, entries for vanished messages are dropped, and
-//! losing it costs nothing but time. It is written atomically (temporary
-//! file, fsync, rename) so a crash never leaves a half-written index.
+//! losing it costs nothing but time. It is written like every other file
+//! ([`durable`](postoffice_common::durable): temporary file, fsync, rename,
+//! fsync of the directory, mode `0600`), so a crash never leaves a
+//! half-written index.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
+use postoffice_common::durable::AtomicFile;
+
 /// File name of the index, inside the maildir directory (next to new/ cur/).
 pub(crate) const INDEX_FILE: &str = "postoffice-index";
-/// Temporary file the index is written to before being renamed into place.
-const INDEX_TMP: &str = "postoffice-index.tmp";
 
 /// The parsed index.
 #[derive(Debug, Default)]
@@ -77,8 +79,9 @@ pub(crate) fn parse_line(line: &[u8]) -> Option<(&str, u64)> {
 }
 
 /// Atomically replaces the index in `dir` with `sizes` (or removes it when
-/// empty). The caller must hold the maildrop lock, which is what makes the
-/// fixed temporary name safe.
+/// empty). The caller must hold the maildrop lock: two writers could not
+/// corrupt the file (each has a temporary file of its own), but the last
+/// one would win with what may be the older view.
 pub(crate) fn store(dir: &Path, sizes: &HashMap<String, u64>) -> io::Result<()> {
     let path = dir.join(INDEX_FILE);
     if sizes.is_empty() {
@@ -87,26 +90,16 @@ pub(crate) fn store(dir: &Path, sizes: &HashMap<String, u64>) -> io::Result<()> 
             _ => Ok(()),
         };
     }
-    let tmp = dir.join(INDEX_TMP);
-    let result = write_then_rename(&tmp, &path, sizes);
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    crate::maildir::sync_dir(dir)
-}
-
-fn write_then_rename(tmp: &Path, path: &Path, sizes: &HashMap<String, u64>) -> io::Result<()> {
     let mut entries: Vec<_> = sizes.iter().collect();
     entries.sort_unstable();
-    let mut w = BufWriter::new(File::create(tmp)?);
+    // Dropped on error before the commit, the temporary file is removed.
+    let mut w = BufWriter::new(AtomicFile::create(&path)?);
     for (key, size) in entries {
         writeln!(w, "{key}\t{size}")?;
     }
-    let file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(tmp, path)
+    w.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .commit()
 }
 
 #[cfg(test)]
@@ -126,7 +119,12 @@ mod tests {
         let loaded = load(dir.path());
         assert!(loaded.clean);
         assert_eq!(loaded.sizes, sizes);
-        assert!(!dir.path().join(INDEX_TMP).exists());
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [INDEX_FILE]);
 
         fs::write(
             dir.path().join(INDEX_FILE),

@@ -123,7 +123,9 @@ pub trait MailStore: Send + Sync {
         dry_run: bool,
     ) -> Result<ExpireReport, StoreError>;
 
-    /// Number of messages and total octets, from names/index only.
+    /// Number of messages and total octets, without reading the messages
+    /// (the Maildir backend reads them from the file names and its size
+    /// index).
     ///
     /// Does not take the lock, so it works (and never disturbs) while a
     /// session is open.
@@ -179,7 +181,7 @@ pub trait Maildrop: Send + Sync {
     /// deleted the message meanwhile.
     fn open_message(&self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;
 
-    /// Permanently remove these messages (0-based indices), durably (fsync the directories). Already-vanished files are not an error.
+    /// Permanently remove these messages (0-based indices), durably: the removal is on stable storage when this returns. Messages another program already removed are not an error.
     ///
     /// All indices are checked first: one out of range fails the whole call
     /// with [`StoreError::NoSuchMessage`] before anything is deleted.
@@ -199,23 +201,30 @@ pub mod fuzzing {
     pub fn parse_mailbox(mailbox: &str) -> Result<(String, String), StoreError> {
         crate::name::parse_mailbox(mailbox).map(|m| (m.local, m.domain))
     }
+    /// `uid_of`: the POP3 unique ID of a message file name.
     pub fn uid_of(name: &str) -> String {
         crate::name::uid_of(name)
     }
+    /// `key_of`: the file name without its `:2,` flags suffix.
     pub fn key_of(name: &str) -> &str {
         crate::name::key_of(name)
     }
+    /// `w_size`: the CRLF size from a `,W=` field.
     pub fn w_size(name: &str) -> Option<u64> {
         crate::name::w_size(name)
     }
+    /// `received_of`: the delivery time at the start of a Maildir name.
     pub fn received_of(name: &str) -> Option<SystemTime> {
         crate::name::received_of(name)
     }
+    /// `looks_like_message`: whether a directory entry is considered at all.
     pub fn looks_like_message(name: &str) -> bool {
         crate::name::looks_like_message(name)
     }
+    /// The host name escaping of delivered file names (now
+    /// `postoffice_common::maildir_name::sanitize_hostname`).
     pub fn sanitize_hostname(hostname: &str) -> String {
-        crate::name::sanitize_hostname(hostname)
+        postoffice_common::maildir_name::sanitize_hostname(hostname)
     }
     /// One line of `postoffice-index`.
     pub fn index_line(line: &[u8]) -> Option<(&str, u64)> {

@@ -1,13 +1,13 @@
 //! Names: mailbox validation, Maildir file names and POP3 unique IDs.
 //!
+//! New names are made by `postoffice_common::maildir_name` (shared with
+//! `postoffice fetch`); this module reads names, ours and other agents'.
+//!
 //! Everything here is pure string work, kept apart from the filesystem code
 //! so the security-relevant parts (what may become a path component) can be
 //! read and tested in isolation.
 
-use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -79,65 +79,6 @@ pub(crate) fn parse_mailbox(mailbox: &str) -> Result<MailboxName, StoreError> {
     })
 }
 
-/// Makes a host name safe for use inside Maildir file names, following the
-/// Maildir convention: characters with a meaning in file names are replaced
-/// by octal escapes, anything non-printable is dropped.
-pub(crate) fn sanitize_hostname(hostname: &str) -> String {
-    let mut out = String::with_capacity(hostname.len());
-    for c in hostname.chars() {
-        match c {
-            '/' => out.push_str("\\057"),
-            ':' => out.push_str("\\072"),
-            ',' => out.push_str("\\054"),
-            '\x21'..='\x7e' => out.push(c),
-            _ => {}
-        }
-    }
-    if out.is_empty() {
-        // An empty host part would still be unique, but it confuses tools
-        // that split the name on '.'.
-        out.push_str("localhost");
-    }
-    out
-}
-
-/// Per-process delivery counter: makes names unique even when two
-/// deliveries in one process fall into the same microsecond.
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh unique Maildir base name:
-/// `<secs>.M<micros>P<pid>Q<counter>R<random>.<hostname>`.
-///
-/// Time + pid + counter already make it unique on one host; the random part
-/// guards against pid reuse across a clock step backwards and against two
-/// hosts sharing a storage volume with the same configured host name. The
-/// randomness comes from std's `RandomState` (randomly keyed SipHash), which
-/// is plenty for collision avoidance and saves a dependency.
-pub(crate) fn unique_name(hostname: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let pid = std::process::id();
-    let q = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(now.as_nanos());
-    h.write_u32(pid);
-    h.write_u64(q);
-    let random = h.finish() as u32;
-    format!(
-        "{}.M{:06}P{}Q{}R{:08x}.{}",
-        now.as_secs(),
-        now.subsec_micros(),
-        pid,
-        q,
-        random,
-        hostname
-    )
-}
-
-/// The part of a file name that identifies the message's *content*: the name
-/// without the `:2,<flags>` info suffix. It survives flag changes, so it keys
-/// the size index.
 /// Whether a file name says its content is already in CRLF form: it
 /// carries `,S=n` and `,W=n` with the same n, as every file we deliver
 /// does (physical size equals the CRLF size).
@@ -151,6 +92,9 @@ pub(crate) fn is_stored_crlf(name: &str) -> bool {
     matches!((field("S="), field("W=")), (Some(s), Some(w)) if s == w)
 }
 
+/// The part of a file name that identifies the message's *content*: the name
+/// without the `:2,<flags>` info suffix. It survives flag changes, so it keys
+/// the size index.
 pub(crate) fn key_of(name: &str) -> &str {
     name.split_once(':').map_or(name, |(key, _)| key)
 }
@@ -346,17 +290,12 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn hostname_is_sanitised() {
-        assert_eq!(sanitize_hostname("mx1.example.test"), "mx1.example.test");
-        assert_eq!(sanitize_hostname("a/b:c,d"), "a\\057b\\072c\\054d");
-        assert_eq!(sanitize_hostname("a b\tc\u{e9}"), "abc");
-        assert_eq!(sanitize_hostname(" \n"), "localhost");
-    }
-
+    /// The names common's generator makes are read back as this module
+    /// expects: their own UID, with a delivery time (the generator's own
+    /// shape and the host name escaping are tested in postoffice-common).
     #[test]
     fn unique_name_shape() {
-        let n = unique_name("host");
+        let n = postoffice_common::maildir_name::unique_name("host");
         let uid = uid_of(&n);
         assert_eq!(uid, n, "our own names are their own UID");
         assert!(received_of(&n).is_some());

@@ -845,3 +845,120 @@ fn listing_matches_a_model_of_its_rules() {
     let hashed = listed.iter().filter(|m| m.uid.len() == 32).count();
     assert!(hashed > 100, "the long and non-ASCII names ({hashed})");
 }
+
+/// Runs the test named `test` again in a child process whose umask is 022,
+/// and checks that it ran and passed there. Returns false in the child,
+/// which then does the actual work.
+fn rerun_under_umask_022(test: &str) -> bool {
+    const CHILD: &str = "POSTOFFICE_STORE_TEST_UNDER_UMASK_022";
+    if std::env::var_os(CHILD).is_some() {
+        return false;
+    }
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", r#"umask 022 && exec "$0" "$@""#])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} under umask 022: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// Checks the permission bits of `path` (not following a final symlink).
+#[track_caller]
+fn assert_mode(path: &Path, want: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(
+        format!("{mode:o}"),
+        format!("{want:o}"),
+        "{}",
+        path.display()
+    );
+}
+
+/// Mail is readable by its owner only: every directory the store creates
+/// is 0700 and every file 0600, although the umask (022, set by
+/// [`rerun_under_umask_022`]) would let group and others read them.
+#[test]
+fn files_and_directories_are_private() {
+    if rerun_under_umask_022("tests::files_and_directories_are_private") {
+        return;
+    }
+    // The umask really lets group and others read, so a file or directory
+    // created without an explicit mode would show it.
+    let probe = tempfile::tempdir().unwrap();
+    fs::write(probe.path().join("f"), b"").unwrap();
+    assert_mode(&probe.path().join("f"), 0o644);
+
+    let (_tmp, store) = store();
+    let root = store.root().to_path_buf();
+    let dir = maildir(&store);
+    deliver(&store, b"Subject: secret\r\n\r\nx\r\n");
+    // A foreign file without W= makes the session write the index.
+    fs::write(dir.join("new").join("1600000000.foreign.other"), b"a\n").unwrap();
+    let md = open(&store);
+    assert_eq!(md.messages().len(), 2);
+
+    let dirs = [
+        root.clone(),
+        root.join("example.test"),
+        dir.clone(),
+        dir.join("tmp"),
+        dir.join("new"),
+        dir.join("cur"),
+    ];
+    for d in &dirs {
+        assert_mode(d, 0o700);
+    }
+    let new = files_in(&dir.join("new"));
+    let ours: Vec<&String> = new.iter().filter(|n| n.contains(",W=")).collect();
+    assert_eq!(ours.len(), 1, "{new:?}");
+    for f in [
+        dir.join("new").join(ours[0]),
+        dir.join(LOCK_FILE),
+        dir.join(INDEX_FILE),
+    ] {
+        assert_mode(&f, 0o600);
+    }
+    drop(md);
+
+    // The quarantine folder and its messages, and a released message.
+    let q = store
+        .deliver_quarantine(BOX, &mut Cursor::new(b"virus\r\n".to_vec()))
+        .unwrap();
+    let qdir = dir.join(".Quarantine");
+    for d in [
+        qdir.clone(),
+        qdir.join("tmp"),
+        qdir.join("new"),
+        qdir.join("cur"),
+    ] {
+        assert_mode(&d, 0o700);
+    }
+    let quarantined = files_in(&qdir.join("new"));
+    assert_eq!(quarantined.len(), 1);
+    assert_mode(&qdir.join("new").join(&quarantined[0]), 0o600);
+    store.quarantine_release(BOX, &q.uid).unwrap();
+    assert_mode(&dir.join("new").join(&quarantined[0]), 0o600);
+
+    // A second mailbox in a new domain, created by opening it (the lock
+    // file comes first there).
+    drop(store.open("bob@other.test").unwrap());
+    let bob = root.join("other.test").join("bob");
+    for d in [root.join("other.test"), bob.clone(), bob.join("new")] {
+        assert_mode(&d, 0o700);
+    }
+    assert_mode(&bob.join(LOCK_FILE), 0o600);
+}

@@ -117,6 +117,7 @@ pub struct Uid {
 }
 
 impl Uid {
+    /// The UID as a string slice.
     pub fn as_str(&self) -> &str {
         self.text.get(self.span.range()).unwrap_or_default()
     }
