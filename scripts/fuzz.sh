@@ -15,7 +15,7 @@ secs="${1:-10}"
 seed="${2:-$(date +%s)}"
 cd "$(dirname "$0")/../fuzz"
 cargo build --release --bin fuzz-runner --quiet
-runner=target/release/fuzz-runner
+runner="${CARGO_TARGET_DIR:-target}/release/fuzz-runner"
 status=0
 for t in pop3_command pop3_session smtp_session smtp_data sasl body_roundtrip \
          maildir_name maildir_index config pop3_client; do

@@ -265,6 +265,15 @@ pub fn pop3_session(data: &[u8]) {
                     }
                     Action::Retrieve { index, top } => {
                         assert!(index < listing.count(), "retrieve of a bad index");
+                        assert!(out.is_empty(), "output queued before the message opened");
+                        if flags % 7 == 0 {
+                            // The message vanished: one -ERR, the session goes on.
+                            s.retrieve_failed(&mut out);
+                            assert!(out.starts_with(b"-ERR"), "retrieve_failed");
+                            break;
+                        }
+                        s.retrieve_started(index, top, &mut out);
+                        assert!(out.starts_with(b"+OK"), "retrieve_started");
                         let mut enc = match top {
                             Some(n) => pop3_proto::BodyEncoder::top(n),
                             None => pop3_proto::BodyEncoder::retr(),
@@ -301,7 +310,7 @@ pub fn pop3_session(data: &[u8]) {
 
 /// SMTP server session fed arbitrary bytes, answering every action.
 pub fn smtp_session(data: &[u8]) {
-    use postoffice_smtp::{Action as A, SessionConfig as C, Verdict};
+    use postoffice_smtp::{Action as A, Reply, SessionConfig as C, Verdict, codes, status};
     let Some((&flags, input)) = data.split_first() else {
         return;
     };
@@ -339,7 +348,11 @@ pub fn smtp_session(data: &[u8]) {
                 if accept {
                     Verdict::Accept
                 } else {
-                    Verdict::Reject("550 5.1.1 No".into())
+                    Verdict::Reject(Reply::new(
+                        codes::MAILBOX_UNAVAILABLE,
+                        status::BAD_DEST_MAILBOX,
+                        "No",
+                    ))
                 }
             };
             match action {
@@ -382,14 +395,12 @@ pub fn smtp_session(data: &[u8]) {
                             }
                         }
                     }
-                    s.delivered(
-                        if accept {
-                            "250 2.0.0 Stored"
-                        } else {
-                            "451 4.3.0 Try later"
-                        },
-                        &mut out,
-                    );
+                    let reply = if accept {
+                        Reply::new(codes::OK, status::OTHER, "Stored")
+                    } else {
+                        Reply::new(codes::LOCAL_ERROR, status::SYSTEM_OTHER, "Try later")
+                    };
+                    s.delivered(&reply, &mut out);
                 }
                 A::Close => {
                     assert_crlf_lines(&out, "before close");
