@@ -16,6 +16,7 @@
 //! - [`tls_client`] (feature `tls`): the rustls client configuration and
 //!   certificate verifier.
 //! - [`text`]: making untrusted text safe for a log line or a terminal.
+//! - [`unix`]: the real user running the process.
 #![forbid(unsafe_code)]
 
 pub mod date;
@@ -27,3 +28,4 @@ pub mod resolver;
 pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls_client;
+pub mod unix;

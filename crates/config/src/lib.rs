@@ -128,6 +128,11 @@ pub struct Smtp {
     pub data_timeout_secs: u64,
     /// Protocol errors tolerated before the connection is closed.
     pub max_errors: u32,
+    /// Most header fields in one message (MX and submission); more get
+    /// `552 5.3.4`.
+    pub max_header_fields: usize,
+    /// Most octets in a message's header section; more get `552 5.3.4`.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Smtp {
@@ -140,6 +145,8 @@ impl Default for Smtp {
             command_timeout_secs: 300,
             data_timeout_secs: 600,
             max_errors: 10,
+            max_header_fields: 1000,
+            max_header_bytes: 256 * 1024,
         }
     }
 }
@@ -159,6 +166,10 @@ pub struct Submission {
     /// { "alice@example.test" = ["sales@example.test", "@example.test"] }
     /// ("@domain" allows every address of the domain).
     pub sender_aliases: std::collections::BTreeMap<String, Vec<String>>,
+    /// Local (Unix) users whose `postoffice sendmail` may use any sender
+    /// address. Everyone else may send only as `<login>@<hostname>` (and
+    /// that address's sender_aliases).
+    pub sendmail_trusted_users: Vec<String>,
 }
 
 impl Default for Submission {
@@ -168,6 +179,7 @@ impl Default for Submission {
             listen_tls: vec![addr("127.0.0.1:2465")],
             allow_plaintext_auth_loopback: true,
             sender_aliases: std::collections::BTreeMap::new(),
+            sendmail_trusted_users: vec!["root".into()],
         }
     }
 }

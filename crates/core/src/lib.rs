@@ -15,6 +15,8 @@
 //!   all-or-nothing delivery to several recipients, quarantine.
 //! - [`inbound`]: a message arriving on the MX port — relay protection,
 //!   the verification pipeline, trace headers, delivery; returns the reply.
+//! - [`author`]: every identity a message claims (From:, Sender:,
+//!   Resent-*), read field by field.
 //! - [`submission`]: a message our user sends — sender ownership of the
 //!   envelope and of every From:/Sender:/Resent-From: address, Date and
 //!   Message-ID, DKIM, local delivery and the queue, all or nothing.
@@ -31,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod author;
 pub mod delivery;
 pub mod dkim;
 pub mod inbound;

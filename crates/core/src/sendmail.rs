@@ -6,17 +6,23 @@
 //! recipients are taken from To:, Cc: and Bcc: and Bcc: is removed, with
 //! `-F` a From: is added when there is none, and a `Received:` line records
 //! the local user.
+//!
+//! The sender rule is submission's: a local user who is not trusted
+//! (`[submission] sendmail_trusted_users`, root always) may send only as
+//! `<login>@<hostname>` (and its sender aliases) — the envelope (`-f`) and
+//! every author field — and nobody may send a message with two From:
+//! fields or an author field without an address.
 
 use std::time::SystemTime;
 
 use postoffice_common::date::rfc5322;
-use postoffice_smtp::Reply;
+use postoffice_smtp::{Reply, codes, sanitize, status};
 
 use crate::App;
 use crate::submission::{self, Refusal};
 
 /// What the command line asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Request {
     /// Recipients given as arguments.
     pub recipients: Vec<String>,
@@ -26,8 +32,8 @@ pub struct Request {
     pub sender: Option<String>,
     /// `-F`: the full name for a From: header added when there is none.
     pub full_name: Option<String>,
-    /// The local (Unix) user running the command.
-    pub login: String,
+    /// The local (Unix) user running the command, from the kernel.
+    pub user: postoffice_common::unix::User,
 }
 
 /// What happened to the message.
@@ -81,10 +87,29 @@ pub fn send(app: &App, req: &Request, input: &[u8]) -> Result<Sent, SendmailErro
     if rcpts.is_empty() {
         return Err(SendmailError::NoRecipients);
     }
-    let sender = req
-        .sender
-        .clone()
-        .unwrap_or_else(|| format!("{}@{}", req.login, app.config.hostname));
+    let login = &req.user.name;
+    let own = format!("{login}@{}", app.config.hostname).to_ascii_lowercase();
+    let trusted = req.user.uid == 0
+        || app
+            .config
+            .submission
+            .sendmail_trusted_users
+            .iter()
+            .any(|t| t == login);
+    let sender = req.sender.clone().unwrap_or_else(|| own.clone());
+    if !trusted && !submission::sender_allowed(app, &own, &sender) {
+        return Err(SendmailError::Refused(Refusal {
+            reply: Reply::new(
+                codes::MAILBOX_NAME_NOT_ALLOWED,
+                status::NOT_AUTHORIZED,
+                format!(
+                    "<{}>: Sender address not owned by local user {login}",
+                    sanitize(&sender)
+                ),
+            ),
+            exit_code: crate::delivery::sysexits::NOPERM,
+        }));
+    }
     if let Some(name) = &req.full_name {
         let has_from = mail_parser::MessageParser::default()
             .parse_headers(&message)
@@ -103,10 +128,11 @@ pub fn send(app: &App, req: &Request, input: &[u8]) -> Result<Sent, SendmailErro
     let received = format!(
         "Received: by {} (postoffice sendmail, uid {}) id {id};\r\n\t{}\r\n",
         app.config.hostname,
-        req.login.replace(['\r', '\n'], ""),
+        req.user.uid,
         rfc5322(SystemTime::now())
     );
-    let (prepared, _) = submission::prepare(app, None, &sender, &id, &received, &message)
+    let owner = (!trusted).then_some(own.as_str());
+    let (prepared, _) = submission::prepare(app, owner, &sender, &id, &received, &message)
         .map_err(SendmailError::Refused)?;
     match submission::store(app, &sender, &rcpts, &prepared) {
         Ok(Some(q)) => Ok(Sent::Queued(q)),
@@ -184,5 +210,81 @@ mod tests {
             out,
             b"To: a@x.test\r\nSubject: s\r\n\r\nBcc: body stays\r\n".to_vec()
         );
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+    use postoffice_common::unix::User;
+
+    fn app(dir: &std::path::Path, trusted: &[&str]) -> App {
+        let mut config = postoffice_config::Config {
+            data_dir: dir.to_path_buf(),
+            hostname: "mx.example.test".into(),
+            ..Default::default()
+        };
+        config.submission.sendmail_trusted_users = trusted.iter().map(|s| s.to_string()).collect();
+        let app = App::without_filters(config).unwrap();
+        app.directory.add_domain("example.test").unwrap();
+        app.directory
+            .add_user(
+                "alice@example.test",
+                &postoffice_directory::hash_password(b"x").unwrap(),
+            )
+            .unwrap();
+        app
+    }
+
+    fn request(uid: u32, name: &str, sender: Option<&str>) -> Request {
+        Request {
+            recipients: vec!["alice@example.test".into()],
+            from_headers: false,
+            sender: sender.map(str::to_string),
+            full_name: None,
+            user: User {
+                uid,
+                name: name.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn local_users_send_only_as_themselves_unless_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path(), &["cron"]);
+        let own = b"From: eve@mx.example.test\nSubject: hi\n\nx\n";
+        assert_eq!(
+            send(&app, &request(1000, "eve", None), own).unwrap(),
+            Sent::Delivered
+        );
+        // Another envelope sender, or another author, is refused.
+        for (sender, msg) in [
+            (Some("alice@example.test"), &own[..]),
+            (None, &b"From: alice@example.test\nSubject: hi\n\nx\n"[..]),
+            (
+                None,
+                &b"From: eve@mx.example.test\nSender: alice@example.test\n\nx\n"[..],
+            ),
+        ] {
+            let e = send(&app, &request(1000, "eve", sender), msg).unwrap_err();
+            assert_eq!(e.exit_code(), crate::delivery::sysexits::NOPERM, "{e}");
+            assert_eq!(e.reply().unwrap().code, 553);
+        }
+        // Trusted users (and root) may send as anyone...
+        let other = b"From: alice@example.test\nSubject: hi\n\nx\n";
+        assert!(
+            send(
+                &app,
+                &request(1001, "cron", Some("alice@example.test")),
+                other
+            )
+            .is_ok()
+        );
+        assert!(send(&app, &request(0, "root", Some("alice@example.test")), other).is_ok());
+        // ...but nobody may send two From: fields.
+        let two = b"From: alice@example.test\nFrom: bob@example.test\n\nx\n";
+        let e = send(&app, &request(0, "root", None), two).unwrap_err();
+        assert_eq!(e.reply().unwrap().code, 553, "{e}");
     }
 }

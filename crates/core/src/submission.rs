@@ -2,8 +2,11 @@
 //! user sends. The SMTP dialogue itself is the shared session in
 //! `postoffice-smtp`; this module holds the submission policy:
 //!
-//! - a user may send only as their own address or configured aliases (MAIL
-//!   FROM and every From: address; `553 5.7.1` otherwise);
+//! - a user may send only as their own address or configured aliases: the
+//!   MAIL FROM address and every From:, Sender:, Resent-From: and
+//!   Resent-Sender: address ([`crate::author`]); a message with two From:
+//!   fields or an author field without an address is refused too
+//!   (`553 5.7.1` for all of them);
 //! - missing `Date` and `Message-ID` are added (RFC 6409 8.2, 8.3);
 //! - the message is DKIM-signed when a key exists for the sender's domain;
 //! - local recipients are delivered at once, others are spooled in the
@@ -98,36 +101,6 @@ fn queue_unavailable() -> Reply {
     )
 }
 
-/// Header facts of a submitted message.
-struct Header {
-    from: Vec<String>,
-    has_date: bool,
-    has_message_id: bool,
-}
-
-fn parse_header(body: &[u8]) -> Header {
-    let parsed = mail_parser::MessageParser::default().parse_headers(body);
-    match parsed {
-        Some(m) => Header {
-            from: m
-                .from()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.address().map(|s| s.to_ascii_lowercase()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            has_date: m.date().is_some(),
-            has_message_id: m.message_id().is_some(),
-        },
-        None => Header {
-            from: Vec::new(),
-            has_date: false,
-            has_message_id: false,
-        },
-    }
-}
-
 /// Why a submission was refused: the SMTP reply and the sysexits code.
 #[derive(Debug)]
 pub struct Refusal {
@@ -154,37 +127,54 @@ pub fn prepare(
     trace: &str,
     body: &[u8],
 ) -> Result<(Vec<u8>, bool), Refusal> {
-    let header = parse_header(body);
+    let ids = crate::author::identities(body).map_err(|e| {
+        warn!(user = user.unwrap_or("-"), error = %e, "submission: author fields refused");
+        Refusal::new(
+            Reply::new(
+                codes::MAILBOX_NAME_NOT_ALLOWED,
+                status::NOT_AUTHORIZED,
+                format!("{e}"),
+            ),
+            sysexits::DATAERR,
+        )
+    })?;
     if let Some(user) = user
-        && let Some(bad) = header
-            .from
-            .iter()
-            .find(|f| !sender_allowed_cfg(&app.config, user, f))
+        && let Some(bad) = ids
+            .all()
+            .find(|a| !sender_allowed_cfg(&app.config, user, a))
     {
-        warn!(%user, from = %sanitize(bad), "submission: From: address not owned");
+        warn!(%user, from = %sanitize(bad), "submission: author address not owned");
         return Err(Refusal::new(
             Reply::new(
                 codes::MAILBOX_NAME_NOT_ALLOWED,
                 status::NOT_AUTHORIZED,
-                format!("From: address <{}> not owned by user {user}", sanitize(bad)),
+                format!(
+                    "Author address <{}> not owned by user {user}",
+                    sanitize(bad)
+                ),
             ),
             sysexits::NOPERM,
         ));
     }
+    let (has_date, has_message_id) = mail_parser::MessageParser::default()
+        .parse_headers(body)
+        .map_or((false, false), |m| {
+            (m.date().is_some(), m.message_id().is_some())
+        });
     let mut added = String::new();
-    if header.from.is_empty() {
+    if ids.from.is_empty() {
         added.push_str(&format!("From: <{mail_from}>\r\n"));
     }
-    if !header.has_date {
+    if !has_date {
         added.push_str(&format!("Date: {}\r\n", rfc5322(SystemTime::now())));
     }
-    if !header.has_message_id {
+    if !has_message_id {
         added.push_str(&format!("Message-ID: <{id}@{}>\r\n", app.config.hostname));
     }
     let mut message = Vec::with_capacity(added.len() + body.len() + 1024);
     message.extend_from_slice(added.as_bytes());
     message.extend_from_slice(body);
-    let sign_domain = header
+    let sign_domain = ids
         .from
         .first()
         .map(String::as_str)

@@ -734,7 +734,8 @@ fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
         from_headers: args.from_headers,
         sender: args.sender,
         full_name: args.full_name,
-        login: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+        user: postoffice_common::unix::current_user()
+            .context("cannot tell which local user runs sendmail (/proc/self/status)")?,
     };
     match postoffice_core::sendmail::send(&app, &request, &input) {
         Ok(Sent::Queued(q)) => {

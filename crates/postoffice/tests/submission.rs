@@ -212,3 +212,57 @@ fn dkim_signature_on_submitted_mail() {
     assert!(m.contains("d=example.test"), "{m}");
     assert!(m.contains("s=postoffice"), "{m}");
 }
+
+/// The sender-forgery battery (security issue): every way of claiming
+/// someone else's address in the author fields gets `553 5.7.1`, and
+/// nothing is delivered locally or queued for a remote recipient.
+#[test]
+fn forged_author_fields_are_refused_and_nothing_is_stored() {
+    let (env, server) = setup("");
+    let forgeries = [
+        // Two From: fields; a parser that keeps the last one sees alice.
+        "From: Bob <bob@example.test>\r\nFrom: alice@example.test\r\n",
+        "From: alice@example.test\r\nFrom: Bob <bob@example.test>\r\n",
+        "From: alice@example.test\r\nfrom : bob@example.test\r\n",
+        // A From: without an address (an encoded word, a bare name).
+        "From: =?utf-8?q?Alice?=\r\n",
+        "From: Alice\r\n",
+        // Sender:, Resent-From:, Resent-Sender: are author fields too.
+        "From: alice@example.test\r\nSender: bob@example.test\r\n",
+        "From: alice@example.test\r\nResent-From: Bob <bob@example.test>\r\n",
+        "From: alice@example.test\r\nResent-Sender: bob@example.test\r\n",
+        // Display-name and group tricks are parsed, not pattern-matched.
+        "From: \"alice@example.test\" <bob@example.test>\r\n",
+        "From: friends: alice@example.test, bob@example.test;\r\n",
+    ];
+    for (i, author) in forgeries.iter().enumerate() {
+        for to in ["bob@example.test", "carol@remote.test"] {
+            let mut c = connect(&server);
+            assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+            let body = format!("{author}To: {to}\r\nSubject: forgery {i}\r\n\r\nx\r\n");
+            let (code, text) = send(&mut c, "alice@example.test", to, &body);
+            assert_eq!(code, 553, "{author:?} to {to}: {text}");
+            assert!(text.starts_with("553 5.7.1"), "{author:?}: {text}");
+        }
+    }
+    assert!(pop_all(&server, "bob@example.test", "pw-bob").is_empty());
+    let queued: Vec<_> = common::all_files(&env.data_dir().join("queue"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    assert!(queued.is_empty(), "queued: {queued:?}");
+    // The control: alice's own address, with a comment, goes through.
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(
+        &mut c,
+        "alice@example.test",
+        "bob@example.test",
+        "From: Alice <alice@example.test> (the real one)\r\nSubject: ok\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(pop_all(&server, "bob@example.test", "pw-bob").len(), 1);
+}

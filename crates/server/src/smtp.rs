@@ -80,6 +80,10 @@ pub async fn serve_connection(
         plaintext_auth: submission
             && config.submission.allow_plaintext_auth_loopback
             && peer.ip().is_loopback(),
+        header_limits: postoffice_smtp::data::HeaderLimits {
+            max_fields: cfg.max_header_fields,
+            max_bytes: cfg.max_header_bytes,
+        },
     });
     let mut conn = Conn {
         mode,

@@ -160,9 +160,134 @@ impl DataDecoder {
     }
 }
 
+/// Limits on a message's header section: the number of fields and its
+/// size in octets. A header of four million tiny fields costs far more to
+/// parse and hold (every verification stage parses it) than its bytes
+/// suggest, so both are bounded before anything parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Most header fields (continuation lines belong to their field).
+    pub max_fields: usize,
+    /// Most octets before the empty line that ends the header.
+    pub max_bytes: usize,
+}
+
+/// Which header limit a message passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderExcess {
+    /// More than `max_fields` fields.
+    Fields(usize),
+    /// More than `max_bytes` octets.
+    Bytes(usize),
+}
+
+/// Watches decoded message content go by and finds where the header
+/// section ends, counting its fields and octets; it stops looking once the
+/// header is over, so the body costs nothing.
+#[derive(Debug, Clone)]
+pub struct HeaderScan {
+    limits: HeaderLimits,
+    fields: usize,
+    bytes: usize,
+    /// The previous byte was LF (or nothing has been seen yet).
+    at_line_start: bool,
+    /// The current line so far is only a CR (the empty line CRLF).
+    line_is_cr: bool,
+    done: bool,
+    excess: Option<HeaderExcess>,
+}
+
+impl HeaderScan {
+    /// A scan of a new message.
+    pub fn new(limits: HeaderLimits) -> Self {
+        HeaderScan {
+            limits,
+            fields: 0,
+            bytes: 0,
+            at_line_start: true,
+            line_is_cr: false,
+            done: false,
+            excess: None,
+        }
+    }
+
+    /// Feed the next decoded content.
+    pub fn feed(&mut self, data: &[u8]) {
+        for &b in data {
+            if self.done || self.excess.is_some() {
+                return;
+            }
+            if self.at_line_start {
+                match b {
+                    b'\n' => {
+                        self.done = true;
+                        return;
+                    }
+                    b'\r' => self.line_is_cr = true,
+                    b' ' | b'\t' => {}
+                    _ => self.fields += 1,
+                }
+            } else if self.line_is_cr {
+                if b == b'\n' {
+                    // An empty line (CRLF): the header is over.
+                    self.done = true;
+                    return;
+                }
+                self.line_is_cr = false;
+                self.fields += 1;
+            }
+            self.bytes += 1;
+            self.at_line_start = b == b'\n';
+            if self.at_line_start {
+                self.line_is_cr = false;
+            }
+            if self.fields > self.limits.max_fields {
+                self.excess = Some(HeaderExcess::Fields(self.limits.max_fields));
+            } else if self.bytes > self.limits.max_bytes {
+                self.excess = Some(HeaderExcess::Bytes(self.limits.max_bytes));
+            }
+        }
+    }
+
+    /// A limit was passed.
+    pub fn excess(&self) -> Option<HeaderExcess> {
+        self.excess
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_scan_counts_fields_until_the_empty_line() {
+        let limits = HeaderLimits {
+            max_fields: 3,
+            max_bytes: 1000,
+        };
+        let msg = b"A: 1\r\nB: 2\r\n folded\r\nC: 3\r\n\r\nD: body\r\nE: body\r\n";
+        for chunk in 1..msg.len() {
+            let mut s = HeaderScan::new(limits);
+            for c in msg.chunks(chunk) {
+                s.feed(c);
+            }
+            assert_eq!(s.excess(), None, "chunk {chunk}");
+            assert_eq!(s.fields, 3);
+        }
+        let mut s = HeaderScan::new(limits);
+        s.feed(b"A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n");
+        assert_eq!(s.excess(), Some(HeaderExcess::Fields(3)));
+        let mut s = HeaderScan::new(HeaderLimits {
+            max_fields: 100,
+            max_bytes: 10,
+        });
+        s.feed(b"Subject: a long one\r\n\r\n");
+        assert_eq!(s.excess(), Some(HeaderExcess::Bytes(10)));
+        // No header at all: the body starts at once.
+        let mut s = HeaderScan::new(limits);
+        s.feed(b"\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n");
+        assert_eq!(s.excess(), None);
+    }
 
     fn run(input: &[u8], chunk: usize, limit: usize) -> (Vec<u8>, Option<DataEnd>, usize) {
         let mut d = DataDecoder::new(limit);

@@ -54,8 +54,10 @@ impl ServerSession {
     pub(super) fn content(&mut self, input: &mut &[u8], out: &mut Vec<u8>) -> Option<Action> {
         match &mut self.state {
             State::Data(dec) => {
+                let before = self.message.len();
                 let (n, end) = dec.decode(input, &mut self.message);
                 *input = &input[n..];
+                self.watch_header(before);
                 match end {
                     None => Some(Action::NeedInput),
                     Some(end) => self.data_finished(end, out),
@@ -72,7 +74,9 @@ impl ServerSession {
                         self.bdat_overflow = true;
                         self.message = Vec::new();
                     } else {
+                        let before = self.message.len();
                         self.message.extend_from_slice(chunk);
+                        self.watch_header(before);
                     }
                 }
                 if remaining > 0 {
@@ -106,6 +110,12 @@ impl ServerSession {
     /// The DATA content ended: refuse it (too big, bare newlines) or hand
     /// it over.
     fn data_finished(&mut self, end: DataEnd, out: &mut Vec<u8>) -> Option<Action> {
+        if let Some(excess) = self.header_excess() {
+            self.reset_transaction();
+            self.state = State::Ready;
+            replies::header_too_large(excess).write_to(out);
+            return None;
+        }
         if end.too_big {
             self.reset_transaction();
             self.state = State::Ready;
@@ -152,6 +162,12 @@ impl ServerSession {
             return None;
         }
         if last {
+            if let Some(excess) = self.header_excess() {
+                self.reset_transaction();
+                self.state = State::Ready;
+                replies::header_too_large(excess).write_to(out);
+                return None;
+            }
             if self.bdat_overflow {
                 self.reset_transaction();
                 self.state = State::Ready;

@@ -39,7 +39,7 @@
 
 use smtp_proto::Request;
 
-use crate::data::DataDecoder;
+use crate::data::{DataDecoder, HeaderExcess, HeaderLimits, HeaderScan};
 use crate::reply::{Reply, codes, status};
 
 mod auth;
@@ -74,6 +74,9 @@ pub struct SessionConfig {
     /// clients, when configured). After TLS it is always offered in
     /// submission mode.
     pub plaintext_auth: bool,
+    /// Limits on a message's header section (fields, octets); a message
+    /// past them is refused with `552 5.3.4` once its content is read.
+    pub header_limits: HeaderLimits,
 }
 
 impl Default for SessionConfig {
@@ -88,6 +91,10 @@ impl Default for SessionConfig {
             tls_active: false,
             submission: false,
             plaintext_auth: false,
+            header_limits: HeaderLimits {
+                max_fields: 1000,
+                max_bytes: 256 * 1024,
+            },
         }
     }
 }
@@ -215,6 +222,9 @@ pub struct ServerSession {
     /// BDAT: the transaction failed; chunks are read and thrown away until LAST.
     bdat_failed: Option<Reply>,
     bdat_overflow: bool,
+    /// The header section of the message being received, watched for
+    /// its limits.
+    header_scan: HeaderScan,
     /// Partial command line carried between `handle` calls.
     line: Vec<u8>,
     /// Discarding the rest of an overlong line.
@@ -228,6 +238,7 @@ impl ServerSession {
     /// A session for one connection; send [`ServerSession::greeting`]
     /// (or [`ServerSession::refuse`]) first.
     pub fn new(cfg: SessionConfig) -> Self {
+        let header_scan = HeaderScan::new(cfg.header_limits);
         ServerSession {
             cfg,
             state: State::Connected,
@@ -235,6 +246,7 @@ impl ServerSession {
             message: Vec::new(),
             bdat_failed: None,
             bdat_overflow: false,
+            header_scan,
             line: Vec::new(),
             discarding: false,
             pending_mail: None,
@@ -436,6 +448,24 @@ impl ServerSession {
         self.message = Vec::new();
         self.bdat_failed = None;
         self.bdat_overflow = false;
+        self.header_scan = HeaderScan::new(self.cfg.header_limits);
+    }
+
+    /// Watch content just appended to `message` (from `from` on); once the
+    /// header is too large nothing more is kept.
+    fn watch_header(&mut self, from: usize) {
+        if self.header_scan.excess().is_none() {
+            self.header_scan
+                .feed(&self.message[from.min(self.message.len())..]);
+        }
+        if self.header_scan.excess().is_some() {
+            self.message.clear();
+        }
+    }
+
+    /// The header limit the current message passed, if any.
+    fn header_excess(&self) -> Option<HeaderExcess> {
+        self.header_scan.excess()
     }
 
     /// One command line: parse it, then hand it to its verb's handler.

@@ -1,6 +1,7 @@
 //! The replies more than one handler sends, built from typed parts. A reply
 //! only one handler sends is built where it is sent.
 
+use crate::data::HeaderExcess;
 use crate::reply::{Reply, codes, status};
 
 /// `250 2.0.0 OK`.
@@ -53,6 +54,17 @@ pub(super) fn message_too_big() -> Reply {
         status::MESSAGE_TOO_BIG,
         "Message size exceeds fixed maximum message size",
     )
+}
+
+/// `552 5.3.4`: the message's header section is over a limit.
+pub(super) fn header_too_large(excess: HeaderExcess) -> Reply {
+    let text = match excess {
+        HeaderExcess::Fields(n) => {
+            format!("Message header too large: more than {n} header fields")
+        }
+        HeaderExcess::Bytes(n) => format!("Message header too large: more than {n} octets"),
+    };
+    Reply::new(codes::EXCEEDED_STORAGE, status::MESSAGE_TOO_BIG, text)
 }
 
 /// `554 5.5.1 No valid recipients`: content without an accepted recipient.

@@ -14,6 +14,7 @@ fn session() -> ServerSession {
         tls_active: false,
         submission: false,
         plaintext_auth: false,
+        ..SessionConfig::default()
     })
 }
 
@@ -574,4 +575,69 @@ fn starttls_forgets_authentication() {
     run(&mut s, "STARTTLS\r\n");
     s.tls_started();
     assert!(s.envelope().authenticated.is_none());
+}
+
+/// A header section past its limits is refused once the content is read,
+/// over DATA and over BDAT alike, and nothing of it is kept meanwhile.
+#[test]
+fn oversized_headers_are_refused_with_552() {
+    let limits = crate::data::HeaderLimits {
+        max_fields: 3,
+        max_bytes: 200,
+    };
+    let mut s = ServerSession::new(SessionConfig {
+        header_limits: limits,
+        max_message_size: 100_000,
+        ..SessionConfig::default()
+    });
+    run(&mut s, "EHLO c\r\n");
+    let (out, _) = run(
+        &mut s,
+        "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\nbody\r\n.\r\n",
+    );
+    assert!(
+        out.ends_with("552 5.3.4 Message header too large: more than 3 header fields\r\n"),
+        "{out}"
+    );
+    assert!(s.message.is_empty());
+    // Many tiny fields past the byte limit, and the session goes on.
+    let fields: String = (0..100).map(|i| format!("X{i}: y\r\n")).collect();
+    let mut s = ServerSession::new(SessionConfig {
+        header_limits: crate::data::HeaderLimits {
+            max_fields: 10_000,
+            max_bytes: 200,
+        },
+        max_message_size: 100_000,
+        ..SessionConfig::default()
+    });
+    run(&mut s, "EHLO c\r\n");
+    let (out, _) = run(
+        &mut s,
+        &format!(
+            "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n{fields}\r\nbody\r\n.\r\nNOOP\r\n"
+        ),
+    );
+    assert!(
+        out.contains("552 5.3.4 Message header too large: more than 200 octets\r\n250 2.0.0 OK"),
+        "{out}"
+    );
+    // BDAT.
+    let msg = format!("{fields}\r\nbody\r\n");
+    let (out, _) = run(
+        &mut s,
+        &format!(
+            "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT {} LAST\r\n{msg}",
+            msg.len()
+        ),
+    );
+    assert!(
+        out.ends_with("552 5.3.4 Message header too large: more than 200 octets\r\n"),
+        "{out}"
+    );
+    // A header within the limits is delivered.
+    let (_, a) = run(
+        &mut s,
+        "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nA: 1\r\n\r\nbody\r\n.\r\n",
+    );
+    assert_eq!(a, Action::Deliver);
 }
