@@ -240,7 +240,7 @@ impl App {
             }
             AuthOutcome::Failed => {
                 let state = self.throttle.record_failure(ip, &address, Instant::now());
-                warn!(%ip, user = %printable(user), ip_failures = state.ip_failures, user_failures = state.user_failures, locked = state.locked, "login failed");
+                warn!(%ip, user = %printable(user), network_failures = state.network_failures, user_failures = state.user_failures, user_total = state.user_total, locked = state.locked, "login failed");
                 Err(LoginError::Credentials)
             }
         }

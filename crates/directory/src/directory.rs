@@ -12,9 +12,12 @@
 
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
+
+use postoffice_common::durable::{self, AtomicFile};
 
 use crate::data::DirectoryData;
 use crate::error::{Error, Result};
@@ -25,7 +28,6 @@ use crate::policy::{DomainPolicy, UserPolicy};
 pub const DIRECTORY_FILE: &str = "directory.toml";
 /// File name of the writers' lock file inside the data directory.
 pub const LOCK_FILE: &str = "directory.lock";
-const TMP_FILE: &str = "directory.toml.tmp";
 
 /// Handle on `<data_dir>/directory.toml`. `Send + Sync`; share it via `Arc`.
 pub struct Directory {
@@ -239,13 +241,15 @@ impl Directory {
         &self,
         change: impl FnOnce(&mut DirectoryData) -> Result<T>,
     ) -> Result<T> {
-        fs::create_dir_all(&self.data_dir).map_err(|e| Error::io("create", &self.data_dir, e))?;
+        durable::create_dir_all(&self.data_dir)
+            .map_err(|e| Error::io("create", &self.data_dir, e))?;
         let lock_path = self.data_dir.join(LOCK_FILE);
         let lock_file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(durable::FILE_MODE)
             .open(&lock_path)
             .map_err(|e| Error::io("open lock file", &lock_path, e))?;
         lock_file
@@ -275,63 +279,21 @@ impl Directory {
     }
 
     fn write_atomically(&self, contents: &[u8]) -> Result<()> {
-        let tmp = self.data_dir.join(TMP_FILE);
-        // A leftover from a writer that crashed; we hold the lock, so nobody
-        // else is using it.
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove stale", &tmp, e)),
-        }
-        let result = self.write_tmp(&tmp, contents).and_then(|()| {
-            fs::rename(&tmp, &self.path)
-                .map_err(|e| Error::io("rename temporary file over", &self.path, e))
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
-        sync_dir(&self.data_dir)
-    }
-
-    fn write_tmp(&self, tmp: &Path, contents: &[u8]) -> Result<()> {
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            // The file holds password hashes: private by default.
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(tmp).map_err(|e| Error::io("create", tmp, e))?;
-        // Keep the previous file's owner and mode, so that running the CLI as
-        // root does not leave a file the server's user cannot read.
+        // Temporary file, fsync, rename, fsync of the directory; 0600 (the
+        // file holds password hashes).
+        let mut file = AtomicFile::create(&self.path)
+            .map_err(|e| Error::io("create a temporary file for", &self.path, e))?;
+        // Keep the previous file's owner, so that running the CLI as root
+        // does not leave a file the server's user cannot read.
         if let Ok(old) = fs::metadata(&self.path) {
-            let _ = file.set_permissions(old.permissions());
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                let _ = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()));
-            }
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::os::unix::fs::fchown(file.file(), Some(old.uid()), Some(old.gid()));
         }
         file.write_all(contents)
-            .map_err(|e| Error::io("write", tmp, e))?;
-        file.sync_all().map_err(|e| Error::io("sync", tmp, e))
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        file.commit()
+            .map_err(|e| Error::io("replace", &self.path, e))
     }
-}
-
-/// Makes the rename durable: without syncing the directory, a crash could
-/// bring back the old file after the CLI reported success.
-fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("sync directory", dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 /// Reads and parses the file. Metadata comes from the opened handle so the

@@ -41,7 +41,7 @@ pub use policy::{
     DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, Policy, PolicyDefaults,
     Retention, UserPolicy,
 };
-pub use throttle::{FailureState, LoginThrottle, ThrottleConfig, Verdict};
+pub use throttle::{FailureState, LoginThrottle, ThrottleConfig, Verdict, net_key};
 
 #[cfg(test)]
 mod tests;

@@ -135,7 +135,24 @@ fn file_round_trip() {
         "{text}"
     );
     assert!(text.contains("retention_days = \"never\""), "{text}");
-    assert!(!tmp.path().join("directory.toml.tmp").exists());
+    // No temporary file is left, and the file holding the hashes is private.
+    let names: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |n: &str| {
+            fs::metadata(tmp.path().join(n))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("directory.toml"), 0o600);
+        assert_eq!(mode("directory.lock"), 0o600);
+    }
 
     let reopened = Directory::open(tmp.path()).unwrap().snapshot();
     let original = d.snapshot();

@@ -1,4 +1,6 @@
-//! Connection limits: in total and per client IP.
+//! Connection limits: in total and per client network (an IPv4 address or
+//! an IPv6 /64, like the login throttle: one customer usually holds a whole
+//! /64 and could otherwise open unlimited connections from it).
 //!
 //! A [`ConnLimiter`] hands out [`ConnGuard`]s; dropping the guard (when the
 //! connection task ends, however it ends) gives the slot back.
@@ -42,6 +44,7 @@ impl ConnLimiter {
 
     /// A slot for a connection from `ip`, or why there is none.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
+        let ip = postoffice_directory::net_key(ip);
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if c.total >= self.max_total {
             return Err(Refused::Total);
@@ -101,5 +104,22 @@ mod tests {
         drop(g1);
         let _g4 = l.acquire(a).unwrap();
         assert_eq!(l.total(), 3);
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_64_share_the_per_ip_limit() {
+        let l = ConnLimiter::new(100, 2);
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _g1 = l.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _g2 = l.acquire(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            l.acquire(ip("2001:db8:1:2::77")).unwrap_err(),
+            Refused::PerIp
+        );
+        let _g3 = l.acquire(ip("2001:db8:1:3::1")).unwrap();
+        // IPv4-mapped IPv6 is the IPv4 address.
+        let _g4 = l.acquire(ip("192.0.2.1")).unwrap();
+        let _g5 = l.acquire(ip("::ffff:192.0.2.1")).unwrap();
+        assert_eq!(l.acquire(ip("192.0.2.1")).unwrap_err(), Refused::PerIp);
     }
 }
