@@ -19,10 +19,10 @@
 //! back (RFC 5321 section 6.1 accepts that duplicate).
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cli;
 pub mod dsn;
 pub mod route;
-pub mod schedule;
 pub mod scheduler;
 pub mod spool;
 pub mod transport;
@@ -34,7 +34,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 pub use scheduler::{DeliveryConfig, run};
-pub use spool::{Envelope, Rcpt, RcptState};
+pub use spool::{Rcpt, RcptState, SpoolEnvelope};
 
 use spool::{ENVELOPE_VERSION, Spool, new_id, unix_now, valid_id};
 
@@ -160,7 +160,7 @@ pub struct EntryDetail {
     pub headers: String,
 }
 
-fn summarize(env: &Envelope, now: u64) -> EntrySummary {
+fn summarize(env: &SpoolEnvelope, now: u64) -> EntrySummary {
     let pending = env.rcpts.iter().filter(|r| r.state == RcptState::Pending);
     let next_attempt = pending.clone().map(|r| r.next_attempt).min();
     let last_error = pending
@@ -284,7 +284,7 @@ impl Queue {
         }
         let now = unix_now();
         let id = new_id();
-        let env = Envelope {
+        let env = SpoolEnvelope {
             version: ENVELOPE_VERSION,
             id: id.clone(),
             mail_from: mail_from.to_string(),
@@ -392,7 +392,7 @@ impl Queue {
 
 /// Set the next attempt of everything still to do to `now`; whether there
 /// was anything.
-fn make_due(env: &mut Envelope, now: u64) -> bool {
+fn make_due(env: &mut SpoolEnvelope, now: u64) -> bool {
     let mut any = false;
     for r in &mut env.rcpts {
         let open = match r.state {

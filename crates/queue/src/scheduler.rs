@@ -35,10 +35,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::backoff;
 use crate::dsn::{self, Dsn, DsnAction, DsnRecipient};
 use crate::route::{self, Relay, Target};
-use crate::schedule;
-use crate::spool::{Envelope, RcptState, unix_now};
+use crate::spool::{RcptState, SpoolEnvelope, unix_now};
 use crate::transport::{self, Attempt, TlsClients};
 use crate::{LocalDeliver, Queue, QueueError, Signer};
 
@@ -94,7 +94,7 @@ struct Ctx {
 /// Envelopes read by the last scan, with the file's modification time,
 /// inode and length: unchanged files are not parsed again (every rewrite
 /// is a new file renamed into place).
-type ScanCache = HashMap<String, ((std::time::SystemTime, u64, u64), Envelope)>;
+type ScanCache = HashMap<String, ((std::time::SystemTime, u64, u64), SpoolEnvelope)>;
 
 /// Removes the entry from the in-flight set however its task ends.
 struct InFlight(Arc<Ctx>, String);
@@ -358,7 +358,7 @@ async fn deliver_entry(ctx: &Arc<Ctx>, id: &str) -> Result<(), QueueError> {
         Ok(m) => m,
         Err(e) => {
             // Postpone instead of spinning on it.
-            let delay = schedule::retry_delay(&ctx.cfg.queue.retry_schedule_secs, 1);
+            let delay = backoff::retry_delay(&ctx.cfg.queue.retry_schedule_secs, 1);
             let queue = Arc::clone(&ctx.queue);
             let id_owned = id.to_string();
             let _ = blocking(move || {
@@ -657,7 +657,7 @@ async fn record(ctx: &Arc<Ctx>, id: &str, results: Vec<RcptOutcome>) -> Result<(
                         r.next_attempt = now;
                     }
                     Status::Temporary => {
-                        match schedule::next_attempt(&cfg, created, r.attempts, now) {
+                        match backoff::next_attempt(&cfg, created, r.attempts, now) {
                             Some(t) => r.next_attempt = t,
                             None => {
                                 r.state = RcptState::Failed;
@@ -782,7 +782,7 @@ async fn notify_and_cleanup(ctx: &Arc<Ctx>, id: &str) -> Result<(), QueueError> 
                         error!(id, to = %env.mail_from, error = %e, "cannot deliver the bounce; giving up");
                     } else {
                         warn!(id, to = %env.mail_from, error = %e, "cannot deliver the bounce; will retry");
-                        retry_at = Some(now + schedule::retry_delay(&qcfg.retry_schedule_secs, 1));
+                        retry_at = Some(now + backoff::retry_delay(&qcfg.retry_schedule_secs, 1));
                     }
                 }
             }
@@ -820,7 +820,7 @@ async fn notify_and_cleanup(ctx: &Arc<Ctx>, id: &str) -> Result<(), QueueError> 
             action: DsnAction::Delayed,
             arrival: env.created_at,
             now,
-            retry_until: schedule::expires_at(qcfg, env.created_at),
+            retry_until: backoff::expires_at(qcfg, env.created_at),
             recipients: &pending,
             original: &original,
         });

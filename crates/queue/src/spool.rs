@@ -3,7 +3,7 @@
 //! Each entry is a pair of files named by its queue ID:
 //!
 //! * `<id>.msg`: the message, exactly as received (CRLF line ends).
-//! * `<id>.env`: the envelope, TOML ([`Envelope`]): sender, arrival time,
+//! * `<id>.env`: the envelope, TOML ([`SpoolEnvelope`]): sender, arrival time,
 //!   and per recipient its state (`pending`, `delivered`, `failed`),
 //!   attempts, next attempt (unix seconds) and last error.
 //!
@@ -102,7 +102,7 @@ pub struct Rcpt {
 /// The envelope file of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Envelope {
+pub struct SpoolEnvelope {
     pub version: u32,
     pub id: String,
     /// The reverse-path; "" is the null sender (a bounce: never bounced).
@@ -118,7 +118,7 @@ pub struct Envelope {
     pub rcpts: Vec<Rcpt>,
 }
 
-impl Envelope {
+impl SpoolEnvelope {
     /// Every recipient is delivered, or failed with the sender told.
     pub fn is_complete(&self) -> bool {
         self.rcpts.iter().all(|r| match r.state {
@@ -159,8 +159,8 @@ impl Envelope {
         toml::to_string(self).unwrap_or_default()
     }
 
-    pub fn from_toml(text: &str) -> Result<Envelope, String> {
-        let env: Envelope = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<SpoolEnvelope, String> {
+        let env: SpoolEnvelope = toml::from_str(text).map_err(|e| e.to_string())?;
         if env.version != ENVELOPE_VERSION {
             return Err(format!("unsupported envelope version {}", env.version));
         }
@@ -269,7 +269,7 @@ impl Spool {
     }
 
     /// Durably store a new entry (see the module docs for the order).
-    pub fn create(&self, env: &Envelope, message: &[u8]) -> Result<(), QueueError> {
+    pub fn create(&self, env: &SpoolEnvelope, message: &[u8]) -> Result<(), QueueError> {
         let id = &env.id;
         let msg_tmp = self.dir.join(format!("{id}.msg.tmp"));
         write_synced(&msg_tmp, message)
@@ -293,14 +293,14 @@ impl Spool {
     }
 
     /// The envelope of `id`, `None` if there is no such entry.
-    pub fn read_env(&self, id: &str) -> Result<Option<Envelope>, QueueError> {
+    pub fn read_env(&self, id: &str) -> Result<Option<SpoolEnvelope>, QueueError> {
         let path = self.env_path(id);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
         };
-        Envelope::from_toml(&text)
+        SpoolEnvelope::from_toml(&text)
             .map(Some)
             .map_err(|message| QueueError::Corrupt {
                 id: id.to_string(),
@@ -314,7 +314,7 @@ impl Spool {
     }
 
     /// Write an envelope over the existing one. The caller holds the lock.
-    fn write_env_locked(&self, env: &Envelope) -> Result<(), QueueError> {
+    fn write_env_locked(&self, env: &SpoolEnvelope) -> Result<(), QueueError> {
         let tmp = self.dir.join(format!("{}.env.tmp", env.id));
         write_synced(&tmp, env.to_toml().as_bytes())
             .map_err(io_err(format!("cannot write {}", tmp.display())))?;
@@ -329,7 +329,7 @@ impl Spool {
     pub fn update<R>(
         &self,
         id: &str,
-        f: impl FnOnce(&mut Envelope) -> R,
+        f: impl FnOnce(&mut SpoolEnvelope) -> R,
     ) -> Result<Option<R>, QueueError> {
         let _lock = self.lock()?;
         let Some(mut env) = self.read_env(id)? else {
@@ -352,7 +352,7 @@ impl Spool {
     pub fn update_or_finish(
         &self,
         id: &str,
-        f: impl FnOnce(&mut Envelope),
+        f: impl FnOnce(&mut SpoolEnvelope),
     ) -> Result<Option<bool>, QueueError> {
         let _lock = self.lock()?;
         let Some(mut env) = self.read_env(id)? else {
@@ -511,8 +511,8 @@ fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn env(id: &str) -> Envelope {
-        Envelope {
+    fn env(id: &str) -> SpoolEnvelope {
+        SpoolEnvelope {
             version: ENVELOPE_VERSION,
             id: id.into(),
             mail_from: "alice@src.test".into(),
@@ -555,15 +555,15 @@ mod tests {
         assert!(text.contains("mail_from = \"alice@src.test\""), "{text}");
         assert!(text.contains("[[rcpt]]"), "{text}");
         assert!(text.contains("state = \"pending\""), "{text}");
-        assert_eq!(Envelope::from_toml(&text).unwrap(), e);
+        assert_eq!(SpoolEnvelope::from_toml(&text).unwrap(), e);
         // Torn text does not parse.
-        assert!(Envelope::from_toml(&text[..text.len() / 2]).is_err());
-        assert!(Envelope::from_toml("").is_err());
+        assert!(SpoolEnvelope::from_toml(&text[..text.len() / 2]).is_err());
+        assert!(SpoolEnvelope::from_toml("").is_err());
         // Wrong version, bad ID.
         let bad = text.replace("version = 1", "version = 9");
-        assert!(Envelope::from_toml(&bad).is_err());
+        assert!(SpoolEnvelope::from_toml(&bad).is_err());
         let bad = text.replace("id = \"ABC123\"", "id = \"../x\"");
-        assert!(Envelope::from_toml(&bad).is_err());
+        assert!(SpoolEnvelope::from_toml(&bad).is_err());
     }
 
     #[test]
