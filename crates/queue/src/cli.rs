@@ -104,7 +104,7 @@ pub fn format_detail(d: &EntryDetail, now: u64) -> String {
         e.id,
         sender(&e.mail_from),
         e.size,
-        crate::dsn::rfc5322_date(e.created_at),
+        postoffice_common::date::rfc5322_unix(e.created_at),
         human_age(now.saturating_sub(e.created_at)),
         if e.delay_warned { "yes" } else { "no" },
     );

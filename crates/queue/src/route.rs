@@ -16,13 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use postoffice_config::Dns;
 use postoffice_smtp::EnhancedCode;
 
 /// Most addresses tried in one delivery attempt (like Postfix's
@@ -150,49 +145,6 @@ fn mix(seed: u64, name: &str) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// The resolver for `[dns]`, built as crates/filter builds its own: each
-/// name server over UDP and TCP on its port, or /etc/resolv.conf when none
-/// is given; no hosts file.
-pub fn build_resolver(dns: &Dns) -> Result<TokioResolver, String> {
-    let (config, mut opts) = if dns.nameservers.is_empty() {
-        hickory_resolver::system_conf::read_system_conf().map_err(|e| {
-            format!(
-                "dns.nameservers is empty and /etc/resolv.conf cannot be used ({e}); \
-                 set dns.nameservers = [\"address:port\", ...]"
-            )
-        })?
-    } else {
-        let servers = dns
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                for connection in &mut server.connections {
-                    connection.port = addr.port();
-                }
-                server
-            })
-            .collect();
-        (
-            ResolverConfig::from_name_servers(servers),
-            ResolverOpts::default(),
-        )
-    };
-    if config.name_servers().is_empty() {
-        return Err("no name servers: set dns.nameservers or add one to /etc/resolv.conf".into());
-    }
-    opts.timeout = Duration::from_secs(dns.timeout_secs.max(1));
-    opts.attempts = 2;
-    opts.cache_size = 1024;
-    opts.use_hosts_file = ResolveHosts::Never;
-    // Both families, IPv4 first: many hosts have no IPv6 route.
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-        .with_options(opts)
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 fn fqdn(name: &str) -> String {

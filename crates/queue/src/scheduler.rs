@@ -45,6 +45,9 @@ use crate::{LocalDeliver, Queue, QueueError, Signer};
 /// How often the spool is re-read even without a wake-up.
 pub const RESCAN: Duration = Duration::from_secs(5);
 
+/// DNS answers the resolver keeps.
+const RESOLVER_CACHE: u64 = 1024;
+
 /// How long shutdown waits for deliveries in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -122,7 +125,7 @@ pub async fn run(
     signer: Option<Signer>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let resolver = match route::build_resolver(&cfg.dns) {
+    let resolver = match postoffice_common::resolver::build(&cfg.dns, RESOLVER_CACHE) {
         Ok(r) => Some(r),
         Err(e) => {
             error!(error = %e, "no DNS resolver: MX delivery will fail temporarily");

@@ -7,24 +7,32 @@
 //!   and per recipient its state (`pending`, `delivered`, `failed`),
 //!   attempts, next attempt (unix seconds) and last error.
 //!
-//! Writing a new entry: the message goes to `<id>.msg.tmp` and is fsynced
-//! (outside the lock: it may be big); then, holding the spool lock
-//! (`.lock`, flock), the envelope goes to `<id>.env.tmp` and is fsynced, the
-//! message is renamed to `<id>.msg`, the envelope to `<id>.env` (last), and
-//! the directory is fsynced. An entry exists once `<id>.env` does.
+//! Every write goes through [`postoffice_common::durable`], so each file
+//! gets all four steps: a temporary file, fsync, rename, fsync of the
+//! directory. The temporary files are `.<id>.msg.tmp.<pid>.<n>` and
+//! `.<id>.env.tmp.<pid>.<n>` (older versions wrote `<id>.msg.tmp` and
+//! `<id>.env.tmp`; recovery knows both).
 //!
-//! Updating an envelope: under the lock, write `<id>.env.tmp`, fsync,
+//! Writing a new entry: the message goes to its temporary file and is
+//! fsynced (outside the lock: it may be big); then, holding the spool lock
+//! (`.lock`, flock), the envelope goes to its temporary file, the message
+//! is renamed to `<id>.msg` (directory fsynced), the envelope to `<id>.env`
+//! (last; fsync, rename, directory fsynced). An entry exists once
+//! `<id>.env` does.
+//!
+//! Updating an envelope: under the lock, write a temporary file, fsync,
 //! rename over `<id>.env`, fsync the directory. A reader never sees a torn
 //! envelope. Removing an entry: under the lock, `<id>.env` first, then
 //! `<id>.msg`.
 //!
 //! Recovery (at open, under the lock): a `<id>.msg` without `<id>.env` is a
 //! half-written entry (the writer died between the renames, before it
-//! answered `250`) and is removed; so is every `*.env.tmp` (envelope
-//! writes happen only under the lock, so one found there is torn). A
-//! `*.msg.tmp` is removed once it is an hour old (another process may be
-//! writing it right now). An envelope that does not parse is renamed to
-//! `<id>.corrupt` and logged; an envelope without its message is removed.
+//! answered `250`) and is removed; so is every envelope temporary file
+//! (envelope writes happen only under the lock, so one found there is
+//! torn). A message temporary file is removed once it is an hour old
+//! (another process may be writing it right now). An envelope that does
+//! not parse is renamed to `<id>.corrupt` and logged; an envelope without
+//! its message is removed.
 //!
 //! The lock serialises the server's scheduler and the `postoffice queue`
 //! commands of other processes; it is held only for these short steps.
@@ -32,8 +40,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postoffice_common::durable::{self, AtomicFile};
 
 use serde::{Deserialize, Serialize};
 
@@ -176,21 +185,10 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// A new queue ID: unique across processes (time, PID, counter), sortable by
-/// arrival within a process.
+/// A new queue ID: unique across processes, sortable by arrival within a
+/// process.
 pub fn new_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:09X}{:05X}{:05X}{:04X}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id() & 0xF_FFFF,
-        n & 0xFFFF
-    )
+    postoffice_common::ids::unique_id()
 }
 
 /// Unix seconds now.
@@ -232,7 +230,8 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> QueueError {
 impl Spool {
     /// Create the directory if needed. No recovery (see [`Spool::recover`]).
     pub fn new(dir: PathBuf) -> Result<Spool, QueueError> {
-        fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        durable::create_dir_all(&dir)
+            .map_err(io_err(format!("cannot create {}", dir.display())))?;
         Ok(Spool { dir })
     }
 
@@ -263,33 +262,35 @@ impl Spool {
     }
 
     fn sync_dir(&self) -> Result<(), QueueError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("cannot sync {}", self.dir.display())))
+        durable::sync_dir(&self.dir).map_err(io_err(format!("cannot sync {}", self.dir.display())))
     }
 
-    /// Durably store a new entry (see the module docs for the order).
+    /// Durably store a new entry (see the module docs for the order). A
+    /// failure leaves nothing behind: temporary files are removed, and so
+    /// is the message when its envelope could not be written.
     pub fn create(&self, env: &SpoolEnvelope, message: &[u8]) -> Result<(), QueueError> {
         let id = &env.id;
-        let msg_tmp = self.dir.join(format!("{id}.msg.tmp"));
-        write_synced(&msg_tmp, message)
-            .map_err(io_err(format!("cannot write {}", msg_tmp.display())))?;
-        let result = (|| {
-            let _lock = self.lock()?;
-            let env_tmp = self.dir.join(format!("{id}.env.tmp"));
-            write_synced(&env_tmp, env.to_toml().as_bytes())
-                .map_err(io_err(format!("cannot write {}", env_tmp.display())))?;
-            fs::rename(&msg_tmp, self.msg_path(id))
-                .map_err(io_err(format!("cannot rename {}", msg_tmp.display())))?;
-            fs::rename(&env_tmp, self.env_path(id))
-                .map_err(io_err(format!("cannot rename {}", env_tmp.display())))?;
-            self.sync_dir()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&msg_tmp);
-            let _ = fs::remove_file(self.dir.join(format!("{id}.env.tmp")));
+        let msg_path = self.msg_path(id);
+        let env_path = self.env_path(id);
+        let write_err = |path: &Path| io_err(format!("cannot write {}", path.display()));
+        // The message may be big: written and fsynced before taking the
+        // lock. Dropped on an error, the temporary file is removed.
+        let mut msg = AtomicFile::create(&msg_path).map_err(write_err(&msg_path))?;
+        msg.write_all(message)
+            .and_then(|()| msg.file().sync_all())
+            .map_err(write_err(&msg_path))?;
+        let _lock = self.lock()?;
+        let mut envelope = AtomicFile::create(&env_path).map_err(write_err(&env_path))?;
+        envelope
+            .write_all(env.to_toml().as_bytes())
+            .map_err(write_err(&env_path))?;
+        msg.commit().map_err(write_err(&msg_path))?;
+        if let Err(e) = envelope.commit() {
+            // Not an entry without its envelope: take the message back.
+            let _ = fs::remove_file(&msg_path);
+            return Err(write_err(&env_path)(e));
         }
-        result
+        Ok(())
     }
 
     /// The envelope of `id`, `None` if there is no such entry.
@@ -315,12 +316,9 @@ impl Spool {
 
     /// Write an envelope over the existing one. The caller holds the lock.
     fn write_env_locked(&self, env: &SpoolEnvelope) -> Result<(), QueueError> {
-        let tmp = self.dir.join(format!("{}.env.tmp", env.id));
-        write_synced(&tmp, env.to_toml().as_bytes())
-            .map_err(io_err(format!("cannot write {}", tmp.display())))?;
-        fs::rename(&tmp, self.env_path(&env.id))
-            .map_err(io_err(format!("cannot rename {}", tmp.display())))?;
-        self.sync_dir()
+        let path = self.env_path(&env.id);
+        durable::write(&path, env.to_toml().as_bytes())
+            .map_err(io_err(format!("cannot write {}", path.display())))
     }
 
     /// Read-modify-write an envelope atomically under the lock. `Ok(None)`:
@@ -438,12 +436,12 @@ impl Spool {
         let mut changed = false;
         for name in &names {
             let path = self.dir.join(name);
-            if name.ends_with(".env.tmp") {
+            if is_tmp(name, "env") {
                 if fs::remove_file(&path).is_ok() {
                     report.removed_tmp += 1;
                     changed = true;
                 }
-            } else if name.ends_with(".msg.tmp") {
+            } else if is_tmp(name, "msg") {
                 let stale = fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
@@ -495,16 +493,12 @@ impl Spool {
     }
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+/// A temporary file of kind `kind` ("msg" or "env"): `.<id>.<kind>.tmp.*`
+/// as [`AtomicFile`] names them, or `<id>.<kind>.tmp` as older versions did.
+fn is_tmp(name: &str, kind: &str) -> bool {
+    let legacy = format!(".{kind}.tmp");
+    let current = format!(".{kind}.tmp.");
+    name.ends_with(&legacy) || (name.starts_with('.') && name.contains(&current))
 }
 
 #[cfg(test)]
@@ -610,6 +604,12 @@ mod tests {
             .filter(|n| !n.starts_with('.'))
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+        for name in &names {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &fs::metadata(spool.dir().join(name)).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
         let r = spool
             .update("ID1", |env| {
                 env.rcpts[0].attempts += 1;
@@ -670,16 +670,21 @@ mod tests {
         fs::write(spool.dir().join("GOOD.env.tmp"), b"version = ").unwrap();
         // A message still being written by another process (fresh tmp).
         fs::write(spool.dir().join("BUSY.msg.tmp"), b"partial").unwrap();
+        // The same with today's temporary names (durable::AtomicFile).
+        fs::write(spool.dir().join(".GOOD.env.tmp.42.7"), b"version = ").unwrap();
+        fs::write(spool.dir().join(".BUSY2.msg.tmp.42.8"), b"partial").unwrap();
         // A torn tmp is never taken for an entry, even before recovery.
         assert_eq!(spool.ids().unwrap(), vec!["GOOD"]);
 
         let r = spool.recover().unwrap();
         assert_eq!(r.entries, 1);
         assert_eq!(r.removed_partial, vec!["HALF"]);
-        assert_eq!(r.removed_tmp, 2);
+        assert_eq!(r.removed_tmp, 3);
         assert!(!spool.msg_path("HALF").exists());
         assert!(!spool.dir().join("HALF.env.tmp").exists());
+        assert!(!spool.dir().join(".GOOD.env.tmp.42.7").exists());
         assert!(spool.dir().join("BUSY.msg.tmp").exists());
+        assert!(spool.dir().join(".BUSY2.msg.tmp.42.8").exists());
         assert_eq!(spool.read_message("GOOD").unwrap(), b"kept");
         assert_eq!(spool.read_env("GOOD").unwrap().unwrap(), env("GOOD"));
 

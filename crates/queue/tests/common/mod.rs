@@ -116,10 +116,13 @@ pub async fn start_dns(records: &[&str]) -> Option<TestDns> {
 }
 
 async fn wait_for_dns(child: &mut Child, addr: SocketAddr) -> bool {
-    let resolver = postoffice_queue::route::build_resolver(&postoffice_config::Dns {
-        nameservers: vec![addr],
-        timeout_secs: 1,
-    })
+    let resolver = postoffice_common::resolver::build(
+        &postoffice_config::Dns {
+            nameservers: vec![addr],
+            timeout_secs: 1,
+        },
+        1024,
+    )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
