@@ -19,13 +19,16 @@
 //! back (RFC 5321 section 6.1 accepts that duplicate).
 #![forbid(unsafe_code)]
 
-pub mod backoff;
+mod attempt;
+mod backoff;
+mod bounce;
 pub mod cli;
-pub mod dsn;
-pub mod route;
-pub mod scheduler;
-pub mod spool;
-pub mod transport;
+mod dsn;
+mod route;
+mod routing;
+mod scheduler;
+mod spool;
+mod transport;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,17 +37,66 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 pub use scheduler::{DeliveryConfig, run};
-pub use spool::{Rcpt, RcptState, SpoolEnvelope};
+pub use spool::RcptState;
 
-use spool::{ENVELOPE_VERSION, Spool, new_id, unix_now, valid_id};
+use spool::{ENVELOPE_VERSION, Rcpt, Spool, SpoolEnvelope, new_id, unix_now, valid_id};
 
-/// Local delivery for bounces and delay warnings: deliver `message` to the
-/// local user `rcpt`. `Err` is temporary: it is tried again later.
-pub type LocalDeliver = Arc<dyn Fn(&str, &[u8]) -> Result<(), String> + Send + Sync>;
+/// The local side of bounces and delay warnings: which domains are ours,
+/// and delivery into a local maildrop. Implemented for
+/// [`postoffice_core::App`]; tests implement it for their own recorder.
+pub trait LocalMail: Send + Sync {
+    /// Whether `domain` (lower case, no final dot) is one we receive mail
+    /// for: a notice to a sender there is delivered locally.
+    fn is_local_domain(&self, domain: &str) -> bool;
 
-/// DKIM signing hook: header lines to prepend (each ending in CRLF) to a
-/// message from `mail_from`, or `None`.
-pub type Signer = Arc<dyn Fn(&str, &[u8]) -> Option<String> + Send + Sync>;
+    /// Deliver `message` to the local user `rcpt`. An error is taken as
+    /// temporary: the notice is tried again later.
+    fn deliver(
+        &self,
+        rcpt: &str,
+        message: &[u8],
+    ) -> Result<(), postoffice_core::delivery::DeliveryError>;
+}
+
+impl LocalMail for postoffice_core::App {
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.local().is_local_domain(domain)
+    }
+
+    fn deliver(
+        &self,
+        rcpt: &str,
+        message: &[u8],
+    ) -> Result<(), postoffice_core::delivery::DeliveryError> {
+        self.local()
+            .deliver(&[rcpt.to_string()], message)
+            .map(|_| ())
+    }
+}
+
+/// The domain of an address: lower case, without a final dot; "" when
+/// there is none.
+pub(crate) fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Run spool I/O on the blocking pool.
+pub(crate) async fn spool_io<T: Send + 'static>(
+    queue: &Arc<Queue>,
+    f: impl FnOnce(&Spool) -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    let queue = Arc::clone(queue);
+    match tokio::task::spawn_blocking(move || f(queue.spool())).await {
+        Ok(r) => r,
+        Err(e) => Err(QueueError::Io {
+            context: "queue I/O task".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
 
 /// Errors of the queue.
 #[derive(Debug, Error)]
@@ -58,8 +110,11 @@ pub enum QueueError {
     NotFound(String),
     #[error("invalid queue ID {0:?}")]
     InvalidId(String),
-    #[error("queue entry {id} is unreadable: {message}")]
-    Corrupt { id: String, message: String },
+    #[error("queue entry {id} is unreadable: {source}")]
+    Corrupt {
+        id: String,
+        source: spool::EnvelopeError,
+    },
     #[error("invalid address {0:?}")]
     InvalidAddress(String),
     #[error("a message needs at least one recipient")]
@@ -452,6 +507,13 @@ mod tests {
         q.delete(&id).unwrap();
         assert!(matches!(q.delete(&id), Err(QueueError::NotFound(_))));
         assert!(q.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain_of("Bob@Dest.Test."), "dest.test");
+        assert_eq!(domain_of("a@b@c.test"), "c.test");
+        assert_eq!(domain_of("postmaster"), "");
     }
 
     #[test]

@@ -168,16 +168,30 @@ impl SpoolEnvelope {
         toml::to_string(self).unwrap_or_default()
     }
 
-    pub fn from_toml(text: &str) -> Result<SpoolEnvelope, String> {
-        let env: SpoolEnvelope = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<SpoolEnvelope, EnvelopeError> {
+        let env: SpoolEnvelope = toml::from_str(text).map_err(EnvelopeError::Parse)?;
         if env.version != ENVELOPE_VERSION {
-            return Err(format!("unsupported envelope version {}", env.version));
+            return Err(EnvelopeError::Version(env.version));
         }
         if !valid_id(&env.id) {
-            return Err(format!("invalid queue ID {:?}", env.id));
+            return Err(EnvelopeError::InvalidId(env.id));
         }
         Ok(env)
     }
+}
+
+/// Why an envelope file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// It is not TOML, or not an envelope (torn, edited by hand).
+    #[error("{0}")]
+    Parse(toml::de::Error),
+    /// Written by a version of postoffice with another format.
+    #[error("unsupported envelope version {0}")]
+    Version(u32),
+    /// Its ID could not name a file.
+    #[error("invalid queue ID {0:?}")]
+    InvalidId(String),
 }
 
 /// Queue IDs are 1 to 64 ASCII letters and digits (they name files).
@@ -303,9 +317,9 @@ impl Spool {
         };
         SpoolEnvelope::from_toml(&text)
             .map(Some)
-            .map_err(|message| QueueError::Corrupt {
+            .map_err(|source| QueueError::Corrupt {
                 id: id.to_string(),
-                message,
+                source,
             })
     }
 

@@ -9,7 +9,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{Call, eventually, fake_smtp, free_port, start, start_dns, test_config, text};
-use postoffice_queue::{Queue, RcptState, Signer};
+use postoffice_core::dkim::{Algorithm, Signer};
+use postoffice_queue::{Queue, RcptState};
 
 const MESSAGE: &[u8] = b"From: Alice <alice@src.test>\r\nTo: bob@dest.test\r\nSubject: Test message\r\nMessage-ID: <t1@src.test>\r\n\r\nThe body stays private.\r\n.leading dot\r\n";
 
@@ -18,7 +19,8 @@ fn rcpts(list: &[&str]) -> Vec<String> {
 }
 
 /// (a) 4xx twice, then accepted: delivered on the third attempt, exactly
-/// once, with dot-stuffing undone by the server and the DKIM hook applied.
+/// once, with dot-stuffing undone by the server and the message unchanged
+/// (submitted mail is signed at submission, not again by the queue).
 #[tokio::test]
 async fn temporary_failures_are_retried_until_delivered() {
     let server = fake_smtp(
@@ -37,14 +39,7 @@ async fn temporary_failures_are_retried_until_delivered() {
     else {
         return;
     };
-    let signer: Signer = Arc::new(|from: &str, _msg: &[u8]| {
-        Some(format!("DKIM-Signature: v=1; test=\"{from}\"\r\n"))
-    });
-    let h = start(
-        test_config(server.addr.port()),
-        Some(dns.addr),
-        Some(signer),
-    );
+    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
     let id = h
         .queue
         .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
@@ -83,7 +78,7 @@ async fn temporary_failures_are_retried_until_delivered() {
     assert_eq!(got[0].mail_from, "alice@src.test");
     assert_eq!(got[0].rcpts, vec!["bob@dest.test"]);
     let data = text(&got[0].data);
-    assert!(data.starts_with("DKIM-Signature: v=1; test=\"alice@src.test\"\r\nFrom: Alice"));
+    assert!(data.starts_with("From: Alice"), "{data}");
     assert!(
         data.ends_with("The body stays private.\r\n.leading dot\r\n"),
         "{data}"
@@ -337,6 +332,69 @@ async fn bounces_are_never_bounced() {
     h.stop().await;
 }
 
+/// A bounce queued for a remote sender is DKIM-signed for the domain of
+/// its From: (MAILER-DAEMON@mail.src.test, our host name) when a key for
+/// that domain exists, and goes out unsigned when none does. Address
+/// literals route without DNS.
+#[tokio::test]
+async fn bounces_to_remote_senders_are_dkim_signed_when_a_key_exists() {
+    for with_key in [true, false] {
+        let server = fake_smtp(
+            |c: &Call<'_>| {
+                (c.cmd == "RCPT" && c.arg == "bob@[127.0.0.1]")
+                    .then(|| "550 5.1.1 no such user".into())
+            },
+            None,
+            None,
+        )
+        .await;
+        let keys = tempfile::tempdir().unwrap();
+        if with_key {
+            postoffice_core::dkim::generate(keys.path(), "mail.src.test", Algorithm::Ed25519)
+                .unwrap();
+        }
+        let signer = Arc::new(Signer::new(keys.path(), "sel"));
+        let h = start(test_config(server.addr.port()), None, Some(signer));
+        h.queue
+            .enqueue("someone@[127.0.0.1]", &rcpts(&["bob@[127.0.0.1]"]), MESSAGE)
+            .unwrap();
+        // The original is refused; its bounce (null sender) is queued for
+        // someone@[127.0.0.1] and accepted by the same server.
+        assert!(
+            eventually(15, || server.received().len() == 1
+                && h.queue.list().unwrap().is_empty())
+            .await,
+            "{:?} {:?}",
+            server.mail_froms(),
+            h.queue.list()
+        );
+        let got = server.received();
+        assert_eq!(got[0].mail_from, "");
+        assert_eq!(got[0].rcpts, vec!["someone@[127.0.0.1]"]);
+        let data = text(&got[0].data);
+        let (headers, _) = data.split_once("\r\n\r\n").unwrap();
+        let headers = headers.replace("\r\n\t", " ").replace("\r\n ", " ");
+        assert!(
+            headers.contains("From: Mail Delivery System <MAILER-DAEMON@mail.src.test>"),
+            "{headers}"
+        );
+        if with_key {
+            let sig = headers
+                .split("\r\n")
+                .find(|l| l.starts_with("DKIM-Signature:"))
+                .unwrap_or_else(|| panic!("no DKIM-Signature: {headers}"));
+            assert!(sig.contains("d=mail.src.test;"), "{sig}");
+            assert!(sig.contains("s=sel;"), "{sig}");
+            assert!(sig.contains("a=ed25519-sha256;"), "{sig}");
+            assert!(sig.to_ascii_lowercase().contains("from"), "{sig}");
+        } else {
+            assert!(!data.contains("DKIM-Signature"), "{headers}");
+        }
+        assert!(h.local_mail().is_empty());
+        h.stop().await;
+    }
+}
+
 /// A message from the null sender that fails permanently: no bounce at all.
 #[tokio::test]
 async fn null_sender_failure_is_dropped() {
@@ -407,10 +465,9 @@ async fn queue_survives_restart_and_drops_half_written_entries() {
             hostname: "mail.src.test".into(),
             queue: cfg,
             dns: postoffice_config::Dns::default(),
-            local_domains: Arc::new(|_: &str| false),
+            local: Arc::new(common::Recorder(Default::default())),
+            signer: None,
         },
-        Arc::new(|_: &str, _: &[u8]| Ok(())),
-        None,
         async move {
             let _ = rx.await;
         },
