@@ -11,7 +11,7 @@ use crate::spool::unix_now;
 use crate::{EntryDetail, EntrySummary, Queue, QueueError, RcptState};
 
 /// "2d03h", "1h05m", "4m10s", "12s".
-pub fn human_age(secs: u64) -> String {
+pub(crate) fn human_age(secs: u64) -> String {
     let (d, h, m, s) = (
         secs / 86_400,
         secs % 86_400 / 3600,

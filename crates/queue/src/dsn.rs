@@ -18,7 +18,7 @@ use postoffice_common::date::rfc5322_unix;
 
 /// Failed (bounce) or delayed (warning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DsnAction {
+pub(crate) enum DsnAction {
     Failed,
     Delayed,
 }
@@ -34,7 +34,7 @@ impl DsnAction {
 
 /// One recipient in a DSN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DsnRecipient {
+pub(crate) struct DsnRecipient {
     pub address: String,
     /// RFC 3463 code, e.g. "5.1.1".
     pub status: String,
@@ -50,7 +50,7 @@ pub struct DsnRecipient {
 
 /// Everything a DSN says.
 #[derive(Debug, Clone)]
-pub struct Dsn<'a> {
+pub(crate) struct Dsn<'a> {
     /// Our host name: Reporting-MTA and MAILER-DAEMON's domain.
     pub hostname: &'a str,
     pub queue_id: &'a str,
@@ -70,7 +70,7 @@ pub struct Dsn<'a> {
 
 /// The header section of a message (up to, not including, the empty line),
 /// with CRLF line ends and at most `max` octets (cut at a line end).
-pub fn header_section(message: &[u8], max: usize) -> Vec<u8> {
+pub(crate) fn header_section(message: &[u8], max: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for line in message.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -134,7 +134,7 @@ fn human_duration(secs: u64) -> String {
 
 /// Build the DSN message (CRLF line ends), ready for local delivery or the
 /// queue with the null sender.
-pub fn build(d: &Dsn<'_>) -> Vec<u8> {
+pub(crate) fn build(d: &Dsn<'_>) -> Vec<u8> {
     let boundary = format!("{}.{}/{}", d.queue_id, d.now, d.hostname);
     let subject = match d.action {
         DsnAction::Failed => "Undelivered Mail Returned to Sender",

@@ -1,15 +1,33 @@
 //! The outbound mail queue of postoffice.
 //!
-//! * [`Queue`]: the durable spool under `<data_dir>/queue` (format and crash
-//!   safety: see [`spool`]). [`Queue::enqueue`] returns only once the
-//!   message and its envelope are fsynced, so the SMTP side may answer
-//!   `250` after it. The `postoffice queue` commands use [`Queue::list`],
-//!   [`Queue::show`], [`Queue::retry`], [`Queue::flush`], [`Queue::delete`]
-//!   (and the [`cli`] formatting helpers); they work from another process
-//!   while the server runs.
-//! * [`run`]: the scheduler and delivery (see [`scheduler`]): MX lookup,
-//!   SMTP with opportunistic or required STARTTLS, relays with AUTH, retries
-//!   with backoff, bounces and delay warnings as RFC 3464 DSNs.
+//! * [`Queue`]: the durable spool under `<data_dir>/queue` (format and
+//!   crash safety: the `spool` module). [`Queue::enqueue`] returns only
+//!   once the message and its envelope are fsynced, so the SMTP side may
+//!   answer `250` after it. The `postoffice queue` commands use
+//!   [`Queue::list`], [`Queue::show`], [`Queue::retry`], [`Queue::flush`],
+//!   [`Queue::delete`] (and the [`cli`] formatting helpers); they work from
+//!   another process while the server runs.
+//! * [`run`]: the scheduler and delivery, configured by a
+//!   [`DeliveryConfig`]: MX lookup, SMTP with opportunistic or required
+//!   STARTTLS, relays with AUTH, retries with backoff, bounces and delay
+//!   warnings as RFC 3464 DSNs. What it needs of the application is the
+//!   [`LocalMail`] trait (local domains and delivery, for notices to local
+//!   senders) and, optionally, a DKIM signer for notices to remote ones.
+//!
+//! Inside, one module per job, in the order a message meets them:
+//!
+//! | module | its job |
+//! | --- | --- |
+//! | `spool` | the files: envelopes (TOML), messages, the lock, recovery |
+//! | `scheduler` | the scan loop, concurrency limits, writing results |
+//! | `routing` | where a domain's mail goes: transport, relayhost or MX |
+//! | `route` | that destination resolved to addresses (MX, A/AAAA) |
+//! | `attempt` | one group of recipients to one destination; recording it |
+//! | `transport` | one SMTP session over TCP and STARTTLS |
+//! | `backoff` | when to try again, when to give up |
+//! | `bounce` | telling the sender: bounces and delay warnings |
+//! | `dsn` | the RFC 3464 format of those notices |
+//! | [`cli`] | the text of `postoffice queue` |
 //!
 //! "Nothing lost, nothing sent twice": a recipient's result is written to
 //! its envelope (atomically) right after its session, before anything else
@@ -37,7 +55,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 pub use scheduler::{DeliveryConfig, run};
-pub use spool::RcptState;
+pub use spool::{EnvelopeError, RcptState};
 
 use spool::{ENVELOPE_VERSION, Rcpt, Spool, SpoolEnvelope, new_id, unix_now, valid_id};
 
@@ -101,22 +119,33 @@ pub(crate) async fn spool_io<T: Send + 'static>(
 /// Errors of the queue.
 #[derive(Debug, Error)]
 pub enum QueueError {
+    /// Reading or writing the spool failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, with the path.
         context: String,
+        /// The system's error.
         source: std::io::Error,
     },
+    /// No entry with this ID.
     #[error("no queue entry {0}")]
     NotFound(String),
+    /// The text cannot be a queue ID (letters and digits only).
     #[error("invalid queue ID {0:?}")]
     InvalidId(String),
+    /// The entry's envelope file cannot be used.
     #[error("queue entry {id} is unreadable: {source}")]
     Corrupt {
+        /// The entry.
         id: String,
-        source: spool::EnvelopeError,
+        /// What is wrong with its envelope.
+        source: EnvelopeError,
     },
+    /// A sender or recipient address the queue does not take (controls,
+    /// spaces, angle brackets, too long).
     #[error("invalid address {0:?}")]
     InvalidAddress(String),
+    /// `enqueue` without recipients.
     #[error("a message needs at least one recipient")]
     NoRecipients,
 }
@@ -147,6 +176,7 @@ impl postoffice_core::Outbound for Queue {
 pub struct QueueId(String);
 
 impl QueueId {
+    /// The ID as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -174,14 +204,19 @@ impl std::ops::Deref for QueueId {
 /// A recipient as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptSummary {
+    /// The recipient address.
     pub address: String,
+    /// Pending, delivered or failed.
     pub state: RcptState,
+    /// Delivery attempts made.
     pub attempts: u32,
     /// Unix seconds (pending: next delivery attempt).
     pub next_attempt: u64,
+    /// What happened last, for humans: a remote reply or a local error.
     pub last_error: String,
     /// RFC 3463 status of the last attempt.
     pub status: String,
+    /// The host that gave the last reply, "" if none did.
     pub remote_mta: String,
     /// Failed: the bounce went out (or the null sender needs none).
     pub notified: bool,
@@ -192,24 +227,30 @@ pub struct RcptSummary {
 /// One entry as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntrySummary {
+    /// The queue ID.
     pub id: String,
     /// "" is the null sender.
     pub mail_from: String,
+    /// The message's size in octets.
     pub size: u64,
     /// Unix seconds of arrival.
     pub created_at: u64,
+    /// Seconds since arrival, when listed.
     pub age_secs: u64,
     /// The earliest next attempt of a pending recipient.
     pub next_attempt: Option<u64>,
     /// The last error of a pending recipient (or of any, if none pending).
     pub last_error: Option<String>,
+    /// The delay warning was sent.
     pub delay_warned: bool,
+    /// Every recipient, in the order given at enqueue.
     pub rcpts: Vec<RcptSummary>,
 }
 
 /// One entry in detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryDetail {
+    /// What the list shows.
     pub summary: EntrySummary,
     /// The message's header section (CRLF line ends).
     pub headers: String,
@@ -308,7 +349,7 @@ impl Queue {
     }
 
     /// Wake the scheduler (if it runs in this process).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.notify.notify_one();
     }
 

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::QueueError;
 
 /// The envelope format version written by this code.
-pub const ENVELOPE_VERSION: u32 = 1;
+pub(crate) const ENVELOPE_VERSION: u32 = 1;
 
 /// Age after which a leftover `*.msg.tmp` is removed.
 const STALE_TMP: Duration = Duration::from_secs(3600);
@@ -79,7 +79,7 @@ impl std::fmt::Display for RcptState {
 /// One recipient of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Rcpt {
+pub(crate) struct Rcpt {
     pub address: String,
     pub state: RcptState,
     /// Delivery attempts made.
@@ -111,7 +111,7 @@ pub struct Rcpt {
 /// The envelope file of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SpoolEnvelope {
+pub(crate) struct SpoolEnvelope {
     pub version: u32,
     pub id: String,
     /// The reverse-path; "" is the null sender (a bounce: never bounced).
@@ -129,7 +129,7 @@ pub struct SpoolEnvelope {
 
 impl SpoolEnvelope {
     /// Every recipient is delivered, or failed with the sender told.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.rcpts.iter().all(|r| match r.state {
             RcptState::Pending => false,
             RcptState::Delivered => true,
@@ -140,7 +140,7 @@ impl SpoolEnvelope {
     /// When this entry next needs the scheduler: a pending recipient's next
     /// attempt, a bounce still to send, the delay warning; `Some(0)` when it
     /// is complete (to be removed); `None` never.
-    pub fn next_due(&self, delay_warning_secs: u64) -> Option<u64> {
+    pub(crate) fn next_due(&self, delay_warning_secs: u64) -> Option<u64> {
         if self.is_complete() {
             return Some(0);
         }
@@ -164,11 +164,11 @@ impl SpoolEnvelope {
         due
     }
 
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
 
-    pub fn from_toml(text: &str) -> Result<SpoolEnvelope, EnvelopeError> {
+    pub(crate) fn from_toml(text: &str) -> Result<SpoolEnvelope, EnvelopeError> {
         let env: SpoolEnvelope = toml::from_str(text).map_err(EnvelopeError::Parse)?;
         if env.version != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(env.version));
@@ -195,18 +195,18 @@ pub enum EnvelopeError {
 }
 
 /// Queue IDs are 1 to 64 ASCII letters and digits (they name files).
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// A new queue ID: unique across processes, sortable by arrival within a
 /// process.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     postoffice_common::ids::unique_id()
 }
 
 /// Unix seconds now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -214,7 +214,7 @@ pub fn unix_now() -> u64 {
 
 /// What recovery did, for the log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Complete entries kept.
     pub entries: usize,
     /// Half-written entries removed (IDs).
@@ -227,12 +227,12 @@ pub struct Recovery {
 
 /// The spool directory.
 #[derive(Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
 }
 
 /// Holds the spool lock until dropped (closing the file releases it).
-pub struct LockGuard {
+pub(crate) struct LockGuard {
     _file: File,
 }
 
@@ -243,26 +243,26 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> QueueError {
 
 impl Spool {
     /// Create the directory if needed. No recovery (see [`Spool::recover`]).
-    pub fn new(dir: PathBuf) -> Result<Spool, QueueError> {
+    pub(crate) fn new(dir: PathBuf) -> Result<Spool, QueueError> {
         durable::create_dir_all(&dir)
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
         Ok(Spool { dir })
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn msg_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn msg_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.msg"))
     }
 
-    pub fn env_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn env_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.env"))
     }
 
     /// Take the spool lock (blocks).
-    pub fn lock(&self) -> Result<LockGuard, QueueError> {
+    pub(crate) fn lock(&self) -> Result<LockGuard, QueueError> {
         let path = self.dir.join(".lock");
         let file = OpenOptions::new()
             .create(true)
@@ -282,7 +282,7 @@ impl Spool {
     /// Durably store a new entry (see the module docs for the order). A
     /// failure leaves nothing behind: temporary files are removed, and so
     /// is the message when its envelope could not be written.
-    pub fn create(&self, env: &SpoolEnvelope, message: &[u8]) -> Result<(), QueueError> {
+    pub(crate) fn create(&self, env: &SpoolEnvelope, message: &[u8]) -> Result<(), QueueError> {
         let id = &env.id;
         let msg_path = self.msg_path(id);
         let env_path = self.env_path(id);
@@ -308,7 +308,7 @@ impl Spool {
     }
 
     /// The envelope of `id`, `None` if there is no such entry.
-    pub fn read_env(&self, id: &str) -> Result<Option<SpoolEnvelope>, QueueError> {
+    pub(crate) fn read_env(&self, id: &str) -> Result<Option<SpoolEnvelope>, QueueError> {
         let path = self.env_path(id);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -323,7 +323,7 @@ impl Spool {
             })
     }
 
-    pub fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError> {
+    pub(crate) fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError> {
         let path = self.msg_path(id);
         fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))
     }
@@ -338,7 +338,7 @@ impl Spool {
     /// Read-modify-write an envelope atomically under the lock. `Ok(None)`:
     /// the entry is gone (deleted meanwhile). The envelope is written only
     /// when `f` changed it.
-    pub fn update<R>(
+    pub(crate) fn update<R>(
         &self,
         id: &str,
         f: impl FnOnce(&mut SpoolEnvelope) -> R,
@@ -361,7 +361,7 @@ impl Spool {
     /// disk work before the entry is gone, which keeps the window in which
     /// a crash makes the message go out twice as short as it can be.
     /// `Ok(None)`: no such entry; `Ok(Some(true))`: removed.
-    pub fn update_or_finish(
+    pub(crate) fn update_or_finish(
         &self,
         id: &str,
         f: impl FnOnce(&mut SpoolEnvelope),
@@ -383,7 +383,7 @@ impl Spool {
     }
 
     /// Remove an entry (envelope first). `Ok(false)`: there was none.
-    pub fn remove(&self, id: &str) -> Result<bool, QueueError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<bool, QueueError> {
         let _lock = self.lock()?;
         self.remove_locked(id)
     }
@@ -406,7 +406,7 @@ impl Spool {
     }
 
     /// Remove the entry if it is complete (checked under the lock).
-    pub fn remove_if_complete(&self, id: &str) -> Result<bool, QueueError> {
+    pub(crate) fn remove_if_complete(&self, id: &str) -> Result<bool, QueueError> {
         let _lock = self.lock()?;
         match self.read_env(id)? {
             Some(env) if env.is_complete() => self.remove_locked(id),
@@ -415,7 +415,7 @@ impl Spool {
     }
 
     /// IDs of the entries (those with an envelope), sorted.
-    pub fn ids(&self) -> Result<Vec<String>, QueueError> {
+    pub(crate) fn ids(&self) -> Result<Vec<String>, QueueError> {
         let mut ids = Vec::new();
         let rd = fs::read_dir(&self.dir)
             .map_err(io_err(format!("cannot list {}", self.dir.display())))?;
@@ -434,7 +434,7 @@ impl Spool {
     }
 
     /// Clean up after a crash. See the module docs.
-    pub fn recover(&self) -> Result<Recovery, QueueError> {
+    pub(crate) fn recover(&self) -> Result<Recovery, QueueError> {
         let _lock = self.lock()?;
         let mut report = Recovery::default();
         let mut names = Vec::new();

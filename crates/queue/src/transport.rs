@@ -38,7 +38,7 @@ use tokio_rustls::client::TlsStream;
 
 /// The two client TLS configurations.
 #[derive(Clone)]
-pub struct TlsClients {
+pub(crate) struct TlsClients {
     /// Certificates must verify.
     strict: TlsConnector,
     /// Certificate failures are logged and ignored (opportunistic TLS).
@@ -53,7 +53,7 @@ impl std::fmt::Debug for TlsClients {
 
 impl TlsClients {
     /// Trust anchors from `ca_file` (PEM) or the system.
-    pub fn new(ca_file: Option<&Path>) -> Result<TlsClients, TlsClientError> {
+    pub(crate) fn new(ca_file: Option<&Path>) -> Result<TlsClients, TlsClientError> {
         let trust = match ca_file {
             Some(path) => Trust::CaFile(path.to_path_buf()),
             None => Trust::System,
@@ -108,7 +108,7 @@ impl Stream {
 }
 
 /// One connection attempt.
-pub struct Attempt<'a> {
+pub(crate) struct Attempt<'a> {
     pub host: &'a str,
     pub addr: SocketAddr,
     pub helo_name: &'a str,
@@ -144,7 +144,7 @@ fn all_failed(attempt: &Attempt<'_>, reason: String, enhanced: EnhancedCode) -> 
 }
 
 /// Run one SMTP session to `attempt.addr`.
-pub async fn deliver(attempt: &Attempt<'_>) -> Outcome {
+pub(crate) async fn deliver(attempt: &Attempt<'_>) -> Outcome {
     let where_ = format!(
         "{}[{}]:{}",
         attempt.host,
