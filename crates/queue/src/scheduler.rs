@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::attempt::{self, RcptOutcome, Remote};
 use crate::bounce::Notifier;
-use crate::routing::{self, Route};
+use crate::routing::{Route, Routing};
 use crate::spool::{RcptState, SpoolEnvelope, unix_now};
 use crate::transport::TlsClients;
 use crate::{LocalMail, Queue, QueueError, backoff, domain_of, spool_io};
@@ -82,6 +82,7 @@ struct Ctx {
     queue: Arc<Queue>,
     /// The `[queue]` section.
     config: postoffice_config::Queue,
+    routing: Routing,
     remote: Remote,
     notifier: Notifier,
     global: Arc<Semaphore>,
@@ -128,6 +129,7 @@ pub async fn run(queue: Arc<Queue>, cfg: DeliveryConfig, shutdown: impl Future<O
     let ctx = Arc::new(Ctx {
         global: Arc::new(Semaphore::new(qcfg.max_concurrency.max(1))),
         config: qcfg.clone(),
+        routing: Routing::new(qcfg),
         remote: Remote {
             hostname: cfg.hostname.clone(),
             queue: qcfg.clone(),
@@ -419,7 +421,7 @@ async fn deliver_group(
     rcpts: &[String],
     message: &[u8],
 ) -> Vec<RcptOutcome> {
-    let route = match routing::route_for(&ctx.config, domain) {
+    let route = match ctx.routing.route_for(domain) {
         Ok(r) => r,
         Err(e) => {
             return RcptOutcome::all_local(rcpts, e.status(), e.enhanced(), &e.to_string());

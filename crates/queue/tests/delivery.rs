@@ -9,6 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Call, eventually, fake_smtp, free_port, start, start_dns, test_config, text};
+use postoffice_config::Transport;
 use postoffice_core::dkim::{Algorithm, Signer};
 use postoffice_queue::{Queue, RcptState};
 
@@ -571,6 +572,93 @@ async fn relayhost_with_auth_over_verified_tls() {
     h.stop().await;
 }
 
+/// The global relay credentials are for the relayhost alone: a transport
+/// without credentials of its own is never sent AUTH, even over verified
+/// TLS to a relay that would accept the global ones; a transport with its
+/// own (password from a file) gets exactly those.
+///
+/// "Never sent AUTH" as the fake relay shows it: the session reaches MAIL
+/// FROM (a failed AUTH would have ended it before), no AUTH succeeded in
+/// it (the global credentials would have), and MAIL FROM is refused with
+/// 530.
+#[tokio::test]
+async fn transports_get_only_their_own_credentials() {
+    let (acceptor, pem) = common::tls_acceptor(&["127.0.0.1"]);
+    let third = fake_smtp(
+        |_: &Call<'_>| None,
+        Some(acceptor.clone()),
+        Some(("globaluser".into(), "globalpass".into())),
+    )
+    .await;
+    let partner = fake_smtp(
+        |_: &Call<'_>| None,
+        Some(acceptor),
+        Some(("partneruser".into(), "partnerpass".into())),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let password_file = dir.path().join("partner.password");
+    std::fs::write(&password_file, "partnerpass\n").unwrap();
+    let mut cfg = test_config(free_port());
+    cfg.relay_user = "globaluser".into();
+    cfg.relay_password = "globalpass".into();
+    cfg.ca_file = Some(ca);
+    cfg.transports.insert(
+        "third.test".into(),
+        format!("127.0.0.1:{}", third.addr.port()).into(),
+    );
+    cfg.transports.insert(
+        "partner.test".into(),
+        Transport {
+            relay: format!("127.0.0.1:{}", partner.addr.port()),
+            user: "partneruser".into(),
+            password: String::new(),
+            password_file: Some(password_file),
+        },
+    );
+    let h = start(cfg, None, None);
+    h.queue
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@third.test", "carol@partner.test"]),
+            MESSAGE,
+        )
+        .unwrap();
+    assert!(
+        eventually(15, || h.local_mail().len() == 1
+            && h.queue.list().unwrap().is_empty())
+        .await,
+        "{:?}",
+        h.queue.list()
+    );
+    // The partner's relay: its own credentials, over TLS.
+    let got = partner.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpts, vec!["carol@partner.test"]);
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth_user.as_deref(), Some("partneruser"));
+    // The third party's relay: no AUTH at all, so MAIL FROM was refused
+    // and the message never went out. (The fake relay records the empty
+    // content a pipelining client sends after a refused MAIL FROM.)
+    assert_eq!(third.mail_froms(), vec!["alice@src.test"]);
+    for r in third.received() {
+        assert_eq!(r.auth_user, None, "{r:?}");
+        assert!(r.data.is_empty(), "{r:?}");
+    }
+    let bounce = text(&h.local_mail()[0].1).replace("\r\n\t", " ");
+    assert!(
+        bounce.contains("Final-Recipient: rfc822; bob@third.test"),
+        "{bounce}"
+    );
+    assert!(
+        bounce.contains("530 5.7.0 Authentication required"),
+        "{bounce}"
+    );
+    h.stop().await;
+}
+
 /// A relay whose certificate is not trusted gets no credentials.
 #[tokio::test]
 async fn relay_credentials_need_a_verified_certificate() {
@@ -589,10 +677,13 @@ async fn relay_credentials_need_a_verified_certificate() {
     let mut cfg = test_config(free_port());
     cfg.transports.insert(
         "anywhere.test".into(),
-        format!("127.0.0.1:{}", server.addr.port()),
+        Transport {
+            relay: format!("127.0.0.1:{}", server.addr.port()),
+            user: "relayuser".into(),
+            password: "s3cret".into(),
+            password_file: None,
+        },
     );
-    cfg.relay_user = "relayuser".into();
-    cfg.relay_password = "s3cret".into();
     cfg.ca_file = Some(ca);
     let h = start(cfg, None, None);
     h.queue
