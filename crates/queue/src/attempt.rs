@@ -10,6 +10,10 @@
 //! * Delivered: done; 5xx: failed; 4xx or no connection: retried after the
 //!   next step of `retry_schedule_secs` ([`crate::backoff`]), until
 //!   `max_age_secs`, then failed.
+//! * What the remote said is recorded as one line of printable ASCII of at
+//!   most [`MAX_REMOTE_TEXT`] characters: a reply may be 256 lines of 4 KiB
+//!   with terminal escapes in them, and it ends up in the envelope, on the
+//!   terminal of `postoffice queue`, and in the DSN.
 
 use std::time::Duration;
 
@@ -23,6 +27,7 @@ use crate::route::{self, Target};
 use crate::routing::Route;
 use crate::spool::{RcptState, SpoolEnvelope};
 use crate::transport::{self, Attempt, TlsClients};
+use crate::{MAX_REMOTE_TEXT, one_line};
 
 /// What it takes to reach remote servers.
 #[derive(Debug)]
@@ -157,8 +162,8 @@ pub(crate) async fn deliver(
                 Status::Temporary
             };
             for r in rcpts {
-                info!(id, to = %r, status = %Disposition::from(status), reason = %e.reason,
-                    "delivery");
+                info!(id, to = %r, status = %Disposition::from(status),
+                    reason = %one_line(&e.reason, MAX_REMOTE_TEXT), "delivery");
             }
             return RcptOutcome::all_local(rcpts, status, e.status, &e.reason);
         }
@@ -186,7 +191,8 @@ pub(crate) async fn deliver(
         };
         let mut outcome = transport::deliver(&attempt).await;
         if outcome.tls_failed && tls_mode == TlsMode::Opportunistic {
-            info!(id, host = %target.host, reason = %outcome.rcpts.first().map(|r| r.reason.as_str()).unwrap_or(""),
+            let reason = outcome.rcpts.first().map_or("", |r| r.reason.as_str());
+            info!(id, host = %target.host, reason = %one_line(reason, MAX_REMOTE_TEXT),
                 "TLS handshake failed; trying again without TLS");
             attempt.tls_mode = TlsMode::Off;
             outcome = transport::deliver(&attempt).await;
@@ -199,7 +205,8 @@ pub(crate) async fn deliver(
         );
         for (addr, r) in rcpts.iter().zip(&outcome.rcpts) {
             info!(id, to = %addr, relay = %relay, tls = outcome.tls,
-                status = %Disposition::from(r.status), reason = %r.reason, "delivery");
+                status = %Disposition::from(r.status),
+                reason = %one_line(&r.reason, MAX_REMOTE_TEXT), "delivery");
         }
         let done = !outcome.try_next_host;
         last = Some((outcome, target.host.clone()));
@@ -250,14 +257,17 @@ pub(crate) fn apply(
         };
         r.attempts = r.attempts.saturating_add(1);
         r.last_attempt = now;
-        r.last_error = out.result.reason.clone();
-        r.status = out.result.enhanced.to_string();
-        r.remote_mta = out.remote_mta.clone();
+        // What a remote server said is untrusted: one bounded printable
+        // line, whatever it sent (it is shown by `postoffice queue` and
+        // goes into DSNs).
+        r.last_error = one_line(&out.result.reason, MAX_REMOTE_TEXT);
+        r.status = one_line(&out.result.enhanced.to_string(), MAX_REMOTE_TEXT);
+        r.remote_mta = one_line(&out.remote_mta, MAX_REMOTE_TEXT);
         r.diagnostic = out
             .result
             .reply
             .as_ref()
-            .map(|rep| rep.one_line())
+            .map(|rep| one_line(&rep.one_line(), MAX_REMOTE_TEXT))
             .unwrap_or_default();
         match out.result.status {
             Status::Delivered => {
@@ -273,7 +283,10 @@ pub(crate) fn apply(
                 None => {
                     r.state = RcptState::Failed;
                     r.next_attempt = now;
-                    r.last_error = format!("delivery time expired; last error: {}", r.last_error);
+                    r.last_error = one_line(
+                        &format!("delivery time expired; last error: {}", r.last_error),
+                        MAX_REMOTE_TEXT,
+                    );
                     info!(id = %env.id, to = %r.address, "giving up: delivery time expired");
                 }
             },

@@ -101,6 +101,40 @@ pub(crate) fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Most characters of remote text (replies, host names) kept in an
+/// envelope or shown by `postoffice queue`.
+pub(crate) const MAX_REMOTE_TEXT: usize = 512;
+
+/// Untrusted text (a remote server's reply, a name from DNS) as one line
+/// of printable ASCII, at most `max` characters (and `...`): control
+/// characters (CR, LF, ESC, ...) become spaces, runs of white space one
+/// space, anything else unprintable is dropped. Terminal escapes and
+/// line breaks cannot get through, and the length stays bounded.
+pub(crate) fn one_line(s: &str, max: usize) -> String {
+    // Collapse white space and drop what printable() would drop, keeping
+    // one character more than fits so that printable() marks the cut.
+    let mut spaced = String::with_capacity(s.len().min(max + 2));
+    let mut space = false;
+    for c in s.chars() {
+        if c.is_control() || c.is_whitespace() {
+            space = !spaced.is_empty();
+            continue;
+        }
+        if !c.is_ascii_graphic() {
+            continue;
+        }
+        if space {
+            spaced.push(' ');
+            space = false;
+        }
+        spaced.push(c);
+        if spaced.len() > max {
+            break;
+        }
+    }
+    postoffice_common::text::printable(&spaced, max)
+}
+
 /// Run spool I/O on the blocking pool.
 pub(crate) async fn spool_io<T: Send + 'static>(
     queue: &Arc<Queue>,
@@ -548,6 +582,22 @@ mod tests {
         q.delete(&id).unwrap();
         assert!(matches!(q.delete(&id), Err(QueueError::NotFound(_))));
         assert!(q.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn remote_text_is_one_bounded_printable_line() {
+        assert_eq!(
+            one_line(
+                "550-5.1.1 \x1b[31mred\x1b[0m\r\n550 5.1.1  no\tsuch\ruser\u{7}",
+                100
+            ),
+            "550-5.1.1 [31mred [0m 550 5.1.1 no such user"
+        );
+        assert_eq!(one_line("caf\u{e9} ok", 100), "caf ok");
+        let long = one_line(&"x\x1b".repeat(100_000), 512);
+        assert_eq!(long.len(), 512 + 3);
+        assert!(long.ends_with("..."));
+        assert_eq!(one_line("", 10), "");
     }
 
     #[test]

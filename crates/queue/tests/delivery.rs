@@ -396,6 +396,115 @@ async fn bounces_to_remote_senders_are_dkim_signed_when_a_key_exists() {
     }
 }
 
+/// A hostile reply: `code` with the enhanced code `enhanced`, 26 lines of
+/// about 4 KB (100 KiB in all) full of terminal escapes, bells and bare
+/// CRs.
+fn hostile_reply(code: &str, enhanced: &str) -> String {
+    let mut lines: Vec<String> = (0..26)
+        .map(|i| {
+            format!(
+                "{code}-{enhanced} \x1b[31mline {i}\x1b]0;pwned\x07 \r{}",
+                "\x1b[2JA".repeat(800)
+            )
+        })
+        .collect();
+    lines.push(format!("{code} {enhanced} \x1b[0mend\rof reply"));
+    lines.join("\r\n")
+}
+
+/// A remote's reply is recorded as one bounded line of printable ASCII:
+/// a multi-line 550 (for bob) and 450 (for carol) of 100 KiB each, with
+/// escape sequences and CRs, leave an envelope without control characters
+/// whose fields stay short, and `queue list` / `queue show` print it clean.
+#[tokio::test]
+async fn remote_replies_are_recorded_sanitised_and_bounded() {
+    let reply_550 = hostile_reply("550", "5.1.1");
+    let reply_450 = hostile_reply("450", "4.2.0");
+    assert!(reply_550.len() > 100 * 1024);
+    let server = fake_smtp(
+        move |c: &Call<'_>| match (c.cmd, c.arg) {
+            ("RCPT", "bob@[127.0.0.1]") => Some(reply_550.clone()),
+            ("RCPT", "carol@[127.0.0.1]") => Some(reply_450.clone()),
+            _ => None,
+        },
+        None,
+        None,
+    )
+    .await;
+    let h = start(test_config(server.addr.port()), None, None);
+    let id = h
+        .queue
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@[127.0.0.1]", "carol@[127.0.0.1]"]),
+            MESSAGE,
+        )
+        .unwrap();
+    // bob fails (and is bounced), carol waits.
+    assert!(
+        eventually(10, || h.local_mail().len() == 1
+            && h.queue
+                .list()
+                .unwrap()
+                .first()
+                .is_some_and(|e| e.rcpts[0].notified))
+        .await,
+        "{:?}",
+        h.queue.list()
+    );
+    let list = h.queue.list().unwrap();
+    let e = &list[0];
+    assert_eq!(e.rcpts[0].state, RcptState::Failed);
+    assert_eq!(e.rcpts[1].state, RcptState::Pending);
+    for r in &e.rcpts {
+        for field in [&r.last_error, &r.status, &r.remote_mta] {
+            assert!(!field.chars().any(|c| c.is_control()), "{field:?}");
+            assert!(field.len() <= 600, "{}", field.len());
+        }
+        assert!(r.last_error.contains("[31mline 0 ]0;pwned"), "{r:?}");
+    }
+    assert!(
+        e.rcpts[0]
+            .last_error
+            .starts_with("550 5.1.1 [31mline 0 ]0;pwned [2JA"),
+        "{:?}",
+        e.rcpts[0]
+    );
+    assert!(
+        e.rcpts[1]
+            .last_error
+            .starts_with("450 4.2.0 [31mline 0 ]0;pwned [2JA"),
+        "{:?}",
+        e.rcpts[1]
+    );
+    // The envelope file itself stays small and escape-free (TOML would
+    // write controls as \u escapes, which a later version reads back).
+    let env_file = h.dir.path().join("queue").join(format!("{id}.env"));
+    let raw = std::fs::read_to_string(&env_file).unwrap();
+    assert!(raw.len() < 8 * 1024, "{}", raw.len());
+    assert!(!raw.contains("\\u001"), "{raw}");
+    assert!(!raw.chars().any(|c| c.is_control() && c != '\n'), "{raw}");
+    // What the CLI prints.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let listed = postoffice_queue::cli::format_list(&list, now);
+    let shown = postoffice_queue::cli::format_detail(&h.queue.show(&id).unwrap(), now);
+    for text in [&listed, &shown] {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.len() < 8 * 1024, "{}", text.len());
+    }
+    // The bounce quotes the same clean text.
+    let bounce = text(&h.local_mail()[0].1);
+    assert!(!bounce.contains('\x1b'));
+    assert!(bounce.len() < 16 * 1024, "{}", bounce.len());
+    h.stop().await;
+}
+
 /// A message from the null sender that fails permanently: no bounce at all.
 #[tokio::test]
 async fn null_sender_failure_is_dropped() {
