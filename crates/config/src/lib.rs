@@ -210,11 +210,19 @@ pub struct Queue {
     /// Send everything through this relay ("host:port"), like Postfix's
     /// relayhost. Empty: deliver by MX lookup.
     pub relayhost: String,
-    /// Per-domain relays, overriding relayhost: { "example.org" = "relay.example.net:587" }.
-    pub transports: std::collections::BTreeMap<String, String>,
-    /// AUTH PLAIN credentials for relayhost/transports (over TLS only).
+    /// Per-domain relays, overriding relayhost:
+    /// { "example.org" = "relay.example.net:587" }, or with credentials of
+    /// their own: { "example.org" = { relay = "...", user = "...",
+    /// password_file = "..." } }.
+    pub transports: std::collections::BTreeMap<String, Transport>,
+    /// AUTH PLAIN credentials for relayhost (over TLS only); never sent to
+    /// a transport, which carries its own.
     pub relay_user: String,
+    /// The password of relay_user.
     pub relay_password: String,
+    /// Read relay_password from this file at start instead (its first
+    /// line; relative to the config file).
+    pub relay_password_file: Option<PathBuf>,
     /// CA file to verify relays and MX servers with, instead of the system roots.
     pub ca_file: Option<PathBuf>,
 }
@@ -235,8 +243,111 @@ impl Default for Queue {
             transports: std::collections::BTreeMap::new(),
             relay_user: String::new(),
             relay_password: String::new(),
+            relay_password_file: None,
             ca_file: None,
         }
+    }
+}
+
+/// A per-domain relay of `[queue.transports]`. In the file either a relay
+/// spec, `"relay.example.net:587"`, or a table that may carry AUTH PLAIN
+/// credentials for this relay only: `{ relay = "relay.example.net:587",
+/// user = "u", password = "p" }` (or `password_file` instead of
+/// `password`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transport {
+    /// "host", "host:port", "[host]:port" or "[v6addr]:port".
+    pub relay: String,
+    /// AUTH PLAIN user for this relay; empty: no AUTH.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Read the password from this file at start instead (its first line;
+    /// relative to the config file).
+    pub password_file: Option<PathBuf>,
+}
+
+impl Transport {
+    /// Whether the entry carries any credential key.
+    fn has_credentials(&self) -> bool {
+        !self.user.is_empty() || !self.password.is_empty() || self.password_file.is_some()
+    }
+}
+
+impl From<&str> for Transport {
+    fn from(relay: &str) -> Transport {
+        Transport {
+            relay: relay.to_string(),
+            ..Transport::default()
+        }
+    }
+}
+
+impl From<String> for Transport {
+    fn from(relay: String) -> Transport {
+        Transport {
+            relay,
+            ..Transport::default()
+        }
+    }
+}
+
+/// The table form of [`Transport`] in the file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransportTable {
+    relay: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_file: Option<PathBuf>,
+}
+
+impl Serialize for Transport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.has_credentials() {
+            return s.serialize_str(&self.relay);
+        }
+        TransportTable {
+            relay: self.relay.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            password_file: self.password_file.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Transport {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Transport, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Transport;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a relay \"host:port\" or a table { relay = \"host:port\", user = ..., password = ... }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, relay: &str) -> Result<Transport, E> {
+                Ok(Transport::from(relay))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Transport, A::Error> {
+                let t =
+                    TransportTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Transport {
+                    relay: t.relay,
+                    user: t.user,
+                    password: t.password,
+                    password_file: t.password_file,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -613,6 +724,25 @@ impl Config {
                 "queue.max_concurrency and queue.max_concurrency_per_domain must be at least 1",
             );
         }
+        let q = &self.queue;
+        if !q.relay_password.is_empty() && q.relay_password_file.is_some() {
+            return bad("queue.relay_password and queue.relay_password_file exclude each other");
+        }
+        if q.relay_user.is_empty() && q.relay_password_file.is_some() {
+            return bad("queue.relay_password_file needs queue.relay_user");
+        }
+        for (domain, t) in &q.transports {
+            if !t.password.is_empty() && t.password_file.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "queue.transports.{domain:?}: password and password_file exclude each other"
+                )));
+            }
+            if t.user.is_empty() && (!t.password.is_empty() || t.password_file.is_some()) {
+                return Err(ConfigError::Invalid(format!(
+                    "queue.transports.{domain:?}: a password needs a user"
+                )));
+            }
+        }
         if self.dkim.selector.is_empty()
             || !self
                 .dkim
@@ -651,6 +781,14 @@ impl Config {
         if let Some(k) = &mut self.tls.key {
             fix(k);
         }
+        if let Some(p) = &mut self.queue.relay_password_file {
+            fix(p);
+        }
+        for t in self.queue.transports.values_mut() {
+            if let Some(p) = &mut t.password_file {
+                fix(p);
+            }
+        }
     }
 }
 
@@ -688,6 +826,68 @@ mod tests {
             "[tls]\ncert = \"a.pem\"",
             "hostname = \"bad host\"",
             "[pop3]\nlisten = [\"not an address\"]",
+        ] {
+            assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
+        }
+    }
+
+    /// A transport is a relay spec, or a table with its own credentials;
+    /// password files are relative to the config file.
+    #[test]
+    fn transports_in_both_forms() {
+        let text = r#"
+[queue]
+relay_user = "global"
+relay_password_file = "secrets/global.pass"
+
+[queue.transports]
+"plain.test" = "relay.plain.test:587"
+"own.test" = { relay = "[relay.own.test]:2525", user = "own", password = "pw" }
+"file.test" = { relay = "relay.file.test", user = "f", password_file = "secrets/f.pass" }
+"#;
+        let mut c = Config::from_toml(text, Path::new("x.toml")).unwrap();
+        let t = &c.queue.transports;
+        assert_eq!(t["plain.test"], Transport::from("relay.plain.test:587"));
+        assert_eq!(
+            t["own.test"],
+            Transport {
+                relay: "[relay.own.test]:2525".into(),
+                user: "own".into(),
+                password: "pw".into(),
+                password_file: None,
+            }
+        );
+        c.resolve_paths(Path::new("/etc/postoffice"));
+        assert_eq!(
+            c.queue.transports["file.test"].password_file.as_deref(),
+            Some(Path::new("/etc/postoffice/secrets/f.pass"))
+        );
+        assert_eq!(
+            c.queue.relay_password_file.as_deref(),
+            Some(Path::new("/etc/postoffice/secrets/global.pass"))
+        );
+        // The rendering round-trips, the plain form staying plain.
+        let rendered = c.to_toml();
+        assert!(
+            rendered.contains("\"plain.test\" = \"relay.plain.test:587\""),
+            "{rendered}"
+        );
+        let back = Config::from_toml(&rendered, Path::new("x")).unwrap();
+        assert_eq!(back.queue.transports, c.queue.transports);
+        // Unknown keys in a transport are refused by name.
+        let err = Config::from_toml(
+            "[queue.transports]\n\"a.test\" = { relay = \"r\", passwd = \"x\" }\n",
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("passwd"), "{err}");
+        for bad in [
+            "[queue]\nrelay_user = \"u\"\nrelay_password = \"p\"\nrelay_password_file = \"f\"",
+            "[queue]\nrelay_password_file = \"f\"",
+            "[queue.transports]\n\"a.test\" = { relay = \"r\", user = \"u\", password = \"p\", password_file = \"f\" }",
+            "[queue.transports]\n\"a.test\" = { relay = \"r\", password = \"p\" }",
+            "[queue.transports]\n\"a.test\" = 25",
         ] {
             assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
         }
@@ -743,6 +943,7 @@ mod tests {
         all.push("tls.cert".into());
         all.push("tls.key".into());
         all.push("queue.ca_file".into());
+        all.push("queue.relay_password_file".into());
         for key in all {
             let (section, name) = match key.rsplit_once('.') {
                 Some((s, n)) => (Some(s), n),

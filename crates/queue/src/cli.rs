@@ -6,12 +6,25 @@
 //!     bob@example.net  pending  attempts=3  next in 14m  450 4.2.0 greylisted
 //! -- 1 entry, 1234 octets, 1 recipient pending
 //! ```
+//!
+//! Everything shown from an envelope or a message is cleaned on the way
+//! out (one line of printable ASCII, bounded), whichever version wrote it:
+//! remote replies and headers must not reach a terminal as escape
+//! sequences.
 
 use crate::spool::unix_now;
-use crate::{EntryDetail, EntrySummary, Queue, QueueError, RcptState};
+use crate::{EntryDetail, EntrySummary, MAX_REMOTE_TEXT, Queue, QueueError, RcptState, one_line};
+
+/// Longest header line shown by `queue show` (RFC 5322's line limit).
+const MAX_HEADER_LINE: usize = 998;
+
+/// A field from an envelope, safe to print.
+fn shown(s: &str) -> String {
+    one_line(s, MAX_REMOTE_TEXT)
+}
 
 /// "2d03h", "1h05m", "4m10s", "12s".
-pub fn human_age(secs: u64) -> String {
+pub(crate) fn human_age(secs: u64) -> String {
     let (d, h, m, s) = (
         secs / 86_400,
         secs % 86_400 / 3600,
@@ -30,11 +43,11 @@ pub fn human_age(secs: u64) -> String {
 }
 
 fn sender(s: &str) -> String {
-    format!("<{s}>")
+    format!("<{}>", shown(s))
 }
 
 fn rcpt_line(r: &crate::RcptSummary, now: u64) -> String {
-    let mut line = format!("    {}  {}", r.address, r.state);
+    let mut line = format!("    {}  {}", shown(&r.address), r.state);
     if r.attempts > 0 {
         line.push_str(&format!("  attempts={}", r.attempts));
     }
@@ -51,7 +64,7 @@ fn rcpt_line(r: &crate::RcptSummary, now: u64) -> String {
     }
     if !r.last_error.is_empty() {
         line.push_str("  ");
-        line.push_str(&r.last_error);
+        line.push_str(&shown(&r.last_error));
     }
     line
 }
@@ -68,7 +81,7 @@ pub fn format_list(entries: &[EntrySummary], now: u64) -> String {
         bytes += e.size;
         out.push_str(&format!(
             "{:<24}  {:>9}  {:<7}  {}\n",
-            e.id,
+            shown(&e.id),
             e.size,
             human_age(now.saturating_sub(e.created_at)),
             sender(&e.mail_from)
@@ -101,10 +114,10 @@ pub fn format_detail(d: &EntryDetail, now: u64) -> String {
     let e = &d.summary;
     let mut out = format!(
         "ID: {}\nSender: {}\nSize: {} octets\nArrived: {} ({} ago)\nDelay warning sent: {}\nRecipients:\n",
-        e.id,
+        shown(&e.id),
         sender(&e.mail_from),
         e.size,
-        crate::dsn::rfc5322_date(e.created_at),
+        postoffice_common::date::rfc5322_unix(e.created_at),
         human_age(now.saturating_sub(e.created_at)),
         if e.delay_warned { "yes" } else { "no" },
     );
@@ -112,13 +125,16 @@ pub fn format_detail(d: &EntryDetail, now: u64) -> String {
         out.push_str(&rcpt_line(r, now));
         out.push('\n');
         if !r.remote_mta.is_empty() {
-            out.push_str(&format!("        remote: {}\n", r.remote_mta));
+            out.push_str(&format!("        remote: {}\n", shown(&r.remote_mta)));
         }
     }
     out.push_str("Headers:\n");
     for line in d.headers.lines() {
         out.push_str("    ");
-        out.push_str(line);
+        out.push_str(&postoffice_common::text::printable(
+            &line.replace('\t', " "),
+            MAX_HEADER_LINE,
+        ));
         out.push('\n');
     }
     out
@@ -168,6 +184,53 @@ mod tests {
         assert_eq!(human_age(250), "4m10s");
         assert_eq!(human_age(3900), "1h05m");
         assert_eq!(human_age(2 * 86_400 + 3 * 3600), "2d03h");
+    }
+
+    /// An envelope written by an older version, which kept remote
+    /// replies as they came: what list and show print is still clean.
+    #[test]
+    fn list_and_show_print_only_clean_bounded_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), &postoffice_config::Queue::default()).unwrap();
+        let id = q
+            .enqueue(
+                "alice@src.test",
+                &["bob@dest.test".into()],
+                b"Subject: \x1b]0;owned\x07hi\r\nX-Long: \x1b[2J\r\n\tfolded\r\n\r\nbody\r\n",
+            )
+            .unwrap();
+        let hostile = format!(
+            "550-5.1.1 \x1b[31mred\x1b[0m\r\n550-{}\r\n550 5.1.1 \x1b]0;title\x07end",
+            "A\x1b[1m".repeat(20_000)
+        );
+        q.spool()
+            .update(&id, |env| {
+                let r = &mut env.rcpts[0];
+                r.last_error = hostile.clone();
+                r.diagnostic = hostile.clone();
+                r.remote_mta = "mx.\x1b[5mdest.test\r\nX".into();
+                r.attempts = 1;
+                env.mail_from = "alice\x1b[8m@src.test".into();
+            })
+            .unwrap();
+        let now = unix_now();
+        let list = format_list(&q.list().unwrap(), now);
+        let detail = format_detail(&q.show(&id).unwrap(), now);
+        for text in [&list, &detail] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
+            assert!(text.len() < 4096, "{}", text.len());
+        }
+        assert!(list.contains("550-5.1.1 [31mred [0m 550-A [1mA"), "{list}");
+        assert!(detail.contains("remote: mx. [5mdest.test X\n"), "{detail}");
+        assert!(detail.contains("Sender: <alice [8m@src.test>"), "{detail}");
+        assert!(detail.contains("    Subject: ]0;ownedhi\n"), "{detail}");
+        assert!(
+            detail.contains("    X-Long: [2J\n     folded\n"),
+            "{detail}"
+        );
     }
 
     #[test]

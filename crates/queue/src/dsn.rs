@@ -14,9 +14,11 @@
 //! 3. `text/rfc822-headers`: the original message's header section (not
 //!    the body: the sender has it, and it may be big or private).
 
+use postoffice_common::date::rfc5322_unix;
+
 /// Failed (bounce) or delayed (warning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DsnAction {
+pub(crate) enum DsnAction {
     Failed,
     Delayed,
 }
@@ -32,7 +34,7 @@ impl DsnAction {
 
 /// One recipient in a DSN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DsnRecipient {
+pub(crate) struct DsnRecipient {
     pub address: String,
     /// RFC 3463 code, e.g. "5.1.1".
     pub status: String,
@@ -48,7 +50,7 @@ pub struct DsnRecipient {
 
 /// Everything a DSN says.
 #[derive(Debug, Clone)]
-pub struct Dsn<'a> {
+pub(crate) struct Dsn<'a> {
     /// Our host name: Reporting-MTA and MAILER-DAEMON's domain.
     pub hostname: &'a str,
     pub queue_id: &'a str,
@@ -66,41 +68,9 @@ pub struct Dsn<'a> {
     pub original: &'a [u8],
 }
 
-/// RFC 5322 date-time in UTC, e.g. `Fri, 27 Nov 2026 11:30:00 +0000`.
-pub fn rfc5322_date(unix: u64) -> String {
-    let secs = i64::try_from(unix).unwrap_or(i64::MAX);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        d,
-        MON[(month - 1) as usize],
-        year,
-        h,
-        m,
-        s
-    )
-}
-
 /// The header section of a message (up to, not including, the empty line),
 /// with CRLF line ends and at most `max` octets (cut at a line end).
-pub fn header_section(message: &[u8], max: usize) -> Vec<u8> {
+pub(crate) fn header_section(message: &[u8], max: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for line in message.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -164,7 +134,7 @@ fn human_duration(secs: u64) -> String {
 
 /// Build the DSN message (CRLF line ends), ready for local delivery or the
 /// queue with the null sender.
-pub fn build(d: &Dsn<'_>) -> Vec<u8> {
+pub(crate) fn build(d: &Dsn<'_>) -> Vec<u8> {
     let boundary = format!("{}.{}/{}", d.queue_id, d.now, d.hostname);
     let subject = match d.action {
         DsnAction::Failed => "Undelivered Mail Returned to Sender",
@@ -175,7 +145,7 @@ pub fn build(d: &Dsn<'_>) -> Vec<u8> {
         DsnAction::Delayed => "delay",
     };
     let mut m = String::new();
-    m.push_str(&format!("Date: {}\r\n", rfc5322_date(d.now)));
+    m.push_str(&format!("Date: {}\r\n", rfc5322_unix(d.now)));
     m.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",
         d.hostname
@@ -250,7 +220,7 @@ pub fn build(d: &Dsn<'_>) -> Vec<u8> {
     m.push_str("Content-Type: message/delivery-status\r\n\r\n");
     m.push_str(&format!("Reporting-MTA: dns; {}\r\n", d.hostname));
     m.push_str(&format!("X-Postoffice-Queue-ID: {}\r\n", d.queue_id));
-    m.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_date(d.arrival)));
+    m.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_unix(d.arrival)));
     for r in d.recipients {
         m.push_str("\r\n");
         m.push_str(&format!(
@@ -287,13 +257,13 @@ pub fn build(d: &Dsn<'_>) -> Vec<u8> {
         if r.last_attempt > 0 {
             m.push_str(&format!(
                 "Last-Attempt-Date: {}\r\n",
-                rfc5322_date(r.last_attempt)
+                rfc5322_unix(r.last_attempt)
             ));
         }
         if d.action == DsnAction::Delayed {
             m.push_str(&format!(
                 "Will-Retry-Until: {}\r\n",
-                rfc5322_date(d.retry_until)
+                rfc5322_unix(d.retry_until)
             ));
         }
     }
@@ -486,11 +456,5 @@ mod tests {
         );
         assert_eq!(header_section(b"A: 1\r\nB: 2\r\n", 8), b"A: 1\r\n");
         assert_eq!(header_section(b"\r\nbody", 100), b"");
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 }

@@ -1,15 +1,33 @@
 //! The outbound mail queue of postoffice.
 //!
-//! * [`Queue`]: the durable spool under `<data_dir>/queue` (format and crash
-//!   safety: see [`spool`]). [`Queue::enqueue`] returns only once the
-//!   message and its envelope are fsynced, so the SMTP side may answer
-//!   `250` after it. The `postoffice queue` commands use [`Queue::list`],
-//!   [`Queue::show`], [`Queue::retry`], [`Queue::flush`], [`Queue::delete`]
-//!   (and the [`cli`] formatting helpers); they work from another process
-//!   while the server runs.
-//! * [`run`]: the scheduler and delivery (see [`scheduler`]): MX lookup,
-//!   SMTP with opportunistic or required STARTTLS, relays with AUTH, retries
-//!   with backoff, bounces and delay warnings as RFC 3464 DSNs.
+//! * [`Queue`]: the durable spool under `<data_dir>/queue` (format and
+//!   crash safety: the `spool` module). [`Queue::enqueue`] returns only
+//!   once the message and its envelope are fsynced, so the SMTP side may
+//!   answer `250` after it. The `postoffice queue` commands use
+//!   [`Queue::list`], [`Queue::show`], [`Queue::retry`], [`Queue::flush`],
+//!   [`Queue::delete`] (and the [`cli`] formatting helpers); they work from
+//!   another process while the server runs.
+//! * [`run`]: the scheduler and delivery, configured by a
+//!   [`DeliveryConfig`]: MX lookup, SMTP with opportunistic or required
+//!   STARTTLS, relays with AUTH, retries with backoff, bounces and delay
+//!   warnings as RFC 3464 DSNs. What it needs of the application is the
+//!   [`LocalMail`] trait (local domains and delivery, for notices to local
+//!   senders) and, optionally, a DKIM signer for notices to remote ones.
+//!
+//! Inside, one module per job, in the order a message meets them:
+//!
+//! | module | its job |
+//! | --- | --- |
+//! | `spool` | the files: envelopes (TOML), messages, the lock, recovery |
+//! | `scheduler` | the scan loop, concurrency limits, writing results |
+//! | `routing` | where a domain's mail goes: transport, relayhost or MX |
+//! | `route` | that destination resolved to addresses (MX, A/AAAA) |
+//! | `attempt` | one group of recipients to one destination; recording it |
+//! | `transport` | one SMTP session over TCP and STARTTLS |
+//! | `backoff` | when to try again, when to give up |
+//! | `bounce` | telling the sender: bounces and delay warnings |
+//! | `dsn` | the RFC 3464 format of those notices |
+//! | [`cli`] | the text of `postoffice queue` |
 //!
 //! "Nothing lost, nothing sent twice": a recipient's result is written to
 //! its envelope (atomically) right after its session, before anything else
@@ -19,13 +37,16 @@
 //! back (RFC 5321 section 6.1 accepts that duplicate).
 #![forbid(unsafe_code)]
 
+mod attempt;
+mod backoff;
+mod bounce;
 pub mod cli;
-pub mod dsn;
-pub mod route;
-pub mod schedule;
-pub mod scheduler;
-pub mod spool;
-pub mod transport;
+mod dsn;
+mod route;
+mod routing;
+mod scheduler;
+mod spool;
+mod transport;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,34 +55,131 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 pub use scheduler::{DeliveryConfig, run};
-pub use spool::{Envelope, Rcpt, RcptState};
+pub use spool::{EnvelopeError, RcptState};
 
-use spool::{ENVELOPE_VERSION, Spool, new_id, unix_now, valid_id};
+use spool::{ENVELOPE_VERSION, Rcpt, Spool, SpoolEnvelope, new_id, unix_now, valid_id};
 
-/// Local delivery for bounces and delay warnings: deliver `message` to the
-/// local user `rcpt`. `Err` is temporary: it is tried again later.
-pub type LocalDeliver = Arc<dyn Fn(&str, &[u8]) -> Result<(), String> + Send + Sync>;
+/// The local side of bounces and delay warnings: which domains are ours,
+/// and delivery into a local maildrop. Implemented for
+/// [`postoffice_core::App`]; tests implement it for their own recorder.
+pub trait LocalMail: Send + Sync {
+    /// Whether `domain` (lower case, no final dot) is one we receive mail
+    /// for: a notice to a sender there is delivered locally.
+    fn is_local_domain(&self, domain: &str) -> bool;
 
-/// DKIM signing hook: header lines to prepend (each ending in CRLF) to a
-/// message from `mail_from`, or `None`.
-pub type Signer = Arc<dyn Fn(&str, &[u8]) -> Option<String> + Send + Sync>;
+    /// Deliver `message` to the local user `rcpt`. An error is taken as
+    /// temporary: the notice is tried again later.
+    fn deliver(
+        &self,
+        rcpt: &str,
+        message: &[u8],
+    ) -> Result<(), postoffice_core::delivery::DeliveryError>;
+}
+
+impl LocalMail for postoffice_core::App {
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.local().is_local_domain(domain)
+    }
+
+    fn deliver(
+        &self,
+        rcpt: &str,
+        message: &[u8],
+    ) -> Result<(), postoffice_core::delivery::DeliveryError> {
+        self.local()
+            .deliver(&[rcpt.to_string()], message)
+            .map(|_| ())
+    }
+}
+
+/// The domain of an address: lower case, without a final dot; "" when
+/// there is none.
+pub(crate) fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Most characters of remote text (replies, host names) kept in an
+/// envelope or shown by `postoffice queue`.
+pub(crate) const MAX_REMOTE_TEXT: usize = 512;
+
+/// Untrusted text (a remote server's reply, a name from DNS) as one line
+/// of printable ASCII, at most `max` characters (and `...`): control
+/// characters (CR, LF, ESC, ...) become spaces, runs of white space one
+/// space, anything else unprintable is dropped. Terminal escapes and
+/// line breaks cannot get through, and the length stays bounded.
+pub(crate) fn one_line(s: &str, max: usize) -> String {
+    // Collapse white space and drop what printable() would drop, keeping
+    // one character more than fits so that printable() marks the cut.
+    let mut spaced = String::with_capacity(s.len().min(max + 2));
+    let mut space = false;
+    for c in s.chars() {
+        if c.is_control() || c.is_whitespace() {
+            space = !spaced.is_empty();
+            continue;
+        }
+        if !c.is_ascii_graphic() {
+            continue;
+        }
+        if space {
+            spaced.push(' ');
+            space = false;
+        }
+        spaced.push(c);
+        if spaced.len() > max {
+            break;
+        }
+    }
+    postoffice_common::text::printable(&spaced, max)
+}
+
+/// Run spool I/O on the blocking pool.
+pub(crate) async fn spool_io<T: Send + 'static>(
+    queue: &Arc<Queue>,
+    f: impl FnOnce(&Spool) -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    let queue = Arc::clone(queue);
+    match tokio::task::spawn_blocking(move || f(queue.spool())).await {
+        Ok(r) => r,
+        Err(e) => Err(QueueError::Io {
+            context: "queue I/O task".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
 
 /// Errors of the queue.
 #[derive(Debug, Error)]
 pub enum QueueError {
+    /// Reading or writing the spool failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, with the path.
         context: String,
+        /// The system's error.
         source: std::io::Error,
     },
+    /// No entry with this ID.
     #[error("no queue entry {0}")]
     NotFound(String),
+    /// The text cannot be a queue ID (letters and digits only).
     #[error("invalid queue ID {0:?}")]
     InvalidId(String),
-    #[error("queue entry {id} is unreadable: {message}")]
-    Corrupt { id: String, message: String },
+    /// The entry's envelope file cannot be used.
+    #[error("queue entry {id} is unreadable: {source}")]
+    Corrupt {
+        /// The entry.
+        id: String,
+        /// What is wrong with its envelope.
+        source: EnvelopeError,
+    },
+    /// A sender or recipient address the queue does not take (controls,
+    /// spaces, angle brackets, too long).
     #[error("invalid address {0:?}")]
     InvalidAddress(String),
+    /// `enqueue` without recipients.
     #[error("a message needs at least one recipient")]
     NoRecipients,
 }
@@ -92,6 +210,7 @@ impl postoffice_core::Outbound for Queue {
 pub struct QueueId(String);
 
 impl QueueId {
+    /// The ID as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -119,14 +238,19 @@ impl std::ops::Deref for QueueId {
 /// A recipient as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptSummary {
+    /// The recipient address.
     pub address: String,
+    /// Pending, delivered or failed.
     pub state: RcptState,
+    /// Delivery attempts made.
     pub attempts: u32,
     /// Unix seconds (pending: next delivery attempt).
     pub next_attempt: u64,
+    /// What happened last, for humans: a remote reply or a local error.
     pub last_error: String,
     /// RFC 3463 status of the last attempt.
     pub status: String,
+    /// The host that gave the last reply, "" if none did.
     pub remote_mta: String,
     /// Failed: the bounce went out (or the null sender needs none).
     pub notified: bool,
@@ -137,30 +261,36 @@ pub struct RcptSummary {
 /// One entry as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntrySummary {
+    /// The queue ID.
     pub id: String,
     /// "" is the null sender.
     pub mail_from: String,
+    /// The message's size in octets.
     pub size: u64,
     /// Unix seconds of arrival.
     pub created_at: u64,
+    /// Seconds since arrival, when listed.
     pub age_secs: u64,
     /// The earliest next attempt of a pending recipient.
     pub next_attempt: Option<u64>,
     /// The last error of a pending recipient (or of any, if none pending).
     pub last_error: Option<String>,
+    /// The delay warning was sent.
     pub delay_warned: bool,
+    /// Every recipient, in the order given at enqueue.
     pub rcpts: Vec<RcptSummary>,
 }
 
 /// One entry in detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryDetail {
+    /// What the list shows.
     pub summary: EntrySummary,
     /// The message's header section (CRLF line ends).
     pub headers: String,
 }
 
-fn summarize(env: &Envelope, now: u64) -> EntrySummary {
+fn summarize(env: &SpoolEnvelope, now: u64) -> EntrySummary {
     let pending = env.rcpts.iter().filter(|r| r.state == RcptState::Pending);
     let next_attempt = pending.clone().map(|r| r.next_attempt).min();
     let last_error = pending
@@ -253,7 +383,7 @@ impl Queue {
     }
 
     /// Wake the scheduler (if it runs in this process).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.notify.notify_one();
     }
 
@@ -284,7 +414,7 @@ impl Queue {
         }
         let now = unix_now();
         let id = new_id();
-        let env = Envelope {
+        let env = SpoolEnvelope {
             version: ENVELOPE_VERSION,
             id: id.clone(),
             mail_from: mail_from.to_string(),
@@ -392,7 +522,7 @@ impl Queue {
 
 /// Set the next attempt of everything still to do to `now`; whether there
 /// was anything.
-fn make_due(env: &mut Envelope, now: u64) -> bool {
+fn make_due(env: &mut SpoolEnvelope, now: u64) -> bool {
     let mut any = false;
     for r in &mut env.rcpts {
         let open = match r.state {
@@ -452,6 +582,29 @@ mod tests {
         q.delete(&id).unwrap();
         assert!(matches!(q.delete(&id), Err(QueueError::NotFound(_))));
         assert!(q.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn remote_text_is_one_bounded_printable_line() {
+        assert_eq!(
+            one_line(
+                "550-5.1.1 \x1b[31mred\x1b[0m\r\n550 5.1.1  no\tsuch\ruser\u{7}",
+                100
+            ),
+            "550-5.1.1 [31mred [0m 550 5.1.1 no such user"
+        );
+        assert_eq!(one_line("caf\u{e9} ok", 100), "caf ok");
+        let long = one_line(&"x\x1b".repeat(100_000), 512);
+        assert_eq!(long.len(), 512 + 3);
+        assert!(long.ends_with("..."));
+        assert_eq!(one_line("", 10), "");
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain_of("Bob@Dest.Test."), "dest.test");
+        assert_eq!(domain_of("a@b@c.test"), "c.test");
+        assert_eq!(domain_of("postmaster"), "");
     }
 
     #[test]

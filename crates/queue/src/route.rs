@@ -1,6 +1,6 @@
-//! Where mail for a domain goes: a relay (transports / relayhost), or the
-//! domain's MX hosts (RFC 5321 section 5.1), resolved to addresses through
-//! the configured resolver.
+//! A route resolved to addresses to connect to, through the configured
+//! resolver: a relay's host, or the domain's MX hosts (RFC 5321 section
+//! 5.1). Which route a domain takes is [`crate::routing`]'s decision.
 //!
 //! * MX records are tried by preference (lowest first); hosts of equal
 //!   preference in a random order (RFC 5321 5.1), deterministic for a given
@@ -16,22 +16,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use postoffice_config::Dns;
 use postoffice_smtp::EnhancedCode;
+
+use crate::routing::Relay;
 
 /// Most addresses tried in one delivery attempt (like Postfix's
 /// smtp_mx_address_limit).
-pub const MAX_TARGETS: usize = 5;
+pub(crate) const MAX_TARGETS: usize = 5;
 
 /// One address to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// The host name (for TLS SNI and certificate checks, and the DSN's
     /// Remote-MTA), or the IP address as text.
     pub host: String,
@@ -39,10 +36,14 @@ pub struct Target {
 }
 
 /// Why there is nowhere to connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteError {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub(crate) struct RouteError {
+    /// The recipients fail for good (otherwise they wait).
     pub permanent: bool,
+    /// The RFC 3463 code recorded for them.
     pub status: EnhancedCode,
+    /// What went wrong, for humans.
     pub reason: String,
 }
 
@@ -56,57 +57,6 @@ impl RouteError {
     }
 }
 
-/// A relay destination: "host", "host:port", "[host]:port", "[v6addr]:port".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relay {
-    pub host: String,
-    pub port: u16,
-}
-
-/// Parse a relay spec (port 25 when not given).
-pub fn parse_relay(spec: &str) -> Option<Relay> {
-    let spec = spec.trim();
-    if spec.is_empty() {
-        return None;
-    }
-    if let Ok(sa) = spec.parse::<SocketAddr>() {
-        return Some(Relay {
-            host: sa.ip().to_string(),
-            port: sa.port(),
-        });
-    }
-    if let Ok(ip) = spec.parse::<IpAddr>() {
-        return Some(Relay {
-            host: ip.to_string(),
-            port: 25,
-        });
-    }
-    let (host, port) = if let Some(rest) = spec.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        match after {
-            "" => (host, 25),
-            p => (host, p.strip_prefix(':')?.parse().ok()?),
-        }
-    } else {
-        match spec.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().ok()?),
-            None => (spec, 25),
-        }
-    };
-    let host = host.trim_end_matches('.');
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
-    {
-        return None;
-    }
-    Some(Relay {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
-}
-
 /// A host name from DNS as we compare and show it: lower case, no final dot.
 fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
@@ -114,13 +64,13 @@ fn normalize(name: &str) -> String {
 
 /// RFC 7505: the domain publishes a null MX.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NullMx;
+pub(crate) struct NullMx;
 
 /// Orders MX records `(preference, exchange)`: by preference, then in a
 /// seed-determined random order among equals. Duplicate hosts keep their
 /// best preference. A record whose exchange is the root (".") makes the
 /// whole set a null MX.
-pub fn order_mx(records: &[(u16, String)], seed: u64) -> Result<Vec<String>, NullMx> {
+pub(crate) fn order_mx(records: &[(u16, String)], seed: u64) -> Result<Vec<String>, NullMx> {
     let mut hosts: Vec<(u16, u64, String)> = Vec::new();
     for (pref, exchange) in records {
         let host = normalize(exchange);
@@ -152,49 +102,6 @@ fn mix(seed: u64, name: &str) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The resolver for `[dns]`, built as crates/filter builds its own: each
-/// name server over UDP and TCP on its port, or /etc/resolv.conf when none
-/// is given; no hosts file.
-pub fn build_resolver(dns: &Dns) -> Result<TokioResolver, String> {
-    let (config, mut opts) = if dns.nameservers.is_empty() {
-        hickory_resolver::system_conf::read_system_conf().map_err(|e| {
-            format!(
-                "dns.nameservers is empty and /etc/resolv.conf cannot be used ({e}); \
-                 set dns.nameservers = [\"address:port\", ...]"
-            )
-        })?
-    } else {
-        let servers = dns
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                for connection in &mut server.connections {
-                    connection.port = addr.port();
-                }
-                server
-            })
-            .collect();
-        (
-            ResolverConfig::from_name_servers(servers),
-            ResolverOpts::default(),
-        )
-    };
-    if config.name_servers().is_empty() {
-        return Err("no name servers: set dns.nameservers or add one to /etc/resolv.conf".into());
-    }
-    opts.timeout = Duration::from_secs(dns.timeout_secs.max(1));
-    opts.attempts = 2;
-    opts.cache_size = 1024;
-    opts.use_hosts_file = ResolveHosts::Never;
-    // Both families, IPv4 first: many hosts have no IPv6 route.
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-        .with_options(opts)
-        .build()
-        .map_err(|e| e.to_string())
-}
-
 fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
 }
@@ -205,26 +112,56 @@ fn definite_no_records(e: &NetError) -> bool {
     e.is_no_records_found() || e.is_nx_domain()
 }
 
+/// Why the addresses of a host could not be found out.
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    /// No answer in time.
+    #[error("address lookup for {0} timed out")]
+    TimedOut(String),
+    /// The resolver failed (SERVFAIL, no server reachable, ...).
+    #[error("address lookup for {host} failed: {source}")]
+    Failed {
+        /// The host looked up.
+        host: String,
+        /// The resolver's error.
+        source: NetError,
+    },
+}
+
+/// Why one MX host gave no target.
+#[derive(Debug, thiserror::Error)]
+enum HostProblem {
+    /// The name definitely has no address.
+    #[error("{0} has no address")]
+    NoAddress(String),
+    /// Finding out failed.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+}
+
 /// The addresses of `host`, or why there are none: `Ok(empty)` means the
 /// name definitely has no address.
 async fn addresses(
     resolver: &TokioResolver,
     host: &str,
     timeout: Duration,
-) -> Result<Vec<IpAddr>, String> {
+) -> Result<Vec<IpAddr>, LookupError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
     match tokio::time::timeout(timeout, resolver.lookup_ip(fqdn(host))).await {
-        Err(_) => Err(format!("address lookup for {host} timed out")),
+        Err(_) => Err(LookupError::TimedOut(host.to_string())),
         Ok(Ok(answer)) => Ok(answer.iter().collect()),
         Ok(Err(e)) if definite_no_records(&e) => Ok(Vec::new()),
-        Ok(Err(e)) => Err(format!("address lookup for {host} failed: {e}")),
+        Ok(Err(source)) => Err(LookupError::Failed {
+            host: host.to_string(),
+            source,
+        }),
     }
 }
 
 /// The targets of a relay.
-pub async fn relay_targets(
+pub(crate) async fn relay_targets(
     resolver: Option<&TokioResolver>,
     relay: &Relay,
     timeout: Duration,
@@ -240,7 +177,7 @@ pub async fn relay_targets(
     };
     let ips = addresses(resolver, &relay.host, timeout)
         .await
-        .map_err(RouteError::temporary)?;
+        .map_err(|e| RouteError::temporary(e.to_string()))?;
     if ips.is_empty() {
         return Err(RouteError::temporary(format!(
             "relay host {} has no address",
@@ -258,7 +195,7 @@ pub async fn relay_targets(
 }
 
 /// The targets for mail to `domain` by MX lookup, on `port`.
-pub async fn mx_targets(
+pub(crate) async fn mx_targets(
     resolver: Option<&TokioResolver>,
     domain: &str,
     port: u16,
@@ -334,13 +271,13 @@ pub async fn mx_targets(
         }
     };
     let mut targets = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors: Vec<HostProblem> = Vec::new();
     for host in &hosts {
         if targets.len() >= MAX_TARGETS {
             break;
         }
         match addresses(resolver, host, timeout).await {
-            Ok(ips) if ips.is_empty() => errors.push(format!("{host} has no address")),
+            Ok(ips) if ips.is_empty() => errors.push(HostProblem::NoAddress(host.clone())),
             Ok(ips) => {
                 for ip in ips {
                     if targets.len() < MAX_TARGETS {
@@ -351,13 +288,15 @@ pub async fn mx_targets(
                     }
                 }
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.into()),
         }
     }
     if !targets.is_empty() {
         return Ok(targets);
     }
-    let all_definite = errors.iter().all(|e| e.ends_with("has no address"));
+    let all_definite = errors
+        .iter()
+        .all(|e| matches!(e, HostProblem::NoAddress(_)));
     if implicit && all_definite {
         return Err(RouteError {
             permanent: true,
@@ -365,6 +304,7 @@ pub async fn mx_targets(
             reason: format!("Host or domain name not found: {domain} has no MX and no address"),
         });
     }
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
     Err(RouteError::temporary(format!(
         "no usable MX host for {domain}: {}",
         errors.join("; ")
@@ -419,32 +359,6 @@ mod tests {
             order_mx(&recs(&[(10, "mx.test."), (0, ".")]), 0),
             Err(NullMx)
         );
-    }
-
-    #[test]
-    fn relay_specs() {
-        let r = |host: &str, port| {
-            Some(Relay {
-                host: host.into(),
-                port,
-            })
-        };
-        assert_eq!(
-            parse_relay("smtp.example.net:587"),
-            r("smtp.example.net", 587)
-        );
-        assert_eq!(parse_relay("Smtp.Example.net"), r("smtp.example.net", 25));
-        assert_eq!(
-            parse_relay("[smtp.example.net]:2525"),
-            r("smtp.example.net", 2525)
-        );
-        assert_eq!(parse_relay("[smtp.example.net]"), r("smtp.example.net", 25));
-        assert_eq!(parse_relay("127.0.0.1:2525"), r("127.0.0.1", 2525));
-        assert_eq!(parse_relay("[::1]:2525"), r("::1", 2525));
-        assert_eq!(parse_relay("192.0.2.1"), r("192.0.2.1", 25));
-        assert_eq!(parse_relay(""), None);
-        assert_eq!(parse_relay("host:notaport"), None);
-        assert_eq!(parse_relay("bad host:25"), None);
     }
 
     #[tokio::test]

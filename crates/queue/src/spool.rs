@@ -3,28 +3,36 @@
 //! Each entry is a pair of files named by its queue ID:
 //!
 //! * `<id>.msg`: the message, exactly as received (CRLF line ends).
-//! * `<id>.env`: the envelope, TOML ([`Envelope`]): sender, arrival time,
+//! * `<id>.env`: the envelope, TOML ([`SpoolEnvelope`]): sender, arrival time,
 //!   and per recipient its state (`pending`, `delivered`, `failed`),
 //!   attempts, next attempt (unix seconds) and last error.
 //!
-//! Writing a new entry: the message goes to `<id>.msg.tmp` and is fsynced
-//! (outside the lock: it may be big); then, holding the spool lock
-//! (`.lock`, flock), the envelope goes to `<id>.env.tmp` and is fsynced, the
-//! message is renamed to `<id>.msg`, the envelope to `<id>.env` (last), and
-//! the directory is fsynced. An entry exists once `<id>.env` does.
+//! Every write goes through [`postoffice_common::durable`], so each file
+//! gets all four steps: a temporary file, fsync, rename, fsync of the
+//! directory. The temporary files are `.<id>.msg.tmp.<pid>.<n>` and
+//! `.<id>.env.tmp.<pid>.<n>` (older versions wrote `<id>.msg.tmp` and
+//! `<id>.env.tmp`; recovery knows both).
 //!
-//! Updating an envelope: under the lock, write `<id>.env.tmp`, fsync,
+//! Writing a new entry: the message goes to its temporary file and is
+//! fsynced (outside the lock: it may be big); then, holding the spool lock
+//! (`.lock`, flock), the envelope goes to its temporary file, the message
+//! is renamed to `<id>.msg` (directory fsynced), the envelope to `<id>.env`
+//! (last; fsync, rename, directory fsynced). An entry exists once
+//! `<id>.env` does.
+//!
+//! Updating an envelope: under the lock, write a temporary file, fsync,
 //! rename over `<id>.env`, fsync the directory. A reader never sees a torn
 //! envelope. Removing an entry: under the lock, `<id>.env` first, then
 //! `<id>.msg`.
 //!
 //! Recovery (at open, under the lock): a `<id>.msg` without `<id>.env` is a
 //! half-written entry (the writer died between the renames, before it
-//! answered `250`) and is removed; so is every `*.env.tmp` (envelope
-//! writes happen only under the lock, so one found there is torn). A
-//! `*.msg.tmp` is removed once it is an hour old (another process may be
-//! writing it right now). An envelope that does not parse is renamed to
-//! `<id>.corrupt` and logged; an envelope without its message is removed.
+//! answered `250`) and is removed; so is every envelope temporary file
+//! (envelope writes happen only under the lock, so one found there is
+//! torn). A message temporary file is removed once it is an hour old
+//! (another process may be writing it right now). An envelope that does
+//! not parse is renamed to `<id>.corrupt` and logged; an envelope without
+//! its message is removed.
 //!
 //! The lock serialises the server's scheduler and the `postoffice queue`
 //! commands of other processes; it is held only for these short steps.
@@ -32,15 +40,16 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postoffice_common::durable::{self, AtomicFile};
 
 use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
 
 /// The envelope format version written by this code.
-pub const ENVELOPE_VERSION: u32 = 1;
+pub(crate) const ENVELOPE_VERSION: u32 = 1;
 
 /// Age after which a leftover `*.msg.tmp` is removed.
 const STALE_TMP: Duration = Duration::from_secs(3600);
@@ -70,7 +79,7 @@ impl std::fmt::Display for RcptState {
 /// One recipient of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Rcpt {
+pub(crate) struct Rcpt {
     pub address: String,
     pub state: RcptState,
     /// Delivery attempts made.
@@ -102,7 +111,7 @@ pub struct Rcpt {
 /// The envelope file of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Envelope {
+pub(crate) struct SpoolEnvelope {
     pub version: u32,
     pub id: String,
     /// The reverse-path; "" is the null sender (a bounce: never bounced).
@@ -118,9 +127,9 @@ pub struct Envelope {
     pub rcpts: Vec<Rcpt>,
 }
 
-impl Envelope {
+impl SpoolEnvelope {
     /// Every recipient is delivered, or failed with the sender told.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.rcpts.iter().all(|r| match r.state {
             RcptState::Pending => false,
             RcptState::Delivered => true,
@@ -131,7 +140,7 @@ impl Envelope {
     /// When this entry next needs the scheduler: a pending recipient's next
     /// attempt, a bounce still to send, the delay warning; `Some(0)` when it
     /// is complete (to be removed); `None` never.
-    pub fn next_due(&self, delay_warning_secs: u64) -> Option<u64> {
+    pub(crate) fn next_due(&self, delay_warning_secs: u64) -> Option<u64> {
         if self.is_complete() {
             return Some(0);
         }
@@ -155,46 +164,49 @@ impl Envelope {
         due
     }
 
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
 
-    pub fn from_toml(text: &str) -> Result<Envelope, String> {
-        let env: Envelope = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub(crate) fn from_toml(text: &str) -> Result<SpoolEnvelope, EnvelopeError> {
+        let env: SpoolEnvelope = toml::from_str(text).map_err(EnvelopeError::Parse)?;
         if env.version != ENVELOPE_VERSION {
-            return Err(format!("unsupported envelope version {}", env.version));
+            return Err(EnvelopeError::Version(env.version));
         }
         if !valid_id(&env.id) {
-            return Err(format!("invalid queue ID {:?}", env.id));
+            return Err(EnvelopeError::InvalidId(env.id));
         }
         Ok(env)
     }
 }
 
+/// Why an envelope file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// It is not TOML, or not an envelope (torn, edited by hand).
+    #[error("{0}")]
+    Parse(toml::de::Error),
+    /// Written by a version of postoffice with another format.
+    #[error("unsupported envelope version {0}")]
+    Version(u32),
+    /// Its ID could not name a file.
+    #[error("invalid queue ID {0:?}")]
+    InvalidId(String),
+}
+
 /// Queue IDs are 1 to 64 ASCII letters and digits (they name files).
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// A new queue ID: unique across processes (time, PID, counter), sortable by
-/// arrival within a process.
-pub fn new_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:09X}{:05X}{:05X}{:04X}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id() & 0xF_FFFF,
-        n & 0xFFFF
-    )
+/// A new queue ID: unique across processes, sortable by arrival within a
+/// process.
+pub(crate) fn new_id() -> String {
+    postoffice_common::ids::unique_id()
 }
 
 /// Unix seconds now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -202,7 +214,7 @@ pub fn unix_now() -> u64 {
 
 /// What recovery did, for the log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Complete entries kept.
     pub entries: usize,
     /// Half-written entries removed (IDs).
@@ -215,12 +227,12 @@ pub struct Recovery {
 
 /// The spool directory.
 #[derive(Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
 }
 
 /// Holds the spool lock until dropped (closing the file releases it).
-pub struct LockGuard {
+pub(crate) struct LockGuard {
     _file: File,
 }
 
@@ -231,25 +243,26 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> QueueError {
 
 impl Spool {
     /// Create the directory if needed. No recovery (see [`Spool::recover`]).
-    pub fn new(dir: PathBuf) -> Result<Spool, QueueError> {
-        fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+    pub(crate) fn new(dir: PathBuf) -> Result<Spool, QueueError> {
+        durable::create_dir_all(&dir)
+            .map_err(io_err(format!("cannot create {}", dir.display())))?;
         Ok(Spool { dir })
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn msg_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn msg_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.msg"))
     }
 
-    pub fn env_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn env_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.env"))
     }
 
     /// Take the spool lock (blocks).
-    pub fn lock(&self) -> Result<LockGuard, QueueError> {
+    pub(crate) fn lock(&self) -> Result<LockGuard, QueueError> {
         let path = self.dir.join(".lock");
         let file = OpenOptions::new()
             .create(true)
@@ -263,73 +276,72 @@ impl Spool {
     }
 
     fn sync_dir(&self) -> Result<(), QueueError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("cannot sync {}", self.dir.display())))
+        durable::sync_dir(&self.dir).map_err(io_err(format!("cannot sync {}", self.dir.display())))
     }
 
-    /// Durably store a new entry (see the module docs for the order).
-    pub fn create(&self, env: &Envelope, message: &[u8]) -> Result<(), QueueError> {
+    /// Durably store a new entry (see the module docs for the order). A
+    /// failure leaves nothing behind: temporary files are removed, and so
+    /// is the message when its envelope could not be written.
+    pub(crate) fn create(&self, env: &SpoolEnvelope, message: &[u8]) -> Result<(), QueueError> {
         let id = &env.id;
-        let msg_tmp = self.dir.join(format!("{id}.msg.tmp"));
-        write_synced(&msg_tmp, message)
-            .map_err(io_err(format!("cannot write {}", msg_tmp.display())))?;
-        let result = (|| {
-            let _lock = self.lock()?;
-            let env_tmp = self.dir.join(format!("{id}.env.tmp"));
-            write_synced(&env_tmp, env.to_toml().as_bytes())
-                .map_err(io_err(format!("cannot write {}", env_tmp.display())))?;
-            fs::rename(&msg_tmp, self.msg_path(id))
-                .map_err(io_err(format!("cannot rename {}", msg_tmp.display())))?;
-            fs::rename(&env_tmp, self.env_path(id))
-                .map_err(io_err(format!("cannot rename {}", env_tmp.display())))?;
-            self.sync_dir()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&msg_tmp);
-            let _ = fs::remove_file(self.dir.join(format!("{id}.env.tmp")));
+        let msg_path = self.msg_path(id);
+        let env_path = self.env_path(id);
+        let write_err = |path: &Path| io_err(format!("cannot write {}", path.display()));
+        // The message may be big: written and fsynced before taking the
+        // lock. Dropped on an error, the temporary file is removed.
+        let mut msg = AtomicFile::create(&msg_path).map_err(write_err(&msg_path))?;
+        msg.write_all(message)
+            .and_then(|()| msg.file().sync_all())
+            .map_err(write_err(&msg_path))?;
+        let _lock = self.lock()?;
+        let mut envelope = AtomicFile::create(&env_path).map_err(write_err(&env_path))?;
+        envelope
+            .write_all(env.to_toml().as_bytes())
+            .map_err(write_err(&env_path))?;
+        msg.commit().map_err(write_err(&msg_path))?;
+        if let Err(e) = envelope.commit() {
+            // Not an entry without its envelope: take the message back.
+            let _ = fs::remove_file(&msg_path);
+            return Err(write_err(&env_path)(e));
         }
-        result
+        Ok(())
     }
 
     /// The envelope of `id`, `None` if there is no such entry.
-    pub fn read_env(&self, id: &str) -> Result<Option<Envelope>, QueueError> {
+    pub(crate) fn read_env(&self, id: &str) -> Result<Option<SpoolEnvelope>, QueueError> {
         let path = self.env_path(id);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
         };
-        Envelope::from_toml(&text)
+        SpoolEnvelope::from_toml(&text)
             .map(Some)
-            .map_err(|message| QueueError::Corrupt {
+            .map_err(|source| QueueError::Corrupt {
                 id: id.to_string(),
-                message,
+                source,
             })
     }
 
-    pub fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError> {
+    pub(crate) fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError> {
         let path = self.msg_path(id);
         fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))
     }
 
     /// Write an envelope over the existing one. The caller holds the lock.
-    fn write_env_locked(&self, env: &Envelope) -> Result<(), QueueError> {
-        let tmp = self.dir.join(format!("{}.env.tmp", env.id));
-        write_synced(&tmp, env.to_toml().as_bytes())
-            .map_err(io_err(format!("cannot write {}", tmp.display())))?;
-        fs::rename(&tmp, self.env_path(&env.id))
-            .map_err(io_err(format!("cannot rename {}", tmp.display())))?;
-        self.sync_dir()
+    fn write_env_locked(&self, env: &SpoolEnvelope) -> Result<(), QueueError> {
+        let path = self.env_path(&env.id);
+        durable::write(&path, env.to_toml().as_bytes())
+            .map_err(io_err(format!("cannot write {}", path.display())))
     }
 
     /// Read-modify-write an envelope atomically under the lock. `Ok(None)`:
     /// the entry is gone (deleted meanwhile). The envelope is written only
     /// when `f` changed it.
-    pub fn update<R>(
+    pub(crate) fn update<R>(
         &self,
         id: &str,
-        f: impl FnOnce(&mut Envelope) -> R,
+        f: impl FnOnce(&mut SpoolEnvelope) -> R,
     ) -> Result<Option<R>, QueueError> {
         let _lock = self.lock()?;
         let Some(mut env) = self.read_env(id)? else {
@@ -349,10 +361,10 @@ impl Spool {
     /// disk work before the entry is gone, which keeps the window in which
     /// a crash makes the message go out twice as short as it can be.
     /// `Ok(None)`: no such entry; `Ok(Some(true))`: removed.
-    pub fn update_or_finish(
+    pub(crate) fn update_or_finish(
         &self,
         id: &str,
-        f: impl FnOnce(&mut Envelope),
+        f: impl FnOnce(&mut SpoolEnvelope),
     ) -> Result<Option<bool>, QueueError> {
         let _lock = self.lock()?;
         let Some(mut env) = self.read_env(id)? else {
@@ -371,7 +383,7 @@ impl Spool {
     }
 
     /// Remove an entry (envelope first). `Ok(false)`: there was none.
-    pub fn remove(&self, id: &str) -> Result<bool, QueueError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<bool, QueueError> {
         let _lock = self.lock()?;
         self.remove_locked(id)
     }
@@ -394,7 +406,7 @@ impl Spool {
     }
 
     /// Remove the entry if it is complete (checked under the lock).
-    pub fn remove_if_complete(&self, id: &str) -> Result<bool, QueueError> {
+    pub(crate) fn remove_if_complete(&self, id: &str) -> Result<bool, QueueError> {
         let _lock = self.lock()?;
         match self.read_env(id)? {
             Some(env) if env.is_complete() => self.remove_locked(id),
@@ -403,7 +415,7 @@ impl Spool {
     }
 
     /// IDs of the entries (those with an envelope), sorted.
-    pub fn ids(&self) -> Result<Vec<String>, QueueError> {
+    pub(crate) fn ids(&self) -> Result<Vec<String>, QueueError> {
         let mut ids = Vec::new();
         let rd = fs::read_dir(&self.dir)
             .map_err(io_err(format!("cannot list {}", self.dir.display())))?;
@@ -422,7 +434,7 @@ impl Spool {
     }
 
     /// Clean up after a crash. See the module docs.
-    pub fn recover(&self) -> Result<Recovery, QueueError> {
+    pub(crate) fn recover(&self) -> Result<Recovery, QueueError> {
         let _lock = self.lock()?;
         let mut report = Recovery::default();
         let mut names = Vec::new();
@@ -438,12 +450,12 @@ impl Spool {
         let mut changed = false;
         for name in &names {
             let path = self.dir.join(name);
-            if name.ends_with(".env.tmp") {
+            if is_tmp(name, "env") {
                 if fs::remove_file(&path).is_ok() {
                     report.removed_tmp += 1;
                     changed = true;
                 }
-            } else if name.ends_with(".msg.tmp") {
+            } else if is_tmp(name, "msg") {
                 let stale = fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
@@ -495,24 +507,20 @@ impl Spool {
     }
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+/// A temporary file of kind `kind` ("msg" or "env"): `.<id>.<kind>.tmp.*`
+/// as [`AtomicFile`] names them, or `<id>.<kind>.tmp` as older versions did.
+fn is_tmp(name: &str, kind: &str) -> bool {
+    let legacy = format!(".{kind}.tmp");
+    let current = format!(".{kind}.tmp.");
+    name.ends_with(&legacy) || (name.starts_with('.') && name.contains(&current))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(id: &str) -> Envelope {
-        Envelope {
+    fn env(id: &str) -> SpoolEnvelope {
+        SpoolEnvelope {
             version: ENVELOPE_VERSION,
             id: id.into(),
             mail_from: "alice@src.test".into(),
@@ -555,15 +563,15 @@ mod tests {
         assert!(text.contains("mail_from = \"alice@src.test\""), "{text}");
         assert!(text.contains("[[rcpt]]"), "{text}");
         assert!(text.contains("state = \"pending\""), "{text}");
-        assert_eq!(Envelope::from_toml(&text).unwrap(), e);
+        assert_eq!(SpoolEnvelope::from_toml(&text).unwrap(), e);
         // Torn text does not parse.
-        assert!(Envelope::from_toml(&text[..text.len() / 2]).is_err());
-        assert!(Envelope::from_toml("").is_err());
+        assert!(SpoolEnvelope::from_toml(&text[..text.len() / 2]).is_err());
+        assert!(SpoolEnvelope::from_toml("").is_err());
         // Wrong version, bad ID.
         let bad = text.replace("version = 1", "version = 9");
-        assert!(Envelope::from_toml(&bad).is_err());
+        assert!(SpoolEnvelope::from_toml(&bad).is_err());
         let bad = text.replace("id = \"ABC123\"", "id = \"../x\"");
-        assert!(Envelope::from_toml(&bad).is_err());
+        assert!(SpoolEnvelope::from_toml(&bad).is_err());
     }
 
     #[test]
@@ -610,6 +618,12 @@ mod tests {
             .filter(|n| !n.starts_with('.'))
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+        for name in &names {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &fs::metadata(spool.dir().join(name)).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
         let r = spool
             .update("ID1", |env| {
                 env.rcpts[0].attempts += 1;
@@ -670,16 +684,21 @@ mod tests {
         fs::write(spool.dir().join("GOOD.env.tmp"), b"version = ").unwrap();
         // A message still being written by another process (fresh tmp).
         fs::write(spool.dir().join("BUSY.msg.tmp"), b"partial").unwrap();
+        // The same with today's temporary names (durable::AtomicFile).
+        fs::write(spool.dir().join(".GOOD.env.tmp.42.7"), b"version = ").unwrap();
+        fs::write(spool.dir().join(".BUSY2.msg.tmp.42.8"), b"partial").unwrap();
         // A torn tmp is never taken for an entry, even before recovery.
         assert_eq!(spool.ids().unwrap(), vec!["GOOD"]);
 
         let r = spool.recover().unwrap();
         assert_eq!(r.entries, 1);
         assert_eq!(r.removed_partial, vec!["HALF"]);
-        assert_eq!(r.removed_tmp, 2);
+        assert_eq!(r.removed_tmp, 3);
         assert!(!spool.msg_path("HALF").exists());
         assert!(!spool.dir().join("HALF.env.tmp").exists());
+        assert!(!spool.dir().join(".GOOD.env.tmp.42.7").exists());
         assert!(spool.dir().join("BUSY.msg.tmp").exists());
+        assert!(spool.dir().join(".BUSY2.msg.tmp.42.8").exists());
         assert_eq!(spool.read_message("GOOD").unwrap(), b"kept");
         assert_eq!(spool.read_env("GOOD").unwrap().unwrap(), env("GOOD"));
 

@@ -22,20 +22,15 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
+use postoffice_common::tls_client::{TlsClientError, Trust, TrustAnchors, Verification};
 use postoffice_smtp::EnhancedCode;
 use postoffice_smtp::client::{
     Action, ClientConfig, ClientSession, Outcome, RcptResult, Status, TlsPolicy, Transaction,
     dot_stuff,
 };
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -43,7 +38,7 @@ use tokio_rustls::client::TlsStream;
 
 /// The two client TLS configurations.
 #[derive(Clone)]
-pub struct TlsClients {
+pub(crate) struct TlsClients {
     /// Certificates must verify.
     strict: TlsConnector,
     /// Certificate failures are logged and ignored (opportunistic TLS).
@@ -56,134 +51,23 @@ impl std::fmt::Debug for TlsClients {
     }
 }
 
-#[derive(Debug)]
-struct Verifier {
-    /// `None` when there is no trust anchor at all: nothing verifies.
-    webpki: Option<Arc<WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
-    lenient: bool,
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let result = match &self.webpki {
-            Some(v) => {
-                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            }
-            None => Err(rustls::Error::General("no trust anchors".into())),
-        };
-        match result {
-            Ok(v) => Ok(v),
-            Err(e) if self.lenient => {
-                tracing::info!(server = ?server_name, error = %e,
-                    "TLS certificate not verified; encrypting anyway (opportunistic TLS)");
-                Ok(ServerCertVerified::assertion())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 impl TlsClients {
     /// Trust anchors from `ca_file` (PEM) or the system.
-    pub fn new(ca_file: Option<&Path>) -> Result<TlsClients, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("cannot read queue.ca_file {}: {e}", path.display()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("invalid PEM in queue.ca_file {}: {e}", path.display()))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(format!(
-                        "no usable certificate in queue.ca_file {}",
-                        path.display()
-                    ));
-                }
-            }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                for e in &native.errors {
-                    tracing::debug!(error = %e, "loading a system CA certificate");
-                }
-                roots.add_parsable_certificates(native.certs);
-                if roots.is_empty() {
-                    tracing::warn!(
-                        "no system CA certificates found: TLS to MX hosts stays unverified \
-                         and require_tls_domains cannot be served (set queue.ca_file)"
-                    );
-                }
-            }
+    pub(crate) fn new(ca_file: Option<&Path>) -> Result<TlsClients, TlsClientError> {
+        let trust = match ca_file {
+            Some(path) => Trust::CaFile(path.to_path_buf()),
+            None => Trust::System,
+        };
+        let anchors = TrustAnchors::load(&trust)?;
+        if anchors.is_empty() {
+            tracing::warn!(
+                "no system CA certificates found: TLS to MX hosts stays unverified \
+                 and require_tls_domains cannot be served (set queue.ca_file)"
+            );
         }
-        let webpki = if roots.is_empty() {
-            None
-        } else {
-            Some(
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                    .build()
-                    .map_err(|e| format!("TLS verifier: {e}"))?,
-            )
-        };
-        let make = |lenient: bool| -> Result<TlsConnector, String> {
-            let verifier = Arc::new(Verifier {
-                webpki: webpki.clone(),
-                provider: Arc::clone(&provider),
-                lenient,
-            });
-            let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS protocol versions: {e}"))?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
-            Ok(TlsConnector::from(Arc::new(config)))
-        };
         Ok(TlsClients {
-            strict: make(false)?,
-            lenient: make(true)?,
+            strict: TlsConnector::from(anchors.client_config(Verification::Required)?),
+            lenient: TlsConnector::from(anchors.client_config(Verification::Opportunistic)?),
         })
     }
 }
@@ -224,7 +108,7 @@ impl Stream {
 }
 
 /// One connection attempt.
-pub struct Attempt<'a> {
+pub(crate) struct Attempt<'a> {
     pub host: &'a str,
     pub addr: SocketAddr,
     pub helo_name: &'a str,
@@ -260,7 +144,7 @@ fn all_failed(attempt: &Attempt<'_>, reason: String, enhanced: EnhancedCode) -> 
 }
 
 /// Run one SMTP session to `attempt.addr`.
-pub async fn deliver(attempt: &Attempt<'_>) -> Outcome {
+pub(crate) async fn deliver(attempt: &Attempt<'_>) -> Outcome {
     let where_ = format!(
         "{}[{}]:{}",
         attempt.host,

@@ -9,7 +9,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{Call, eventually, fake_smtp, free_port, start, start_dns, test_config, text};
-use postoffice_queue::{Queue, RcptState, Signer};
+use postoffice_config::Transport;
+use postoffice_core::dkim::{Algorithm, Signer};
+use postoffice_queue::{Queue, RcptState};
 
 const MESSAGE: &[u8] = b"From: Alice <alice@src.test>\r\nTo: bob@dest.test\r\nSubject: Test message\r\nMessage-ID: <t1@src.test>\r\n\r\nThe body stays private.\r\n.leading dot\r\n";
 
@@ -18,7 +20,8 @@ fn rcpts(list: &[&str]) -> Vec<String> {
 }
 
 /// (a) 4xx twice, then accepted: delivered on the third attempt, exactly
-/// once, with dot-stuffing undone by the server and the DKIM hook applied.
+/// once, with dot-stuffing undone by the server and the message unchanged
+/// (submitted mail is signed at submission, not again by the queue).
 #[tokio::test]
 async fn temporary_failures_are_retried_until_delivered() {
     let server = fake_smtp(
@@ -37,14 +40,7 @@ async fn temporary_failures_are_retried_until_delivered() {
     else {
         return;
     };
-    let signer: Signer = Arc::new(|from: &str, _msg: &[u8]| {
-        Some(format!("DKIM-Signature: v=1; test=\"{from}\"\r\n"))
-    });
-    let h = start(
-        test_config(server.addr.port()),
-        Some(dns.addr),
-        Some(signer),
-    );
+    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
     let id = h
         .queue
         .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
@@ -83,7 +79,7 @@ async fn temporary_failures_are_retried_until_delivered() {
     assert_eq!(got[0].mail_from, "alice@src.test");
     assert_eq!(got[0].rcpts, vec!["bob@dest.test"]);
     let data = text(&got[0].data);
-    assert!(data.starts_with("DKIM-Signature: v=1; test=\"alice@src.test\"\r\nFrom: Alice"));
+    assert!(data.starts_with("From: Alice"), "{data}");
     assert!(
         data.ends_with("The body stays private.\r\n.leading dot\r\n"),
         "{data}"
@@ -337,6 +333,178 @@ async fn bounces_are_never_bounced() {
     h.stop().await;
 }
 
+/// A bounce queued for a remote sender is DKIM-signed for the domain of
+/// its From: (MAILER-DAEMON@mail.src.test, our host name) when a key for
+/// that domain exists, and goes out unsigned when none does. Address
+/// literals route without DNS.
+#[tokio::test]
+async fn bounces_to_remote_senders_are_dkim_signed_when_a_key_exists() {
+    for with_key in [true, false] {
+        let server = fake_smtp(
+            |c: &Call<'_>| {
+                (c.cmd == "RCPT" && c.arg == "bob@[127.0.0.1]")
+                    .then(|| "550 5.1.1 no such user".into())
+            },
+            None,
+            None,
+        )
+        .await;
+        let keys = tempfile::tempdir().unwrap();
+        if with_key {
+            postoffice_core::dkim::generate(keys.path(), "mail.src.test", Algorithm::Ed25519)
+                .unwrap();
+        }
+        let signer = Arc::new(Signer::new(keys.path(), "sel"));
+        let h = start(test_config(server.addr.port()), None, Some(signer));
+        h.queue
+            .enqueue("someone@[127.0.0.1]", &rcpts(&["bob@[127.0.0.1]"]), MESSAGE)
+            .unwrap();
+        // The original is refused; its bounce (null sender) is queued for
+        // someone@[127.0.0.1] and accepted by the same server.
+        assert!(
+            eventually(15, || server.received().len() == 1
+                && h.queue.list().unwrap().is_empty())
+            .await,
+            "{:?} {:?}",
+            server.mail_froms(),
+            h.queue.list()
+        );
+        let got = server.received();
+        assert_eq!(got[0].mail_from, "");
+        assert_eq!(got[0].rcpts, vec!["someone@[127.0.0.1]"]);
+        let data = text(&got[0].data);
+        let (headers, _) = data.split_once("\r\n\r\n").unwrap();
+        let headers = headers.replace("\r\n\t", " ").replace("\r\n ", " ");
+        assert!(
+            headers.contains("From: Mail Delivery System <MAILER-DAEMON@mail.src.test>"),
+            "{headers}"
+        );
+        if with_key {
+            let sig = headers
+                .split("\r\n")
+                .find(|l| l.starts_with("DKIM-Signature:"))
+                .unwrap_or_else(|| panic!("no DKIM-Signature: {headers}"));
+            assert!(sig.contains("d=mail.src.test;"), "{sig}");
+            assert!(sig.contains("s=sel;"), "{sig}");
+            assert!(sig.contains("a=ed25519-sha256;"), "{sig}");
+            assert!(sig.to_ascii_lowercase().contains("from"), "{sig}");
+        } else {
+            assert!(!data.contains("DKIM-Signature"), "{headers}");
+        }
+        assert!(h.local_mail().is_empty());
+        h.stop().await;
+    }
+}
+
+/// A hostile reply: `code` with the enhanced code `enhanced`, 26 lines of
+/// about 4 KB (100 KiB in all) full of terminal escapes, bells and bare
+/// CRs.
+fn hostile_reply(code: &str, enhanced: &str) -> String {
+    let mut lines: Vec<String> = (0..26)
+        .map(|i| {
+            format!(
+                "{code}-{enhanced} \x1b[31mline {i}\x1b]0;pwned\x07 \r{}",
+                "\x1b[2JA".repeat(800)
+            )
+        })
+        .collect();
+    lines.push(format!("{code} {enhanced} \x1b[0mend\rof reply"));
+    lines.join("\r\n")
+}
+
+/// A remote's reply is recorded as one bounded line of printable ASCII:
+/// a multi-line 550 (for bob) and 450 (for carol) of 100 KiB each, with
+/// escape sequences and CRs, leave an envelope without control characters
+/// whose fields stay short, and `queue list` / `queue show` print it clean.
+#[tokio::test]
+async fn remote_replies_are_recorded_sanitised_and_bounded() {
+    let reply_550 = hostile_reply("550", "5.1.1");
+    let reply_450 = hostile_reply("450", "4.2.0");
+    assert!(reply_550.len() > 100 * 1024);
+    let server = fake_smtp(
+        move |c: &Call<'_>| match (c.cmd, c.arg) {
+            ("RCPT", "bob@[127.0.0.1]") => Some(reply_550.clone()),
+            ("RCPT", "carol@[127.0.0.1]") => Some(reply_450.clone()),
+            _ => None,
+        },
+        None,
+        None,
+    )
+    .await;
+    let h = start(test_config(server.addr.port()), None, None);
+    let id = h
+        .queue
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@[127.0.0.1]", "carol@[127.0.0.1]"]),
+            MESSAGE,
+        )
+        .unwrap();
+    // bob fails (and is bounced), carol waits.
+    assert!(
+        eventually(10, || h.local_mail().len() == 1
+            && h.queue
+                .list()
+                .unwrap()
+                .first()
+                .is_some_and(|e| e.rcpts[0].notified))
+        .await,
+        "{:?}",
+        h.queue.list()
+    );
+    let list = h.queue.list().unwrap();
+    let e = &list[0];
+    assert_eq!(e.rcpts[0].state, RcptState::Failed);
+    assert_eq!(e.rcpts[1].state, RcptState::Pending);
+    for r in &e.rcpts {
+        for field in [&r.last_error, &r.status, &r.remote_mta] {
+            assert!(!field.chars().any(|c| c.is_control()), "{field:?}");
+            assert!(field.len() <= 600, "{}", field.len());
+        }
+        assert!(r.last_error.contains("[31mline 0 ]0;pwned"), "{r:?}");
+    }
+    assert!(
+        e.rcpts[0]
+            .last_error
+            .starts_with("550 5.1.1 [31mline 0 ]0;pwned [2JA"),
+        "{:?}",
+        e.rcpts[0]
+    );
+    assert!(
+        e.rcpts[1]
+            .last_error
+            .starts_with("450 4.2.0 [31mline 0 ]0;pwned [2JA"),
+        "{:?}",
+        e.rcpts[1]
+    );
+    // The envelope file itself stays small and escape-free (TOML would
+    // write controls as \u escapes, which a later version reads back).
+    let env_file = h.dir.path().join("queue").join(format!("{id}.env"));
+    let raw = std::fs::read_to_string(&env_file).unwrap();
+    assert!(raw.len() < 8 * 1024, "{}", raw.len());
+    assert!(!raw.contains("\\u001"), "{raw}");
+    assert!(!raw.chars().any(|c| c.is_control() && c != '\n'), "{raw}");
+    // What the CLI prints.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let listed = postoffice_queue::cli::format_list(&list, now);
+    let shown = postoffice_queue::cli::format_detail(&h.queue.show(&id).unwrap(), now);
+    for text in [&listed, &shown] {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.len() < 8 * 1024, "{}", text.len());
+    }
+    // The bounce quotes the same clean text.
+    let bounce = text(&h.local_mail()[0].1);
+    assert!(!bounce.contains('\x1b'));
+    assert!(bounce.len() < 16 * 1024, "{}", bounce.len());
+    h.stop().await;
+}
+
 /// A message from the null sender that fails permanently: no bounce at all.
 #[tokio::test]
 async fn null_sender_failure_is_dropped() {
@@ -407,10 +575,9 @@ async fn queue_survives_restart_and_drops_half_written_entries() {
             hostname: "mail.src.test".into(),
             queue: cfg,
             dns: postoffice_config::Dns::default(),
-            local_domains: Arc::new(|_: &str| false),
+            local: Arc::new(common::Recorder(Default::default())),
+            signer: None,
         },
-        Arc::new(|_: &str, _: &[u8]| Ok(())),
-        None,
         async move {
             let _ = rx.await;
         },
@@ -514,6 +681,93 @@ async fn relayhost_with_auth_over_verified_tls() {
     h.stop().await;
 }
 
+/// The global relay credentials are for the relayhost alone: a transport
+/// without credentials of its own is never sent AUTH, even over verified
+/// TLS to a relay that would accept the global ones; a transport with its
+/// own (password from a file) gets exactly those.
+///
+/// "Never sent AUTH" as the fake relay shows it: the session reaches MAIL
+/// FROM (a failed AUTH would have ended it before), no AUTH succeeded in
+/// it (the global credentials would have), and MAIL FROM is refused with
+/// 530.
+#[tokio::test]
+async fn transports_get_only_their_own_credentials() {
+    let (acceptor, pem) = common::tls_acceptor(&["127.0.0.1"]);
+    let third = fake_smtp(
+        |_: &Call<'_>| None,
+        Some(acceptor.clone()),
+        Some(("globaluser".into(), "globalpass".into())),
+    )
+    .await;
+    let partner = fake_smtp(
+        |_: &Call<'_>| None,
+        Some(acceptor),
+        Some(("partneruser".into(), "partnerpass".into())),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let password_file = dir.path().join("partner.password");
+    std::fs::write(&password_file, "partnerpass\n").unwrap();
+    let mut cfg = test_config(free_port());
+    cfg.relay_user = "globaluser".into();
+    cfg.relay_password = "globalpass".into();
+    cfg.ca_file = Some(ca);
+    cfg.transports.insert(
+        "third.test".into(),
+        format!("127.0.0.1:{}", third.addr.port()).into(),
+    );
+    cfg.transports.insert(
+        "partner.test".into(),
+        Transport {
+            relay: format!("127.0.0.1:{}", partner.addr.port()),
+            user: "partneruser".into(),
+            password: String::new(),
+            password_file: Some(password_file),
+        },
+    );
+    let h = start(cfg, None, None);
+    h.queue
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@third.test", "carol@partner.test"]),
+            MESSAGE,
+        )
+        .unwrap();
+    assert!(
+        eventually(15, || h.local_mail().len() == 1
+            && h.queue.list().unwrap().is_empty())
+        .await,
+        "{:?}",
+        h.queue.list()
+    );
+    // The partner's relay: its own credentials, over TLS.
+    let got = partner.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpts, vec!["carol@partner.test"]);
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth_user.as_deref(), Some("partneruser"));
+    // The third party's relay: no AUTH at all, so MAIL FROM was refused
+    // and the message never went out. (The fake relay records the empty
+    // content a pipelining client sends after a refused MAIL FROM.)
+    assert_eq!(third.mail_froms(), vec!["alice@src.test"]);
+    for r in third.received() {
+        assert_eq!(r.auth_user, None, "{r:?}");
+        assert!(r.data.is_empty(), "{r:?}");
+    }
+    let bounce = text(&h.local_mail()[0].1).replace("\r\n\t", " ");
+    assert!(
+        bounce.contains("Final-Recipient: rfc822; bob@third.test"),
+        "{bounce}"
+    );
+    assert!(
+        bounce.contains("530 5.7.0 Authentication required"),
+        "{bounce}"
+    );
+    h.stop().await;
+}
+
 /// A relay whose certificate is not trusted gets no credentials.
 #[tokio::test]
 async fn relay_credentials_need_a_verified_certificate() {
@@ -532,10 +786,13 @@ async fn relay_credentials_need_a_verified_certificate() {
     let mut cfg = test_config(free_port());
     cfg.transports.insert(
         "anywhere.test".into(),
-        format!("127.0.0.1:{}", server.addr.port()),
+        Transport {
+            relay: format!("127.0.0.1:{}", server.addr.port()),
+            user: "relayuser".into(),
+            password: "s3cret".into(),
+            password_file: None,
+        },
     );
-    cfg.relay_user = "relayuser".into();
-    cfg.relay_password = "s3cret".into();
     cfg.ca_file = Some(ca);
     let h = start(cfg, None, None);
     h.queue

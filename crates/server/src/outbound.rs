@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use postoffice_core::dkim::Signer;
 use postoffice_queue::{DeliveryConfig, Queue};
 
 use crate::Shared;
@@ -12,28 +13,19 @@ use crate::shutdown::Shutdown;
 /// Run the delivery scheduler until shutdown.
 pub async fn run(shared: Arc<Shared>, queue: Arc<Queue>, mut shutdown: Shutdown) {
     let app = Arc::clone(&shared.app);
-    let a1 = Arc::clone(&app);
-    let local_domains: Arc<dyn Fn(&str) -> bool + Send + Sync> =
-        Arc::new(move |d: &str| a1.local().is_local_domain(d));
-    let a2 = Arc::clone(&app);
-    let local: postoffice_queue::LocalDeliver = Arc::new(move |rcpt: &str, msg: &[u8]| {
-        a2.local()
-            .deliver(&[rcpt.to_string()], msg)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
+    let config = &app.config;
+    // Bounces and delay warnings to remote senders are signed like
+    // submitted mail: when dkim.sign is on and the host name has a key.
+    let signer = config
+        .dkim
+        .sign
+        .then(|| Arc::new(Signer::new(&config.data_dir, &config.dkim.selector)));
     let cfg = DeliveryConfig {
-        hostname: app.config.hostname.clone(),
-        queue: app.config.queue.clone(),
-        dns: app.config.dns.clone(),
-        local_domains,
+        hostname: config.hostname.clone(),
+        queue: config.queue.clone(),
+        dns: config.dns.clone(),
+        local: Arc::clone(&app) as Arc<dyn postoffice_queue::LocalMail>,
+        signer,
     };
-    postoffice_queue::run(
-        queue,
-        cfg,
-        local,
-        None,
-        async move { shutdown.recv().await },
-    )
-    .await;
+    postoffice_queue::run(queue, cfg, async move { shutdown.recv().await }).await;
 }

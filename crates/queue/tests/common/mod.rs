@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use postoffice_queue::{DeliveryConfig, LocalDeliver, Queue, Signer};
+use postoffice_core::dkim::Signer;
+use postoffice_queue::{DeliveryConfig, LocalMail, Queue};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -116,10 +117,13 @@ pub async fn start_dns(records: &[&str]) -> Option<TestDns> {
 }
 
 async fn wait_for_dns(child: &mut Child, addr: SocketAddr) -> bool {
-    let resolver = postoffice_queue::route::build_resolver(&postoffice_config::Dns {
-        nameservers: vec![addr],
-        timeout_secs: 1,
-    })
+    let resolver = postoffice_common::resolver::build(
+        &postoffice_config::Dns {
+            nameservers: vec![addr],
+            timeout_secs: 1,
+        },
+        1024,
+    )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -422,6 +426,28 @@ pub const LOCAL_DOMAIN: &str = "src.test";
 /// Local deliveries: (recipient, message).
 pub type Mailbox = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// The local side for tests: `src.test` is local, and what is delivered
+/// there is recorded.
+pub struct Recorder(pub Mailbox);
+
+impl LocalMail for Recorder {
+    fn is_local_domain(&self, domain: &str) -> bool {
+        domain.eq_ignore_ascii_case(LOCAL_DOMAIN)
+    }
+
+    fn deliver(
+        &self,
+        rcpt: &str,
+        message: &[u8],
+    ) -> Result<(), postoffice_core::delivery::DeliveryError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((rcpt.to_string(), message.to_vec()));
+        Ok(())
+    }
+}
+
 /// A queue with its scheduler running; local deliveries are recorded.
 pub struct Harness {
     pub queue: Arc<Queue>,
@@ -447,16 +473,11 @@ pub fn test_config(remote_port: u16) -> postoffice_config::Queue {
 pub fn start(
     cfg: postoffice_config::Queue,
     dns: Option<SocketAddr>,
-    signer: Option<Signer>,
+    signer: Option<Arc<Signer>>,
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path(), &cfg).unwrap());
     let local: Mailbox = Arc::new(Mutex::new(Vec::new()));
-    let rec = Arc::clone(&local);
-    let deliver: LocalDeliver = Arc::new(move |rcpt: &str, msg: &[u8]| {
-        rec.lock().unwrap().push((rcpt.to_string(), msg.to_vec()));
-        Ok(())
-    });
     let dcfg = DeliveryConfig {
         hostname: "mail.src.test".into(),
         queue: cfg,
@@ -464,14 +485,13 @@ pub fn start(
             nameservers: dns.into_iter().collect(),
             timeout_secs: 2,
         },
-        local_domains: Arc::new(|d: &str| d.eq_ignore_ascii_case(LOCAL_DOMAIN)),
+        local: Arc::new(Recorder(Arc::clone(&local))),
+        signer,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(postoffice_queue::run(
         Arc::clone(&queue),
         dcfg,
-        deliver,
-        signer,
         async move {
             let _ = rx.await;
         },

@@ -5,7 +5,7 @@ use postoffice_config::Queue;
 
 /// Seconds to wait after the `attempts`-th failed attempt (1-based): the
 /// n-th value of the schedule; the last one repeats. At least one second.
-pub fn retry_delay(schedule: &[u64], attempts: u32) -> u64 {
+pub(crate) fn retry_delay(schedule: &[u64], attempts: u32) -> u64 {
     let Some(&last) = schedule.last() else {
         return 300;
     };
@@ -14,7 +14,7 @@ pub fn retry_delay(schedule: &[u64], attempts: u32) -> u64 {
 }
 
 /// Unix seconds of the entry's expiry (bounce of what is still pending).
-pub fn expires_at(cfg: &Queue, created_at: u64) -> u64 {
+pub(crate) fn expires_at(cfg: &Queue, created_at: u64) -> u64 {
     created_at.saturating_add(cfg.max_age_secs)
 }
 
@@ -22,7 +22,7 @@ pub fn expires_at(cfg: &Queue, created_at: u64) -> u64 {
 /// `now`; `None` when the entry has expired (give up and bounce). The last
 /// attempt is made at the expiry time itself, so an entry never waits past
 /// `max_age_secs` without a final try.
-pub fn next_attempt(cfg: &Queue, created_at: u64, attempts: u32, now: u64) -> Option<u64> {
+pub(crate) fn next_attempt(cfg: &Queue, created_at: u64, attempts: u32, now: u64) -> Option<u64> {
     let expires = expires_at(cfg, created_at);
     if now >= expires {
         return None;
