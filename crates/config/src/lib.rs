@@ -16,13 +16,23 @@ use thiserror::Error;
 /// Errors loading or validating the configuration.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML or has unknown keys.
     #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent (the message says which).
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -37,17 +47,29 @@ pub struct Config {
     pub hostname: String,
     /// Seconds a shutdown (SIGTERM/SIGINT) waits for sessions to finish.
     pub shutdown_timeout_secs: u64,
+    /// The POP3 listeners (`[pop3]`).
     pub pop3: Pop3,
+    /// The SMTP (MX) listener (`[smtp]`).
     pub smtp: Smtp,
+    /// Mail submission (`[submission]`).
     pub submission: Submission,
+    /// The outbound queue (`[queue]`).
     pub queue: Queue,
+    /// DKIM signing (`[dkim]`).
     pub dkim: Dkim,
+    /// The inbound verification pipeline (`[filter]`).
     pub filter: Filter,
+    /// The resolver (`[dns]`).
     pub dns: Dns,
+    /// The server certificate (`[tls]`).
     pub tls: Tls,
+    /// Server-wide provider policy (`[policy]`).
     pub policy: Policy,
+    /// Brute-force protection of logins (`[auth]`).
     pub auth: Auth,
+    /// Connection limits (`[limits]`).
     pub limits: Limits,
+    /// Logging (`[log]`).
     pub log: Log,
 }
 
@@ -203,6 +225,7 @@ pub struct Queue {
     pub max_concurrency_per_domain: usize,
     /// Seconds to wait for a TCP connection, and for each reply.
     pub connect_timeout_secs: u64,
+    /// Seconds to wait for each reply of a remote server.
     pub command_timeout_secs: u64,
     /// Domains whose MX must offer STARTTLS (with a valid certificate);
     /// otherwise the message waits and is retried.

@@ -13,8 +13,8 @@ use crate::address::{lookup_key, normalize_address, normalize_domain};
 use crate::error::{Error, Result};
 use crate::password::{dummy_verify, validate_hash, verify_password};
 use crate::policy::{
-    DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, Policy, PolicyDefaults,
-    Retention, UserPolicy,
+    DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, PolicyDefaults,
+    PolicyOverrides, Retention, UserPolicy,
 };
 
 /// A mail domain served by this server.
@@ -261,7 +261,7 @@ impl DirectoryData {
             Entry::Vacant(v) => {
                 v.insert(Domain {
                     name: name.clone(),
-                    policy: Policy::default(),
+                    policy: PolicyOverrides::default(),
                 });
                 Ok(name)
             }
@@ -294,7 +294,7 @@ impl DirectoryData {
                 v.insert(User {
                     address: address.clone(),
                     password_hash: password_hash.to_owned(),
-                    policy: Policy::default(),
+                    policy: PolicyOverrides::default(),
                     disabled: false,
                 });
                 Ok(address)
@@ -444,8 +444,8 @@ struct DomainRepr {
 }
 
 impl DomainRepr {
-    fn policy(&self) -> Policy {
-        Policy {
+    fn policy(&self) -> PolicyOverrides {
+        PolicyOverrides {
             retention_days: self.retention_days,
             login_delay_secs: self.login_delay_secs,
             quota_bytes: self.quota_bytes,
@@ -472,8 +472,8 @@ struct UserRepr {
 }
 
 impl UserRepr {
-    fn policy(&self) -> Policy {
-        Policy {
+    fn policy(&self) -> PolicyOverrides {
+        PolicyOverrides {
             retention_days: self.retention_days,
             login_delay_secs: self.login_delay_secs,
             quota_bytes: self.quota_bytes,

@@ -38,8 +38,8 @@ pub use password::{
     hash_password, prepare_dummy_hash, validate_hash, verify_password,
 };
 pub use policy::{
-    DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, Policy, PolicyDefaults,
-    Retention, UserPolicy,
+    DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, PolicyDefaults,
+    PolicyOverrides, Retention, UserPolicy,
 };
 pub use throttle::{FailureState, LoginThrottle, ThrottleConfig, Verdict, net_key};
 

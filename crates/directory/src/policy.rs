@@ -63,7 +63,7 @@ impl From<Retention> for RetentionRepr {
 
 /// Optional overrides stored on a user or a domain. `None` means "inherit".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Policy {
+pub struct PolicyOverrides {
     /// Message retention.
     pub retention_days: Option<Retention>,
     /// Minimum seconds between logins (POP3 `LOGIN-DELAY`); 0 = none.
@@ -75,11 +75,11 @@ pub struct Policy {
 }
 
 /// Overrides for one user.
-pub type UserPolicy = Policy;
+pub type UserPolicy = PolicyOverrides;
 /// Overrides for one domain.
-pub type DomainPolicy = Policy;
+pub type DomainPolicy = PolicyOverrides;
 
-impl Policy {
+impl PolicyOverrides {
     /// Refuses values that the TOML file cannot hold (TOML integers are
     /// signed 64-bit), so that a mutation fails before anything is written.
     pub(crate) fn validate(&self) -> crate::Result<()> {
@@ -127,7 +127,11 @@ pub struct EffectivePolicy {
 impl EffectivePolicy {
     /// Combines user overrides, domain overrides and defaults, in that order
     /// of precedence. A quota of 0 at any level means unlimited.
-    pub fn resolve(user: &Policy, domain: &Policy, defaults: &PolicyDefaults) -> Self {
+    pub fn resolve(
+        user: &PolicyOverrides,
+        domain: &PolicyOverrides,
+        defaults: &PolicyDefaults,
+    ) -> Self {
         let nonzero = |v: u64| (v != 0).then_some(v);
         EffectivePolicy {
             retention_days: match user.retention_days.or(domain.retention_days) {

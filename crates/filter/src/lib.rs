@@ -91,8 +91,10 @@ pub const TAG_DNSBL_ERROR: &str = "dnsbl_error:";
 /// Errors building [`Filters`].
 #[derive(Debug, Error)]
 pub enum FilterError {
+    /// A `[filter]` value is wrong (the message names it).
     #[error("invalid filter configuration: {0}")]
     Config(String),
+    /// No resolver could be built from `[dns]`.
     #[error("cannot set up DNS resolution: {0}")]
     Dns(String),
 }
@@ -104,7 +106,10 @@ pub enum ConnectVerdict {
     /// [`TAG_IP_ALLOW`], `dnsbl:<zone>` (listed, `tag` mode),
     /// `dnsbl_error:<zone>` (the zone could not be asked; treated as not
     /// listed). Pass them to [`MessageContext::connect_tags`].
-    Accept { tags: Vec<String> },
+    Accept {
+        /// What was found without acting on it (see above).
+        tags: Vec<String>,
+    },
     /// Refuse the connection: send `reply` (a `554 5.7.1`) and close.
     Reject {
         /// The reply to send instead of the greeting.
@@ -115,6 +120,7 @@ pub enum ConnectVerdict {
 /// The verdict at MAIL FROM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderVerdict {
+    /// Go on.
     Accept,
     /// Refuse the sender with `reply` (a `550 5.7.1`).
     Reject {
@@ -126,6 +132,7 @@ pub enum SenderVerdict {
 /// What to do with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageAction {
+    /// Go on.
     Accept,
     /// Refuse it permanently with `reply` (a 5xx).
     Reject {
@@ -139,6 +146,7 @@ pub enum MessageAction {
     },
     /// Accept it into the recipients' quarantine folders.
     Quarantine {
+        /// Why (for logs and the verdict header).
         reason: String,
     },
 }
@@ -204,6 +212,7 @@ pub struct MessageVerdict {
     /// `Authentication-Results:`, `X-Postoffice-Verdict:` and, when clamd
     /// failed open, `X-Virus-Scan: skipped (...)`.
     pub headers: String,
+    /// What to do with the message.
     pub action: MessageAction,
     /// Per-stage results for the transaction log line, e.g.
     /// `dnsbl=none spf=pass dkim=pass dmarc=pass virus=clean`.

@@ -149,6 +149,7 @@ impl Default for CrlfStuffer {
 }
 
 impl CrlfStuffer {
+    /// A fresh instance, at the start of a message.
     pub fn new() -> Self {
         CrlfStuffer {
             at_line_start: true,
@@ -217,6 +218,7 @@ pub enum Decoded<'a> {
 }
 
 impl BodyDecoder {
+    /// A fresh instance, at the start of a message.
     pub fn new() -> Self {
         Self::default()
     }
@@ -233,6 +235,7 @@ impl BodyDecoder {
         }
     }
 
+    /// The terminating `.` line was seen.
     pub fn is_finished(&self) -> bool {
         self.finished
     }

@@ -4,12 +4,19 @@
 /// An extended response code from `-ERR [CODE] text`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RespCode {
+    /// `[IN-USE]`: another session holds the maildrop.
     InUse,
+    /// `[LOGIN-DELAY]`: logged in too recently.
     LoginDelay,
+    /// `[AUTH]`: the credentials were refused.
     Auth,
+    /// `[SYS/TEMP]`: a temporary server problem.
     SysTemp,
+    /// `[SYS/PERM]`: a permanent server problem.
     SysPerm,
+    /// `[UTF8]`: the text needs UTF8 mode.
     Utf8,
+    /// A response code this client does not know.
     Other(String),
 }
 
@@ -30,9 +37,13 @@ impl RespCode {
 /// One status line from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
+    /// `+OK` and the text after it.
     Ok(String),
+    /// `-ERR`, with its response code if any.
     Err {
+        /// The RFC 2449 response code, if the server sent one.
         code: Option<RespCode>,
+        /// The text after the code.
         text: String,
     },
     /// A SASL continuation (`+ base64`).

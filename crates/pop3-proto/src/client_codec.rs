@@ -26,16 +26,25 @@ pub enum Expire {
 /// The capabilities a server listed in its CAPA response (RFC 2449).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
+    /// TOP is supported.
     pub top: bool,
+    /// USER/PASS is offered.
     pub user: bool,
+    /// UIDL is supported.
     pub uidl: bool,
+    /// Commands may be pipelined (RFC 2449).
     pub pipelining: bool,
+    /// Response codes are sent (RFC 2449 RESP-CODES).
     pub resp_codes: bool,
+    /// The AUTH response code is sent (RFC 3206).
     pub auth_resp_code: bool,
+    /// STLS is offered (RFC 2595).
     pub stls: bool,
+    /// UTF8 is offered (RFC 6856).
     pub utf8: bool,
     /// SASL mechanisms, upper-cased.
     pub sasl: Vec<String>,
+    /// The EXPIRE policy, if announced.
     pub expire: Option<Expire>,
     /// The `USER` suffix of EXPIRE: the value varies per user.
     pub expire_per_user: bool,
@@ -43,6 +52,7 @@ pub struct Capabilities {
     pub login_delay: Option<u64>,
     /// The `USER` suffix of LOGIN-DELAY: the value varies per user.
     pub login_delay_per_user: bool,
+    /// The IMPLEMENTATION string, if announced.
     pub implementation: Option<String>,
     /// Capabilities this parser does not know, verbatim.
     pub other: Vec<String>,

@@ -10,36 +10,56 @@ use thiserror::Error;
 /// A parsed POP3 command. Byte-slice arguments borrow from the input line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
+    /// `USER name`.
     User(&'a [u8]),
+    /// `PASS password` (everything after the space).
     Pass(&'a [u8]),
+    /// `APOP` (not supported; refused).
     Apop,
     /// `AUTH` with no mechanism lists the mechanisms (a widespread
     /// extension of RFC 1734 clients still probe with).
     Auth {
+        /// The SASL mechanism; `None` lists them.
         mechanism: Option<&'a [u8]>,
+        /// The initial response (RFC 4616), if given.
         initial: Option<&'a [u8]>,
     },
+    /// `STAT`.
     Stat,
+    /// `LIST [n]`.
     List(Option<u32>),
+    /// `RETR n`.
     Retr(u32),
+    /// `DELE n`.
     Dele(u32),
+    /// `NOOP`.
     Noop,
+    /// `RSET`.
     Rset,
+    /// `QUIT`.
     Quit,
+    /// `TOP n lines`.
     Top(u32, u64),
+    /// `UIDL [n]`.
     Uidl(Option<u32>),
+    /// `CAPA` (RFC 2449).
     Capa,
+    /// `STLS` (RFC 2595).
     Stls,
+    /// `UTF8` (RFC 6856).
     Utf8,
 }
 
 /// Why a line is not a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum ParseError {
+    /// An empty line.
     #[error("empty command")]
     Empty,
+    /// A command this server does not know.
     #[error("unknown command")]
     Unknown,
+    /// A known command with wrong arguments (the reason).
     #[error("invalid arguments: {0}")]
     BadArgs(&'static str),
 }

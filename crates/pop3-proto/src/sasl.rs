@@ -7,10 +7,13 @@ use thiserror::Error;
 /// Why a SASL message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SaslError {
+    /// Not valid base64.
     #[error("invalid base64")]
     Base64,
+    /// Not `authzid NUL authcid NUL password`.
     #[error("malformed PLAIN message")]
     Malformed,
+    /// An authorization identity other than the user (not supported).
     #[error("authorization identity differs from the authentication identity")]
     Authzid,
 }

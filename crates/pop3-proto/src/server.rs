@@ -27,6 +27,7 @@ use crate::sasl;
 /// The messages of a locked maildrop, as the session sees them.
 /// Message number `n` is index `n - 1`.
 pub trait Listing: Send + Sync {
+    /// Number of messages.
     fn count(&self) -> usize;
     /// Size in octets as RETR sends it before dot-stuffing (CRLF line ends).
     fn size(&self, index: usize) -> u64;
@@ -37,7 +38,9 @@ pub trait Listing: Send + Sync {
 /// How long the server keeps messages (RFC 2449 EXPIRE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expire {
+    /// Mail is kept until the user deletes it.
     Never,
+    /// Mail is deleted this many days after delivery.
     Days(u32),
 }
 
@@ -45,7 +48,9 @@ pub enum Expire {
 /// varies per user (the `USER` suffix of RFC 2449).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advertised<T> {
+    /// The value (before login: the lowest over all users).
     pub value: T,
+    /// It varies per user (advertised with `USER`).
     pub per_user: bool,
 }
 
@@ -63,7 +68,9 @@ pub struct SessionConfig {
     /// USER/PASS/AUTH are allowed without TLS on this connection
     /// (loopback, or explicitly configured).
     pub plaintext_auth: bool,
+    /// EXPIRE as advertised before login.
     pub expire: Advertised<Expire>,
+    /// LOGIN-DELAY (seconds) as advertised before login.
     pub login_delay: Advertised<u32>,
     /// Invalid commands tolerated before the connection is closed.
     pub max_bad_commands: u32,
@@ -93,7 +100,9 @@ impl Default for SessionConfig {
 /// Per-user facts the server reports on successful login.
 #[derive(Debug, Clone, Copy)]
 pub struct UserPolicy {
+    /// The user's retention.
     pub expire: Expire,
+    /// The user's minimum seconds between logins.
     pub login_delay: u32,
 }
 
@@ -104,8 +113,11 @@ pub enum Action {
     None,
     /// Verify these credentials and lock the maildrop.
     Authenticate {
+        /// The user name as the client sent it.
         user: String,
+        /// The password.
         password: Vec<u8>,
+        /// How it was sent (`USER`, `PLAIN`, `LOGIN`).
         mechanism: &'static str,
     },
     /// Send the buffered `+OK`, discard any buffered input, run the TLS
@@ -123,7 +135,10 @@ pub enum Action {
     },
     /// Enter the UPDATE state: delete these messages (indices), then call
     /// [`ServerSession::update_finished`].
-    Update { deleted: Vec<usize> },
+    Update {
+        /// The messages to delete (0-based indices).
+        deleted: Vec<usize>,
+    },
     /// Send the buffer and close the connection.
     Close,
 }
@@ -219,11 +234,17 @@ impl Transaction {
 /// Counters for the per-session summary log line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
+    /// Messages sent by RETR.
     pub retr: u64,
+    /// Their octets.
     pub retr_bytes: u64,
+    /// TOP commands answered.
     pub top: u64,
+    /// Messages deleted at QUIT.
     pub dele: u64,
+    /// Their octets.
     pub dele_bytes: u64,
+    /// Invalid commands (towards `max_bad_commands`).
     pub bad_commands: u32,
 }
 
@@ -241,6 +262,7 @@ const NOT_AUTH: &str = "-ERR [AUTH] Plaintext authentication disallowed on non-s
 const AUTH_FAILED: &str = "-ERR [AUTH] Authentication failed.\r\n";
 
 impl ServerSession {
+    /// A session for one connection; send the greeting first.
     pub fn new(cfg: SessionConfig) -> Self {
         ServerSession {
             cfg,
@@ -261,10 +283,12 @@ impl ServerSession {
         self.user.as_deref()
     }
 
+    /// The session's counters, for its log line.
     pub fn stats(&self) -> Stats {
         self.stats
     }
 
+    /// The session is over (QUIT, too many errors, timeout).
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }

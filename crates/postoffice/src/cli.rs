@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use postoffice_config::Config;
 use postoffice_directory::{
-    Directory, Policy, Retention, hash_password, normalize_address, normalize_domain,
+    Directory, PolicyOverrides, Retention, hash_password, normalize_address, normalize_domain,
 };
 use postoffice_store::MailStore;
 
@@ -493,7 +493,7 @@ fn domain(config: &Config, cmd: DomainCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-type PolicyEdit = Box<dyn Fn(&mut Policy)>;
+type PolicyEdit = Box<dyn Fn(&mut PolicyOverrides)>;
 
 impl PolicyArgs {
     fn into_edit(self) -> Result<PolicyEdit> {
@@ -522,7 +522,7 @@ impl PolicyArgs {
         let delay: Option<Option<u32>> = parse(&self.login_delay, "login-delay")?;
         let qb: Option<Option<u64>> = parse(&self.quota_bytes, "quota-bytes")?;
         let qm: Option<Option<u64>> = parse(&self.quota_messages, "quota-messages")?;
-        Ok(Box::new(move |p: &mut Policy| {
+        Ok(Box::new(move |p: &mut PolicyOverrides| {
             if let Some(r) = retention {
                 p.retention_days = r;
             }

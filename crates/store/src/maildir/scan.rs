@@ -72,7 +72,7 @@ struct Scan {
 }
 
 /// The result of listing a maildir.
-pub(super) struct Listing {
+pub(super) struct DirListing {
     /// The messages, oldest first.
     pub(super) messages: Vec<MessageInfo>,
     /// Where each message's file is; parallel to `messages`.
@@ -116,7 +116,7 @@ impl Hasher for FxHasher {
 /// that don't start with a timestamp cost one `stat`. `persist_index`
 /// decides whether an updated size cache is written back, which is only safe
 /// while holding the lock.
-pub(super) fn list(dir: &Path, persist_index: bool) -> Result<Listing, StoreError> {
+pub(super) fn list(dir: &Path, persist_index: bool) -> Result<DirListing, StoreError> {
     let mut scan = Scan::default();
     for sub in Sub::ALL {
         read_sub(dir, sub, &mut scan)?;
@@ -209,7 +209,7 @@ pub(super) fn list(dir: &Path, persist_index: bool) -> Result<Listing, StoreErro
         // not stop the user from reading mail. It is retried next time.
         let _ = index::store(dir, &fresh);
     }
-    Ok(Listing {
+    Ok(DirListing {
         messages,
         locations,
         names,
