@@ -229,36 +229,6 @@ fn line_pool(seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// RFC 5322 date for a Unix time (UTC).
-fn rfc5322_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm), days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// One message of about `target` octets. Returns the bytes.
 fn message(
     rng: &mut Rng,
@@ -301,7 +271,7 @@ fn message(
          \r\n",
         mx = rng.below(10),
         ip = 1 + rng.below(250),
-        date = rfc5322_date(secs),
+        date = postoffice_common::date::rfc5322_unix(secs),
         hdr = std::str::from_utf8(HASH_HEADER).unwrap_or("X-Bench-Body-SHA256:"),
     );
     let mut msg = Vec::with_capacity(h.len() + body.len());
@@ -466,16 +436,6 @@ pub fn run(opts: &SeedOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_700_000_000),
-            "Tue, 14 Nov 2023 22:13:20 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-    }
 
     #[test]
     fn dovecot_hash_matches_openssl_format() {
