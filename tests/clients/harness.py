@@ -57,3 +57,18 @@ def find(binary):
     if not p:
         raise SystemExit(f"{binary} is not installed (.ci/run lists the Debian packages)")
     return p
+
+
+# Config for a server whose test does not exercise DNS: the checks that need
+# DNS are off, and the resolver is a loopback port where nothing answers, so
+# a lookup nobody expected fails here instead of reaching the machine's
+# resolver (no test sends traffic off the machine).
+NO_DNS = """
+[dns]
+nameservers = ["127.0.0.1:9"]
+timeout_secs = 1
+[filter]
+spf = "off"
+dkim = "off"
+dmarc = "off"
+"""

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from harness import FAILED, PASSED, check
+from harness import FAILED, NO_DNS, PASSED, check
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
 
@@ -47,6 +47,7 @@ class Server:
                 'data_dir = "data"\nhostname = "localhost"\n'
                 '[pop3]\nlisten = ["127.0.0.1:0"]\nlisten_tls = ["127.0.0.1:0"]\n'
                 '[smtp]\nlisten = ["127.0.0.1:0"]\n[submission]\nlisten = []\nlisten_tls = []\n'
+                + NO_DNS
             )
         self.log = open(os.path.join(workdir, "server.log"), "wb")
         self.proc = subprocess.Popen(

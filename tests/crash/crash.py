@@ -52,6 +52,9 @@ import threading
 import time
 from collections import Counter
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients"))
+from harness import NO_DNS  # noqa: E402
+
 DOMAIN = "example.test"
 USERS = [f"user{i}@{DOMAIN}" for i in range(4)]
 PROBE = f"probe@{DOMAIN}"
@@ -104,7 +107,7 @@ free_failures = 1000
 lockout_after = 100000
 [limits]
 max_connections_per_ip = 1000
-"""
+""" + NO_DNS
         with open(self.config, "w") as f:
             f.write(text)
 
