@@ -789,6 +789,58 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
+    /// The configuration as TOML with every secret replaced by
+    /// `"<redacted>"`, for showing on a terminal or in a log.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut shown = self.clone();
+        const REDACTED: &str = "<redacted>";
+        if !shown.queue.relay_password.is_empty() {
+            shown.queue.relay_password = REDACTED.into();
+        }
+        for t in shown.queue.transports.values_mut() {
+            if !t.password.is_empty() {
+                t.password = REDACTED.into();
+            }
+        }
+        shown.to_toml()
+    }
+
+    /// The keys that hold a secret written in the file itself (rather than
+    /// in a `*_password_file`): the file must then be readable by its owner
+    /// only.
+    pub fn inline_secrets(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if !self.queue.relay_password.is_empty() {
+            keys.push("queue.relay_password".to_string());
+        }
+        for (domain, t) in &self.queue.transports {
+            if !t.password.is_empty() {
+                keys.push(format!("queue.transports.{domain:?}.password"));
+            }
+        }
+        keys
+    }
+
+    /// A warning when `path` (this configuration's file) holds secrets and
+    /// other users may read it; `None` when all is well.
+    pub fn secrets_warning(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let secrets = self.inline_secrets();
+        if secrets.is_empty() {
+            return None;
+        }
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} holds {} and other users can read it (mode {mode:04o}): run `chmod 600 {}`, \
+                 or move the secret into a file named by the matching *_password_file key",
+                path.display(),
+                secrets.join(", "),
+                path.display()
+            )
+        })
+    }
+
     /// Resolve relative paths against `base` (the config file's directory
     /// for paths from a file; the working directory otherwise).
     pub fn resolve_paths(&mut self, base: &Path) {
@@ -983,5 +1035,35 @@ relay_password_file = "secrets/global.pass"
                 example_path.display()
             );
         }
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_a_readable_file_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let text = "[queue]\nrelayhost = \"relay.test:587\"\nrelay_user = \"u\"\nrelay_password = \"hunter2\"\n\
+                    [queue.transports]\n\"x.test\" = { relay = \"r.test:587\", user = \"v\", password = \"swordfish\" }\n";
+        let c = Config::from_toml(text, Path::new("c.toml")).unwrap();
+        let shown = c.to_toml_redacted();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert_eq!(c.inline_secrets().len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postoffice.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = c.secrets_warning(&path).expect("a warning");
+        assert!(
+            w.contains("queue.relay_password") && w.contains("chmod 600"),
+            "{w}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(c.secrets_warning(&path), None);
+        // No inline secret, no warning, whatever the mode.
+        let plain = Config::from_toml("", Path::new("c.toml")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(plain.secrets_warning(&path), None);
     }
 }

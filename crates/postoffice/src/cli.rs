@@ -309,9 +309,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     match command {
         Command::Fetch(_) => unreachable!("handled above"),
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.config.as_deref()),
         Command::Config(ConfigCmd::Check) => {
-            print!("{}", config.to_toml());
+            print!("{}", config.to_toml_redacted());
+            if let Some(w) = cli
+                .config
+                .as_deref()
+                .and_then(|p| config.secrets_warning(p))
+            {
+                eprintln!("warning: {w}");
+            }
             eprintln!("config OK");
             Ok(ExitCode::SUCCESS)
         }
@@ -360,8 +367,11 @@ fn init_logging(config: &Config) {
         .init();
 }
 
-fn serve(config: Config) -> Result<ExitCode> {
+fn serve(config: Config, path: Option<&Path>) -> Result<ExitCode> {
     init_logging(&config);
+    if let Some(w) = path.and_then(|p| config.secrets_warning(p)) {
+        tracing::warn!("{w}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // File I/O and password hashing run on blocking threads; a bounded

@@ -39,6 +39,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -268,6 +269,7 @@ impl Spool {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(durable::FILE_MODE)
             .open(&path)
             .map_err(io_err(format!("cannot open {}", path.display())))?;
         file.lock()

@@ -84,8 +84,9 @@ pub struct Server {
 impl Server {
     /// Prepare TLS, open the directory and bind every listener.
     pub async fn bind(config: Config) -> Result<Server> {
-        std::fs::create_dir_all(&config.data_dir)
+        postoffice_common::durable::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        warn_if_shared(&config.data_dir);
         let tls = tls::acceptor(&config).context("setting up TLS")?;
         let mut listeners = Vec::new();
         for (service, addrs) in [
@@ -174,6 +175,23 @@ impl Server {
             .collect();
         info!(counters = %counters.join(" "), "stopped");
         Ok(())
+    }
+}
+
+/// Mail and keys live under the data directory: it should be private to
+/// the server's user. New ones are created 0700; an older one that others
+/// can enter is reported (not changed: it may be shared on purpose).
+fn warn_if_shared(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(data_dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warn!(
+                data_dir = %data_dir.display(),
+                "the data directory is open to other users (mode {mode:04o}); run `chmod 700 {}`",
+                data_dir.display()
+            );
+        }
     }
 }
 
