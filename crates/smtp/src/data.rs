@@ -17,6 +17,9 @@
 pub struct DataDecoder {
     state: State,
     limit: usize,
+    /// Octets decoded so far (the caller may take them out of `out`
+    /// between calls; the limit applies to the whole message).
+    total: usize,
     overflow: bool,
     bare_newline: bool,
 }
@@ -51,6 +54,7 @@ impl DataDecoder {
         DataDecoder {
             state: State::LineStart,
             limit,
+            total: 0,
             overflow: false,
             bare_newline: false,
         }
@@ -59,7 +63,8 @@ impl DataDecoder {
     /// Consume input, appending decoded content to `out`. Returns the number
     /// of bytes consumed and, once `<CRLF>.<CRLF>` was seen, how it ended.
     /// Bytes after the terminator are not consumed (they are pipelined
-    /// commands).
+    /// commands). The caller may empty `out` between calls (to stream the
+    /// content elsewhere): the size limit counts everything decoded.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Option<DataEnd>) {
         let mut i = 0;
         while i < input.len() {
@@ -150,12 +155,13 @@ impl DataDecoder {
         if self.overflow {
             return;
         }
-        if out.len() + data.len() > self.limit {
+        if self.total + data.len() > self.limit {
             // The message will be refused: free what was kept.
             self.overflow = true;
             *out = Vec::new();
             return;
         }
+        self.total += data.len();
         out.extend_from_slice(data);
     }
 }

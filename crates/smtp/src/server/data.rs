@@ -18,6 +18,7 @@ impl ServerSession {
         }
         Reply::plain(codes::START_DATA, "End data with <CR><LF>.<CR><LF>").write_to(out);
         self.message = Vec::new();
+        self.received = 0;
         self.state = State::Data(DataDecoder::new(self.cfg.max_message_size));
         Action::NeedInput
     }
@@ -70,7 +71,7 @@ impl ServerSession {
                 *remaining -= take;
                 let (remaining, last) = (*remaining, *last);
                 if self.bdat_failed.is_none() && !self.bdat_overflow {
-                    if self.message.len() + chunk.len() > self.cfg.max_message_size {
+                    if self.received + chunk.len() > self.cfg.max_message_size {
                         self.bdat_overflow = true;
                         self.message = Vec::new();
                     } else {
@@ -178,7 +179,7 @@ impl ServerSession {
             return Some(Action::Deliver);
         }
         self.state = State::Transaction;
-        let text = format!("{} octets received", self.message.len());
+        let text = format!("{} octets received", self.received);
         Reply::new(codes::OK, status::OTHER, text).write_to(out);
         None
     }

@@ -13,7 +13,7 @@
 //! | [`Action::CheckSender`] | applies sender policy | [`ServerSession::sender_checked`] |
 //! | [`Action::CheckRecipient`] | local user? relay? quota? | [`ServerSession::recipient_checked`] |
 //! | [`Action::StartTls`] | sends the 220, drops buffered input, handshakes | [`ServerSession::tls_started`] |
-//! | [`Action::Deliver`] | verifies and stores [`ServerSession::message`] durably | [`ServerSession::delivered`] |
+//! | [`Action::Deliver`] | verifies and stores the message durably: what it took from [`ServerSession::pending_content`] plus [`ServerSession::message`]'s rest | [`ServerSession::delivered`] |
 //! | [`Action::Close`] | flushes and closes | — |
 //!
 //! Relay protection lives with the caller (only it knows the local domains),
@@ -217,8 +217,11 @@ pub struct ServerSession {
     cfg: SessionConfig,
     state: State,
     env: Envelope,
-    /// Message content (DATA decoded or BDAT chunks), without our headers.
+    /// Message content (DATA decoded or BDAT chunks) not yet taken by the
+    /// caller ([`ServerSession::content_taken`]), without our headers.
     message: Vec<u8>,
+    /// Octets of content received in this transaction, taken or not.
+    received: usize,
     /// BDAT: the transaction failed; chunks are read and thrown away until LAST.
     bdat_failed: Option<Reply>,
     bdat_overflow: bool,
@@ -244,6 +247,7 @@ impl ServerSession {
             state: State::Connected,
             env: Envelope::default(),
             message: Vec::new(),
+            received: 0,
             bdat_failed: None,
             bdat_overflow: false,
             header_scan,
@@ -331,9 +335,30 @@ impl ServerSession {
         matches!(self.state, State::Data(_) | State::Bdat { .. })
     }
 
-    /// The complete message and its envelope, after [`Action::Deliver`].
+    /// The envelope and the content not taken yet: after
+    /// [`Action::Deliver`], the message is what the caller took (see
+    /// [`ServerSession::content_taken`]) followed by this.
     pub fn message(&self) -> (&Envelope, &[u8]) {
         (&self.env, &self.message)
+    }
+
+    /// Content received and not taken yet (during DATA or BDAT, and at
+    /// [`Action::Deliver`]).
+    pub fn pending_content(&self) -> &[u8] {
+        &self.message
+    }
+
+    /// The caller has taken [`ServerSession::pending_content`] (to stream
+    /// a large message to disk as it arrives instead of holding it in
+    /// memory): forget it. Size and header limits still count the whole
+    /// message.
+    pub fn content_taken(&mut self) {
+        self.message.clear();
+    }
+
+    /// Octets of content received in the current transaction.
+    pub fn content_received(&self) -> usize {
+        self.received
     }
 
     /// Consume `input` (advancing it) until an action is needed.
@@ -446,6 +471,7 @@ impl ServerSession {
             ..Envelope::default()
         };
         self.message = Vec::new();
+        self.received = 0;
         self.bdat_failed = None;
         self.bdat_overflow = false;
         self.header_scan = HeaderScan::new(self.cfg.header_limits);
@@ -454,6 +480,7 @@ impl ServerSession {
     /// Watch content just appended to `message` (from `from` on); once the
     /// header is too large nothing more is kept.
     fn watch_header(&mut self, from: usize) {
+        self.received += self.message.len().saturating_sub(from);
         if self.header_scan.excess().is_none() {
             self.header_scan
                 .feed(&self.message[from.min(self.message.len())..]);

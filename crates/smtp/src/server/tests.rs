@@ -641,3 +641,63 @@ fn oversized_headers_are_refused_with_552() {
     );
     assert_eq!(a, Action::Deliver);
 }
+
+/// A caller that takes the content as it arrives (to stream it to disk)
+/// gets the same message, and the size limit still counts all of it.
+#[test]
+fn content_can_be_taken_while_it_arrives() {
+    let body: String = (0..200).map(|i| format!("line {i} of the message\r\n")).collect();
+    for bdat in [false, true] {
+        let mut s = ServerSession::new(SessionConfig {
+            max_message_size: 100_000,
+            ..SessionConfig::default()
+        });
+        let mut out = Vec::new();
+        let mut taken = Vec::new();
+        let head = if bdat {
+            format!("EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT {} LAST\r\n", body.len())
+        } else {
+            "EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_string()
+        };
+        let wire = if bdat { format!("{head}{body}") } else { format!("{head}{body}.\r\n") };
+        let mut action = Action::NeedInput;
+        for chunk in wire.as_bytes().chunks(97) {
+            let mut input = chunk;
+            loop {
+                action = s.handle(&mut input, &mut out);
+                match action {
+                    Action::CheckSender { .. } => s.sender_checked(Verdict::Accept, &mut out),
+                    Action::CheckRecipient { ref address } => {
+                        s.recipient_checked(address.clone(), Verdict::Accept, &mut out)
+                    }
+                    _ => break,
+                }
+            }
+            taken.extend_from_slice(s.pending_content());
+            s.content_taken();
+            if action == Action::Deliver {
+                break;
+            }
+        }
+        assert_eq!(action, Action::Deliver, "bdat={bdat}");
+        taken.extend_from_slice(s.message().1);
+        assert_eq!(String::from_utf8(taken).unwrap(), body, "bdat={bdat}");
+        assert_eq!(s.content_received(), body.len());
+    }
+    // Taking content does not reset the size limit.
+    let mut s = ServerSession::new(SessionConfig {
+        max_message_size: 1000,
+        ..SessionConfig::default()
+    });
+    run(&mut s, "EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    let mut out = Vec::new();
+    for _ in 0..30 {
+        let line = b"0123456789012345678901234567890123456789012345678\r\n";
+        let mut input = &line[..];
+        assert_eq!(s.handle(&mut input, &mut out), Action::NeedInput);
+        s.content_taken();
+    }
+    let mut input = &b".\r\n"[..];
+    s.handle(&mut input, &mut out);
+    assert!(String::from_utf8(out).unwrap().contains("552 5.3.4"));
+}
