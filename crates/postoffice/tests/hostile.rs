@@ -84,22 +84,11 @@ fn tmp_is_empty(maildir: &Path) -> bool {
     std::fs::read_dir(maildir.join("tmp")).map_or(true, |mut rd| rd.next().is_none())
 }
 
-/// Files in the outbound queue, except its lock file.
-fn queue_files(env: &Env) -> Vec<std::path::PathBuf> {
-    all_files(&env.data_dir().join("queue"))
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------- POP3
 
 #[test]
 fn pop3_wrong_state_bad_base64_and_flood() {
-    let env = Env::new("");
+    let env = Env::new(BIN, "");
     env.add_user(ALICE, ALICE_PW);
     env.deliver(ALICE, &simple_message("one", "body"));
     let server = env.start();
@@ -165,6 +154,7 @@ fn pop3_wrong_state_bad_base64_and_flood() {
 #[test]
 fn pop3_overlong_line_binary_junk_and_hostile_user_names() {
     let env = Env::new(
+        BIN,
         "pop3.max_line_length = 20000\n[auth]\nfree_failures = 1000\nlockout_after = 1000\n",
     );
     env.add_user(ALICE, ALICE_PW);
@@ -252,7 +242,7 @@ fn pop3_overlong_line_binary_junk_and_hostile_user_names() {
 
 #[test]
 fn smtp_hostile_battery() {
-    let env = Env::new("smtp.max_recipients = 3\n");
+    let env = Env::new(BIN, "smtp.max_recipients = 3\n");
     for u in ["alice", "bob", "carol", "dave"] {
         env.add_user(&format!("{u}@example.test"), "pw");
     }
@@ -366,13 +356,14 @@ fn smtp_hostile_battery() {
             "{u}: tmp/ not empty"
         );
     }
-    assert!(queue_files(&env).is_empty(), "{:?}", queue_files(&env));
+    assert!(env.queued_files().is_empty(), "{:?}", env.queued_files());
     check_rss(&server, "smtp battery");
 }
 
 #[test]
 fn submission_hostile_battery() {
     let env = Env::new(
+        BIN,
         "smtp.max_line_length = 20000\n[auth]\nfree_failures = 1000\nlockout_after = 1000\n",
     );
     env.add_user(ALICE, ALICE_PW);
@@ -452,7 +443,7 @@ fn submission_hostile_battery() {
     smtp_cmd(&mut c, "QUIT");
     assert_eq!(message_count(&env.maildir(ALICE)), 0);
     assert!(tmp_is_empty(&env.maildir(ALICE)));
-    assert!(queue_files(&env).is_empty(), "{:?}", queue_files(&env));
+    assert!(env.queued_files().is_empty(), "{:?}", env.queued_files());
     let after_outside: Vec<_> = all_files(env.path())
         .into_iter()
         .filter(|p| !p.starts_with(env.data_dir()))
@@ -465,7 +456,7 @@ fn submission_hostile_battery() {
 
 #[test]
 fn slowloris_does_not_block_other_clients() {
-    let env = Env::new("");
+    let env = Env::new(BIN, "");
     env.add_user(ALICE, ALICE_PW);
     env.deliver(ALICE, &simple_message("one", "body"));
     let server = env.start();
@@ -511,7 +502,7 @@ fn slowloris_does_not_block_other_clients() {
 
 #[test]
 fn connection_flood_is_refused_then_recovers() {
-    let env = Env::new("[limits]\nmax_connections_per_ip = 5\n");
+    let env = Env::new(BIN, "[limits]\nmax_connections_per_ip = 5\n");
     env.add_user(ALICE, ALICE_PW);
     let server = env.start();
     let held: Vec<_> = (0..5).map(|_| server.connect()).collect();
@@ -551,7 +542,7 @@ fn connection_flood_is_refused_then_recovers() {
 
 #[test]
 fn tls_handshake_junk_does_not_hurt_the_server() {
-    let env = Env::new("[limits]\ntls_handshake_timeout_secs = 5\n");
+    let env = Env::new(BIN, "[limits]\ntls_handshake_timeout_secs = 5\n");
     env.add_user(ALICE, ALICE_PW);
     env.deliver(ALICE, &simple_message("one", "body"));
     let server = env.start();
@@ -600,6 +591,7 @@ fn tls_handshake_junk_does_not_hurt_the_server() {
 #[test]
 fn brute_force_thousand_passwords() {
     let env = Env::new(
+        BIN,
         "[auth]\nfree_failures = 3\nbase_delay_ms = 20\nmax_delay_ms = 200\nlockout_after = 50\nlockout_secs = 2\n",
     );
     env.add_user(ALICE, ALICE_PW);
@@ -685,7 +677,10 @@ fn brute_force_thousand_passwords() {
 /// or by glibc's `MALLOC_MMAP_THRESHOLD_` (peak ~45-60 MB either way).
 #[test]
 fn argon2_failures_do_not_balloon_rss() {
-    let env = Env::new("[auth]\nfree_failures = 1000\nlockout_after = 100000\n");
+    let env = Env::new(
+        BIN,
+        "[auth]\nfree_failures = 1000\nlockout_after = 100000\n",
+    );
     env.add_user(ALICE, ALICE_PW);
     let server = env.start();
     for _ in 0..3 {

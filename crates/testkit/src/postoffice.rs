@@ -94,6 +94,18 @@ impl Env {
         self.data_dir().join("mail").join(domain).join(local)
     }
 
+    /// The files in the outbound queue (`data/queue`, recursively), without
+    /// the queue's own dot files (its lock): empty when nothing is queued.
+    pub fn queued_files(&self) -> Vec<PathBuf> {
+        crate::mail::all_files(&self.data_dir().join("queue"))
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+            })
+            .collect()
+    }
+
     /// Everything the server(s) of this environment logged so far.
     pub fn log_contents(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -239,8 +251,8 @@ fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
 
 /// Runs the binary `bin` with an explicit config path (for broken
 /// configs) and no input.
-pub fn cli_with_config(bin: &Path, config: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(bin);
+pub fn cli_with_config(bin: impl AsRef<Path>, config: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(bin.as_ref());
     c.env_remove("RUST_LOG")
         .env_remove("POSTOFFICE_CONFIG")
         .arg("--config")
