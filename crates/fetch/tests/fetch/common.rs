@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -228,22 +229,46 @@ pub enum Cut {
     AfterFirstRetr,
 }
 
+/// A running [`proxy`].
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    /// How many connections it has cut as its [`Cut`] says (counted before
+    /// the client can see the connection close), so that a test can tell
+    /// a cut from a session that ended by itself.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
 /// A loopback TCP forwarder to `target` that cuts connections as `cut`
-/// says. Returns its address; it runs until the runtime ends.
-pub async fn proxy(target: SocketAddr, cut: Cut) -> SocketAddr {
+/// says; it runs until the runtime ends.
+pub async fn proxy(target: SocketAddr, cut: Cut) -> Proxy {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&cuts);
     tokio::spawn(async move {
         while let Ok((c, _)) = l.accept().await {
             if let Ok(s) = TcpStream::connect(target).await {
-                tokio::spawn(pipe(c, s, cut));
+                tokio::spawn(pipe(c, s, cut, Arc::clone(&counter)));
             }
         }
     });
-    addr
+    Proxy { addr, cuts }
 }
 
-async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut) {
+/// Forwards between client `c` and server `s` until either closes or
+/// `cut` says to stop; a cut is counted in `cuts` before both sockets
+/// close (when this returns).
+async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut, cuts: Arc<AtomicUsize>) {
+    let cut_here = || {
+        cuts.fetch_add(1, Ordering::SeqCst);
+    };
     let mut cb = vec![0u8; 8192];
     let mut sb = vec![0u8; 65536];
     let mut from_server = 0usize;
@@ -261,16 +286,19 @@ async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut) {
                     match cut {
                         Cut::QuitDropped if upper.starts_with(b"QUIT") => {
                             let _ = s.write_all(&forward).await;
+                            cut_here();
                             return;
                         }
                         Cut::QuitForwarded if upper.starts_with(b"QUIT") => {
                             forward.extend_from_slice(&line);
                             let _ = s.write_all(&forward).await;
                             let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut sb)).await;
+                            cut_here();
                             return;
                         }
                         Cut::AfterFirstRetr if retr_seen => {
                             let _ = s.write_all(&forward).await;
+                            cut_here();
                             return;
                         }
                         Cut::AfterFirstRetr if upper.starts_with(b"RETR") => retr_seen = true,
@@ -286,6 +314,7 @@ async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut) {
                     let allowed = limit.saturating_sub(from_server);
                     if n >= allowed {
                         let _ = c.write_all(&sb[..allowed]).await;
+                        cut_here();
                         return;
                     }
                 }
