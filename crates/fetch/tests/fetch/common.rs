@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use postoffice_fetch::{
 };
 use postoffice_server::{Server, Service};
 use postoffice_store::{MailStore, Maildir};
+use postoffice_testkit::eventually;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -325,20 +326,41 @@ async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut, cuts: Arc<AtomicUsiz
     }
 }
 
+/// What the client of a [`fake_server`] sent.
+#[derive(Default)]
+pub struct Seen {
+    lines: Mutex<Vec<String>>,
+    closed: AtomicBool,
+}
+
+impl Seen {
+    /// The lines received so far, without line ends.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every line the client sent, once its connection has ended (a
+    /// bounded wait): nothing can be added after this.
+    pub async fn all_after_close(&self) -> Vec<String> {
+        assert!(
+            eventually(10, || self.closed.load(Ordering::SeqCst)).await,
+            "the fake server's connection did not end"
+        );
+        self.lines()
+    }
+}
+
 /// A scripted fake POP3 server for one connection: sends `greeting`, then
 /// for every line received calls `reply` (which gets the line and returns
-/// the bytes to send; `None` closes). Returns the address and the lines the
+/// the bytes to send; `None` closes). Returns the address and what the
 /// client sent.
-pub async fn fake_server<F>(
-    greeting: &'static str,
-    mut reply: F,
-) -> (SocketAddr, Arc<Mutex<Vec<String>>>)
+pub async fn fake_server<F>(greeting: &'static str, mut reply: F) -> (SocketAddr, Arc<Seen>)
 where
     F: FnMut(&str) -> Option<String> + Send + 'static,
 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Seen::default());
     let seen2 = Arc::clone(&seen);
     tokio::spawn(async move {
         let Ok((sock, _)) = l.accept().await else {
@@ -346,27 +368,23 @@ where
         };
         let (r, mut w) = sock.into_split();
         let mut r = BufReader::new(r);
-        if w.write_all(greeting.as_bytes()).await.is_err() {
-            return;
-        }
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let l = line.trim_end().to_string();
-            seen2.lock().unwrap().push(l.clone());
-            match reply(&l) {
-                Some(out) => {
-                    if w.write_all(out.as_bytes()).await.is_err() {
-                        return;
-                    }
+        if w.write_all(greeting.as_bytes()).await.is_ok() {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
                 }
-                None => return,
+                let l = line.trim_end().to_string();
+                seen2.lines.lock().unwrap().push(l.clone());
+                let Some(out) = reply(&l) else { break };
+                if w.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
             }
         }
+        seen2.closed.store(true, Ordering::SeqCst);
     });
     (addr, seen)
 }
