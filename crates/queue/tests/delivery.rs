@@ -285,7 +285,7 @@ async fn bounces_are_never_bounced() {
         "mx-host=remote.test,mx.dest.test,10",
         "host-record=mx.dest.test,127.0.0.1",
     ]);
-    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
+    let mut h = start(test_config(server.addr.port()), Some(dns.addr), None);
     h.queue
         .enqueue("someone@remote.test", &rcpts(&["bob@dest.test"]), MESSAGE)
         .unwrap();
@@ -298,13 +298,13 @@ async fn bounces_are_never_bounced() {
         server.mail_froms(),
         h.queue.list()
     );
-    // Give a wrongly generated third message time to show up.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Stop the scheduler (it finishes what it is doing): a wrongly
+    // generated third message has then been sent or is still queued.
+    h.stop_scheduler().await;
     assert_eq!(server.mail_froms(), vec!["someone@remote.test", ""]);
     assert!(h.queue.list().unwrap().is_empty());
     assert!(h.local_mail().is_empty());
     assert!(server.received().is_empty());
-    h.stop().await;
 }
 
 /// A bounce queued for a remote sender is DKIM-signed for the domain of
@@ -492,7 +492,7 @@ async fn null_sender_failure_is_dropped() {
         "mx-host=dest.test,mx.dest.test,10",
         "host-record=mx.dest.test,127.0.0.1",
     ]);
-    let h = start(test_config(server.addr.port()), Some(dns.addr), None);
+    let mut h = start(test_config(server.addr.port()), Some(dns.addr), None);
     h.queue
         .enqueue("", &rcpts(&["bob@dest.test"]), MESSAGE)
         .unwrap();
@@ -501,11 +501,12 @@ async fn null_sender_failure_is_dropped() {
             && h.queue.list().unwrap().is_empty())
         .await
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Stop the scheduler (it finishes what it is doing): a wrongly
+    // generated bounce has then been delivered, sent or is still queued.
+    h.stop_scheduler().await;
     assert!(h.local_mail().is_empty());
     assert!(h.queue.list().unwrap().is_empty());
     assert_eq!(server.connections(), 1);
-    h.stop().await;
 }
 
 /// (d) Kill-safety: what enqueue returned survives dropping the queue and

@@ -386,7 +386,9 @@ impl Harness {
         self.local.lock().unwrap().clone()
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the scheduler and waits (bounded) until it has: what it was
+    /// doing is finished; the spool and the recorded mail stay.
+    pub async fn stop_scheduler(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -396,6 +398,11 @@ impl Harness {
                 .expect("scheduler stops")
                 .unwrap();
         }
+    }
+
+    /// Stops the scheduler, then removes the spool.
+    pub async fn stop(mut self) {
+        self.stop_scheduler().await;
     }
 }
 
