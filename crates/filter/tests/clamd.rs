@@ -2,19 +2,16 @@
 //! configuration and a signature database written by the test (no
 //! freshclam download), on a free loopback TCP port and a unix socket.
 //!
-//! Needs the Debian package `clamav-daemon`. Skipped when it is missing,
-//! unless CI=true, where that is a failure.
-
-mod common;
+//! Needs the Debian package `clamav-daemon`: without it the test fails.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, binary_or_skip, free_port};
 use postoffice_config::{Dns, FailMode, Filter, StageMode};
 use postoffice_filter::{Filters, MessageAction, MessageContext, MessageVerdict};
 use postoffice_smtp::Reply;
+use postoffice_testkit::{Daemon, free_port, program, read_log};
 
 /// A string found in no real mail, detected by the test's own signature.
 const MARKER: &str = "POSTOFFICE-TEST-VIRUS-MARKER-3f9a1c07";
@@ -42,9 +39,12 @@ struct TestClamd {
     _dir: tempfile::TempDir,
 }
 
+/// How long clamd may take to load its (tiny) database and answer.
+const CLAMD_START_LIMIT: Duration = Duration::from_secs(45);
+
 /// Starts clamd and waits (bounded) until it answers PING on TCP.
-fn start_clamd() -> Option<TestClamd> {
-    let clamd = binary_or_skip("clamd", "clamav-daemon")?;
+fn start_clamd() -> TestClamd {
+    let clamd = program("clamd", "clamav-daemon");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("db")).unwrap();
@@ -80,56 +80,38 @@ fn start_clamd() -> Option<TestClamd> {
             ),
         )
         .unwrap();
-        let child = std::process::Command::new(&clamd)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(d.join("clamd.out")).unwrap())
-            .stderr(std::fs::File::create(d.join("clamd.err")).unwrap())
-            .spawn()
-            .expect("start clamd");
-        let mut daemon = Daemon {
-            name: "clamd",
-            child,
-            log,
-        };
+        let mut cmd = std::process::Command::new(&clamd);
+        cmd.arg("-c").arg(&conf);
+        let mut daemon = Daemon::spawn("clamd", cmd, &d.join("clamd.out"));
         let tcp = format!("127.0.0.1:{port}");
-        if wait_for_pong(&mut daemon, &tcp) {
-            return Some(TestClamd {
+        if daemon.wait_until(CLAMD_START_LIMIT, || pong(&tcp)) {
+            return TestClamd {
                 daemon,
                 tcp,
                 socket: format!("{}/clamd.sock", d.display()),
                 _dir: dir,
-            });
+            };
         }
+        daemon.kill();
         eprintln!(
             "clamd on port {port} did not come up:\n{}\n{}",
-            daemon.log_text(),
-            common::read_log(&d.join("clamd.err"))
+            read_log(&log),
+            daemon.output()
         );
     }
     panic!("clamd did not start");
 }
 
-fn wait_for_pong(daemon: &mut Daemon, tcp: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while Instant::now() < deadline {
-        if daemon.exited() {
-            return false;
-        }
-        if let Ok(mut s) = TcpStream::connect(tcp) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut reply = Vec::new();
-            if s.write_all(b"zPING\0").is_ok()
-                && s.read_to_end(&mut reply).is_ok()
-                && reply.starts_with(b"PONG")
-            {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+/// Whether clamd at `tcp` answers PING with PONG.
+fn pong(tcp: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(tcp) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut reply = Vec::new();
+    s.write_all(b"zPING\0").is_ok()
+        && s.read_to_end(&mut reply).is_ok()
+        && reply.starts_with(b"PONG")
 }
 
 fn filters(addr: &str, virus: StageMode, failure: FailMode) -> Filters {
@@ -172,9 +154,7 @@ async fn scan(f: &Filters, message: &[u8]) -> MessageVerdict {
 
 #[tokio::test]
 async fn real_clamd() {
-    let Some(mut clamd) = start_clamd() else {
-        return;
-    };
+    let mut clamd = start_clamd();
     let started = Instant::now();
     let clean = message("Nothing to see here.");
     let marked = message(&format!("Before the marker {MARKER} and after it."));

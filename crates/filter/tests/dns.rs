@@ -1,16 +1,11 @@
 //! DNSBL, SPF, DKIM and DMARC against a real DNS server: a private dnsmasq
 //! on a free loopback port, serving the records each test needs.
 //!
-//! Needs the Debian package `dnsmasq`. Skipped when it is missing, unless
-//! CI=true, where that is a failure.
+//! Needs the Debian package `dnsmasq`: without it the tests fail.
 
-mod common;
-
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
 
 use base64::Engine;
-use common::{Daemon, binary_or_skip, free_port};
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
@@ -19,6 +14,7 @@ use postoffice_filter::{
     ConnectVerdict, Filters, MessageAction, MessageContext, MessageVerdict, TAG_IP_ALLOW,
 };
 use postoffice_smtp::Reply;
+use postoffice_testkit::Dnsmasq;
 
 const RECEIVER: &str = "mx.postoffice.test";
 
@@ -35,18 +31,14 @@ fn txt_record(name: &str, text: &str) -> String {
 }
 
 struct TestDns {
-    _daemon: Daemon,
-    addr: SocketAddr,
+    dnsmasq: Dnsmasq,
     /// PKCS#8 of the ed25519 key published at sel._domainkey.good.test.
     dkim_key: Vec<u8>,
-    _dir: tempfile::TempDir,
 }
 
-/// Starts dnsmasq with the test zone, or returns None (skip) when it is not
-/// installed outside CI.
-async fn start_dns() -> Option<TestDns> {
-    let dnsmasq = binary_or_skip("dnsmasq", "dnsmasq")?;
-    let dir = tempfile::tempdir().unwrap();
+/// Starts dnsmasq with the test zone (a test fails when dnsmasq is not
+/// installed).
+fn start_dns() -> TestDns {
     let dkim_key = Ed25519Key::generate_pkcs8().unwrap();
     let public = Ed25519Key::from_pkcs8_der(&dkim_key).unwrap().public_key();
     // The n= note makes the record longer than one 255-octet string, so the
@@ -70,97 +62,17 @@ async fn start_dns() -> Option<TestDns> {
         "host-record=2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.dnsbl.test,127.0.0.4"
             .to_string(),
     ];
-    // Records go into a config file: dnsmasq only unquotes strings there,
-    // not on its command line.
-    let conf = dir.path().join("dnsmasq.conf");
-    std::fs::write(&conf, records.join("\n") + "\n").unwrap();
-
-    for _attempt in 0..3 {
-        let port = free_port();
-        let log = dir.path().join("dnsmasq.log");
-        let child = std::process::Command::new(&dnsmasq)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                &format!("--conf-file={}", conf.display()),
-                "--pid-file=",
-                "--log-facility=-",
-                "--log-queries",
-                // Names under .test that are not defined here get NXDOMAIN
-                // instead of REFUSED (there is no upstream).
-                "--local=/test/",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("dnsmasq.err")).unwrap())
-            .spawn()
-            .expect("start dnsmasq");
-        let mut daemon = Daemon {
-            name: "dnsmasq",
-            child,
-            log,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if wait_for_dns(&mut daemon, addr).await {
-            return Some(TestDns {
-                _daemon: daemon,
-                addr,
-                dkim_key,
-                _dir: dir,
-            });
-        }
-        eprintln!(
-            "dnsmasq on port {port} did not come up; log:\n{}\n{}",
-            daemon.log_text(),
-            common::read_log(&dir.path().join("dnsmasq.err"))
-        );
+    TestDns {
+        dnsmasq: Dnsmasq::start(&records),
+        dkim_key,
     }
-    panic!("dnsmasq did not start");
-}
-
-/// Polls (bounded) until dnsmasq answers the SPF TXT query for good.test.
-async fn wait_for_dns(daemon: &mut Daemon, addr: SocketAddr) -> bool {
-    use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-    let mut server = NameServerConfig::udp(addr.ip());
-    for c in &mut server.connections {
-        c.port = addr.port();
-    }
-    let mut opts = ResolverOpts::default();
-    opts.timeout = Duration::from_millis(300);
-    opts.attempts = 0;
-    opts.cache_size = 0;
-    let resolver = hickory_resolver::TokioResolver::builder_with_config(
-        ResolverConfig::from_name_servers(vec![server]),
-        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-    )
-    .with_options(opts)
-    .build()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if daemon.exited() {
-            return false;
-        }
-        if let Ok(answer) = resolver.txt_lookup("good.test.").await
-            && !answer.answers().is_empty()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 fn filters(dns: &TestDns, f: Filter) -> Filters {
     Filters::new(
         &f,
         &Dns {
-            nameservers: vec![dns.addr],
+            nameservers: vec![dns.dnsmasq.addr],
             timeout_secs: 2,
         },
     )
@@ -230,7 +142,7 @@ async fn check(f: &Filters, ip: &str, mail_from: &str, message: &[u8]) -> (Messa
 
 #[tokio::test]
 async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
-    let Some(dns) = start_dns().await else { return };
+    let dns = start_dns();
     let f = filters(&dns, base_filter());
 
     match f.check_connect("127.0.0.2".parse().unwrap()).await {
@@ -309,7 +221,7 @@ async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
 
 #[tokio::test]
 async fn spf_pass_and_fail() {
-    let Some(dns) = start_dns().await else { return };
+    let dns = start_dns();
     let f = filters(&dns, base_filter());
 
     let (v, headers) = check(
@@ -398,7 +310,7 @@ async fn spf_pass_and_fail() {
 
 #[tokio::test]
 async fn dkim_signed_message_verifies_and_tampered_one_fails() {
-    let Some(dns) = start_dns().await else { return };
+    let dns = start_dns();
     let f = filters(&dns, base_filter());
     let signed = sign_good_test(&dns, &message("alice@good.test", "Signed body."));
 
@@ -512,7 +424,7 @@ async fn dkim_signed_message_verifies_and_tampered_one_fails() {
 
 #[tokio::test]
 async fn unsigned_spf_failing_message_is_rejected_by_dmarc() {
-    let Some(dns) = start_dns().await else { return };
+    let dns = start_dns();
     let msg = message("mallory@bad.test", "Pay this invoice.");
 
     let reject = Filter {

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Env, smtp_cmd, smtp_connect, smtp_reply};
+use common::{BIN, Env, base64, smtp_cmd, smtp_connect, smtp_reply};
 
 fn walk(dir: &Path, out: &mut Vec<(std::path::PathBuf, bool, u32)>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -26,6 +26,7 @@ fn everything_under_the_data_directory_is_private_under_umask_022() {
     // The process-wide umask is inherited by every child we start.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let env = Env::new(
+        BIN,
         "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n\
          [filter]\nspf = \"off\"\ndkim = \"off\"\ndmarc = \"off\"\n",
     );
@@ -44,8 +45,7 @@ fn everything_under_the_data_directory_is_private_under_umask_022() {
     assert_eq!(smtp_reply(&mut c).0, 250);
     let mut s = smtp_connect(server.submit_addr());
     assert_eq!(smtp_cmd(&mut s, "EHLO client.test").0, 250);
-    use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode("\0alice@example.test\0pw-alice");
+    let auth = base64(b"\0alice@example.test\0pw-alice");
     assert_eq!(smtp_cmd(&mut s, &format!("AUTH PLAIN {auth}")).0, 235);
     assert_eq!(smtp_cmd(&mut s, "MAIL FROM:<alice@example.test>").0, 250);
     assert_eq!(smtp_cmd(&mut s, "RCPT TO:<carol@remote.test>").0, 250);

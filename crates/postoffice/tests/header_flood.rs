@@ -38,6 +38,7 @@ fn send_flood(c: &mut Client<std::net::TcpStream>, from: &str) -> (u16, String) 
 #[test]
 fn header_floods_are_refused_on_mx_and_submission_with_bounded_memory() {
     let env = Env::new(
+        BIN,
         "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n\
          [filter]\nspf = \"off\"\ndkim = \"off\"\ndmarc = \"off\"\n",
     );
@@ -53,8 +54,7 @@ fn header_floods_are_refused_on_mx_and_submission_with_bounded_memory() {
 
     let mut sub = smtp_connect(server.submit_addr());
     assert_eq!(smtp_cmd(&mut sub, "EHLO client.test").0, 250);
-    use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode("\0alice@example.test\0pw-alice");
+    let auth = base64(b"\0alice@example.test\0pw-alice");
     assert_eq!(smtp_cmd(&mut sub, &format!("AUTH PLAIN {auth}")).0, 235);
     let (code, text) = send_flood(&mut sub, ALICE);
     assert_eq!(code, 552, "{text}");

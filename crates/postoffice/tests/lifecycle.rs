@@ -11,7 +11,7 @@ const ALICE: &str = "alice@example.test";
 const ALICE_PW: &str = "alice secret";
 
 fn env_with_messages(extra: &str, n: usize) -> (Env, Vec<Vec<u8>>) {
-    let env = Env::new(extra);
+    let env = Env::new(BIN, extra);
     env.add_user(ALICE, ALICE_PW);
     let msgs: Vec<Vec<u8>> = (1..=n)
         .map(|i| simple_message(&format!("m{i}"), &format!("body {i}")))
@@ -85,7 +85,7 @@ fn crash_leaves_no_stale_lock_and_deletes_nothing() {
 
 #[test]
 fn directory_changes_apply_without_restart() {
-    let env = Env::new("");
+    let env = Env::new(BIN, "");
     let server = env.start();
     let mut c = server.connect();
     assert_eq!(

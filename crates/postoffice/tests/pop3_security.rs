@@ -11,7 +11,7 @@ const ALICE: &str = "alice@example.test";
 const ALICE_PW: &str = "alice secret";
 
 fn env_with_alice(extra: &str) -> Env {
-    let env = Env::new(extra);
+    let env = Env::new(BIN, extra);
     env.add_user(ALICE, ALICE_PW);
     env.deliver(ALICE, &simple_message("hi", "hello"));
     env
@@ -115,7 +115,7 @@ fn stls_upgrade_and_no_command_injection() {
         "STLS offered before TLS"
     );
     assert!(c.cmd("STLS").starts_with("+OK"));
-    let mut t = Client::new(tls_wrap(&env.data_dir(), c.into_inner()));
+    let mut t = Client::new(env.tls_wrap(c.into_inner()));
     let capa = t.multi_lines("CAPA");
     assert!(
         !capa_has(&capa, "STLS"),
@@ -134,7 +134,7 @@ fn stls_upgrade_and_no_command_injection() {
     c.send_raw(b"STLS\r\nCAPA\r\n");
     assert!(c.read_line().starts_with("+OK"), "STLS accepted");
     // into_inner() asserts the plaintext CAPA was not answered either.
-    let mut t = Client::new(tls_wrap(&env.data_dir(), c.into_inner()));
+    let mut t = Client::new(env.tls_wrap(c.into_inner()));
     t.send("NOOP");
     let first = t.read_line();
     assert_eq!(
@@ -275,7 +275,7 @@ fn too_many_failed_logins_close_the_connection() {
 
 #[test]
 fn connections_per_ip_are_limited() {
-    let env = Env::new("[limits]\nmax_connections_per_ip = 2\n");
+    let env = Env::new(BIN, "[limits]\nmax_connections_per_ip = 2\n");
     let server = env.start();
     let mut c1 = server.connect();
     let mut c2 = server.connect();

@@ -82,7 +82,7 @@ fn header_of(m: &[u8]) -> &[u8] {
 }
 
 fn setup(messages: &[Vec<u8>]) -> Env {
-    let env = Env::new("");
+    let env = Env::new(BIN, "");
     env.add_user(ALICE, ALICE_PW);
     for m in messages {
         env.deliver(ALICE, m);

@@ -15,7 +15,7 @@ const ALICE_PW: &str = "alice secret";
 const BOB: &str = "bob@example.test";
 
 fn setup() -> (Env, Server) {
-    let env = Env::new("");
+    let env = Env::new(BIN, "");
     env.add_user(ALICE, ALICE_PW);
     env.add_user(BOB, "bob secret");
     let server = env.start();
@@ -36,14 +36,7 @@ fn stored(env: &Env) -> Vec<std::path::PathBuf> {
 
 #[track_caller]
 fn assert_nothing_queued(env: &Env) {
-    // The queue's own lock file is not a queued message.
-    let files: Vec<_> = all_files(&env.data_dir().join("queue"))
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
+    let files = env.queued_files();
     assert!(files.is_empty(), "queued: {files:?}");
     let out = env.cli(&["queue", "list"]).ok();
     assert!(

@@ -4,15 +4,14 @@ mod common;
 
 use std::io::{Read, Write};
 
-use common::{Client, Env, Server, smtp_cmd as cmd, smtp_reply as reply, tcp_connect, tls_wrap};
+use common::{BIN, Client, Env, Server, smtp_cmd as cmd, smtp_reply as reply, tcp_connect};
 
 fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
+    common::base64(s.as_bytes())
 }
 
 fn setup(extra: &str) -> (Env, Server) {
-    let env = Env::new(extra);
+    let env = Env::new(BIN, extra);
     env.add_user("alice@example.test", "pw-alice");
     env.add_user("bob@example.test", "pw-bob");
     let server = env.start();
@@ -48,17 +47,14 @@ fn send<S: Read + Write>(c: &mut Client<S>, from: &str, to: &str, body: &str) ->
     reply(c)
 }
 
+/// Every message in the maildrop, via POP3 (RETR, dot-unstuffed).
 fn pop_all(server: &Server, user: &str, pw: &str) -> Vec<String> {
     let mut c = server.login_when_free(user, pw);
-    let (n, _) = c.stat();
-    let mut out = Vec::new();
-    for i in 1..=n {
-        let (status, body) = c.cmd_multi(&format!("RETR {i}"));
-        assert!(status.starts_with("+OK"));
-        out.push(String::from_utf8_lossy(&body).into_owned());
-    }
+    let out = c.retr_all();
     c.cmd("QUIT");
-    out
+    out.iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect()
 }
 
 #[test]
@@ -156,7 +152,7 @@ fn plaintext_auth_needs_tls_when_configured_and_implicit_tls_port() {
             .starts_with("538 5.7.11")
     );
     assert_eq!(cmd(&mut c, "STARTTLS").0, 220);
-    let mut t = Client::new(tls_wrap(&env.data_dir(), c.into_inner()));
+    let mut t = Client::new(env.tls_wrap(c.into_inner()));
     let (_, ehlo) = cmd(&mut t, "EHLO client.test");
     assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
     assert_eq!(login(&mut t, "alice@example.test", "pw-alice").0, 235);
@@ -172,7 +168,7 @@ fn plaintext_auth_needs_tls_when_configured_and_implicit_tls_port() {
 
     // Port 465: TLS from the first byte.
     let tcp = tcp_connect(server.submits_addr());
-    let mut s = Client::new(tls_wrap(&env.data_dir(), tcp));
+    let mut s = Client::new(env.tls_wrap(tcp));
     assert_eq!(reply(&mut s).0, 220);
     let (_, ehlo) = cmd(&mut s, "EHLO client.test");
     assert!(
@@ -246,13 +242,7 @@ fn forged_author_fields_are_refused_and_nothing_is_stored() {
         }
     }
     assert!(pop_all(&server, "bob@example.test", "pw-bob").is_empty());
-    let queued: Vec<_> = common::all_files(&env.data_dir().join("queue"))
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
+    let queued = env.queued_files();
     assert!(queued.is_empty(), "queued: {queued:?}");
     // The control: alice's own address, with a comment, goes through.
     let mut c = connect(&server);

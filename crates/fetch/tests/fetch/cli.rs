@@ -18,9 +18,7 @@ async fn run_fetches_configured_accounts_and_reports_exit_statuses() {
     let srv = TestServer::start().await;
     srv.deliver(&message(1));
     srv.deliver(&message(2));
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = unused.local_addr().unwrap().port();
-    drop(unused);
+    let dead_port = postoffice_testkit::free_port();
     let cfg = srv.path().join("fetch.toml");
     std::fs::write(
         &cfg,

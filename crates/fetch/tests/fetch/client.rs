@@ -38,8 +38,7 @@ async fn apop_is_used_when_the_greeting_has_a_timestamp() {
         .unwrap();
     assert_eq!(c.stat().await.unwrap(), (0, 0));
     c.quit().await.unwrap();
-    let seen = seen.lock().unwrap();
-    assert!(!seen.iter().any(|l| l.contains("tanstaaf")));
+    assert!(!seen.lines().iter().any(|l| l.contains("tanstaaf")));
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use postoffice_fetch::{
 };
 use postoffice_server::{Server, Service};
 use postoffice_store::{MailStore, Maildir};
+use postoffice_testkit::eventually;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -228,22 +230,46 @@ pub enum Cut {
     AfterFirstRetr,
 }
 
+/// A running [`proxy`].
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    /// How many connections it has cut as its [`Cut`] says (counted before
+    /// the client can see the connection close), so that a test can tell
+    /// a cut from a session that ended by itself.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
 /// A loopback TCP forwarder to `target` that cuts connections as `cut`
-/// says. Returns its address; it runs until the runtime ends.
-pub async fn proxy(target: SocketAddr, cut: Cut) -> SocketAddr {
+/// says; it runs until the runtime ends.
+pub async fn proxy(target: SocketAddr, cut: Cut) -> Proxy {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&cuts);
     tokio::spawn(async move {
         while let Ok((c, _)) = l.accept().await {
             if let Ok(s) = TcpStream::connect(target).await {
-                tokio::spawn(pipe(c, s, cut));
+                tokio::spawn(pipe(c, s, cut, Arc::clone(&counter)));
             }
         }
     });
-    addr
+    Proxy { addr, cuts }
 }
 
-async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut) {
+/// Forwards between client `c` and server `s` until either closes or
+/// `cut` says to stop; a cut is counted in `cuts` before both sockets
+/// close (when this returns).
+async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut, cuts: Arc<AtomicUsize>) {
+    let cut_here = || {
+        cuts.fetch_add(1, Ordering::SeqCst);
+    };
     let mut cb = vec![0u8; 8192];
     let mut sb = vec![0u8; 65536];
     let mut from_server = 0usize;
@@ -261,16 +287,19 @@ async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut) {
                     match cut {
                         Cut::QuitDropped if upper.starts_with(b"QUIT") => {
                             let _ = s.write_all(&forward).await;
+                            cut_here();
                             return;
                         }
                         Cut::QuitForwarded if upper.starts_with(b"QUIT") => {
                             forward.extend_from_slice(&line);
                             let _ = s.write_all(&forward).await;
                             let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut sb)).await;
+                            cut_here();
                             return;
                         }
                         Cut::AfterFirstRetr if retr_seen => {
                             let _ = s.write_all(&forward).await;
+                            cut_here();
                             return;
                         }
                         Cut::AfterFirstRetr if upper.starts_with(b"RETR") => retr_seen = true,
@@ -286,6 +315,7 @@ async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut) {
                     let allowed = limit.saturating_sub(from_server);
                     if n >= allowed {
                         let _ = c.write_all(&sb[..allowed]).await;
+                        cut_here();
                         return;
                     }
                 }
@@ -296,20 +326,41 @@ async fn pipe(mut c: TcpStream, mut s: TcpStream, cut: Cut) {
     }
 }
 
+/// What the client of a [`fake_server`] sent.
+#[derive(Default)]
+pub struct Seen {
+    lines: Mutex<Vec<String>>,
+    closed: AtomicBool,
+}
+
+impl Seen {
+    /// The lines received so far, without line ends.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every line the client sent, once its connection has ended (a
+    /// bounded wait): nothing can be added after this.
+    pub async fn all_after_close(&self) -> Vec<String> {
+        assert!(
+            eventually(10, || self.closed.load(Ordering::SeqCst)).await,
+            "the fake server's connection did not end"
+        );
+        self.lines()
+    }
+}
+
 /// A scripted fake POP3 server for one connection: sends `greeting`, then
 /// for every line received calls `reply` (which gets the line and returns
-/// the bytes to send; `None` closes). Returns the address and the lines the
+/// the bytes to send; `None` closes). Returns the address and what the
 /// client sent.
-pub async fn fake_server<F>(
-    greeting: &'static str,
-    mut reply: F,
-) -> (SocketAddr, Arc<Mutex<Vec<String>>>)
+pub async fn fake_server<F>(greeting: &'static str, mut reply: F) -> (SocketAddr, Arc<Seen>)
 where
     F: FnMut(&str) -> Option<String> + Send + 'static,
 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Seen::default());
     let seen2 = Arc::clone(&seen);
     tokio::spawn(async move {
         let Ok((sock, _)) = l.accept().await else {
@@ -317,27 +368,23 @@ where
         };
         let (r, mut w) = sock.into_split();
         let mut r = BufReader::new(r);
-        if w.write_all(greeting.as_bytes()).await.is_err() {
-            return;
-        }
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let l = line.trim_end().to_string();
-            seen2.lock().unwrap().push(l.clone());
-            match reply(&l) {
-                Some(out) => {
-                    if w.write_all(out.as_bytes()).await.is_err() {
-                        return;
-                    }
+        if w.write_all(greeting.as_bytes()).await.is_ok() {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
                 }
-                None => return,
+                let l = line.trim_end().to_string();
+                seen2.lines.lock().unwrap().push(l.clone());
+                let Some(out) = reply(&l) else { break };
+                if w.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
             }
         }
+        seen2.closed.store(true, Ordering::SeqCst);
     });
     (addr, seen)
 }

@@ -54,9 +54,10 @@ async fn cut_right_after_the_first_retr() {
         "retr",
         Policy::Delete,
         Destination::Maildir(root.clone()),
-        via,
+        via.addr,
     );
     let r = fetch(&acct, &opts()).await;
+    assert_eq!(via.cuts(), 1, "the proxy cut the session");
     assert_cut(&r);
     assert_eq!(r.fetched, 1);
     assert_eq!(srv.count(), N as u64, "nothing deleted without QUIT");
@@ -76,9 +77,10 @@ async fn quit_never_reaches_the_server() {
         "qd",
         Policy::Delete,
         Destination::Maildir(root.clone()),
-        via,
+        via.addr,
     );
     let r = fetch(&acct, &opts()).await;
+    assert_eq!(via.cuts(), 1, "the proxy cut the session");
     assert_cut(&r);
     assert_eq!(r.deleted, 0, "deletions are not counted before QUIT's +OK");
     assert_eq!(srv.count(), N as u64);
@@ -107,9 +109,10 @@ async fn quit_reply_lost_after_the_server_committed() {
         "qf",
         Policy::Delete,
         Destination::Maildir(root.clone()),
-        via,
+        via.addr,
     );
     let r = fetch(&acct, &opts()).await;
+    assert_eq!(via.cuts(), 1, "the proxy cut the session");
     assert!(
         matches!(
             r.error,
@@ -131,28 +134,35 @@ async fn quit_reply_lost_after_the_server_committed() {
 async fn cut_after_n_bytes_at_several_points() {
     let (srv, root) = setup("bytes").await;
     // Greeting and CAPA, the login, mid-listing, inside the first
-    // message, inside the third.
+    // message, inside the third; with the messages fetched before each
+    // cut (none of them is deleted: no QUIT gets through).
     let msg = message(1).len();
-    let mut cuts = vec![40, 400, 700];
+    let cuts = [
+        (40, 0),
+        (400, 0),
+        (700, 0),
+        (900 + msg / 2, 0),
+        (900 + 2 * msg + msg / 2, 2),
+    ];
     let mut fetched_before = 0;
-    cuts.push(900 + msg / 2);
-    cuts.push(900 + 2 * msg + msg / 2);
-    for limit in cuts {
+    for (limit, fetched) in cuts {
         let via = proxy(srv.plain, Cut::AfterServerBytes(limit)).await;
         let acct = srv.account_to(
             "bytes",
             Policy::Delete,
             Destination::Maildir(root.clone()),
-            via,
+            via.addr,
         );
         let r = fetch(&acct, &opts()).await;
         eprintln!("cut at {limit}: fetched {} error {:?}", r.fetched, r.error);
-        if r.error.is_none() {
-            // The cut came after everything (should not happen with these
-            // limits, but then there is nothing to check here).
-            continue;
-        }
+        // Every limit lies inside the session: a session that ended by
+        // itself would test nothing.
+        assert_eq!(via.cuts(), 1, "no cut at {limit}");
         assert_cut(&r);
+        assert_eq!(
+            r.fetched, fetched,
+            "messages fetched before the cut at {limit}"
+        );
         fetched_before += r.fetched;
         let have = subjects(&maildir_messages(&root));
         let mut dedup = have.clone();

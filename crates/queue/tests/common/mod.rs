@@ -1,14 +1,13 @@
-//! Test helpers: a private dnsmasq, a scriptable fake SMTP server (with
-//! STARTTLS and AUTH PLAIN), and a running queue with a recording local
-//! delivery.
+//! Test helpers: a scriptable fake SMTP server (with STARTTLS and AUTH
+//! PLAIN), and a running queue with a recording local delivery. The
+//! private dnsmasq, free ports and bounded polls come from
+//! postoffice-testkit.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use postoffice_core::dkim::Signer;
@@ -16,129 +15,6 @@ use postoffice_queue::{DeliveryConfig, LocalMail, Queue};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-
-// ---------------------------------------------------------------- dnsmasq
-
-/// Looks for an executable in PATH, then in the sbin directories.
-pub fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The binary, or `None` to skip. Under CI=true a missing binary fails.
-pub fn binary_or_skip(name: &str, package: &str) -> Option<PathBuf> {
-    if let Some(path) = find_binary(name) {
-        return Some(path);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{name} is not installed but CI=true: apt-get install -y {package}");
-    }
-    eprintln!("SKIPPED: {name} not found; apt-get install -y {package} to run this test");
-    None
-}
-
-/// A loopback port that was free for both TCP and UDP a moment ago.
-pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port");
-}
-
-/// dnsmasq serving some records; killed on drop.
-pub struct TestDns {
-    child: Child,
-    pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestDns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start dnsmasq with `records` (dnsmasq.conf lines such as
-/// `mx-host=dest.test,mx.dest.test,10`), or None to skip.
-pub async fn start_dns(records: &[&str]) -> Option<TestDns> {
-    let dnsmasq = binary_or_skip("dnsmasq", "dnsmasq")?;
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("dnsmasq.conf");
-    let mut lines: Vec<String> = records.iter().map(|s| s.to_string()).collect();
-    lines.push("host-record=ready.test,127.0.0.1".into());
-    std::fs::write(&conf, lines.join("\n") + "\n").unwrap();
-    for _attempt in 0..3 {
-        let port = free_port();
-        let log = dir.path().join("dnsmasq.log");
-        let child = std::process::Command::new(&dnsmasq)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                &format!("--conf-file={}", conf.display()),
-                "--pid-file=",
-                "--log-facility=-",
-                "--local=/test/",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("dnsmasq.err")).unwrap())
-            .spawn()
-            .expect("start dnsmasq");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut child = child;
-        if wait_for_dns(&mut child, addr).await {
-            return Some(TestDns {
-                child,
-                addr,
-                _dir: dir,
-            });
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!(
-            "dnsmasq on port {port} did not come up: {}",
-            std::fs::read_to_string(dir.path().join("dnsmasq.err")).unwrap_or_default()
-        );
-    }
-    panic!("dnsmasq did not start");
-}
-
-async fn wait_for_dns(child: &mut Child, addr: SocketAddr) -> bool {
-    let resolver = postoffice_common::resolver::build(
-        &postoffice_config::Dns {
-            nameservers: vec![addr],
-            timeout_secs: 1,
-        },
-        1024,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return false;
-        }
-        if let Ok(answer) = resolver.lookup_ip("ready.test.").await
-            && answer.iter().next().is_some()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
 
 // ------------------------------------------------------- fake SMTP server
 
@@ -510,7 +386,9 @@ impl Harness {
         self.local.lock().unwrap().clone()
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the scheduler and waits (bounded) until it has: what it was
+    /// doing is finished; the spool and the recorded mail stay.
+    pub async fn stop_scheduler(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -521,19 +399,10 @@ impl Harness {
                 .unwrap();
         }
     }
-}
 
-/// Poll `f` every 50 ms until it holds or `secs` pass.
-pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    /// Stops the scheduler, then removes the spool.
+    pub async fn stop(mut self) {
+        self.stop_scheduler().await;
     }
 }
 

@@ -1,0 +1,402 @@
+//! The real `postoffice` binary in a temporary directory: CLI runs and a
+//! running `postoffice serve` with its listening addresses.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::net::tcp_connect;
+use crate::tls::{TlsStream, tls_client};
+use crate::wait::{poll_until, wait_for};
+
+/// How long the server may take to start (or to stop).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Result of one CLI run.
+#[derive(Debug)]
+pub struct Output {
+    /// How the process exited.
+    pub status: ExitStatus,
+    /// Its standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Its standard error (lossy UTF-8).
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with the whole output unless the command succeeded.
+    #[track_caller]
+    pub fn ok(self) -> Output {
+        assert!(self.status.success(), "command failed: {self:#?}");
+        self
+    }
+}
+
+/// A temporary directory with a config file for one test, and the
+/// `postoffice` binary to run in it.
+#[derive(Debug)]
+pub struct Env {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// The config file (`postoffice.toml` in the directory).
+    pub config: PathBuf,
+    /// Where the servers started by [`Env::start`] log (stderr, appended).
+    pub log: PathBuf,
+}
+
+impl Env {
+    /// A fresh environment for the binary `bin` (in its own integration
+    /// tests: `env!("CARGO_BIN_EXE_postoffice")`). `extra` is appended to the config file; the
+    /// generated part uses dotted `pop3.*` keys so that `extra` may start
+    /// with top-level keys (e.g. `shutdown_timeout_secs = 5`) followed by
+    /// tables such as `[auth]`. Extra `[pop3]` keys must be given as
+    /// dotted keys (`pop3.max_bad_commands = 5`) at the top of `extra`.
+    pub fn new(bin: impl AsRef<Path>, extra: &str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("postoffice-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let config = dir.path().join("postoffice.toml");
+        let text = format!(
+            "data_dir = \"data\"\nhostname = \"test.local\"\n\
+             pop3.listen = [\"127.0.0.1:0\"]\npop3.listen_tls = [\"127.0.0.1:0\"]\n\
+             smtp.listen = [\"127.0.0.1:0\"]\nsubmission.listen = [\"127.0.0.1:0\"]\n\
+             submission.listen_tls = [\"127.0.0.1:0\"]\n{extra}\n"
+        );
+        std::fs::write(&config, text).expect("write config");
+        let log = dir.path().join("server.log");
+        Env {
+            dir,
+            bin: bin.as_ref().to_path_buf(),
+            config,
+            log,
+        }
+    }
+
+    /// The temporary directory (also the servers' working directory).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The configured `data_dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `data/mail/<domain>/<local>` of a (lower-case) address.
+    pub fn maildir(&self, address: &str) -> PathBuf {
+        let (local, domain) = address.split_once('@').expect("address has @");
+        self.data_dir().join("mail").join(domain).join(local)
+    }
+
+    /// The files in the outbound queue (`data/queue`, recursively), without
+    /// the queue's own dot files (its lock): empty when nothing is queued.
+    pub fn queued_files(&self) -> Vec<PathBuf> {
+        crate::mail::all_files(&self.data_dir().join("queue"))
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+            })
+            .collect()
+    }
+
+    /// Everything the server(s) of this environment logged so far.
+    pub fn log_contents(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The server's generated certificate (`data/tls/cert.pem`).
+    pub fn cert(&self) -> PathBuf {
+        self.data_dir().join("tls").join("cert.pem")
+    }
+
+    /// A TLS client over `tcp` (plain so far, e.g. after STARTTLS) that
+    /// trusts only the server's generated certificate and expects the
+    /// name "localhost".
+    pub fn tls_wrap(&self, tcp: TcpStream) -> TlsStream {
+        tls_client(&self.cert(), "localhost", tcp)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("POSTOFFICE_CONFIG")
+            .arg("--config")
+            .arg(&self.config);
+        c
+    }
+
+    /// Run `postoffice --config <file> ARGS` with no input.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_stdin(args, b"")
+    }
+
+    /// Run `postoffice --config <file> ARGS` with `input` on stdin.
+    pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        run_with_input(self.command().args(args), input)
+    }
+
+    /// `user add ADDR --password-stdin`.
+    pub fn add_user(&self, address: &str, password: &str) {
+        self.cli_stdin(
+            &["user", "add", address, "--password-stdin"],
+            format!("{password}\n").as_bytes(),
+        )
+        .ok();
+    }
+
+    /// `deliver ADDR` with `message` on stdin.
+    pub fn deliver(&self, address: &str, message: &[u8]) {
+        self.cli_stdin(&["deliver", address], message).ok();
+    }
+
+    /// Start `postoffice serve` and wait for its listening addresses.
+    pub fn start(&self) -> Server {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let mut child = self
+            .command()
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn postoffice serve");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        // Keeps draining stdout after the banner, so the server can never
+        // block on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep draining.
+                    continue;
+                }
+            }
+        });
+        let mut server = Server {
+            child: Some(child),
+            pop3: None,
+            pop3s: None,
+            smtp: None,
+            submit: None,
+            submits: None,
+            log: self.log.clone(),
+            cert: self.cert(),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while server.pop3.is_none()
+            || server.pop3s.is_none()
+            || server.smtp.is_none()
+            || server.submit.is_none()
+            || server.submits.is_none()
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(e) => panic!(
+                    "server did not print its listeners ({e:?}); log:\n{}",
+                    self.log_contents()
+                ),
+            };
+            let mut words = line.split_whitespace();
+            let (kind, addr) = (words.next(), words.next());
+            let parsed = addr.and_then(|a| a.parse::<SocketAddr>().ok());
+            match (kind, parsed) {
+                (Some("POP3"), Some(a)) => server.pop3 = Some(a),
+                (Some("POP3S"), Some(a)) => server.pop3s = Some(a),
+                (Some("SMTP"), Some(a)) => server.smtp = Some(a),
+                (Some("SUBMIT"), Some(a)) => server.submit = Some(a),
+                (Some("SUBMITS"), Some(a)) => server.submits = Some(a),
+                _ => {}
+            }
+        }
+        server
+    }
+}
+
+fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn postoffice");
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    let input = input.to_vec();
+    // A writer thread: a large message must not deadlock against a child
+    // that writes output before it has read all of its input.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for postoffice");
+    let _ = writer.join();
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the binary `bin` with an explicit config path (for broken
+/// configs) and no input.
+pub fn cli_with_config(bin: impl AsRef<Path>, config: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(bin.as_ref());
+    c.env_remove("RUST_LOG")
+        .env_remove("POSTOFFICE_CONFIG")
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    run_with_input(&mut c, b"")
+}
+
+/// A running `postoffice serve`. Killed (SIGKILL) on drop unless stopped.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    pop3: Option<SocketAddr>,
+    pop3s: Option<SocketAddr>,
+    smtp: Option<SocketAddr>,
+    submit: Option<SocketAddr>,
+    submits: Option<SocketAddr>,
+    log: PathBuf,
+    cert: PathBuf,
+}
+
+impl Server {
+    /// The POP3 listener.
+    pub fn pop3_addr(&self) -> SocketAddr {
+        self.pop3.expect("pop3 listener")
+    }
+
+    /// The POP3S (implicit TLS) listener.
+    pub fn pop3s_addr(&self) -> SocketAddr {
+        self.pop3s.expect("pop3s listener")
+    }
+
+    /// The SMTP (MX) listener.
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp.expect("smtp listener")
+    }
+
+    /// The submission (STARTTLS) listener.
+    pub fn submit_addr(&self) -> SocketAddr {
+        self.submit.expect("submission listener")
+    }
+
+    /// The submissions (implicit TLS) listener.
+    pub fn submits_addr(&self) -> SocketAddr {
+        self.submits.expect("submissions listener")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    fn log_contents(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A plain connection, greeting already read and checked.
+    pub fn connect(&self) -> Client<TcpStream> {
+        let mut c = self.connect_raw();
+        let greeting = c.read_line();
+        assert!(greeting.starts_with("+OK"), "greeting: {greeting:?}");
+        c
+    }
+
+    /// A plain connection; nothing read yet.
+    pub fn connect_raw(&self) -> Client<TcpStream> {
+        Client::new(tcp_connect(self.pop3_addr()))
+    }
+
+    /// An implicit-TLS (POP3S) connection; nothing read yet.
+    pub fn connect_tls(&self) -> Client<TlsStream> {
+        let tcp = tcp_connect(self.pop3s_addr());
+        Client::new(tls_client(&self.cert, "localhost", tcp))
+    }
+
+    /// A plain connection, logged in with USER/PASS (asserts +OK).
+    pub fn login(&self, user: &str, password: &str) -> Client<TcpStream> {
+        let mut c = self.connect();
+        let reply = c.login(user, password);
+        assert!(reply.starts_with("+OK"), "login as {user}: {reply:?}");
+        c
+    }
+
+    /// Like [`Server::login`], but retries while the maildrop is still
+    /// `[IN-USE]` by a session the server has not finished tearing down
+    /// (e.g. right after the client dropped its socket). Bounded.
+    #[track_caller]
+    pub fn login_when_free(&self, user: &str, password: &str) -> Client<TcpStream> {
+        let mut c = self.connect();
+        wait_for(START_TIMEOUT, &format!("the maildrop of {user}"), || {
+            let reply = c.login(user, password);
+            assert!(
+                reply.starts_with("+OK") || reply.starts_with("-ERR [IN-USE]"),
+                "login as {user}: {reply:?}"
+            );
+            reply.starts_with("+OK").then_some(())
+        });
+        c
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM {pid} failed");
+        self.wait_exit(START_TIMEOUT)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Wait for the server to exit by itself, up to `limit`.
+    #[track_caller]
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("server running");
+        let mut status = None;
+        poll_until(limit, || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        match status {
+            Some(st) => {
+                self.child = None;
+                st
+            }
+            None => {
+                let log = self.log_contents();
+                self.kill();
+                panic!("server did not exit within {limit:?}; log:\n{log}");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
