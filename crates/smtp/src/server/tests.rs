@@ -646,7 +646,9 @@ fn oversized_headers_are_refused_with_552() {
 /// gets the same message, and the size limit still counts all of it.
 #[test]
 fn content_can_be_taken_while_it_arrives() {
-    let body: String = (0..200).map(|i| format!("line {i} of the message\r\n")).collect();
+    let body: String = (0..200)
+        .map(|i| format!("line {i} of the message\r\n"))
+        .collect();
     for bdat in [false, true] {
         let mut s = ServerSession::new(SessionConfig {
             max_message_size: 100_000,
@@ -655,11 +657,18 @@ fn content_can_be_taken_while_it_arrives() {
         let mut out = Vec::new();
         let mut taken = Vec::new();
         let head = if bdat {
-            format!("EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT {} LAST\r\n", body.len())
+            format!(
+                "EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT {} LAST\r\n",
+                body.len()
+            )
         } else {
             "EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_string()
         };
-        let wire = if bdat { format!("{head}{body}") } else { format!("{head}{body}.\r\n") };
+        let wire = if bdat {
+            format!("{head}{body}")
+        } else {
+            format!("{head}{body}.\r\n")
+        };
         let mut action = Action::NeedInput;
         for chunk in wire.as_bytes().chunks(97) {
             let mut input = chunk;
@@ -689,7 +698,10 @@ fn content_can_be_taken_while_it_arrives() {
         max_message_size: 1000,
         ..SessionConfig::default()
     });
-    run(&mut s, "EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    run(
+        &mut s,
+        "EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n",
+    );
     let mut out = Vec::new();
     for _ in 0..30 {
         let line = b"0123456789012345678901234567890123456789012345678\r\n";
