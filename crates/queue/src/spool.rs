@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use postoffice_common::durable;
 use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
@@ -231,8 +232,13 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> QueueError {
 
 impl Spool {
     /// Create the directory if needed. No recovery (see [`Spool::recover`]).
+    ///
+    /// A new directory is private (`0700`) and its parent is fsynced: the
+    /// fsync of the spool directory after each entry makes the entry
+    /// durable only if the directory's own name in `data_dir` is.
     pub fn new(dir: PathBuf) -> Result<Spool, QueueError> {
-        fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        durable::create_dir_all(&dir)
+            .map_err(io_err(format!("cannot create {}", dir.display())))?;
         Ok(Spool { dir })
     }
 
@@ -592,6 +598,17 @@ mod tests {
         assert!(!valid_id("a/b"));
         assert!(!valid_id("a.env"));
         assert!(!valid_id(&"A".repeat(65)));
+    }
+
+    #[test]
+    fn a_new_spool_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("data/queue")).unwrap();
+        for d in [dir.path().join("data"), spool.dir().to_path_buf()] {
+            let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 
     #[test]
