@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and end-to-end tests, and the
 # real third-party programs (curl, Python poplib/smtplib, fetchmail, swaks,
-# dnsmasq, clamd, Dovecot).
+# dnsmasq, clamd, Dovecot, strace).
 #
 #   ./scripts/test.sh          everything
 #   ./scripts/test.sh --quick  cargo tests only
@@ -12,11 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(curl fetchmail python3 openssl swaks dnsmasq clamav-daemon dovecot-pop3d)
+PACKAGES=(curl fetchmail python3 openssl swaks dnsmasq clamav-daemon dovecot-pop3d strace)
 # Program that proves each package is there.
 declare -A PROGRAM=([curl]=curl [fetchmail]=fetchmail [python3]=python3 [openssl]=openssl
     [swaks]=swaks [dnsmasq]=/usr/sbin/dnsmasq [clamav-daemon]=/usr/sbin/clamd
-    [dovecot-pop3d]=/usr/sbin/dovecot)
+    [dovecot-pop3d]=/usr/sbin/dovecot [strace]=strace)
 
 have_all() {
     local p
@@ -71,6 +71,8 @@ if [[ "${1:-}" != "--quick" && $CLIENTS == 1 ]]; then
         python3 tests/clients/fetch_compare.py target/debug/postoffice
     stage "crash-kill: SIGKILL under SMTP+POP3 load, nothing lost or duplicated" \
         python3 tests/crash/crash.py target/debug/postoffice --kills 50 --seed 7
+    stage "durability: fsync, rename, fsync dir before every 250, +OK and exit 0 (strace)" \
+        python3 tests/durability/durability.py target/debug/postoffice
     stage "fuzz smoke: every target 5 s (stable runner, fixed seed)" \
         ./scripts/fuzz.sh 5 20261127
     stage "benchmark harness smoke run" \

@@ -244,6 +244,10 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> QueueError {
 
 impl Spool {
     /// Create the directory if needed. No recovery (see [`Spool::recover`]).
+    ///
+    /// A new directory is private (`0700`) and its parent is fsynced: the
+    /// fsync of the spool directory after each entry makes the entry
+    /// durable only if the directory's own name in `data_dir` is.
     pub(crate) fn new(dir: PathBuf) -> Result<Spool, QueueError> {
         durable::create_dir_all(&dir)
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
@@ -602,6 +606,17 @@ mod tests {
         assert!(!valid_id("a/b"));
         assert!(!valid_id("a.env"));
         assert!(!valid_id(&"A".repeat(65)));
+    }
+
+    #[test]
+    fn a_new_spool_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("data/queue")).unwrap();
+        for d in [dir.path().join("data"), spool.dir().to_path_buf()] {
+            let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 
     #[test]
