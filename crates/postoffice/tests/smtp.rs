@@ -63,9 +63,9 @@ fn message_is_stored_byte_identical_with_trace_headers() {
     let m = String::from_utf8(msgs[0].clone()).unwrap();
     // The whole stored message: the trace and verification fields the
     // server prepends, then what the client sent, dot-unstuffed, byte for
-    // byte. Only what differs between runs is taken from the message: the
-    // date, and the results of the verification stages (they depend on
-    // the DNS this machine has); the queue id is the one the 250 named.
+    // byte. Only the date is taken from the message; the queue id is the
+    // one the 250 named. (The test server runs without the DNS-based
+    // stages, so no Authentication-Results is added.)
     let id = text
         .trim_end()
         .rsplit_once("id=")
@@ -75,12 +75,7 @@ fn message_is_stored_byte_identical_with_trace_headers() {
         .rsplit_once(";\r\n\t")
         .map(|(_, date)| date.trim_end())
         .unwrap_or_else(|| panic!("no date in the Received field of\n{m}"));
-    let auth = field(&m, "Authentication-Results");
-    assert!(
-        auth.starts_with("Authentication-Results: test.local;"),
-        "{auth}"
-    );
-    let verdict = field(&m, "X-Postoffice-Verdict");
+    assert!(!m.contains("Authentication-Results:"), "{m}");
     let sent = BODY.replace("\r\n..", "\r\n.");
     let expected = format!(
         "Return-Path: <bob@example.net>\r\n\
@@ -88,7 +83,8 @@ fn message_is_stored_byte_identical_with_trace_headers() {
          \tby test.local (postoffice) with ESMTP id {id}\r\n\
          \tfor <alice@example.test>;\r\n\
          \t{date}\r\n\
-         {auth}{verdict}{sent}"
+         X-Postoffice-Verdict: clean; dnsbl=off spf=off dkim=off dmarc=off virus=off\r\n\
+         {sent}"
     );
     assert_eq!(m, expected);
 }

@@ -66,7 +66,8 @@ impl Env {
             "data_dir = \"data\"\nhostname = \"test.local\"\n\
              pop3.listen = [\"127.0.0.1:0\"]\npop3.listen_tls = [\"127.0.0.1:0\"]\n\
              smtp.listen = [\"127.0.0.1:0\"]\nsubmission.listen = [\"127.0.0.1:0\"]\n\
-             submission.listen_tls = [\"127.0.0.1:0\"]\n{extra}\n"
+             submission.listen_tls = [\"127.0.0.1:0\"]\n{extra}\n{}",
+            no_dns(extra)
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("server.log");
@@ -399,4 +400,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Unless `extra` configures them itself, the DNS-based checks are off and
+/// the resolver is a loopback port where nothing answers: a test server
+/// never asks the machine's resolver (no test sends traffic off the
+/// machine), and an unexpected lookup fails on the spot.
+fn no_dns(extra: &str) -> String {
+    let mut out = String::new();
+    if !extra.contains("[dns]") && !extra.contains("dns.") {
+        out.push_str("[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_secs = 1\n");
+    }
+    if !extra.contains("[filter]") && !extra.contains("filter.") {
+        out.push_str("[filter]\nspf = \"off\"\ndkim = \"off\"\ndmarc = \"off\"\n");
+    }
+    out
 }
