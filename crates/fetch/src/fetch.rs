@@ -18,6 +18,14 @@
 //! Without UIDL (only allowed with `policy = "delete"`) there is no way to
 //! recognise a message again: if the connection dies after a delivery but
 //! before QUIT's `+OK`, that message is delivered again on the next run.
+//!
+//! A broken or hostile server cannot make the run take unbounded memory or
+//! time: every listing reply has a byte budget, every message a budget
+//! derived from the size LIST announced (capped by `max_message_size`),
+//! and the session a deadline, besides the per-read timeout
+//! ([`ConnectOptions`](crate::client::ConnectOptions)). Going past one
+//! ends the session with [`Error::LimitExceeded`] before anything is
+//! deleted; what was delivered until then is recorded.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -352,7 +360,7 @@ async fn run(
                 inner: &mut *delivery,
                 progress,
             };
-            client.retr(m.number, &mut sink).await
+            client.retr_listed(m.number, m.size, &mut sink).await
         };
         let outcome = match got {
             Ok(n) => delivery.commit().map(|()| n),
