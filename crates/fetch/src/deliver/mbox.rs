@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use postoffice_common::date::asctime;
 use postoffice_common::durable;
+use postoffice_common::maildir_name::local_hostname;
 
 use super::transcode::{CrlfToLf, MboxrdQuoter};
 use super::{BUF, Delivery};
@@ -16,9 +17,30 @@ use super::{BUF, Delivery};
 write_through_writer!(MboxDelivery);
 
 /// A `.lock` file created with O_EXCL next to the mbox; removed on drop.
+/// It holds `<pid> <host>`, so that a lock left by a process that died
+/// (`kill -9`) on this host is recognised as stale at once.
 #[derive(Debug)]
 struct DotLock {
     path: PathBuf,
+}
+
+/// Whether the dotlock at `path` was left by a process of this host that
+/// no longer exists. Locks written by other programs (other contents) or
+/// other hosts are never judged by this.
+fn holder_is_gone(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let mut words = text.split_whitespace();
+    let (Some(pid), Some(host), None) = (words.next(), words.next(), words.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == local_hostname()
+        && Path::new("/proc/self").exists()
+        && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl DotLock {
@@ -35,17 +57,19 @@ impl DotLock {
                 .open(&path)
             {
                 Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
+                    let _ = writeln!(f, "{} {}", std::process::id(), local_hostname());
                     return Ok(DotLock { path });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // A lock older than 10 minutes is stale (the convention
-                    // of procmail and mutt is 5).
+                    // of procmail and mutt is 5), and so is one whose
+                    // process, here, is gone.
                     let stale = std::fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(600));
+                        .is_some_and(|age| age > Duration::from_secs(600))
+                        || holder_is_gone(&path);
                     if stale {
                         let _ = std::fs::remove_file(&path);
                         continue;
@@ -253,5 +277,31 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         drop(held);
         DotLock::acquire(&mbox, Duration::from_millis(200)).unwrap();
+    }
+
+    #[test]
+    fn a_dotlock_whose_process_is_gone_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("m");
+        let lock = dir.path().join("m.lock");
+        // A finished child's pid: no such process any more (barring reuse
+        // within the test, which would only make the lock look held).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(&lock, format!("{dead} {}\n", local_hostname())).unwrap();
+        let held = DotLock::acquire(&mbox, Duration::from_secs(5)).unwrap();
+        drop(held);
+        // Alive, another host's, or another program's lock: respected.
+        for text in [
+            format!("{} {}\n", std::process::id(), local_hostname()),
+            format!("{dead} some.other.host\n"),
+            format!("{dead}\n"),
+            String::new(),
+        ] {
+            std::fs::write(&lock, &text).unwrap();
+            let e = DotLock::acquire(&mbox, Duration::from_millis(200)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{text:?}");
+        }
     }
 }
