@@ -17,8 +17,10 @@
 //! - [`fetch_account`] and the command line ([`FetchArgs`], [`run`]): fetch
 //!   an account from its [`config`] into a Maildir, an mbox or a command,
 //!   apply a [`Policy`], and remember what was delivered in a
-//!   [`state`] file, in an order that never loses a message and never
-//!   delivers one twice (see [`fetch`]).
+//!   [`state`] file, in an order that never loses a message, even when the
+//!   process is killed, and never delivers one twice to a Maildir or an
+//!   mbox; a command, which cannot be asked what it did, is told when a
+//!   message may be a repeat (see [`fetch`]).
 //!
 //! The protocol parsing itself is sans-IO, in `pop3-proto`
 //! (`client`, `client_codec`, `body`, `sasl`). The mechanisms fetch shares

@@ -144,6 +144,7 @@ fn assert_nothing_happened(dir: &std::path::Path, seen: &[String]) {
     assert_eq!(file_count(&md.join("tmp")), 0, "no partial file left");
     let state = State::load(&dir.join("hostile.state")).unwrap();
     assert!(state.is_empty(), "nothing recorded");
+    assert_eq!(state.pending("uid-1"), None, "no delivery begun");
     assert!(
         !seen.iter().any(|c| c.starts_with("DELE") || c == "QUIT"),
         "no DELE or QUIT: {seen:?}"

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod destinations;
 mod interruption;
+mod kill;
 mod limits;
 mod policies;
 mod tls;
