@@ -28,8 +28,10 @@ pub const EXIT_TEMPFAIL: u8 = 75;
 const AFTER_HELP: &str = "\
 Accounts are read from a TOML file (see fetch.example.toml); messages are \
 deleted on the server only after they are safely stored, and only the \
-server's reply to QUIT commits deletions, so an interrupted run never loses \
-mail and a rerun never delivers a message twice.
+server's reply to QUIT commits deletions, so an interrupted run (even \
+kill -9) never loses mail, and a rerun never delivers a message twice to a \
+maildir or mbox (a command is told, with POSTOFFICE_FETCH_REPEAT=1, when a \
+message may be a repeat).
 
 Exit status:
   0   everything went well

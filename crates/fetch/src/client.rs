@@ -15,8 +15,8 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::conn::{Conn, Transport};
-use crate::error::{Error, Result};
+use crate::conn::{Conn, Deadline, Transport};
+use crate::error::{Error, Limit, Result};
 use crate::tls::{self, TlsMode, Trust};
 
 /// Receives the protocol trace, one line at a time, already prefixed with
@@ -61,8 +61,23 @@ pub struct ConnectOptions {
     /// Longest response line accepted (status and listing lines; message
     /// bodies are streamed and have no line limit).
     pub max_line: usize,
-    /// Largest message accepted by [`Client::retr`] / [`Client::top`].
+    /// Largest message accepted by [`Client::retr`] / [`Client::top`], and
+    /// the cap on [`Client::retr_listed`]'s budget.
     pub max_message_size: u64,
+    /// Budget of one multi-line listing reply (CAPA, LIST, UIDL), in bytes;
+    /// every line counts its length (with its line end) plus
+    /// [`LISTING_LINE_OVERHEAD`], so that the budget also bounds what the
+    /// client keeps of the reply.
+    pub max_listing_bytes: u64,
+    /// [`Client::retr_listed`]: a message may be at most this many times
+    /// the size LIST announced...
+    pub listed_size_factor: u64,
+    /// ...plus this many bytes (and never more than `max_message_size`).
+    pub listed_size_slack: u64,
+    /// The whole session (connect to QUIT) must end within this; every
+    /// network wait is cut short at the deadline. `None`: no deadline, only
+    /// the per-read `io_timeout`.
+    pub session_timeout: Option<Duration>,
     /// Protocol trace receiver (`--verbose`).
     pub trace: Option<Trace>,
 }
@@ -78,6 +93,10 @@ impl std::fmt::Debug for ConnectOptions {
             .field("io_timeout", &self.io_timeout)
             .field("max_line", &self.max_line)
             .field("max_message_size", &self.max_message_size)
+            .field("max_listing_bytes", &self.max_listing_bytes)
+            .field("listed_size_factor", &self.listed_size_factor)
+            .field("listed_size_slack", &self.listed_size_slack)
+            .field("session_timeout", &self.session_timeout)
             .field("trace", &self.trace.is_some())
             .finish()
     }
@@ -85,8 +104,9 @@ impl std::fmt::Debug for ConnectOptions {
 
 impl ConnectOptions {
     /// Defaults: the conventional port for `tls`, system CA certificates,
-    /// 30 s to connect, 60 s per read or write, 4096-byte lines, 1 GiB
-    /// messages, no trace.
+    /// 30 s to connect, 60 s per read or write, one hour per session,
+    /// 4096-byte lines, 16 MiB listings, messages of at most 4 times their
+    /// listed size plus 1 MiB and never over 1 GiB, no trace.
     pub fn new(host: impl Into<String>, tls: TlsMode) -> Self {
         ConnectOptions {
             host: host.into(),
@@ -96,7 +116,11 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(60),
             max_line: 4096,
-            max_message_size: 1 << 30,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_listing_bytes: DEFAULT_MAX_LISTING_BYTES,
+            listed_size_factor: DEFAULT_LISTED_SIZE_FACTOR,
+            listed_size_slack: DEFAULT_LISTED_SIZE_SLACK,
+            session_timeout: Some(DEFAULT_SESSION_TIMEOUT),
             trace: None,
         }
     }
@@ -124,9 +148,24 @@ pub struct Listing {
 
 /// How many commands are in flight at once when pipelining.
 const PIPELINE_WINDOW: usize = 64;
-/// Most lines accepted in one multi-line listing (a hostile server could
-/// otherwise send an endless one).
-const MAX_LISTING_LINES: usize = 10_000_000;
+
+/// What every line of a listing reply costs on top of its length, in
+/// [`ConnectOptions::max_listing_bytes`]: about what the client keeps per
+/// line (a [`MessageEntry`], a capability string), so that short lines
+/// cannot multiply the memory a budget allows.
+pub const LISTING_LINE_OVERHEAD: u64 = 64;
+/// Default [`ConnectOptions::max_listing_bytes`]: 16 MiB, a UIDL listing
+/// of about 150,000 messages with 40-character unique-ids.
+pub const DEFAULT_MAX_LISTING_BYTES: u64 = 16 << 20;
+/// Default [`ConnectOptions::max_message_size`]: 1 GiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 1 << 30;
+/// Default [`ConnectOptions::listed_size_factor`]: 4 (a server counting
+/// bare LF line ends sends at most twice what it announces).
+pub const DEFAULT_LISTED_SIZE_FACTOR: u64 = 4;
+/// Default [`ConnectOptions::listed_size_slack`]: 1 MiB.
+pub const DEFAULT_LISTED_SIZE_SLACK: u64 = 1 << 20;
+/// Default [`ConnectOptions::session_timeout`]: one hour.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// A POP3 session.
 ///
@@ -147,6 +186,9 @@ pub struct Client {
     caps: Option<Capabilities>,
     trace: Option<Trace>,
     max_message_size: u64,
+    max_listing_bytes: u64,
+    listed_size_factor: u64,
+    listed_size_slack: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -181,35 +223,39 @@ impl Client {
     /// is refused with [`Error::StlsNotOffered`]; the client never falls
     /// back to plaintext.
     pub async fn connect(opts: &ConnectOptions) -> Result<Client> {
+        let deadline = Deadline::new(&opts.host, opts.session_timeout);
         let addr = format!("{}:{}", opts.host, opts.port);
         let tls_config = match opts.tls {
             TlsMode::None => None,
             _ => Some(tls::client_config(&opts.trust)?),
         };
-        let tcp = tokio::time::timeout(
-            opts.connect_timeout,
-            TcpStream::connect((opts.host.as_str(), opts.port)),
-        )
-        .await
-        .map_err(|_| Error::Timeout(opts.connect_timeout))?
-        .map_err(|source| Error::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+        let tcp = deadline
+            .within(
+                opts.connect_timeout,
+                TcpStream::connect((opts.host.as_str(), opts.port)),
+            )
+            .await?
+            .map_err(|source| Error::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let transport = match (&tls_config, opts.tls) {
             (Some(cfg), TlsMode::Implicit) => {
-                handshake(cfg, &opts.host, tcp, opts.io_timeout).await?
+                handshake(cfg, &opts.host, tcp, opts.io_timeout, &deadline).await?
             }
             _ => Transport::Plain(tcp),
         };
         let mut client = Client {
-            conn: Conn::new(transport, opts.io_timeout, opts.max_line),
+            conn: Conn::new(transport, opts.io_timeout, deadline.clone(), opts.max_line),
             host: opts.host.clone(),
             greeting: String::new(),
             caps: None,
             trace: opts.trace.clone(),
             max_message_size: opts.max_message_size,
+            max_listing_bytes: opts.max_listing_bytes,
+            listed_size_factor: opts.listed_size_factor,
+            listed_size_slack: opts.listed_size_slack,
         };
         client.greeting = client.read_ok("greeting", false).await?;
         client.caps = client.capa().await?;
@@ -229,7 +275,7 @@ impl Client {
             }
             let tcp = client.conn.take_plain().ok_or(Error::Poisoned)?;
             let cfg = tls_config.as_ref().ok_or(Error::Poisoned)?;
-            let tls = handshake(cfg, &opts.host, tcp, opts.io_timeout).await?;
+            let tls = handshake(cfg, &opts.host, tcp, opts.io_timeout, &deadline).await?;
             client.conn.set_transport(tls);
             // RFC 2595 4: forget what was learned before TLS.
             client.caps = client.capa().await?;
@@ -315,25 +361,39 @@ impl Client {
         self.read_ok(name, login).await
     }
 
-    /// Read the lines of a multi-line response (after its `+OK`).
-    async fn read_lines(&mut self) -> Result<Vec<Vec<u8>>> {
+    /// Read the lines of a multi-line listing reply to `command` (after
+    /// its `+OK`), handing each to `each` as it arrives: nothing is kept
+    /// here. The reply may cost at most `max_listing_bytes` (each line its
+    /// length plus [`LISTING_LINE_OVERHEAD`]); past that the session ends
+    /// with [`Error::LimitExceeded`], the rest of the reply unread.
+    async fn read_listing(
+        &mut self,
+        command: &str,
+        mut each: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let r = async {
             let mut dec = BodyDecoder::new();
-            let mut lines = Vec::new();
+            let mut spent: u64 = 0;
             loop {
                 let raw = self.conn.read_line().await?;
+                spent = spent.saturating_add(raw.len() as u64 + 2 + LISTING_LINE_OVERHEAD);
+                if spent > self.max_listing_bytes {
+                    return Err(Error::LimitExceeded {
+                        server: self.host.clone(),
+                        limit: Limit::ListingBytes {
+                            command: command.to_string(),
+                            limit: self.max_listing_bytes,
+                        },
+                    });
+                }
                 match dec.line(&raw) {
-                    Decoded::End => break,
+                    Decoded::End => return Ok(()),
                     Decoded::Line(l) => {
                         self.trace(&format!("S: {}", String::from_utf8_lossy(l)));
-                        if lines.len() >= MAX_LISTING_LINES {
-                            return Err(Error::Protocol("endless multi-line response".into()));
-                        }
-                        lines.push(l.to_vec());
+                        each(l)?;
                     }
                 }
             }
-            Ok(lines)
         }
         .await;
         self.guard(r)
@@ -345,8 +405,13 @@ impl Client {
         self.send_line("CAPA", "CAPA").await?;
         let caps = match self.read_status().await? {
             Status::Ok(_) => {
-                let lines = self.read_lines().await?;
-                Some(Capabilities::from_lines(lines.iter().map(|l| l.as_slice())))
+                let mut caps = Capabilities::default();
+                self.read_listing("CAPA", |l| {
+                    caps.add_line(l);
+                    Ok(())
+                })
+                .await?;
+                Some(caps)
             }
             Status::Err { .. } => None,
             Status::Continue(_) => {
@@ -462,20 +527,18 @@ impl Client {
     }
 
     async fn read_list_body(&mut self) -> Result<Vec<MessageEntry>> {
-        let lines = self.read_lines().await?;
-        let r = lines
-            .iter()
-            .map(|l| {
-                parse_list_line(l)
-                    .map(|(number, size)| MessageEntry {
-                        number,
-                        size,
-                        uid: None,
-                    })
-                    .map_err(|e| Error::Protocol(e.to_string()))
-            })
-            .collect();
-        self.guard(r)
+        let mut messages = Vec::new();
+        self.read_listing("LIST", |l| {
+            let (number, size) = parse_list_line(l).map_err(|e| Error::Protocol(e.to_string()))?;
+            messages.push(MessageEntry {
+                number,
+                size,
+                uid: None,
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(messages)
     }
 
     /// UIDL: every message's unique-id. [`Error::Command`] if the server
@@ -486,12 +549,42 @@ impl Client {
     }
 
     async fn read_uidl_body(&mut self) -> Result<Vec<(u32, String)>> {
-        let lines = self.read_lines().await?;
-        let r = lines
-            .iter()
-            .map(|l| parse_uidl_line(l).map_err(|e| Error::Protocol(e.to_string())))
-            .collect();
-        self.guard(r)
+        let mut uids = Vec::new();
+        self.read_listing("UIDL", |l| {
+            uids.push(parse_uidl_line(l).map_err(|e| Error::Protocol(e.to_string()))?);
+            Ok(())
+        })
+        .await?;
+        Ok(uids)
+    }
+
+    /// Read a UIDL body into the `uid`s of `messages` (from LIST): lines
+    /// for messages LIST did not show are ignored, so what is kept never
+    /// outgrows the LIST reply.
+    async fn read_uidl_into(&mut self, messages: &mut [MessageEntry]) -> Result<()> {
+        let sorted = messages.windows(2).all(|w| w[0].number < w[1].number);
+        let index: std::collections::HashMap<u32, usize> = if sorted {
+            Default::default()
+        } else {
+            messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.number, i))
+                .collect()
+        };
+        self.read_listing("UIDL", |l| {
+            let (number, uid) = parse_uidl_line(l).map_err(|e| Error::Protocol(e.to_string()))?;
+            let at = if sorted {
+                messages.binary_search_by_key(&number, |m| m.number).ok()
+            } else {
+                index.get(&number).copied()
+            };
+            if let Some(i) = at {
+                messages[i].uid = Some(uid);
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// LIST and UIDL together, pipelined when the server advertises
@@ -512,9 +605,12 @@ impl Client {
             self.send_line("UIDL", "UIDL").await?;
             self.read_status().await?
         };
-        let uids = match uidl_reply {
-            Status::Ok(_) => Some(self.read_uidl_body().await?),
-            Status::Err { code: None, .. } => None,
+        let uidl = match uidl_reply {
+            Status::Ok(_) => {
+                self.read_uidl_into(&mut messages).await?;
+                true
+            }
+            Status::Err { code: None, .. } => false,
             Status::Err { code, text } => {
                 return Err(Error::from_err("UIDL", code, text, false));
             }
@@ -523,19 +619,9 @@ impl Client {
                 return self.guard(Err(e));
             }
         };
-        let uidl = uids.is_some();
-        if let Some(uids) = uids {
-            let map: std::collections::HashMap<u32, String> = uids.into_iter().collect();
-            for m in &mut messages {
-                match map.get(&m.number) {
-                    Some(uid) => m.uid = Some(uid.clone()),
-                    None => {
-                        let e =
-                            Error::Protocol(format!("UIDL has no entry for message {}", m.number));
-                        return self.guard(Err(e));
-                    }
-                }
-            }
+        if uidl && let Some(m) = messages.iter().find(|m| m.uid.is_none()) {
+            let e = Error::Protocol(format!("UIDL has no entry for message {}", m.number));
+            return self.guard(Err(e));
         }
         Ok(Listing { messages, uidl })
     }
@@ -548,10 +634,30 @@ impl Client {
     /// If the sink fails, the rest of the message is still read (and
     /// discarded) so the session stays usable, and [`Error::Sink`] is
     /// returned.
+    ///
+    /// A message larger than `max_message_size` ends the session with
+    /// [`Error::LimitExceeded`]; [`Client::retr_listed`] also holds the
+    /// server to the size it announced.
     pub async fn retr<W: Write + ?Sized>(&mut self, number: u32, sink: &mut W) -> Result<u64> {
         self.command(&format!("RETR {number}"), "RETR", false)
             .await?;
-        self.body(sink).await
+        self.body(sink, number, None).await
+    }
+
+    /// [`Client::retr`] for a message LIST announced as `listed` bytes: the
+    /// message may be at most `listed_size_factor * listed +
+    /// listed_size_slack` bytes (and never more than `max_message_size`);
+    /// a server sending more ends the session with
+    /// [`Error::LimitExceeded`] as soon as it passes that budget.
+    pub async fn retr_listed<W: Write + ?Sized>(
+        &mut self,
+        number: u32,
+        listed: u64,
+        sink: &mut W,
+    ) -> Result<u64> {
+        self.command(&format!("RETR {number}"), "RETR", false)
+            .await?;
+        self.body(sink, number, Some(listed)).await
     }
 
     /// TOP: the header and the first `lines` body lines of a message,
@@ -564,11 +670,41 @@ impl Client {
     ) -> Result<u64> {
         self.command(&format!("TOP {number} {lines}"), "TOP", false)
             .await?;
-        self.body(sink).await
+        self.body(sink, number, None).await
     }
 
-    async fn body<W: Write + ?Sized>(&mut self, sink: &mut W) -> Result<u64> {
-        let r = self.conn.read_body(sink, self.max_message_size).await;
+    /// The budget of message `number`, LIST-announced as `listed` bytes:
+    /// the byte count, and the limit an error names.
+    fn message_limit(&self, number: u32, listed: Option<u64>) -> (u64, Limit) {
+        let by_listing = listed.map(|l| {
+            l.saturating_mul(self.listed_size_factor)
+                .saturating_add(self.listed_size_slack)
+        });
+        let (limit, absolute) = match by_listing {
+            Some(b) if b < self.max_message_size => (b, false),
+            _ => (self.max_message_size, true),
+        };
+        let named = Limit::MessageBytes {
+            number,
+            listed,
+            limit,
+            absolute,
+        };
+        (limit, named)
+    }
+
+    async fn body<W: Write + ?Sized>(
+        &mut self,
+        sink: &mut W,
+        number: u32,
+        listed: Option<u64>,
+    ) -> Result<u64> {
+        let (bytes, limit) = self.message_limit(number, listed);
+        let server = self.host.clone();
+        let r = self
+            .conn
+            .read_body(sink, bytes, move || Error::LimitExceeded { server, limit })
+            .await;
         match &r {
             Ok(n) => self.trace(&format!("S: <message, {n} bytes>")),
             Err(Error::Sink(e)) => self.trace(&format!("S: <message, not stored: {e}>")),
@@ -648,12 +784,13 @@ async fn handshake(
     host: &str,
     tcp: TcpStream,
     timeout: Duration,
+    deadline: &Deadline,
 ) -> Result<Transport> {
     let name = tls::server_name(host)?;
     let connector = TlsConnector::from(Arc::clone(cfg));
-    let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
-        .await
-        .map_err(|_| Error::Timeout(timeout))?
+    let stream = deadline
+        .within(timeout, connector.connect(name, tcp))
+        .await?
         .map_err(|e| tls::handshake_error(host, e))?;
     Ok(Transport::Tls(Box::new(stream)))
 }

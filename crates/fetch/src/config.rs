@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::{AuthMethod, ConnectOptions};
+use crate::client::{
+    AuthMethod, ConnectOptions, DEFAULT_LISTED_SIZE_FACTOR, DEFAULT_LISTED_SIZE_SLACK,
+    DEFAULT_MAX_LISTING_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SESSION_TIMEOUT,
+};
 use crate::tls::{TlsMode, Trust};
 
 /// A configuration problem (exit status 2).
@@ -151,15 +154,25 @@ pub struct Account {
     pub destination: Destination,
     /// Limit for each network read/write.
     pub timeout: Duration,
+    /// Limit for the whole session, connect to QUIT.
+    pub session_timeout: Duration,
     /// Largest message accepted.
     pub max_message_size: u64,
+    /// Budget of one listing reply (CAPA, LIST, UIDL); see
+    /// [`ConnectOptions::max_listing_bytes`].
+    pub max_listing_bytes: u64,
+    /// A message may be at most this many times its LIST size...
+    pub listed_size_factor: u64,
+    /// ...plus this many bytes (and at most `max_message_size`).
+    pub listed_size_slack: u64,
     resolved_password: OnceLock<Secret>,
 }
 
 impl Account {
     /// A minimal account (mainly for programs and tests that build
     /// accounts in code): implicit TLS on the default port, `auth = auto`,
-    /// `policy = delete`, 60 s timeout, 1 GiB message limit.
+    /// `policy = delete`, 60 s timeout, one-hour sessions, and the
+    /// [`ConnectOptions::new`] size limits.
     pub fn new(
         name: impl Into<String>,
         server: impl Into<String>,
@@ -182,7 +195,11 @@ impl Account {
             state_file,
             destination,
             timeout: Duration::from_secs(60),
-            max_message_size: 1 << 30,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_listing_bytes: DEFAULT_MAX_LISTING_BYTES,
+            listed_size_factor: DEFAULT_LISTED_SIZE_FACTOR,
+            listed_size_slack: DEFAULT_LISTED_SIZE_SLACK,
             resolved_password: OnceLock::new(),
         }
     }
@@ -216,6 +233,10 @@ impl Account {
         o.io_timeout = self.timeout;
         o.connect_timeout = self.timeout.min(Duration::from_secs(30));
         o.max_message_size = self.max_message_size;
+        o.max_listing_bytes = self.max_listing_bytes;
+        o.listed_size_factor = self.listed_size_factor;
+        o.listed_size_slack = self.listed_size_slack;
+        o.session_timeout = Some(self.session_timeout);
         o
     }
 }
@@ -284,7 +305,11 @@ struct RawAccount {
     keep_newest: Option<u32>,
     state_file: Option<String>,
     timeout_secs: Option<u64>,
+    session_timeout_secs: Option<u64>,
     max_message_size: Option<u64>,
+    max_listing_bytes: Option<u64>,
+    listed_size_factor: Option<u64>,
+    listed_size_slack: Option<u64>,
     destination: RawDestination,
 }
 
@@ -465,6 +490,20 @@ fn validate(a: RawAccount, base: &Path) -> Result<Account, String> {
     if timeout == 0 {
         return Err("timeout_secs must be at least 1".into());
     }
+    let session_timeout = a
+        .session_timeout_secs
+        .unwrap_or(DEFAULT_SESSION_TIMEOUT.as_secs());
+    if session_timeout == 0 {
+        return Err("session_timeout_secs must be at least 1".into());
+    }
+    let max_listing_bytes = a.max_listing_bytes.unwrap_or(DEFAULT_MAX_LISTING_BYTES);
+    if max_listing_bytes < 4096 {
+        return Err("max_listing_bytes must be at least 4096".into());
+    }
+    let listed_size_factor = a.listed_size_factor.unwrap_or(DEFAULT_LISTED_SIZE_FACTOR);
+    if listed_size_factor == 0 {
+        return Err("listed_size_factor must be at least 1".into());
+    }
     Ok(Account {
         port: a.port.unwrap_or(a.tls.default_port()),
         name: a.name,
@@ -479,7 +518,11 @@ fn validate(a: RawAccount, base: &Path) -> Result<Account, String> {
         state_file,
         destination,
         timeout: Duration::from_secs(timeout),
-        max_message_size: a.max_message_size.unwrap_or(1 << 30),
+        session_timeout: Duration::from_secs(session_timeout),
+        max_message_size: a.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
+        max_listing_bytes,
+        listed_size_factor,
+        listed_size_slack: a.listed_size_slack.unwrap_or(DEFAULT_LISTED_SIZE_SLACK),
         resolved_password: OnceLock::new(),
     })
 }
@@ -516,7 +559,11 @@ mod tests {
             "keep_newest",
             "state_file",
             "timeout_secs",
+            "session_timeout_secs",
             "max_message_size",
+            "max_listing_bytes",
+            "listed_size_factor",
+            "listed_size_slack",
             "maildir",
             "mbox",
             "command",
@@ -551,6 +598,27 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_and_reach_the_connection() {
+        let dest = "[account.destination]\nmaildir = \"M\"\n";
+        let cfg = parse(&format!("{MIN}{dest}")).unwrap();
+        let o = cfg.accounts[0].connect_options(false);
+        assert_eq!(o.session_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(o.max_listing_bytes, 16 << 20);
+        assert_eq!((o.listed_size_factor, o.listed_size_slack), (4, 1 << 20));
+        assert_eq!(o.max_message_size, 1 << 30);
+        let cfg = parse(&format!(
+            "{MIN}session_timeout_secs = 5\nmax_listing_bytes = 65536\nlisted_size_factor = 2\nlisted_size_slack = 10\nmax_message_size = 1000\ntimeout_secs = 7\n{dest}"
+        ))
+        .unwrap();
+        let o = cfg.accounts[0].connect_options(false);
+        assert_eq!(o.session_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(o.io_timeout, Duration::from_secs(7));
+        assert_eq!(o.max_listing_bytes, 65536);
+        assert_eq!((o.listed_size_factor, o.listed_size_slack), (2, 10));
+        assert_eq!(o.max_message_size, 1000);
+    }
+
+    #[test]
     fn rejects_bad_configs() {
         let dest = "[account.destination]\nmaildir = \"M\"\n";
         for (extra, dest, why) in [
@@ -567,6 +635,13 @@ mod tests {
             ),
             ("", "[account.destination]\n", "exactly one"),
             ("tls = \"none\"\ninsecure = true\n", dest, "make no sense"),
+            (
+                "session_timeout_secs = 0\n",
+                dest,
+                "session_timeout_secs must",
+            ),
+            ("max_listing_bytes = 100\n", dest, "max_listing_bytes must"),
+            ("listed_size_factor = 0\n", dest, "listed_size_factor must"),
         ] {
             let err = parse(&format!("{MIN}{extra}{dest}"))
                 .unwrap_err()

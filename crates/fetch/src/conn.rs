@@ -1,6 +1,8 @@
 //! The byte stream under the client: TCP or TLS, a read buffer, a line
-//! length limit and a timeout on every read and write.
+//! length limit, a timeout on every read and write, and a deadline for the
+//! whole session.
 
+use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,7 +13,63 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Limit, Result};
+
+/// The end of a session: every network wait (connect, TLS handshake, read,
+/// write) is cut short there, whatever its own timeout. Without it a
+/// server trickling one byte just inside every read timeout could hold
+/// the client forever.
+#[derive(Debug, Clone)]
+pub(crate) struct Deadline {
+    at: Option<tokio::time::Instant>,
+    total: Duration,
+    server: String,
+}
+
+impl Deadline {
+    /// A deadline `total` from now (`None`: no deadline) for a session with
+    /// `server` (named in the error).
+    pub(crate) fn new(server: &str, total: Option<Duration>) -> Self {
+        Deadline {
+            at: total.and_then(|t| tokio::time::Instant::now().checked_add(t)),
+            total: total.unwrap_or(Duration::MAX),
+            server: server.to_string(),
+        }
+    }
+
+    fn error(&self) -> Error {
+        Error::LimitExceeded {
+            server: self.server.clone(),
+            limit: Limit::SessionDeadline(self.total),
+        }
+    }
+
+    /// Run `fut` for at most `limit` and never past the deadline:
+    /// [`Error::Timeout`] when `limit` runs out first,
+    /// [`Error::LimitExceeded`] when the deadline does.
+    pub(crate) async fn within<T>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = T>,
+    ) -> Result<T> {
+        let left = match self.at {
+            Some(at) => at.saturating_duration_since(tokio::time::Instant::now()),
+            None => Duration::MAX,
+        };
+        if left.is_zero() {
+            return Err(self.error());
+        }
+        if left < limit {
+            tokio::time::timeout(left, fut)
+                .await
+                .map_err(|_| self.error())
+        } else {
+            tokio::time::timeout(limit, fut)
+                .await
+                .map_err(|_| Error::Timeout(limit))
+        }
+    }
+}
 
 /// Size of the read buffer, and so the largest chunk ever handed to a
 /// message sink.
@@ -62,25 +120,32 @@ impl AsyncWrite for Transport {
     }
 }
 
-/// A buffered connection. Every read and write is bounded by `timeout`;
-/// lines are bounded by `max_line`.
+/// A buffered connection. Every read and write is bounded by `timeout`
+/// and by the session's `deadline`; lines are bounded by `max_line`.
 pub(crate) struct Conn {
     io: Option<Transport>,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
     timeout: Duration,
+    deadline: Deadline,
     max_line: usize,
 }
 
 impl Conn {
-    pub(crate) fn new(io: Transport, timeout: Duration, max_line: usize) -> Self {
+    pub(crate) fn new(
+        io: Transport,
+        timeout: Duration,
+        deadline: Deadline,
+        max_line: usize,
+    ) -> Self {
         Conn {
             io: Some(io),
             buf: vec![0; READ_BUF].into_boxed_slice(),
             start: 0,
             end: 0,
             timeout,
+            deadline,
             // A line must fit in the buffer with its CRLF.
             max_line: max_line.clamp(64, READ_BUF - 2),
         }
@@ -130,11 +195,11 @@ impl Conn {
             self.end -= self.start;
             self.start = 0;
         }
-        let timeout = self.timeout;
         let io = self.io.as_mut().ok_or(Error::Poisoned)?;
-        let n = tokio::time::timeout(timeout, io.read(&mut self.buf[self.end..]))
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        let n = self
+            .deadline
+            .within(self.timeout, io.read(&mut self.buf[self.end..]))
+            .await?
             .map_err(Error::Io)?;
         if n == 0 {
             return Err(Error::Closed);
@@ -168,13 +233,16 @@ impl Conn {
 
     /// Stream a multi-line response body into `sink`, dot-stuffing
     /// removed, in chunks of at most [`READ_BUF`] (+1) bytes. Fails with
-    /// [`Error::TooLarge`] past `limit` bytes. A failing sink does not stop
-    /// the reading: the body is drained so the session stays usable, and
-    /// the sink's error is returned as [`Error::Sink`] at the end.
+    /// `too_large()` as soon as the body passes `limit` bytes (the rest is
+    /// left unread: the caller must drop the connection). A failing sink
+    /// does not stop the reading: the body is drained so the session stays
+    /// usable, and the sink's error is returned as [`Error::Sink`] at the
+    /// end.
     pub(crate) async fn read_body<W: Write + ?Sized>(
         &mut self,
         sink: &mut W,
         limit: u64,
+        too_large: impl FnOnce() -> Error,
     ) -> Result<u64> {
         let mut dec = StreamDecoder::new();
         let mut out = Vec::with_capacity(READ_BUF + 1);
@@ -189,7 +257,7 @@ impl Conn {
             self.start += used;
             total += out.len() as u64;
             if total > limit {
-                return Err(Error::TooLarge(limit));
+                return Err(too_large());
             }
             if sink_error.is_none()
                 && !out.is_empty()
@@ -213,15 +281,14 @@ impl Conn {
     }
 
     pub(crate) async fn send(&mut self, data: &[u8]) -> Result<()> {
-        let timeout = self.timeout;
         let io = self.io.as_mut().ok_or(Error::Poisoned)?;
-        tokio::time::timeout(timeout, async {
-            io.write_all(data).await?;
-            io.flush().await
-        })
-        .await
-        .map_err(|_| Error::Timeout(timeout))?
-        .map_err(Error::Io)
+        self.deadline
+            .within(self.timeout, async {
+                io.write_all(data).await?;
+                io.flush().await
+            })
+            .await?
+            .map_err(Error::Io)
     }
 
     /// Close the write side politely (TLS close_notify), best effort.

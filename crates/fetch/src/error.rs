@@ -95,10 +95,17 @@ pub enum Error {
     /// APOP without a timestamp, UIDL, ...).
     #[error("not supported by the server: {0}")]
     Unsupported(String),
-    /// A message was larger than the configured maximum; the connection
-    /// was abandoned.
-    #[error("message larger than the limit of {0} bytes")]
-    TooLarge(u64),
+    /// The server went past one of the limits that protect the client
+    /// from a broken or hostile server (a listing or a message larger than
+    /// its budget, a session longer than its deadline). The connection is
+    /// abandoned without QUIT, so the server deletes nothing.
+    #[error("{server}: {limit}; stopping, nothing more is fetched or deleted in this session")]
+    LimitExceeded {
+        /// The server, as configured.
+        server: String,
+        /// Which limit, with its value.
+        limit: Limit,
+    },
     /// Writing the message to the caller's sink failed. The response was
     /// read to its end, so the session is still usable.
     #[error("writing the message failed: {0}")]
@@ -110,7 +117,8 @@ pub enum Error {
 
 impl Error {
     /// True for failures that may go away by themselves (network trouble,
-    /// a locked mailbox, LOGIN-DELAY, `[SYS/TEMP]`), false for those that
+    /// a session over its deadline, a locked mailbox, LOGIN-DELAY,
+    /// `[SYS/TEMP]`), false for those that
     /// need someone to change something (wrong password, certificate,
     /// `[SYS/PERM]`, missing server features).
     pub fn is_temporary(&self) -> bool {
@@ -118,6 +126,10 @@ impl Error {
             self,
             Error::Connect { .. }
                 | Error::Timeout(_)
+                | Error::LimitExceeded {
+                    limit: Limit::SessionDeadline(_),
+                    ..
+                }
                 | Error::Io(_)
                 | Error::Closed
                 | Error::InUse(_)
@@ -146,6 +158,69 @@ impl Error {
                 command: command.to_string(),
                 text,
             },
+        }
+    }
+}
+
+/// The limit behind an [`Error::LimitExceeded`], named as the accounts file
+/// names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A multi-line listing reply (CAPA, LIST, UIDL) grew past its byte
+    /// budget (`max_listing_bytes`; each line counts its length plus
+    /// [`LISTING_LINE_OVERHEAD`](crate::client::LISTING_LINE_OVERHEAD)).
+    ListingBytes {
+        /// The command whose reply it was.
+        command: String,
+        /// The budget in bytes.
+        limit: u64,
+    },
+    /// A message grew past its budget: `listed_size_factor` times the size
+    /// LIST announced plus `listed_size_slack`, and never more than
+    /// `max_message_size`.
+    MessageBytes {
+        /// The message number.
+        number: u32,
+        /// The size LIST announced, when it is known.
+        listed: Option<u64>,
+        /// The budget in bytes.
+        limit: u64,
+        /// Whether the budget is `max_message_size` itself.
+        absolute: bool,
+    },
+    /// The session lasted longer than `session_timeout_secs`.
+    SessionDeadline(Duration),
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::ListingBytes { command, limit } => write!(
+                f,
+                "its reply to {command} is larger than {limit} bytes (max_listing_bytes)"
+            ),
+            Limit::MessageBytes {
+                number,
+                listed,
+                limit,
+                absolute,
+            } => {
+                write!(f, "message {number} is larger than {limit} bytes")?;
+                if let Some(listed) = listed {
+                    write!(f, ", although LIST announced {listed} bytes")?;
+                }
+                if *absolute || listed.is_none() {
+                    write!(f, " (max_message_size)")
+                } else {
+                    write!(f, " (listed_size_factor, listed_size_slack)")
+                }
+            }
+            Limit::SessionDeadline(d) => write!(
+                f,
+                "the session took longer than {} s (session_timeout_secs)",
+                d.as_secs_f64()
+            ),
         }
     }
 }

@@ -3,21 +3,47 @@
 //!
 //! The order of events is what keeps mail safe:
 //!
-//! 1. A message is written to the destination and made durable
+//! 1. A message is streamed to the destination, which gets everything
+//!    short of the step that makes it count there
+//!    ([`Delivery::prepare`](crate::deliver::Delivery::prepare)).
+//! 2. An *intent* — the UIDL and a receipt saying how the destination will
+//!    recognise the message — is appended to the state file and fsynced.
+//! 3. The destination makes the message count and durable
 //!    ([`Delivery::commit`](crate::deliver::Delivery::commit)).
-//! 2. Its UIDL is appended to the state file and fsynced.
-//! 3. Only then are DELE commands sent, and only the server's `+OK` to QUIT
-//!    makes them happen.
+//! 4. The UIDL is recorded as delivered in the state file (for a Maildir
+//!    or an mbox in the next write of the file; for a command at once).
+//! 5. Only once every record is fsynced are DELE commands sent, and only
+//!    the server's `+OK` to QUIT makes them happen.
 //!
-//! A run interrupted anywhere (network cut, `kill -9`, full disk) loses
-//! nothing: undelivered messages are still on the server, and delivered
-//! ones are in the state file, so the next run skips them (and deletes
-//! them, under `policy = "delete"`). State entries for messages the server
-//! no longer has are pruned after a successful QUIT.
+//! A run interrupted anywhere (network cut, `kill -9`, full disk, a limit
+//! below) loses nothing: undelivered messages are still on the server, and
+//! delivered ones are in the state file, so the next run skips them (and
+//! deletes them, under `policy = "delete"`). A run killed between 3 and 4
+//! leaves an intent without its record; the next run asks the destination
+//! ([`Destination::recognise`](crate::config::Destination)): a Maildir
+//! holds the file named in the receipt or not, an mbox holds the message
+//! (downloaded again and compared) at the recorded offset or not. So for
+//! these two nothing is ever delivered twice either. A command cannot be
+//! asked: the next run gives it the message again with
+//! `POSTOFFICE_FETCH_REPEAT=1` and the `POSTOFFICE_FETCH_UIDL`, so that a
+//! command which keeps track can skip it (one that does not delivers a
+//! second copy: never a loss, possibly a duplicate). An mbox killed in the
+//! middle of a message larger than 64 KiB keeps the part already appended
+//! (a torn copy, not a complete one), and the next run appends the whole
+//! message after it. State entries for messages the server no longer has
+//! are pruned after a successful QUIT.
 //!
 //! Without UIDL (only allowed with `policy = "delete"`) there is no way to
 //! recognise a message again: if the connection dies after a delivery but
 //! before QUIT's `+OK`, that message is delivered again on the next run.
+//!
+//! A broken or hostile server cannot make the run take unbounded memory or
+//! time: every listing reply has a byte budget, every message a budget
+//! derived from the size LIST announced (capped by `max_message_size`),
+//! and the session a deadline, besides the per-read timeout
+//! ([`ConnectOptions`](crate::client::ConnectOptions)). Going past one
+//! ends the session with [`Error::LimitExceeded`] before anything is
+//! deleted; what was delivered until then is recorded.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -28,6 +54,7 @@ use pop3_proto::client_codec::Expire;
 
 use crate::client::{Client, MessageEntry, Trace};
 use crate::config::{Account, Policy};
+use crate::deliver::{MessageInfo, Recognition};
 use crate::error::Error;
 use crate::state::{State, StateLock};
 
@@ -106,6 +133,9 @@ pub struct AccountReport {
     pub fetched_bytes: u64,
     /// Messages skipped because the state file says they were delivered.
     pub already_delivered: u64,
+    /// Messages an interrupted run delivered without recording them, found
+    /// at the destination (and recorded now) instead of delivered again.
+    pub recovered: u64,
     /// Messages deleted on the server (committed by QUIT).
     pub deleted: u64,
     /// Messages left on the server.
@@ -164,6 +194,12 @@ impl AccountReport {
             s.push_str(&format!(
                 " ({} already delivered earlier)",
                 self.already_delivered
+            ));
+        }
+        if self.recovered > 0 {
+            s.push_str(&format!(
+                " ({} found delivered by an interrupted run)",
+                self.recovered
             ));
         }
         s
@@ -343,19 +379,78 @@ async fn run(
         if let Some(p) = progress {
             p.message(&account.name, i as u64 + 1, to_fetch.len() as u64, m.size);
         }
+        // A delivery an interrupted run began but did not record?
+        let mut repeat = false;
+        if let Some(uid) = m.uid.as_deref()
+            && let Some(receipt) = state.pending(uid).map(str::to_owned)
+        {
+            let found = match account.destination.recognise(&receipt) {
+                Recognition::Delivered => true,
+                Recognition::Absent => false,
+                Recognition::Unknown => {
+                    repeat = true;
+                    false
+                }
+                Recognition::Compare(mut check) => {
+                    match client.retr_listed(m.number, m.size, &mut check).await {
+                        Ok(_) => check.matches(),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            if found {
+                state
+                    .delivered(uid, unix_now())
+                    .map_err(|e| local("state file", e))?;
+                delivered.insert(m.number);
+                report.recovered += 1;
+                log(format!(
+                    "{}: message {} (uid {uid}) was delivered by an interrupted run; not delivering it again",
+                    account.name, m.number
+                ));
+                continue;
+            }
+            if repeat {
+                log(format!(
+                    "{}: message {} (uid {uid}) was handed to {} by an interrupted run, which may have delivered it; handing it over again with POSTOFFICE_FETCH_REPEAT=1",
+                    account.name,
+                    m.number,
+                    account.destination.describe()
+                ));
+            }
+        }
+        let info = MessageInfo {
+            account: &account.name,
+            uid: m.uid.as_deref(),
+            repeat,
+        };
         let mut delivery = account
             .destination
-            .begin()
+            .begin_message(&info)
             .map_err(|e| local(&account.destination.describe(), e))?;
         let got = {
             let mut sink = Counting {
                 inner: &mut *delivery,
                 progress,
             };
-            client.retr(m.number, &mut sink).await
+            client.retr_listed(m.number, m.size, &mut sink).await
         };
         let outcome = match got {
-            Ok(n) => delivery.commit().map(|()| n),
+            Ok(n) => match delivery.prepare() {
+                Ok(receipt) => {
+                    if let (Some(uid), Some(receipt)) = (m.uid.as_deref(), receipt.as_deref())
+                        && let Err(e) = state.intend(uid, receipt)
+                    {
+                        delivery.abort();
+                        return Err(local("state file", e));
+                    }
+                    delivery.commit().map(|()| n)
+                }
+                Err(e) => {
+                    delivery.abort();
+                    Err(e)
+                }
+            },
             Err(Error::Sink(e)) => {
                 delivery.abort();
                 Err(e)
@@ -371,9 +466,14 @@ async fn run(
         match outcome {
             Ok(n) => {
                 if let Some(uid) = &m.uid {
-                    state
-                        .record(uid, unix_now())
-                        .map_err(|e| local("state file", e))?;
+                    // A destination that can be asked is asked after a
+                    // crash: its record may wait for the next write.
+                    let r = if account.destination.answers_for_itself() {
+                        state.delivered(uid, unix_now())
+                    } else {
+                        state.record(uid, unix_now())
+                    };
+                    r.map_err(|e| local("state file", e))?;
                 }
                 delivered.insert(m.number);
                 report.fetched += 1;
@@ -384,6 +484,13 @@ async fn run(
                 }
             }
             Err(e) => {
+                // A command's exit status is its final word; a Maildir or
+                // an mbox that failed half-way is asked next time.
+                if let Some(uid) = &m.uid
+                    && !account.destination.answers_for_itself()
+                {
+                    state.withdraw(uid);
+                }
                 report.failed += 1;
                 failures_in_a_row += 1;
                 if let Some(p) = progress {
@@ -406,6 +513,8 @@ async fn run(
         }
     }
 
+    // Every delivery recorded durably before any DELE.
+    state.flush().map_err(|e| local("state file", e))?;
     // Delete what the policy says, among what is safely delivered.
     let dele = plan_deletions(account.policy, &messages, &delivered, &state, unix_now());
     let numbers: Vec<u32> = dele.iter().map(|m| m.number).collect();

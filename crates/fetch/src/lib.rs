@@ -8,14 +8,19 @@
 //!   PLAIN and LOGIN, APOP, STAT, LIST, UIDL, TOP, RETR, DELE, RSET, NOOP,
 //!   QUIT, PIPELINING (LIST+UIDL and batches of DELE), and the RFC 2449 /
 //!   RFC 3206 response codes as [`Error`] variants. Every read and write
-//!   has a timeout, response lines a length limit, and RETR streams the
-//!   message into a [`std::io::Write`] sink in chunks of at most 64 KiB, so
-//!   a 100 MB message never sits in memory.
+//!   has a timeout, the session a deadline, response lines a length limit,
+//!   listing replies (CAPA, LIST, UIDL) a byte budget, and messages a size
+//!   budget derived from what LIST announced; RETR streams the message into
+//!   a [`std::io::Write`] sink in chunks of at most 64 KiB, so a 100 MB
+//!   message never sits in memory. A hostile server therefore costs a
+//!   bounded amount of memory and time ([`Error::LimitExceeded`]).
 //! - [`fetch_account`] and the command line ([`FetchArgs`], [`run`]): fetch
 //!   an account from its [`config`] into a Maildir, an mbox or a command,
 //!   apply a [`Policy`], and remember what was delivered in a
-//!   [`state`] file, in an order that never loses a message and never
-//!   delivers one twice (see [`fetch`]).
+//!   [`state`] file, in an order that never loses a message, even when the
+//!   process is killed, and never delivers one twice to a Maildir or an
+//!   mbox; a command, which cannot be asked what it did, is told when a
+//!   message may be a repeat (see [`fetch`]).
 //!
 //! The protocol parsing itself is sans-IO, in `pop3-proto`
 //! (`client`, `client_codec`, `body`, `sasl`). The mechanisms fetch shares

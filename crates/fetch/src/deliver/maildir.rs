@@ -17,8 +17,28 @@ write_through_writer!(MaildirDelivery);
 /// renamed into `new/`, and `new/` fsynced ([`durable`]).
 pub struct MaildirDelivery {
     writer: Option<CrlfToLf<BufWriter<File>>>,
+    name: String,
     tmp: PathBuf,
     new: PathBuf,
+}
+
+/// Whether the Maildir at `root` holds the message file `name`: in `new/`,
+/// or in `cur/` (where a mail reader moves it, adding `:2,<flags>`).
+pub(crate) fn holds(root: &Path, name: &str) -> bool {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', ':']) {
+        return false;
+    }
+    if root.join("new").join(name).exists() || root.join("cur").join(name).exists() {
+        return true;
+    }
+    let prefix = format!("{name}:");
+    std::fs::read_dir(root.join("cur")).is_ok_and(|rd| {
+        rd.filter_map(|e| e.ok()).any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+    })
 }
 
 impl MaildirDelivery {
@@ -47,11 +67,18 @@ impl MaildirDelivery {
             writer: Some(CrlfToLf::new(BufWriter::with_capacity(BUF, file))),
             tmp,
             new: root.join("new").join(&name),
+            name,
         })
     }
 }
 
 impl Delivery for MaildirDelivery {
+    /// Nothing to hand over (the file in `tmp/` does not count until it is
+    /// renamed); the receipt is the file's name: `maildir <name>`.
+    fn prepare(&mut self) -> io::Result<Option<String>> {
+        Ok(Some(format!("maildir {}", self.name)))
+    }
+
     fn commit(mut self: Box<Self>) -> io::Result<()> {
         let w = self
             .writer

@@ -2,13 +2,14 @@
 //! and an flock, and truncated away again if anything fails.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use postoffice_common::date::asctime;
 use postoffice_common::durable;
+use postoffice_common::maildir_name::local_hostname;
 
 use super::transcode::{CrlfToLf, MboxrdQuoter};
 use super::{BUF, Delivery};
@@ -16,9 +17,30 @@ use super::{BUF, Delivery};
 write_through_writer!(MboxDelivery);
 
 /// A `.lock` file created with O_EXCL next to the mbox; removed on drop.
+/// It holds `<pid> <host>`, so that a lock left by a process that died
+/// (`kill -9`) on this host is recognised as stale at once.
 #[derive(Debug)]
 struct DotLock {
     path: PathBuf,
+}
+
+/// Whether the dotlock at `path` was left by a process of this host that
+/// no longer exists. Locks written by other programs (other contents) or
+/// other hosts are never judged by this.
+fn holder_is_gone(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let mut words = text.split_whitespace();
+    let (Some(pid), Some(host), None) = (words.next(), words.next(), words.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == local_hostname()
+        && Path::new("/proc/self").exists()
+        && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl DotLock {
@@ -35,17 +57,19 @@ impl DotLock {
                 .open(&path)
             {
                 Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
+                    let _ = writeln!(f, "{} {}", std::process::id(), local_hostname());
                     return Ok(DotLock { path });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // A lock older than 10 minutes is stale (the convention
-                    // of procmail and mutt is 5).
+                    // of procmail and mutt is 5), and so is one whose
+                    // process, here, is gone.
                     let stale = std::fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(600));
+                        .is_some_and(|age| age > Duration::from_secs(600))
+                        || holder_is_gone(&path);
                     if stale {
                         let _ = std::fs::remove_file(&path);
                         continue;
@@ -81,6 +105,8 @@ impl Drop for DotLock {
 pub(crate) struct MboxDelivery {
     writer: Option<CrlfToLf<MboxrdQuoter<BufWriter<File>>>>,
     orig_len: u64,
+    /// `mbox <dev> <inode> <offset of the message after its From_ line>`.
+    receipt: String,
     _dotlock: DotLock,
 }
 
@@ -141,14 +167,19 @@ impl MboxDelivery {
             };
             file.seek(SeekFrom::End(0))?;
         }
+        let meta = file.metadata()?;
+        let from_line = format!("From MAILER-DAEMON {}\n", asctime(received));
+        let body_at = orig_len + (sep.len() + from_line.len()) as u64;
+        let receipt = format!("mbox {} {} {body_at}", meta.dev(), meta.ino());
         let mut w = BufWriter::with_capacity(BUF, file);
         let r = (|| {
             w.write_all(sep)?;
-            w.write_all(format!("From MAILER-DAEMON {}\n", asctime(received)).as_bytes())
+            w.write_all(from_line.as_bytes())
         })();
         let mut d = MboxDelivery {
             writer: Some(CrlfToLf::new(MboxrdQuoter::new(w))),
             orig_len,
+            receipt,
             _dotlock: dotlock,
         };
         if let Err(e) = r {
@@ -182,6 +213,13 @@ impl MboxDelivery {
 }
 
 impl Delivery for MboxDelivery {
+    /// Nothing more to hand over: the last part of the message (up to
+    /// 64 KiB) and its end stay in the buffer until the commit, so the
+    /// mbox holds no complete copy before the receipt is written down.
+    fn prepare(&mut self) -> io::Result<Option<String>> {
+        Ok(Some(self.receipt.clone()))
+    }
+
     fn commit(mut self: Box<Self>) -> io::Result<()> {
         match self.finish_and_sync() {
             Ok(()) => {
@@ -204,6 +242,71 @@ impl Delivery for MboxDelivery {
 impl Drop for MboxDelivery {
     fn drop(&mut self) {
         self.rollback();
+    }
+}
+
+/// Compares what is written into it with an mbox from a given offset.
+struct Compare {
+    file: BufReader<File>,
+    same: bool,
+    scratch: Vec<u8>,
+}
+
+impl Write for Compare {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.same {
+            self.scratch.resize(buf.len(), 0);
+            self.same = self.file.read_exact(&mut self.scratch).is_ok() && self.scratch == buf;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether an mbox holds a given message at a given offset: the message,
+/// written into the check, goes through the same transcoding as a
+/// delivery and is compared with the file (see [`MboxCheck::matches`]).
+pub(crate) struct MboxCheck {
+    writer: CrlfToLf<MboxrdQuoter<Compare>>,
+}
+
+impl MboxCheck {
+    /// A check against `path` at `offset`, if `path` is still the file
+    /// (device `dev`, inode `ino`) and reaches that far.
+    pub(crate) fn open(path: &Path, dev: u64, ino: u64, offset: u64) -> Option<MboxCheck> {
+        let mut file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if meta.dev() != dev || meta.ino() != ino || meta.len() <= offset {
+            return None;
+        }
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        Some(MboxCheck {
+            writer: CrlfToLf::new(MboxrdQuoter::new(Compare {
+                file: BufReader::with_capacity(BUF, file),
+                same: true,
+                scratch: Vec::new(),
+            })),
+        })
+    }
+
+    /// Whether everything written, ended as a delivery ends it, is what the
+    /// mbox holds at the offset.
+    pub(crate) fn matches(mut self) -> bool {
+        let ended = self.writer.end().is_ok() && self.writer.get_mut().end().is_ok();
+        ended && self.writer.get_mut().get_mut().same
+    }
+}
+
+impl Write for MboxCheck {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -245,6 +348,56 @@ mod tests {
     }
 
     #[test]
+    fn mbox_check_recognises_exactly_the_delivered_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("inbox.mbox");
+        let first: &[u8] = b"Subject: 1\r\n\r\nFrom here\r\n";
+        let second: &[u8] = b"Subject: 2\r\n\r\nbody\r\n>From there";
+        let mut receipts = Vec::new();
+        for m in [first, second] {
+            let mut d = Box::new(MboxDelivery::begin(&mbox, UNIX_EPOCH).unwrap());
+            // Written in odd chunks: the check must not depend on them.
+            for c in m.chunks(3) {
+                d.write_all(c).unwrap();
+            }
+            receipts.push(d.prepare().unwrap().unwrap());
+            d.commit().unwrap();
+        }
+        let check = |receipt: &str, message: &[u8]| {
+            let w: Vec<&str> = receipt.split(' ').collect();
+            assert_eq!(w[0], "mbox");
+            let (dev, ino, at) = (
+                w[1].parse().unwrap(),
+                w[2].parse().unwrap(),
+                w[3].parse().unwrap(),
+            );
+            match MboxCheck::open(&mbox, dev, ino, at) {
+                Some(mut c) => {
+                    c.write_all(message).unwrap();
+                    c.matches()
+                }
+                None => false,
+            }
+        };
+        assert!(check(&receipts[0], first));
+        assert!(check(&receipts[1], second));
+        assert!(!check(&receipts[0], second));
+        assert!(!check(&receipts[1], first));
+        assert!(
+            !check(&receipts[1], b"Subject: 2\r\n\r\nbody\r\n"),
+            "a prefix is not the message"
+        );
+        // A partial message (the run died during the append) is not it.
+        let text = std::fs::read(&mbox).unwrap();
+        std::fs::write(&mbox, &text[..text.len() - 4]).unwrap();
+        assert!(!check(&receipts[1], second));
+        // Another file under the same name is not the mbox of the receipt.
+        std::fs::remove_file(&mbox).unwrap();
+        std::fs::write(&mbox, &text).unwrap();
+        assert!(!check(&receipts[1], second));
+    }
+
+    #[test]
     fn mbox_dotlock_blocks_until_released() {
         let dir = tempfile::tempdir().unwrap();
         let mbox = dir.path().join("m");
@@ -253,5 +406,31 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         drop(held);
         DotLock::acquire(&mbox, Duration::from_millis(200)).unwrap();
+    }
+
+    #[test]
+    fn a_dotlock_whose_process_is_gone_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("m");
+        let lock = dir.path().join("m.lock");
+        // A finished child's pid: no such process any more (barring reuse
+        // within the test, which would only make the lock look held).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(&lock, format!("{dead} {}\n", local_hostname())).unwrap();
+        let held = DotLock::acquire(&mbox, Duration::from_secs(5)).unwrap();
+        drop(held);
+        // Alive, another host's, or another program's lock: respected.
+        for text in [
+            format!("{} {}\n", std::process::id(), local_hostname()),
+            format!("{dead} some.other.host\n"),
+            format!("{dead}\n"),
+            String::new(),
+        ] {
+            std::fs::write(&lock, &text).unwrap();
+            let e = DotLock::acquire(&mbox, Duration::from_millis(200)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{text:?}");
+        }
     }
 }

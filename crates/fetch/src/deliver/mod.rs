@@ -8,6 +8,17 @@
 //! deleted on the server, and [`Delivery::abort`] (or dropping the
 //! delivery) leaves no trace of it.
 //!
+//! Between the last byte and the commit, [`Delivery::prepare`] hands the
+//! destination everything short of the step that makes the message count
+//! there, and returns a *receipt*: how to recognise the message later. The
+//! fetch loop writes it to the state file before committing, so that a run
+//! killed between the commit and the record of its UIDL can be caught up
+//! by the next one (`Destination::recognise`): a Maildir answers exactly
+//! (is the file in `new/` or `cur/`?), an mbox by comparing the message,
+//! downloaded again, with what is at the recorded offset; a command cannot
+//! answer, so the message is given to it again marked as a possible repeat
+//! (`POSTOFFICE_FETCH_REPEAT=1`, with its `POSTOFFICE_FETCH_UIDL`).
+//!
 //! One file per job: this one holds the [`Delivery`] trait and
 //! [`Destination::begin`]; `maildir`, `mbox` (with its dotlock) and
 //! `command` are the three destinations; `transcode` holds the writers
@@ -46,12 +57,21 @@ mod transcode;
 
 pub(crate) use command::CommandDelivery;
 pub use maildir::MaildirDelivery;
-pub(crate) use mbox::MboxDelivery;
+pub(crate) use mbox::{MboxCheck, MboxDelivery};
 
 const BUF: usize = 64 * 1024;
 
 /// One message being delivered.
 pub trait Delivery: Write + Send {
+    /// Hand over everything written, short of the step that makes the
+    /// message count at the destination, and return a receipt (words of
+    /// printable ASCII) that the destination understands later, or
+    /// `None` if the delivery cannot be recognised later. Called once,
+    /// after the last write and before [`Delivery::commit`]. The default
+    /// hands over nothing and has no receipt.
+    fn prepare(&mut self) -> io::Result<Option<String>> {
+        Ok(None)
+    }
     /// Finish the message and make it durable. Only after `Ok` may the
     /// message be deleted from the server.
     fn commit(self: Box<Self>) -> io::Result<()>;
@@ -59,14 +79,79 @@ pub trait Delivery: Write + Send {
     fn abort(self: Box<Self>);
 }
 
+/// What a destination can tell about a delivery an interrupted run began
+/// ([`Destination::recognise`]).
+pub(crate) enum Recognition {
+    /// The message is there.
+    Delivered,
+    /// It is not (or the receipt is for another destination).
+    Absent,
+    /// Download the message into this check and ask it.
+    Compare(MboxCheck),
+    /// The destination cannot tell (a command).
+    Unknown,
+}
+
+/// About the message a delivery is for, for a command's environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct MessageInfo<'a> {
+    /// The account's name.
+    pub(crate) account: &'a str,
+    /// The message's UIDL, when the server has UIDL.
+    pub(crate) uid: Option<&'a str>,
+    /// An earlier run handed this message to the command whole and was
+    /// interrupted before it learnt the command's exit status.
+    pub(crate) repeat: bool,
+}
+
 impl Destination {
     /// Start delivering one message.
     pub fn begin(&self) -> io::Result<Box<dyn Delivery>> {
+        self.begin_message(&MessageInfo::default())
+    }
+
+    /// Start delivering one message; a command gets `info` in its
+    /// environment (`POSTOFFICE_FETCH_ACCOUNT`, `POSTOFFICE_FETCH_UIDL`,
+    /// `POSTOFFICE_FETCH_REPEAT=1`).
+    pub(crate) fn begin_message(&self, info: &MessageInfo<'_>) -> io::Result<Box<dyn Delivery>> {
         Ok(match self {
             Destination::Maildir(root) => Box::new(MaildirDelivery::begin(root)?),
             Destination::Mbox(path) => Box::new(MboxDelivery::begin(path, SystemTime::now())?),
-            Destination::Command(cmd) => Box::new(CommandDelivery::begin(cmd)?),
+            Destination::Command(cmd) => Box::new(CommandDelivery::begin(cmd, info)?),
         })
+    }
+
+    /// Whether this destination can tell by itself whether a delivery
+    /// finished ([`Destination::recognise`] never says `Unknown`).
+    pub(crate) fn answers_for_itself(&self) -> bool {
+        !matches!(self, Destination::Command(_))
+    }
+
+    /// Whether the delivery behind `receipt` (from [`Delivery::prepare`],
+    /// written down by an interrupted run) reached this destination.
+    pub(crate) fn recognise(&self, receipt: &str) -> Recognition {
+        let words: Vec<&str> = receipt.split(' ').collect();
+        match (self, words.as_slice()) {
+            (Destination::Maildir(root), ["maildir", name]) => {
+                if maildir::holds(root, name) {
+                    Recognition::Delivered
+                } else {
+                    Recognition::Absent
+                }
+            }
+            (Destination::Mbox(path), ["mbox", dev, ino, offset]) => {
+                match (dev.parse(), ino.parse(), offset.parse()) {
+                    (Ok(dev), Ok(ino), Ok(offset)) => match MboxCheck::open(path, dev, ino, offset)
+                    {
+                        Some(check) => Recognition::Compare(check),
+                        None => Recognition::Absent,
+                    },
+                    _ => Recognition::Absent,
+                }
+            }
+            (Destination::Command(_), ["command"]) => Recognition::Unknown,
+            _ => Recognition::Absent,
+        }
     }
 
     /// Short description for messages.

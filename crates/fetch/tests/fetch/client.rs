@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use postoffice_fetch::error::Limit;
 use postoffice_fetch::{
     Account, AuthMethod, Client, ConnectOptions, Destination, Error, FetchError, Policy, Secret,
     TlsMode, fetch_account,
@@ -168,7 +169,16 @@ async fn retr_unstuffs_and_enforces_the_size_limit() {
     assert_eq!(c.retr(1, &mut out).await.unwrap(), 14);
     assert_eq!(out, b"A: b\r\n\r\n.dot\r\n");
     let e = c.retr(2, &mut Vec::new()).await.unwrap_err();
-    assert!(matches!(e, Error::TooLarge(1000)), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                limit: Limit::MessageBytes { limit: 1000, .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 /// A fake server without UIDL, for whole-account runs.

@@ -107,4 +107,11 @@ async fn failing_command_deletes_nothing() {
     assert!(r.summary().contains("2 failed"), "{}", r.summary());
     assert_eq!(srv.count(), 2, "nothing may be deleted");
     assert_eq!(postoffice_fetch::cli::exit_status(&[r]), 1);
+    // The command said no: the next run must not hand the messages over
+    // as possible repeats.
+    let state = std::fs::read_to_string(&acct.state_file).unwrap();
+    assert!(
+        !state.lines().any(|l| l.starts_with("? ")),
+        "no delivery left pending:\n{state}"
+    );
 }
