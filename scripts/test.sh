@@ -12,16 +12,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(curl fetchmail python3 openssl swaks dnsmasq clamav-daemon dovecot-pop3d strace)
+PACKAGES=(curl fetchmail python3 openssl swaks libnet-ssleay-perl dnsmasq clamav-daemon dovecot-pop3d strace)
 # Program that proves each package is there.
 declare -A PROGRAM=([curl]=curl [fetchmail]=fetchmail [python3]=python3 [openssl]=openssl
-    [swaks]=swaks [dnsmasq]=/usr/sbin/dnsmasq [clamav-daemon]=/usr/sbin/clamd
+    [swaks]=swaks [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl [dnsmasq]=/usr/sbin/dnsmasq [clamav-daemon]=/usr/sbin/clamd
     [dovecot-pop3d]=/usr/sbin/dovecot [strace]=strace)
 
 have_all() {
     local p
     for p in "${PACKAGES[@]}"; do
-        command -v "${PROGRAM[$p]}" >/dev/null 2>&1 || return 1
+        command -v "${PROGRAM[$p]}" >/dev/null 2>&1 || [[ -e "${PROGRAM[$p]}" ]] || return 1
     done
 }
 

@@ -9,6 +9,8 @@
 //! - [`durable`]: write a file so that a crash leaves the old version or the
 //!   new one (temporary file, fsync, rename, fsync of the directory), with
 //!   private modes whatever the umask.
+//! - [`content`]: message content in memory or in an anonymous spool file,
+//!   readable many times, and messages assembled from pieces without copying.
 //! - [`date`]: RFC 5322 and mbox dates.
 //! - [`maildir_name`]: unique Maildir file names.
 //! - [`ids`]: unique IDs for transactions and queue entries.
@@ -19,6 +21,7 @@
 //! - [`unix`]: the real user running the process.
 #![forbid(unsafe_code)]
 
+pub mod content;
 pub mod date;
 pub mod durable;
 pub mod ids;

@@ -576,6 +576,13 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Seconds allowed for a TLS handshake.
     pub tls_handshake_timeout_secs: u64,
+    /// A message (SMTP, submission, sendmail) larger than this is spooled
+    /// to an anonymous file in `data_dir/spool` as it arrives instead of
+    /// being held in memory.
+    pub message_spill_bytes: usize,
+    /// Message octets held in memory by all transactions together; past
+    /// it, new content goes to the spool file at once.
+    pub max_inflight_message_bytes: u64,
 }
 
 impl Default for Limits {
@@ -584,6 +591,8 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 50,
             tls_handshake_timeout_secs: 30,
+            message_spill_bytes: 256 * 1024,
+            max_inflight_message_bytes: 256 * 1024 * 1024,
         }
     }
 }

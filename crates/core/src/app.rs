@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use postoffice_common::content::{Budget, SpoolWriter};
 use postoffice_config::Config;
 use postoffice_directory::throttle::{LoginThrottle, ThrottleConfig, Verdict};
 use postoffice_directory::{
@@ -55,6 +56,14 @@ pub enum AppError {
     /// The verification pipeline's configuration is wrong.
     #[error(transparent)]
     Filter(#[from] postoffice_filter::FilterError),
+    /// The spool directory could not be created.
+    #[error("cannot create the spool directory {path}: {source}")]
+    Spool {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The application state shared by every connection, the queue and the
@@ -77,6 +86,10 @@ pub struct App {
     pub dkim: crate::dkim::Signer,
     /// Event counters.
     pub counters: crate::metrics::Counters,
+    /// Where large messages are spooled while they are received.
+    spool_dir: std::path::PathBuf,
+    /// Message octets held in memory by all transactions.
+    budget: Arc<Budget>,
     /// Password verifications running at once. An argon2id check needs
     /// 19 MiB and a core; more at once than there are cores only adds
     /// memory (30 parallel failed logins peaked at 390 MB before this).
@@ -119,6 +132,19 @@ impl App {
 
     fn with_filters(config: Config, filters: postoffice_filter::Filters) -> Result<Self, AppError> {
         let directory = Directory::open(&config.data_dir)?;
+        let spool_dir = config.data_dir.join("spool");
+        postoffice_common::durable::create_dir_all(&spool_dir).map_err(|source| {
+            AppError::Spool {
+                path: spool_dir.clone(),
+                source,
+            }
+        })?;
+        if let Ok(n) = postoffice_common::content::clean_spool(&spool_dir)
+            && n > 0
+        {
+            info!(removed = n, "removed spool files left by a crash");
+        }
+        let budget = Budget::new(config.limits.max_inflight_message_bytes);
         let store = Arc::new(maildir(&config));
         let a = &config.auth;
         let throttle = LoginThrottle::new(ThrottleConfig {
@@ -145,6 +171,8 @@ impl App {
             ),
             last_login: Mutex::new(HashMap::new()),
             capa_cache: Mutex::new(None),
+            spool_dir,
+            budget,
         })
     }
 
@@ -165,6 +193,22 @@ impl App {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A writer for a message being received: in memory up to
+    /// `[limits] message_spill_bytes` (and within the in-memory budget),
+    /// then an anonymous file in `data_dir/spool`.
+    pub fn spool_writer(&self) -> std::io::Result<SpoolWriter> {
+        Ok(SpoolWriter::new(
+            &self.spool_dir,
+            self.config.limits.message_spill_bytes,
+            Some(Arc::clone(&self.budget)),
+        ))
+    }
+
+    /// Message octets held in memory right now, by all transactions.
+    pub fn inflight_message_bytes(&self) -> u64 {
+        self.budget.used()
     }
 
     /// Local delivery with this application's configuration, directory

@@ -6,7 +6,9 @@
 //! returns), and if any copy fails, takes back the copies already made so
 //! that the sender's retry does not produce duplicates.
 
-use std::io::{Cursor, Read};
+use std::io::Read;
+
+use postoffice_common::content::Pieces;
 
 use postoffice_config::Config;
 use postoffice_directory::{Directory, normalize_address};
@@ -170,16 +172,18 @@ impl Local<'_> {
         Ok(())
     }
 
-    /// Store `message` for every recipient, durably, or for none.
+    /// Store `message` for every recipient, durably, or for none. The
+    /// message is streamed into each maildrop from its pieces (memory or the
+    /// spool file): never assembled in memory.
     pub fn deliver(
         &self,
         recipients: &[String],
-        message: &[u8],
+        message: &Pieces<'_>,
     ) -> Result<Vec<Delivered>, DeliveryError> {
         if message.is_empty() {
             return Err(DeliveryError::Empty);
         }
-        let size = message.len() as u64;
+        let size = message.len();
         let mut checked = Vec::with_capacity(recipients.len());
         for r in recipients {
             let addr = self.check_recipient(r)?;
@@ -188,7 +192,7 @@ impl Local<'_> {
         }
         let mut done: Vec<(String, Delivered)> = Vec::with_capacity(checked.len());
         for addr in &checked {
-            match self.store.deliver(addr, &mut Cursor::new(message)) {
+            match self.store.deliver(addr, &mut message.reader()) {
                 Ok(d) => done.push((addr.clone(), d)),
                 Err(e) => {
                     for (a, d) in &done {
@@ -211,11 +215,15 @@ impl Local<'_> {
     }
 
     /// Store into each recipient's quarantine folder.
-    pub fn quarantine(&self, recipients: &[String], message: &[u8]) -> Result<(), DeliveryError> {
+    pub fn quarantine(
+        &self,
+        recipients: &[String],
+        message: &Pieces<'_>,
+    ) -> Result<(), DeliveryError> {
         for r in recipients {
             let addr = self.check_recipient(r)?;
             self.store
-                .deliver_quarantine(&addr, &mut Cursor::new(message))
+                .deliver_quarantine(&addr, &mut message.reader())
                 .map_err(store_error)?;
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! RSA). `postoffice dkim generate DOMAIN` creates one and prints the DNS
 //! TXT record to publish at `<selector>._domainkey.<domain>`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -147,6 +148,12 @@ impl Signer {
     /// A `DKIM-Signature:` header (with CRLF) for `message`, or `None` when
     /// the domain has no key (or signing failed: logged).
     pub fn sign(&self, domain: &str, message: &[u8]) -> Option<String> {
+        self.sign_reader(domain, &mut &message[..])
+    }
+
+    /// [`Signer::sign`] for a message read once from `message` (a large
+    /// message is hashed as it is read, never held whole).
+    pub fn sign_reader(&self, domain: &str, message: &mut dyn Read) -> Option<String> {
         let domain = domain.to_ascii_lowercase();
         if domain.is_empty() || domain.contains(['/', '\\']) || domain.starts_with('.') {
             return None;
@@ -180,14 +187,24 @@ fn sign_with<K: SigningKey>(
     key: K,
     domain: &str,
     selector: &str,
-    message: &[u8],
+    message: &mut dyn Read,
 ) -> mail_auth::Result<String> {
-    DkimSigner::from_key(key)
+    let signer = DkimSigner::from_key(key)
         .domain(domain)
         .selector(selector)
-        .headers(SIGNED_HEADERS)
-        .sign(message)
-        .map(|s| s.to_header())
+        .headers(SIGNED_HEADERS);
+    let mut stream = signer.sign_streaming();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match message.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(mail_auth::Error::Io(e.to_string())),
+        };
+        stream.write(&buf[..n]);
+    }
+    stream.finish().map(|s| s.to_header())
 }
 
 #[cfg(test)]

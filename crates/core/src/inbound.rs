@@ -12,13 +12,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use postoffice_common::content::{Content, Piece, Pieces};
 use postoffice_filter::{MessageAction, MessageContext};
 use postoffice_smtp::{Reply, Verdict, codes, sanitize, status};
 use tracing::{info, warn};
 
 use crate::App;
 use crate::delivery::{DeliveryError, temporary_failure};
-use crate::trace::{Trace, strip_forged, trace_headers};
+use crate::trace::{Trace, find_header_end, strip_forged, trace_headers};
 
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +68,14 @@ pub struct Message<'a> {
     pub rcpt_to: &'a [String],
     /// What the connect-time checks found (see `postoffice-filter`).
     pub connect_tags: &'a [String],
-    /// The content as received, without our headers.
-    pub body: &'a [u8],
+    /// The content as received, without our headers: in memory or in the
+    /// spool file.
+    pub body: &'a Content,
 }
+
+/// How much of a message's start is read to find its header section (the
+/// SMTP header limit keeps real headers far below it).
+pub(crate) const HEADER_WINDOW: usize = 4 << 20;
 
 /// Relay protection and the recipient check: only known users of local
 /// domains with room for a message; everything else is refused.
@@ -97,10 +103,30 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
     }
 }
 
+/// Run blocking work (file I/O) without stalling the runtime's other tasks
+/// on this thread: `block_in_place` on the multi-threaded runtime the
+/// server runs; directly elsewhere (tests, the CLI).
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Verify and store a complete message; returns the final reply and what
 /// happened (the counters are updated here).
 pub async fn deliver(app: &Arc<App>, m: Message<'_>) -> (Reply, Outcome) {
     let size = m.body.len();
+    let head = match m.body.head(HEADER_WINDOW) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, id = m.id, "cannot read the spooled message");
+            return (temporary_failure(), Outcome::Failed);
+        }
+    };
+    let header_end = find_header_end(&head);
     let ctx = MessageContext {
         ip: m.ip,
         helo: m.helo,
@@ -121,41 +147,39 @@ pub async fn deliver(app: &Arc<App>, m: Message<'_>) -> (Reply, Outcome) {
         rcpt_to: m.rcpt_to,
         time: SystemTime::now(),
     });
-    let body = strip_forged(m.body, &app.config.hostname);
+    // Forged copies of our verdict headers are removed from the header
+    // section; the rest of the message is not touched (or copied).
+    let header = strip_forged(&head[..header_end], &app.config.hostname);
     let (reply, outcome) = match verdict.action {
         MessageAction::Reject { reply } => (reply, Outcome::Rejected),
         MessageAction::TempFail { reply } => (reply, Outcome::TempFailed),
         action => {
             let quarantine = matches!(action, MessageAction::Quarantine { .. });
-            let mut message = Vec::with_capacity(trace.len() + verdict.headers.len() + size);
-            message.extend_from_slice(trace.as_bytes());
-            message.extend_from_slice(verdict.headers.as_bytes());
-            message.extend_from_slice(&body);
-            let rcpts = m.rcpt_to.to_vec();
-            let app2 = Arc::clone(app);
-            let stored = tokio::task::spawn_blocking(move || {
-                let local = app2.local();
+            let mut message = Pieces::new();
+            message
+                .push(Piece::Owned(trace.into_bytes()))
+                .push(Piece::Owned(verdict.headers.clone().into_bytes()))
+                .push(Piece::Borrowed(&header))
+                .push(Piece::Content(m.body, header_end as u64));
+            let rcpts = m.rcpt_to;
+            let stored = blocking(|| {
+                let local = app.local();
                 if quarantine {
-                    local.quarantine(&rcpts, &message)
+                    local.quarantine(rcpts, &message)
                 } else {
-                    local.deliver(&rcpts, &message).map(|_| ())
+                    local.deliver(rcpts, &message).map(|_| ())
                 }
-            })
-            .await;
+            });
             let ok = |text: String| Reply::new(codes::OK, status::OTHER, text);
             match stored {
-                Ok(Ok(())) if quarantine => (
+                Ok(()) if quarantine => (
                     ok(format!("OK id={} (quarantined)", m.id)),
                     Outcome::Quarantined,
                 ),
-                Ok(Ok(())) => (ok(format!("OK id={}", m.id)), Outcome::Delivered),
-                Ok(Err(e)) => {
+                Ok(()) => (ok(format!("OK id={}", m.id)), Outcome::Delivered),
+                Err(e) => {
                     warn!(error = %e, id = m.id, "delivery failed");
                     (e.reply(), Outcome::Failed)
-                }
-                Err(e) => {
-                    warn!(error = %e, id = m.id, "delivery task failed");
-                    (temporary_failure(), Outcome::Failed)
                 }
             }
         }

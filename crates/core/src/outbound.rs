@@ -15,7 +15,7 @@ pub trait Outbound: Send + Sync {
         &self,
         mail_from: &str,
         rcpts: &[String],
-        message: &[u8],
+        message: &postoffice_common::content::Pieces<'_>,
     ) -> Result<String, OutboundError>;
 
     /// Take an entry back (a submission that failed after spooling).

@@ -15,11 +15,17 @@
 
 use std::time::SystemTime;
 
+use std::io::Read;
+
+use postoffice_common::content::{Content, Piece, Pieces};
 use postoffice_common::date::rfc5322;
 use postoffice_smtp::{Reply, codes, sanitize, status};
 
 use crate::App;
+use crate::delivery::{sysexits, temporary_failure};
+use crate::inbound::HEADER_WINDOW;
 use crate::submission::{self, Refusal};
+use crate::trace::find_header_end;
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -76,13 +82,25 @@ impl SendmailError {
 
 /// Prepare `input` as [`Request`] says and submit it: local recipients
 /// are delivered at once, others queued; all or nothing.
-pub fn send(app: &App, req: &Request, input: &[u8]) -> Result<Sent, SendmailError> {
-    let mut message = to_crlf(input);
+pub fn send(app: &App, req: &Request, input: &mut dyn Read) -> Result<Sent, SendmailError> {
+    let io_failure = |e: std::io::Error| {
+        tracing::warn!(error = %e, "sendmail: cannot read or spool the message");
+        SendmailError::Refused(Refusal {
+            reply: temporary_failure(),
+            exit_code: sysexits::TEMPFAIL,
+        })
+    };
+    // Read the input once, as it comes, into the spool (memory while it is
+    // small): a large message is never held whole.
+    let content = spool_crlf(app, input).map_err(io_failure)?;
+    let head = content.head(HEADER_WINDOW).map_err(io_failure)?;
+    let header_end = find_header_end(&head);
+    let mut header = head[..header_end].to_vec();
     let mut rcpts = req.recipients.clone();
     if req.from_headers {
-        let (found, stripped) = header_recipients(&message);
+        let (found, stripped) = header_recipients(&header);
         rcpts.extend(found);
-        message = stripped;
+        header = stripped;
     }
     if rcpts.is_empty() {
         return Err(SendmailError::NoRecipients);
@@ -107,23 +125,27 @@ pub fn send(app: &App, req: &Request, input: &[u8]) -> Result<Sent, SendmailErro
                     sanitize(&sender)
                 ),
             ),
-            exit_code: crate::delivery::sysexits::NOPERM,
+            exit_code: sysexits::NOPERM,
         }));
     }
+    let mut message = Pieces::new();
     if let Some(name) = &req.full_name {
         let has_from = mail_parser::MessageParser::default()
-            .parse_headers(&message)
+            .parse_headers(&header)
             .is_some_and(|m| m.from().is_some());
         if !has_from {
-            let mut with = format!(
-                "From: {} <{sender}>\r\n",
-                name.replace(['\r', '\n', '<', '>'], "")
-            )
-            .into_bytes();
-            with.extend_from_slice(&message);
-            message = with;
+            message.push(Piece::Owned(
+                format!(
+                    "From: {} <{sender}>\r\n",
+                    name.replace(['\r', '\n', '<', '>'], "")
+                )
+                .into_bytes(),
+            ));
         }
     }
+    message
+        .push(Piece::Owned(header))
+        .push(Piece::Content(&content, header_end as u64));
     let id = postoffice_common::ids::unique_id();
     let received = format!(
         "Received: by {} (postoffice sendmail, uid {}) id {id};\r\n\t{}\r\n",
@@ -132,13 +154,43 @@ pub fn send(app: &App, req: &Request, input: &[u8]) -> Result<Sent, SendmailErro
         rfc5322(SystemTime::now())
     );
     let owner = (!trusted).then_some(own.as_str());
-    let (prepared, _) = submission::prepare(app, owner, &sender, &id, &received, &message)
+    let prepared = submission::prepare(app, owner, &sender, &id, &received, message)
         .map_err(SendmailError::Refused)?;
-    match submission::store(app, &sender, &rcpts, &prepared) {
+    match submission::store(app, &sender, &rcpts, &prepared.message) {
         Ok(Some(q)) => Ok(Sent::Queued(q)),
         Ok(None) => Ok(Sent::Delivered),
         Err(r) => Err(SendmailError::Refused(r)),
     }
+}
+
+/// Read `input` into the spool with its line ends made CRLF (a final CRLF
+/// added if missing).
+fn spool_crlf(app: &App, input: &mut dyn Read) -> std::io::Result<Content> {
+    let mut out = app.spool_writer()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut converted = Vec::with_capacity(buf.len() * 2);
+    let mut prev = 0u8;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        converted.clear();
+        for &b in &buf[..n] {
+            if b == b'\n' && prev != b'\r' {
+                converted.push(b'\r');
+            }
+            converted.push(b);
+            prev = b;
+        }
+        out.write(&converted)?;
+    }
+    if prev != b'\n' || out.is_empty() {
+        out.write(if prev == b'\r' { b"\n" } else { b"\r\n" })?;
+    }
+    Ok(out.finish())
 }
 
 /// LF line ends become CRLF (lone CR is left alone); a final CRLF is
@@ -255,7 +307,7 @@ mod rule_tests {
         let app = app(dir.path(), &["cron"]);
         let own = b"From: eve@mx.example.test\nSubject: hi\n\nx\n";
         assert_eq!(
-            send(&app, &request(1000, "eve", None), own).unwrap(),
+            send(&app, &request(1000, "eve", None), &mut &own[..]).unwrap(),
             Sent::Delivered
         );
         // Another envelope sender, or another author, is refused.
@@ -267,7 +319,7 @@ mod rule_tests {
                 &b"From: eve@mx.example.test\nSender: alice@example.test\n\nx\n"[..],
             ),
         ] {
-            let e = send(&app, &request(1000, "eve", sender), msg).unwrap_err();
+            let e = send(&app, &request(1000, "eve", sender), &mut &msg[..]).unwrap_err();
             assert_eq!(e.exit_code(), crate::delivery::sysexits::NOPERM, "{e}");
             assert_eq!(e.reply().unwrap().code, 553);
         }
@@ -277,14 +329,21 @@ mod rule_tests {
             send(
                 &app,
                 &request(1001, "cron", Some("alice@example.test")),
-                other
+                &mut &other[..]
             )
             .is_ok()
         );
-        assert!(send(&app, &request(0, "root", Some("alice@example.test")), other).is_ok());
+        assert!(
+            send(
+                &app,
+                &request(0, "root", Some("alice@example.test")),
+                &mut &other[..]
+            )
+            .is_ok()
+        );
         // ...but nobody may send two From: fields.
         let two = b"From: alice@example.test\nFrom: bob@example.test\n\nx\n";
-        let e = send(&app, &request(0, "root", None), two).unwrap_err();
+        let e = send(&app, &request(0, "root", None), &mut &two[..]).unwrap_err();
         assert_eq!(e.reply().unwrap().code, 553, "{e}");
     }
 }

@@ -16,13 +16,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use postoffice_common::content::{Content, Piece, Pieces};
 use postoffice_common::date::rfc5322;
 use postoffice_smtp::{Envelope, Reply, Verdict, codes, sanitize, status};
 use tracing::{info, warn};
 
 use crate::App;
 use crate::delivery::{Local, sysexits, temporary_failure};
-use crate::trace::{Trace, trace_headers};
+use crate::inbound::HEADER_WINDOW;
+use crate::trace::{Trace, find_header_end, trace_headers};
 
 /// May `user` (authenticated) send as `address`?
 pub fn sender_allowed(app: &App, user: &str, address: &str) -> bool {
@@ -117,17 +119,24 @@ impl Refusal {
 }
 
 /// Complete a message (From/Date/Message-ID when missing), check that its
-/// From: addresses belong to `user` (when given), and DKIM-sign it.
-/// `trace` is prepended above the signature (a `Received:` line or "").
-pub fn prepare(
+/// author fields belong to `user` (when given), and DKIM-sign it. `trace`
+/// is prepended above the signature (a `Received:` line or ""). The result
+/// is assembled from pieces: the body is never copied into memory (the
+/// signature is computed by reading it once).
+pub fn prepare<'a>(
     app: &App,
     user: Option<&str>,
     mail_from: &str,
     id: &str,
     trace: &str,
-    body: &[u8],
-) -> Result<(Vec<u8>, bool), Refusal> {
-    let ids = crate::author::identities(body).map_err(|e| {
+    body: Pieces<'a>,
+) -> Result<Prepared<'a>, Refusal> {
+    let head = body.head(HEADER_WINDOW).map_err(|e| {
+        warn!(error = %e, "submission: cannot read the spooled message");
+        Refusal::new(temporary_failure(), sysexits::TEMPFAIL)
+    })?;
+    let header = &head[..find_header_end(&head)];
+    let ids = crate::author::identities(header).map_err(|e| {
         warn!(user = user.unwrap_or("-"), error = %e, "submission: author fields refused");
         Refusal::new(
             Reply::new(
@@ -157,7 +166,7 @@ pub fn prepare(
         ));
     }
     let (has_date, has_message_id) = mail_parser::MessageParser::default()
-        .parse_headers(body)
+        .parse_headers(header)
         .map_or((false, false), |m| {
             (m.date().is_some(), m.message_id().is_some())
         });
@@ -171,9 +180,6 @@ pub fn prepare(
     if !has_message_id {
         added.push_str(&format!("Message-ID: <{id}@{}>\r\n", app.config.hostname));
     }
-    let mut message = Vec::with_capacity(added.len() + body.len() + 1024);
-    message.extend_from_slice(added.as_bytes());
-    message.extend_from_slice(body);
     let sign_domain = ids
         .from
         .first()
@@ -182,18 +188,32 @@ pub fn prepare(
         .rsplit_once('@')
         .map(|(_, d)| d.to_string())
         .unwrap_or_default();
+    let mut signed = Pieces::new();
+    signed.push(Piece::Owned(added.into_bytes())).extend(body);
     let signature = if app.config.dkim.sign {
-        app.dkim.sign(&sign_domain, &message)
+        app.dkim.sign_reader(&sign_domain, &mut signed.reader())
     } else {
         None
     };
-    let mut out = Vec::with_capacity(trace.len() + 512 + message.len());
-    out.extend_from_slice(trace.as_bytes());
+    let mut message = Pieces::new();
+    message.push(Piece::Owned(trace.as_bytes().to_vec()));
     if let Some(sig) = &signature {
-        out.extend_from_slice(sig.as_bytes());
+        message.push(Piece::Owned(sig.clone().into_bytes()));
     }
-    out.extend_from_slice(&message);
-    Ok((out, signature.is_some()))
+    message.extend(signed);
+    Ok(Prepared {
+        message,
+        signed: signature.is_some(),
+    })
+}
+
+/// A submitted message ready to store (see [`prepare`]).
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    /// Trace, signature, added headers, then the body as received.
+    pub message: Pieces<'a>,
+    /// Whether it carries our DKIM signature.
+    pub signed: bool,
 }
 
 /// Deliver to local recipients and spool the rest, all or nothing.
@@ -202,7 +222,7 @@ pub fn store(
     app: &App,
     mail_from: &str,
     rcpts: &[String],
-    message: &[u8],
+    message: &Pieces<'_>,
 ) -> Result<Option<String>, Refusal> {
     let local: Local<'_> = app.local();
     let outbound = app.outbound();
@@ -219,8 +239,12 @@ pub fn store(
     let mut delivered = Vec::new();
     if !local_rcpts.is_empty() {
         // Local copies carry the Return-Path of final delivery.
-        let mut local_msg = format!("Return-Path: <{mail_from}>\r\n").into_bytes();
-        local_msg.extend_from_slice(message);
+        let mut local_msg = Pieces::new();
+        local_msg
+            .push(Piece::Owned(
+                format!("Return-Path: <{mail_from}>\r\n").into_bytes(),
+            ))
+            .extend(message.borrowed());
         delivered = local
             .deliver(&local_rcpts, &local_msg)
             .map_err(|e| Refusal::new(e.reply(), e.exit_code()))?;
@@ -254,7 +278,7 @@ pub async fn submit(
     tls: Option<&str>,
     env: &Envelope,
     id: &str,
-    body: &[u8],
+    body: &Content,
 ) -> Reply {
     let user = env.authenticated.clone().unwrap_or_default();
     let trace = trace_headers(&Trace {
@@ -274,20 +298,18 @@ pub async fn submit(
         .split_once("Received:")
         .map(|(_, r)| format!("Received:{r}"))
         .unwrap_or_default();
-    let app2 = Arc::clone(app);
-    let (env2, id2, body2) = (env.clone(), id.to_string(), body.to_vec());
-    let result = tokio::task::spawn_blocking(move || {
-        let (message, signed) =
-            prepare(&app2, Some(&user), &env2.mail_from, &id2, &received, &body2)?;
-        let queued = store(&app2, &env2.mail_from, &env2.rcpt_to, &message)?;
-        Ok::<_, Refusal>((queued, signed))
-    })
-    .await;
-    if matches!(result, Ok(Ok(_))) {
+    let result = crate::inbound::blocking(|| {
+        let mut message = Pieces::new();
+        message.push(Piece::Content(body, 0));
+        let prepared = prepare(app, Some(&user), &env.mail_from, id, &received, message)?;
+        let queued = store(app, &env.mail_from, &env.rcpt_to, &prepared.message)?;
+        Ok::<_, Refusal>((queued, prepared.signed))
+    });
+    if result.is_ok() {
         crate::metrics::inc(&app.counters.submission_accepted);
     }
     match result {
-        Ok(Ok((Some(q), signed))) => {
+        Ok((Some(q), signed)) => {
             info!(id, queue_id = %q, dkim = signed, "submission accepted");
             Reply::new(
                 codes::OK,
@@ -295,14 +317,10 @@ pub async fn submit(
                 format!("OK id={id} queued as {q}"),
             )
         }
-        Ok(Ok((None, signed))) => {
+        Ok((None, signed)) => {
             info!(id, dkim = signed, "submission delivered");
             Reply::new(codes::OK, status::OTHER, format!("OK id={id}"))
         }
-        Ok(Err(r)) => r.reply,
-        Err(e) => {
-            warn!(error = %e, id, "submission task failed");
-            temporary_failure()
-        }
+        Err(r) => r.reply,
     }
 }

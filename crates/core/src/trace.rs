@@ -142,8 +142,9 @@ fn memchr_lf(s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == b'\n')
 }
 
-/// Offset of the blank line ending the header section (or the end).
-fn find_header_end(m: &[u8]) -> usize {
+/// Offset of the blank line ending the header section (or the end): the
+/// header is `m[..n]`, the blank line and the body follow.
+pub fn find_header_end(m: &[u8]) -> usize {
     let mut pos = 0;
     while pos < m.len() {
         let line_end = next_line(m, pos);

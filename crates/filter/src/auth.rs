@@ -2,13 +2,73 @@
 
 use std::net::IpAddr;
 
-use mail_auth::dkim::DkimError;
+use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha256};
+use mail_auth::dkim::canonicalize::BodyHasher;
+use mail_auth::dkim::{Canonicalization, DkimError};
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
 };
+use postoffice_common::content::Content;
+
+/// The longest header section read from a spooled message (the SMTP
+/// header limit is far below it).
+const MAX_HEADER_SECTION: usize = 4 << 20;
+
+/// The header section of a spooled message, up to and including the empty
+/// line, and the offset where the body starts.
+fn header_section(message: &Content) -> Option<(Vec<u8>, u64)> {
+    let prefix = message.prefix(MAX_HEADER_SECTION).ok()?;
+    let end = memchr::memmem::find(&prefix, b"\r\n\r\n").map(|p| p + 4)?;
+    Some((prefix[..end].to_vec(), end as u64))
+}
+
+/// mail-auth's view of a spooled message: its header section parsed, and
+/// the canonicalized body hash of every DKIM signature computed by reading
+/// the body from the file a chunk at a time (what `parse` would compute
+/// from the whole message in memory).
+fn parse_spooled<'x>(
+    header: &'x [u8],
+    message: &Content,
+    body_start: u64,
+) -> Option<AuthenticatedMessage<'x>> {
+    let mut parsed = AuthenticatedMessage::parse(header)?;
+    for (canonicalization, algorithm, length, hash) in &mut parsed.body_hashes {
+        let digest = match algorithm {
+            HashAlgorithm::Sha256 => {
+                body_hash::<Sha256>(message, body_start, *canonicalization, *length)
+            }
+            HashAlgorithm::Sha1 => {
+                body_hash::<Sha1>(message, body_start, *canonicalization, *length)
+            }
+        };
+        *hash = digest.ok()?;
+    }
+    Some(parsed)
+}
+
+fn body_hash<H: HashImpl>(
+    message: &Content,
+    body_start: u64,
+    canonicalization: Canonicalization,
+    length: u64,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut hasher = BodyHasher::new(H::hasher(), canonicalization, length);
+    let mut reader = message.reader_at(body_start);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.write(&buf[..n]);
+    }
+    let (context, _) = hasher.finish();
+    Ok(context.complete().as_ref().to_vec())
+}
 
 /// A method result as written in Authentication-Results (RFC 8601 2.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,17 +283,25 @@ fn dmarc_result(r: &DmarcResult) -> AuthResult {
 pub(crate) async fn authenticate(
     authenticator: &MessageAuthenticator,
     ids: &Identities<'_>,
-    message: &[u8],
+    message: &Content,
     want_spf: bool,
     want_dkim: bool,
     want_dmarc: bool,
 ) -> AuthOutcome {
     let need_spf = want_spf || want_dmarc;
     let need_dkim = want_dkim || want_dmarc;
-    let parsed = if need_dkim {
-        AuthenticatedMessage::parse(message)
-    } else {
+    // A message in memory is parsed whole; a spooled one by its header
+    // section, with the DKIM body hashes streamed from the file.
+    let header;
+    let parsed = if !need_dkim {
         None
+    } else if let Some(all) = message.as_slice() {
+        AuthenticatedMessage::parse(all)
+    } else {
+        header = header_section(message);
+        header
+            .as_ref()
+            .and_then(|(h, body_start)| parse_spooled(h, message, *body_start))
     };
 
     let spf_future = async {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use postoffice_common::content::Content;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::header::{MAX_VALUE, sanitize};
@@ -96,7 +97,7 @@ pub(crate) fn parse_reply(raw: &[u8]) -> ScanOutcome {
 
 /// Sends `data` to clamd with INSTREAM and returns its verdict. The whole
 /// exchange, connect included, is bounded by `timeout`.
-pub(crate) async fn scan(addr: &ClamdAddr, data: &[u8], timeout: Duration) -> ScanOutcome {
+pub(crate) async fn scan(addr: &ClamdAddr, data: &Content, timeout: Duration) -> ScanOutcome {
     match tokio::time::timeout(timeout, scan_inner(addr, data)).await {
         Ok(outcome) => outcome,
         Err(_) => ScanOutcome::Failed(format!(
@@ -106,7 +107,7 @@ pub(crate) async fn scan(addr: &ClamdAddr, data: &[u8], timeout: Duration) -> Sc
     }
 }
 
-async fn scan_inner(addr: &ClamdAddr, data: &[u8]) -> ScanOutcome {
+async fn scan_inner(addr: &ClamdAddr, data: &Content) -> ScanOutcome {
     match addr {
         ClamdAddr::Tcp(a) => match tokio::net::TcpStream::connect(a.as_str()).await {
             Ok(stream) => {
@@ -134,7 +135,7 @@ async fn scan_inner(addr: &ClamdAddr, data: &[u8]) -> ScanOutcome {
 /// The INSTREAM exchange on a connected stream.
 pub(crate) async fn instream<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    data: &[u8],
+    data: &Content,
 ) -> ScanOutcome {
     let sent = send(&mut stream, data).await;
     // Read the reply even when sending failed: clamd closes the connection
@@ -153,15 +154,52 @@ pub(crate) async fn instream<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, data: &[u8]) -> std::io::Result<()> {
+/// INSTREAM: the content in chunks, each with its length, then a zero
+/// length. A spooled message is read a chunk at a time (positional reads of
+/// a file just written, so from the page cache): a scan never holds more
+/// than one chunk of it.
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, data: &Content) -> std::io::Result<()> {
     stream.write_all(b"zINSTREAM\0").await?;
-    for chunk in data.chunks(CHUNK) {
-        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-        stream.write_all(&len.to_be_bytes()).await?;
-        stream.write_all(chunk).await?;
+    let chunk_of = |chunk: &[u8]| {
+        let mut framed = Vec::with_capacity(4 + chunk.len());
+        framed.extend_from_slice(&u32::try_from(chunk.len()).unwrap_or(u32::MAX).to_be_bytes());
+        framed.extend_from_slice(chunk);
+        framed
+    };
+    match data.as_slice() {
+        Some(all) => {
+            for chunk in all.chunks(CHUNK) {
+                stream.write_all(&chunk_of(chunk)).await?;
+            }
+        }
+        None => {
+            let mut reader = data.reader_at(0);
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = read_full(&mut reader, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                stream.write_all(&chunk_of(&buf[..n])).await?;
+            }
+        }
     }
     stream.write_all(&0u32.to_be_bytes()).await?;
     stream.flush().await
+}
+
+/// Fill `buf` as far as the reader goes.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Reads until the NUL that ends a `z` command reply, EOF, or MAX_REPLY bytes.
@@ -313,10 +351,30 @@ pub(crate) mod tests {
         let (addr, server) = fake_clamd(Fake::Reply(b"stream: OK\0"), 1).await;
         // Larger than two chunks, not a multiple of the chunk size.
         let message: Vec<u8> = (0..(2 * CHUNK + 1234)).map(|i| (i % 251) as u8).collect();
-        let outcome = scan(&tcp(addr), &message, Duration::from_secs(5)).await;
+        let outcome = scan(
+            &tcp(addr),
+            &Content::from_vec(message.clone()),
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(outcome, ScanOutcome::Clean);
         let streams = server.await.unwrap();
         assert_eq!(streams, vec![message]);
+    }
+
+    /// A message spooled to disk is scanned a chunk at a time, whole.
+    #[tokio::test]
+    async fn fake_clamd_receives_a_spooled_message_whole() {
+        let (addr, server) = fake_clamd(Fake::Reply(b"stream: OK\0"), 1).await;
+        let message: Vec<u8> = (0..(3 * CHUNK + 77)).map(|i| (i % 253) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = postoffice_common::content::SpoolWriter::new(dir.path(), 16, None);
+        w.write(&message).unwrap();
+        assert!(w.spilled());
+        let content = w.finish();
+        let outcome = scan(&tcp(addr), &content, Duration::from_secs(5)).await;
+        assert_eq!(outcome, ScanOutcome::Clean);
+        assert_eq!(server.await.unwrap(), vec![message]);
     }
 
     #[tokio::test]
@@ -325,7 +383,7 @@ pub(crate) mod tests {
             fake_clamd(Fake::Reply(b"stream: Eicar-Test-Signature FOUND\0"), 1).await;
         let outcome = scan(
             &tcp(addr),
-            b"Subject: x\r\n\r\nbody\r\n",
+            &Content::from_vec(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
             Duration::from_secs(5),
         )
         .await;
@@ -338,7 +396,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn fake_clamd_garbage_is_a_failure() {
         let (addr, _server) = fake_clamd(Fake::Reply(b"HELLO THERE\0"), 1).await;
-        let outcome = scan(&tcp(addr), b"x", Duration::from_secs(5)).await;
+        let outcome = scan(
+            &tcp(addr),
+            &Content::from_vec(b"x".to_vec()),
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(
             matches!(&outcome, ScanOutcome::Failed(m) if m.contains("unexpected reply")),
             "{outcome:?}"
@@ -348,7 +411,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn fake_clamd_hangup_is_a_failure() {
         let (addr, _server) = fake_clamd(Fake::Hangup, 1).await;
-        let outcome = scan(&tcp(addr), b"x", Duration::from_secs(5)).await;
+        let outcome = scan(
+            &tcp(addr),
+            &Content::from_vec(b"x".to_vec()),
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(matches!(outcome, ScanOutcome::Failed(_)), "{outcome:?}");
     }
 
@@ -356,7 +424,12 @@ pub(crate) mod tests {
     async fn slow_clamd_times_out() {
         let (addr, _server) = fake_clamd(Fake::Silent, 1).await;
         let started = std::time::Instant::now();
-        let outcome = scan(&tcp(addr), b"x", Duration::from_millis(300)).await;
+        let outcome = scan(
+            &tcp(addr),
+            &Content::from_vec(b"x".to_vec()),
+            Duration::from_millis(300),
+        )
+        .await;
         assert!(
             matches!(&outcome, ScanOutcome::Failed(m) if m.contains("did not answer")),
             "{outcome:?}"
@@ -367,7 +440,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn closed_port_is_a_failure() {
         let addr = closed_port().await;
-        let outcome = scan(&tcp(addr), b"x", Duration::from_secs(5)).await;
+        let outcome = scan(
+            &tcp(addr),
+            &Content::from_vec(b"x".to_vec()),
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(
             matches!(&outcome, ScanOutcome::Failed(m) if m.contains("cannot connect")),
             "{outcome:?}"
@@ -378,7 +456,12 @@ pub(crate) mod tests {
     async fn missing_unix_socket_is_a_failure() {
         let dir = tempfile::tempdir().unwrap();
         let addr = ClamdAddr::Unix(dir.path().join("nope.sock"));
-        let outcome = scan(&addr, b"x", Duration::from_secs(5)).await;
+        let outcome = scan(
+            &addr,
+            &Content::from_vec(b"x".to_vec()),
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(matches!(outcome, ScanOutcome::Failed(_)), "{outcome:?}");
     }
 

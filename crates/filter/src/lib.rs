@@ -68,6 +68,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mail_auth::MessageAuthenticator;
+use postoffice_common::content::Content;
 use postoffice_config::{Dns, FailMode, Filter, StageMode, cidr_contains, parse_cidr};
 use postoffice_smtp::{Reply, codes, status};
 use thiserror::Error;
@@ -493,7 +494,11 @@ impl Filters {
     /// After DATA, once per message: SPF, DKIM and DMARC (concurrently with
     /// the virus scan). See the crate documentation for the modes, the
     /// headers and how actions combine.
-    pub async fn check_message(&self, ctx: &MessageContext<'_>, message: &[u8]) -> MessageVerdict {
+    pub async fn check_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        message: &Content,
+    ) -> MessageVerdict {
         let ids = Identities::new(ctx.ip, ctx.helo, ctx.mail_from, ctx.receiver_hostname);
         let want_spf = self.spf != StageMode::Off;
         let want_dkim = self.dkim != StageMode::Off;

@@ -1,6 +1,7 @@
 use super::*;
 use crate::auth::{DkimCheck, DmarcCheck, SpfCheck};
 use crate::clamd::tests::{Fake, closed_port, fake_clamd};
+use postoffice_common::content::Content;
 
 fn all_off() -> Filter {
     Filter {
@@ -73,7 +74,8 @@ fn filters_are_send_sync_and_futures_are_send() {
     send_sync(&filters);
     let tags = Vec::new();
     let c = ctx(&tags);
-    let f = filters.check_message(&c, b"");
+    let empty = Content::from_vec(Vec::new());
+    let f = filters.check_message(&c, &empty);
     send(&f);
     let g = filters.check_connect("127.0.0.1".parse().unwrap());
     send(&g);
@@ -663,7 +665,9 @@ async fn fake_clamd_through_filters() {
 
     let (addr, server) = fake_clamd(Fake::Reply(b"stream: OK\0"), 1).await;
     let f = clamd_filter(&addr.to_string(), StageMode::Reject, FailMode::Closed);
-    let v = f.check_message(&c, MESSAGE).await;
+    let v = f
+        .check_message(&c, &Content::from_vec(MESSAGE.to_vec()))
+        .await;
     assert_eq!(v.action, MessageAction::Accept);
     assert!(v.summary.ends_with("virus=clean"), "{}", v.summary);
     assert_eq!(server.await.unwrap(), vec![MESSAGE.to_vec()]);
@@ -671,12 +675,16 @@ async fn fake_clamd_through_filters() {
     let (addr, _server) = fake_clamd(Fake::Reply(b"stream: Eicar-Test-Signature FOUND\0"), 2).await;
     let f = clamd_filter(&addr.to_string(), StageMode::Reject, FailMode::Closed);
     assert_eq!(
-        f.check_message(&c, MESSAGE).await.action,
+        f.check_message(&c, &Content::from_vec(MESSAGE.to_vec()))
+            .await
+            .action,
         reject("554 5.7.1 Message rejected: virus Eicar-Test-Signature found")
     );
     let f = clamd_filter(&addr.to_string(), StageMode::Quarantine, FailMode::Closed);
     assert_eq!(
-        f.check_message(&c, MESSAGE).await.action,
+        f.check_message(&c, &Content::from_vec(MESSAGE.to_vec()))
+            .await
+            .action,
         quarantine("virus Eicar-Test-Signature found")
     );
 }
@@ -690,7 +698,9 @@ async fn fake_clamd_failures_fail_closed_or_open() {
     let (slow, _s) = fake_clamd(Fake::Silent, 2).await;
     for addr in [closed, garbage.to_string(), slow.to_string()] {
         let f = clamd_filter(&addr, StageMode::Reject, FailMode::Closed);
-        let v = f.check_message(&c, MESSAGE).await;
+        let v = f
+            .check_message(&c, &Content::from_vec(MESSAGE.to_vec()))
+            .await;
         assert_eq!(
             v.action,
             tempfail("451 4.7.1 Virus scanner unavailable, try again later"),
@@ -699,7 +709,9 @@ async fn fake_clamd_failures_fail_closed_or_open() {
         assert!(v.summary.ends_with("virus=error"), "{}", v.summary);
 
         let f = clamd_filter(&addr, StageMode::Reject, FailMode::Open);
-        let v = f.check_message(&c, MESSAGE).await;
+        let v = f
+            .check_message(&c, &Content::from_vec(MESSAGE.to_vec()))
+            .await;
         assert_eq!(v.action, MessageAction::Accept, "{addr}");
         assert!(
             unfold(&v.headers).contains("\r\nX-Virus-Scan: skipped ("),
@@ -717,13 +729,17 @@ async fn virus_off_or_no_clamd_does_not_scan() {
     let closed = closed_port().await.to_string();
     // virus = off: the dead address is never contacted.
     let f = clamd_filter(&closed, StageMode::Off, FailMode::Closed);
-    let v = f.check_message(&c, MESSAGE).await;
+    let v = f
+        .check_message(&c, &Content::from_vec(MESSAGE.to_vec()))
+        .await;
     assert_eq!(v.action, MessageAction::Accept);
     assert!(v.summary.ends_with("virus=off"));
     // No clamd address.
     let f = clamd_filter("", StageMode::Reject, FailMode::Closed);
     assert_eq!(
-        f.check_message(&c, MESSAGE).await.action,
+        f.check_message(&c, &Content::from_vec(MESSAGE.to_vec()))
+            .await
+            .action,
         MessageAction::Accept
     );
 }

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use postoffice_common::content::Content;
 use postoffice_config::{Dns, FailMode, Filter, StageMode};
 use postoffice_filter::{Filters, MessageAction, MessageContext, MessageVerdict};
 use postoffice_smtp::Reply;
@@ -149,7 +150,8 @@ async fn scan(f: &Filters, message: &[u8]) -> MessageVerdict {
         receiver_hostname: "mx.postoffice.test",
         connect_tags: &tags,
     };
-    f.check_message(&ctx, message).await
+    f.check_message(&ctx, &Content::from_vec(message.to_vec()))
+        .await
 }
 
 #[tokio::test]

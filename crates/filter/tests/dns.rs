@@ -9,6 +9,7 @@ use base64::Engine;
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
+use postoffice_common::content::Content;
 use postoffice_config::{Dns, Filter, StageMode};
 use postoffice_filter::{
     ConnectVerdict, Filters, MessageAction, MessageContext, MessageVerdict, TAG_IP_ALLOW,
@@ -128,7 +129,22 @@ async fn check(f: &Filters, ip: &str, mail_from: &str, message: &[u8]) -> (Messa
         receiver_hostname: RECEIVER,
         connect_tags: &tags,
     };
-    let verdict = f.check_message(&ctx, message).await;
+    let verdict = f
+        .check_message(&ctx, &Content::from_vec(message.to_vec()))
+        .await;
+    // The same message spooled to disk (as a large one would be): the
+    // header section parsed alone and the DKIM body hashes streamed from
+    // the file must give exactly the same verdict.
+    let spool = tempfile::tempdir().unwrap();
+    let mut w = postoffice_common::content::SpoolWriter::new(spool.path(), 0, None);
+    w.write(message).unwrap();
+    let spooled = w.finish();
+    assert!(spooled.as_slice().is_none() || message.is_empty());
+    assert_eq!(
+        f.check_message(&ctx, &spooled).await,
+        verdict,
+        "spooled and in-memory verdicts differ"
+    );
     for line in verdict.headers.trim_end_matches("\r\n").split("\r\n") {
         assert!(line.len() <= 78 && !line.contains('\n'), "{line:?}");
     }
@@ -196,7 +212,9 @@ async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
         receiver_hostname: RECEIVER,
         connect_tags: &tags,
     };
-    let v = f.check_message(&ctx, &message("a@x.test", "hi")).await;
+    let v = f
+        .check_message(&ctx, &Content::from_vec(message("a@x.test", "hi")))
+        .await;
     assert!(
         v.summary.starts_with("dnsbl=listed:dnsbl.test "),
         "{}",

@@ -731,11 +731,6 @@ fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(USAGE));
     }
     let _ = (args.ignore_dots, &args.options);
-    let mut input = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut input)
-        .context("reading the message")?;
     let app = postoffice_core::App::without_filters(config.clone())?;
     let queue = postoffice_queue::Queue::open(&config.data_dir, &config.queue)?;
     app.set_outbound(std::sync::Arc::new(queue));
@@ -747,7 +742,9 @@ fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
         user: postoffice_common::unix::current_user()
             .context("cannot tell which local user runs sendmail (/proc/self/status)")?,
     };
-    match postoffice_core::sendmail::send(&app, &request, &input) {
+    // The message is read as it comes (a large one goes to the spool).
+    let mut stdin = std::io::stdin().lock();
+    match postoffice_core::sendmail::send(&app, &request, &mut stdin) {
         Ok(Sent::Queued(q)) => {
             eprintln!("sendmail: queued as {q}");
             Ok(ExitCode::SUCCESS)

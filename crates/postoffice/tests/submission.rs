@@ -256,3 +256,55 @@ fn forged_author_fields_are_refused_and_nothing_is_stored() {
     assert_eq!(code, 250, "{text}");
     assert_eq!(pop_all(&server, "bob@example.test", "pw-bob").len(), 1);
 }
+
+/// A large submitted message (well past the spill threshold, so it is
+/// spooled to disk as it arrives) is DKIM-signed from the file and stored
+/// byte for byte both in the local maildrop and in the outbound queue.
+#[test]
+fn large_message_is_signed_and_stored_from_the_spool() {
+    let (env, server) = setup("[queue]\nretry_schedule_secs = [3600]\n");
+    env.cli(&["dkim", "generate", "example.test", "--algorithm", "ed25519"])
+        .ok();
+    let mut body =
+        String::from("From: alice@example.test\r\nTo: bob@example.test\r\nSubject: big\r\n\r\n");
+    let mut i = 0;
+    while body.len() < 3 << 20 {
+        body.push_str(&format!(
+            "line {i} of a large message, some of it long enough\r\n"
+        ));
+        i += 1;
+    }
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    assert_eq!(cmd(&mut c, "MAIL FROM:<alice@example.test>").0, 250);
+    assert_eq!(cmd(&mut c, "RCPT TO:<bob@example.test>").0, 250);
+    assert_eq!(cmd(&mut c, "RCPT TO:<carol@remote.test>").0, 250);
+    assert_eq!(cmd(&mut c, "DATA").0, 354);
+    c.send_raw(body.as_bytes());
+    c.send_raw(b".\r\n");
+    let (code, text) = reply(&mut c);
+    assert_eq!(code, 250, "{text}");
+    // Local copy: Return-Path, Received, the signature, then the message.
+    let m = &pop_all(&server, "bob@example.test", "pw-bob")[0];
+    assert!(
+        m.starts_with("Return-Path: <alice@example.test>\r\nReceived: "),
+        "{}",
+        &m[..200]
+    );
+    assert!(m.contains("DKIM-Signature: ") && m.contains("d=example.test"));
+    assert!(
+        m.ends_with(&body),
+        "the stored message differs from the one sent"
+    );
+    // Queued copy: the same, without Return-Path.
+    let msg_files: Vec<_> = env
+        .queued_files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "msg"))
+        .collect();
+    assert_eq!(msg_files.len(), 1, "{msg_files:?}");
+    let queued = String::from_utf8(std::fs::read(&msg_files[0]).unwrap()).unwrap();
+    assert!(queued.starts_with("Received: "), "{}", &queued[..200]);
+    assert!(queued.contains("DKIM-Signature: "));
+    assert!(queued.ends_with(&body));
+}

@@ -26,7 +26,7 @@ use crate::backoff;
 use crate::route::{self, Target};
 use crate::routing::Route;
 use crate::spool::{RcptState, SpoolEnvelope};
-use crate::transport::{self, Attempt, TlsClients};
+use crate::transport::{self, Attempt, OutMessage, TlsClients};
 use crate::{MAX_REMOTE_TEXT, one_line};
 
 /// What it takes to reach remote servers.
@@ -127,7 +127,7 @@ pub(crate) async fn deliver(
     route: &Route,
     mail_from: &str,
     rcpts: &[String],
-    message: &[u8],
+    message: &OutMessage,
 ) -> Vec<RcptOutcome> {
     let qcfg = &remote.queue;
     let require_tls = qcfg

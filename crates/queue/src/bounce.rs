@@ -113,7 +113,8 @@ impl Notifier {
             let queue = Arc::clone(&self.queue);
             let to = to.to_string();
             let id =
-                tokio::task::spawn_blocking(move || queue.enqueue("", &[to], &message)).await??;
+                tokio::task::spawn_blocking(move || queue.enqueue("", &[to], &mut &message[..]))
+                    .await??;
             Ok(NoticeSent::Queued(id))
         }
     }

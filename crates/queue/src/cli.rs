@@ -196,7 +196,8 @@ mod tests {
             .enqueue(
                 "alice@src.test",
                 &["bob@dest.test".into()],
-                b"Subject: \x1b]0;owned\x07hi\r\nX-Long: \x1b[2J\r\n\tfolded\r\n\r\nbody\r\n",
+                &mut &b"Subject: \x1b]0;owned\x07hi\r\nX-Long: \x1b[2J\r\n\tfolded\r\n\r\nbody\r\n"
+                    [..],
             )
             .unwrap();
         let hostile = format!(
@@ -239,7 +240,11 @@ mod tests {
         let q = Queue::open(dir.path(), &postoffice_config::Queue::default()).unwrap();
         assert_eq!(cli_list(&q).unwrap(), "Mail queue is empty\n");
         let id = q
-            .enqueue("", &["bob@dest.test".into()], b"Subject: s\r\n\r\nb\r\n")
+            .enqueue(
+                "",
+                &["bob@dest.test".into()],
+                &mut &b"Subject: s\r\n\r\nb\r\n"[..],
+            )
             .unwrap();
         let text = cli_list(&q).unwrap();
         assert!(text.contains(id.as_str()), "{text}");

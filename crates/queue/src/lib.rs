@@ -87,7 +87,10 @@ impl LocalMail for postoffice_core::App {
         message: &[u8],
     ) -> Result<(), postoffice_core::delivery::DeliveryError> {
         self.local()
-            .deliver(&[rcpt.to_string()], message)
+            .deliver(
+                &[rcpt.to_string()],
+                &postoffice_common::content::Pieces::of_slice(message),
+            )
             .map(|_| ())
     }
 }
@@ -191,9 +194,9 @@ impl postoffice_core::Outbound for Queue {
         &self,
         mail_from: &str,
         rcpts: &[String],
-        message: &[u8],
+        message: &postoffice_common::content::Pieces<'_>,
     ) -> Result<String, postoffice_core::OutboundError> {
-        Queue::enqueue(self, mail_from, rcpts, message)
+        Queue::enqueue(self, mail_from, rcpts, &mut message.reader())
             .map(|id| id.to_string())
             .map_err(|e| postoffice_core::OutboundError(Box::new(e)))
     }
@@ -395,7 +398,7 @@ impl Queue {
         &self,
         mail_from: &str,
         rcpts: &[String],
-        message: &[u8],
+        message: &mut dyn std::io::Read,
     ) -> Result<QueueId, QueueError> {
         if !mail_from.is_empty() && !valid_address(mail_from) {
             return Err(QueueError::InvalidAddress(mail_from.to_string()));
@@ -414,13 +417,14 @@ impl Queue {
         }
         let now = unix_now();
         let id = new_id();
-        let env = SpoolEnvelope {
+        let mut env = SpoolEnvelope {
             version: ENVELOPE_VERSION,
             id: id.clone(),
             mail_from: mail_from.to_string(),
             created_at: now,
-            size: message.len() as u64,
+            size: 0,
             delay_warned: false,
+            eight_bit: None,
             rcpts: list
                 .into_iter()
                 .map(|address| Rcpt {
@@ -437,9 +441,9 @@ impl Queue {
                 })
                 .collect(),
         };
-        self.spool.create(&env, message)?;
+        self.spool.create(&mut env, message)?;
         tracing::info!(id, from = %format!("<{mail_from}>"), nrcpt = env.rcpts.len(),
-            size = message.len(), "queued");
+            size = env.size, "queued");
         self.wake();
         Ok(QueueId(id))
     }
@@ -559,7 +563,7 @@ mod tests {
                     "B@dest.test".into(),
                     "c@x.test".into(),
                 ],
-                msg,
+                &mut &msg[..],
             )
             .unwrap();
         let list = q.list().unwrap();
@@ -612,19 +616,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path(), &cfg()).unwrap();
         assert!(matches!(
-            q.enqueue("a@b", &[], b"x"),
+            q.enqueue("a@b", &[], &mut &b"x"[..]),
             Err(QueueError::NoRecipients)
         ));
         assert!(matches!(
-            q.enqueue("a@b", &["x y@z".into()], b"x"),
+            q.enqueue("a@b", &["x y@z".into()], &mut &b"x"[..]),
             Err(QueueError::InvalidAddress(_))
         ));
         assert!(matches!(
-            q.enqueue("a\r\n@b", &["x@z".into()], b"x"),
+            q.enqueue("a\r\n@b", &["x@z".into()], &mut &b"x"[..]),
             Err(QueueError::InvalidAddress(_))
         ));
         // The null sender is fine.
-        q.enqueue("", &["x@z".into()], b"x").unwrap();
+        q.enqueue("", &["x@z".into()], &mut &b"x"[..]).unwrap();
     }
 
     /// Kill-safety at the API level: what enqueue returned survives a
@@ -638,7 +642,7 @@ mod tests {
             q.enqueue(
                 "a@src.test",
                 &["b@dest.test".into()],
-                b"Subject: x\r\n\r\ny\r\n",
+                &mut &b"Subject: x\r\n\r\ny\r\n"[..],
             )
             .unwrap()
         };

@@ -30,7 +30,7 @@ use crate::attempt::{self, RcptOutcome, Remote};
 use crate::bounce::Notifier;
 use crate::routing::{Route, Routing};
 use crate::spool::{RcptState, SpoolEnvelope, unix_now};
-use crate::transport::TlsClients;
+use crate::transport::{OutMessage, TlsClients};
 use crate::{LocalMail, Queue, QueueError, backoff, domain_of, spool_io};
 
 /// How often the spool is re-read even without a wake-up.
@@ -333,7 +333,7 @@ async fn deliver_entry(ctx: &Arc<Ctx>, id: &str) -> Result<(), QueueError> {
         return Ok(());
     }
     let id_owned = id.to_string();
-    let message = match spool_io(&ctx.queue, move |s| s.read_message(&id_owned)).await {
+    let message = match spool_io(&ctx.queue, move |s| s.open_message(&id_owned)).await {
         Ok(m) => m,
         Err(e) => {
             // Postpone instead of spinning on it.
@@ -352,7 +352,7 @@ async fn deliver_entry(ctx: &Arc<Ctx>, id: &str) -> Result<(), QueueError> {
             return Err(e);
         }
     };
-    let message = Arc::new(message);
+    let message = Arc::new(OutMessage::new(message, env.eight_bit));
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for address in due {
         groups.entry(domain_of(&address)).or_default().push(address);
@@ -419,7 +419,7 @@ async fn deliver_group(
     domain: &str,
     mail_from: &str,
     rcpts: &[String],
-    message: &[u8],
+    message: &OutMessage,
 ) -> Vec<RcptOutcome> {
     let route = match ctx.routing.route_for(domain) {
         Ok(r) => r,

@@ -43,6 +43,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use postoffice_common::content::Content;
 use postoffice_common::durable::{self, AtomicFile};
 
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,11 @@ pub(crate) struct SpoolEnvelope {
     /// The delay warning was sent.
     #[serde(default)]
     pub delay_warned: bool,
+    /// The message has octets above 127 (sent with BODY=8BITMIME); found
+    /// while it was spooled. `None` in entries written by older versions:
+    /// the file is scanned when it is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eight_bit: Option<bool>,
     #[serde(rename = "rcpt")]
     pub rcpts: Vec<Rcpt>,
 }
@@ -193,6 +199,22 @@ pub enum EnvelopeError {
     /// Its ID could not name a file.
     #[error("invalid queue ID {0:?}")]
     InvalidId(String),
+}
+
+/// A reader that notes whether any octet above 127 went by.
+struct EightBit<'a> {
+    inner: &'a mut dyn io::Read,
+    seen: bool,
+}
+
+impl io::Read for EightBit<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !self.seen {
+            self.seen = buf[..n].iter().any(|&b| b >= 0x80);
+        }
+        Ok(n)
+    }
 }
 
 /// Queue IDs are 1 to 64 ASCII letters and digits (they name files).
@@ -288,17 +310,28 @@ impl Spool {
     /// Durably store a new entry (see the module docs for the order). A
     /// failure leaves nothing behind: temporary files are removed, and so
     /// is the message when its envelope could not be written.
-    pub(crate) fn create(&self, env: &SpoolEnvelope, message: &[u8]) -> Result<(), QueueError> {
-        let id = &env.id;
-        let msg_path = self.msg_path(id);
-        let env_path = self.env_path(id);
+    /// The message is copied from `message` as it is read (a large one is
+    /// never held in memory); `env.size` is set to its length.
+    pub(crate) fn create(
+        &self,
+        env: &mut SpoolEnvelope,
+        message: &mut dyn io::Read,
+    ) -> Result<(), QueueError> {
+        let id = env.id.clone();
+        let msg_path = self.msg_path(&id);
+        let env_path = self.env_path(&id);
         let write_err = |path: &Path| io_err(format!("cannot write {}", path.display()));
         // The message may be big: written and fsynced before taking the
         // lock. Dropped on an error, the temporary file is removed.
         let mut msg = AtomicFile::create(&msg_path).map_err(write_err(&msg_path))?;
-        msg.write_all(message)
-            .and_then(|()| msg.file().sync_all())
+        let mut scan = EightBit {
+            inner: message,
+            seen: false,
+        };
+        env.size = io::copy(&mut scan, &mut msg)
+            .and_then(|n| msg.file().sync_all().map(|()| n))
             .map_err(write_err(&msg_path))?;
+        env.eight_bit = Some(scan.seen);
         let _lock = self.lock()?;
         let mut envelope = AtomicFile::create(&env_path).map_err(write_err(&env_path))?;
         envelope
@@ -329,9 +362,18 @@ impl Spool {
             })
     }
 
+    /// The whole message in memory (small ones: a notice's original).
     pub(crate) fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError> {
         let path = self.msg_path(id);
         fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))
+    }
+
+    /// The message, to be read from its file as it is sent.
+    pub(crate) fn open_message(&self, id: &str) -> Result<Content, QueueError> {
+        let path = self.msg_path(id);
+        File::open(&path)
+            .and_then(Content::from_file)
+            .map_err(io_err(format!("cannot read {}", path.display())))
     }
 
     /// Write an envelope over the existing one. The caller holds the lock.
@@ -533,6 +575,7 @@ mod tests {
             created_at: 1_700_000_000,
             size: 5,
             delay_warned: false,
+            eight_bit: None,
             rcpts: vec![
                 Rcpt {
                     address: "bob@dest.test".into(),
@@ -623,8 +666,9 @@ mod tests {
     fn create_update_remove() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::new(dir.path().join("queue")).unwrap();
-        let e = env("ID1");
-        spool.create(&e, b"hello").unwrap();
+        let mut e = env("ID1");
+        spool.create(&mut e, &mut &b"hello"[..]).unwrap();
+        assert_eq!((e.size, e.eight_bit), (5, Some(false)));
         assert_eq!(spool.ids().unwrap(), vec!["ID1"]);
         assert_eq!(spool.read_message("ID1").unwrap(), b"hello");
         assert_eq!(spool.read_env("ID1").unwrap().unwrap(), e);
@@ -661,7 +705,7 @@ mod tests {
     fn update_or_finish_removes_a_completed_entry_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::new(dir.path().join("queue")).unwrap();
-        spool.create(&env("ID2"), b"body").unwrap();
+        spool.create(&mut env("ID2"), &mut &b"body"[..]).unwrap();
         // Still pending afterwards: rewritten, kept.
         let r = spool
             .update_or_finish("ID2", |e| e.rcpts[0].attempts = 7)
@@ -679,7 +723,7 @@ mod tests {
         // A failure still to be bounced keeps the entry.
         let mut e = env("ID3");
         e.rcpts[1].notified = false;
-        spool.create(&e, b"body").unwrap();
+        spool.create(&mut e.clone(), &mut &b"body"[..]).unwrap();
         let r = spool
             .update_or_finish("ID3", |e| e.rcpts[0].state = RcptState::Delivered)
             .unwrap();
@@ -691,7 +735,8 @@ mod tests {
     fn recovery_removes_half_written_entries() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::new(dir.path().join("queue")).unwrap();
-        spool.create(&env("GOOD"), b"kept").unwrap();
+        let mut good = env("GOOD");
+        spool.create(&mut good, &mut &b"kept"[..]).unwrap();
         // The writer died between the two renames: message, no envelope,
         // and its envelope tmp (maybe torn).
         fs::write(spool.msg_path("HALF"), b"lost").unwrap();
@@ -717,7 +762,7 @@ mod tests {
         assert!(spool.dir().join("BUSY.msg.tmp").exists());
         assert!(spool.dir().join(".BUSY2.msg.tmp.42.8").exists());
         assert_eq!(spool.read_message("GOOD").unwrap(), b"kept");
-        assert_eq!(spool.read_env("GOOD").unwrap().unwrap(), env("GOOD"));
+        assert_eq!(spool.read_env("GOOD").unwrap().unwrap(), good);
 
         // A corrupt complete envelope is moved aside.
         fs::write(spool.msg_path("BAD"), b"x").unwrap();

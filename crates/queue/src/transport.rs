@@ -24,11 +24,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use postoffice_common::content::Content;
 use postoffice_common::tls_client::{TlsClientError, Trust, TrustAnchors, Verification};
 use postoffice_smtp::EnhancedCode;
 use postoffice_smtp::client::{
-    Action, ClientConfig, ClientSession, Outcome, RcptResult, Status, TlsPolicy, Transaction,
-    dot_stuff,
+    Action, ClientConfig, ClientSession, DotStuffer, Outcome, RcptResult, Status, TlsPolicy,
+    Transaction,
 };
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,7 +117,7 @@ pub(crate) struct Attempt<'a> {
     pub credentials: Option<(String, String)>,
     pub mail_from: &'a str,
     pub rcpts: &'a [String],
-    pub message: &'a [u8],
+    pub message: &'a OutMessage,
     pub tls: Option<&'a TlsClients>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -140,6 +141,63 @@ fn all_failed(attempt: &Attempt<'_>, reason: String, enhanced: EnhancedCode) -> 
         tls: false,
         data_sent: false,
         capabilities: Default::default(),
+    }
+}
+
+/// A queued message as it is sent: read from its spool file.
+pub(crate) struct OutMessage {
+    /// The message file.
+    pub content: Content,
+    /// It has octets above 127 (BODY=8BITMIME).
+    pub eight_bit: bool,
+}
+
+impl OutMessage {
+    /// `eight_bit` as the envelope recorded it, or found by reading the
+    /// file (entries spooled by older versions).
+    pub(crate) fn new(content: Content, eight_bit: Option<bool>) -> OutMessage {
+        let eight_bit = eight_bit.unwrap_or_else(|| {
+            let mut reader = content.reader_at(0);
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match std::io::Read::read(&mut reader, &mut buf) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) if buf[..n].iter().any(|&b| b >= 0x80) => return true,
+                    Ok(_) => {}
+                }
+            }
+        });
+        OutMessage { content, eight_bit }
+    }
+}
+
+/// Send the message as DATA content, a chunk at a time from its file,
+/// dot-stuffed as it goes (a large message costs two chunk buffers). Each
+/// chunk must leave within `timeout`.
+async fn send_content(
+    stream: &mut Stream,
+    message: &Content,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let mut reader = message.reader_at(0);
+    let mut buf = vec![0u8; CHUNK];
+    let mut stuffer = DotStuffer::new();
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf)?;
+        out.clear();
+        if n == 0 {
+            stuffer.finish(&mut out);
+        } else {
+            stuffer.stuff(&buf[..n], &mut out);
+        }
+        tokio::time::timeout(timeout, stream.write_all(&out))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+        if n == 0 {
+            return Ok(());
+        }
     }
 }
 
@@ -185,8 +243,8 @@ pub(crate) async fn deliver(attempt: &Attempt<'_>) -> Outcome {
         Transaction {
             mail_from: attempt.mail_from.to_string(),
             rcpt_to: attempt.rcpts.to_vec(),
-            size: attempt.message.len() as u64,
-            body_8bit: attempt.message.iter().any(|&b| b >= 0x80),
+            size: attempt.message.content.len(),
+            body_8bit: attempt.message.eight_bit,
         },
     );
     let mut stream = Stream::Plain(tcp);
@@ -230,15 +288,10 @@ pub(crate) async fn deliver(attempt: &Attempt<'_>) -> Outcome {
                 action = session.handle(&buf[..n]);
             }
             Action::SendData => {
-                let data = dot_stuff(attempt.message);
-                match tokio::time::timeout(data_timeout, stream.write_all(&data)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
+                match send_content(&mut stream, &attempt.message.content, data_timeout).await {
+                    Ok(()) => {}
+                    Err(e) => {
                         return session.connection_lost(&format!("sending data to {where_}: {e}"));
-                    }
-                    Err(_) => {
-                        return session
-                            .connection_lost(&format!("sending data to {where_}: timed out"));
                     }
                 }
                 action = session.handle(&[]);

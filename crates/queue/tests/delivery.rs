@@ -40,7 +40,11 @@ async fn temporary_failures_are_retried_until_delivered() {
     let h = start(test_config(server.addr.port()), Some(dns.addr), None);
     let id = h
         .queue
-        .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@dest.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     // After the first attempt: pending, with the remote's reply recorded.
     assert!(eventually(10, || server.connections() >= 1).await);
@@ -99,7 +103,11 @@ async fn lost_reply_after_data_means_retry() {
     ]);
     let h = start(test_config(server.addr.port()), Some(dns.addr), None);
     h.queue
-        .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@dest.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     assert!(
         eventually(5, || h
@@ -134,7 +142,11 @@ async fn a_record_fallback() {
     let dns = Dnsmasq::start(&["host-record=amx.test,127.0.0.1"]);
     let h = start(test_config(server.addr.port()), Some(dns.addr), None);
     h.queue
-        .enqueue("alice@src.test", &rcpts(&["bob@amx.test"]), MESSAGE)
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@amx.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     assert!(eventually(10, || server.received().len() == 1).await);
     assert!(eventually(5, || h.queue.list().unwrap().is_empty()).await);
@@ -165,7 +177,7 @@ async fn permanent_failure_bounces_to_the_local_sender() {
         .enqueue(
             "alice@src.test",
             &rcpts(&["bob@dest.test", "carol@dest.test"]),
-            MESSAGE,
+            &mut &MESSAGE[..],
         )
         .unwrap();
     assert!(eventually(10, || h.local_mail().len() == 1).await);
@@ -207,7 +219,11 @@ async fn unreachable_destination_is_retried_then_bounced() {
     cfg.delay_warning_secs = 1;
     let h = start(cfg, Some(dns.addr), None);
     h.queue
-        .enqueue("alice@src.test", &rcpts(&["bob@down.test"]), MESSAGE)
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@down.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     assert!(
         eventually(15, || h.local_mail().len() == 2).await,
@@ -247,7 +263,7 @@ async fn null_mx_and_nxdomain_bounce_immediately() {
         .enqueue(
             "alice@src.test",
             &rcpts(&["bob@nullmx.test", "carol@nowhere.test"]),
-            MESSAGE,
+            &mut &MESSAGE[..],
         )
         .unwrap();
     assert!(eventually(10, || !h.local_mail().is_empty()).await);
@@ -287,7 +303,11 @@ async fn bounces_are_never_bounced() {
     ]);
     let mut h = start(test_config(server.addr.port()), Some(dns.addr), None);
     h.queue
-        .enqueue("someone@remote.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .enqueue(
+            "someone@remote.test",
+            &rcpts(&["bob@dest.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     // The original, then its bounce (null sender) to someone@remote.test.
     assert!(
@@ -331,7 +351,11 @@ async fn bounces_to_remote_senders_are_dkim_signed_when_a_key_exists() {
         let signer = Arc::new(Signer::new(keys.path(), "sel"));
         let h = start(test_config(server.addr.port()), None, Some(signer));
         h.queue
-            .enqueue("someone@[127.0.0.1]", &rcpts(&["bob@[127.0.0.1]"]), MESSAGE)
+            .enqueue(
+                "someone@[127.0.0.1]",
+                &rcpts(&["bob@[127.0.0.1]"]),
+                &mut &MESSAGE[..],
+            )
             .unwrap();
         // The original is refused; its bounce (null sender) is queued for
         // someone@[127.0.0.1] and accepted by the same server.
@@ -411,7 +435,7 @@ async fn remote_replies_are_recorded_sanitised_and_bounded() {
         .enqueue(
             "alice@src.test",
             &rcpts(&["bob@[127.0.0.1]", "carol@[127.0.0.1]"]),
-            MESSAGE,
+            &mut &MESSAGE[..],
         )
         .unwrap();
     // bob fails (and is bounced), carol waits.
@@ -494,7 +518,7 @@ async fn null_sender_failure_is_dropped() {
     ]);
     let mut h = start(test_config(server.addr.port()), Some(dns.addr), None);
     h.queue
-        .enqueue("", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .enqueue("", &rcpts(&["bob@dest.test"]), &mut &MESSAGE[..])
         .unwrap();
     assert!(
         eventually(10, || server.connections() == 1
@@ -519,8 +543,12 @@ async fn queue_survives_restart_and_drops_half_written_entries() {
     let cfg = test_config(server.addr.port());
     let id = {
         let q = Queue::open(dir.path(), &cfg).unwrap();
-        q.enqueue("alice@src.test", &rcpts(&["bob@[127.0.0.1]"]), MESSAGE)
-            .unwrap()
+        q.enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@[127.0.0.1]"]),
+            &mut &MESSAGE[..],
+        )
+        .unwrap()
         // Dropped without running: the "crash".
     };
     let qdir = dir.path().join("queue");
@@ -578,11 +606,19 @@ async fn opportunistic_and_required_tls() {
     cfg.require_tls_domains = vec!["strict.test".into()];
     let h = start(cfg, Some(dns.addr), None);
     h.queue
-        .enqueue("alice@src.test", &rcpts(&["bob@dest.test"]), MESSAGE)
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@dest.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     let strict = h
         .queue
-        .enqueue("alice@src.test", &rcpts(&["eve@strict.test"]), MESSAGE)
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["eve@strict.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     assert!(eventually(10, || server.received().len() == 1).await);
     let got = server.received();
@@ -631,7 +667,7 @@ async fn relayhost_with_auth_over_verified_tls() {
         .enqueue(
             "alice@src.test",
             &rcpts(&["bob@anywhere.test", "carol@elsewhere.test"]),
-            MESSAGE,
+            &mut &MESSAGE[..],
         )
         .unwrap();
     assert!(
@@ -699,7 +735,7 @@ async fn transports_get_only_their_own_credentials() {
         .enqueue(
             "alice@src.test",
             &rcpts(&["bob@third.test", "carol@partner.test"]),
-            MESSAGE,
+            &mut &MESSAGE[..],
         )
         .unwrap();
     assert!(
@@ -763,7 +799,11 @@ async fn relay_credentials_need_a_verified_certificate() {
     cfg.ca_file = Some(ca);
     let h = start(cfg, None, None);
     h.queue
-        .enqueue("alice@src.test", &rcpts(&["bob@anywhere.test"]), MESSAGE)
+        .enqueue(
+            "alice@src.test",
+            &rcpts(&["bob@anywhere.test"]),
+            &mut &MESSAGE[..],
+        )
         .unwrap();
     assert!(
         eventually(10, || h

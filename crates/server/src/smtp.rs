@@ -13,12 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postoffice_core::{inbound, metrics, submission};
+use postoffice_common::content::{Content, SpoolWriter};
+use postoffice_core::{App, inbound, metrics, submission};
 use postoffice_filter::{ConnectVerdict, SenderVerdict};
 use postoffice_smtp::{Action, ServerSession, SessionConfig, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::Shared;
 use crate::shutdown::Shutdown;
@@ -47,6 +48,49 @@ struct Conn {
     input: Vec<u8>,
     tls_version: Option<String>,
     connect_tags: Vec<String>,
+    /// The content of the transaction in progress, taken from the session
+    /// as it arrives (memory while small, else the spool file).
+    content: Option<SpoolWriter>,
+    /// Spooling the content failed (disk full): the transaction gets 452.
+    content_failed: bool,
+}
+
+/// Content is taken from the session once this much is buffered (and at
+/// the end): the session never holds more than about this plus one read.
+const TAKE_CONTENT_AT: usize = 64 * 1024;
+
+impl Conn {
+    /// Move the content the session has buffered into the transaction's
+    /// spool writer (`at_end`: all of it; otherwise once enough is
+    /// buffered). A session back to no content (a new transaction, or a
+    /// refused one) drops the writer.
+    fn take_content(&mut self, app: &App, at_end: bool) {
+        if self.session.content_received() == 0 {
+            self.content = None;
+            self.content_failed = false;
+            return;
+        }
+        let pending = self.session.pending_content();
+        if pending.is_empty() || (!at_end && pending.len() < TAKE_CONTENT_AT) {
+            return;
+        }
+        if !self.content_failed {
+            let result = match &mut self.content {
+                Some(w) => w.write(pending),
+                None => app.spool_writer().and_then(|mut w| {
+                    w.write(pending)?;
+                    self.content = Some(w);
+                    Ok(())
+                }),
+            };
+            if let Err(e) = result {
+                warn!(error = %e, "cannot spool the message; it will get 452");
+                self.content = None;
+                self.content_failed = true;
+            }
+        }
+        self.session.content_taken();
+    }
 }
 
 enum Step<S> {
@@ -94,6 +138,8 @@ pub async fn serve_connection(
         input: Vec::new(),
         tls_version: None,
         connect_tags: Vec::new(),
+        content: None,
+        content_failed: false,
     };
     let timeout = Duration::from_secs(config.limits.tls_handshake_timeout_secs);
     let end = if implicit_tls {
@@ -197,6 +243,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let mut slice: &[u8] = &owned;
         loop {
             let action = conn.session.handle(&mut slice, &mut conn.out);
+            conn.take_content(&app, action == Action::Deliver);
             match action {
                 Action::NeedInput => break,
                 Action::Close => {
@@ -249,8 +296,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         return Step::Done("disconnected");
                     }
                     let id = postoffice_common::ids::unique_id();
-                    let (env, body) = conn.session.message();
+                    let failed = std::mem::take(&mut conn.content_failed);
+                    let body = conn
+                        .content
+                        .take()
+                        .map_or_else(|| Content::from_vec(Vec::new()), SpoolWriter::finish);
+                    let env = conn.session.envelope();
+                    let body = &body;
                     let reply = match conn.mode {
+                        _ if failed => insufficient_storage(),
                         Mode::Mx => {
                             let message = inbound::Message {
                                 id: &id,
@@ -310,4 +364,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         conn.input.extend_from_slice(&buf[..n]);
     }
+}
+
+/// `452 4.3.1`: the message could not be spooled (the disk is full); the
+/// client keeps it and tries again later.
+fn insufficient_storage() -> postoffice_smtp::Reply {
+    postoffice_smtp::Reply::new(
+        postoffice_smtp::codes::INSUFFICIENT_STORAGE,
+        postoffice_smtp::status::SYSTEM_FULL,
+        "Insufficient system storage, try again later",
+    )
 }

@@ -39,7 +39,7 @@ mod capabilities;
 mod content;
 
 pub use capabilities::Capabilities;
-pub use content::dot_stuff;
+pub use content::{DotStuffer, dot_stuff};
 
 /// Whether and how to use STARTTLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
