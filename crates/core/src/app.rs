@@ -71,8 +71,8 @@ pub enum AppError {
 pub struct App {
     /// The configuration.
     pub config: Config,
-    /// The maildrops.
-    pub store: Arc<Maildir>,
+    /// The maildrops (the Maildir backend today; any [`MailStore`]).
+    pub store: Arc<dyn MailStore>,
     /// Domains and users.
     pub directory: Directory,
     /// Brute-force protection of logins.
@@ -145,7 +145,7 @@ impl App {
             info!(removed = n, "removed spool files left by a crash");
         }
         let budget = Budget::new(config.limits.max_inflight_message_bytes);
-        let store = Arc::new(maildir(&config));
+        let store: Arc<dyn MailStore> = Arc::new(maildir(&config));
         let a = &config.auth;
         let throttle = LoginThrottle::new(ThrottleConfig {
             free_failures: a.free_failures,
@@ -217,7 +217,7 @@ impl App {
         crate::delivery::Local {
             config: &self.config,
             directory: &self.directory,
-            store: &self.store,
+            store: &*self.store,
         }
     }
 

@@ -13,7 +13,7 @@ use postoffice_common::content::Pieces;
 use postoffice_config::Config;
 use postoffice_directory::{Directory, normalize_address};
 use postoffice_smtp::{Reply, codes, sanitize, status};
-use postoffice_store::{Delivered, MailStore, Maildir, StoreError};
+use postoffice_store::{Delivered, MailStore, StoreError};
 
 use crate::app::policy_defaults;
 
@@ -120,7 +120,7 @@ pub struct Local<'a> {
     /// Users, domains and their policies.
     pub directory: &'a Directory,
     /// The maildrops.
-    pub store: &'a Maildir,
+    pub store: &'a dyn MailStore,
 }
 
 impl Local<'_> {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use postoffice_config::Config;
 use postoffice_directory::Directory;
-use postoffice_store::{MailStore, Maildir, StoreError};
+use postoffice_store::{MailStore, StoreError};
 use tracing::{info, warn};
 
 use crate::app::policy_defaults;
@@ -30,7 +30,7 @@ pub struct SweepReport {
 pub fn sweep(
     config: &Config,
     directory: &Directory,
-    store: &Maildir,
+    store: &dyn MailStore,
     dry_run: bool,
 ) -> SweepReport {
     let mut report = SweepReport::default();
@@ -59,7 +59,7 @@ pub fn sweep(
         match store.mailboxes() {
             Ok(boxes) => {
                 for mb in boxes {
-                    match store.cleanup_tmp(&mb, max_age) {
+                    match store.cleanup(&mb, max_age) {
                         Ok(n) => report.tmp_removed += n,
                         Err(e) => report.errors.push(format!("{mb}: tmp cleanup: {e}")),
                     }

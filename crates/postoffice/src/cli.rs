@@ -584,7 +584,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             } else {
                 println!(
                     "its mail was kept in {} (use --purge to delete it)",
-                    store.path_of(&address)?.display()
+                    store.location(&address)?
                 );
             }
         }
@@ -619,7 +619,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             let usage = store.usage(&address)?;
             println!("address:        {}", u.address);
             println!("disabled:       {}", u.disabled);
-            println!("mailbox:        {}", store.path_of(&address)?.display());
+            println!("mailbox:        {}", store.location(&address)?);
             println!("messages:       {}", usage.messages);
             println!("bytes:          {}", usage.bytes);
             println!(

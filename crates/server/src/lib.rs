@@ -303,7 +303,7 @@ async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
         }
         let app = Arc::clone(&shared.app);
         let _ = tokio::task::spawn_blocking(move || {
-            postoffice_core::retention::sweep(&app.config, &app.directory, &app.store, false)
+            postoffice_core::retention::sweep(&app.config, &app.directory, &*app.store, false)
         })
         .await;
     }

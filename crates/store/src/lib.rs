@@ -157,6 +157,17 @@ pub trait MailStore: Send + Sync {
     /// Delete a quarantined message.
     fn quarantine_delete(&self, mailbox: &str, uid: &str) -> Result<(), StoreError>;
 
+    /// Every mailbox that has storage (`local@domain`, sorted), for
+    /// maintenance over all of them (retention, cleanup).
+    fn mailboxes(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Remove what interrupted deliveries left in `mailbox` and is older
+    /// than `max_age`; returns how many items were removed.
+    fn cleanup(&self, mailbox: &str, max_age: std::time::Duration) -> Result<usize, StoreError>;
+
+    /// Where `mailbox` is stored, for people (a path, a database row).
+    fn location(&self, mailbox: &str) -> Result<String, StoreError>;
+
     /// Remove the mailbox's storage entirely (used when a user is deleted with --purge).
     ///
     /// Refused with [`StoreError::Locked`] while a session is open; removing

@@ -177,6 +177,18 @@ fn exists(path: &Path) -> Result<bool, StoreError> {
 }
 
 impl MailStore for Maildir {
+    fn mailboxes(&self) -> Result<Vec<String>, StoreError> {
+        Maildir::mailboxes(self)
+    }
+
+    fn cleanup(&self, mailbox: &str, max_age: std::time::Duration) -> Result<usize, StoreError> {
+        self.cleanup_tmp(mailbox, max_age)
+    }
+
+    fn location(&self, mailbox: &str) -> Result<String, StoreError> {
+        Ok(self.path_of(mailbox)?.display().to_string())
+    }
+
     fn deliver(&self, mailbox: &str, message: &mut dyn Read) -> Result<Delivered, StoreError> {
         let dir = self.path_of(mailbox)?;
         self.deliver_dir(&dir, message)
