@@ -551,6 +551,12 @@ pub struct Auth {
     pub lockout_secs: u64,
     /// Failures older than this are forgotten.
     pub forget_after_secs: u64,
+    /// Seconds a verified password is remembered (as a keyed hash, in
+    /// memory) so that the next login skips the slow hash; 0 turns the
+    /// cache off. A password change, disable or delete ends it at once.
+    pub cache_ttl_secs: u64,
+    /// Most users remembered by the credential cache.
+    pub cache_entries: usize,
 }
 
 impl Default for Auth {
@@ -562,6 +568,8 @@ impl Default for Auth {
             lockout_after: 10,
             lockout_secs: 300,
             forget_after_secs: 900,
+            cache_ttl_secs: 3600,
+            cache_entries: 100_000,
         }
     }
 }

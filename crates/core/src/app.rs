@@ -77,6 +77,8 @@ pub struct App {
     pub directory: Directory,
     /// Brute-force protection of logins.
     pub throttle: LoginThrottle,
+    /// Recently verified credentials (see [`crate::auth_cache`]).
+    pub auth_cache: crate::auth_cache::AuthCache,
     /// The inbound verification pipeline (SMTP).
     pub filters: postoffice_filter::Filters,
     /// The outbound queue (submission of mail for other domains); `None`
@@ -145,6 +147,10 @@ impl App {
             info!(removed = n, "removed spool files left by a crash");
         }
         let budget = Budget::new(config.limits.max_inflight_message_bytes);
+        let auth_cache = crate::auth_cache::AuthCache::new(
+            Duration::from_secs(config.auth.cache_ttl_secs),
+            config.auth.cache_entries,
+        );
         let store: Arc<dyn MailStore> = Arc::new(maildir(&config));
         let a = &config.auth;
         let throttle = LoginThrottle::new(ThrottleConfig {
@@ -162,6 +168,7 @@ impl App {
             store,
             directory,
             throttle,
+            auth_cache,
             filters,
             outbound: std::sync::RwLock::new(None),
             dkim,
@@ -261,25 +268,38 @@ impl App {
             }
         }
         let dir = self.directory.snapshot();
+        // A password verified recently against the stored hash the user
+        // still has: no slow hash (see crate::auth_cache). Only ever a
+        // success; anything else takes the full path below.
+        if !address.is_empty() && self.auth_cache.check(&dir, &address, &password) {
+            self.throttle.record_success(ip, &address, Instant::now());
+            crate::metrics::inc(&self.counters.auth_cache_hits);
+            return Ok(address);
+        }
         let addr = address.clone();
         let _permit = self
             .hash_permits
             .acquire()
             .await
             .map_err(|_| LoginError::Temp)?;
-        let outcome = tokio::task::spawn_blocking(move || {
-            if addr.is_empty() {
+        let (outcome, password, dir) = tokio::task::spawn_blocking(move || {
+            let outcome = if addr.is_empty() {
                 postoffice_directory::dummy_verify(&password);
                 AuthOutcome::Failed
             } else {
                 dir.authenticate(&addr, &password)
-            }
+            };
+            (outcome, password, dir)
         })
         .await
         .map_err(|_| LoginError::Temp)?;
         match outcome {
             AuthOutcome::Ok(u) => {
                 self.throttle.record_success(ip, &u.address, Instant::now());
+                if let Some(stored) = dir.user(&u.address) {
+                    self.auth_cache
+                        .remember(&u.address, &password, &stored.password_hash);
+                }
                 Ok(u.address)
             }
             AuthOutcome::Failed => {

@@ -15,6 +15,8 @@
 //!   all-or-nothing delivery to several recipients, quarantine.
 //! - [`inbound`]: a message arriving on the MX port — relay protection,
 //!   the verification pipeline, trace headers, delivery; returns the reply.
+//! - [`auth_cache`]: recently verified credentials, so that a repeated
+//!   correct login costs a keyed hash, not argon2id.
 //! - [`author`]: every identity a message claims (From:, Sender:,
 //!   Resent-*), read field by field.
 //! - [`submission`]: a message our user sends — sender ownership of the
@@ -33,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth_cache;
 pub mod author;
 pub mod delivery;
 pub mod dkim;

@@ -50,6 +50,8 @@ counters! {
     submission_accepted,
     /// Failed submission logins.
     submission_auth_failures,
+    /// Logins served by the verified-credential cache (no slow hash).
+    auth_cache_hits,
 }
 
 /// Add one.
