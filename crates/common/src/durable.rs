@@ -11,11 +11,13 @@
 //! umask: mail, spool entries, keys and state are private to the server's
 //! user ([`FILE_MODE`], [`DIR_MODE`]).
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Mode of every file postoffice creates: readable by its owner only.
 pub const FILE_MODE: u32 = 0o600;
@@ -25,6 +27,91 @@ pub const DIR_MODE: u32 = 0o700;
 /// `fsync` a directory, making creations, renames and unlinks in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// `fsync` a directory, sharing the call with every other thread that asks
+/// for the same directory at the same time (group commit).
+///
+/// A caller's rename (or create, or unlink) is durable once an fsync of the
+/// directory that *started after it* has completed. Each caller takes a
+/// ticket after its change; a leader fsyncs on behalf of every ticket taken
+/// before it started, and the others wait for that fsync (or the next) to
+/// cover theirs. Under load, many deliveries into one hot maildrop then cost
+/// one directory fsync between them instead of one each; alone, a caller
+/// pays exactly one fsync, as with [`sync_dir`]. An fsync error is returned
+/// to every caller it was meant to cover.
+pub fn sync_dir_shared(dir: &Path) -> io::Result<()> {
+    let group = {
+        let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(groups.entry(dir.to_path_buf()).or_default())
+    };
+    let result = group.sync(dir);
+    // Drop the group once nobody else uses it (the map stays small).
+    let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    if Arc::strong_count(&group) == 2 {
+        groups.remove(dir);
+    }
+    result
+}
+
+static GROUPS: std::sync::LazyLock<Mutex<HashMap<PathBuf, Arc<SyncGroup>>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+#[derive(Debug, Default)]
+struct SyncGroup {
+    state: Mutex<GroupState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Tickets handed out.
+    issued: u64,
+    /// Every ticket up to this one is covered by a completed fsync.
+    covered: u64,
+    /// An fsync is running.
+    running: bool,
+    /// Tickets up to this one failed with `error`.
+    failed_up_to: u64,
+    error: Option<(io::ErrorKind, String)>,
+}
+
+impl SyncGroup {
+    fn sync(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.issued += 1;
+        let ticket = st.issued;
+        loop {
+            if st.covered >= ticket {
+                return match &st.error {
+                    Some((kind, msg)) if st.failed_up_to >= ticket => {
+                        Err(io::Error::new(*kind, msg.clone()))
+                    }
+                    _ => Ok(()),
+                };
+            }
+            if st.running {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Lead: one fsync for every ticket issued so far.
+            st.running = true;
+            let target = st.issued;
+            drop(st);
+            let result = sync_dir(dir);
+            st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.running = false;
+            st.covered = target;
+            match result {
+                Ok(()) => {}
+                Err(e) => {
+                    st.failed_up_to = target;
+                    st.error = Some((e.kind(), e.to_string()));
+                }
+            }
+            self.done.notify_all();
+        }
+    }
 }
 
 /// Create `path` and its missing parents with [`DIR_MODE`], fsyncing the
@@ -78,10 +165,11 @@ pub fn create_new(path: &Path) -> io::Result<File> {
 /// Move a file that is already fsynced to `target` and fsync the target's
 /// directory: the last two steps of a durable write, for callers that
 /// choose the final name only once the data is written (a Maildir file
-/// carries its size in its name).
+/// carries its size in its name). The directory fsync is shared with
+/// concurrent callers ([`sync_dir_shared`]).
 pub fn publish(written: &Path, target: &Path) -> io::Result<()> {
     fs::rename(written, target)?;
-    sync_dir(parent_of(target))
+    sync_dir_shared(parent_of(target))
 }
 
 /// Atomically replace `path` with `data` (all four steps; see the module
@@ -216,6 +304,30 @@ mod tests {
         drop(f);
         assert_eq!(fs::read(dir.path().join("x,S=5")).unwrap(), b"12345");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn shared_directory_syncs_cover_every_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let d = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    for j in 0..20 {
+                        let p = d.join(format!("f{i}-{j}"));
+                        write(&p, b"x").unwrap();
+                        sync_dir_shared(&d).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 320);
+        assert!(GROUPS.lock().unwrap().is_empty(), "idle groups are dropped");
+        // A failing fsync reaches its caller.
+        assert!(sync_dir_shared(&dir.path().join("missing")).is_err());
     }
 
     #[test]

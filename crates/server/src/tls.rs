@@ -41,13 +41,24 @@ pub fn acceptor(cfg: &Config) -> Result<TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("cannot read TLS private key {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("TLS certificate and key do not match")?;
+    resumption(&mut config)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Returning clients (a mail client polling every few minutes) resume
+/// their TLS session instead of a full handshake: stateless tickets
+/// (rotating keys, RFC 5077 / TLS 1.3 PSK) and a server-side cache for
+/// clients that do not take tickets.
+fn resumption(config: &mut ServerConfig) -> Result<()> {
+    config.ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session tickets")?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    Ok(())
 }
 
 fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Result<()> {

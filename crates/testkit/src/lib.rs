@@ -64,5 +64,5 @@ pub use net::{IO_TIMEOUT, free_port, tcp_connect, wait_for_port};
 pub use postoffice::{Env, Output, START_TIMEOUT, Server, cli_with_config};
 pub use program::{find_program, optional_program, program};
 pub use smtp::{smtp_cmd, smtp_connect, smtp_reply};
-pub use tls::{TlsStream, tls_client};
+pub use tls::{TlsStream, tls_client, tls_client_config, tls_client_with};
 pub use wait::{POLL_INTERVAL, eventually, poll_until, wait_for};
