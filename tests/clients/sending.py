@@ -229,6 +229,13 @@ def run(a, b):
         b.cli("user", "set", "bob@b.test", "--quota-messages", "inherit")
         a.cli("queue", "flush")
         wait_until("delivery after the quota was raised", lambda: bob_has("after-quota"))
+        # Delivered once: the entry leaves the queue, and flushing again
+        # sends nothing more.
+        wait_until("the entry to leave the queue",
+                   lambda: "bob@b.test" not in a.cli("queue", "list").stdout.decode())
+        a.cli("queue", "flush")
+        copies = [m for m in pop(b, "127.0.0.2", "bob@b.test") if "Subject: after-quota" in m]
+        assert len(copies) == 1, f"{len(copies)} copies delivered"
 
     @check("a destination that is down is retried, listed in the queue, then bounced after expiry")
     def _():
