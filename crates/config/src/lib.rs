@@ -1149,6 +1149,50 @@ relay_password_file = "secrets/global.pass"
         }
     }
 
+    /// The production config (the Debian package's /etc/postoffice/
+    /// postoffice.toml) loads and says what it is for: the standard ports,
+    /// a user to switch to, real certificate paths.
+    #[test]
+    fn production_config_loads_with_standard_ports() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/postoffice.production.toml");
+        let text = std::fs::read_to_string(&path).expect("production config exists");
+        let c = Config::from_toml(&text, &path).expect("production config is valid");
+        let ports = |l: &[SocketAddr]| l.iter().map(|a| a.port()).collect::<Vec<_>>();
+        assert_eq!(ports(&c.pop3.listen), [110]);
+        assert_eq!(ports(&c.pop3.listen_tls), [995]);
+        assert_eq!(ports(&c.smtp.listen), [25]);
+        assert_eq!(ports(&c.submission.listen), [587]);
+        assert_eq!(ports(&c.submission.listen_tls), [465]);
+        assert_eq!(c.user, "postoffice");
+        assert!(!c.allow_root);
+        assert_eq!(c.data_dir, Path::new("/var/lib/postoffice"));
+        assert_eq!(c.tls.pairs().len(), 1);
+    }
+
+    #[test]
+    fn several_certificates_and_the_log_format_parse() {
+        let text = "[tls]\ncertificates = [{ cert = \"a.pem\", key = \"a.key\" }]\n\
+                    reload_check_secs = 0\n[log]\nformat = \"json\"\n";
+        let mut c = Config::from_toml(text, Path::new("x")).unwrap();
+        c.resolve_paths(Path::new("/etc/postoffice"));
+        assert_eq!(
+            c.tls.pairs(),
+            vec![CertKey {
+                cert: "/etc/postoffice/a.pem".into(),
+                key: "/etc/postoffice/a.key".into()
+            }]
+        );
+        assert_eq!(c.log.format, LogFormat::Json);
+        for bad in [
+            "[log]\nformat = \"xml\"",
+            "[tls]\ncertificates = [{ cert = \"a.pem\" }]",
+            "user = \"bad user\"",
+        ] {
+            assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn secrets_are_redacted_and_a_readable_file_is_reported() {
         use std::os::unix::fs::PermissionsExt;
