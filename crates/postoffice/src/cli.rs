@@ -20,7 +20,8 @@ use postoffice_store::MailStore;
 #[derive(Parser, Debug)]
 #[command(name = "postoffice", version, propagate_version = true)]
 struct Cli {
-    /// Config file (TOML). Without one, built-in defaults apply.
+    /// Config file (TOML). Default: /etc/postoffice/postoffice.toml when
+    /// it exists (the Debian package's), else the built-in defaults.
     #[arg(
         short,
         long,
@@ -318,6 +319,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The config file used when none is named: the Debian package's.
+const SYSTEM_CONFIG: &str = "/etc/postoffice/postoffice.toml";
+
 fn load_config(path: Option<&Path>) -> Result<Config> {
     let mut cfg = match path {
         Some(p) => {
@@ -346,7 +350,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fetch(args) => return postoffice_fetch::run(args),
         other => other,
     };
-    let config = match load_config(cli.config.as_deref()) {
+    // The package's config, so that `postoffice user add ...` and
+    // /usr/sbin/sendmail work on an installed server without --config.
+    let config_path = cli.config.clone().or_else(|| {
+        let system = Path::new(SYSTEM_CONFIG);
+        system.exists().then(|| system.to_path_buf())
+    });
+    let config = match load_config(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postoffice: {e:#}");
@@ -365,8 +375,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     match command {
         Command::Fetch(_) => unreachable!("handled above"),
-        Command::Serve => serve(config, cli.config.as_deref()),
-        Command::Config(ConfigCmd::Check) => config_check(&config, cli.config.as_deref()),
+        Command::Serve => serve(config, config_path.as_deref()),
+        Command::Config(ConfigCmd::Check) => config_check(&config, config_path.as_deref()),
         Command::Dns(args) => dns(&config, args),
         Command::Domain(cmd) => domain(&config, cmd),
         Command::User(cmd) => user(&config, cmd),
@@ -574,6 +584,10 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
 }
 
 fn config_check(config: &Config, path: Option<&Path>) -> Result<ExitCode> {
+    match path {
+        Some(p) => eprintln!("config file: {}", p.display()),
+        None => eprintln!("no config file: the built-in defaults apply"),
+    }
     print!("{}", config.to_toml_redacted());
     if let Some(w) = path.and_then(|p| config.secrets_warning(p)) {
         eprintln!("warning: {w}");
