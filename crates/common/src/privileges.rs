@@ -202,7 +202,9 @@ mod tests {
             uid: effective_uid().wrapping_add(4242),
             gid: 4242,
         };
-        let e = prepare_data_dir(dir.path(), &other).unwrap_err().to_string();
+        let e = prepare_data_dir(dir.path(), &other)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("chown -R someone:"), "{e}");
         let me = SystemUser {
             name: "me".into(),
