@@ -592,6 +592,7 @@ SESSION_FIELDS = {
                      "errors", "duration_ms"},
     "smtp transaction": {"id", "ip", "helo", "from", "rcpts", "size", "tls", "connect", "verdict",
                          "result", "reply"},
+    "submitted": {"from", "local", "remote", "queue_id", "size"},
 }
 
 
@@ -603,7 +604,11 @@ def _():
         srv.cli("user", "add", "alice@example.test", "--password-stdin", input=b"secret\n")
         with smtplib.SMTP("127.0.0.1", srv.addrs["smtp"], timeout=60) as s:
             s.sendmail("bob@remote.test", ["alice@example.test"], message("json logged"))
-        assert len(pop_all(srv.addrs["pop3"])) == 1
+        with smtplib.SMTP("127.0.0.1", srv.addrs["submission"], timeout=60) as s:
+            s.login("alice@example.test", "secret")  # loopback: AUTH before TLS is allowed
+            s.sendmail("alice@example.test", ["alice@example.test"],
+                       message("json submitted", sender="alice@example.test"))
+        assert len(pop_all(srv.addrs["pop3"])) == 2
     finally:
         srv.stop()
     lines = [l for l in srv.log().splitlines() if l.strip()]
@@ -617,7 +622,7 @@ def _():
         missing = fields - found[0].keys()
         assert not missing, f"{name}: missing {missing} in {found[0]}"
     pop = next(e for e in events if e["message"] == "pop3 session" and e["user"] != "-")
-    assert pop["user"] == "alice@example.test" and pop["retr"] == 1, pop
+    assert pop["user"] == "alice@example.test" and pop["retr"] == 2, pop
     assert pop["span"]["name"] == "pop3" and "peer" in pop["span"], pop
     tx = next(e for e in events if e["message"] == "smtp transaction")
     assert tx["result"] == "delivered" and tx["rcpts"] == "alice@example.test", tx

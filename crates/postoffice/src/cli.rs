@@ -550,10 +550,10 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
     let certs = server.certificates();
     for (pair, info) in certs.certificates() {
         println!(
-            "  TLS certificate: {}{} ({})",
+            "  TLS certificate: {} ({}{})",
             pair.cert.display(),
             if certs.generated() {
-                " (self-signed)"
+                "self-signed; "
             } else {
                 ""
             },
