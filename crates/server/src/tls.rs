@@ -457,10 +457,7 @@ impl CertStore {
         let slots = self.read();
         if let Some(name) = sni {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(s) = slots
-                .iter()
-                .find(|s| s.info.names.contains(&name))
-            {
+            if let Some(s) = slots.iter().find(|s| s.info.names.contains(&name)) {
                 return Some(Arc::clone(&s.key));
             }
             if let Some(s) = slots.iter().find(|s| s.info.holds(&name)) {
