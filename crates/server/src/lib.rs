@@ -4,17 +4,22 @@
 //! `postoffice-smtp`) and no application logic (that is `postoffice-core`:
 //! logins, delivery, submission policy).
 //!
-//! - [`Server::bind`] opens every listener (so port errors surface before
-//!   anything else happens) and [`Server::run`] serves until shut down.
+//! - [`listeners::Listeners::open`] takes the sockets systemd passed or
+//!   binds the configured addresses (before the process gives up root);
+//!   [`Server::start`] prepares everything else on them, [`Server::bind`]
+//!   does both, and [`Server::run`] serves until shut down.
 //! - [`pop3`] drives one POP3 connection, [`smtp`] one SMTP or submission
 //!   connection.
-//! - [`tls`] loads (or generates) the certificate and runs handshakes.
+//! - [`tls`] loads (or generates) the certificates, picks one per
+//!   handshake by SNI, reloads them on SIGHUP or when the files change, and
+//!   runs handshakes.
 //! - [`limits`] caps connections in total and per client network.
 //! - [`outbound`] runs the outbound queue's scheduler beside the listeners.
 //! - [`shutdown`] broadcasts the stop signal.
 #![forbid(unsafe_code)]
 
 pub mod limits;
+pub mod listeners;
 pub mod outbound;
 pub mod pop3;
 pub mod shutdown;
@@ -37,10 +42,11 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::limits::{ConnLimiter, Refused};
+pub use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, Trigger};
 
 /// What kind of service a listener offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
     /// POP3 on 110 (STLS offered).
     Pop3,
@@ -52,6 +58,34 @@ pub enum Service {
     Submission,
     /// Submission over implicit TLS on 465.
     Submissions,
+}
+
+impl Service {
+    /// Every service, in the order of the config file.
+    pub const ALL: [Service; 5] = [
+        Service::Pop3,
+        Service::Pop3s,
+        Service::Smtp,
+        Service::Submission,
+        Service::Submissions,
+    ];
+
+    /// Its name in systemd's `FileDescriptorName=` (and RFC 6186's SRV
+    /// labels): pop3, pop3s, smtp, submission, submissions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Pop3 => "pop3",
+            Service::Pop3s => "pop3s",
+            Service::Smtp => "smtp",
+            Service::Submission => "submission",
+            Service::Submissions => "submissions",
+        }
+    }
+
+    /// The service called `name` (see [`Service::name`]).
+    pub fn from_name(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 /// What every connection of the server shares: the application, the TLS
@@ -79,29 +113,36 @@ pub struct Server {
     shared: Arc<Shared>,
     queue: Arc<postoffice_queue::Queue>,
     listeners: Vec<(Service, TcpListener)>,
+    certs: Arc<tls::CertStore>,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Server {
-    /// Prepare TLS, open the directory and bind every listener.
+    /// Bind every configured listener, then [`Server::start`].
     pub async fn bind(config: Config) -> Result<Server> {
+        let listeners = Listeners::bind(&config)?;
+        Server::start(config, listeners).await
+    }
+
+    /// Prepare TLS, open the directory, the queue and the application, on
+    /// `listeners` (from [`Listeners::open`]). Must run inside the tokio
+    /// runtime.
+    pub async fn start(config: Config, listeners: Listeners) -> Result<Server> {
         postoffice_common::durable::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         warn_if_shared(&config.data_dir);
-        let tls = tls::acceptor(&config).context("setting up TLS")?;
-        let mut listeners = Vec::new();
-        for (service, addrs) in [
-            (Service::Pop3, &config.pop3.listen),
-            (Service::Pop3s, &config.pop3.listen_tls),
-            (Service::Smtp, &config.smtp.listen),
-            (Service::Submission, &config.submission.listen),
-            (Service::Submissions, &config.submission.listen_tls),
-        ] {
-            for addr in addrs {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change the listen addresses ([pop3], [smtp], [submission]) in the config"))?;
-                listeners.push((service, l));
-            }
+        // SIGHUP reloads the certificates; its handler is in place before
+        // the first connection, as the default action would end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        let certs = tls::CertStore::load(&config)?;
+        let tls = certs.acceptor()?;
+        let mut bound = Vec::new();
+        for (service, socket) in listeners.sockets {
+            let addr = socket.local_addr().ok();
+            let l = TcpListener::from_std(socket)
+                .with_context(|| format!("cannot use the {} socket {addr:?}", service.name()))?;
+            bound.push((service, l));
         }
         let queue = Arc::new(
             postoffice_queue::Queue::open(&config.data_dir, &config.queue)
@@ -116,8 +157,15 @@ impl Server {
         Ok(Server {
             shared,
             queue,
-            listeners,
+            listeners: bound,
+            certs,
+            hangup,
         })
+    }
+
+    /// The certificates the server presents.
+    pub fn certificates(&self) -> &Arc<tls::CertStore> {
+        &self.certs
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -146,6 +194,12 @@ impl Server {
             tasks.spawn(accept_loop(shared, service, listener, sd, trig));
         }
         tasks.spawn(sweeper_loop(Arc::clone(&self.shared), shutdown.clone()));
+        tasks.spawn(tls::watch(
+            Arc::clone(&self.certs),
+            self.hangup,
+            Duration::from_secs(self.shared.app.config.tls.reload_check_secs),
+            shutdown.clone(),
+        ));
         tasks.spawn(outbound::run(
             Arc::clone(&self.shared),
             self.queue,
