@@ -54,8 +54,9 @@ pub struct Config {
     /// user the process was started as. Production: "postoffice".
     pub user: String,
     /// Let `serve` go on running as root (uid 0) when `user` is empty. Off:
-    /// a server started as root without `user` refuses to start, because a
-    /// mail server parses hostile input all day. The environment variable
+    /// a server started as root without `user` refuses to listen on any
+    /// address off loopback, because a mail server parses hostile input all
+    /// day (a loopback-only trial runs, with a warning). The environment variable
     /// POSTOFFICE_ALLOW_ROOT=1 does the same (for test machines and
     /// containers whose config is generated).
     pub allow_root: bool,

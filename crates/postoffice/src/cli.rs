@@ -46,8 +46,8 @@ enum Command {
     /// submission or submissions; the listen keys are then not used), or
     /// are bound from the config. Started as root, the server switches to
     /// the config's `user` right after opening them, before reading any
-    /// data; without `user` it refuses to run as root unless `allow_root =
-    /// true`. SIGHUP reads the TLS certificates again (so do changes to
+    /// data; without `user` it refuses to run as root on an address off
+    /// loopback unless `allow_root = true`. SIGHUP reads the TLS certificates again (so do changes to
     /// their files); SIGTERM and SIGINT stop it gracefully.
     Serve,
     /// Validate the configuration.
@@ -516,7 +516,9 @@ fn serve(config: Config, path: Option<&Path>) -> Result<ExitCode> {
     }
     drop_privileges_for_serve(&config, &bound)?;
     if postoffice_common::privileges::is_root() && config.user.is_empty() {
-        tracing::warn!("running as root (no `user` in the config): fine for a trial on loopback; set `user = \"postoffice\"` before serving the network");
+        tracing::warn!(
+            "running as root (no `user` in the config): fine for a trial on loopback; set `user = \"postoffice\"` before serving the network"
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
