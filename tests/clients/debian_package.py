@@ -112,9 +112,63 @@ def _():
     STATE["deb"] = deb
 
 
-@check("dpkg -i: system user, private data directory, config, certificate, sendmail")
+SENDMAIL_LINKS = ["/usr/sbin/sendmail", "/usr/lib/sendmail"]
+
+
+def file_identity(path):
+    """What a file is, through a symlink's own target text."""
+    if os.path.islink(path):
+        return ("link", os.readlink(path))
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return ("file", hashlib.sha256(f.read()).hexdigest())
+    return None
+
+
+def foreign_sendmail():
+    """The package owning /usr/sbin/sendmail when it is not an alternative
+    (Postfix, Exim: a plain file), else None."""
+    path = "/usr/sbin/sendmail"
+    if not os.path.lexists(path):
+        return None
+    if os.path.islink(path) and os.readlink(path).startswith("/etc/alternatives/"):
+        return None
+    p = subprocess.run(["dpkg-query", "-S", path], capture_output=True)
+    return p.stdout.decode().split(":")[0] if p.returncode == 0 else "an unpackaged file"
+
+
+def divert(path):
+    sh("dpkg-divert", "--local", "--rename", "--divert", path + ".before-postoffice-test",
+       "--add", path)
+    STATE.setdefault("diverted", []).append(path)
+
+
+def undivert():
+    for path in STATE.pop("diverted", []):
+        subprocess.run(["dpkg-divert", "--local", "--rename", "--divert",
+                        path + ".before-postoffice-test", "--remove", path], capture_output=True)
+
+
+@check("dpkg -i: system user, private data directory, config, certificate; sendmail taken "
+       "only when no other mail server's package owns it")
 def _():
-    sh("dpkg", "-i", STATE["deb"])
+    other = foreign_sendmail()
+    before = {p: file_identity(p) for p in SENDMAIL_LINKS}
+    STATE["sendmail_before"] = before
+    out = sh("dpkg", "-i", STATE["deb"])
+    if other:
+        # Another MTA's sendmail (Postfix here) is left alone, and the
+        # package says how to hand it over; then hand it over the way a
+        # user removing that MTA would see it (its files diverted away).
+        after = {p: file_identity(p) for p in SENDMAIL_LINKS}
+        assert after == before, (before, after)
+        err = out.stderr.decode()
+        assert f"/usr/sbin/sendmail belongs to {other}" in err, err
+        assert "dpkg-reconfigure postoffice" in err, err
+        for path in SENDMAIL_LINKS:
+            if os.path.lexists(path):
+                divert(path)
+        sh("dpkg-reconfigure", "postoffice", env={"DEBIAN_FRONTEND": "noninteractive"})
     assert installed()
     u = pwd.getpwnam("postoffice")
     st = os.stat("/var/lib/postoffice")
@@ -269,6 +323,13 @@ def _():
     assert not installed()
 
 
+@check("afterwards the other mail server's sendmail is exactly as it was")
+def _():
+    undivert()
+    after = {p: file_identity(p) for p in SENDMAIL_LINKS}
+    assert after == STATE["sendmail_before"], (STATE["sendmail_before"], after)
+
+
 for p in CHILDREN:
     if p.poll() is None:
         p.kill()
@@ -277,6 +338,7 @@ if installed() or os.path.exists("/etc/postoffice"):
     subprocess.run(["dpkg", "-P", "postoffice"], capture_output=True)
     shutil.rmtree("/var/lib/postoffice", ignore_errors=True)
     shutil.rmtree("/etc/postoffice", ignore_errors=True)
+undivert()
 if not USER_EXISTED:
     subprocess.run(["userdel", "postoffice"], capture_output=True)
     subprocess.run(["groupdel", "postoffice"], capture_output=True)
