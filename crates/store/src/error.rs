@@ -72,6 +72,25 @@ pub enum StoreError {
         "reading the message to deliver failed, nothing was stored (the sender may retry): {0}"
     )]
     MessageRead(#[source] io::Error),
+
+    /// A UID to keep on import is not a POP3 unique ID (1 to 70 characters
+    /// 0x21 to 0x7E); the payload is the UID, escaped for logs.
+    #[error("{0} is not a POP3 unique ID (1 to 70 printable ASCII characters)")]
+    InvalidUid(String),
+
+    /// The maildrop already holds a message with this UID (payload).
+    #[error("the maildrop already holds a message with unique ID {0:?}")]
+    DuplicateUid(String),
+
+    /// A mailbox state key is malformed (payload, escaped).
+    #[error(
+        "invalid state key {0}; keys are 1 to 64 characters of [A-Za-z0-9._-], not starting with '.'"
+    )]
+    InvalidKey(String),
+
+    /// This backend does not implement the operation (payload: its name).
+    #[error("the storage backend does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl StoreError {

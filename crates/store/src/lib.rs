@@ -90,6 +90,17 @@ pub struct CommitReport {
     pub bytes: u64,
 }
 
+/// A message copied from another server with the unique ID it had there
+/// ([`MailStore::import`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Imported<'a> {
+    /// The UIDL the other server reported: 1 to 70 characters 0x21 to 0x7E.
+    pub uid: &'a str,
+    /// When it was delivered there: listings order by it and retention
+    /// counts from it. Sub-second parts order messages of the same second.
+    pub received: SystemTime,
+}
+
 /// Storage of all mailboxes, shared by every connection of the server.
 ///
 /// Mailbox names are full addresses (`alice@example.test`) and are treated
@@ -168,6 +179,59 @@ pub trait MailStore: Send + Sync {
     /// Where `mailbox` is stored, for people (a path, a database row).
     fn location(&self, mailbox: &str) -> Result<String, StoreError>;
 
+    /// Durably store a message that keeps the unique ID and delivery time
+    /// it had on another server (migration: a client that left mail on the
+    /// old server then recognises every message and downloads nothing
+    /// again). Like [`MailStore::deliver`] otherwise: streamed, CRLF
+    /// line ends, durable when this returns, nothing left behind on error.
+    ///
+    /// Fails with [`StoreError::InvalidUid`] for a UID POP3 cannot carry.
+    /// The caller makes sure the UID is not in the maildrop yet
+    /// ([`MailStore::contains`], or the snapshot of a maildrop it holds
+    /// locked); a backend with a unique index may also refuse a duplicate
+    /// with [`StoreError::DuplicateUid`].
+    fn import(
+        &self,
+        mailbox: &str,
+        imported: &Imported<'_>,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        let _ = (mailbox, imported, message);
+        Err(StoreError::Unsupported("import"))
+    }
+
+    /// Whether the maildrop holds a message with this unique ID, without
+    /// taking the lock (used to recognise a delivery that an interrupted
+    /// run made but did not record). A mailbox without storage holds none.
+    fn contains(&self, mailbox: &str, uid: &str) -> Result<bool, StoreError> {
+        let _ = (mailbox, uid);
+        Err(StoreError::Unsupported("contains"))
+    }
+
+    /// A small value the application keeps with a mailbox (which quota
+    /// warnings were sent, which messages a retention notice listed), or
+    /// `None` if `key` was never set. Keys are 1 to 64 characters of
+    /// `[A-Za-z0-9._-]`, not starting with '.' ([`StoreError::InvalidKey`]).
+    fn state_get(&self, mailbox: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (mailbox, key);
+        Err(StoreError::Unsupported("state_get"))
+    }
+
+    /// Set (`Some`) or remove (`None`) a mailbox's value under `key`,
+    /// durably and atomically (readers see the old or the new value).
+    fn state_put(&self, mailbox: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let _ = (mailbox, key, value);
+        Err(StoreError::Unsupported("state_put"))
+    }
+
+    /// Set `key` to an empty value if it is not set, atomically, and say
+    /// whether this call set it: of several processes claiming the same key
+    /// at once exactly one gets `true` (a quota warning is sent once).
+    fn state_claim(&self, mailbox: &str, key: &str) -> Result<bool, StoreError> {
+        let _ = (mailbox, key);
+        Err(StoreError::Unsupported("state_claim"))
+    }
+
     /// Remove the mailbox's storage entirely (used when a user is deleted with --purge).
     ///
     /// Refused with [`StoreError::Locked`] while a session is open; removing
@@ -197,6 +261,21 @@ pub trait Maildrop: Send + Sync {
     /// All indices are checked first: one out of range fails the whole call
     /// with [`StoreError::NoSuchMessage`] before anything is deleted.
     fn commit(&self, deleted: &[usize]) -> Result<CommitReport, StoreError>;
+
+    /// Record that these messages (0-based indices) were retrieved now,
+    /// for retention counted from the first retrieval (RFC 2449 EXPIRE).
+    /// A message retrieved before keeps its earlier time. Durable when
+    /// this returns; indices outside the snapshot are ignored.
+    fn mark_retrieved(&self, indices: &[usize]) -> Result<(), StoreError> {
+        let _ = indices;
+        Err(StoreError::Unsupported("mark_retrieved"))
+    }
+
+    /// When each message of the snapshot was first retrieved (`None`:
+    /// never), parallel to [`Maildrop::messages`].
+    fn retrieved(&self) -> Result<Vec<Option<SystemTime>>, StoreError> {
+        Err(StoreError::Unsupported("retrieved"))
+    }
 }
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API).

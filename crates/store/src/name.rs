@@ -107,6 +107,9 @@ pub(crate) fn key_of(name: &str) -> &str {
 /// (1..=70 printable ASCII characters), a hash of it is used instead so the
 /// UID is still stable.
 pub(crate) fn uid_of(name: &str) -> String {
+    if let Some(kept) = kept_uid(name, &parse(name)) {
+        return kept.into_owned();
+    }
     let base = name.split([',', ':']).next().unwrap_or(name);
     let valid =
         (1..=MAX_UID_LEN).contains(&base.len()) && base.bytes().all(|b| (0x21..=0x7e).contains(&b));
@@ -122,6 +125,68 @@ pub(crate) fn uid_of(name: &str) -> String {
         let _ = write!(hex, "{b:02x}");
     }
     hex
+}
+
+/// The UID a message keeps from another server (`,U=<escaped uid>`, written
+/// by [`MailStore::import`](crate::MailStore::import)): `None` when the name
+/// has no such field, or its value does not decode to a valid UID (the name
+/// then gets its UID by the usual rule).
+pub(crate) fn kept_uid<'a>(name: &'a str, info: &NameInfo) -> Option<std::borrow::Cow<'a, str>> {
+    let kept = info.kept?;
+    let value = name.get(kept.start..kept.start + kept.len)?;
+    if !kept.escaped {
+        return Some(std::borrow::Cow::Borrowed(value));
+    }
+    let uid = unescape_uid(value)?;
+    valid_uid(&uid).then_some(std::borrow::Cow::Owned(uid))
+}
+
+/// Whether `uid` is a POP3 unique ID: 1 to 70 characters 0x21 to 0x7E
+/// (RFC 1939 section 7).
+pub(crate) fn valid_uid(uid: &str) -> bool {
+    (1..=MAX_UID_LEN).contains(&uid.len()) && uid.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// The bytes a UID may contain that a Maildir file name field may not: the
+/// path separator, the field and info separators, and the escape itself.
+fn needs_escape(b: u8) -> bool {
+    matches!(b, b'%' | b',' | b':' | b'/')
+}
+
+/// `uid` as the value of a `,U=` field: `%XX` for the bytes of
+/// [`needs_escape`].
+pub(crate) fn escape_uid(uid: &str) -> String {
+    let mut out = String::with_capacity(uid.len());
+    for b in uid.bytes() {
+        if needs_escape(b) {
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape_uid`]; `None` for a malformed escape.
+fn unescape_uid(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let decoded = u8::from_str_radix(hex, 16).ok()?;
+            if !needs_escape(decoded) {
+                return None;
+            }
+            out.push(decoded);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The CRLF size recorded in a `,W=<n>` field (Dovecot's "virtual size",
@@ -168,6 +233,20 @@ pub(crate) struct NameInfo {
     pub(crate) w_size: Option<u64>,
     /// [`received_of`].
     pub(crate) received: Option<SystemTime>,
+    /// The first `,U=` field, if its value could be a kept UID
+    /// ([`kept_uid`] decides).
+    pub(crate) kept: Option<Kept>,
+}
+
+/// Where a `,U=` field's value lies in a file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Byte offset of the value.
+    pub(crate) start: usize,
+    /// Its length.
+    pub(crate) len: usize,
+    /// It contains `%` escapes (decoding needed).
+    pub(crate) escaped: bool,
 }
 
 /// Parses a file name for [`NameInfo`].
@@ -194,15 +273,29 @@ pub(crate) fn parse(name: &str) -> NameInfo {
     // decides, even if it is malformed.
     let mut w_size = None;
     let mut w_seen = false;
+    let mut kept = None;
+    let mut u_seen = false;
     while bytes.get(end) == Some(&b',') {
         let start = end + 1;
         end = start;
         while bytes.get(end).is_some_and(|&b| b != b',' && b != b':') {
             end += 1;
         }
-        if !w_seen && let Some(value) = bytes[start..end].strip_prefix(b"W=") {
+        let field = &bytes[start..end];
+        if !w_seen && let Some(value) = field.strip_prefix(b"W=") {
             w_size = parse_decimal(value);
             w_seen = true;
+        } else if !u_seen && let Some(value) = field.strip_prefix(b"U=") {
+            u_seen = true;
+            let escaped = value.contains(&b'%');
+            let printable = value.iter().all(|b| (0x21..=0x7e).contains(b));
+            if printable && !value.is_empty() && (escaped || value.len() <= MAX_UID_LEN) {
+                kept = Some(Kept {
+                    start: start + 2,
+                    len: value.len(),
+                    escaped,
+                });
+            }
         }
     }
     NameInfo {
@@ -210,6 +303,7 @@ pub(crate) fn parse(name: &str) -> NameInfo {
         uid_len,
         w_size,
         received,
+        kept,
     }
 }
 
@@ -326,6 +420,37 @@ mod tests {
         let non_ascii = uid_of("caf\u{e9}.1");
         assert_eq!(non_ascii.len(), 32);
         assert_ne!(uid_of(",a"), uid_of(",b"));
+    }
+
+    /// A UID kept from another server survives any byte POP3 allows,
+    /// flags, a move to cur/ and other fields; a broken field falls back
+    /// to the usual rule.
+    #[test]
+    fn kept_uids() {
+        for uid in [
+            "00000001506c4b5a",
+            "a,b:c/d%e",
+            "%",
+            "x".repeat(70).as_str(),
+            "!~",
+        ] {
+            let name = format!("1700000000.I000000001_X.h,S=5,W=5,U={}", escape_uid(uid));
+            assert_eq!(uid_of(&name), uid, "{name}");
+            assert_eq!(uid_of(&format!("{name}:2,S")), uid);
+            assert!(!escape_uid(uid).contains([',', ':', '/']));
+            assert_eq!(parse(&name).w_size, Some(5));
+            assert_eq!(key_of(&format!("{name}:2,S")), name);
+        }
+        assert_eq!(uid_of("1.x,U=%2"), "1.x", "truncated escape");
+        assert_eq!(uid_of("1.x,U=%41"), "1.x", "needless escape");
+        assert_eq!(uid_of("1.x,U="), "1.x", "empty");
+        assert_eq!(
+            uid_of(&format!("1.x,U={}", "y".repeat(71))),
+            "1.x",
+            "too long"
+        );
+        assert_eq!(uid_of("1.x,U=a,U=b"), "a", "the first field decides");
+        assert!(valid_uid("a") && !valid_uid("") && !valid_uid("a b"));
     }
 
     #[test]
@@ -450,6 +575,10 @@ mod tests {
                 "looks_like_message of {ctx}"
             );
             let uid = uid_of(name);
+            if let Some(kept) = kept_uid(name, &info) {
+                assert_eq!(uid, kept, "kept uid of {ctx}");
+                continue;
+            }
             match info.uid_len {
                 Some(n) => assert_eq!(uid, name[..n], "uid of {ctx}"),
                 None => assert!(

@@ -962,3 +962,173 @@ fn files_and_directories_are_private() {
     }
     assert_mode(&bob.join(LOCK_FILE), 0o600);
 }
+
+/// Sets the modification time of new/ and cur/ `ago` in the past, as if
+/// the maildrop had not changed for that long.
+fn age_dirs(store: &Maildir, ago: Duration) {
+    let t = SystemTime::now() - ago;
+    for sub in ["new", "cur"] {
+        let dir = maildir(store).join(sub);
+        fs::create_dir_all(&dir).unwrap();
+        fs::File::open(&dir).unwrap().set_modified(t).unwrap();
+    }
+}
+
+fn listing(md: &dyn Maildrop) -> Vec<(String, u64, SystemTime)> {
+    md.messages()
+        .iter()
+        .map(|m| (m.uid.to_string(), m.size, m.received))
+        .collect()
+}
+
+/// A settled maildrop gets a listing cache, which the next open uses as
+/// it stands (a doctored size shows it was read); a change to the
+/// directories by another agent makes it stale: the directories are read
+/// again, the foreign file appears, and the cache is rebuilt.
+#[test]
+fn listing_cache_is_used_while_valid_and_rebuilt_when_stale() {
+    let (_tmp, store) = store();
+    for i in 0..5 {
+        deliver(&store, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes());
+    }
+    put(&store, "cur", "1600000000.foreign.host:2,S", b"Subject: f\n\nlf body\n");
+    age_dirs(&store, Duration::from_secs(60));
+    let first = listing(&*open(&store));
+    assert_eq!(first.len(), 6);
+    let cache = maildir(&store).join("postoffice-listing");
+    assert!(cache.exists(), "a settled maildrop gets a cache");
+    assert_eq!(listing(&*open(&store)), first, "the cache lists the same");
+
+    // Doctor one size in the cache: the next open shows it.
+    let text = fs::read_to_string(&cache).unwrap();
+    let size = first[1].1;
+    let doctored = text.replacen(&format!(" {size} "), " 999999 ", 1);
+    assert_ne!(doctored, text);
+    fs::write(&cache, &doctored).unwrap();
+    let from_cache = listing(&*open(&store));
+    assert!(from_cache.iter().any(|m| m.1 == 999_999), "read from the cache");
+
+    // A foreign delivery changes new/: the cache is stale.
+    put(&store, "new", "1700000001.other.host", b"Subject: n\n\nnew\n");
+    let fresh = listing(&*open(&store));
+    assert_eq!(fresh.len(), 7, "the foreign file appears");
+    assert!(fresh.iter().all(|m| m.1 != 999_999), "stale cache not used");
+    assert!(fresh.iter().any(|m| m.0 == "1700000001.other.host"));
+
+    // A torn cache is ignored.
+    age_dirs(&store, Duration::from_secs(60));
+    let settled = listing(&*open(&store));
+    let text = fs::read_to_string(&cache).unwrap();
+    assert!(text.ends_with("end\n"));
+    fs::write(&cache, &text[..text.len() / 2]).unwrap();
+    assert_eq!(listing(&*open(&store)), settled);
+    // Messages are still read and deleted through a cached listing.
+    let md = open(&store);
+    assert!(read_all(&*md, 0).starts_with(b"Subject: f"));
+    md.commit(&[0]).unwrap();
+    drop(md);
+    assert_eq!(listing(&*open(&store)).len(), 6);
+}
+
+/// No cache is written while a directory changed within the last moment:
+/// a change in the same clock tick could otherwise go unnoticed.
+#[test]
+fn listing_cache_waits_for_the_directories_to_settle() {
+    let (_tmp, store) = store();
+    deliver(&store, b"Subject: x\r\n\r\nx\r\n");
+    drop(open(&store));
+    assert!(!maildir(&store).join("postoffice-listing").exists());
+}
+
+/// An imported message keeps the UID it had on the other server, any
+/// byte POP3 allows included, and its delivery time; it is found by
+/// `contains` and read back as stored.
+#[test]
+fn import_keeps_uid_and_time() {
+    let (_tmp, store) = store();
+    let native = deliver(&store, b"Subject: native\r\n\r\nn\r\n");
+    let t0 = UNIX_EPOCH + Duration::new(1_500_000_000, 5);
+    let uids = ["00000001506c4b5a", "a,b:c/d%e~"];
+    for (i, uid) in uids.iter().enumerate() {
+        let d = store
+            .import(
+                BOX,
+                &crate::Imported {
+                    uid,
+                    received: t0 + Duration::from_nanos(i as u64),
+                },
+                &mut Cursor::new(format!("Subject: {i}\n\nimported\n")),
+            )
+            .unwrap();
+        assert_eq!(d.uid, *uid);
+        assert!(store.contains(BOX, uid).unwrap());
+    }
+    assert!(store.contains(BOX, &native.uid).unwrap());
+    assert!(!store.contains(BOX, "nope").unwrap());
+    let md = open(&store);
+    let got: Vec<String> = md.messages().iter().map(|m| m.uid.to_string()).collect();
+    assert_eq!(got, [uids[0], uids[1], native.uid.as_str()], "oldest first");
+    assert_eq!(
+        md.messages()[0].received,
+        UNIX_EPOCH + Duration::from_secs(1_500_000_000)
+    );
+    assert_eq!(read_all(&*md, 1), b"Subject: 1\r\n\r\nimported\r\n");
+    drop(md);
+    for bad in ["", "has space", &"x".repeat(71)] {
+        let r = store.import(
+            BOX,
+            &crate::Imported {
+                uid: bad,
+                received: t0,
+            },
+            &mut Cursor::new(b"x\n"),
+        );
+        assert!(matches!(r, Err(StoreError::InvalidUid(_))), "{bad:?}");
+    }
+}
+
+/// Mailbox state: a claim succeeds once until the key is removed; values
+/// round-trip; keys are checked.
+#[test]
+fn state_values_and_claims() {
+    let (_tmp, store) = store();
+    assert!(store.state_claim(BOX, "quota-80").unwrap());
+    assert!(!store.state_claim(BOX, "quota-80").unwrap());
+    store.state_put(BOX, "quota-80", None).unwrap();
+    assert!(store.state_claim(BOX, "quota-80").unwrap());
+    assert_eq!(store.state_get(BOX, "notice").unwrap(), None);
+    store.state_put(BOX, "notice", Some(b"a\nb")).unwrap();
+    assert_eq!(store.state_get(BOX, "notice").unwrap().unwrap(), b"a\nb");
+    for bad in ["", ".x", "a/b", "../x", &"k".repeat(65)] {
+        assert!(matches!(
+            store.state_get(BOX, bad),
+            Err(StoreError::InvalidKey(_))
+        ));
+    }
+    // Not a message: listings do not see it.
+    assert_eq!(open(&store).messages().len(), 0);
+}
+
+/// First retrievals survive the session, keep the earliest time, and
+/// belong to the message (not its position).
+#[test]
+fn first_retrieval_is_recorded() {
+    let (_tmp, store) = store();
+    let a = deliver(&store, b"Subject: a\r\n\r\na\r\n");
+    let b = deliver(&store, b"Subject: b\r\n\r\nb\r\n");
+    let md = open(&store);
+    assert_eq!(md.retrieved().unwrap(), vec![None, None]);
+    md.mark_retrieved(&[1, 7]).unwrap();
+    drop(md);
+    let md = open(&store);
+    let first = md.retrieved().unwrap();
+    assert!(first[0].is_none() && first[1].is_some());
+    md.mark_retrieved(&[1]).unwrap();
+    assert_eq!(md.retrieved().unwrap()[1], first[1], "the first time counts");
+    md.commit(&[0]).unwrap();
+    drop(md);
+    let md = open(&store);
+    assert_eq!(md.messages()[0].uid.as_str(), b.uid);
+    assert!(md.retrieved().unwrap()[0].is_some());
+    let _ = a;
+}

@@ -45,6 +45,15 @@ impl Span {
         }
     }
 
+    /// The `len` bytes at `offset` within this span, if they lie inside it.
+    pub(crate) fn sub(self, offset: usize, len: usize) -> Option<Span> {
+        let end = offset.checked_add(len)?;
+        if end > self.len as usize {
+            return None;
+        }
+        Span::at(self.start as usize + offset, len)
+    }
+
     fn range(self) -> Range<usize> {
         let start = self.start as usize;
         start..start + self.len as usize
@@ -62,6 +71,24 @@ impl Arena {
         Arena {
             text: String::with_capacity(bytes),
         }
+    }
+
+    /// An arena that starts with `text` (a listing cache read whole: names
+    /// are then spans of it, found with [`Arena::span_of`]).
+    pub(crate) fn from_string(text: String) -> Self {
+        Arena { text }
+    }
+
+    /// The span of `range` of the text, if it fits 32-bit offsets and lies
+    /// on character boundaries.
+    pub(crate) fn span_of(&self, range: Range<usize>) -> Option<Span> {
+        self.text.get(range.clone())?;
+        Span::at(range.start, range.end - range.start)
+    }
+
+    /// The whole text.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
     }
 
     /// Appends `s`; `None` once the arena would outgrow 32-bit offsets.

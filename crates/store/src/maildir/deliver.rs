@@ -13,16 +13,17 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postoffice_common::durable::{self, sync_dir};
+use postoffice_common::ids::unique_id;
 use postoffice_common::maildir_name::unique_name;
 
 use super::scan::find_uid;
 use super::{Maildir, ensure_maildir};
 use crate::crlf::{CHUNK, CrlfConverter};
 use crate::name;
-use crate::{Delivered, StoreError};
+use crate::{Delivered, Imported, StoreError};
 
 /// How many fresh names `deliver` tries if a temporary name already exists
 /// (which would need a pid reused within the same microsecond).
@@ -87,6 +88,35 @@ impl Maildir {
         dir: &Path,
         message: &mut dyn Read,
     ) -> Result<Delivered, StoreError> {
+        self.deliver_named(dir, message, None)
+    }
+
+    /// [`deliver_dir`](Self::deliver_dir), for an imported message: the
+    /// name starts with its delivery time (the sub-second part as `I<ns>`
+    /// keeps messages of one second in order), carries its UID in a `,U=`
+    /// field, and the file's modification time is the delivery time (what
+    /// Dovecot takes as the received date).
+    pub(super) fn import_dir(
+        &self,
+        dir: &Path,
+        imported: &Imported<'_>,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        if !name::valid_uid(imported.uid) {
+            return Err(StoreError::InvalidUid(postoffice_common::text::printable(
+                imported.uid,
+                80,
+            )));
+        }
+        self.deliver_named(dir, message, Some(imported))
+    }
+
+    fn deliver_named(
+        &self,
+        dir: &Path,
+        message: &mut dyn Read,
+        imported: Option<&Imported<'_>>,
+    ) -> Result<Delivered, StoreError> {
         let dir = dir.to_path_buf();
         let tmp_dir = dir.join("tmp");
 
@@ -94,7 +124,19 @@ impl Maildir {
         let mut created_dirs = false;
         let mut attempt = 0;
         let (base, tmp_path, mut file) = loop {
-            let base = unique_name(&self.hostname);
+            let base = match imported {
+                None => unique_name(&self.hostname),
+                Some(i) => {
+                    let t = i.received.duration_since(UNIX_EPOCH).unwrap_or_default();
+                    format!(
+                        "{}.I{:09}_{}.{}",
+                        t.as_secs(),
+                        t.subsec_nanos(),
+                        unique_id(),
+                        self.hostname
+                    )
+                }
+            };
             let tmp_path = tmp_dir.join(&base);
             match durable::create_new(&tmp_path) {
                 Ok(file) => break (base, tmp_path, file),
@@ -118,6 +160,10 @@ impl Maildir {
         };
 
         let size = copy_crlf(message, &mut file, &tmp_path)?;
+        if let Some(i) = imported {
+            // Only informative (the name carries the time): best effort.
+            let _ = file.set_modified(i.received);
+        }
         file.sync_all().map_err(StoreError::io(format!(
             "syncing {} to disk",
             tmp_path.display()
@@ -126,7 +172,10 @@ impl Maildir {
 
         // S= (physical size) and W= (CRLF size) are equal because we store
         // CRLF; W= lets every later listing skip opening the file.
-        let final_path = dir.join("new").join(format!("{base},S={size},W={size}"));
+        let kept = imported.map_or_else(String::new, |i| format!(",U={}", name::escape_uid(i.uid)));
+        let final_path = dir
+            .join("new")
+            .join(format!("{base},S={size},W={size}{kept}"));
         if let Err(e) = durable::publish(&tmp_path, &final_path) {
             // Either the rename failed (the file is still in tmp/) or the
             // fsync of new/ did (the message is not known to be durable):
@@ -144,9 +193,9 @@ impl Maildir {
         }
         guard.armed = false;
         Ok(Delivered {
-            // Normally the base itself; hashed if a very long host name
-            // pushed it past the 70-character UID limit.
-            uid: name::uid_of(&base),
+            // The kept UID; normally the base itself; hashed if a very long
+            // host name pushed it past the 70-character UID limit.
+            uid: imported.map_or_else(|| name::uid_of(&base), |i| i.uid.to_owned()),
             size,
         })
     }

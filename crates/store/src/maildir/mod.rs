@@ -1,8 +1,10 @@
 //! The Maildir backend.
 //!
-//! Layout: `<root>/<domain>/<local>/{tmp,new,cur}` plus two files of ours in
-//! the maildir directory: `postoffice.lock` (the session lock) and
-//! `postoffice-index` (the size cache, see [`crate::index`]). Everything else
+//! Layout: `<root>/<domain>/<local>/{tmp,new,cur}` plus files of ours in
+//! the maildir directory: `postoffice.lock` (the session lock),
+//! `postoffice-index` (the size cache, see [`crate::index`]),
+//! `postoffice-listing` (the listing cache), `postoffice-retrieved` (first
+//! retrievals) and `postoffice-state/` (application values). Everything else
 //! is plain Maildir, so Dovecot, mutt and friends can read and modify the same
 //! mailboxes; this code tolerates them renaming (new/ → cur/, flag suffixes)
 //! and deleting files underneath a session.
@@ -21,13 +23,20 @@
 //!   up tmp/.
 //! - [`quarantine`]: the `.Quarantine` folder POP3 never sees.
 //! - [`snapshot`]: the locked snapshot of a session ([`Maildrop`]): reading
-//!   messages, committing deletions, expiry.
+//!   messages, committing deletions, expiry, the first-retrieval log
+//!   (`postoffice-retrieved`).
+//! - [`cache`]: the cached sorted listing (`postoffice-listing`) that spares
+//!   a login the two `readdir`s while new/ and cur/ are unchanged.
+//! - [`state`]: small per-mailbox values of the application
+//!   (`postoffice-state/`).
 
+mod cache;
 mod deliver;
 mod lock;
 mod quarantine;
 mod scan;
 mod snapshot;
+mod state;
 
 use std::fs;
 use std::io::{self, Read};
@@ -38,7 +47,9 @@ use postoffice_common::durable::{self, sync_dir};
 use postoffice_common::maildir_name;
 
 use crate::name::{self, MailboxName};
-use crate::{Delivered, ExpireReport, MailStore, Maildrop, MessageInfo, StoreError, Usage};
+use crate::{
+    Delivered, ExpireReport, Imported, MailStore, Maildrop, MessageInfo, StoreError, Usage,
+};
 
 #[cfg(test)]
 pub(crate) use lock::LOCK_FILE;
@@ -259,6 +270,33 @@ impl MailStore for Maildir {
             messages: listing.messages.len() as u64,
             bytes: listing.messages.iter().map(|m| m.size).sum(),
         })
+    }
+
+    fn import(
+        &self,
+        mailbox: &str,
+        imported: &Imported<'_>,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        let dir = self.path_of(mailbox)?;
+        self.import_dir(&dir, imported, message)
+    }
+
+    fn contains(&self, mailbox: &str, uid: &str) -> Result<bool, StoreError> {
+        let dir = self.path_of(mailbox)?;
+        Ok(scan::find_uid(&dir, uid)?.is_some())
+    }
+
+    fn state_get(&self, mailbox: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        state::get(&self.path_of(mailbox)?, key)
+    }
+
+    fn state_put(&self, mailbox: &str, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        state::put(&self.path_of(mailbox)?, key, value)
+    }
+
+    fn state_claim(&self, mailbox: &str, key: &str) -> Result<bool, StoreError> {
+        state::claim(&self.path_of(mailbox)?, key)
     }
 
     fn remove_mailbox(&self, mailbox: &str) -> Result<(), StoreError> {

@@ -13,9 +13,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::cache;
 use crate::crlf::crlf_len;
 use crate::index;
-use crate::name;
+use crate::name::{self, NameInfo};
 use crate::uid::{Arena, Frozen, Span};
 use crate::{MessageInfo, StoreError};
 
@@ -116,7 +117,30 @@ impl Hasher for FxHasher {
 /// that don't start with a timestamp cost one `stat`. `persist_index`
 /// decides whether an updated size cache is written back, which is only safe
 /// while holding the lock.
+///
+/// A valid cached listing ([`cache`]) replaces all of that by one
+/// sequential read; a listing made under the lock (`persist_index`) writes
+/// the cache when the directories have settled.
 pub(super) fn list(dir: &Path, persist_index: bool) -> Result<DirListing, StoreError> {
+    let now = SystemTime::now();
+    let stamp = cache::Stamp::of(dir);
+    if let Some(stamp) = &stamp
+        && let Some(listing) = cache::load(dir, stamp)
+    {
+        return Ok(listing);
+    }
+    let listing = scan_dirs(dir, persist_index)?;
+    if persist_index
+        && let Some(stamp) = stamp
+        && stamp.settled(now)
+    {
+        cache::store(dir, &stamp, &listing);
+    }
+    Ok(listing)
+}
+
+/// [`list`] without the cache: both directories read.
+fn scan_dirs(dir: &Path, persist_index: bool) -> Result<DirListing, StoreError> {
     let mut scan = Scan::default();
     for sub in Sub::ALL {
         read_sub(dir, sub, &mut scan)?;
@@ -266,10 +290,7 @@ fn read_sub(dir: &Path, sub: Sub, scan: &mut Scan) -> Result<(), StoreError> {
             },
         };
         let span = scan.arena.push(&name).ok_or_else(too_many)?;
-        let uid = match info.uid_len {
-            Some(len) => span.prefix(len),
-            None => scan.arena.push(&name::uid_of(&name)).ok_or_else(too_many)?,
-        };
+        let uid = uid_span(&mut scan.arena, span, &name, &info).ok_or_else(too_many)?;
         scan.found.push(Found {
             received,
             w_size: info.w_size,
@@ -280,6 +301,24 @@ fn read_sub(dir: &Path, sub: Sub, scan: &mut Scan) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// The UID of the file `name` (at `span` of `arena`): a part of the name
+/// when it can be, else pushed into the arena (a decoded kept UID, a hash).
+/// `None` if the arena outgrows its 32-bit offsets.
+fn uid_span(arena: &mut Arena, span: Span, name: &str, info: &NameInfo) -> Option<Span> {
+    if let Some(kept) = info.kept {
+        if !kept.escaped {
+            return span.sub(kept.start, kept.len);
+        }
+        if let Some(uid) = name::kept_uid(name, info) {
+            return arena.push(&uid);
+        }
+    }
+    match info.uid_len {
+        Some(len) => Some(span.prefix(len)),
+        None => arena.push(&name::uid_of(name)),
+    }
 }
 
 /// The (theoretical) failure of an [`Arena`] outgrowing its 32-bit offsets.

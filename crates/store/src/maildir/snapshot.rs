@@ -186,7 +186,104 @@ impl MaildirDrop {
     }
 }
 
+/// The first-retrieval log, inside the maildir directory: one
+/// `<uid>\t<unix seconds>\n` line per retrieval, appended under the session
+/// lock; the earliest line of a UID counts. Compacted (rewritten with one
+/// line per listed message) when it has grown well past that.
+pub(crate) const RETRIEVED_FILE: &str = "postoffice-retrieved";
+
+impl MaildirDrop {
+    fn retrieved_log(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let path = self.dir.join(RETRIEVED_FILE);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()))(e)),
+        };
+        let mut times: HashMap<String, u64> = HashMap::new();
+        let mut lines = 0usize;
+        for line in data.split(|&b| b == b'\n') {
+            let Some((uid, secs)) = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.split_once('\t'))
+                .and_then(|(u, s)| Some((u, s.parse::<u64>().ok()?)))
+            else {
+                continue;
+            };
+            lines += 1;
+            times
+                .entry(uid.to_owned())
+                .and_modify(|t| *t = (*t).min(secs))
+                .or_insert(secs);
+        }
+        // Keep only messages still listed; rewrite when the log carries
+        // much more than that (repeated retrievals, deleted messages).
+        let listed: std::collections::HashSet<&str> =
+            self.messages.iter().map(|m| m.uid.as_str()).collect();
+        times.retain(|uid, _| listed.contains(uid.as_str()));
+        if lines > 2 * times.len() + 64 {
+            let mut out = String::with_capacity(times.len() * 40);
+            for m in &self.messages {
+                if let Some(t) = times.get(m.uid.as_str()) {
+                    out.push_str(&format!("{}\t{t}\n", m.uid));
+                }
+            }
+            // Only a compaction: the old file stays if this fails.
+            let _ = postoffice_common::durable::write(&path, out.as_bytes());
+        }
+        Ok(times)
+    }
+}
+
 impl Maildrop for MaildirDrop {
+    fn mark_retrieved(&self, indices: &[usize]) -> Result<(), StoreError> {
+        let secs = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut out = String::new();
+        for &i in indices {
+            if let Some(m) = self.messages.get(i) {
+                out.push_str(&format!("{}\t{secs}\n", m.uid));
+            }
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(RETRIEVED_FILE);
+        let io_err = StoreError::io(format!("appending to {}", path.display()));
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let created = !path.exists();
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(postoffice_common::durable::FILE_MODE)
+            .open(&path)
+            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+        file.write_all(out.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(io_err)?;
+        if created {
+            sync_dir(&self.dir)
+                .map_err(StoreError::io(format!("syncing {}", self.dir.display())))?;
+        }
+        Ok(())
+    }
+
+    fn retrieved(&self) -> Result<Vec<Option<SystemTime>>, StoreError> {
+        let times = self.retrieved_log()?;
+        Ok(self
+            .messages
+            .iter()
+            .map(|m| {
+                times.get(m.uid.as_str()).and_then(|&s| {
+                    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s))
+                })
+            })
+            .collect())
+    }
+
     fn messages(&self) -> &[MessageInfo] {
         &self.messages
     }
