@@ -78,6 +78,8 @@ pub struct Config {
     pub tls: Tls,
     /// Server-wide provider policy (`[policy]`).
     pub policy: Policy,
+    /// Texts of the notices delivered to users (`[notices]`).
+    pub notices: Notices,
     /// Brute-force protection of logins (`[auth]`).
     pub auth: Auth,
     /// Connection limits (`[limits]`).
@@ -103,6 +105,7 @@ impl Default for Config {
             dns: Dns::default(),
             tls: Tls::default(),
             policy: Policy::default(),
+            notices: Notices::default(),
             auth: Auth::default(),
             limits: Limits::default(),
             log: Log::default(),
@@ -591,6 +594,29 @@ pub struct Policy {
     /// Files in a maildrop's tmp/ older than this are removed by the sweeper
     /// (half-written deliveries of a crashed process).
     pub tmp_max_age_secs: u64,
+    /// What retention counts from: "delivery" (a message is deleted
+    /// retention_days after it arrived) or "retrieval" (retention_days
+    /// after a POP3 client first retrieved it, RFC 2449's EXPIRE wording;
+    /// never-retrieved mail then follows retention_unretrieved_days).
+    pub retention_from: RetentionFrom,
+    /// With retention_from = "retrieval": delete mail nobody retrieved this
+    /// many days after delivery. 0 = keep it until it is retrieved.
+    pub retention_unretrieved_days: u32,
+    /// Send the user one notice listing the messages retention will delete
+    /// this many days before it does. 0 = no notices.
+    pub retention_notice_days: u32,
+    /// Warn the user (one message into the maildrop) when it crosses these
+    /// percentages of its byte or message quota; again only after usage fell
+    /// below. Empty = no warnings.
+    pub quota_warning_percent: Vec<u8>,
+    /// What a delivery to a full mailbox does: "refuse" (452/552, the
+    /// sender retries or bounces) or "make_room" (delete the oldest
+    /// messages a client already retrieved until the new one fits; never a
+    /// message nobody has retrieved).
+    pub over_quota: OverQuota,
+    /// Seconds in a retention "day". A test knob: tests set 1 so retention,
+    /// notices and the unretrieved limit run in seconds. Leave at 86400.
+    pub retention_day_secs: u64,
 }
 
 impl Default for Policy {
@@ -600,7 +626,86 @@ impl Default for Policy {
             login_delay_secs: 0,
             expire_interval_secs: 3600,
             tmp_max_age_secs: 36 * 3600,
+            retention_from: RetentionFrom::Delivery,
+            retention_unretrieved_days: 0,
+            retention_notice_days: 3,
+            quota_warning_percent: vec![80, 95],
+            over_quota: OverQuota::Refuse,
+            retention_day_secs: 86_400,
         }
+    }
+}
+
+/// What retention counts from (`[policy] retention_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetentionFrom {
+    /// The message's delivery.
+    Delivery,
+    /// The first time a POP3 client retrieved it.
+    Retrieval,
+}
+
+/// What a delivery to a full mailbox does (`[policy] over_quota`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverQuota {
+    /// Refuse the message (452 4.2.2, or 552 5.2.2 when it alone is larger
+    /// than the quota).
+    Refuse,
+    /// Delete the oldest already-retrieved messages until it fits.
+    MakeRoom,
+}
+
+/// The texts of the messages postoffice delivers to users
+/// (`[notices]`). Templates are files: an optional `Subject: ...` first
+/// line, then the body, with `{placeholders}` (see the example config).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notices {
+    /// Template of the quota warning; empty = the built-in text.
+    pub quota_warning_template: String,
+    /// Template of the retention notice; empty = the built-in text.
+    pub retention_notice_template: String,
+    /// Per-domain templates, overriding the two above:
+    /// { "example.org" = { quota_warning_template = "...",
+    /// retention_notice_template = "..." } }.
+    pub domains: std::collections::BTreeMap<String, NoticeTemplates>,
+}
+
+/// One domain's templates (`[notices.domains."example.org"]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoticeTemplates {
+    /// Template of the quota warning; empty = the server-wide one.
+    pub quota_warning_template: String,
+    /// Template of the retention notice; empty = the server-wide one.
+    pub retention_notice_template: String,
+}
+
+impl Notices {
+    /// The quota-warning template file for a user of `domain`, if any.
+    pub fn quota_warning(&self, domain: &str) -> Option<&Path> {
+        let d = self
+            .domains
+            .get(domain)
+            .map(|t| t.quota_warning_template.as_str());
+        [d.unwrap_or(""), self.quota_warning_template.as_str()]
+            .into_iter()
+            .find(|p| !p.is_empty())
+            .map(Path::new)
+    }
+
+    /// The retention-notice template file for a user of `domain`, if any.
+    pub fn retention_notice(&self, domain: &str) -> Option<&Path> {
+        let d = self
+            .domains
+            .get(domain)
+            .map(|t| t.retention_notice_template.as_str());
+        [d.unwrap_or(""), self.retention_notice_template.as_str()]
+            .into_iter()
+            .find(|p| !p.is_empty())
+            .map(Path::new)
     }
 }
 
@@ -898,6 +1003,17 @@ impl Config {
         if self.policy.expire_interval_secs == 0 {
             return bad("policy.expire_interval_secs must be at least 1");
         }
+        if self.policy.retention_day_secs == 0 {
+            return bad("policy.retention_day_secs must be at least 1 (86400 outside tests)");
+        }
+        if self
+            .policy
+            .quota_warning_percent
+            .iter()
+            .any(|p| *p == 0 || *p > 100)
+        {
+            return bad("policy.quota_warning_percent must be percentages from 1 to 100");
+        }
         if self.pop3.greeting.contains(['\r', '\n']) {
             return bad("pop3.greeting must be one line");
         }
@@ -982,6 +1098,17 @@ impl Config {
         }
         if let Some(p) = &mut self.queue.relay_password_file {
             fix(p);
+        }
+        let fix_str = |p: &mut String| {
+            if !p.is_empty() && Path::new(p.as_str()).is_relative() {
+                *p = base.join(p.as_str()).display().to_string();
+            }
+        };
+        fix_str(&mut self.notices.quota_warning_template);
+        fix_str(&mut self.notices.retention_notice_template);
+        for t in self.notices.domains.values_mut() {
+            fix_str(&mut t.quota_warning_template);
+            fix_str(&mut t.retention_notice_template);
         }
         for t in self.queue.transports.values_mut() {
             if let Some(p) = &mut t.password_file {

@@ -378,6 +378,33 @@ impl App {
     }
 }
 
+impl App {
+    /// Whether sessions record which messages they retrieved: retention
+    /// counted from the first retrieval, and `over_quota = "make_room"`
+    /// (which only deletes retrieved messages), need it.
+    pub fn tracks_retrieval(&self) -> bool {
+        self.config.policy.retention_from == postoffice_config::RetentionFrom::Retrieval
+            || self.config.policy.over_quota == postoffice_config::OverQuota::MakeRoom
+    }
+
+    /// Record, at the end of a POP3 session, the messages it retrieved
+    /// (RETR in full; 0-based indices of its snapshot), when the policy
+    /// needs it ([`App::tracks_retrieval`]). Failures are logged: they cost
+    /// the user nothing but a later deletion.
+    pub async fn record_retrievals(&self, maildrop: Arc<dyn Maildrop>, mut indices: Vec<usize>) {
+        if indices.is_empty() || !self.tracks_retrieval() {
+            return;
+        }
+        indices.sort_unstable();
+        indices.dedup();
+        match tokio::task::spawn_blocking(move || maildrop.mark_retrieved(&indices)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot record retrieved messages"),
+            Err(e) => warn!(error = %e, "cannot record retrieved messages"),
+        }
+    }
+}
+
 /// Server-wide policy defaults from the config.
 pub fn policy_defaults(config: &Config) -> PolicyDefaults {
     PolicyDefaults {

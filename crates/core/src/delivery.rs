@@ -10,10 +10,11 @@ use std::io::Read;
 
 use postoffice_common::content::Pieces;
 
-use postoffice_config::Config;
+use postoffice_config::{Config, OverQuota};
 use postoffice_directory::{Directory, normalize_address};
 use postoffice_smtp::{Reply, codes, sanitize, status};
-use postoffice_store::{Delivered, MailStore, StoreError};
+use postoffice_store::{Delivered, MailStore, StoreError, Usage};
+use tracing::{info, warn};
 
 use crate::app::policy_defaults;
 
@@ -133,7 +134,12 @@ impl Local<'_> {
         if dir.user(&addr).is_none() {
             return Err(DeliveryError::NoSuchUser(addr));
         }
-        self.check_quota(&addr, 0)?;
+        match self.check_quota(&addr, 0) {
+            // Room may be made when the message arrives.
+            Err(DeliveryError::OverQuota(_)) if self.make_room_mode() => {}
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
         Ok(addr)
     }
 
@@ -143,33 +149,127 @@ impl Local<'_> {
         self.directory.snapshot().domain(&d).is_some()
     }
 
-    fn check_quota(&self, addr: &str, size: u64) -> Result<(), DeliveryError> {
+    fn make_room_mode(&self) -> bool {
+        self.config.policy.over_quota == OverQuota::MakeRoom
+    }
+
+    /// The user's quotas and usage now; `None` without quotas.
+    fn room(&self, addr: &str) -> Result<Option<Room>, DeliveryError> {
         let p = self
             .directory
             .snapshot()
             .effective(addr, &policy_defaults(self.config));
         if p.quota_bytes.is_none() && p.quota_messages.is_none() {
-            return Ok(());
+            return Ok(None);
         }
-        let usage = self.store.usage(addr)?;
-        if let Some(q) = p.quota_bytes {
-            if size > q {
-                return Err(DeliveryError::TooBigForQuota {
-                    user: addr.to_string(),
-                    size,
-                    quota: q,
-                });
-            }
-            if usage.bytes + size > q {
-                return Err(DeliveryError::OverQuota(addr.to_string()));
-            }
-        }
-        if let Some(q) = p.quota_messages
-            && usage.messages + 1 > q
+        Ok(Some(Room {
+            quota_bytes: p.quota_bytes,
+            quota_messages: p.quota_messages,
+            usage: self.store.usage(addr)?,
+        }))
+    }
+
+    /// Whether a message of `size` octets fits (`size` 0: the RCPT-time
+    /// check for one more message). Returns the quotas and usage checked.
+    fn check_quota(&self, addr: &str, size: u64) -> Result<Option<Room>, DeliveryError> {
+        let Some(room) = self.room(addr)? else {
+            return Ok(None);
+        };
+        if let Some(q) = room.quota_bytes
+            && size > q
         {
+            return Err(DeliveryError::TooBigForQuota {
+                user: addr.to_string(),
+                size,
+                quota: q,
+            });
+        }
+        if room.excess(size) != Usage::default() {
             return Err(DeliveryError::OverQuota(addr.to_string()));
         }
+        Ok(Some(room))
+    }
+
+    /// `over_quota = "make_room"`: delete the oldest messages a client has
+    /// already retrieved until a message of `size` octets fits. Never
+    /// touches a message nobody retrieved; needs the maildrop lock (a user
+    /// in a session keeps their mail, and the delivery is refused for now).
+    fn make_room(&self, addr: &str, size: u64) -> Result<(), DeliveryError> {
+        let full = || DeliveryError::OverQuota(addr.to_string());
+        let maildrop = match self.store.open(addr) {
+            Ok(m) => m,
+            Err(StoreError::Locked) => return Err(full()),
+            Err(e) => return Err(store_error(e)),
+        };
+        let Some(room) = self.room(addr)? else {
+            return Ok(());
+        };
+        let need = room.excess(size);
+        let retrieved = maildrop.retrieved()?;
+        let mut freed = Usage::default();
+        let mut victims = Vec::new();
+        for (i, (m, r)) in maildrop.messages().iter().zip(&retrieved).enumerate() {
+            if freed.bytes >= need.bytes && freed.messages >= need.messages {
+                break;
+            }
+            if r.is_some() {
+                victims.push(i);
+                freed.bytes += m.size;
+                freed.messages += 1;
+            }
+        }
+        if freed.bytes < need.bytes || freed.messages < need.messages {
+            return Err(full());
+        }
+        let report = maildrop.commit(&victims)?;
+        info!(user = %addr, deleted = report.deleted, bytes = report.bytes, "over quota: deleted the oldest retrieved messages to make room");
         Ok(())
+    }
+
+    /// Quota warnings after a delivery of `size` octets that found `room`
+    /// (see [`crate::notices`]): a level reached now and not yet warned
+    /// about gets one warning (the highest such level); a level usage was
+    /// below before the delivery is armed again. Best effort.
+    fn quota_warnings(&self, addr: &str, room: &Room, size: u64) {
+        let levels = &self.config.policy.quota_warning_percent;
+        if levels.is_empty() {
+            return;
+        }
+        let before = room.usage;
+        let after = Usage {
+            bytes: before.bytes + size,
+            messages: before.messages + 1,
+        };
+        let mut send = None;
+        for &level in levels {
+            let key = format!("quota-warning-{level}");
+            if !room.reached(before, level)
+                && let Err(e) = self.store.state_put(addr, &key, None)
+            {
+                warn!(user = %addr, error = %e, "quota warning state");
+            }
+            if room.reached(after, level) {
+                match self.store.state_claim(addr, &key) {
+                    Ok(true) => send = send.max(Some(level)),
+                    Ok(false) => {}
+                    Err(e) => warn!(user = %addr, error = %e, "quota warning state"),
+                }
+            }
+        }
+        let Some(level) = send else { return };
+        let warning = crate::notices::QuotaWarning {
+            address: addr,
+            level,
+            used_bytes: after.bytes,
+            used_messages: after.messages,
+            quota_bytes: room.quota_bytes,
+            quota_messages: room.quota_messages,
+            make_room: self.make_room_mode(),
+        };
+        match crate::notices::deliver_quota_warning(self.config, self.store, &warning) {
+            Ok(_) => info!(user = %addr, level, "quota warning delivered"),
+            Err(e) => warn!(user = %addr, level, error = %e, "quota warning not delivered"),
+        }
     }
 
     /// Store `message` for every recipient, durably, or for none. The
@@ -185,13 +285,23 @@ impl Local<'_> {
         }
         let size = message.len();
         let mut checked = Vec::with_capacity(recipients.len());
+        let mut full = Vec::new();
         for r in recipients {
             let addr = self.check_recipient(r)?;
-            self.check_quota(&addr, size)?;
-            checked.push(addr);
+            match self.check_quota(&addr, size) {
+                Ok(room) => checked.push((addr, room)),
+                Err(DeliveryError::OverQuota(_)) if self.make_room_mode() => full.push(addr),
+                Err(e) => return Err(e),
+            }
+        }
+        // Only once every recipient passed the other checks.
+        for addr in full {
+            self.make_room(&addr, size)?;
+            let room = self.check_quota(&addr, size)?;
+            checked.push((addr, room));
         }
         let mut done: Vec<(String, Delivered)> = Vec::with_capacity(checked.len());
-        for addr in &checked {
+        for (addr, _) in &checked {
             match self.store.deliver(addr, &mut message.reader()) {
                 Ok(d) => done.push((addr.clone(), d)),
                 Err(e) => {
@@ -200,6 +310,11 @@ impl Local<'_> {
                     }
                     return Err(store_error(e));
                 }
+            }
+        }
+        for (addr, room) in &checked {
+            if let Some(room) = room {
+                self.quota_warnings(addr, room, size);
             }
         }
         Ok(done.into_iter().map(|(_, d)| d).collect())
@@ -239,20 +354,29 @@ impl Local<'_> {
         let d = self.store.deliver(&addr, message).map_err(store_error)?;
         // The size is known only now: enforce the byte quota after the fact
         // by taking the message back.
-        if let Err(e) = self.check_quota_after(&addr, d.size) {
-            let _ = self.store.discard(&addr, &d);
-            return Err(e);
+        match self.check_quota_after(&addr, d.size) {
+            Err(e) => {
+                let _ = self.store.discard(&addr, &d);
+                Err(e)
+            }
+            Ok(room) => {
+                if let Some(mut room) = room {
+                    // What the delivery found: usage without this message.
+                    room.usage.bytes = room.usage.bytes.saturating_sub(d.size);
+                    room.usage.messages = room.usage.messages.saturating_sub(1);
+                    self.quota_warnings(&addr, &room, d.size);
+                }
+                Ok(d)
+            }
         }
-        Ok(d)
     }
 
-    fn check_quota_after(&self, addr: &str, size: u64) -> Result<(), DeliveryError> {
-        let p = self
-            .directory
-            .snapshot()
-            .effective(addr, &policy_defaults(self.config));
-        let Some(q) = p.quota_bytes else {
-            return Ok(());
+    fn check_quota_after(&self, addr: &str, size: u64) -> Result<Option<Room>, DeliveryError> {
+        let Some(room) = self.room(addr)? else {
+            return Ok(None);
+        };
+        let Some(q) = room.quota_bytes else {
+            return Ok(Some(room));
         };
         if size > q {
             return Err(DeliveryError::TooBigForQuota {
@@ -261,11 +385,40 @@ impl Local<'_> {
                 quota: q,
             });
         }
-        let usage = self.store.usage(addr)?;
-        if usage.bytes > q {
+        if room.usage.bytes > q {
             return Err(DeliveryError::OverQuota(addr.to_string()));
         }
-        Ok(())
+        Ok(Some(room))
+    }
+}
+
+/// A user's quotas and what the mailbox held when they were checked.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    quota_bytes: Option<u64>,
+    quota_messages: Option<u64>,
+    usage: Usage,
+}
+
+impl Room {
+    /// How much must go for one more message of `size` octets to fit.
+    fn excess(&self, size: u64) -> Usage {
+        Usage {
+            bytes: self
+                .quota_bytes
+                .map_or(0, |q| (self.usage.bytes + size).saturating_sub(q)),
+            messages: self
+                .quota_messages
+                .map_or(0, |q| (self.usage.messages + 1).saturating_sub(q)),
+        }
+    }
+
+    /// Whether `usage` is at `level` percent of either quota or beyond.
+    fn reached(&self, usage: Usage, level: u8) -> bool {
+        let at = |used: u64, quota: Option<u64>| {
+            quota.is_some_and(|q| u128::from(used) * 100 >= u128::from(q) * u128::from(level))
+        };
+        at(usage.bytes, self.quota_bytes) || at(usage.messages, self.quota_messages)
     }
 }
 

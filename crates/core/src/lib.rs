@@ -27,7 +27,10 @@
 //! - [`dns`]: the DNS records a domain needs (`postoffice dns`), and
 //!   checking what is published (`postoffice dns check`).
 //! - [`trace`]: `Return-Path`, `Received`, and removing forged verdicts.
-//! - [`retention`]: the retention sweep.
+//! - [`retention`]: the retention sweep (from delivery or from first
+//!   retrieval) and the notices that announce it.
+//! - [`notices`]: the messages postoffice delivers into a maildrop itself
+//!   (quota warnings, retention notices), from templates.
 //! - [`metrics`]: process-wide counters.
 //!
 //! Blocking work (file I/O, password hashes) is done with plain blocking
@@ -44,6 +47,7 @@ pub mod dkim;
 pub mod dns;
 pub mod inbound;
 pub mod metrics;
+pub mod notices;
 pub mod outbound;
 pub mod retention;
 pub mod sendmail;

@@ -117,6 +117,9 @@ struct Conn {
     lines: LineBuffer,
     out: Vec<u8>,
     maildrop: Option<Arc<dyn Maildrop>>,
+    /// Messages retrieved in full (RETR), recorded at the end of the
+    /// session when the policy needs it ([`postoffice_core::App::tracks_retrieval`]).
+    retrieved: Vec<usize>,
     bytes_in: u64,
     bytes_out: u64,
     auth_failures: u32,
@@ -163,6 +166,7 @@ pub async fn serve_connection(
         peer,
         out: Vec::new(),
         maildrop: None,
+        retrieved: Vec::new(),
         bytes_in: 0,
         bytes_out: 0,
         auth_failures: 0,
@@ -205,6 +209,11 @@ pub async fn serve_connection(
             }
         }
     };
+    // A session that ended without QUIT: what it retrieved counts too.
+    if let Some(maildrop) = conn.maildrop.take() {
+        let retrieved = std::mem::take(&mut conn.retrieved);
+        conn.shared.app.record_retrievals(maildrop, retrieved).await;
+    }
     let Stats {
         retr,
         retr_bytes,
@@ -292,6 +301,13 @@ async fn drive<S: Transport>(mut io: S, conn: &mut Conn, shutdown: &mut Shutdown
                     }
                 }
                 Action::Update { deleted } => {
+                    if let Some(maildrop) = conn.maildrop.clone() {
+                        let mut retrieved = std::mem::take(&mut conn.retrieved);
+                        let gone: std::collections::HashSet<usize> =
+                            deleted.iter().copied().collect();
+                        retrieved.retain(|i| !gone.contains(i));
+                        conn.shared.app.record_retrievals(maildrop, retrieved).await;
+                    }
                     let result = update(conn, deleted).await;
                     conn.session.update_finished(result, &mut conn.out);
                     conn.maildrop = None;
@@ -467,6 +483,9 @@ async fn retrieve<S: AsyncWrite + Unpin>(
         eof = chunk.len() < CHUNK;
     }
     stuffer.finish(&mut conn.out);
+    if conn.shared.app.tracks_retrieval() {
+        conn.retrieved.push(index);
+    }
     // Keep no chunk-sized reply buffer in an idle session.
     if conn.out.capacity() > FLUSH_AT * 2 {
         conn.out.shrink_to(4096);

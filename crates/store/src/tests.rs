@@ -989,9 +989,17 @@ fn listing(md: &dyn Maildrop) -> Vec<(String, u64, SystemTime)> {
 fn listing_cache_is_used_while_valid_and_rebuilt_when_stale() {
     let (_tmp, store) = store();
     for i in 0..5 {
-        deliver(&store, format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes());
+        deliver(
+            &store,
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+        );
     }
-    put(&store, "cur", "1600000000.foreign.host:2,S", b"Subject: f\n\nlf body\n");
+    put(
+        &store,
+        "cur",
+        "1600000000.foreign.host:2,S",
+        b"Subject: f\n\nlf body\n",
+    );
     age_dirs(&store, Duration::from_secs(60));
     let first = listing(&*open(&store));
     assert_eq!(first.len(), 6);
@@ -1006,10 +1014,18 @@ fn listing_cache_is_used_while_valid_and_rebuilt_when_stale() {
     assert_ne!(doctored, text);
     fs::write(&cache, &doctored).unwrap();
     let from_cache = listing(&*open(&store));
-    assert!(from_cache.iter().any(|m| m.1 == 999_999), "read from the cache");
+    assert!(
+        from_cache.iter().any(|m| m.1 == 999_999),
+        "read from the cache"
+    );
 
     // A foreign delivery changes new/: the cache is stale.
-    put(&store, "new", "1700000001.other.host", b"Subject: n\n\nnew\n");
+    put(
+        &store,
+        "new",
+        "1700000001.other.host",
+        b"Subject: n\n\nnew\n",
+    );
     let fresh = listing(&*open(&store));
     assert_eq!(fresh.len(), 7, "the foreign file appears");
     assert!(fresh.iter().all(|m| m.1 != 999_999), "stale cache not used");
@@ -1124,7 +1140,11 @@ fn first_retrieval_is_recorded() {
     let first = md.retrieved().unwrap();
     assert!(first[0].is_none() && first[1].is_some());
     md.mark_retrieved(&[1]).unwrap();
-    assert_eq!(md.retrieved().unwrap()[1], first[1], "the first time counts");
+    assert_eq!(
+        md.retrieved().unwrap()[1],
+        first[1],
+        "the first time counts"
+    );
     md.commit(&[0]).unwrap();
     drop(md);
     let md = open(&store);
