@@ -74,6 +74,8 @@ if [[ "${1:-}" != "--quick" ]]; then
         python3 tests/clients/production.py target/debug/postoffice
     stage "Debian package: dpkg -i, the unit's ExecStart as postoffice, dpkg -r keeps mail, dpkg -P" \
         python3 tests/clients/debian_package.py target/debug/postoffice
+    stage "migration keeping UIDLs: postoffice import from Dovecot (POP3 and dovecot-uidlist)" \
+        python3 tests/clients/migrate.py target/debug/postoffice
     stage "crash-kill: SIGKILL under SMTP+POP3 load, nothing lost or duplicated" \
         python3 tests/crash/crash.py target/debug/postoffice --kills 50 --seed 7
     stage "durability: fsync, rename, fsync dir before every 250, +OK and exit 0 (strace)" \

@@ -96,7 +96,10 @@ fn quota_warnings_once_per_crossing() {
     for i in 0..7 {
         deliver(&app, &format!("m{i}"), 10_000).unwrap();
     }
-    assert!(notices(&app, "quota-warning").is_empty(), "70 % is below 80 %");
+    assert!(
+        notices(&app, "quota-warning").is_empty(),
+        "70 % is below 80 %"
+    );
     deliver(&app, "m7", 10_000).unwrap(); // ~80 %
     let w = notices(&app, "quota-warning");
     assert_eq!(w.len(), 1, "{w:?}");
@@ -105,7 +108,10 @@ fn quota_warnings_once_per_crossing() {
     assert_eq!(notices(&app, "quota-warning").len(), 1);
     deliver(&app, "m9", 9_000).unwrap(); // ~96 %
     assert_eq!(notices(&app, "quota-warning").len(), 2);
-    assert!(deliver(&app, "too much", 10_000).is_err(), "over quota: refused");
+    assert!(
+        deliver(&app, "too much", 10_000).is_err(),
+        "over quota: refused"
+    );
     assert_eq!(notices(&app, "quota-warning").len(), 2, "no duplicates");
 
     // Empty the maildrop (as a POP3 client deleting everything would),
@@ -136,7 +142,10 @@ fn message_quota_warning_text() {
         .unwrap()
         .read_to_string(&mut text)
         .unwrap();
-    assert!(text.contains("X-Postoffice-Notice: quota-warning"), "{text}");
+    assert!(
+        text.contains("X-Postoffice-Notice: quota-warning"),
+        "{text}"
+    );
     assert!(text.contains("5 of 10 messages"), "{text}");
     assert!(text.contains("passed 50%"), "{text}");
     assert!(text.contains("Auto-Submitted: auto-generated"));
@@ -167,7 +176,10 @@ fn make_room_deletes_only_retrieved_mail() {
     deliver(&app, "e", 10).unwrap();
     let subjects: Vec<String> = contents(&app).into_iter().map(|(s, _)| s).collect();
     assert_eq!(subjects, ["b", "d", "e"]);
-    assert!(deliver(&app, "f", 10).is_err(), "b, d, e were never retrieved");
+    assert!(
+        deliver(&app, "f", 10).is_err(),
+        "b, d, e were never retrieved"
+    );
 
     // With over_quota = "refuse" the same mailbox refuses at once.
     let (_d2, refusing) = app_with_refuse();
@@ -204,7 +216,10 @@ fn retention_from_retrieval_with_notice() {
     let r = sweep(t0 + 8 * DAY);
     assert_eq!(r.notices, [(USER.to_string(), 1)], "{r:?}");
     let text = notice_text(&app);
-    assert!(text.contains("read me") && text.contains("bob@example.net"), "{text}");
+    assert!(
+        text.contains("read me") && text.contains("bob@example.net"),
+        "{text}"
+    );
     assert!(text.contains("Mon, 1 Jun 2026"), "{text}");
     assert!(!text.contains("never read"), "{text}");
     let r = sweep(t0 + 9 * DAY);
@@ -266,12 +281,30 @@ fn retention_from_delivery_with_domain_template() {
     let t0 = SystemTime::now();
     let r = sweep_at(&app.config, &app.directory, &*app.store, true, t0 + 4 * DAY);
     assert_eq!(r.notices.len(), 1, "a dry run reports it");
-    assert!(notices(&app, "retention").is_empty(), "but delivers nothing");
-    sweep_at(&app.config, &app.directory, &*app.store, false, t0 + 4 * DAY);
+    assert!(
+        notices(&app, "retention").is_empty(),
+        "but delivers nothing"
+    );
+    sweep_at(
+        &app.config,
+        &app.directory,
+        &*app.store,
+        false,
+        t0 + 4 * DAY,
+    );
     let text = notice_text(&app);
     assert!(text.contains("Subject: =?utf-8?B?"), "{text}");
-    assert!(text.contains("Ces messages de alice@example.test"), "{text}");
+    assert!(
+        text.contains("Ces messages de alice@example.test"),
+        "{text}"
+    );
     assert!(text.contains("| old"), "{text}");
-    let r = sweep_at(&app.config, &app.directory, &*app.store, false, t0 + 6 * DAY);
+    let r = sweep_at(
+        &app.config,
+        &app.directory,
+        &*app.store,
+        false,
+        t0 + 6 * DAY,
+    );
     assert_eq!(r.expired.len(), 1);
 }

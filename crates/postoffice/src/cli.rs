@@ -91,6 +91,9 @@ enum Command {
     /// POP3 does not show them).
     #[command(subcommand)]
     Quarantine(QuarantineCmd),
+    /// Copy a user's mail from another POP3 server or a Dovecot Maildir,
+    /// keeping each message's UIDL (migration without re-downloads).
+    Import(crate::import::ImportArgs),
     /// Delete messages older than their retention policy (the server does
     /// this periodically by itself) and stale half-written deliveries.
     Expire {
@@ -383,6 +386,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(cmd) => user(&config, cmd),
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
+        Command::Import(args) => crate::import::run(config, args),
         Command::Quarantine(cmd) => quarantine(&config, cmd),
         Command::Queue(cmd) => queue_cmd(&config, cmd),
         Command::Sendmail(args) => sendmail(&config, args, invoker),
@@ -1094,6 +1098,10 @@ fn expire(config: &Config, dry_run: bool) -> Result<ExitCode> {
     let verb = if dry_run { "would expire" } else { "expired" };
     for (user, n, bytes) in &r.expired {
         println!("{user}: {verb} {n} message(s), {bytes} bytes");
+    }
+    let verb_notice = if dry_run { "would notify" } else { "notified" };
+    for (user, n) in &r.notices {
+        println!("{user}: {verb_notice} of {n} message(s) retention deletes soon");
     }
     for user in &r.skipped_locked {
         println!("{user}: skipped, a POP3 session holds the maildrop (retried next time)");

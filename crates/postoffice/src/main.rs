@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod import;
 
 /// jemalloc, built with `background_thread:true,dirty_decay_ms:1000,
 /// muzzy_decay_ms:0,narenas:2` (see `.cargo/config.toml`): memory freed

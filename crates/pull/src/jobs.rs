@@ -1,0 +1,1 @@
+//! Server-run fetch jobs (see the crate documentation).
