@@ -76,6 +76,8 @@ if [[ "${1:-}" != "--quick" ]]; then
         python3 tests/clients/debian_package.py target/debug/postoffice
     stage "migration keeping UIDLs: postoffice import from Dovecot (POP3 and dovecot-uidlist)" \
         python3 tests/clients/migrate.py target/debug/postoffice
+    stage "fetch jobs: one postoffice pulls from another, verdict headers, back-off" \
+        python3 tests/clients/fetch_jobs.py target/debug/postoffice
     stage "crash-kill: SIGKILL under SMTP+POP3 load, nothing lost or duplicated" \
         python3 tests/crash/crash.py target/debug/postoffice --kills 50 --seed 7
     stage "durability: fsync, rename, fsync dir before every 250, +OK and exit 0 (strace)" \

@@ -80,6 +80,8 @@ pub struct Config {
     pub policy: Policy,
     /// Texts of the notices delivered to users (`[notices]`).
     pub notices: Notices,
+    /// Server-run fetch jobs (`[fetch_jobs]`).
+    pub fetch_jobs: FetchJobs,
     /// Brute-force protection of logins (`[auth]`).
     pub auth: Auth,
     /// Connection limits (`[limits]`).
@@ -106,6 +108,7 @@ impl Default for Config {
             tls: Tls::default(),
             policy: Policy::default(),
             notices: Notices::default(),
+            fetch_jobs: FetchJobs::default(),
             auth: Auth::default(),
             limits: Limits::default(),
             log: Log::default(),
@@ -657,6 +660,30 @@ pub enum OverQuota {
     MakeRoom,
 }
 
+/// Users' accounts on other POP3 servers that the server pulls into their
+/// maildrops (`postoffice user fetch add`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchJobs {
+    /// Run the jobs inside `serve`.
+    pub enabled: bool,
+    /// Seconds between two runs of one job.
+    pub interval_secs: u64,
+    /// After failures a job waits interval_secs doubled per failure in a
+    /// row, at most this many seconds.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for FetchJobs {
+    fn default() -> Self {
+        FetchJobs {
+            enabled: true,
+            interval_secs: 300,
+            max_backoff_secs: 3600,
+        }
+    }
+}
+
 /// The texts of the messages postoffice delivers to users
 /// (`[notices]`). Templates are files: an optional `Subject: ...` first
 /// line, then the body, with `{placeholders}` (see the example config).
@@ -1002,6 +1029,13 @@ impl Config {
         }
         if self.policy.expire_interval_secs == 0 {
             return bad("policy.expire_interval_secs must be at least 1");
+        }
+        if self.fetch_jobs.interval_secs == 0
+            || self.fetch_jobs.max_backoff_secs < self.fetch_jobs.interval_secs
+        {
+            return bad(
+                "fetch_jobs.interval_secs must be at least 1 and fetch_jobs.max_backoff_secs at least interval_secs",
+            );
         }
         if self.policy.retention_day_secs == 0 {
             return bad("policy.retention_day_secs must be at least 1 (86400 outside tests)");

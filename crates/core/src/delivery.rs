@@ -280,6 +280,18 @@ impl Local<'_> {
         recipients: &[String],
         message: &Pieces<'_>,
     ) -> Result<Vec<Delivered>, DeliveryError> {
+        self.deliver_as(recipients, message, None)
+    }
+
+    /// [`Local::deliver`], storing the message under the unique ID `uid`
+    /// (chosen by the caller, e.g. so that a fetch job can recognise it
+    /// after a crash; see [`MailStore::import`]) when one is given.
+    pub fn deliver_as(
+        &self,
+        recipients: &[String],
+        message: &Pieces<'_>,
+        uid: Option<&str>,
+    ) -> Result<Vec<Delivered>, DeliveryError> {
         if message.is_empty() {
             return Err(DeliveryError::Empty);
         }
@@ -302,7 +314,18 @@ impl Local<'_> {
         }
         let mut done: Vec<(String, Delivered)> = Vec::with_capacity(checked.len());
         for (addr, _) in &checked {
-            match self.store.deliver(addr, &mut message.reader()) {
+            let stored = match uid {
+                None => self.store.deliver(addr, &mut message.reader()),
+                Some(uid) => self.store.import(
+                    addr,
+                    &postoffice_store::Imported {
+                        uid,
+                        received: std::time::SystemTime::now(),
+                    },
+                    &mut message.reader(),
+                ),
+            };
+            match stored {
                 Ok(d) => done.push((addr.clone(), d)),
                 Err(e) => {
                     for (a, d) in &done {

@@ -118,6 +118,13 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// Verify and store a complete message; returns the final reply and what
 /// happened (the counters are updated here).
 pub async fn deliver(app: &Arc<App>, m: Message<'_>) -> (Reply, Outcome) {
+    deliver_as(app, m, None).await
+}
+
+/// [`deliver`], storing the message under the unique ID `uid` in the
+/// maildrop (one recipient; see [`crate::delivery::Local::deliver_as`]):
+/// how a server-run fetch job recognises a delivery after a crash.
+pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (Reply, Outcome) {
     let size = m.body.len();
     let head = match m.body.head(HEADER_WINDOW) {
         Ok(h) => h,
@@ -167,7 +174,7 @@ pub async fn deliver(app: &Arc<App>, m: Message<'_>) -> (Reply, Outcome) {
                 if quarantine {
                     local.quarantine(rcpts, &message)
                 } else {
-                    local.deliver(rcpts, &message).map(|_| ())
+                    local.deliver_as(rcpts, &message, uid).map(|_| ())
                 }
             });
             let ok = |text: String| Reply::new(codes::OK, status::OTHER, text);

@@ -114,6 +114,10 @@ pub enum Destination {
     /// A command run with `/bin/sh -c`, given the message on stdin; exit
     /// status 0 means delivered.
     Command(String),
+    /// A destination implemented by the program using this library (the
+    /// server's fetch jobs deliver into postoffice maildrops); never read
+    /// from an accounts file.
+    Custom(crate::deliver::CustomDestination),
 }
 
 /// Where the password comes from.

@@ -64,6 +64,7 @@ pub mod tls;
 pub use cli::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, FetchArgs, run};
 pub use client::{AuthMethod, Client, ConnectOptions, Listing, MessageEntry, Trace};
 pub use config::{Account, Destination, FetchConfig, PasswordSource, Policy, Secret};
+pub use deliver::{CustomDestination, Delivery, Sink};
 pub use error::{Error, Result};
 pub use fetch::{AccountReport, FetchError, Progress, RunOptions, fetch_account};
 pub use pop3_proto::client_codec::{Capabilities, Expire};

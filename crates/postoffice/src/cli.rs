@@ -276,6 +276,10 @@ enum UserCmd {
         #[arg(long, value_name = "FILE")]
         dovecot_passwd: PathBuf,
     },
+    /// A user's accounts on other POP3 servers, pulled into their maildrop
+    /// by the server (fetch jobs).
+    #[command(subcommand)]
+    Fetch(crate::fetch_jobs::FetchJobCmd),
 }
 
 #[derive(Args, Debug, Default)]
@@ -836,6 +840,10 @@ impl PolicyArgs {
 }
 
 fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
+    let cmd = match cmd {
+        UserCmd::Fetch(cmd) => return crate::fetch_jobs::run(config, cmd),
+        cmd => cmd,
+    };
     let dir = Directory::open(&config.data_dir)?;
     let store = postoffice_core::app::maildir(config);
     match cmd {
@@ -953,6 +961,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
                 println!("  line {line}: {why}");
             }
         }
+        UserCmd::Fetch(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod fetch_jobs;
 mod import;
 
 /// jemalloc, built with `background_thread:true,dirty_decay_ms:1000,

@@ -200,6 +200,9 @@ impl Server {
             Duration::from_secs(self.shared.app.config.tls.reload_check_secs),
             shutdown.clone(),
         ));
+        if self.shared.app.config.fetch_jobs.enabled {
+            tasks.spawn(fetch_jobs_loop(Arc::clone(&self.shared), shutdown.clone()));
+        }
         tasks.spawn(outbound::run(
             Arc::clone(&self.shared),
             self.queue,
@@ -344,6 +347,26 @@ async fn accept_loop(
     // Sessions were told to stop via the same signal; wait for them here so
     // the server's deadline covers them.
     while conns.join_next().await.is_some() {}
+}
+
+/// Users' fetch jobs (`postoffice_pull::jobs`): due jobs are run every
+/// few seconds; the jobs file is re-read each time, so `postoffice user
+/// fetch add` needs no restart.
+async fn fetch_jobs_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let every = Duration::from_secs(shared.app.config.fetch_jobs.interval_secs.min(5));
+    let scheduler = postoffice_pull::jobs::Scheduler::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        tokio::select! {
+            _ = scheduler.run_due(&shared.app) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
 }
 
 async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {

@@ -118,6 +118,7 @@ impl Destination {
             Destination::Maildir(root) => Box::new(MaildirDelivery::begin(root)?),
             Destination::Mbox(path) => Box::new(MboxDelivery::begin(path, SystemTime::now())?),
             Destination::Command(cmd) => Box::new(CommandDelivery::begin(cmd, info)?),
+            Destination::Custom(c) => c.0.begin(info.uid)?,
         })
     }
 
@@ -150,6 +151,11 @@ impl Destination {
                 }
             }
             (Destination::Command(_), ["command"]) => Recognition::Unknown,
+            (Destination::Custom(c), _) => match c.0.holds(receipt) {
+                Ok(true) => Recognition::Delivered,
+                Ok(false) => Recognition::Absent,
+                Err(_) => Recognition::Unknown,
+            },
             _ => Recognition::Absent,
         }
     }
@@ -160,6 +166,43 @@ impl Destination {
             Destination::Maildir(p) => format!("maildir {}", p.display()),
             Destination::Mbox(p) => format!("mbox {}", p.display()),
             Destination::Command(c) => format!("command {c:?}"),
+            Destination::Custom(c) => c.0.describe(),
         }
     }
 }
+
+/// A destination implemented outside this crate ([`Destination::Custom`]).
+/// It gets the same guarantees as the built-in ones: its [`Delivery`]'s
+/// `prepare` returns a receipt, which the run writes to the state file
+/// before `commit`; after an interrupted run, [`Sink::holds`] says whether
+/// that commit happened.
+pub trait Sink: Send + Sync {
+    /// Start delivering one message (its UIDL at the server, if known).
+    fn begin(&self, uid: Option<&str>) -> io::Result<Box<dyn Delivery>>;
+    /// Whether the delivery behind `receipt` (from its `prepare`) is at the
+    /// destination. An error means "cannot tell": the message is then
+    /// delivered again (a possible duplicate, never a loss).
+    fn holds(&self, receipt: &str) -> io::Result<bool>;
+    /// Short description for messages.
+    fn describe(&self) -> String;
+}
+
+/// A [`Sink`] as a [`Destination`]: equal only to itself.
+#[derive(Clone)]
+pub struct CustomDestination(pub std::sync::Arc<dyn Sink>);
+
+impl std::fmt::Debug for CustomDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CustomDestination")
+            .field(&self.0.describe())
+            .finish()
+    }
+}
+
+impl PartialEq for CustomDestination {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CustomDestination {}
