@@ -5,17 +5,22 @@
 //! exactly that through two traits, so that a second backend (a database)
 //! can slot in later without touching the protocol code:
 //!
-//! - [`MailStore`]: per-mailbox operations — durable delivery, opening a
-//!   session, retention expiry, usage, removal.
+//! - [`MailStore`]: per-mailbox operations — durable delivery (also of a
+//!   message that keeps the UID it had on another server, for migration),
+//!   opening a session, retention expiry, usage, removal, and a few small
+//!   per-mailbox values of the application (which quota warnings were sent,
+//!   which messages a retention notice listed).
 //! - [`Maildrop`]: one exclusively locked snapshot, as RFC 1939 requires for
 //!   a POP3 session — listing with sizes and unique IDs, streaming a message,
-//!   committing deletions at `QUIT`.
+//!   committing deletions at `QUIT`, and when each message was first
+//!   retrieved (retention counted from retrieval, RFC 2449 EXPIRE).
 //!
 //! Neither trait mentions paths. The one backend today is [`Maildir`]: a
 //! standard Maildir per user (`tmp/ new/ cur/`), so Dovecot, mutt and other
 //! tools can share the mailboxes. Messages are stored with CRLF line ends and
 //! their CRLF size in the file name, which makes opening a 100,000-message
-//! maildrop cost two `readdir`s and no per-message system calls.
+//! maildrop cost two `readdir`s and no per-message system calls — or, while
+//! new/ and cur/ are unchanged, one sequential read of a cached listing.
 
 mod crlf;
 mod error;
