@@ -522,6 +522,7 @@ impl Scheduler {
         let cfg = &app.config.fetch_jobs;
         let interval = Duration::from_secs(cfg.interval_secs);
         let max = Duration::from_secs(cfg.max_backoff_secs);
+        let ids: std::collections::HashSet<String> = jobs.iter().map(Job::id).collect();
         let mut runs = Vec::new();
         for job in jobs {
             let id = job.id();
@@ -563,7 +564,11 @@ impl Scheduler {
             }
             runs.push(run);
         }
-        // Forget jobs that were removed.
+        // Forget the schedule of jobs that were removed.
+        self.next
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| ids.contains(id));
         runs
     }
 }
