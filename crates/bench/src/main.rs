@@ -313,9 +313,10 @@ struct SmtpArgs {
     /// and body sent (CRLF or LF). Done after the clock stops.
     #[arg(long, requires = "wait_new")]
     verify_delivered: bool,
-    /// Sample the servers' total RSS every 50 ms during the run and report
-    /// the peak; for --server-pids also reset their peak-RSS mark (VmHWM,
-    /// /proc/PID/clear_refs) before the run and report it after.
+    /// Sample the servers' total RSS every 50 ms (and PSS every 150 ms)
+    /// during the run and report the peaks; for --server-pids also reset
+    /// their peak-RSS mark (VmHWM, /proc/PID/clear_refs) before the run and
+    /// report it after.
     #[arg(long)]
     sample_memory: bool,
     /// Retry a message that got a 4xx reply (try again later) up to N

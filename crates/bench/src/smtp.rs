@@ -101,9 +101,9 @@ pub async fn run(opts: Options, rcpts: Vec<String>) -> anyhow::Result<bool> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let mut hwm_reset = false;
     let mut sampler = None;
-    let mut rss_before = Memory::default();
+    let mut before = Memory::default();
     if opts.sample_memory {
-        rss_before = opts.servers.rss();
+        before = opts.servers.memory();
         hwm_reset = opts.servers.reset_hwm();
         sampler = Some(Sampler::start(opts.servers.clone(), SAMPLE_EVERY)?);
     }
@@ -217,17 +217,21 @@ pub async fn run(opts: Options, rcpts: Vec<String>) -> anyhow::Result<bool> {
             }
         );
     }
-    if let Some((m, samples)) = peak {
+    if let Some(p) = peak {
         println!(
-            "  servers' RSS: peak {:.1} MiB over {samples} samples every {} ms ({} processes at the peak; {:.1} MiB before){}",
-            m.rss_kib as f64 / 1024.0,
+            "  servers' memory: peak RSS {:.1} MiB over {} samples every {} ms ({} processes at the peak), peak PSS {:.1} MiB (read every {} samples); before: RSS {:.1} MiB, PSS {:.1} MiB{}",
+            mib(p.rss.rss_kib),
+            p.samples,
             SAMPLE_EVERY.as_millis(),
-            m.processes,
-            rss_before.rss_kib as f64 / 1024.0,
+            p.rss.processes,
+            mib(p.pss_kib),
+            procinfo::PSS_EVERY,
+            mib(before.rss_kib),
+            mib(before.pss_kib),
             match hwm {
                 Some(h) => format!(
                     "; VmHWM {:.1} MiB ({})",
-                    h as f64 / 1024.0,
+                    mib(h),
                     if hwm_reset {
                         "reset before the run"
                     } else {
@@ -257,13 +261,15 @@ pub async fn run(opts: Options, rcpts: Vec<String>) -> anyhow::Result<bool> {
     if let Some(v) = &verified {
         r.kv("verified", v.verified).kv("unacked", v.unacked);
     }
-    if let Some((m, samples)) = peak {
-        r.f("peak_rss_mib", m.rss_kib as f64 / 1024.0, 1)
-            .kv("peak_processes", m.processes)
-            .f("rss_before_mib", rss_before.rss_kib as f64 / 1024.0, 1)
-            .kv("rss_samples", samples);
+    if let Some(p) = peak {
+        r.f("peak_rss_mib", mib(p.rss.rss_kib), 1)
+            .kv("peak_processes", p.rss.processes)
+            .f("peak_pss_mib", mib(p.pss_kib), 1)
+            .f("rss_before_mib", mib(before.rss_kib), 1)
+            .f("pss_before_mib", mib(before.pss_kib), 1)
+            .kv("rss_samples", p.samples);
         if let Some(h) = hwm {
-            r.f("hwm_mib", h as f64 / 1024.0, 1)
+            r.f("hwm_mib", mib(h), 1)
                 .kv("hwm_reset", u8::from(hwm_reset));
         }
     }
@@ -713,6 +719,10 @@ fn check_place(path: &Path, rcpt: &str) -> Result<(), String> {
     } else {
         Err(format!("stored outside {domain}/{local}/new/"))
     }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// Files in every directory named `new` under `root`, up to 5 levels deep
