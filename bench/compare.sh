@@ -298,7 +298,7 @@ if want_any smtp-1m smtp-big; then
     w1=0 wb=0
     if want smtp-1m; then w1=1; fi
     if want smtp-big; then wb=1; fi
-    need_mb=$(( RUNS * 2 * (w1 * SMTP_1M_MSGS * SMTP_1M_SIZE + wb * SMTP_BIG_C * SMTP_BIG_SIZE) / 1048576 + 2048 ))
+    need_mb=$(( RUNS * 2 * (w1 * SMTP_1M_MSGS * SMTP_1M_SIZE + wb * SMTP_BIG_C * SMTP_BIG_SIZE) / 1048576 + 512 ))
     avail_mb=$(df -Pm "$WORK" | awk 'NR==2 {print $4}')
     (( avail_mb >= need_mb )) ||
         die "the smtp-1m/smtp-big rows need about $need_mb MB free in $WORK (deliveries are kept until the end); $avail_mb MB are"
