@@ -262,12 +262,13 @@ pub fn messages(maildir: &Path, format: &str) -> Result<(Vec<Message>, Vec<Strin
         let received = fs::metadata(&path)
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| SystemTime::now());
-        Ok::<_, DovecotError>(out.push(Message {
+        out.push(Message {
             uid: record.uid,
             uidl: uidl(format, &list, record)?,
             path,
             received,
-        }))
+        });
+        Ok::<_, DovecotError>(())
     };
     for record in &list.records {
         match files.remove(base(&record.file)) {
@@ -280,10 +281,10 @@ pub fn messages(maildir: &Path, format: &str) -> Result<(Vec<Message>, Vec<Strin
     }
     let mut unknown: Vec<(String, PathBuf)> = files.into_iter().collect();
     unknown.sort();
-    let mut next = list
+    let first = list
         .next_uid
         .max(list.records.last().map_or(1, |r| r.uid + 1));
-    for (name, path) in unknown {
+    for (next, (name, path)) in (first..).zip(unknown) {
         notes.push(format!(
             "{name} is not in dovecot-uidlist yet; it gets UID {next}, as Dovecot would give it"
         ));
@@ -293,7 +294,6 @@ pub fn messages(maildir: &Path, format: &str) -> Result<(Vec<Message>, Vec<Strin
             file: name,
         };
         push(&record, path, &mut out)?;
-        next += 1;
     }
     Ok((out, notes))
 }
