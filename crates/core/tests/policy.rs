@@ -10,7 +10,6 @@ use postoffice_common::content::Pieces;
 use postoffice_config::{Config, OverQuota, RetentionFrom};
 use postoffice_core::App;
 use postoffice_core::retention::sweep_at;
-use postoffice_store::MailStore;
 
 const USER: &str = "alice@example.test";
 const DAY: Duration = Duration::from_secs(86_400);
