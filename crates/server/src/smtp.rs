@@ -163,7 +163,7 @@ pub async fn serve_connection(
                     conn.connect_tags = tags;
                     conn.session.greeting(&mut conn.out);
                 }
-                ConnectVerdict::Reject { reply } => {
+                ConnectVerdict::Reject { reply, .. } => {
                     info!(ip = %peer.ip(), %reply, "smtp connection refused by policy");
                     metrics::inc(&shared.app.counters.smtp_refused_connections);
                     conn.session.refuse(&reply, &mut conn.out);
