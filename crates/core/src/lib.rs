@@ -7,7 +7,7 @@
 //! does to mail goes through one function here, so each rule exists once:
 //!
 //! - [`App`] is the shared application state: configuration, store,
-//!   directory, verification pipeline, DKIM signer, counters and the
+//!   directory, verification pipeline, DKIM signer, metrics, live sessions and the
 //!   outbound queue behind the [`Outbound`] trait. [`App::authenticate`]
 //!   and [`App::login`] are *the* login procedure (throttling, one hash
 //!   check per failure whatever the user, LOGIN-DELAY, the maildrop lock).
@@ -26,7 +26,10 @@
 //! - [`dkim`]: signing keys and signatures.
 //! - [`trace`]: `Return-Path`, `Received`, and removing forged verdicts.
 //! - [`retention`]: the retention sweep.
-//! - [`metrics`]: process-wide counters.
+//! - [`metrics`]: what the server counts, in the Prometheus text format.
+//! - [`sessions`]: the live sessions (for the administrators' page).
+//! - [`admin`]: what administrators do to domains, users, admin accounts
+//!   and quarantines, shared by the CLI and the web interface.
 //!
 //! Blocking work (file I/O, password hashes) is done with plain blocking
 //! calls in this crate; the async entry points ([`App::login`],
@@ -44,6 +47,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod retention;
 pub mod sendmail;
+pub mod sessions;
 pub mod submission;
 pub mod trace;
 

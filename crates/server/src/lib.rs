@@ -54,6 +54,20 @@ pub enum Service {
     Submissions,
 }
 
+impl Service {
+    /// The `protocol` label of the service's metrics.
+    pub fn protocol(self) -> &'static str {
+        use postoffice_core::metrics::protocol;
+        match self {
+            Service::Pop3 => protocol::POP3,
+            Service::Pop3s => protocol::POP3S,
+            Service::Smtp => protocol::SMTP,
+            Service::Submission => protocol::SUBMISSION,
+            Service::Submissions => protocol::SUBMISSIONS,
+        }
+    }
+}
+
 /// What every connection of the server shares: the application, the TLS
 /// acceptor and the connection limits.
 pub struct Shared {
@@ -165,15 +179,7 @@ impl Server {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        let counters: Vec<String> = self
-            .shared
-            .app
-            .counters
-            .snapshot()
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        info!(counters = %counters.join(" "), "stopped");
+        info!(counters = %self.shared.app.metrics.summary(), "stopped");
         Ok(())
     }
 }
@@ -222,6 +228,13 @@ async fn accept_loop(
             Ok(g) => g,
             Err(why) => {
                 warn!(ip = %peer.ip(), ?why, "connection refused: limit reached");
+                shared.app.metrics.connections_refused.inc([
+                    service.protocol(),
+                    match why {
+                        Refused::PerIp => "limit_per_ip",
+                        Refused::Total => "limit_total",
+                    },
+                ]);
                 let msg: Vec<u8> = match service {
                     Service::Smtp | Service::Submission | Service::Submissions => Reply::new(
                         codes::SERVICE_UNAVAILABLE,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use postoffice_config::Config;
+use postoffice_core::metrics::tls_version_label;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -102,14 +103,25 @@ pub async fn accept(
     timeout: std::time::Duration,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     let acceptor = shared.tls.as_ref()?;
+    let metrics = &shared.app.metrics;
     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(s),
+        Ok(Ok(s)) => {
+            let version = s
+                .get_ref()
+                .1
+                .protocol_version()
+                .map_or("other", |v| tls_version_label(&format!("{v:?}")));
+            metrics.tls_handshakes.inc([version]);
+            Some(s)
+        }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
+            metrics.tls_handshake_failures.inc(["error"]);
             None
         }
         Err(_) => {
             tracing::debug!("TLS handshake timed out");
+            metrics.tls_handshake_failures.inc(["timeout"]);
             None
         }
     }
