@@ -282,6 +282,11 @@ else
         "$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
     done
 fi
+# No web listener either (its default port may be taken; older binaries
+# know no [http]).
+cp "$P_CONF" "$P_CONF.prev"
+printf '[http]\nlisten = []\n' >>"$P_CONF"
+"$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
 if [[ -f $CORPUS/.imported-pending ]]; then
     log "importing $(wc -l <"$CORPUS/postoffice.passwd") users into postoffice from the passwd-file"
     "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/postoffice.passwd" >&2

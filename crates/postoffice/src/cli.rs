@@ -451,6 +451,10 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
             }
             Service::Submission => println!("  SUBMIT {addr}  (submission: AUTH, STARTTLS)"),
             Service::Submissions => println!("  SUBMITS {addr}  (submission: AUTH, implicit TLS)"),
+            Service::Http => {
+                println!("  HTTP   {addr}  (web interface, /api/, /metrics, autoconfig)")
+            }
+            Service::Https => println!("  HTTPS  {addr}  (the same over TLS)"),
         }
     }
     println!(

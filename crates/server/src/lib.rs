@@ -7,13 +7,15 @@
 //! - [`Server::bind`] opens every listener (so port errors surface before
 //!   anything else happens) and [`Server::run`] serves until shut down.
 //! - [`pop3`] drives one POP3 connection, [`smtp`] one SMTP or submission
-//!   connection.
+//!   connection, [`http`] hands one HTTP(S) connection to
+//!   `postoffice-http` (the web interface, API, metrics, autoconfig).
 //! - [`tls`] loads (or generates) the certificate and runs handshakes.
 //! - [`limits`] caps connections in total and per client network.
 //! - [`outbound`] runs the outbound queue's scheduler beside the listeners.
 //! - [`shutdown`] broadcasts the stop signal.
 #![forbid(unsafe_code)]
 
+pub mod http;
 pub mod limits;
 pub mod outbound;
 pub mod pop3;
@@ -52,6 +54,10 @@ pub enum Service {
     Submission,
     /// Submission over implicit TLS on 465.
     Submissions,
+    /// The web interface, API, metrics and autoconfig over plain HTTP.
+    Http,
+    /// The same over HTTPS.
+    Https,
 }
 
 impl Service {
@@ -64,6 +70,8 @@ impl Service {
             Service::Smtp => protocol::SMTP,
             Service::Submission => protocol::SUBMISSION,
             Service::Submissions => protocol::SUBMISSIONS,
+            Service::Http => protocol::HTTP,
+            Service::Https => protocol::HTTPS,
         }
     }
 }
@@ -73,6 +81,9 @@ impl Service {
 pub struct Shared {
     /// The application core.
     pub app: Arc<App>,
+    /// The HTTP service (`None` only in tests that build a `Shared` by
+    /// hand).
+    pub http: Option<postoffice_http::HttpService>,
     /// The TLS acceptor (`None` only in tests).
     pub tls: Option<TlsAcceptor>,
     /// Connection limits.
@@ -84,7 +95,12 @@ impl Shared {
     pub fn new(app: Arc<App>, tls: Option<TlsAcceptor>) -> Shared {
         let limits = &app.config.limits;
         let limiter = ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip);
-        Shared { app, tls, limiter }
+        Shared {
+            app,
+            http: None,
+            tls,
+            limiter,
+        }
     }
 }
 
@@ -109,11 +125,13 @@ impl Server {
             (Service::Smtp, &config.smtp.listen),
             (Service::Submission, &config.submission.listen),
             (Service::Submissions, &config.submission.listen_tls),
+            (Service::Http, &config.http.listen),
+            (Service::Https, &config.http.listen_tls),
         ] {
             for addr in addrs {
                 let l = TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change the listen addresses ([pop3], [smtp], [submission]) in the config"))?;
+                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change the listen addresses ([pop3], [smtp], [submission], [http]) in the config"))?;
                 listeners.push((service, l));
             }
         }
@@ -123,7 +141,24 @@ impl Server {
         );
         let app = Arc::new(App::new(config).context("setting up the server")?);
         app.set_outbound(Arc::clone(&queue) as Arc<dyn postoffice_core::Outbound>);
-        let shared = Arc::new(Shared::new(app, Some(tls)));
+        let port = |want: Service| {
+            listeners
+                .iter()
+                .find(|(s, _)| *s == want)
+                .and_then(|(_, l)| l.local_addr().ok())
+                .map(|a| a.port())
+        };
+        let ports = postoffice_http::autoconfig::Ports {
+            pop3s: port(Service::Pop3s),
+            pop3: port(Service::Pop3),
+            submissions: port(Service::Submissions),
+            submission: port(Service::Submission),
+        };
+        let http = postoffice_http::HttpService::new(Arc::clone(&app), Arc::clone(&queue), ports)
+            .context("setting up the web interface")?;
+        let mut shared = Shared::new(app, Some(tls));
+        shared.http = Some(http);
+        let shared = Arc::new(shared);
         // Compute the dummy hash now so the first failed login for an
         // unknown user costs the same as any other.
         let _ = tokio::task::spawn_blocking(postoffice_directory::prepare_dummy_hash).await;
@@ -160,6 +195,10 @@ impl Server {
             tasks.spawn(accept_loop(shared, service, listener, sd, trig));
         }
         tasks.spawn(sweeper_loop(Arc::clone(&self.shared), shutdown.clone()));
+        if let Some(http) = self.shared.http.clone() {
+            let mut sd = shutdown.clone();
+            tasks.spawn(async move { http.run_sampler(async move { sd.recv().await }).await });
+        }
         tasks.spawn(outbound::run(
             Arc::clone(&self.shared),
             self.queue,
@@ -246,8 +285,16 @@ async fn accept_loop(
                         Refused::PerIp => Busy::TooManyFromClient.reply().to_vec(),
                         Refused::Total => Busy::ServerFull.reply().to_vec(),
                     },
+                    Service::Http => {
+                        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                            .to_vec()
+                    }
+                    Service::Https => Vec::new(),
                 };
-                if !matches!(service, Service::Pop3s | Service::Submissions) {
+                if !matches!(
+                    service,
+                    Service::Pop3s | Service::Submissions | Service::Https
+                ) {
                     // Best effort, never blocking the accept loop.
                     let _ =
                         tokio::time::timeout(Duration::from_millis(200), tcp.write_all(&msg)).await;
@@ -264,6 +311,9 @@ async fn accept_loop(
             }
             Service::Pop3 | Service::Pop3s => {
                 tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s)
+            }
+            Service::Http | Service::Https => {
+                tracing::info_span!("http", peer = %peer, tls = service == Service::Https)
             }
         };
         // One task type per protocol: a task's allocation is the size of
@@ -294,6 +344,13 @@ async fn accept_loop(
                 async move {
                     let _guard = guard;
                     pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd).await
+                }
+                .instrument(span),
+            ),
+            Service::Http | Service::Https => conns.spawn(
+                async move {
+                    let _guard = guard;
+                    http::serve_connection(shared, tcp, peer, service == Service::Https, sd).await
                 }
                 .instrument(span),
             ),
