@@ -30,11 +30,6 @@ fn ok(v: Value) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
-/// Any other `/api/` path.
-pub async fn not_found() -> Response {
-    WebError::NotFound.json()
-}
-
 /// The sign-in body.
 #[derive(Debug, Deserialize)]
 pub struct LoginBody {

@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use postoffice_directory::DirectoryData;
@@ -381,39 +382,60 @@ pub(crate) struct UserSession {
     pub client: Client,
 }
 
-fn extract(parts: &Parts, web: &Web, role: Role) -> Result<(Session, String, Client), WebError> {
+/// Why a route refused a request: the error, answered as JSON under
+/// `/api/` and as a page (or a redirect to the sign-in page) elsewhere.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    error: WebError,
+    api: bool,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        if self.api {
+            self.error.json()
+        } else {
+            self.error.page()
+        }
+    }
+}
+
+/// The session of a request for `role`, or why not.
+fn extract(parts: &Parts, web: &Web, role: Role) -> Result<(Session, String, Client), Refusal> {
+    let api = is_api(parts);
+    let refuse = |error: WebError| Refusal { error, api };
     let client = parts
         .extensions
         .get::<Client>()
         .copied()
-        .ok_or_else(|| WebError::Internal("no client information".into()))?;
+        .ok_or_else(|| refuse(WebError::Internal("no client information".into())))?;
     let Some(session) = session_of(web, &parts.headers) else {
-        return Err(if is_api(parts) {
+        return Err(refuse(if api {
             WebError::Unauthenticated
         } else {
             WebError::SignIn
-        });
+        }));
     };
     if session.role != role {
-        return Err(WebError::Forbidden);
+        return Err(refuse(WebError::Forbidden));
     }
     let csrf = web.keys().csrf(&session);
     Ok((session, csrf, client))
 }
 
 impl FromRequestParts<Web> for AdminSession {
-    type Rejection = WebError;
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, WebError> {
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Refusal> {
         let (session, csrf, _) = extract(parts, web, Role::Admin)?;
         Ok(AdminSession { session, csrf })
     }
 }
 
 impl FromRequestParts<Web> for UserSession {
-    type Rejection = WebError;
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, WebError> {
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Refusal> {
         let (session, csrf, client) = extract(parts, web, Role::User)?;
         Ok(UserSession {
             session,

@@ -114,16 +114,6 @@ impl WebError {
     }
 }
 
-/// Extractor rejections (no session, wrong role) on either kind of route.
-impl IntoResponse for WebError {
-    fn into_response(self) -> Response {
-        match self {
-            WebError::Unauthenticated => self.json(),
-            e => e.page(),
-        }
-    }
-}
-
 impl From<AdminError> for WebError {
     fn from(e: AdminError) -> WebError {
         let text = e.to_string();

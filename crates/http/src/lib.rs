@@ -203,52 +203,57 @@ pub(crate) async fn blocking<T: Send + 'static, E: Into<WebError> + Send + 'stat
 fn router(web: Web) -> Router {
     use axum::middleware::from_fn_with_state;
     let api = Router::new()
-        .route("/login", post(api::login))
-        .route("/logout", post(api::logout))
-        .route("/session", get(api::session))
-        .route("/admin/stats", get(api::stats))
-        .route("/admin/sessions", get(api::sessions))
-        .route("/admin/domains", get(api::domains).post(api::add_domain))
+        .route("/api/login", post(api::login))
+        .route("/api/logout", post(api::logout))
+        .route("/api/session", get(api::session))
+        .route("/api/admin/stats", get(api::stats))
+        .route("/api/admin/sessions", get(api::sessions))
         .route(
-            "/admin/domains/{name}",
+            "/api/admin/domains",
+            get(api::domains).post(api::add_domain),
+        )
+        .route(
+            "/api/admin/domains/{name}",
             axum::routing::delete(api::remove_domain),
         )
-        .route("/admin/domains/{name}/policy", post(api::domain_policy))
-        .route("/admin/users", get(api::users).post(api::add_user))
+        .route("/api/admin/domains/{name}/policy", post(api::domain_policy))
+        .route("/api/admin/users", get(api::users).post(api::add_user))
         .route(
-            "/admin/users/{address}",
+            "/api/admin/users/{address}",
             get(api::user).delete(api::remove_user),
         )
-        .route("/admin/users/{address}/password", post(api::user_password))
-        .route("/admin/users/{address}/policy", post(api::user_policy))
-        .route("/admin/queue", get(api::queue))
-        .route("/admin/queue/flush", post(api::queue_flush))
         .route(
-            "/admin/queue/{id}",
+            "/api/admin/users/{address}/password",
+            post(api::user_password),
+        )
+        .route("/api/admin/users/{address}/policy", post(api::user_policy))
+        .route("/api/admin/queue", get(api::queue))
+        .route("/api/admin/queue/flush", post(api::queue_flush))
+        .route(
+            "/api/admin/queue/{id}",
             get(api::queue_entry).delete(api::queue_delete),
         )
-        .route("/admin/queue/{id}/retry", post(api::queue_retry))
-        .route("/admin/quarantine", get(api::quarantine))
+        .route("/api/admin/queue/{id}/retry", post(api::queue_retry))
+        .route("/api/admin/quarantine", get(api::quarantine))
         .route(
-            "/admin/quarantine/{address}/{uid}",
+            "/api/admin/quarantine/{address}/{uid}",
             get(api::quarantine_message).delete(api::quarantine_delete),
         )
         .route(
-            "/admin/quarantine/{address}/{uid}/release",
+            "/api/admin/quarantine/{address}/{uid}/release",
             post(api::quarantine_release),
         )
-        .route("/me", get(api::me))
-        .route("/me/password", post(api::my_password))
-        .route("/me/quarantine", get(api::my_quarantine))
+        .route("/api/me", get(api::me))
+        .route("/api/me/password", post(api::my_password))
+        .route("/api/me/quarantine", get(api::my_quarantine))
         .route(
-            "/me/quarantine/{uid}",
+            "/api/me/quarantine/{uid}",
             get(api::my_quarantine_message).delete(api::my_quarantine_delete),
         )
         .route(
-            "/me/quarantine/{uid}/release",
+            "/api/me/quarantine/{uid}/release",
             post(api::my_quarantine_release),
-        )
-        .fallback(api::not_found);
+        );
     Router::new()
         .route("/", get(pages::index))
         .route(
@@ -331,7 +336,7 @@ fn router(web: Web) -> Router {
             "/me/quarantine/{uid}/delete",
             post(pages::user::quarantine_delete),
         )
-        .nest("/api", api)
+        .merge(api)
         .fallback(pages::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(
             web.app().config.http.max_body_bytes,

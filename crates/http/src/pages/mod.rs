@@ -25,9 +25,13 @@ pub(crate) async fn index(State(web): State<Web>, headers: HeaderMap) -> Respons
     }
 }
 
-/// Any other path.
-pub(crate) async fn not_found() -> Response {
-    WebError::NotFound.page()
+/// Any other path (JSON under `/api/`).
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        WebError::NotFound.json()
+    } else {
+        WebError::NotFound.page()
+    }
 }
 
 /// The `?done=` of a page shown after an action.
