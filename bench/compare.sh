@@ -8,8 +8,10 @@
 # What it does (see BENCHMARKS.md for the meaning of every figure):
 #  1. Installs Debian's dovecot-pop3d if missing (without starting the
 #     system Dovecot) and creates the mail user (uid/gid 5000); for the
-#     smtp scenario also Debian's postfix (system instance unconfigured,
-#     see bench/postfix.sh).
+#     smtp scenarios also Debian's postfix (system instance unconfigured,
+#     see bench/postfix.sh). For pop3s-*, generates (once, with openssl)
+#     an RSA-2048 and an ECDSA P-256 certificate, each signed by its own
+#     CA, which both servers then serve.
 #  2. Seeds one deterministic corpus twice, once per layout, with
 #     `postoffice-bench seed`: 1,000 users x 20 messages (mean ~48 KB), a
 #     100,000-message maildrop, a 10 MB message, and (postoffice only)
@@ -19,9 +21,15 @@
 #     re-seeds: the old copy is moved aside and deleted only at the end).
 #     SMTP recipients are separate users without mail (smtp<n>@smtp.bench.test,
 #     imported into postoffice, Postfix's virtual map), so SMTP runs leave
-#     the POP3 corpus untouched.
+#     the POP3 corpus untouched. For the login-a2* scenarios, 100 more
+#     users (argon<n>@bench.test, same mail) are added with `postoffice
+#     user add`, i.e. with postoffice's default hash, argon2id.
 #  3. Starts a private Dovecot instance, the release postoffice and (for
 #     smtp) a private Postfix instance, each on its own loopback port.
+#     postoffice runs with its defaults (credential cache on) and is
+#     restarted with `[auth] cache_ttl_secs = 0` for the rows without a
+#     cache; for the pop3s rows both servers are restarted with the
+#     certificate of the row.
 #  4. Waits (up to 20 min) until no rustc/cargo build runs, warms both up,
 #     then runs every scenario RUNS times (default 3), alternating which
 #     server goes first, and prints one markdown table of medians.
@@ -29,12 +37,31 @@
 #
 # --quick: tiny numbers (20 users x 5 messages, 200 sessions, 1 run) for a
 #          smoke run of the script itself; its figures mean nothing.
-# --only:  comma-separated subset of: s16,s64,login,hold,hold10k,pipeline,
-#          retrbig,bigbox,bigbox-first,smtp
+# --only:  comma-separated subset of (BENCHMARKS.md says what each means):
+#          s16, s64        RETR-all sessions, concurrency 16 / 64
+#          login           login-only (USER/PASS, STAT, UIDL), SHA512-CRYPT,
+#                          no credential cache on either server
+#          login-a2        login-only, postoffice users with argon2id (its
+#                          default hash), credential cache on, starting
+#                          empty (server restarted before the run)
+#          login-a2-nocache  the same with the cache off
+#          login-warm      login + STAT + UIDL, argon2id users, cache warm
+#          hold, hold10k   idle sessions and server memory
+#          pipeline, retrbig, bigbox, bigbox-first
+#          pop3s-rsa, pop3s-ecdsa  POP3S (implicit TLS), same certificate
+#                          on both servers: RETR all and login only, each
+#                          with full handshakes and with resumption
+#          smtp            SMTP 10 KiB, 16 clients, 1,000 recipients
+#          smtp-hot        SMTP 10 KiB, 16 clients, one recipient
+#          smtp-1m         SMTP 1 MiB, 16 clients, 1,000 recipients
+#          smtp-big        SMTP 40 concurrent 20 MiB messages, peak RSS
 # Environment: BENCH_WORK (default /var/tmp/postoffice-bench),
 #   POSTOFFICE_BIN, BENCH_BIN (default target/release/...),
 #   DOVECOT_PORT (21110), POSTOFFICE_PORT (22110), POSTFIX_PORT (21025),
-#   POSTOFFICE_SMTP_PORT (22025).
+#   POSTOFFICE_SMTP_PORT (22025); the POP3S ports are the POP3 ports + 1.
+#   Example: only the new login and TLS rows, with binaries built elsewhere:
+#     POSTOFFICE_BIN=/path/postoffice BENCH_BIN=/path/postoffice-bench \
+#       bench/compare.sh --only login-a2,login-a2-nocache,login-warm,pop3s-rsa
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -75,17 +102,21 @@ MAIL_UID=5000
 if [[ $QUICK == 1 ]]; then
     USERS=20 MSGS=5 SESSIONS=200 C_LOW=4 C_HIGH=16 HOLD=20 HOLD_SECS=1
     BIG_HOLD=200 BIGBOX=2000 BIGMSG=$((1024 * 1024)) PIPE=1000 REPEAT=3
-    SMTP_MSGS=200
+    SMTP_MSGS=200 A2_USERS=10 SMTP_1M_MSGS=20 SMTP_BIG_C=8 SMTP_BIG_SIZE=$((2 * 1024 * 1024))
     RUNS=${RUNS:-1}
 else
     USERS=1000 MSGS=20 SESSIONS=2000 C_LOW=16 C_HIGH=64 HOLD=1000 HOLD_SECS=5
     BIG_HOLD=10000 BIGBOX=100000 BIGMSG=$((10 * 1024 * 1024)) PIPE=1000 REPEAT=5
-    SMTP_MSGS=2000
+    SMTP_MSGS=2000 A2_USERS=100 SMTP_1M_MSGS=300 SMTP_BIG_C=40 SMTP_BIG_SIZE=$((20 * 1024 * 1024))
     RUNS=${RUNS:-3}
 fi
 # SMTP: 10 KB messages from 16 clients, one message per connection, to
-# SMTP_USERS recipients round-robin.
-SMTP_USERS=$USERS SMTP_SIZE=10240 SMTP_C=16
+# SMTP_USERS recipients round-robin (smtp-hot: all to the first one);
+# smtp-1m: 1 MiB messages the same way; smtp-big: SMTP_BIG_C clients each
+# send one SMTP_BIG_SIZE message at the same time.
+SMTP_USERS=$USERS SMTP_SIZE=10240 SMTP_C=16 SMTP_1M_SIZE=$((1024 * 1024))
+# TLS certificate kinds of the pop3s-<kind> scenarios.
+TLS_KINDS="rsa ecdsa"
 IDLE_USERS=$BIG_HOLD
 KEY="u$USERS-m$MSGS-b$BIGBOX-x$BIGMSG-i$IDLE_USERS-s$SEED"
 CORPUS=$WORK/corpus-$KEY
@@ -97,6 +128,19 @@ P_CONF=$WORK/postoffice.toml
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 want() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
+# want_any NAME...: at least one of them is wanted.
+want_any() {
+    local n
+    for n in "$@"; do want "$n" && return 0; done
+    return 1
+}
+want_smtp() { want_any smtp smtp-hot smtp-1m smtp-big; }
+want_a2() { want_any login-a2 login-a2-nocache login-warm; }
+want_tls() { want_any pop3s-rsa pop3s-ecdsa; }
+KNOWN=",s16,s64,login,login-a2,login-a2-nocache,login-warm,hold,hold10k,pipeline,retrbig,bigbox,bigbox-first,pop3s-rsa,pop3s-ecdsa,smtp,smtp-hot,smtp-1m,smtp-big,"
+for n in ${ONLY//,/ }; do
+    [[ $KNOWN == *",$n,"* ]] || die "--only: unknown scenario $n (see --help)"
+done
 # install_postfix, setup_postfix, start_postfix, stop_postfix (PF_PID), ...,
 # and wait_port, which every server start below uses.
 # shellcheck source=bench/postfix.sh
@@ -171,7 +215,8 @@ getent passwd $MAIL_UID >/dev/null ||
 for u in dovecot dovenull; do
     getent passwd $u >/dev/null || die "user $u missing (it comes with dovecot-core)"
 done
-if want smtp; then install_postfix; fi
+if want_smtp; then install_postfix; fi
+if want_tls; then command -v openssl >/dev/null || die "openssl is needed for the pop3s scenarios"; fi
 
 # Idle sessions need descriptors: raise the soft limit to the hard one.
 ulimit -n "$(ulimit -Hn)"
@@ -181,8 +226,8 @@ P_HOLD_MAX=$(( (NOFILE - 256) / 2 ))
 BIG_HOLD_EFF=$(( BIG_HOLD < P_HOLD_MAX ? BIG_HOLD : P_HOLD_MAX ))
 
 SMTP_PORTS=()
-if want smtp; then SMTP_PORTS=("$F_PORT" "$PS_PORT"); fi
-for p in $D_PORT $P_PORT $((P_PORT + 1)) "${SMTP_PORTS[@]}"; do
+if want_smtp; then SMTP_PORTS=("$F_PORT" "$PS_PORT"); fi
+for p in $D_PORT $((D_PORT + 1)) $P_PORT $((P_PORT + 1)) "${SMTP_PORTS[@]}"; do
     if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use"; fi
 done
 
@@ -237,6 +282,64 @@ if [[ ! -f $CORPUS/smtp.passwd ]]; then
     mv "$CORPUS/smtp.passwd.new" "$CORPUS/smtp.passwd"
     touch "$CORPUS/.smtp-import-pending"
 fi
+# argon2id users (login-a2*): A2_USERS users argon<n>@DOMAIN with mail like
+# the others' (postoffice layout only), added below with `postoffice user
+# add`, which hashes with postoffice's default, argon2id. Dovecot's side of
+# these rows is its first A2_USERS users (SHA512-CRYPT, its default setup).
+A2_FILE=$CORPUS/argon.users
+if want_a2 && [[ ! -f $A2_FILE ]]; then
+    log "seeding $A2_USERS users for the argon2id login rows (postoffice only)"
+    seed --layout postoffice --dir "$CORPUS/po" --users "$A2_USERS" --user-prefix argon --messages "$MSGS"
+    touch "$CORPUS/.argon-pending"
+fi
+# Disk for the SMTP rows: every run's deliveries are moved into the trash
+# (deleted when the script ends), on both servers.
+if want_any smtp-1m smtp-big; then
+    w1=0 wb=0
+    if want smtp-1m; then w1=1; fi
+    if want smtp-big; then wb=1; fi
+    need_mb=$(( RUNS * 2 * (w1 * SMTP_1M_MSGS * SMTP_1M_SIZE + wb * SMTP_BIG_C * SMTP_BIG_SIZE) / 1048576 + 512 ))
+    avail_mb=$(df -Pm "$WORK" | awk 'NR==2 {print $4}')
+    (( avail_mb >= need_mb )) ||
+        die "the smtp-1m/smtp-big rows need about $need_mb MB free in $WORK (deliveries are kept until the end); $avail_mb MB are"
+fi
+
+# ------------------------------------------------------------ certificates
+# pop3s-<kind>: one certificate per kind, served by both servers. Each kind
+# has its own CA (RSA-2048 signs RSA-2048, ECDSA P-256 signs ECDSA P-256, as
+# public CAs do); the servers send the leaf, the generator trusts the CA and
+# verifies the chain and the name (127.0.0.1) on every full handshake.
+TLS_DIR=$WORK/tls
+make_cert() { # KIND
+    local kind=$1 d=$TLS_DIR keyopt ku
+    case $kind in
+        rsa) keyopt=(-newkey rsa:2048) ku=digitalSignature,keyEncipherment ;;
+        ecdsa) keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ku=digitalSignature ;;
+    esac
+    [[ -s $d/$kind.crt && -s $d/$kind.key && -s $d/$kind-ca.crt ]] && return 0
+    log "generating the $kind certificate and its CA in $d (openssl)"
+    mkdir -p "$d"
+    chmod 755 "$d"
+    openssl req -x509 "${keyopt[@]}" -nodes -days 3650 -subj "/CN=postoffice bench $kind CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+        -keyout "$d/$kind-ca.key" -out "$d/$kind-ca.crt" 2>/dev/null
+    openssl req -new "${keyopt[@]}" -nodes -subj "/CN=localhost" \
+        -keyout "$d/$kind.key.new" -out "$d/$kind.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,%s\nextendedKeyUsage=serverAuth\n' \
+        "$ku" >"$d/$kind.ext"
+    openssl x509 -req -sha256 -days 3650 -in "$d/$kind.csr" -CA "$d/$kind-ca.crt" -CAkey "$d/$kind-ca.key" \
+        -CAcreateserial -extfile "$d/$kind.ext" -out "$d/$kind.crt.new" 2>/dev/null
+    chmod 600 "$d/$kind.key.new" "$d/$kind-ca.key"
+    mv "$d/$kind.key.new" "$d/$kind.key"
+    mv "$d/$kind.crt.new" "$d/$kind.crt"
+}
+if want_tls; then
+    for kind in $TLS_KINDS; do
+        make_cert "$kind"
+        openssl x509 -in "$TLS_DIR/$kind.crt" -noout -subject -ext subjectAltName >"$RESULTS/cert-$kind.txt" 2>&1 || true
+        openssl x509 -in "$TLS_DIR/$kind.crt" -noout -text | grep -E 'Public-Key|Signature Algorithm' | sort -u >>"$RESULTS/cert-$kind.txt" || true
+    done
+fi
 
 # ------------------------------------------------------------ configs
 cat >"$P_CONF" <<EOF
@@ -254,9 +357,9 @@ max_connections_per_ip = 20000
 [log]
 level = "info"
 EOF
-if want smtp; then
+if want_smtp; then
     cat >>"$P_CONF" <<EOF
-# The MX listener for the smtp scenario. The verification stages that need
+# The MX listener for the smtp scenarios. The verification stages that need
 # DNS or clamd are off, as Postfix runs none: no DNSBL zones, no SPF, DKIM
 # or DMARC, no clamd. Mail is fsynced into the maildrop before 250 (always).
 [smtp]
@@ -287,6 +390,27 @@ fi
 cp "$P_CONF" "$P_CONF.prev"
 printf '[http]\nlisten = []\n' >>"$P_CONF"
 "$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
+# Variants, each a copy of the config above plus one section:
+#   default (P_CONF): [tls] with the RSA certificate when pop3s rows run
+#     (otherwise postoffice's self-signed one, as before); credential cache
+#     at its default (on, an hour);
+#   nocache: the same with [auth] cache_ttl_secs = 0;
+#   ecdsa: [tls] with the ECDSA certificate.
+# start_postoffice runs P_CONF_CUR; po_mode switches between them.
+tls_section() { printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$TLS_DIR/$1.crt" "$TLS_DIR/$1.key"; }
+P_CONF_BASE=$WORK/postoffice-base.toml
+cp "$P_CONF" "$P_CONF_BASE"
+if want_tls; then tls_section rsa >>"$P_CONF"; fi
+P_CONF_NOCACHE=$WORK/postoffice-nocache.toml
+{ cat "$P_CONF"; printf '[auth]\n# No credential cache: every login verifies its hash.\ncache_ttl_secs = 0\n'; } >"$P_CONF_NOCACHE"
+if ! "$PO" --config "$P_CONF_NOCACHE" config check >/dev/null 2>&1; then
+    log "NOTE: this postoffice has no [auth] cache_ttl_secs (no credential cache): 'nocache' runs the default config"
+    cp "$P_CONF" "$P_CONF_NOCACHE"
+fi
+P_CONF_ECDSA=$WORK/postoffice-ecdsa.toml
+{ cat "$P_CONF_BASE"; tls_section ecdsa; } >"$P_CONF_ECDSA"
+"$PO" --config "$P_CONF" config check >/dev/null || die "postoffice rejects $P_CONF"
+P_CONF_CUR=$P_CONF P_MODE=default
 if [[ -f $CORPUS/.imported-pending ]]; then
     log "importing $(wc -l <"$CORPUS/postoffice.passwd") users into postoffice from the passwd-file"
     "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/postoffice.passwd" >&2
@@ -297,18 +421,45 @@ if [[ -f $CORPUS/.smtp-import-pending ]]; then
     "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/smtp.passwd" >&2
     rm -f "$CORPUS/.smtp-import-pending"
 fi
+if [[ -f $CORPUS/.argon-pending ]]; then
+    log "adding $A2_USERS users with postoffice's default hash through 'postoffice user add' (argon2id)"
+    for n in $(seq "$A2_USERS"); do
+        # (passwd: a user left by an interrupted earlier attempt)
+        printf '%s\n' "$PASSWORD" | "$PO" --config "$P_CONF" user add "argon$n@$DOMAIN" --password-stdin >/dev/null 2>&1 ||
+            printf '%s\n' "$PASSWORD" | "$PO" --config "$P_CONF" user passwd "argon$n@$DOMAIN" --password-stdin >/dev/null
+    done
+    n=$(grep -c 'argon2id' "$CORPUS/po/directory.toml" || true)
+    (( n >= A2_USERS )) || die "expected $A2_USERS argon2id hashes in $CORPUS/po/directory.toml, found $n"
+    for n in $(seq "$A2_USERS"); do echo "argon$n@$DOMAIN"; done >"$A2_FILE.new"
+    mv "$A2_FILE.new" "$A2_FILE"
+    rm -f "$CORPUS/.argon-pending"
+fi
 # Where each server keeps the SMTP recipients' Maildirs (<root>/<user>/new).
 PO_SMTP_MAIL=$CORPUS/po/mail/$SMTP_DOMAIN
 F_SMTP_MAIL=$WORK/postfix/mail/$SMTP_DOMAIN
-if want smtp; then
+if want_smtp; then
     setup_postfix "$WORK" "$F_PORT" "$CORPUS/smtp.passwd"
     cp "$WORK/postfix/postconf-n.conf" "$RESULTS/postconf-n.conf"
     cp "$WORK/postfix/etc/master.cf" "$RESULTS/postfix-master.cf"
 fi
 
 # Dovecot 2.3, private instance. Every non-default setting is here.
+# write_dovecot_conf [KIND]: plain POP3 only (ssl = no), or also POP3S on
+# DOVECOT_PORT + 1 with the KIND certificate (rsa, ecdsa) and Dovecot's
+# TLS defaults otherwise.
 mkdir -p "$DCONF_DIR/run"
-cat >"$DCONF_DIR/dovecot.conf" <<EOF
+write_dovecot_conf() {
+    local kind=${1:-} ssl="ssl = no" pop3s="port = 0"
+    if [[ -n $kind ]]; then
+        ssl="ssl = yes
+ssl_cert = <$TLS_DIR/$kind.crt
+ssl_key = <$TLS_DIR/$kind.key"
+        if [[ -r /usr/share/dovecot/dh.pem ]]; then ssl+=$'\nssl_dh = </usr/share/dovecot/dh.pem'; fi
+        pop3s="address = 127.0.0.1
+    port = $((D_PORT + 1))
+    ssl = yes"
+    fi
+    cat >"$DCONF_DIR/dovecot.conf" <<EOF
 # Private Dovecot for bench/compare.sh (written by the script).
 base_dir = $DCONF_DIR/run
 instance_name = pobench-dovecot
@@ -317,7 +468,7 @@ log_path = $DCONF_DIR/dovecot.log
 info_log_path = $DCONF_DIR/dovecot-info.log
 protocols = pop3
 listen = 127.0.0.1
-ssl = no
+$ssl
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 # No credential cache (the default; passwd-file credentials are never
@@ -347,7 +498,7 @@ service pop3-login {
     port = $D_PORT
   }
   inet_listener pop3s {
-    port = 0
+    $pop3s
   }
   # High-performance mode: long-lived login processes, many clients each.
   service_count = 0
@@ -369,8 +520,12 @@ protocol pop3 {
   mail_max_userip_connections = 20000
 }
 EOF
-dovecot -c "$DCONF_DIR/dovecot.conf" -n >"$RESULTS/dovecot-n.conf" 2>"$RESULTS/dovecot-n.err" ||
-    { cat "$RESULTS/dovecot-n.err" >&2; die "dovecot rejected its config"; }
+    local saved=$RESULTS/dovecot-n${kind:+-$kind}.conf
+    dovecot -c "$DCONF_DIR/dovecot.conf" -n >"$saved" 2>"$RESULTS/dovecot-n.err" ||
+        { cat "$RESULTS/dovecot-n.err" >&2; die "dovecot rejected its config"; }
+}
+write_dovecot_conf
+D_MODE=plain
 
 # ------------------------------------------------------------ servers
 # wait_port PORT PID is defined in bench/postfix.sh (sourced above).
@@ -381,9 +536,48 @@ start_dovecot() {
     wait_port "$D_PORT" "$D_PID" || die "dovecot is not listening on $D_PORT (see $DCONF_DIR/dovecot.log)"
 }
 start_postoffice() {
-    "$PO" --config "$P_CONF" serve >>"$RESULTS/postoffice.out" 2>>"$RESULTS/postoffice.log" &
+    "$PO" --config "$P_CONF_CUR" serve >>"$RESULTS/postoffice.out" 2>>"$RESULTS/postoffice.log" &
     P_PID=$!
     wait_port "$P_PORT" "$P_PID" || die "postoffice is not listening on $P_PORT (see $RESULTS/postoffice.log)"
+    if want_smtp; then
+        wait_port "$PS_PORT" "$P_PID" || die "postoffice is not listening for SMTP on $PS_PORT"
+    fi
+    if [[ $P_MODE == rsa || $P_MODE == ecdsa ]]; then
+        wait_port "$((P_PORT + 1))" "$P_PID" || die "postoffice is not listening for POP3S on $((P_PORT + 1))"
+    fi
+}
+# po_mode MODE [restart]: run postoffice with the config of MODE (default,
+# nocache, rsa = default with the RSA certificate, ecdsa), restarting it if
+# it runs another one, or always with "restart" (empties its credential
+# cache and TLS session cache).
+po_mode() {
+    local mode=$1 conf
+    case $mode in
+        default|rsa) conf=$P_CONF ;;
+        nocache) conf=$P_CONF_NOCACHE ;;
+        ecdsa) conf=$P_CONF_ECDSA ;;
+        *) die "po_mode: unknown mode $mode" ;;
+    esac
+    if [[ $conf != "$P_CONF_CUR" || ${2:-} == restart || -z $P_PID ]]; then
+        stop_postoffice
+        P_CONF_CUR=$conf P_MODE=$mode
+        start_postoffice
+    fi
+    P_MODE=$mode
+}
+po_restart() { po_mode "$P_MODE" restart; }
+# dovecot_mode plain|rsa|ecdsa: Dovecot with that config (restarted if it
+# runs another).
+dovecot_mode() {
+    local mode=$1
+    [[ $mode == "$D_MODE" && -n $D_PID ]] && return 0
+    stop_dovecot
+    if [[ $mode == plain ]]; then write_dovecot_conf; else write_dovecot_conf "$mode"; fi
+    D_MODE=$mode
+    start_dovecot
+    if [[ $mode != plain ]]; then
+        wait_port "$((D_PORT + 1))" "$D_PID" || die "dovecot is not listening for POP3S on $((D_PORT + 1))"
+    fi
 }
 drop_caches() {
     if [[ $DROP_CACHES == 1 ]]; then
@@ -397,10 +591,9 @@ if [[ $DROP_CACHES == 1 && -w /proc/sys/vm/drop_caches ]]; then CAN_DROP=1; fi
 log "starting Dovecot on 127.0.0.1:$D_PORT and postoffice on 127.0.0.1:$P_PORT"
 start_dovecot
 start_postoffice
-if want smtp; then
+if want_smtp; then
     log "starting Postfix on 127.0.0.1:$F_PORT (postoffice's SMTP listener: 127.0.0.1:$PS_PORT)"
     start_postfix
-    wait_port "$PS_PORT" "$P_PID" || die "postoffice is not listening for SMTP on $PS_PORT"
     # The roots the generator counts new/ files under must exist; virtual(8)
     # creates the Maildirs below as uid $MAIL_UID.
     install -d -o $MAIL_UID -g $MAIL_UID "$F_SMTP_MAIL"
@@ -411,11 +604,14 @@ fi
 VALUES=$RESULTS/values.tsv
 : >"$VALUES"
 ERRORS=0
-addr() { # SERVER [smtp]
-    case $1 in
-        dovecot) echo "127.0.0.1:$D_PORT" ;;
-        postfix) echo "127.0.0.1:$F_PORT" ;;
-        *) if [[ ${2:-} == smtp ]]; then echo "127.0.0.1:$PS_PORT"; else echo "127.0.0.1:$P_PORT"; fi ;;
+addr() { # SERVER [smtp|tls]
+    case $1:${2:-} in
+        dovecot:tls) echo "127.0.0.1:$((D_PORT + 1))" ;;
+        dovecot:*) echo "127.0.0.1:$D_PORT" ;;
+        postfix:*) echo "127.0.0.1:$F_PORT" ;;
+        postoffice:smtp) echo "127.0.0.1:$PS_PORT" ;;
+        postoffice:tls) echo "127.0.0.1:$((P_PORT + 1))" ;;
+        *) echo "127.0.0.1:$P_PORT" ;;
     esac
 }
 # Dovecot and Postfix: the master and every process it forked (and reaped).
@@ -444,24 +640,35 @@ wait_idle() {
         WAITED=$((WAITED + 15))
     done
 }
-# gen SCENARIO SERVER RUN ARGS... : run the generator (`pop3 ARGS`, or
-# `smtp ARGS` for the scenarios smtp and warmup-smtp), keep its output,
-# record every key=value of its RESULT line. A measured run during which
-# rustc/cargo started is repeated (up to 3 attempts) after waiting for
-# idle; GEN_PRE, if set, is run before every attempt (server restarts).
+# gen SCENARIO SERVER RUN ARGS... : run the generator (`smtp ARGS` for
+# the scenarios smtp* and warmup-smtp*, else `pop3 ARGS`, over TLS to the
+# POP3S port for pop3s-* and warmup-pop3s-*), keep its output, record
+# every key=value of its RESULT line. An argument @srv@ becomes the
+# server's process selection (srvsel), resolved after GEN_PRE so that it
+# names a restarted server. A measured run during which rustc/cargo
+# started is repeated (up to 3 attempts) after waiting for idle; GEN_PRE,
+# if set, is run before every attempt (server restarts, priming).
 GEN_PRE=
 gen() {
     local scen=$1 srv=$2 run=$3
     shift 3
-    local out=$RESULTS/$scen.$srv.$run.txt attempt rc interfered gpid i
+    local out=$RESULTS/$scen.$srv.$run.txt attempt rc interfered gpid i a args
     for attempt in 1 2 3; do
         wait_idle
         [[ -z $GEN_PRE ]] || $GEN_PRE
-        if [[ $scen == smtp || $scen == warmup-smtp ]]; then
-            "$BENCH" smtp "$@" --addr "$(addr "$srv" smtp)" >"$out" 2>&1 &
-        else
-            "$BENCH" pop3 "$@" --addr "$(addr "$srv")" --password $PASSWORD >"$out" 2>&1 &
-        fi
+        args=()
+        for a in "$@"; do
+            # shellcheck disable=SC2207
+            if [[ $a == @srv@ ]]; then args+=($(srvsel "$srv")); else args+=("$a"); fi
+        done
+        case $scen in
+            smtp*|warmup-smtp*)
+                "$BENCH" smtp "${args[@]}" --addr "$(addr "$srv" smtp)" >"$out" 2>&1 & ;;
+            pop3s-*|warmup-pop3s-*)
+                "$BENCH" pop3 "${args[@]}" --addr "$(addr "$srv" tls)" --password $PASSWORD >"$out" 2>&1 & ;;
+            *)
+                "$BENCH" pop3 "${args[@]}" --addr "$(addr "$srv")" --password $PASSWORD >"$out" 2>&1 & ;;
+        esac
         gpid=$!
         GEN_PID=$gpid
         interfered=0 i=0
@@ -495,7 +702,7 @@ gen() {
 }
 summary() {
     local l=$1 k
-    for k in sessions_per_s mb_per_s e2e_msgs_per_s accept_msgs_per_s p99_ms pss_mib held warm_median_ms first_ms median_ms gen_cpu_pct server_cpu_pct errors; do
+    for k in sessions_per_s mb_per_s e2e_msgs_per_s accept_msgs_per_s p99_ms pss_mib held warm_median_ms first_ms median_ms tls_resumed verified peak_rss_mib hwm_mib gen_cpu_pct server_cpu_pct errors; do
         [[ $l == *" $k="* ]] && printf '%s=%s ' "$k" "$(sed -n "s/.* $k=\([^ ]*\).*/\1/p" <<<"$l")"
     done
 }
@@ -505,20 +712,42 @@ median() {
         sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
 }
 SESS_USERS=(--users-file "$CORPUS/users.passwd" --users "$USERS")
+# a2_users SERVER: the users of the login-a2* rows: on postoffice the
+# argon2id users, on Dovecot its first A2_USERS users (SHA512-CRYPT).
+a2_users() {
+    if [[ $1 == postoffice ]]; then
+        echo "--users-file $A2_FILE --users $A2_USERS"
+    else
+        echo "--users-file $CORPUS/users.passwd --users $A2_USERS"
+    fi
+}
+# prime_logins SERVER: one login-only session per login-a2 user, so that
+# postoffice's credential cache holds every one of them (Dovecot has no
+# cache for passwd-file users; it gets the same sessions). Not measured.
+prime_logins() {
+    # shellcheck disable=SC2046
+    "$BENCH" pop3 sessions $(a2_users "$1") --concurrency 8 --sessions "$A2_USERS" --retr none \
+        --addr "$(addr "$1")" --password $PASSWORD >"$RESULTS/prime-logins.$1.txt" 2>&1 ||
+        log "WARNING: priming the logins on $1 failed; see $RESULTS/prime-logins.$1.txt"
+}
+# tls_args KIND: the generator's TLS options for the KIND certificate.
+tls_args() { echo "--tls --tls-ca $TLS_DIR/$1-ca.crt"; }
 # order RUN [ANCHOR]: odd runs start with the anchor (default Dovecot).
 order() {
     local a=${2:-dovecot}
     if (( $1 % 2 == 1 )); then echo "$a postoffice"; else echo "postoffice $a"; fi
 }
-# SMTP: the generator's arguments for SERVER and N messages. Recipients
-# round-robin over the SMTP users, one message per connection (as
-# smtp-source without -d), and with --wait-new the run ends only when every
-# accepted message is a file in a new/ under that server's Maildir root.
-smtp_args() { # SERVER MESSAGES
+# SMTP: the generator's arguments for SERVER, N messages, to the first
+# RCPTS SMTP users round-robin, SIZE octets each, from CLIENTS concurrent
+# clients, one message per connection (as smtp-source without -d). With
+# --wait-new the run ends only when every accepted message is a file in a
+# new/ under that server's Maildir root; --verify-delivered then reads every
+# one back (after the clock stops).
+smtp_args() { # SERVER MESSAGES [RCPTS SIZE CLIENTS]
     local root=$F_SMTP_MAIL
     [[ $1 == postoffice ]] && root=$PO_SMTP_MAIL
-    echo "--users-file $CORPUS/smtp.passwd --users $SMTP_USERS --concurrency $SMTP_C" \
-        "--messages $2 --size $SMTP_SIZE --per-connection 1 --wait-new $root $(srvsel "$1")"
+    echo "--users-file $CORPUS/smtp.passwd --users ${3:-$SMTP_USERS} --concurrency ${5:-$SMTP_C}" \
+        "--messages $2 --size ${4:-$SMTP_SIZE} --per-connection 1 --wait-new $root --verify-delivered @srv@"
 }
 # smtp_clear SERVER: move the mail delivered to the SMTP users out of their
 # new/ into the trash (deleted when the script ends), so each run starts
@@ -545,7 +774,13 @@ for srv in dovecot postoffice; do
     gen warmup-bigbox $srv 0 bigbox --user "bigbox1@$DOMAIN" --repeat 2
     gen warmup-retrbig $srv 0 retr-big --user "bigmsg1@$DOMAIN" --repeat 1 --verify-hash
 done
-if want smtp; then
+if want_a2; then
+    # The argon2id users' mail into the page cache (Dovecot's first
+    # A2_USERS users were read above).
+    # shellcheck disable=SC2046
+    gen warmup-a2 postoffice 0 sessions $(a2_users postoffice) --concurrency 8 --sessions "$A2_USERS" --retr all
+fi
+if want_smtp; then
     # One message per SMTP user: creates every Maildir on both servers.
     for srv in postfix postoffice; do
         GEN_PRE="smtp_clear $srv"
@@ -560,39 +795,108 @@ if want hold10k; then
 fi
 
 # ------------------------------------------------------------ scenarios
+# Within each server's turn, postoffice first runs with its defaults
+# (credential cache on), then restarted without the cache for the rows
+# that need none, then back to the defaults.
 for run in $(seq "$RUNS"); do
     log "run $run of $RUNS"
     for srv in $(order "$run"); do
         # shellcheck disable=SC2046
         {
-        want s16 && gen s16 $srv $run sessions "${SESS_USERS[@]}" $(srvsel $srv) \
+        [[ $srv == dovecot ]] || po_mode default
+        want s16 && gen s16 $srv $run sessions "${SESS_USERS[@]}" @srv@ \
             --concurrency $C_LOW --sessions $SESSIONS --retr all
-        want s64 && gen s64 $srv $run sessions "${SESS_USERS[@]}" $(srvsel $srv) \
+        want s64 && gen s64 $srv $run sessions "${SESS_USERS[@]}" @srv@ \
             --concurrency $C_HIGH --sessions $SESSIONS --retr all
-        want login && gen login $srv $run sessions "${SESS_USERS[@]}" $(srvsel $srv) \
-            --concurrency $C_LOW --sessions $SESSIONS --retr none
-        want hold && gen hold $srv $run hold "${SESS_USERS[@]}" $(srvsel $srv) \
+        want hold && gen hold $srv $run hold "${SESS_USERS[@]}" @srv@ \
             --sessions $HOLD --seconds $HOLD_SECS
         want pipeline && gen pipeline $srv $run pipeline --user "user1@$DOMAIN" \
             --count $PIPE --repeat $REPEAT
         want retrbig && gen retrbig $srv $run retr-big --user "bigmsg1@$DOMAIN" --repeat $REPEAT
         want bigbox && gen bigbox $srv $run bigbox --user "bigbox1@$DOMAIN" --repeat $((REPEAT + 1))
+        # login + STAT + UIDL with a warm credential cache: every user
+        # logged in once just before (both servers get the same priming).
+        if want login-warm; then
+            GEN_PRE="prime_logins $srv"
+            gen login-warm $srv $run sessions $(a2_users $srv) @srv@ \
+                --concurrency $C_LOW --sessions $SESSIONS --retr none
+            GEN_PRE=
+        fi
+        # Cache on, starting empty: postoffice restarted just before, so
+        # each user's first login verifies argon2id and the rest hit.
+        if want login-a2; then
+            [[ $srv == dovecot ]] || GEN_PRE=po_restart
+            gen login-a2 $srv $run sessions $(a2_users $srv) @srv@ \
+                --concurrency $C_LOW --sessions $SESSIONS --retr none
+            GEN_PRE=
+        fi
+        # No credential cache on either server.
+        if want_any login login-a2-nocache; then
+            [[ $srv == dovecot ]] || po_mode nocache
+            want login && gen login $srv $run sessions "${SESS_USERS[@]}" @srv@ \
+                --concurrency $C_LOW --sessions $SESSIONS --retr none
+            want login-a2-nocache && gen login-a2-nocache $srv $run sessions $(a2_users $srv) @srv@ \
+                --concurrency $C_LOW --sessions $SESSIONS --retr none
+            [[ $srv == dovecot ]] || po_mode default
+        fi
         } || true
     done
-    if want smtp; then
+    if want_smtp; then
         for srv in $(order "$run" postfix); do
             GEN_PRE="smtp_clear $srv"
             # shellcheck disable=SC2046
-            gen smtp "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS")
+            {
+            want smtp && gen smtp "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS")
+            want smtp-hot && gen smtp-hot "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS" 1)
+            want smtp-1m && gen smtp-1m "$srv" "$run" $(smtp_args "$srv" "$SMTP_1M_MSGS" "$SMTP_USERS" "$SMTP_1M_SIZE")
+            # Peak memory: RSS sampled every 50 ms (Postfix: summed over
+            # its processes); postoffice's VmHWM reset before the run.
+            want smtp-big && gen smtp-big "$srv" "$run" $(smtp_args "$srv" "$SMTP_BIG_C" "$SMTP_USERS" \
+                "$SMTP_BIG_SIZE" "$SMTP_BIG_C") --sample-memory --retries 3 --timeout 600
+            } || true
             GEN_PRE=
         done
     fi
     if want hold10k; then
         # shellcheck disable=SC2046
-        gen hold10k postoffice $run hold --users-file "$CORPUS/idle.passwd" $(srvsel postoffice) \
+        gen hold10k postoffice $run hold --users-file "$CORPUS/idle.passwd" @srv@ \
             --sessions $BIG_HOLD_EFF --seconds $HOLD_SECS --connect-concurrency 64
     fi
 done
+if want_tls; then
+    # POP3S, one certificate kind at a time on both servers. Both run their
+    # defaults for credentials (Dovecot: SHA512-CRYPT at every login;
+    # postoffice: the cache, warmed by the TLS warm-up below).
+    for kind in $TLS_KINDS; do
+        want "pop3s-$kind" || continue
+        log "POP3S with the $kind certificate: restarting both servers with it"
+        dovecot_mode "$kind"
+        po_mode "$kind" restart
+        for srv in dovecot postoffice; do
+            # shellcheck disable=SC2046
+            gen "warmup-pop3s-$kind" $srv 0 sessions "${SESS_USERS[@]}" $(tls_args "$kind") \
+                --concurrency 8 --sessions "$USERS" --retr none
+        done
+        for run in $(seq "$RUNS"); do
+            log "pop3s-$kind: run $run of $RUNS"
+            for srv in $(order "$run"); do
+                # shellcheck disable=SC2046
+                {
+                gen "pop3s-$kind-retr" $srv $run sessions "${SESS_USERS[@]}" @srv@ $(tls_args "$kind") \
+                    --concurrency $C_LOW --sessions $SESSIONS --retr all
+                gen "pop3s-$kind-retr-resume" $srv $run sessions "${SESS_USERS[@]}" @srv@ $(tls_args "$kind") \
+                    --tls-resume --concurrency $C_LOW --sessions $SESSIONS --retr all
+                gen "pop3s-$kind-login" $srv $run sessions "${SESS_USERS[@]}" @srv@ $(tls_args "$kind") \
+                    --concurrency $C_LOW --sessions $SESSIONS --retr none
+                gen "pop3s-$kind-login-resume" $srv $run sessions "${SESS_USERS[@]}" @srv@ $(tls_args "$kind") \
+                    --tls-resume --concurrency $C_LOW --sessions $SESSIONS --retr none
+                } || true
+            done
+        done
+    done
+    dovecot_mode plain
+    po_mode default
+fi
 if want bigbox-first; then
     # The first login after a server restart (and, where allowed, with the
     # kernel's page cache dropped): what a cold start costs.
@@ -606,7 +910,7 @@ if want bigbox-first; then
         done
     done
 fi
-if want smtp; then
+if want_smtp; then
     # Leave the SMTP users' Maildirs empty, as the corpus was.
     smtp_clear postfix
     smtp_clear postoffice
@@ -628,8 +932,10 @@ sess_cell() { # scen srv
     num "$ok" || { printf -- '-'; return; }
     cpu=$(awk -v c="$(median "$s" "$v" server_cpu_s)" -v n="$ok" 'BEGIN {if (n > 0) printf "%.2f", c * 1000 / n}')
     printf '%s sess/s' "$(fmt "$(median "$s" "$v" sessions_per_s)" 1)"
-    [[ $s == login ]] || printf ', %s MB/s' "$(fmt "$(median "$s" "$v" mb_per_s)" 0)"
+    [[ $s == *login* ]] || printf ', %s MB/s' "$(fmt "$(median "$s" "$v" mb_per_s)" 0)"
     printf ', p99 %s ms, server %s ms CPU/sess' "$(fmt "$(median "$s" "$v" p99_ms)" 0)" "$cpu"
+    # Resumption rows: how many sessions the server actually resumed.
+    [[ $s != *-resume ]] || printf ', %s of %s resumed' "$(fmt "$(median "$s" "$v" tls_resumed)" 0)" "$(fmt "$ok" 0)"
 }
 gen_cpu() { # scen key [anchor]: the generator's CPU on the anchor (D, or F
     # for Postfix) and on postoffice (P)
@@ -642,26 +948,77 @@ gen_cpu() { # scen key [anchor]: the generator's CPU on the anchor (D, or F
         printf '%s %s s / P %s s' "$l" "$(fmt "$d" 2)" "$(fmt "$p" 2)"
     fi
 }
-smtp_cell() { # srv
-    local n cpu
-    n=$(median smtp "$1" accepted)
+smtp_cpu() { # scen srv: server ms CPU per accepted message
+    awk -v c="$(median "$1" "$2" server_cpu_s)" -v n="$(median "$1" "$2" accepted)" \
+        'BEGIN {if (n > 0) printf "%.2f", c * 1000 / n; else printf "-"}'
+}
+smtp_cell() { # scen srv
+    local n
+    n=$(median "$1" "$2" accepted)
     num "$n" || { printf -- '-'; return; }
-    cpu=$(awk -v c="$(median smtp "$1" server_cpu_s)" -v n="$n" 'BEGIN {if (n > 0) printf "%.2f", c * 1000 / n}')
     printf '%s msgs/s end to end (%s msgs/s accepted), p99 %s ms, server %s ms CPU/msg' \
-        "$(fmt "$(median smtp "$1" e2e_msgs_per_s)" 1)" "$(fmt "$(median smtp "$1" accept_msgs_per_s)" 1)" \
-        "$(fmt "$(median smtp "$1" p99_ms)" 0)" "$cpu"
+        "$(fmt "$(median "$1" "$2" e2e_msgs_per_s)" 1)" "$(fmt "$(median "$1" "$2" accept_msgs_per_s)" 1)" \
+        "$(fmt "$(median "$1" "$2" p99_ms)" 0)" "$(smtp_cpu "$1" "$2")"
+}
+# smtp-big: the peak memory, then the rest. postoffice: VmHWM (reset
+# before the run); Postfix: the peak of the RSS summed over its processes
+# (sampled every 50 ms), which counts shared pages once per process: the
+# PSS peak (sampled every 150 ms) beside it divides them fairly.
+big_peak() { # srv
+    local h r
+    h=$(median smtp-big "$1" hwm_mib) r=$(median smtp-big "$1" peak_rss_mib)
+    # postoffice: VmHWM, or the sampled peak where that is higher (the
+    # kernel's RSS counters are batched per CPU, a few hundred KiB apart).
+    if [[ $1 == postoffice ]] && num "$h"; then
+        awk -v h="$h" -v r="$r" 'BEGIN {print (r != "-" && r > h) ? r : h}'
+    else
+        echo "$r"
+    fi
+}
+big_cell() { # srv
+    local n m=smtp-big
+    n=$(median $m "$1" accepted)
+    num "$n" || { printf -- '-'; return; }
+    if [[ $1 == postoffice ]] && num "$(median $m "$1" hwm_mib)"; then
+        printf 'peak RSS %s MiB (VmHWM), PSS %s MiB; before: RSS %s, PSS %s MiB' "$(fmt "$(big_peak "$1")" 0)" \
+            "$(fmt "$(median $m "$1" peak_pss_mib)" 0)" "$(fmt "$(median $m "$1" rss_before_mib)" 0)" \
+            "$(fmt "$(median $m "$1" pss_before_mib)" 0)"
+    else
+        printf 'peak RSS %s MiB summed over %s processes, PSS %s MiB; before: RSS %s, PSS %s MiB' \
+            "$(fmt "$(big_peak "$1")" 0)" "$(fmt "$(median $m "$1" peak_processes)" 0)" \
+            "$(fmt "$(median $m "$1" peak_pss_mib)" 0)" "$(fmt "$(median $m "$1" rss_before_mib)" 0)" \
+            "$(fmt "$(median $m "$1" pss_before_mib)" 0)"
+    fi
+    printf '; %s of %s accepted, %s msgs/s end to end, server %s ms CPU/msg' "$(fmt "$n" 0)" "$SMTP_BIG_C" \
+        "$(fmt "$(median $m "$1" e2e_msgs_per_s)" 2)" "$(smtp_cpu $m "$1")"
 }
 TABLE=$RESULTS/table.md
 {
-    # The anchor is Dovecot for the POP3 rows and Postfix for the SMTP row.
+    # The anchor is Dovecot for the POP3 rows and Postfix for the SMTP rows.
     echo "| scenario | anchor median (Dovecot; SMTP: Postfix) | postoffice median | ratio (>1 = postoffice better) | generator CPU |"
     echo "| --- | --- | --- | --- | --- |"
-    for s in s16 s64 login; do
-        want "$s" || continue
+    rows="s16 s64 login login-a2 login-a2-nocache login-warm"
+    for kind in $TLS_KINDS; do
+        want "pop3s-$kind" && rows+=" pop3s-$kind-retr pop3s-$kind-retr-resume pop3s-$kind-login pop3s-$kind-login-resume"
+    done
+    for s in $rows; do
+        [[ $s == pop3s-* ]] || want "$s" || continue
         case $s in
             s16) label="Sessions, RETR all, concurrency $C_LOW ($SESSIONS sessions)" ;;
             s64) label="Sessions, RETR all, concurrency $C_HIGH ($SESSIONS sessions)" ;;
-            login) label="Login only (USER/PASS, STAT, UIDL), concurrency $C_LOW" ;;
+            login) label="Login only (USER/PASS, STAT, UIDL), concurrency $C_LOW; SHA512-CRYPT, no credential cache on either" ;;
+            login-a2) label="Login only, $A2_USERS users, c$C_LOW; postoffice: argon2id, credential cache on, empty at the start (restart); Dovecot: SHA512-CRYPT, defaults" ;;
+            login-a2-nocache) label="Login only, $A2_USERS users, c$C_LOW; postoffice: argon2id, credential cache off; Dovecot: SHA512-CRYPT, defaults" ;;
+            login-warm) label="Login + STAT + UIDL, $A2_USERS users, c$C_LOW; postoffice: argon2id, credential cache warm; Dovecot: SHA512-CRYPT, defaults" ;;
+            pop3s-*)
+                kind=${s#pop3s-} kind=${kind%%-*}
+                [[ $kind == rsa ]] && k="RSA-2048" || k="ECDSA P-256"
+                case $s in
+                    *-retr) label="POP3S ($k), RETR all, c$C_LOW, full handshake per session" ;;
+                    *-retr-resume) label="POP3S ($k), RETR all, c$C_LOW, returning clients resume" ;;
+                    *-login) label="POP3S ($k), login only, c$C_LOW, full handshake per session" ;;
+                    *-login-resume) label="POP3S ($k), login only, c$C_LOW, returning clients resume" ;;
+                esac ;;
         esac
         echo "| $label | $(sess_cell $s dovecot) | $(sess_cell $s postoffice) | $(ratio "$(median $s postoffice sessions_per_s)" "$(median $s dovecot sessions_per_s)") (P/D sess/s) | $(gen_cpu $s gen_cpu_pct) |"
     done
@@ -695,15 +1052,24 @@ TABLE=$RESULTS/table.md
         d=$(median retrbig dovecot mb_per_s) p=$(median retrbig postoffice mb_per_s)
         echo "| RETR of one $((BIGMSG / 1024 / 1024)) MiB message | $(fmt "$d" 0) MB/s | $(fmt "$p" 0) MB/s | $(ratio "$p" "$d") (P/D MB/s) | $(gen_cpu retrbig gen_cpu_pct) |"
     fi
-    if want smtp; then
-        f=$(median smtp postfix e2e_msgs_per_s) p=$(median smtp postoffice e2e_msgs_per_s)
-        echo "| SMTP $((SMTP_SIZE / 1024)) KB, c$SMTP_C, end-to-end msgs/s ($SMTP_MSGS messages, one per connection, fsynced; anchor: Postfix) | Postfix: $(smtp_cell postfix) | $(smtp_cell postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu smtp gen_cpu_pct postfix) |"
+    for s in smtp smtp-hot smtp-1m; do
+        want "$s" || continue
+        case $s in
+            smtp) label="SMTP $((SMTP_SIZE / 1024)) KB, c$SMTP_C, end-to-end msgs/s ($SMTP_MSGS messages to $SMTP_USERS recipients, one per connection, fsynced; anchor: Postfix)" ;;
+            smtp-hot) label="SMTP $((SMTP_SIZE / 1024)) KB, c$SMTP_C, end-to-end msgs/s ($SMTP_MSGS messages, all to one recipient; anchor: Postfix)" ;;
+            smtp-1m) label="SMTP 1 MiB, c$SMTP_C, end-to-end msgs/s ($SMTP_1M_MSGS messages to $SMTP_USERS recipients; anchor: Postfix)" ;;
+        esac
+        f=$(median $s postfix e2e_msgs_per_s) p=$(median $s postoffice e2e_msgs_per_s)
+        echo "| $label | Postfix: $(smtp_cell $s postfix) | $(smtp_cell $s postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu $s gen_cpu_pct postfix) |"
+    done
+    if want smtp-big; then
+        echo "| SMTP $SMTP_BIG_C concurrent $((SMTP_BIG_SIZE / 1024 / 1024)) MiB messages: the server's peak memory (anchor: Postfix) | Postfix: $(big_cell postfix) | $(big_cell postoffice) | $(ratio "$(big_peak postfix)" "$(big_peak postoffice)") (F/P peak RSS) | $(gen_cpu smtp-big gen_cpu_pct postfix) |"
     fi
 } >"$TABLE"
 
 {
     echo
-    echo "postoffice vs. Dovecot $(dovecot --version | cut -d' ' -f1)$(want smtp && echo " and Postfix $(postconf -dh mail_version)"), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB,"
+    echo "postoffice vs. Dovecot $(dovecot --version | cut -d' ' -f1)$(want_smtp && echo " and Postfix $(postconf -dh mail_version)"), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB,"
     echo "postoffice $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), medians of $RUNS run(s); corpus $USERS users x $MSGS messages."
     echo
     cat "$TABLE"

@@ -154,6 +154,10 @@ in_flow_delay = 0
 #   Maildir deliveries; 32 parallel deliveries (2 per client) from the start.
 virtual_destination_concurrency_limit = 32
 virtual_initial_destination_concurrency = 32
+# - messages up to 25 MiB (default 10 MB), postoffice's default
+#   [smtp] max_message_size: the large-message scenario sends 20 MiB.
+#   virtual_mailbox_limit (default 51200000, per Maildir file) stays above it.
+message_size_limit = 26214400
 # - the default (50 recipients per delivery request), stated: every message
 #   here has one recipient, so nothing is batched either way; at 1 the
 #   concurrency limit above would count per recipient, not per domain.

@@ -13,8 +13,10 @@ use pop3_proto::client::{RespCode, Status, parse_status};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::report::{ErrKind, SessErr};
+use crate::tls::{Handshake, TlsClient};
 
 /// Initial read buffer. Large reads keep the generator's CPU use down
 /// during RETR; the buffer grows only for lines longer than this.
@@ -27,10 +29,37 @@ pub const HASH_HEADER: &[u8] = b"X-Bench-Body-SHA256:";
 
 /// One POP3 client connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+}
+
+/// The transport: plain TCP, or TLS over it (implicit TLS, POP3S).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(data).await,
+            Stream::Tls(s) => {
+                // A TLS stream buffers records: flush so the command is
+                // actually sent before we wait for its reply.
+                s.write_all(data).await?;
+                s.flush().await
+            }
+        }
+    }
 }
 
 /// What a RETR delivered.
@@ -55,19 +84,54 @@ impl Conn {
             .await
             .map_err(|e| SessErr::new(ErrKind::Connect, e))?;
         let _ = stream.set_nodelay(true);
-        Ok(Conn {
+        Ok(Conn::over(Stream::Plain(stream)))
+    }
+
+    fn over(stream: Stream) -> Conn {
+        Conn {
             stream,
             buf: vec![0; READ_BUF],
             start: 0,
             end: 0,
-        })
+        }
+    }
+
+    /// Connect and complete a TLS handshake (implicit TLS, as on port
+    /// 995) with `tls`'s client configuration, without reading. Returns
+    /// whether the handshake was full or resumed.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        tls: &TlsClient,
+    ) -> Result<(Conn, Handshake), SessErr> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| SessErr::new(ErrKind::Connect, e))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = tls
+            .connector()
+            .connect(tls.server_name(), tcp)
+            .await
+            .map_err(|e| SessErr::new(ErrKind::Tls, e))?;
+        let kind = Handshake::of(stream.get_ref().1);
+        Ok((Conn::over(Stream::Tls(Box::new(stream))), kind))
     }
 
     /// Connect and read the `+OK` greeting.
     pub async fn open(addr: SocketAddr) -> Result<Conn, SessErr> {
-        let mut c = Conn::connect(addr).await?;
-        match c.status().await {
-            Ok(Status::Ok(_)) => Ok(c),
+        let c = Conn::connect(addr).await?;
+        c.greeted().await
+    }
+
+    /// Connect over TLS (see [`Conn::connect_tls`]) and read the greeting.
+    pub async fn open_tls(addr: SocketAddr, tls: &TlsClient) -> Result<(Conn, Handshake), SessErr> {
+        let (c, kind) = Conn::connect_tls(addr, tls).await?;
+        Ok((c.greeted().await?, kind))
+    }
+
+    /// Read the `+OK` greeting.
+    async fn greeted(mut self) -> Result<Conn, SessErr> {
+        match self.status().await {
+            Ok(Status::Ok(_)) => Ok(self),
             Ok(other) => Err(SessErr::new(ErrKind::Greeting, format!("{other:?}"))),
             Err(e) if e.kind == ErrKind::Protocol => Err(SessErr::new(ErrKind::Greeting, e)),
             Err(e) => Err(e),
@@ -207,9 +271,13 @@ impl Conn {
         self.command("QUIT").await.map(|_| ())
     }
 
-    /// Split for a concurrent writer and reader (pipelining).
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    /// The plain TCP stream, to split it for a concurrent writer and
+    /// reader (pipelining); `None` on a TLS connection.
+    pub fn tcp_mut(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.stream {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(_) => None,
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod report;
 mod seed;
 mod sessions;
 mod smtp;
+mod tls;
 mod users;
 
 use std::net::SocketAddr;
@@ -180,6 +181,27 @@ struct SessionsArgs {
     /// corpora carry one).
     #[arg(long)]
     verify_hash: bool,
+    /// Implicit TLS (POP3S, as on port 995): every session starts with a
+    /// TLS handshake (rustls), counted in its latency. Needs --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// The certificates to trust (PEM): the CA that signed the server's
+    /// certificate, or a self-signed server certificate itself. The
+    /// certificate is verified (chain, validity, name) on every full
+    /// handshake.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// The name to verify the server's certificate against (default: the
+    /// IP address of --addr, which the certificate must list).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
+    /// Every user is a returning client with its own TLS session store
+    /// (as a mail client keeps one): before the clock starts each connects
+    /// once (handshake, greeting, QUIT), then every session offers the
+    /// ticket or session id its client got last. Without it, resumption is
+    /// off and every handshake is full. The report counts both kinds.
+    #[arg(long, requires = "tls")]
+    tls_resume: bool,
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +308,22 @@ struct SmtpArgs {
     /// Seconds to wait for --wait-new before reporting the missing ones.
     #[arg(long, default_value_t = 300)]
     wait_timeout: u64,
+    /// After --wait-new, read every new file back: each accepted message
+    /// must be there once, in its recipient's Maildir, with the headers
+    /// and body sent (CRLF or LF). Done after the clock stops.
+    #[arg(long, requires = "wait_new")]
+    verify_delivered: bool,
+    /// Sample the servers' total RSS every 50 ms (and PSS every 150 ms)
+    /// during the run and report the peaks; for --server-pids also reset
+    /// their peak-RSS mark (VmHWM, /proc/PID/clear_refs) before the run and
+    /// report it after.
+    #[arg(long)]
+    sample_memory: bool,
+    /// Retry a message that got a 4xx reply (try again later) up to N
+    /// times, on a new connection after a short pause; each retry is
+    /// reported. Without retries (0) a 4xx counts as an error.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    retries: usize,
 }
 
 #[derive(Args, Debug)]
@@ -406,6 +444,9 @@ fn run(cli: Cli) -> Result<bool> {
                         wait_new: a.wait_new,
                         wait_timeout: Duration::from_secs(a.wait_timeout),
                         servers: a.servers.sel(),
+                        verify_delivered: a.verify_delivered,
+                        sample_memory: a.sample_memory,
+                        retries: a.retries,
                     },
                     users,
                 )
@@ -418,6 +459,13 @@ fn run(cli: Cli) -> Result<bool> {
                 if a.concurrency == 0 || a.sessions == 0 {
                     bail!("--concurrency and --sessions must be at least 1");
                 }
+                let tls = match (&a.tls_ca, a.tls) {
+                    (Some(ca), true) => Some(sessions::TlsOptions {
+                        setup: tls::TlsSetup::new(ca, a.tls_server_name.as_deref(), a.target.addr)?,
+                        resume: a.tls_resume,
+                    }),
+                    _ => None,
+                };
                 sessions::run(
                     sessions::Options {
                         addr: a.target.addr,
@@ -429,6 +477,7 @@ fn run(cli: Cli) -> Result<bool> {
                         verify_hash: a.verify_hash,
                         timeout: Duration::from_secs(a.target.timeout),
                         servers: a.servers.sel(),
+                        tls,
                     },
                     pool,
                 )

@@ -261,7 +261,10 @@ pub async fn pipeline(
             let t = Instant::now();
             // Write and read concurrently so neither side's socket buffer
             // can stall the other.
-            let (mut rd, mut wr) = c.stream_mut().split();
+            let (mut rd, mut wr) = c
+                .tcp_mut()
+                .ok_or_else(|| SessErr::new(ErrKind::Protocol, "pipeline needs plain TCP"))?
+                .split();
             let write = async {
                 wr.write_all(&burst)
                     .await

@@ -51,6 +51,9 @@ pub fn ms(d: Duration) -> String {
 pub enum ErrKind {
     /// TCP connect failed.
     Connect,
+    /// The TLS handshake failed (certificate not verified, no common
+    /// parameters, connection closed during the handshake).
+    Tls,
     /// The greeting was not `+OK`.
     Greeting,
     /// USER/PASS refused (wrong password, unknown user, throttled).
@@ -59,6 +62,9 @@ pub enum ErrKind {
     InUse,
     /// Any other `-ERR`, or a reply we could not parse.
     Protocol,
+    /// SMTP: a 4xx reply (try again later) that was not retried, or
+    /// failed again on every retry.
+    TempFail,
     /// What we received disagrees with what the server announced: RETR
     /// octets vs. LIST, LIST/UIDL count vs. STAT, or the body hash.
     Verify,
@@ -72,10 +78,12 @@ impl ErrKind {
     pub fn name(self) -> &'static str {
         match self {
             ErrKind::Connect => "connect",
+            ErrKind::Tls => "tls",
             ErrKind::Greeting => "greeting",
             ErrKind::Auth => "auth",
             ErrKind::InUse => "in_use",
             ErrKind::Protocol => "protocol",
+            ErrKind::TempFail => "tempfail",
             ErrKind::Verify => "verify",
             ErrKind::Io => "io",
             ErrKind::Timeout => "timeout",

@@ -4,6 +4,14 @@
 //! Each session: connect, greeting, USER, PASS, STAT, [LIST], UIDL,
 //! RETR 1..k (each checked against LIST; optionally hashed), [DELE], QUIT.
 //! Latency is measured per session, from before `connect` to QUIT's reply.
+//!
+//! With TLS (implicit, as on port 995) the handshake is part of every
+//! session, and so of its latency. Full handshakes: all sessions share one
+//! client configuration that never resumes. Resumption: every user is a
+//! simulated client with its own session store, primed (before the clock
+//! starts) by one connection per user that only reads the greeting and
+//! QUITs, as a returning client would have connected before; each
+//! measured session then offers the ticket its client was given last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::conn::{Conn, nums};
 use crate::procinfo::{self, ServerSel};
 use crate::report::{ErrKind, Errors, ResultLine, SessErr, Summary};
+use crate::tls::{Handshake, TlsClient, TlsSetup};
 use crate::users::UserPool;
 
 /// How many messages each session retrieves.
@@ -50,6 +59,38 @@ pub struct Options {
     pub verify_hash: bool,
     pub timeout: Duration,
     pub servers: ServerSel,
+    /// Implicit TLS (POP3S).
+    pub tls: Option<TlsOptions>,
+}
+
+/// POP3S: who to trust, and whether clients resume their sessions.
+#[derive(Clone)]
+pub struct TlsOptions {
+    pub setup: TlsSetup,
+    /// One session store per user (returning clients), primed before the
+    /// run; otherwise a full handshake for every session.
+    pub resume: bool,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsOptions {{ resume: {} }}", self.resume)
+    }
+}
+
+/// The TLS clients of a run: one shared (full handshakes) or one per user.
+enum Clients {
+    Shared(TlsClient),
+    PerUser(Vec<TlsClient>),
+}
+
+impl Clients {
+    fn get(&self, user: usize) -> &TlsClient {
+        match self {
+            Clients::Shared(c) => c,
+            Clients::PerUser(v) => &v[user],
+        }
+    }
 }
 
 /// What one successful session did.
@@ -59,6 +100,7 @@ struct Done {
     messages: u64,
     octets: u64,
     hashed: u64,
+    handshake: Option<Handshake>,
 }
 
 pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
@@ -73,16 +115,34 @@ pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
             pool.len()
         );
     }
+    let mut errors = Errors::default();
+    let clients = match &opts.tls {
+        None => None,
+        Some(t) if !t.resume => Some(Arc::new(Clients::Shared(t.setup.full()))),
+        Some(t) => {
+            let clients = Arc::new(Clients::PerUser(
+                (0..pool.len()).map(|_| t.setup.resuming()).collect(),
+            ));
+            let primed = prime(&opts, &pool, &clients, &mut errors).await;
+            println!(
+                "pop3 sessions: TLS session stores of {} clients primed ({primed} connected)",
+                pool.len()
+            );
+            Some(clients)
+        }
+    };
     let cpu0 = procinfo::self_cpu();
     let srv0 = opts.servers.cpu_ticks();
     let t0 = Instant::now();
     for _ in 0..opts.concurrency.min(opts.sessions) {
         let (pool, opts, next, tx) = (pool.clone(), opts.clone(), next.clone(), tx.clone());
+        let clients = clients.clone();
         tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < opts.sessions {
                 let (idx, user) = pool.acquire();
                 let user = user.to_string();
-                let r = match tokio::time::timeout(opts.timeout, session(&opts, &user)).await {
+                let tls = clients.as_deref().map(|c| c.get(idx));
+                let r = match tokio::time::timeout(opts.timeout, session(&opts, &user, tls)).await {
                     Ok(r) => r,
                     Err(_) => Err(SessErr::new(
                         ErrKind::Timeout,
@@ -97,9 +157,9 @@ pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
         });
     }
     drop(tx);
-    let mut errors = Errors::default();
     let mut lat = Vec::with_capacity(opts.sessions);
     let (mut messages, mut octets, mut hashed) = (0u64, 0u64, 0u64);
+    let (mut resumed, mut full, mut negotiated) = (0u64, 0u64, None);
     while let Some((user, r)) = rx.recv().await {
         match r {
             Ok(d) => {
@@ -107,6 +167,14 @@ pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
                 messages += d.messages;
                 octets += d.octets;
                 hashed += d.hashed;
+                if let Some(h) = d.handshake {
+                    if h.resumed {
+                        resumed += 1;
+                    } else {
+                        full += 1;
+                    }
+                    negotiated.get_or_insert(h);
+                }
             }
             Err(e) => errors.record(&e, &user),
         }
@@ -139,6 +207,17 @@ pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
             String::new()
         }
     );
+    if let Some(t) = &opts.tls {
+        println!(
+            "  TLS ({}): {full} full handshakes, {resumed} resumed{}",
+            negotiated.map_or_else(|| "-".to_string(), |h| h.describe()),
+            if t.resume {
+                " (each user a returning client with its own session store)"
+            } else {
+                " (resumption off)"
+            }
+        );
+    }
     crate::report::print_latency("session latency ms", &s);
     let server = (!opts.servers.is_empty()).then_some(srv_cpu);
     crate::report::print_cpu(cpu, secs, server.map(|d| (d, ok, "session")));
@@ -155,14 +234,79 @@ pub async fn run(opts: Options, pool: UserPool) -> anyhow::Result<bool> {
         .kv("hashes_checked", hashed)
         .latency(&s)
         .cpu(cpu, secs, server);
+    if let Some(t) = &opts.tls {
+        r.kv("tls_resume", u8::from(t.resume))
+            .kv("tls_full", full)
+            .kv("tls_resumed", resumed)
+            .kv(
+                "tls",
+                negotiated.map_or_else(|| "-".to_string(), |h| h.describe()),
+            );
+    }
     errors.report(&mut r);
     r.print();
     Ok(errors.total() == 0 && ok == opts.sessions)
 }
 
-async fn session(opts: &Options, user: &str) -> Result<Done, SessErr> {
+/// Connect each user's client once (handshake, greeting, QUIT) so that
+/// its session store holds what the server issued; `concurrency` at a
+/// time. Returns how many connected; failures are recorded.
+async fn prime(
+    opts: &Arc<Options>,
+    pool: &Arc<UserPool>,
+    clients: &Arc<Clients>,
+    errors: &mut Errors,
+) -> usize {
+    let next = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<(), SessErr>)>();
+    for _ in 0..opts.concurrency.min(pool.len()) {
+        let (opts, pool, clients, next, tx) = (
+            opts.clone(),
+            pool.clone(),
+            clients.clone(),
+            next.clone(),
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pool.len() {
+                    return;
+                }
+                let r = tokio::time::timeout(opts.timeout, async {
+                    let (mut c, _) = Conn::open_tls(opts.addr, clients.get(i)).await?;
+                    c.quit().await
+                })
+                .await
+                .unwrap_or_else(|_| Err(SessErr::new(ErrKind::Timeout, "priming connection")));
+                if tx.send((i, r)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut ok = 0;
+    while let Some((i, r)) = rx.recv().await {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => errors.record(&e, &format!("priming the TLS client of {}", pool.name(i))),
+        }
+    }
+    ok
+}
+
+async fn session(opts: &Options, user: &str, tls: Option<&TlsClient>) -> Result<Done, SessErr> {
     let start = Instant::now();
-    let mut c = Conn::open(opts.addr).await?;
+    let mut handshake = None;
+    let mut c = match tls {
+        None => Conn::open(opts.addr).await?,
+        Some(t) => {
+            let (c, h) = Conn::open_tls(opts.addr, t).await?;
+            handshake = Some(h);
+            c
+        }
+    };
     c.login(user, &opts.password).await?;
     let stat = c.command("STAT").await?;
     let (count, total) =
@@ -203,7 +347,10 @@ async fn session(opts: &Options, user: &str) -> Result<Done, SessErr> {
             format!("UIDL listed {uids} messages, STAT said {count}"),
         ));
     }
-    let mut done = Done::default();
+    let mut done = Done {
+        handshake,
+        ..Done::default()
+    };
     for n in 1..=want {
         c.command(&format!("RETR {n}")).await?;
         let body = c.retr_body(opts.verify_hash).await?;

@@ -79,6 +79,11 @@ impl UserPool {
         self.users.len()
     }
 
+    /// The user at `index`.
+    pub fn name(&self, index: usize) -> &str {
+        &self.users[index]
+    }
+
     /// Take the next free user (or, if all are busy, the next one anyway).
     pub fn acquire(&self) -> (usize, &str) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());

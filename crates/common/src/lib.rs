@@ -19,6 +19,8 @@
 //!   certificate verifier.
 //! - [`text`]: making untrusted text safe for a log line or a terminal.
 //! - [`unix`]: the real user running the process.
+//! - [`privileges`] (feature `privileges`): giving up root for a system
+//!   user, and the data directory that user must own.
 #![forbid(unsafe_code)]
 
 pub mod content;
@@ -26,6 +28,8 @@ pub mod date;
 pub mod durable;
 pub mod ids;
 pub mod maildir_name;
+#[cfg(feature = "privileges")]
+pub mod privileges;
 #[cfg(feature = "dns")]
 pub mod resolver;
 pub mod text;

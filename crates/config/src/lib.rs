@@ -47,6 +47,19 @@ pub struct Config {
     pub hostname: String,
     /// Seconds a shutdown (SIGTERM/SIGINT) waits for sessions to finish.
     pub shutdown_timeout_secs: u64,
+    /// The system user `serve` runs as (and other commands that touch
+    /// data_dir, when started as root). Started as root, `serve` opens its
+    /// listeners, then switches to this user (and its groups) before it
+    /// reads or writes any data or accepts a connection. Empty: keep the
+    /// user the process was started as. Production: "postoffice".
+    pub user: String,
+    /// Let `serve` go on running as root (uid 0) when `user` is empty. Off:
+    /// a server started as root without `user` refuses to listen on any
+    /// address off loopback, because a mail server parses hostile input all
+    /// day (a loopback-only trial runs, with a warning). The environment variable
+    /// POSTOFFICE_ALLOW_ROOT=1 does the same (for test machines and
+    /// containers whose config is generated).
+    pub allow_root: bool,
     /// The POP3 listeners (`[pop3]`).
     pub pop3: Pop3,
     /// The SMTP (MX) listener (`[smtp]`).
@@ -81,6 +94,8 @@ impl Default for Config {
             data_dir: PathBuf::from("postoffice-data"),
             hostname: default_hostname(),
             shutdown_timeout_secs: 30,
+            user: String::new(),
+            allow_root: false,
             pop3: Pop3::default(),
             smtp: Smtp::default(),
             submission: Submission::default(),
@@ -500,15 +515,69 @@ impl Default for Dns {
     }
 }
 
-/// TLS certificate. Without cert/key a self-signed certificate for
+/// TLS certificates. Without any, a self-signed certificate for
 /// `hostname` is generated in `data_dir/tls/` on first start.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Every pair (`cert`/`key` first, then each of `certificates`) answers
+/// for the DNS names in its certificate (subjectAltName, wildcards
+/// included): a client that asks for a name (SNI) gets the pair holding
+/// it; one that asks for none, or for a name no pair holds, gets the first
+/// pair. The files are read again on SIGHUP and when they change (checked
+/// every `reload_check_secs`); a file that does not load keeps the pair
+/// already in use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// PEM certificate chain.
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: Option<PathBuf>,
+    /// More certificate/key pairs, one per host name the server answers
+    /// to: [{ cert = "...", key = "..." }, ...].
+    pub certificates: Vec<CertKey>,
+    /// Seconds between checks of the certificate files for a change (a
+    /// renewal, a symlink swap). 0: reload only on SIGHUP.
+    pub reload_check_secs: u64,
+    /// Log a warning when a certificate expires within this many days.
+    pub expiry_warning_days: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: None,
+            key: None,
+            certificates: Vec::new(),
+            reload_check_secs: 5,
+            expiry_warning_days: 14,
+        }
+    }
+}
+
+impl Tls {
+    /// Every configured pair, `cert`/`key` first; empty when none is
+    /// configured (then a self-signed one is generated).
+    pub fn pairs(&self) -> Vec<CertKey> {
+        let mut all = Vec::new();
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            all.push(CertKey {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        all.extend(self.certificates.iter().cloned());
+        all
+    }
+}
+
+/// One certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKey {
+    /// PEM certificate chain (leaf first), e.g. certbot's fullchain.pem.
+    pub cert: PathBuf,
+    /// PEM private key, e.g. certbot's privkey.pem.
+    pub key: PathBuf,
 }
 
 /// Provider policy defaults; domains and users may override them
@@ -615,12 +684,17 @@ pub struct Log {
     /// error, warn, info, debug or trace; or a tracing filter such as
     /// "info,postoffice_server=debug". RUST_LOG overrides it.
     pub level: String,
+    /// "text" (one human-readable line per event) or "json" (one JSON
+    /// object per line, for log shippers; the fields are listed in the
+    /// README).
+    pub format: LogFormat,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -661,6 +735,16 @@ impl Default for Http {
             request_timeout_secs: 30,
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-01-01T00:00:00Z  INFO pop3 session user=... ip=...`
+    Text,
+    /// `{"timestamp":"...","level":"INFO","message":"pop3 session","user":"..."}`
+    Json,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -725,6 +809,19 @@ pub fn default_hostname() -> String {
 }
 
 impl Config {
+    /// Every address of the `listen` and `listen_tls` keys.
+    pub fn listen_addrs(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.pop3
+            .listen
+            .iter()
+            .chain(&self.pop3.listen_tls)
+            .chain(&self.smtp.listen)
+            .chain(&self.submission.listen)
+            .chain(&self.submission.listen_tls)
+            .chain(&self.http.listen)
+            .chain(&self.http.listen_tls)
+    }
+
     /// Parse TOML text. `path` is only used in error messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -766,6 +863,14 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key must be given together");
+        }
+        if !self.user.is_empty()
+            && !self
+                .user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return bad("user must be a system user name (letters, digits, '_', '-', '.')");
         }
         if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
             return bad(
@@ -936,6 +1041,10 @@ impl Config {
         }
         if let Some(k) = &mut self.tls.key {
             fix(k);
+        }
+        for pair in &mut self.tls.certificates {
+            fix(&mut pair.cert);
+            fix(&mut pair.key);
         }
         if let Some(p) = &mut self.queue.relay_password_file {
             fix(p);
@@ -1118,6 +1227,50 @@ relay_password_file = "secrets/global.pass"
                 "config key {key} is not documented in {}",
                 example_path.display()
             );
+        }
+    }
+
+    /// The production config (the Debian package's /etc/postoffice/
+    /// postoffice.toml) loads and says what it is for: the standard ports,
+    /// a user to switch to, real certificate paths.
+    #[test]
+    fn production_config_loads_with_standard_ports() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/postoffice.production.toml");
+        let text = std::fs::read_to_string(&path).expect("production config exists");
+        let c = Config::from_toml(&text, &path).expect("production config is valid");
+        let ports = |l: &[SocketAddr]| l.iter().map(|a| a.port()).collect::<Vec<_>>();
+        assert_eq!(ports(&c.pop3.listen), [110]);
+        assert_eq!(ports(&c.pop3.listen_tls), [995]);
+        assert_eq!(ports(&c.smtp.listen), [25]);
+        assert_eq!(ports(&c.submission.listen), [587]);
+        assert_eq!(ports(&c.submission.listen_tls), [465]);
+        assert_eq!(c.user, "postoffice");
+        assert!(!c.allow_root);
+        assert_eq!(c.data_dir, Path::new("/var/lib/postoffice"));
+        assert_eq!(c.tls.pairs().len(), 1);
+    }
+
+    #[test]
+    fn several_certificates_and_the_log_format_parse() {
+        let text = "[tls]\ncertificates = [{ cert = \"a.pem\", key = \"a.key\" }]\n\
+                    reload_check_secs = 0\n[log]\nformat = \"json\"\n";
+        let mut c = Config::from_toml(text, Path::new("x")).unwrap();
+        c.resolve_paths(Path::new("/etc/postoffice"));
+        assert_eq!(
+            c.tls.pairs(),
+            vec![CertKey {
+                cert: "/etc/postoffice/a.pem".into(),
+                key: "/etc/postoffice/a.key".into()
+            }]
+        );
+        assert_eq!(c.log.format, LogFormat::Json);
+        for bad in [
+            "[log]\nformat = \"xml\"",
+            "[tls]\ncertificates = [{ cert = \"a.pem\" }]",
+            "user = \"bad user\"",
+        ] {
+            assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
         }
     }
 

@@ -119,6 +119,35 @@ pub fn generate(data_dir: &Path, domain: &str, algorithm: Algorithm) -> Result<S
     Ok(record)
 }
 
+/// The TXT record value for the key that signs `domain`'s mail now
+/// (`v=DKIM1; k=...; p=...`), or `None` when the domain has no key.
+pub fn public_record(data_dir: &Path, domain: &str) -> Result<Option<String>, DkimError> {
+    let path = key_path(data_dir, domain);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |e: &dyn std::fmt::Display| DkimError::Generate(format!("{}: {e}", path.display()));
+    let key = PrivateKeyDer::from_pem_file(&path).map_err(|e| bad(&e))?;
+    let PrivateKeyDer::Pkcs8(p8) = &key else {
+        return Err(bad(&"not a PKCS#8 key"));
+    };
+    if let Ok(k) = Ed25519Key::from_pkcs8_der(p8.secret_pkcs8_der()) {
+        return Ok(Some(format!(
+            "v=DKIM1; k=ed25519; p={}",
+            STANDARD.encode(k.public_key())
+        )));
+    }
+    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+    let rsa = rsa::RsaPrivateKey::from_pkcs8_der(p8.secret_pkcs8_der()).map_err(|e| bad(&e))?;
+    let public = rsa::RsaPublicKey::from(&rsa)
+        .to_public_key_der()
+        .map_err(|e| bad(&e))?;
+    Ok(Some(format!(
+        "v=DKIM1; k=rsa; p={}",
+        STANDARD.encode(public.as_bytes())
+    )))
+}
+
 fn pem_encode(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -233,5 +262,23 @@ mod tests {
             "no key, no signature"
         );
         assert!(signer.sign("../etc", msg).is_none());
+    }
+
+    /// The record printed by `generate` is the one derived again from the
+    /// stored key (what `postoffice dns` prints and checks).
+    #[test]
+    fn public_record_matches_the_generated_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for (domain, algo) in [
+            ("ed.test", Algorithm::Ed25519),
+            ("rsa.test", Algorithm::Rsa2048),
+        ] {
+            let record = generate(dir.path(), domain, algo).unwrap();
+            assert_eq!(
+                public_record(dir.path(), domain).unwrap().as_deref(),
+                Some(record.as_str())
+            );
+        }
+        assert_eq!(public_record(dir.path(), "none.test").unwrap(), None);
     }
 }

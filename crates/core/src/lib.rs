@@ -24,6 +24,8 @@
 //!   Message-ID, DKIM, local delivery and the queue, all or nothing.
 //! - [`sendmail`]: the message preparation of `postoffice sendmail`.
 //! - [`dkim`]: signing keys and signatures.
+//! - [`dns`]: the DNS records a domain needs (`postoffice dns`), and
+//!   checking what is published (`postoffice dns check`).
 //! - [`trace`]: `Return-Path`, `Received`, and removing forged verdicts.
 //! - [`retention`]: the retention sweep.
 //! - [`metrics`]: what the server counts, in the Prometheus text format.
@@ -43,6 +45,7 @@ pub mod auth_cache;
 pub mod author;
 pub mod delivery;
 pub mod dkim;
+pub mod dns;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

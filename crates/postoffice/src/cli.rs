@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 use std::io::{BufRead, IsTerminal, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,7 +20,8 @@ use postoffice_store::MailStore;
 #[derive(Parser, Debug)]
 #[command(name = "postoffice", version, propagate_version = true)]
 struct Cli {
-    /// Config file (TOML). Without one, built-in defaults apply.
+    /// Config file (TOML). Default: /etc/postoffice/postoffice.toml when
+    /// it exists (the Debian package's), else the built-in defaults.
     #[arg(
         short,
         long,
@@ -37,10 +39,23 @@ struct Cli {
 enum Command {
     /// Run the mail server: POP3 (STLS) and POP3S, SMTP for incoming mail,
     /// submission (587/465) and the outbound queue.
+    ///
+    /// Listening sockets come from systemd socket activation when it passes
+    /// them (LISTEN_FDS, with FileDescriptorName= pop3, pop3s, smtp,
+    /// submission or submissions; the listen keys are then not used), or
+    /// are bound from the config. Started as root, the server switches to
+    /// the config's `user` right after opening them, before reading any
+    /// data; without `user` it refuses to run as root on an address off
+    /// loopback unless `allow_root = true`. SIGHUP reads the TLS certificates again (so do changes to
+    /// their files); SIGTERM and SIGINT stop it gracefully.
     Serve,
     /// Validate the configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print the DNS records a mail domain needs (MX, address and PTR, SPF,
+    /// DKIM, DMARC, RFC 6186 SRV, autoconfig and autodiscover), ready to
+    /// paste into a zone file; `dns check DOMAIN` queries them.
+    Dns(DnsArgs),
     /// Manage the domains this server receives mail for.
     #[command(subcommand)]
     Domain(DomainCmd),
@@ -85,6 +100,37 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// `postoffice dns DOMAIN` or `postoffice dns check DOMAIN`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct DnsArgs {
+    #[command(flatten)]
+    records: DnsRecordArgs,
+    #[command(subcommand)]
+    command: Option<DnsCmd>,
+}
+
+#[derive(Args, Debug)]
+struct DnsRecordArgs {
+    /// The mail domain, e.g. example.org.
+    domain: Option<String>,
+    /// The server's public address (repeat for IPv4 and IPv6). Default:
+    /// the addresses the server's hostname resolves to.
+    #[arg(long = "ip", value_name = "ADDRESS")]
+    ips: Vec<std::net::IpAddr>,
+    /// Where DMARC aggregate reports go (default: postmaster@DOMAIN).
+    #[arg(long, value_name = "ADDRESS")]
+    report_address: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DnsCmd {
+    /// Query every record through the configured resolver ([dns]) and
+    /// report, record by record, what is right, missing or wrong. Exit
+    /// status 0 only when every record is right, 1 otherwise.
+    Check(DnsRecordArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,7 +204,9 @@ enum QuarantineCmd {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
-    /// Check the config file and print the effective configuration.
+    /// Check the config file and print the effective configuration, then
+    /// each TLS certificate's names and expiry (as comments). Exits
+    /// non-zero when a certificate or key does not load.
     Check,
 }
 
@@ -301,6 +349,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The config file used when none is named: the Debian package's.
+const SYSTEM_CONFIG: &str = "/etc/postoffice/postoffice.toml";
+
 fn load_config(path: Option<&Path>) -> Result<Config> {
     let mut cfg = match path {
         Some(p) => {
@@ -329,28 +380,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fetch(args) => return postoffice_fetch::run(args),
         other => other,
     };
-    let config = match load_config(cli.config.as_deref()) {
+    // The package's config, so that `postoffice user add ...` and
+    // /usr/sbin/sendmail work on an installed server without --config.
+    let config_path = cli.config.clone().or_else(|| {
+        let system = Path::new(SYSTEM_CONFIG);
+        system.exists().then(|| system.to_path_buf())
+    });
+    let config = match load_config(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postoffice: {e:#}");
             return Ok(ExitCode::from(sysexits::CONFIG));
         }
     };
+    // Who runs sendmail decides its sender rights: read it before any
+    // switch of user.
+    let invoker = postoffice_common::unix::current_user();
+    // Run as root, every command but serve (which binds first) becomes the
+    // configured user at once, so what it creates belongs to the server.
+    match &command {
+        Command::Serve => {}
+        Command::Config(_) => become_user(&config, false)?,
+        _ => become_user(&config, true)?,
+    }
     match command {
         Command::Fetch(_) => unreachable!("handled above"),
-        Command::Serve => serve(config, cli.config.as_deref()),
-        Command::Config(ConfigCmd::Check) => {
-            print!("{}", config.to_toml_redacted());
-            if let Some(w) = cli
-                .config
-                .as_deref()
-                .and_then(|p| config.secrets_warning(p))
-            {
-                eprintln!("warning: {w}");
-            }
-            eprintln!("config OK");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve => serve(config, config_path.as_deref()),
+        Command::Config(ConfigCmd::Check) => config_check(&config, config_path.as_deref()),
+        Command::Dns(args) => dns(&config, args),
         Command::Domain(cmd) => domain(&config, cmd),
         Command::User(cmd) => user(&config, cmd),
         Command::Admin(cmd) => admin(&config, cmd),
@@ -358,7 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Expire { dry_run } => expire(&config, dry_run),
         Command::Quarantine(cmd) => quarantine(&config, cmd),
         Command::Queue(cmd) => queue_cmd(&config, cmd),
-        Command::Sendmail(args) => sendmail(&config, args),
+        Command::Sendmail(args) => sendmail(&config, args, invoker),
         Command::Dkim(DkimCmd::Generate { domain, algorithm }) => {
             let domain = normalize_domain(&domain)?;
             let algo = if algorithm == "ed25519" {
@@ -389,18 +446,109 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match config.log.format {
+        postoffice_config::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        // One object per line: the event's fields at the top level, the
+        // connection's span (name and peer) under "span".
+        postoffice_config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// Whether running as root was allowed (config or environment).
+fn root_allowed(config: &Config) -> bool {
+    config.allow_root || std::env::var("POSTOFFICE_ALLOW_ROOT").is_ok_and(|v| v == "1")
+}
+
+/// Run as root with `user` configured: become that user (after creating
+/// the data directory for it when `prepare`). Otherwise nothing changes.
+fn become_user(config: &Config, prepare: bool) -> Result<()> {
+    use postoffice_common::privileges;
+    if config.user.is_empty() || !privileges::is_root() {
+        return Ok(());
+    }
+    let user = privileges::lookup(&config.user)?;
+    if prepare {
+        privileges::prepare_data_dir(&config.data_dir, &user)?;
+    }
+    privileges::switch_to(&user)?;
+    Ok(())
+}
+
+/// The server's switch: after the listeners are open and before anything
+/// else. A server left running as root must have been allowed to.
+fn drop_privileges_for_serve(config: &Config, listeners: &[SocketAddr]) -> Result<()> {
+    use postoffice_common::privileges;
+    if !config.user.is_empty() {
+        let user = privileges::lookup(&config.user)?;
+        let before = privileges::effective_uid();
+        if before == 0 {
+            privileges::prepare_data_dir(&config.data_dir, &user)?;
+            privileges::switch_to(&user)?;
+            tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, "listeners open; now running as {}", user.name);
+        } else if before != user.uid {
+            tracing::warn!(
+                uid = before,
+                "running as uid {before}, not as the configured user {} (only root can switch)",
+                user.name
+            );
+        }
+        return Ok(());
+    }
+    root_check(config, listeners)
+}
+
+/// Without `user`, root may serve only when allowed, or when every
+/// listener is on loopback: a trial run (the README's first command) that
+/// nothing off the machine can reach. Checked against the configured
+/// addresses before binding, and against systemd's sockets once passed.
+fn root_check<'a>(config: &Config, addrs: impl IntoIterator<Item = &'a SocketAddr>) -> Result<()> {
+    use postoffice_common::privileges;
+    if !config.user.is_empty() || !privileges::is_root() || root_allowed(config) {
+        return Ok(());
+    }
+    if let Some(public) = addrs.into_iter().find(|a| !a.ip().is_loopback()) {
+        bail!(
+            "refusing to run as root listening on {public}: a mail server reads hostile input \
+             all day. Set `user = \"postoffice\"` (a system user) in the config: the server \
+             opens its ports as root, then switches to that user. Or set `allow_root = true` (or \
+             POSTOFFICE_ALLOW_ROOT=1) to run as root anyway"
+        );
+    }
+    Ok(())
 }
 
 fn serve(config: Config, path: Option<&Path>) -> Result<ExitCode> {
     init_logging(&config);
     if let Some(w) = path.and_then(|p| config.secrets_warning(p)) {
         tracing::warn!("{w}");
+    }
+    // The sockets first (systemd's, or bound here while still root), then
+    // give up root, and only then read data and certificates.
+    root_check(&config, config.listen_addrs())?;
+    let listeners = postoffice_server::Listeners::open(&config)?;
+    let bound: Vec<SocketAddr> = listeners.addrs().into_iter().map(|(_, a)| a).collect();
+    if listeners.activated() {
+        tracing::info!(
+            sockets = listeners.addrs().len(),
+            "using the sockets passed by systemd; the listen keys of the config are not used"
+        );
+    }
+    drop_privileges_for_serve(&config, &bound)?;
+    if postoffice_common::privileges::is_root() && config.user.is_empty() {
+        tracing::warn!(
+            "running as root (no `user` in the config): fine for a trial on loopback; set `user = \"postoffice\"` before serving the network"
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -414,7 +562,7 @@ fn serve(config: Config, path: Option<&Path>) -> Result<ExitCode> {
         // Install the signal handlers before anything else, so a SIGTERM
         // that arrives during start-up still means a graceful stop.
         let stop = stop_signal()?;
-        let server = postoffice_server::Server::bind(config.clone()).await?;
+        let server = postoffice_server::Server::start(config.clone(), listeners).await?;
         print_banner(&config, &server);
         server.run(stop).await
     })?;
@@ -437,7 +585,6 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 fn print_banner(config: &Config, server: &postoffice_server::Server) {
     use postoffice_server::Service;
-    let (cert, _, generated) = postoffice_server::tls::cert_paths(config);
     println!(
         "postoffice is running; data in {}",
         config.data_dir.display()
@@ -457,11 +604,19 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
             Service::Https => println!("  HTTPS  {addr}  (the same over TLS)"),
         }
     }
-    println!(
-        "  TLS certificate: {}{}",
-        cert.display(),
-        if generated { " (self-signed)" } else { "" }
-    );
+    let certs = server.certificates();
+    for (pair, info) in certs.certificates() {
+        println!(
+            "  TLS certificate: {} ({}{})",
+            pair.cert.display(),
+            if certs.generated() {
+                "self-signed; "
+            } else {
+                ""
+            },
+            info
+        );
+    }
     let users = server.app().directory.snapshot().users().count();
     let me = std::env::args()
         .next()
@@ -483,6 +638,133 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
     }
     println!("  printf 'secret\\n' | {me}{config_arg} user add alice@localhost --password-stdin");
     println!("Stop with Ctrl-C.");
+}
+
+fn config_check(config: &Config, path: Option<&Path>) -> Result<ExitCode> {
+    match path {
+        Some(p) => eprintln!("config file: {}", p.display()),
+        None => eprintln!("no config file: the built-in defaults apply"),
+    }
+    print!("{}", config.to_toml_redacted());
+    if let Some(w) = path.and_then(|p| config.secrets_warning(p)) {
+        eprintln!("warning: {w}");
+    }
+    // Each certificate as the server would load it: names and expiry, as
+    // TOML comments so that the output stays a valid config file.
+    let (pairs, generated) = postoffice_server::tls::configured_pairs(config);
+    let mut bad = 0;
+    println!();
+    for pair in &pairs {
+        if generated && !pair.cert.exists() {
+            println!(
+                "# TLS: no certificate configured; `serve` generates a self-signed one in {}",
+                pair.cert.display()
+            );
+            continue;
+        }
+        match postoffice_server::tls::inspect(pair) {
+            Ok(info) => {
+                println!("# TLS certificate {}", pair.cert.display());
+                println!("#   names:   {}", info.names.join(", "));
+                let days = info.days_left(std::time::SystemTime::now());
+                println!(
+                    "#   expires: {} ({})",
+                    postoffice_common::date::rfc5322(info.not_after),
+                    if days < 0 {
+                        "EXPIRED".to_string()
+                    } else {
+                        format!("in {days} days")
+                    }
+                );
+                println!("#   sha256:  {}", info.sha256);
+                if days < config.tls.expiry_warning_days as i64 {
+                    eprintln!(
+                        "warning: TLS certificate {} {}",
+                        pair.cert.display(),
+                        if days < 0 {
+                            "has expired".to_string()
+                        } else {
+                            format!("expires in {days} days")
+                        }
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("postoffice: {e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("config NOT OK: {bad} TLS certificate(s) do not load");
+        return Ok(ExitCode::from(sysexits::CONFIG));
+    }
+    eprintln!("config OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dns(config: &Config, args: DnsArgs) -> Result<ExitCode> {
+    use postoffice_core::dns;
+    let (records, check) = match args.command {
+        Some(DnsCmd::Check(r)) => (r, true),
+        None => (args.records, false),
+    };
+    let Some(domain) = records.domain else {
+        bail!("name the domain: `postoffice dns DOMAIN` or `postoffice dns check DOMAIN`");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut setup = dns::Setup::from_config(config, &domain, records.ips, records.report_address)?;
+    if check {
+        let findings = rt.block_on(dns::check(&setup, config))?;
+        let bad = findings
+            .iter()
+            .filter(|f| f.verdict != dns::Verdict::Ok)
+            .count();
+        for f in &findings {
+            println!("{f}");
+        }
+        if bad == 0 {
+            println!(
+                "all {} records of {} are right",
+                findings.len(),
+                setup.domain
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{bad} of {} records of {} need attention (`postoffice dns {}` prints them)",
+            findings.len(),
+            setup.domain,
+            setup.domain
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if setup.addresses.is_empty() {
+        // The hostname's current addresses, when it already resolves.
+        setup.addresses = rt
+            .block_on(async {
+                let resolver = postoffice_common::resolver::build(&config.dns, 16).ok()?;
+                let ips = resolver
+                    .lookup_ip(format!("{}.", setup.hostname))
+                    .await
+                    .ok()?;
+                Some(ips.iter().collect::<Vec<_>>())
+            })
+            .unwrap_or_default();
+    }
+    println!(
+        "; DNS records for {} (mail server {}). Paste them into the zone of {}",
+        setup.domain, setup.hostname, setup.domain
+    );
+    println!("; (PTR records go to whoever provides the address, often in its web console).");
+    for r in dns::records(&setup) {
+        println!(";; {}: {}", r.kind.as_str(), r.note);
+        println!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_password(from_stdin: bool) -> Result<(String, bool)> {
@@ -727,7 +1009,11 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
+fn sendmail(
+    config: &Config,
+    args: SendmailArgs,
+    invoker: Option<postoffice_common::unix::User>,
+) -> Result<ExitCode> {
     use postoffice_core::sendmail::{Request, Sent};
     const USAGE: u8 = 64;
     if let Some(mode) = &args.mode
@@ -745,8 +1031,7 @@ fn sendmail(config: &Config, args: SendmailArgs) -> Result<ExitCode> {
         from_headers: args.from_headers,
         sender: args.sender,
         full_name: args.full_name,
-        user: postoffice_common::unix::current_user()
-            .context("cannot tell which local user runs sendmail (/proc/self/status)")?,
+        user: invoker.context("cannot tell which local user runs sendmail (/proc/self/status)")?,
     };
     // The message is read as it comes (a large one goes to the spool).
     let mut stdin = std::io::stdin().lock();

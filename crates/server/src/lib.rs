@@ -4,12 +4,16 @@
 //! `postoffice-smtp`) and no application logic (that is `postoffice-core`:
 //! logins, delivery, submission policy).
 //!
-//! - [`Server::bind`] opens every listener (so port errors surface before
-//!   anything else happens) and [`Server::run`] serves until shut down.
+//! - [`listeners::Listeners::open`] takes the sockets systemd passed or
+//!   binds the configured addresses (before the process gives up root);
+//!   [`Server::start`] prepares everything else on them, [`Server::bind`]
+//!   does both, and [`Server::run`] serves until shut down.
 //! - [`pop3`] drives one POP3 connection, [`smtp`] one SMTP or submission
 //!   connection, [`http`] hands one HTTP(S) connection to
 //!   `postoffice-http` (the web interface, API, metrics, autoconfig).
-//! - [`tls`] loads (or generates) the certificate and runs handshakes.
+//! - [`tls`] loads (or generates) the certificates, picks one per
+//!   handshake by SNI, reloads them on SIGHUP or when the files change, and
+//!   runs handshakes.
 //! - [`limits`] caps connections in total and per client network.
 //! - [`outbound`] runs the outbound queue's scheduler beside the listeners.
 //! - [`shutdown`] broadcasts the stop signal.
@@ -17,6 +21,7 @@
 
 pub mod http;
 pub mod limits;
+pub mod listeners;
 pub mod outbound;
 pub mod pop3;
 pub mod shutdown;
@@ -39,10 +44,11 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::limits::{ConnLimiter, Refused};
+pub use crate::listeners::Listeners;
 use crate::shutdown::{Shutdown, Trigger};
 
 /// What kind of service a listener offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
     /// POP3 on 110 (STLS offered).
     Pop3,
@@ -73,6 +79,36 @@ impl Service {
             Service::Http => protocol::HTTP,
             Service::Https => protocol::HTTPS,
         }
+    }
+
+    /// Every service, in the order of the config file.
+    pub const ALL: [Service; 7] = [
+        Service::Pop3,
+        Service::Pop3s,
+        Service::Smtp,
+        Service::Submission,
+        Service::Submissions,
+        Service::Http,
+        Service::Https,
+    ];
+
+    /// Its name in systemd's `FileDescriptorName=` (and RFC 6186's SRV
+    /// labels): pop3, pop3s, smtp, submission, submissions, http, https.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Pop3 => "pop3",
+            Service::Pop3s => "pop3s",
+            Service::Smtp => "smtp",
+            Service::Submission => "submission",
+            Service::Submissions => "submissions",
+            Service::Http => "http",
+            Service::Https => "https",
+        }
+    }
+
+    /// The service called `name` (see [`Service::name`]).
+    pub fn from_name(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -109,31 +145,36 @@ pub struct Server {
     shared: Arc<Shared>,
     queue: Arc<postoffice_queue::Queue>,
     listeners: Vec<(Service, TcpListener)>,
+    certs: Arc<tls::CertStore>,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Server {
-    /// Prepare TLS, open the directory and bind every listener.
+    /// Bind every configured listener, then [`Server::start`].
     pub async fn bind(config: Config) -> Result<Server> {
+        let listeners = Listeners::bind(&config)?;
+        Server::start(config, listeners).await
+    }
+
+    /// Prepare TLS, open the directory, the queue and the application, on
+    /// `listeners` (from [`Listeners::open`]). Must run inside the tokio
+    /// runtime.
+    pub async fn start(config: Config, listeners: Listeners) -> Result<Server> {
         postoffice_common::durable::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         warn_if_shared(&config.data_dir);
-        let tls = tls::acceptor(&config).context("setting up TLS")?;
-        let mut listeners = Vec::new();
-        for (service, addrs) in [
-            (Service::Pop3, &config.pop3.listen),
-            (Service::Pop3s, &config.pop3.listen_tls),
-            (Service::Smtp, &config.smtp.listen),
-            (Service::Submission, &config.submission.listen),
-            (Service::Submissions, &config.submission.listen_tls),
-            (Service::Http, &config.http.listen),
-            (Service::Https, &config.http.listen_tls),
-        ] {
-            for addr in addrs {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} ({service:?}); is another server running there? Change the listen addresses ([pop3], [smtp], [submission], [http]) in the config"))?;
-                listeners.push((service, l));
-            }
+        // SIGHUP reloads the certificates; its handler is in place before
+        // the first connection, as the default action would end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        let certs = tls::CertStore::load(&config)?;
+        let tls = certs.acceptor()?;
+        let mut bound = Vec::new();
+        for (service, socket) in listeners.sockets {
+            let addr = socket.local_addr().ok();
+            let l = TcpListener::from_std(socket)
+                .with_context(|| format!("cannot use the {} socket {addr:?}", service.name()))?;
+            bound.push((service, l));
         }
         let queue = Arc::new(
             postoffice_queue::Queue::open(&config.data_dir, &config.queue)
@@ -142,7 +183,7 @@ impl Server {
         let app = Arc::new(App::new(config).context("setting up the server")?);
         app.set_outbound(Arc::clone(&queue) as Arc<dyn postoffice_core::Outbound>);
         let port = |want: Service| {
-            listeners
+            bound
                 .iter()
                 .find(|(s, _)| *s == want)
                 .and_then(|(_, l)| l.local_addr().ok())
@@ -165,8 +206,15 @@ impl Server {
         Ok(Server {
             shared,
             queue,
-            listeners,
+            listeners: bound,
+            certs,
+            hangup,
         })
+    }
+
+    /// The certificates the server presents.
+    pub fn certificates(&self) -> &Arc<tls::CertStore> {
+        &self.certs
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -199,6 +247,12 @@ impl Server {
             let mut sd = shutdown.clone();
             tasks.spawn(async move { http.run_sampler(async move { sd.recv().await }).await });
         }
+        tasks.spawn(tls::watch(
+            Arc::clone(&self.certs),
+            self.hangup,
+            Duration::from_secs(self.shared.app.config.tls.reload_check_secs),
+            shutdown.clone(),
+        ));
         tasks.spawn(outbound::run(
             Arc::clone(&self.shared),
             self.queue,

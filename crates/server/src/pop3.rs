@@ -398,23 +398,31 @@ async fn retrieve<S: AsyncWrite + Unpin>(
     };
     let size = maildrop.messages().get(index).map_or(0, |m| m.size) as usize;
     let first = size.min(CHUNK);
-    // Open and read the first chunk off the async threads.
-    let opened = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let local = maildrop.local_reads();
+    // Open and read the first chunk. For a Maildrop this happens right
+    // here, as nginx reads files in its event loop: the files are small and
+    // usually in the page cache, and handing each RETR to the blocking pool
+    // cost two thread switches per message, the largest item in the
+    // RETR-all profile. A store that waits on the network uses the pool.
+    // Later chunks of a big message are read on the blocking pool while
+    // the previous one is being written.
+    let open = move || -> anyhow::Result<_> {
         let mut reader = maildrop.open_message(index)?;
         let mut buf = Vec::new();
         read_chunk(&mut reader, &mut buf, first + 1)?;
         Ok((reader, buf))
-    })
-    .await;
+    };
+    let opened = if local {
+        open()
+    } else {
+        tokio::task::spawn_blocking(open)
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("message read task failed: {e}")))
+    };
     let (mut reader, mut chunk) = match opened {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            warn!(error = %e, index, "message unavailable");
-            conn.session.retrieve_failed(&mut conn.out);
-            return Ok(());
-        }
+        Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, index, "message read task failed");
+            warn!(error = %e, index, "message unavailable");
             conn.session.retrieve_failed(&mut conn.out);
             return Ok(());
         }

@@ -197,6 +197,15 @@ pub trait Maildrop: Send + Sync {
     /// All indices are checked first: one out of range fails the whole call
     /// with [`StoreError::NoSuchMessage`] before anything is deleted.
     fn commit(&self, deleted: &[usize]) -> Result<CommitReport, StoreError>;
+
+    /// Whether [`Maildrop::open_message`] and the first read are local file
+    /// operations, cheap enough to run on an async worker thread (true for
+    /// a Maildrop, whose files are usually in the page cache). A backend
+    /// that waits on the network keeps the default, `false`, and its reads
+    /// go to the blocking pool.
+    fn local_reads(&self) -> bool {
+        false
+    }
 }
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API).

@@ -237,4 +237,8 @@ impl Maildrop for MaildirDrop {
                 .sum(),
         })
     }
+
+    fn local_reads(&self) -> bool {
+        true
+    }
 }
