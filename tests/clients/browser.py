@@ -179,6 +179,10 @@ class Browser:
                          "--no-first-run", "--disable-background-networking",
                          "--disable-component-update", "--disable-sync",
                          "--disable-dev-shm-usage", "--window-size=1200,1000",
+                         # Nothing leaves the machine: no proxy, and every
+                         # name but loopback's fails to resolve.
+                         "--no-proxy-server",
+                         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
                          f"--user-data-dir={profile}"],
             },
         }}}
@@ -217,7 +221,15 @@ class Browser:
         return [e[ELEMENT] for e in self.s("/elements", "POST", {"using": "css selector", "value": css})]
 
     def text(self, css):
-        return self.s(f"/element/{self.find(css)}/text")
+        """The element's text. The dashboard reloads itself every 10 s: an
+        element found just before a reload is stale after it, so the
+        lookup is repeated (a bounded number of times) when that happens."""
+        for attempt in range(5):
+            try:
+                return self.s(f"/element/{self.find(css)}/text")
+            except AssertionError as e:
+                if "stale element" not in str(e) or attempt == 4:
+                    raise
 
     def type(self, css, text, clear=True):
         el = self.find(css)
