@@ -324,6 +324,11 @@ pub fn smtp_session(data: &[u8]) {
         tls_active: flags & 4 != 0,
         submission: flags & 2 != 0,
         plaintext_auth: flags & 8 == 0,
+        // Small, so that the inputs reach both limits.
+        header_limits: postoffice_smtp::data::HeaderLimits {
+            max_fields: 6,
+            max_bytes: 300,
+        },
     };
     let mut s = postoffice_smtp::ServerSession::new(cfg);
     let mut out = Vec::new();
