@@ -385,6 +385,11 @@ else
         "$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
     done
 fi
+# No web listener either (its default port may be taken; older binaries
+# know no [http]).
+cp "$P_CONF" "$P_CONF.prev"
+printf '[http]\nlisten = []\n' >>"$P_CONF"
+"$PO" --config "$P_CONF" config check >/dev/null 2>&1 || cp "$P_CONF.prev" "$P_CONF"
 # Variants, each a copy of the config above plus one section:
 #   default (P_CONF): [tls] with the RSA certificate when pop3s rows run
 #     (otherwise postoffice's self-signed one, as before); credential cache

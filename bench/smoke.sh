@@ -75,6 +75,8 @@ listen = ["127.0.0.1:0"]
 [submission]
 listen = []
 listen_tls = []
+[http]
+listen = []
 [filter]
 spf = "off"
 dkim = "off"

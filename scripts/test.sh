@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and end-to-end tests, and the
 # real third-party programs (curl, Python poplib/smtplib, fetchmail, swaks,
-# dnsmasq, clamd, Dovecot, strace, systemd's socket activator, dpkg).
+# dnsmasq, clamd, Dovecot, strace, systemd's socket activator, dpkg, promtool,
+# Chromium).
 #
 #   ./scripts/test.sh          everything
 #   ./scripts/test.sh --quick  cargo tests only
@@ -13,12 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(curl fetchmail python3 openssl swaks libnet-ssleay-perl dnsmasq clamav-daemon dovecot-pop3d strace
-    systemd util-linux adduser)
+    systemd util-linux adduser prometheus chromium chromium-driver)
 # Program that proves each package is there.
 declare -A PROGRAM=([curl]=curl [fetchmail]=fetchmail [python3]=python3 [openssl]=openssl
     [swaks]=swaks [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl [dnsmasq]=/usr/sbin/dnsmasq [clamav-daemon]=/usr/sbin/clamd
     [dovecot-pop3d]=/usr/sbin/dovecot [strace]=strace [systemd]=systemd-socket-activate
-    [util-linux]=setpriv [adduser]=/usr/sbin/adduser)
+    [util-linux]=setpriv [adduser]=/usr/sbin/adduser [prometheus]=promtool [chromium]=chromium
+    [chromium-driver]=chromedriver)
 
 have_all() {
     local p
@@ -68,6 +70,8 @@ if [[ "${1:-}" != "--quick" ]]; then
         python3 tests/clients/pipeline.py target/debug/postoffice
     stage "sending: two servers, MX via dnsmasq, DKIM, retries and bounces" \
         python3 tests/clients/sending.py target/debug/postoffice
+    stage "web interface in headless Chromium, promtool on /metrics, autoconfig XML" \
+        python3 tests/clients/browser.py target/debug/postoffice "${SCREENSHOTS:-target/screenshots}"
     stage "postoffice fetch against Dovecot and postoffice" \
         python3 tests/clients/fetch_compare.py target/debug/postoffice
     stage "production: socket activation, user switch, certificate reload and SNI, JSON logs, dns check" \

@@ -127,7 +127,7 @@ class Postoffice:
         self.config = os.path.join(work, "postoffice.toml")
         with open(self.config, "w") as f:
             f.write('data_dir = "data"\nhostname = "localhost"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
-                    'listen_tls = ["127.0.0.1:0"]\n[smtp]\nlisten = []\n[submission]\nlisten = []\nlisten_tls = []\n'
+                    'listen_tls = ["127.0.0.1:0"]\n[smtp]\nlisten = []\n[submission]\nlisten = []\nlisten_tls = []\n[http]\nlisten = []\n'
                     + NO_DNS)
         self.log = open(os.path.join(work, "server.log"), "wb")
         self.proc = subprocess.Popen([BIN, "--config", self.config, "serve"], stdout=subprocess.PIPE,

@@ -117,7 +117,7 @@ class Server:
             f.write(
                 'data_dir = "data"\nhostname = "mx.example.test"\n'
                 '[pop3]\nlisten = ["127.0.0.1:0"]\nlisten_tls = ["127.0.0.1:0"]\n'
-                '[smtp]\nlisten = ["127.0.0.1:0"]\n[submission]\nlisten = []\nlisten_tls = []\n'
+                '[smtp]\nlisten = ["127.0.0.1:0"]\n[submission]\nlisten = []\nlisten_tls = []\n[http]\nlisten = []\n'
                 f'[dns]\nnameservers = ["127.0.0.1:{dns_port}"]\ntimeout_secs = 3\n'
                 '[filter]\ndnsbl_zones = ["dnsbl.test"]\ndnsbl = "reject"\n'
                 'spf = "tag"\ndkim = "tag"\ndmarc = "reject"\n'

@@ -221,7 +221,7 @@ def loopback_ports(n):
 def listen_config(pop3=0, pop3s=0, smtp=0, submission=0, submissions=0):
     return (f'pop3.listen = ["127.0.0.1:{pop3}"]\npop3.listen_tls = ["127.0.0.1:{pop3s}"]\n'
             f'smtp.listen = ["127.0.0.1:{smtp}"]\nsubmission.listen = ["127.0.0.1:{submission}"]\n'
-            f'submission.listen_tls = ["127.0.0.1:{submissions}"]\n')
+            f'submission.listen_tls = ["127.0.0.1:{submissions}"]\nhttp.listen = []\n')
 
 
 BASE = 'data_dir = "data"\nhostname = "mail.example.test"\nshutdown_timeout_secs = 5\n'
@@ -702,6 +702,7 @@ DNS_DIR = os.path.join(WORK, "dns")
 def dns_config(port):
     return (BASE + 'pop3.listen = ["127.0.0.1:110"]\npop3.listen_tls = ["127.0.0.1:995"]\n'
             'submission.listen = ["127.0.0.1:587"]\nsubmission.listen_tls = ["127.0.0.1:465"]\n'
+            'http.listen = []\n'
             f'[dns]\nnameservers = ["127.0.0.1:{port}"]\ntimeout_secs = 2\n')
 
 

@@ -46,7 +46,7 @@ class Server:
             f.write(
                 'data_dir = "data"\nhostname = "localhost"\n'
                 '[pop3]\nlisten = ["127.0.0.1:0"]\nlisten_tls = ["127.0.0.1:0"]\n'
-                '[smtp]\nlisten = ["127.0.0.1:0"]\n[submission]\nlisten = []\nlisten_tls = []\n'
+                '[smtp]\nlisten = ["127.0.0.1:0"]\n[submission]\nlisten = []\nlisten_tls = []\n[http]\nlisten = []\n'
                 + NO_DNS
             )
         self.log = open(os.path.join(workdir, "server.log"), "wb")

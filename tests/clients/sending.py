@@ -60,6 +60,7 @@ class Instance:
                 f'[pop3]\nlisten = ["{ip}:0"]\nlisten_tls = []\n'
                 f'[smtp]\nlisten = ["{ip}:{smtp_port}"]\n'
                 f'[submission]\nlisten = ["{ip}:0"]\nlisten_tls = ["{ip}:0"]\n'
+                '[http]\nlisten = []\n'
                 f'[dns]\nnameservers = ["127.0.0.1:{dns_port}"]\ntimeout_secs = 3\n'
                 f'[queue]\nremote_port = {smtp_port}\nretry_schedule_secs = [2]\nmax_age_secs = 40\n'
                 'delay_warning_secs = 0\nconnect_timeout_secs = 5\ncommand_timeout_secs = 30\n'

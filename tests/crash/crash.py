@@ -107,6 +107,8 @@ free_failures = 1000
 lockout_after = 100000
 [limits]
 max_connections_per_ip = 1000
+[http]
+listen = []
 """ + NO_DNS
         with open(self.config, "w") as f:
             f.write(text)

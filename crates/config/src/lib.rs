@@ -88,6 +88,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging (`[log]`).
     pub log: Log,
+    /// The web interface, metrics and client autoconfiguration (`[http]`).
+    pub http: Http,
 }
 
 impl Default for Config {
@@ -112,6 +114,7 @@ impl Default for Config {
             auth: Auth::default(),
             limits: Limits::default(),
             log: Log::default(),
+            http: Http::default(),
         }
     }
 }
@@ -828,6 +831,44 @@ impl Default for Log {
     }
 }
 
+/// The HTTP listener: the web pages for administrators and users, the JSON
+/// API under `/api/`, Prometheus metrics at `/metrics` and mail client
+/// autoconfiguration (Thunderbird autoconfig, Outlook autodiscover).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Plain HTTP listeners. Loopback by default: put a TLS proxy in front,
+    /// or use listen_tls, before opening it to the network.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners with the server's certificate (`[tls]`).
+    /// Production: ["0.0.0.0:443"] (autoconfig clients ask port 443).
+    pub listen_tls: Vec<SocketAddr>,
+    /// When set, `/metrics` answers only requests carrying
+    /// `Authorization: Bearer <metrics_token>`. Empty: open to anyone who
+    /// reaches the listener.
+    pub metrics_token: String,
+    /// Seconds a web sign-in stays valid.
+    pub session_secs: u64,
+    /// Largest request body accepted (forms, JSON, autodiscover), in
+    /// octets; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Seconds one request may take (reading it included).
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: vec![addr("127.0.0.1:8080")],
+            listen_tls: Vec::new(),
+            metrics_token: String::new(),
+            session_secs: 8 * 3600,
+            max_body_bytes: 64 * 1024,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -909,6 +950,8 @@ impl Config {
             .chain(&self.smtp.listen)
             .chain(&self.submission.listen)
             .chain(&self.submission.listen_tls)
+            .chain(&self.http.listen)
+            .chain(&self.http.listen_tls)
     }
 
     /// Parse TOML text. `path` is only used in error messages.
@@ -1051,6 +1094,23 @@ impl Config {
         if self.pop3.greeting.contains(['\r', '\n']) {
             return bad("pop3.greeting must be one line");
         }
+        if self.http.session_secs < 60 {
+            return bad("http.session_secs must be at least 60");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes must be at least 1024");
+        }
+        if self.http.request_timeout_secs == 0 {
+            return bad("http.request_timeout_secs must be at least 1");
+        }
+        if self
+            .http
+            .metrics_token
+            .bytes()
+            .any(|b| !b.is_ascii_graphic())
+        {
+            return bad("http.metrics_token must be printable ASCII without spaces");
+        }
         Ok(())
     }
 
@@ -1072,6 +1132,9 @@ impl Config {
                 t.password = REDACTED.into();
             }
         }
+        if !shown.http.metrics_token.is_empty() {
+            shown.http.metrics_token = REDACTED.into();
+        }
         shown.to_toml()
     }
 
@@ -1087,6 +1150,9 @@ impl Config {
             if !t.password.is_empty() {
                 keys.push(format!("queue.transports.{domain:?}.password"));
             }
+        }
+        if !self.http.metrics_token.is_empty() {
+            keys.push("http.metrics_token".to_string());
         }
         keys
     }
@@ -1186,6 +1252,9 @@ mod tests {
             "[tls]\ncert = \"a.pem\"",
             "hostname = \"bad host\"",
             "[pop3]\nlisten = [\"not an address\"]",
+            "[http]\nsession_secs = 5",
+            "[http]\nmax_body_bytes = 10",
+            "[http]\nmetrics_token = \"has space\"",
         ] {
             assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
         }
@@ -1370,15 +1439,18 @@ relay_password_file = "secrets/global.pass"
     fn secrets_are_redacted_and_a_readable_file_is_reported() {
         use std::os::unix::fs::PermissionsExt;
         let text = "[queue]\nrelayhost = \"relay.test:587\"\nrelay_user = \"u\"\nrelay_password = \"hunter2\"\n\
-                    [queue.transports]\n\"x.test\" = { relay = \"r.test:587\", user = \"v\", password = \"swordfish\" }\n";
+                    [queue.transports]\n\"x.test\" = { relay = \"r.test:587\", user = \"v\", password = \"swordfish\" }\n\
+                    [http]\nmetrics_token = \"tok3n-secret\"\n";
         let c = Config::from_toml(text, Path::new("c.toml")).unwrap();
         let shown = c.to_toml_redacted();
         assert!(
-            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            !shown.contains("hunter2")
+                && !shown.contains("swordfish")
+                && !shown.contains("tok3n-secret"),
             "{shown}"
         );
         assert!(shown.contains("<redacted>"), "{shown}");
-        assert_eq!(c.inline_secrets().len(), 2);
+        assert_eq!(c.inline_secrets().len(), 3);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("postoffice.toml");
         std::fs::write(&path, text).unwrap();

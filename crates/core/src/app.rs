@@ -11,8 +11,8 @@ use postoffice_common::content::{Budget, SpoolWriter};
 use postoffice_config::Config;
 use postoffice_directory::throttle::{LoginThrottle, ThrottleConfig, Verdict};
 use postoffice_directory::{
-    AuthOutcome, Directory, DirectoryData, ExpireSummary, LoginDelaySummary, PolicyDefaults,
-    normalize_address,
+    AdminAuthOutcome, AuthOutcome, Directory, DirectoryData, ExpireSummary, LoginDelaySummary,
+    PolicyDefaults, normalize_address,
 };
 use postoffice_store::{MailStore, Maildir, Maildrop, StoreError};
 use tracing::{info, warn};
@@ -86,8 +86,10 @@ pub struct App {
     outbound: std::sync::RwLock<Option<Arc<dyn Outbound>>>,
     /// DKIM signing of submitted mail.
     pub dkim: crate::dkim::Signer,
-    /// Event counters.
-    pub counters: crate::metrics::Counters,
+    /// The metrics `/metrics` shows (and the shutdown log line sums up).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The live sessions.
+    pub sessions: Arc<crate::sessions::Sessions>,
     /// Where large messages are spooled while they are received.
     spool_dir: std::path::PathBuf,
     /// Message octets held in memory by all transactions.
@@ -163,6 +165,8 @@ impl App {
             ..ThrottleConfig::default()
         });
         let dkim = crate::dkim::Signer::new(&config.data_dir, &config.dkim.selector);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let sessions = crate::sessions::Sessions::new(Arc::clone(&metrics));
         Ok(App {
             config,
             store,
@@ -172,7 +176,8 @@ impl App {
             filters,
             outbound: std::sync::RwLock::new(None),
             dkim,
-            counters: crate::metrics::Counters::default(),
+            metrics,
+            sessions,
             hash_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
@@ -248,7 +253,7 @@ impl App {
     /// is consulted before any password work (a locked-out client costs us
     /// nothing), and a failure always costs one hash verification (unknown
     /// users included, so timing reveals nothing). Returns the canonical
-    /// address. Shared by POP3 and SMTP submission.
+    /// address. Shared by POP3, SMTP submission and the web sign-in.
     pub async fn authenticate(
         &self,
         user: &str,
@@ -256,24 +261,14 @@ impl App {
         ip: IpAddr,
     ) -> Result<String, LoginError> {
         let address = normalize_address(user).unwrap_or_else(|_| String::new());
-        match self.throttle.check(ip, &address, Instant::now()) {
-            Verdict::Allow { delay } => {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-            }
-            Verdict::Locked { remaining } => {
-                warn!(%ip, user = %printable(user), remaining_secs = remaining.as_secs(), "login refused: locked out after repeated failures");
-                return Err(LoginError::Credentials);
-            }
-        }
+        self.throttle_wait(user, &address, ip).await?;
         let dir = self.directory.snapshot();
         // A password verified recently against the stored hash the user
         // still has: no slow hash (see crate::auth_cache). Only ever a
         // success; anything else takes the full path below.
         if !address.is_empty() && self.auth_cache.check(&dir, &address, &password) {
             self.throttle.record_success(ip, &address, Instant::now());
-            crate::metrics::inc(&self.counters.auth_cache_hits);
+            self.metrics.auth_cache_hits.inc([]);
             return Ok(address);
         }
         let addr = address.clone();
@@ -302,12 +297,66 @@ impl App {
                 }
                 Ok(u.address)
             }
-            AuthOutcome::Failed => {
-                let state = self.throttle.record_failure(ip, &address, Instant::now());
-                warn!(%ip, user = %printable(user), network_failures = state.network_failures, user_failures = state.user_failures, user_total = state.user_total, locked = state.locked, "login failed");
+            AuthOutcome::Failed => Err(self.throttle_failed(user, &address, ip)),
+        }
+    }
+
+    /// Verify an administrator's password for the web interface, through
+    /// the same throttle as user logins (administrator names have no `@`,
+    /// so they never share a throttle entry with a user), with one hash
+    /// verification per attempt whatever the name. Returns the canonical
+    /// name.
+    pub async fn authenticate_admin(
+        &self,
+        name: &str,
+        password: Vec<u8>,
+        ip: IpAddr,
+    ) -> Result<String, LoginError> {
+        let canonical = postoffice_directory::normalize_admin_name(name).unwrap_or_default();
+        self.throttle_wait(name, &canonical, ip).await?;
+        let dir = self.directory.snapshot();
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| LoginError::Temp)?;
+        let n = canonical.clone();
+        let outcome = tokio::task::spawn_blocking(move || dir.authenticate_admin(&n, &password))
+            .await
+            .map_err(|_| LoginError::Temp)?;
+        match outcome {
+            AdminAuthOutcome::Ok(found) => {
+                self.throttle.record_success(ip, &found, Instant::now());
+                Ok(found)
+            }
+            AdminAuthOutcome::Failed => Err(self.throttle_failed(name, &canonical, ip)),
+        }
+    }
+
+    /// The throttle before a password verification: wait the delay it
+    /// asks for, or refuse while `key` (the canonical name, "" when
+    /// malformed) or the client's network is locked out. `typed` is what
+    /// the client sent, for the log.
+    async fn throttle_wait(&self, typed: &str, key: &str, ip: IpAddr) -> Result<(), LoginError> {
+        match self.throttle.check(ip, key, Instant::now()) {
+            Verdict::Allow { delay } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(())
+            }
+            Verdict::Locked { remaining } => {
+                warn!(%ip, user = %printable(typed), remaining_secs = remaining.as_secs(), "login refused: locked out after repeated failures");
                 Err(LoginError::Credentials)
             }
         }
+    }
+
+    /// Count a failed verification and log it; the error to return.
+    fn throttle_failed(&self, typed: &str, key: &str, ip: IpAddr) -> LoginError {
+        let state = self.throttle.record_failure(ip, key, Instant::now());
+        warn!(%ip, user = %printable(typed), network_failures = state.network_failures, user_failures = state.user_failures, user_total = state.user_total, locked = state.locked, "login failed");
+        LoginError::Credentials
     }
 
     /// POP3 login: authenticate, apply LOGIN-DELAY, lock the maildrop (only

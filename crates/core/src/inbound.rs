@@ -10,15 +10,16 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use postoffice_common::content::{Content, Piece, Pieces};
-use postoffice_filter::{MessageAction, MessageContext};
+use postoffice_filter::{MessageAction, MessageContext, Stage};
 use postoffice_smtp::{Reply, Verdict, codes, sanitize, status};
 use tracing::{info, warn};
 
 use crate::App;
 use crate::delivery::{DeliveryError, temporary_failure};
+use crate::metrics::reason;
 use crate::trace::{Trace, find_header_end, strip_forged, trace_headers};
 
 /// What became of a message.
@@ -45,6 +46,14 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::TempFailed => "tempfail",
             Outcome::Failed => "failed",
+        }
+    }
+
+    /// The `outcome` label of `postoffice_smtp_transactions_total`.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Outcome::TempFailed => "tempfailed",
+            other => other.as_str(),
         }
     }
 }
@@ -82,7 +91,9 @@ pub(crate) const HEADER_WINDOW: usize = 4 << 20;
 pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
     let local = app.local();
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    let rejected = |why: &'static str| app.metrics.smtp_rejections.inc([MX, why]);
     if !local.is_local_domain(domain) {
+        rejected(reason::RELAY);
         return Verdict::Reject(Reply::new(
             codes::TRANSACTION_FAILED,
             status::NOT_AUTHORIZED,
@@ -91,15 +102,49 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
     }
     match local.check_recipient(address) {
         Ok(_) => Verdict::Accept,
-        Err(DeliveryError::NoSuchUser(_)) => Verdict::Reject(Reply::new(
-            codes::MAILBOX_UNAVAILABLE,
-            status::BAD_DEST_MAILBOX,
-            format!(
-                "<{}>: Recipient address rejected: User unknown",
-                sanitize(address)
-            ),
-        )),
-        Err(e) => Verdict::Reject(e.reply()),
+        Err(DeliveryError::NoSuchUser(_)) => {
+            rejected(reason::UNKNOWN_USER);
+            Verdict::Reject(Reply::new(
+                codes::MAILBOX_UNAVAILABLE,
+                status::BAD_DEST_MAILBOX,
+                format!(
+                    "<{}>: Recipient address rejected: User unknown",
+                    sanitize(address)
+                ),
+            ))
+        }
+        Err(e) => {
+            rejected(delivery_reason(&e));
+            Verdict::Reject(e.reply())
+        }
+    }
+}
+
+/// The `service` label of the MX port.
+const MX: &str = "mx";
+
+/// The rejection reason of a delivery error.
+pub(crate) fn delivery_reason(e: &DeliveryError) -> &'static str {
+    match e {
+        DeliveryError::NoSuchUser(_) => reason::UNKNOWN_USER,
+        DeliveryError::OverQuota(_) | DeliveryError::TooBigForQuota { .. } => reason::QUOTA,
+        DeliveryError::Empty | DeliveryError::Store(_) => reason::RECIPIENT_OTHER,
+    }
+}
+
+/// The rejection reason of the verification stage that refused a
+/// message (`tempfail`: the refusal was temporary).
+fn stage_reason(stage: Option<Stage>, tempfail: bool) -> &'static str {
+    match stage {
+        Some(Stage::Virus) if tempfail => reason::SCANNER_UNAVAILABLE,
+        Some(Stage::Virus) => reason::VIRUS,
+        Some(Stage::Spf) => reason::SPF,
+        Some(Stage::Dkim) => reason::DKIM,
+        Some(Stage::Dmarc) => reason::DMARC,
+        Some(Stage::Dnsbl) => reason::DNSBL,
+        Some(Stage::IpBlock) => reason::IP_BLOCK,
+        Some(Stage::SenderBlock) => reason::SENDER_BLOCK,
+        None => reason::OTHER,
     }
 }
 
@@ -116,7 +161,7 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Verify and store a complete message; returns the final reply and what
-/// happened (the counters are updated here).
+/// happened (the metrics are updated here).
 pub async fn deliver(app: &Arc<App>, m: Message<'_>) -> (Reply, Outcome) {
     deliver_as(app, m, None).await
 }
@@ -125,6 +170,7 @@ pub async fn deliver(app: &Arc<App>, m: Message<'_>) -> (Reply, Outcome) {
 /// maildrop (one recipient; see [`crate::delivery::Local::deliver_as`]):
 /// how a server-run fetch job recognises a delivery after a crash.
 pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (Reply, Outcome) {
+    let started = Instant::now();
     let size = m.body.len();
     let head = match m.body.head(HEADER_WINDOW) {
         Ok(h) => h,
@@ -142,6 +188,7 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
         connect_tags: m.connect_tags,
     };
     let verdict = app.filters.check_message(&ctx, m.body).await;
+    app.metrics.record_filter_summary(&verdict.summary);
     let trace = trace_headers(&Trace {
         helo: m.helo,
         ip: m.ip,
@@ -186,18 +233,26 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
                 Ok(()) => (ok(format!("OK id={}", m.id)), Outcome::Delivered),
                 Err(e) => {
                     warn!(error = %e, id = m.id, "delivery failed");
+                    app.metrics.smtp_rejections.inc([MX, delivery_reason(&e)]);
                     (e.reply(), Outcome::Failed)
                 }
             }
         }
     };
-    let c = &app.counters;
-    crate::metrics::inc(match outcome {
-        Outcome::Delivered => &c.smtp_delivered,
-        Outcome::Quarantined => &c.smtp_quarantined,
-        Outcome::Rejected => &c.smtp_rejected,
-        Outcome::TempFailed | Outcome::Failed => &c.smtp_tempfailed,
-    });
+    let metrics = &app.metrics;
+    metrics.smtp_transactions.inc([MX, outcome.as_label()]);
+    match outcome {
+        Outcome::Rejected => metrics
+            .smtp_rejections
+            .inc([MX, stage_reason(verdict.stage, false)]),
+        Outcome::TempFailed => metrics
+            .smtp_rejections
+            .inc([MX, stage_reason(verdict.stage, true)]),
+        _ => {}
+    }
+    metrics
+        .delivery_seconds
+        .observe(["inbound"], started.elapsed());
     info!(
         id = m.id,
         ip = %m.ip,

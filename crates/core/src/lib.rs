@@ -7,7 +7,7 @@
 //! does to mail goes through one function here, so each rule exists once:
 //!
 //! - [`App`] is the shared application state: configuration, store,
-//!   directory, verification pipeline, DKIM signer, counters and the
+//!   directory, verification pipeline, DKIM signer, metrics, live sessions and the
 //!   outbound queue behind the [`Outbound`] trait. [`App::authenticate`]
 //!   and [`App::login`] are *the* login procedure (throttling, one hash
 //!   check per failure whatever the user, LOGIN-DELAY, the maildrop lock).
@@ -31,7 +31,10 @@
 //!   retrieval) and the notices that announce it.
 //! - [`notices`]: the messages postoffice delivers into a maildrop itself
 //!   (quota warnings, retention notices), from templates.
-//! - [`metrics`]: process-wide counters.
+//! - [`metrics`]: what the server counts, in the Prometheus text format.
+//! - [`sessions`]: the live sessions (for the administrators' page).
+//! - [`admin`]: what administrators do to domains, users, admin accounts
+//!   and quarantines, shared by the CLI and the web interface.
 //!
 //! Blocking work (file I/O, password hashes) is done with plain blocking
 //! calls in this crate; the async entry points ([`App::login`],
@@ -39,6 +42,7 @@
 //! pool so that no listener thread waits on a disk or a hash.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod auth_cache;
 pub mod author;
@@ -51,6 +55,7 @@ pub mod notices;
 pub mod outbound;
 pub mod retention;
 pub mod sendmail;
+pub mod sessions;
 pub mod submission;
 pub mod trace;
 

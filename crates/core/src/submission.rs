@@ -38,6 +38,9 @@ pub fn sender_verdict(app: &App, user: &str, address: &str) -> Verdict {
         Verdict::Accept
     } else {
         warn!(%user, sender = %sanitize(address), "submission: sender address not owned");
+        app.metrics
+            .smtp_rejections
+            .inc(["submission", crate::metrics::reason::SENDER_NOT_OWNED]);
         Verdict::Reject(Reply::new(
             codes::MAILBOX_NAME_NOT_ALLOWED,
             status::NOT_AUTHORIZED,
@@ -280,6 +283,7 @@ pub async fn submit(
     id: &str,
     body: &Content,
 ) -> Reply {
+    let started = std::time::Instant::now();
     let user = env.authenticated.clone().unwrap_or_default();
     let trace = trace_headers(&Trace {
         helo: &env.helo,
@@ -305,9 +309,22 @@ pub async fn submit(
         let queued = store(app, &env.mail_from, &env.rcpt_to, &prepared.message)?;
         Ok::<_, Refusal>((queued, prepared.signed))
     });
-    if result.is_ok() {
-        crate::metrics::inc(&app.counters.submission_accepted);
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(r) if r.reply.code >= 500 => "rejected",
+        Err(_) => "failed",
+    };
+    app.metrics.smtp_transactions.inc(["submission", outcome]);
+    if let Err(r) = &result
+        && r.reply.code == codes::MAILBOX_NAME_NOT_ALLOWED
+    {
+        app.metrics
+            .smtp_rejections
+            .inc(["submission", crate::metrics::reason::SENDER_NOT_OWNED]);
     }
+    app.metrics
+        .delivery_seconds
+        .observe(["submission"], started.elapsed());
     match result {
         Ok((Some(q), signed)) => {
             info!(id, queue_id = %q, dkim = signed, "submission accepted");

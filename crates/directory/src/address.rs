@@ -166,6 +166,39 @@ fn is_local_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$&'*+-=?^_`{|}~.".contains(c)
 }
 
+/// Longest administrator name accepted, in bytes.
+pub const MAX_ADMIN_NAME_LEN: usize = 64;
+
+/// Validates an administrator account name and returns its canonical
+/// (lower-case) form: 1 to 64 ASCII letters, digits, `.`, `_` or `-`,
+/// starting with a letter or digit. No `@`: a name with one is a mail
+/// address, which is how a sign-in form tells users and administrators
+/// apart.
+pub fn normalize_admin_name(name: &str) -> Result<String> {
+    let bad = |reason: &str| Error::InvalidAdminName {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.len() > MAX_ADMIN_NAME_LEN {
+        return Err(bad("it is longer than 64 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(bad(
+            "only ASCII letters, digits, '.', '_' and '-' are allowed (an '@' makes it a mail address)",
+        ));
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(bad("it must start with a letter or digit"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
 /// Lower-cases a lookup key only when needed; lookups accept the user's
 /// spelling without re-running the full validation.
 pub(crate) fn lookup_key(s: &str) -> std::borrow::Cow<'_, str> {
@@ -272,6 +305,27 @@ mod tests {
                 matches!(normalize_domain(bad), Err(Error::InvalidDomain { .. })),
                 "{bad:?} accepted"
             );
+        }
+    }
+
+    #[test]
+    fn admin_names() {
+        assert_eq!(normalize_admin_name("Root").unwrap(), "root");
+        assert_eq!(
+            normalize_admin_name("ops-2.team_a").unwrap(),
+            "ops-2.team_a"
+        );
+        for bad in [
+            "",
+            "a@b.test",
+            "-x",
+            ".x",
+            "a b",
+            "a/b",
+            "\0",
+            &"a".repeat(65),
+        ] {
+            assert!(normalize_admin_name(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::address::{lookup_key, normalize_address, normalize_domain};
+use crate::address::{lookup_key, normalize_address, normalize_admin_name, normalize_domain};
 use crate::error::{Error, Result};
 use crate::password::{dummy_verify, validate_hash, verify_password};
 use crate::policy::{
@@ -63,6 +63,36 @@ impl fmt::Debug for User {
     }
 }
 
+/// An administrator of the web interface: a name (never a mail address)
+/// and a password hash like a user's. Administrators have no mailbox.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Canonical (lower-case) name; the sign-in name.
+    pub name: String,
+    /// Password hash as stored (same formats as a user's).
+    pub password_hash: String,
+}
+
+/// Hand-written so that hashes never end up in logs or panic messages.
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("name", &self.name)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Result of [`DirectoryData::authenticate_admin`]; like [`AuthOutcome`],
+/// one failure for every reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAuthOutcome {
+    /// The password matched; the canonical name.
+    Ok(String),
+    /// Unknown name or wrong password.
+    Failed,
+}
+
 /// A successfully authenticated user, detached from the snapshot so it can
 /// outlive it (sessions keep it across directory reloads).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,6 +129,7 @@ pub enum AuthOutcome {
 pub struct DirectoryData {
     pub(crate) domains: BTreeMap<String, Domain>,
     pub(crate) users: BTreeMap<String, User>,
+    pub(crate) admins: BTreeMap<String, Admin>,
     /// Pre-login capability values are computed once per snapshot, not per
     /// connection, because they need a pass over every user.
     summaries: OnceLock<(PolicyDefaults, ExpireSummary, LoginDelaySummary)>,
@@ -109,6 +140,7 @@ impl fmt::Debug for DirectoryData {
         f.debug_struct("DirectoryData")
             .field("domains", &self.domains.len())
             .field("users", &self.users.len())
+            .field("admins", &self.admins.len())
             .finish()
     }
 }
@@ -132,6 +164,34 @@ impl DirectoryData {
     /// All domains, ordered by name.
     pub fn domains(&self) -> impl Iterator<Item = &Domain> {
         self.domains.values()
+    }
+
+    /// Looks an administrator up by name (case-insensitively).
+    pub fn admin(&self, name: &str) -> Option<&Admin> {
+        self.admins.get(lookup_key(name).as_ref())
+    }
+
+    /// All administrators, ordered by name.
+    pub fn admins(&self) -> impl Iterator<Item = &Admin> {
+        self.admins.values()
+    }
+
+    /// Checks an administrator's sign-in with exactly one hash
+    /// verification whatever the outcome (a dummy one for unknown or
+    /// malformed names), as [`DirectoryData::authenticate`] does for users.
+    pub fn authenticate_admin(&self, name: &str, password: &[u8]) -> AdminAuthOutcome {
+        let admin = normalize_admin_name(name)
+            .ok()
+            .and_then(|n| self.admins.get(&n));
+        let Some(admin) = admin else {
+            dummy_verify(password);
+            return AdminAuthOutcome::Failed;
+        };
+        if verify_password(&admin.password_hash, password) {
+            AdminAuthOutcome::Ok(admin.name.clone())
+        } else {
+            AdminAuthOutcome::Failed
+        }
     }
 
     /// Users whose address is in `domain`.
@@ -302,6 +362,37 @@ impl DirectoryData {
         }
     }
 
+    pub(crate) fn add_admin(&mut self, name: &str, password_hash: &str) -> Result<String> {
+        let name = normalize_admin_name(name)?;
+        validate_hash(password_hash)?;
+        match self.admins.entry(name.clone()) {
+            Entry::Occupied(_) => Err(Error::AdminExists(name)),
+            Entry::Vacant(v) => {
+                v.insert(Admin {
+                    name: name.clone(),
+                    password_hash: password_hash.to_owned(),
+                });
+                Ok(name)
+            }
+        }
+    }
+
+    pub(crate) fn admin_mut(&mut self, name: &str) -> Result<&mut Admin> {
+        let name = normalize_admin_name(name)?;
+        match self.admins.get_mut(&name) {
+            Some(a) => Ok(a),
+            None => Err(Error::AdminNotFound(name)),
+        }
+    }
+
+    pub(crate) fn remove_admin(&mut self, name: &str) -> Result<()> {
+        let name = normalize_admin_name(name)?;
+        match self.admins.remove(&name) {
+            Some(_) => Ok(()),
+            None => Err(Error::AdminNotFound(name)),
+        }
+    }
+
     pub(crate) fn user_mut(&mut self, address: &str) -> Result<&mut User> {
         let address = normalize_address(address)?;
         match self.users.get_mut(&address) {
@@ -376,6 +467,17 @@ impl DirectoryData {
                 return Err(bad(format!("user {address} is listed more than once")));
             }
         }
+        for a in file.admins {
+            let name = normalize_admin_name(&a.name).map_err(|e| bad(e.to_string()))?;
+            validate_hash(&a.password).map_err(|e| bad(format!("admin {name}: {e}")))?;
+            let admin = Admin {
+                name: name.clone(),
+                password_hash: a.password,
+            };
+            if data.admins.insert(name.clone(), admin).is_some() {
+                return Err(bad(format!("admin {name} is listed more than once")));
+            }
+        }
         Ok(data)
     }
 
@@ -406,6 +508,14 @@ impl DirectoryData {
                     disabled: u.disabled,
                 })
                 .collect(),
+            admins: self
+                .admins
+                .values()
+                .map(|a| AdminRepr {
+                    name: a.name.clone(),
+                    password: a.password_hash.clone(),
+                })
+                .collect(),
         };
         let body = toml::to_string_pretty(&file)?;
         Ok(format!("{FILE_HEADER}{body}"))
@@ -413,7 +523,7 @@ impl DirectoryData {
 }
 
 const FILE_HEADER: &str = "\
-# postoffice directory: domains, users and password hashes.
+# postoffice directory: domains, users, web administrators and password hashes.
 # Written by the postoffice CLI; hand edits are fine, and a running server
 # picks changes up automatically (it keeps the old data if this file fails
 # to parse).
@@ -427,6 +537,15 @@ struct FileRepr {
     domains: Vec<DomainRepr>,
     #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
     users: Vec<UserRepr>,
+    #[serde(default, rename = "admin", skip_serializing_if = "Vec::is_empty")]
+    admins: Vec<AdminRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminRepr {
+    name: String,
+    password: String,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -181,6 +181,27 @@ impl Directory {
         })
     }
 
+    /// Adds an administrator of the web interface with an already-hashed
+    /// password; returns the canonical name.
+    pub fn add_admin(&self, name: &str, password_hash: &str) -> Result<String> {
+        validate_hash(password_hash)?;
+        self.mutate(|d| d.add_admin(name, password_hash))
+    }
+
+    /// Replaces an administrator's password hash.
+    pub fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<()> {
+        validate_hash(password_hash)?;
+        self.mutate(|d| {
+            d.admin_mut(name)?.password_hash = password_hash.to_owned();
+            Ok(())
+        })
+    }
+
+    /// Removes an administrator.
+    pub fn remove_admin(&self, name: &str) -> Result<()> {
+        self.mutate(|d| d.remove_admin(name))
+    }
+
     /// Enables or disables a user's logins without deleting anything.
     pub fn set_user_disabled(&self, address: &str, disabled: bool) -> Result<()> {
         self.mutate(|d| {

@@ -33,6 +33,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// An administrator name failed validation.
+    #[error("invalid administrator name {}: {reason}", Shown(.name))]
+    InvalidAdminName {
+        /// The rejected input (possibly very long; shown truncated).
+        name: String,
+        /// Which rule it broke.
+        reason: String,
+    },
+
+    /// `add_admin` for a name that is already taken.
+    #[error("administrator {0} already exists; change its password instead of adding it again")]
+    AdminExists(String),
+
+    /// An operation named an administrator that is not in the directory.
+    #[error("administrator {0} does not exist; check the spelling or add it first")]
+    AdminNotFound(String),
+
     /// `add_domain` for a domain that is already listed.
     #[error("domain {0} already exists; nothing to do")]
     DomainExists(String),

@@ -1,5 +1,5 @@
-//! Domains, users, password hashes, per-user/per-domain policy and
-//! login-failure accounting for the postoffice mail server.
+//! Domains, users, web administrators, password hashes, per-user/per-domain
+//! policy and login-failure accounting for the postoffice mail server.
 //!
 //! The directory lives in one human-readable file,
 //! `<data_dir>/directory.toml`, so that it can be inspected, backed up and
@@ -26,10 +26,10 @@ mod policy;
 pub mod throttle;
 
 pub use address::{
-    MAX_ADDRESS_LEN, MAX_DOMAIN_LEN, MAX_LABEL_LEN, MAX_LOCAL_LEN, normalize_address,
-    normalize_domain,
+    MAX_ADDRESS_LEN, MAX_ADMIN_NAME_LEN, MAX_DOMAIN_LEN, MAX_LABEL_LEN, MAX_LOCAL_LEN,
+    normalize_address, normalize_admin_name, normalize_domain,
 };
-pub use data::{AuthOutcome, DirectoryData, Domain, User, UserRef};
+pub use data::{Admin, AdminAuthOutcome, AuthOutcome, DirectoryData, Domain, User, UserRef};
 pub use directory::{DIRECTORY_FILE, Directory, LOCK_FILE};
 pub use error::{Error, Result};
 pub use import::{ImportOptions, ImportReport};

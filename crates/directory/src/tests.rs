@@ -700,3 +700,59 @@ fn directory_is_send_and_sync() {
     assert_send_sync::<Directory>();
     assert_send_sync::<Arc<DirectoryData>>();
 }
+
+#[test]
+fn admins_are_stored_hashed_and_authenticated_like_users() {
+    let tmp = temp();
+    let d = with_users(tmp.path());
+    assert_eq!(d.add_admin("Root", HASH).unwrap(), "root");
+    assert!(matches!(
+        d.add_admin("root", HASH),
+        Err(Error::AdminExists(_))
+    ));
+    assert!(matches!(
+        d.add_admin("alice@example.test", HASH),
+        Err(Error::InvalidAdminName { .. })
+    ));
+    assert!(matches!(
+        d.add_admin("x", "plain"),
+        Err(Error::UnsupportedHash { .. })
+    ));
+    // A fresh handle reads the file: the admin survived, with its hash.
+    let again = Directory::open(tmp.path()).unwrap();
+    let snap = again.snapshot();
+    assert_eq!(snap.admins().count(), 1);
+    assert_eq!(snap.admin("ROOT").unwrap().password_hash, HASH);
+    assert_eq!(
+        snap.authenticate_admin("root", PASSWORD),
+        AdminAuthOutcome::Ok("root".into())
+    );
+    assert_eq!(
+        snap.authenticate_admin("root", b"wrong"),
+        AdminAuthOutcome::Failed
+    );
+    assert_eq!(
+        snap.authenticate_admin("nobody", PASSWORD),
+        AdminAuthOutcome::Failed
+    );
+    // Admins are not users, and users are not admins.
+    assert_eq!(snap.authenticate("root", PASSWORD), AuthOutcome::Failed);
+    assert_eq!(
+        snap.authenticate_admin("alice@example.test", PASSWORD),
+        AdminAuthOutcome::Failed
+    );
+    let text = fs::read_to_string(again.path()).unwrap();
+    assert!(text.contains("[[admin]]"), "{text}");
+    assert!(!format!("{:?}", snap.admin("root").unwrap()).contains("SHA512"));
+    again.set_admin_password("root", HASH256).unwrap();
+    assert_eq!(
+        again.snapshot().admin("root").unwrap().password_hash,
+        HASH256
+    );
+    again.remove_admin("root").unwrap();
+    assert!(matches!(
+        again.remove_admin("root"),
+        Err(Error::AdminNotFound(_))
+    ));
+    assert_eq!(again.snapshot().admins().count(), 0);
+}

@@ -100,6 +100,41 @@ pub enum FilterError {
     Dns(String),
 }
 
+/// The verification stage that decided a refusal or a quarantine, for
+/// logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// `ip_block`.
+    IpBlock,
+    /// A DNS block list.
+    Dnsbl,
+    /// `sender_block`.
+    SenderBlock,
+    /// SPF.
+    Spf,
+    /// DKIM.
+    Dkim,
+    /// DMARC.
+    Dmarc,
+    /// The virus scan (a virus found, or the scanner failing closed).
+    Virus,
+}
+
+impl Stage {
+    /// The stage's name as in the configuration (`ip_block`, `dnsbl`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::IpBlock => "ip_block",
+            Stage::Dnsbl => "dnsbl",
+            Stage::SenderBlock => "sender_block",
+            Stage::Spf => "spf",
+            Stage::Dkim => "dkim",
+            Stage::Dmarc => "dmarc",
+            Stage::Virus => "virus",
+        }
+    }
+}
+
 /// The verdict at connect time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectVerdict {
@@ -115,6 +150,8 @@ pub enum ConnectVerdict {
     Reject {
         /// The reply to send instead of the greeting.
         reply: Reply,
+        /// Which check refused it ([`Stage::IpBlock`] or [`Stage::Dnsbl`]).
+        stage: Stage,
     },
 }
 
@@ -176,18 +213,30 @@ impl MessageAction {
 /// Quarantine, then Accept); among equals the first one's reply is kept, and
 /// quarantine reasons are joined with "; ".
 pub fn combine_actions(actions: impl IntoIterator<Item = MessageAction>) -> MessageAction {
+    combine_staged(actions.into_iter().map(|a| (Stage::Virus, a))).0
+}
+
+/// [`combine_actions`] keeping the stage whose action won (the first of
+/// the joined quarantines); `None` for `Accept`.
+fn combine_staged(
+    actions: impl IntoIterator<Item = (Stage, MessageAction)>,
+) -> (MessageAction, Option<Stage>) {
     let mut best = MessageAction::Accept;
-    for action in actions {
+    let mut stage = None;
+    for (s, action) in actions {
         match (&mut best, action) {
             (MessageAction::Quarantine { reason }, MessageAction::Quarantine { reason: more }) => {
                 reason.push_str("; ");
                 reason.push_str(&more);
             }
-            (b, a) if a.rank() > b.rank() => *b = a,
+            (b, a) if a.rank() > b.rank() => {
+                *b = a;
+                stage = Some(s);
+            }
             _ => {}
         }
     }
-    best
+    (best, stage)
 }
 
 /// The transaction facts [`Filters::check_message`] needs.
@@ -218,6 +267,9 @@ pub struct MessageVerdict {
     /// Per-stage results for the transaction log line, e.g.
     /// `dnsbl=none spf=pass dkim=pass dmarc=pass virus=clean`.
     pub summary: String,
+    /// The stage whose action was taken; `None` when the message is
+    /// accepted.
+    pub stage: Option<Stage>,
 }
 
 /// The verification pipeline. Build it once with [`Filters::new`] and share
@@ -397,6 +449,7 @@ impl Filters {
                     status::NOT_AUTHORIZED,
                     format!("Service unavailable; client [{ip}] blocked by local policy"),
                 ),
+                stage: Stage::IpBlock,
             };
         }
         let mut tags = Vec::new();
@@ -446,6 +499,7 @@ impl Filters {
                                 status::NOT_AUTHORIZED,
                                 text,
                             ),
+                            stage: Stage::Dnsbl,
                         };
                     }
                     tags.push(format!("{TAG_DNSBL}{zone}"));
@@ -572,29 +626,38 @@ impl Filters {
             Some(ScanOutcome::Infected(signature)) => {
                 suspect = true;
                 match self.virus {
-                    StageMode::Reject => actions.push(MessageAction::Reject {
-                        reply: Reply::new(
-                            codes::TRANSACTION_FAILED,
-                            status::NOT_AUTHORIZED,
-                            format!("Message rejected: virus {signature} found"),
-                        ),
-                    }),
-                    StageMode::Quarantine => actions.push(MessageAction::Quarantine {
-                        reason: format!("virus {signature} found"),
-                    }),
+                    StageMode::Reject => actions.push((
+                        Stage::Virus,
+                        MessageAction::Reject {
+                            reply: Reply::new(
+                                codes::TRANSACTION_FAILED,
+                                status::NOT_AUTHORIZED,
+                                format!("Message rejected: virus {signature} found"),
+                            ),
+                        },
+                    )),
+                    StageMode::Quarantine => actions.push((
+                        Stage::Virus,
+                        MessageAction::Quarantine {
+                            reason: format!("virus {signature} found"),
+                        },
+                    )),
                     StageMode::Tag | StageMode::Off => {}
                 }
                 format!("found:{}", signature.replace(' ', "_"))
             }
             Some(ScanOutcome::Failed(reason)) => match self.clamd_failure {
                 FailMode::Closed => {
-                    actions.push(MessageAction::TempFail {
-                        reply: Reply::new(
-                            codes::LOCAL_ERROR,
-                            status::NOT_AUTHORIZED,
-                            "Virus scanner unavailable, try again later",
-                        ),
-                    });
+                    actions.push((
+                        Stage::Virus,
+                        MessageAction::TempFail {
+                            reply: Reply::new(
+                                codes::LOCAL_ERROR,
+                                status::NOT_AUTHORIZED,
+                                "Virus scanner unavailable, try again later",
+                            ),
+                        },
+                    ));
                     "error".to_string()
                 }
                 FailMode::Open => {
@@ -614,21 +677,28 @@ impl Filters {
             suspect = true;
             let domain = sanitize(&dmarc.domain, MAX_VALUE);
             match (self.dmarc, dmarc.policy) {
-                (StageMode::Reject, DmarcPolicy::Reject) => actions.push(MessageAction::Reject {
-                    reply: Reply::new(
-                        codes::MAILBOX_UNAVAILABLE,
-                        status::NOT_AUTHORIZED,
-                        format!("DMARC policy of {domain} says reject"),
-                    ),
-                }),
-                (StageMode::Reject, DmarcPolicy::Quarantine) => {
-                    actions.push(MessageAction::Quarantine {
+                (StageMode::Reject, DmarcPolicy::Reject) => actions.push((
+                    Stage::Dmarc,
+                    MessageAction::Reject {
+                        reply: Reply::new(
+                            codes::MAILBOX_UNAVAILABLE,
+                            status::NOT_AUTHORIZED,
+                            format!("DMARC policy of {domain} says reject"),
+                        ),
+                    },
+                )),
+                (StageMode::Reject, DmarcPolicy::Quarantine) => actions.push((
+                    Stage::Dmarc,
+                    MessageAction::Quarantine {
                         reason: format!("DMARC policy of {domain} says quarantine"),
-                    })
-                }
-                (StageMode::Quarantine, _) => actions.push(MessageAction::Quarantine {
-                    reason: format!("DMARC check failed for {domain}"),
-                }),
+                    },
+                )),
+                (StageMode::Quarantine, _) => actions.push((
+                    Stage::Dmarc,
+                    MessageAction::Quarantine {
+                        reason: format!("DMARC check failed for {domain}"),
+                    },
+                )),
                 _ => {}
             }
         }
@@ -641,7 +711,7 @@ impl Filters {
             if spf.result == AuthResult::Fail {
                 let domain = sanitize(&spf.domain, MAX_VALUE);
                 match self.spf {
-                    StageMode::Reject => actions.push(MessageAction::Reject {
+                    StageMode::Reject => actions.push((Stage::Spf, MessageAction::Reject {
                         reply: Reply::new(
                             codes::MAILBOX_UNAVAILABLE,
                             status::SPF_FAILED,
@@ -650,10 +720,10 @@ impl Filters {
                                 ids.ip
                             ),
                         ),
-                    }),
-                    StageMode::Quarantine => actions.push(MessageAction::Quarantine {
+                    })),
+                    StageMode::Quarantine => actions.push((Stage::Spf, MessageAction::Quarantine {
                         reason: format!("SPF fail for {domain}"),
-                    }),
+                    })),
                     StageMode::Tag | StageMode::Off => {}
                 }
             }
@@ -669,16 +739,22 @@ impl Filters {
         {
             suspect = true;
             match self.dkim {
-                StageMode::Reject => actions.push(MessageAction::Reject {
-                    reply: Reply::new(
-                        codes::MAILBOX_UNAVAILABLE,
-                        status::NO_PASSING_DKIM,
-                        "No valid DKIM signature found",
-                    ),
-                }),
-                StageMode::Quarantine => actions.push(MessageAction::Quarantine {
-                    reason: "no valid DKIM signature".into(),
-                }),
+                StageMode::Reject => actions.push((
+                    Stage::Dkim,
+                    MessageAction::Reject {
+                        reply: Reply::new(
+                            codes::MAILBOX_UNAVAILABLE,
+                            status::NO_PASSING_DKIM,
+                            "No valid DKIM signature found",
+                        ),
+                    },
+                )),
+                StageMode::Quarantine => actions.push((
+                    Stage::Dkim,
+                    MessageAction::Quarantine {
+                        reason: "no valid DKIM signature".into(),
+                    },
+                )),
                 StageMode::Tag | StageMode::Off => {}
             }
         }
@@ -706,7 +782,7 @@ impl Filters {
             "off".to_string()
         };
 
-        let action = combine_actions(actions);
+        let (action, stage) = combine_staged(actions);
         let summary = format!(
             "dnsbl={} spf={} dkim={} dmarc={} virus={}",
             dnsbl_token.replace(' ', "_"),
@@ -735,6 +811,7 @@ impl Filters {
             headers,
             action,
             summary,
+            stage,
         }
     }
 }

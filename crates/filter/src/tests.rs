@@ -215,11 +215,12 @@ async fn ip_allow_and_block() {
         }
     );
     match f.check_connect("192.0.3.9".parse().unwrap()).await {
-        ConnectVerdict::Reject { reply } => {
+        ConnectVerdict::Reject { reply, stage } => {
             assert_eq!(
                 reply.to_string(),
                 "554 5.7.1 Service unavailable; client [192.0.3.9] blocked by local policy"
             );
+            assert_eq!(stage, Stage::IpBlock);
         }
         other => panic!("{other:?}"),
     }
@@ -550,15 +551,29 @@ fn combined_stage_actions() {
     };
     let v = verdict_of(&f, &outcome, Some(&ScanOutcome::Failed("x".into())));
     assert!(matches!(v.action, MessageAction::TempFail { .. }));
+    assert_eq!(v.stage, Some(Stage::Virus));
     // A virus beats everything.
     let v = verdict_of(&f, &outcome, Some(&ScanOutcome::Infected("V".into())));
     assert_eq!(
         v.action,
         reject("554 5.7.1 Message rejected: virus V found")
     );
-    // Clean: the DMARC quarantine stands.
+    assert_eq!(v.stage, Some(Stage::Virus));
+    // Clean: the DMARC quarantine stands, and says it was DMARC.
     let v = verdict_of(&f, &outcome, Some(&ScanOutcome::Clean));
     assert!(matches!(v.action, MessageAction::Quarantine { .. }));
+    assert_eq!(v.stage, Some(Stage::Dmarc));
+    // SPF rejects: the stage is SPF, not the DMARC quarantine before it.
+    let f = filters(StageMode::Reject, StageMode::Tag, StageMode::Reject);
+    let v = verdict_of(&f, &outcome, None);
+    assert!(matches!(v.action, MessageAction::Reject { .. }));
+    assert_eq!(v.stage, Some(Stage::Spf));
+    let clean = AuthOutcome {
+        spf: spf(AuthResult::Pass),
+        dkim: dkim(&[]),
+        dmarc: dmarc(AuthResult::Pass, DmarcPolicy::Reject),
+    };
+    assert_eq!(verdict_of(&f, &clean, None).stage, None);
 }
 
 #[test]

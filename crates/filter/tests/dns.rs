@@ -162,12 +162,13 @@ async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
     let f = filters(&dns, base_filter());
 
     match f.check_connect("127.0.0.2".parse().unwrap()).await {
-        ConnectVerdict::Reject { reply } => {
+        ConnectVerdict::Reject { reply, stage } => {
             assert_eq!(
                 reply.to_string(),
                 "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using dnsbl.test; \
                  Listed for testing, see http://dnsbl.test/"
             );
+            assert_eq!(stage, postoffice_filter::Stage::Dnsbl);
         }
         other => panic!("127.0.0.2 must be listed: {other:?}"),
     }
@@ -177,7 +178,7 @@ async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
     );
     // IPv6, nibble format.
     match f.check_connect("2001:db8::2".parse().unwrap()).await {
-        ConnectVerdict::Reject { reply } => {
+        ConnectVerdict::Reject { reply, .. } => {
             assert!(
                 reply.to_string().starts_with(
                     "554 5.7.1 Service unavailable; client [2001:db8::2] blocked using dnsbl.test"

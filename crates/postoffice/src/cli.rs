@@ -8,9 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use postoffice_config::Config;
-use postoffice_directory::{
-    Directory, PolicyOverrides, Retention, hash_password, normalize_address, normalize_domain,
-};
+use postoffice_core::admin;
+use postoffice_directory::{Directory, normalize_address, normalize_domain};
 use postoffice_store::MailStore;
 
 /// A mail server built around POP3: one binary, one config file.
@@ -63,6 +62,9 @@ enum Command {
     /// Manage users (mailboxes).
     #[command(subcommand)]
     User(UserCmd),
+    /// Manage the administrators of the web interface ([http]).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Deliver one message from standard input into a user's maildrop
     /// (a local delivery agent, like dovecot-lda). Exit status: 0 when the
     /// message is durably stored, 67 unknown user, 75 temporary failure
@@ -282,6 +284,33 @@ enum UserCmd {
     Fetch(crate::fetch_jobs::FetchJobCmd),
 }
 
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Add an administrator: a name without '@' (letters, digits, '.',
+    /// '_', '-'). Without --password-stdin a random password is generated
+    /// and printed. Passwords are stored as argon2id hashes.
+    Add {
+        /// The sign-in name, e.g. root.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change an administrator's password.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove an administrator.
+    #[command(alias = "rm", alias = "remove")]
+    Del { name: String },
+    /// List administrators.
+    #[command(alias = "ls")]
+    List,
+}
+
 #[derive(Args, Debug, Default)]
 struct PolicyArgs {
     /// Days to keep messages: a number, "never", or "inherit".
@@ -388,6 +417,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dns(args) => dns(&config, args),
         Command::Domain(cmd) => domain(&config, cmd),
         Command::User(cmd) => user(&config, cmd),
+        Command::Admin(cmd) => admin(&config, cmd),
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
         Command::Import(args) => crate::import::run(config, args),
@@ -576,6 +606,10 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
             }
             Service::Submission => println!("  SUBMIT {addr}  (submission: AUTH, STARTTLS)"),
             Service::Submissions => println!("  SUBMITS {addr}  (submission: AUTH, implicit TLS)"),
+            Service::Http => {
+                println!("  HTTP   {addr}  (web interface, /api/, /metrics, autoconfig)")
+            }
+            Service::Https => println!("  HTTPS  {addr}  (the same over TLS)"),
         }
     }
     let certs = server.certificates();
@@ -755,14 +789,7 @@ fn read_password(from_stdin: bool) -> Result<(String, bool)> {
         }
         Ok((pw, false))
     } else {
-        use rand::Rng;
-        use rand::distributions::Alphanumeric;
-        let pw: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(20)
-            .map(char::from)
-            .collect();
-        Ok((pw, true))
+        Ok((admin::generate_password(), true))
     }
 }
 
@@ -770,73 +797,73 @@ fn domain(config: &Config, cmd: DomainCmd) -> Result<ExitCode> {
     let dir = Directory::open(&config.data_dir)?;
     match cmd {
         DomainCmd::Add { name } => {
-            let name = dir.add_domain(&name)?;
+            let name = admin::add_domain(&dir, &name)?;
             println!("added domain {name}");
         }
         DomainCmd::Del { name } => {
-            dir.remove_domain(&name)?;
-            println!("removed domain {}", normalize_domain(&name)?);
+            let name = admin::remove_domain(&dir, &name)?;
+            println!("removed domain {name}");
         }
         DomainCmd::List => {
-            let snap = dir.snapshot();
-            for d in snap.domains() {
-                let users = snap.users_in_domain(&d.name).count();
-                println!("{}\t{} user(s)", d.name, users);
+            for d in admin::domains(&dir) {
+                println!("{}\t{} user(s)", d.name, d.users);
             }
         }
         DomainCmd::Set { name, policy } => {
-            let edit = policy.into_edit()?;
-            dir.update_domain_policy(&name, |p| edit(p))?;
-            println!("updated domain {}", normalize_domain(&name)?);
+            let name = admin::set_domain(&dir, &name, &policy.change()?)?;
+            println!("updated domain {name}");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-type PolicyEdit = Box<dyn Fn(&mut PolicyOverrides)>;
-
 impl PolicyArgs {
-    fn into_edit(self) -> Result<PolicyEdit> {
-        fn parse<T: std::str::FromStr>(
-            v: &Option<String>,
-            what: &str,
-        ) -> Result<Option<Option<T>>> {
-            match v.as_deref() {
-                None => Ok(None),
-                Some("inherit") => Ok(Some(None)),
-                Some(s) => s.parse().map(|n| Some(Some(n))).map_err(|_| {
-                    anyhow::anyhow!("--{what} must be a number or \"inherit\", not {s:?}")
-                }),
+    fn change(&self) -> Result<admin::PolicyChange> {
+        Ok(admin::PolicyChange::parse(&admin::PolicyText {
+            retention_days: self.retention_days.as_deref(),
+            login_delay: self.login_delay.as_deref(),
+            quota_bytes: self.quota_bytes.as_deref(),
+            quota_messages: self.quota_messages.as_deref(),
+        })?)
+    }
+}
+
+fn admin(config: &Config, cmd: AdminCmd) -> Result<ExitCode> {
+    let dir = Directory::open(&config.data_dir)?;
+    match cmd {
+        AdminCmd::Add {
+            name,
+            password_stdin,
+        } => {
+            let (pw, generated) = read_password(password_stdin)?;
+            let name = admin::add_admin(&dir, &name, &pw)?;
+            println!("added administrator {name}");
+            if generated {
+                println!("password: {pw}");
             }
         }
-        let retention: Option<Option<Retention>> = match self.retention_days.as_deref() {
-            None => None,
-            Some("inherit") => Some(None),
-            Some(s) if s.eq_ignore_ascii_case("never") => Some(Some(Retention::Never)),
-            Some(s) => Some(Some(Retention::Days(s.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "--retention-days must be a number, \"never\" or \"inherit\", not {s:?}"
-                )
-            })?))),
-        };
-        let delay: Option<Option<u32>> = parse(&self.login_delay, "login-delay")?;
-        let qb: Option<Option<u64>> = parse(&self.quota_bytes, "quota-bytes")?;
-        let qm: Option<Option<u64>> = parse(&self.quota_messages, "quota-messages")?;
-        Ok(Box::new(move |p: &mut PolicyOverrides| {
-            if let Some(r) = retention {
-                p.retention_days = r;
+        AdminCmd::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let (pw, generated) = read_password(password_stdin)?;
+            let name = admin::set_admin_password(&dir, &name, &pw)?;
+            println!("password changed for administrator {name}");
+            if generated {
+                println!("password: {pw}");
             }
-            if let Some(d) = delay {
-                p.login_delay_secs = d;
+        }
+        AdminCmd::Del { name } => {
+            let name = admin::remove_admin(&dir, &name)?;
+            println!("removed administrator {name}");
+        }
+        AdminCmd::List => {
+            for a in dir.snapshot().admins() {
+                println!("{}", a.name);
             }
-            if let Some(q) = qb {
-                p.quota_bytes = q;
-            }
-            if let Some(q) = qm {
-                p.quota_messages = q;
-            }
-        }))
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
@@ -851,35 +878,24 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             address,
             password_stdin,
         } => {
+            // Checked before a password is read or generated.
             let address = normalize_address(&address)?;
-            let domain = address
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_string())
-                .unwrap_or_default();
-            if dir.snapshot().domain(&domain).is_none() {
-                dir.add_domain(&domain)?;
+            let (pw, generated) = read_password(password_stdin)?;
+            let added = admin::add_user(&dir, &address, &pw)?;
+            if let Some(domain) = &added.domain_added {
                 println!("added domain {domain}");
             }
-            let (pw, generated) = read_password(password_stdin)?;
-            let hash = hash_password(pw.as_bytes())?;
-            let address = dir.add_user(&address, &hash)?;
-            println!("added user {address}");
+            println!("added user {}", added.address);
             if generated {
                 println!("password: {pw}");
             }
         }
         UserCmd::Del { address, purge } => {
-            let address = normalize_address(&address)?;
-            dir.remove_user(&address)?;
-            println!("removed user {address}");
-            if purge {
-                store.remove_mailbox(&address)?;
-                println!("deleted its mail");
-            } else {
-                println!(
-                    "its mail was kept in {} (use --purge to delete it)",
-                    store.location(&address)?
-                );
+            let removed = admin::remove_user(&dir, &store, &address, purge)?;
+            println!("removed user {}", removed.address);
+            match removed.kept {
+                None => println!("deleted its mail"),
+                Some(path) => println!("its mail was kept in {} (use --purge to delete it)", path),
             }
         }
         UserCmd::Passwd {
@@ -888,7 +904,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
         } => {
             let address = normalize_address(&address)?;
             let (pw, generated) = read_password(password_stdin)?;
-            dir.set_password(&address, &hash_password(pw.as_bytes())?)?;
+            let address = admin::set_password(&dir, &address, &pw)?;
             println!("password changed for {address}");
             if generated {
                 println!("password: {pw}");
@@ -904,18 +920,13 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             }
         }
         UserCmd::Info { address } => {
-            let address = normalize_address(&address)?;
-            let snap = dir.snapshot();
-            let Some(u) = snap.user(&address) else {
-                bail!("no such user: {address} (see `postoffice user list`)");
-            };
-            let p = snap.effective(&address, &postoffice_core::policy_defaults(config));
-            let usage = store.usage(&address)?;
+            let u = admin::user_info(config, &dir, &store, &address)?;
+            let p = &u.policy;
             println!("address:        {}", u.address);
             println!("disabled:       {}", u.disabled);
-            println!("mailbox:        {}", store.location(&address)?);
-            println!("messages:       {}", usage.messages);
-            println!("bytes:          {}", usage.bytes);
+            println!("mailbox:        {}", u.mailbox);
+            println!("messages:       {}", u.usage.messages);
+            println!("bytes:          {}", u.usage.bytes);
             println!(
                 "retention:      {}",
                 p.retention_days
@@ -938,12 +949,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             policy,
             disabled,
         } => {
-            let address = normalize_address(&address)?;
-            let edit = policy.into_edit()?;
-            dir.update_user_policy(&address, |p| edit(p))?;
-            if let Some(d) = disabled {
-                dir.set_user_disabled(&address, d)?;
-            }
+            let address = admin::set_user(&dir, &address, &policy.change()?, disabled)?;
             println!("updated user {address}");
         }
         UserCmd::Import { dovecot_passwd } => {
@@ -1059,26 +1065,9 @@ fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
     let store = postoffice_core::app::maildir(config);
     match cmd {
         QuarantineCmd::List { address } => {
-            let address = normalize_address(&address)?;
-            for m in store.quarantine_list(&address)? {
-                let mut head = Vec::new();
-                store
-                    .quarantine_read(&address, &m.uid)?
-                    .take(16 * 1024)
-                    .read_to_end(&mut head)?;
-                let subject = String::from_utf8_lossy(&head)
-                    .split("\r\n\r\n")
-                    .next()
-                    .unwrap_or("")
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("subject")
-                            .then(|| v.trim().to_string())
-                    })
-                    .unwrap_or_default();
+            for m in admin::quarantine_list(&store, &address)? {
                 let date = postoffice_common::date::rfc5322(m.received);
-                println!("{}\t{}\t{}\t{}", m.uid, m.size, date, subject);
+                println!("{}\t{}\t{}\t{}", m.uid, m.size, date, m.subject);
             }
         }
         QuarantineCmd::Show { address, uid } => {
@@ -1087,13 +1076,11 @@ fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
             std::io::copy(&mut r, &mut std::io::stdout().lock())?;
         }
         QuarantineCmd::Release { address, uid } => {
-            let address = normalize_address(&address)?;
-            store.quarantine_release(&address, &uid)?;
+            let address = admin::quarantine_release(&store, &address, &uid)?;
             println!("released {uid} into the maildrop of {address}");
         }
         QuarantineCmd::Delete { address, uid } => {
-            let address = normalize_address(&address)?;
-            store.quarantine_delete(&address, &uid)?;
+            let address = admin::quarantine_delete(&store, &address, &uid)?;
             println!("deleted {uid} from the quarantine of {address}");
         }
     }

@@ -192,3 +192,51 @@ fn dovecot_passwd_import_allows_login() {
     assert!(reply.starts_with("+OK"), "imported password: {reply:?}");
     c.quit();
 }
+
+/// `postoffice admin`: administrators of the web interface live in
+/// directory.toml as argon2id hashes, never as the password itself.
+#[test]
+fn admin_accounts_are_managed_from_the_cli() {
+    let env = Env::new(BIN, "");
+    let out = env
+        .cli_stdin(
+            &["admin", "add", "Root", "--password-stdin"],
+            b"s3cret-admin\n",
+        )
+        .ok();
+    assert!(out.stdout.contains("added administrator root"), "{out:#?}");
+    let out = env.cli(&["admin", "add", "ops"]).ok();
+    let generated = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap_or_else(|| panic!("a generated password: {out:#?}"));
+    assert_eq!(generated.len(), 20, "{out:#?}");
+    let dir = std::fs::read_to_string(env.data_dir().join("directory.toml")).unwrap();
+    assert!(
+        dir.contains("[[admin]]") && dir.contains("$argon2id$"),
+        "{dir}"
+    );
+    assert!(
+        !dir.contains("s3cret-admin") && !dir.contains(generated),
+        "{dir}"
+    );
+    let out = env.cli(&["admin", "list"]).ok();
+    assert_eq!(out.stdout, "ops\nroot\n");
+    // A name with '@' is a user's, not an administrator's.
+    let out = env.cli_stdin(&["admin", "add", "a@b.test", "--password-stdin"], b"x\n");
+    assert!(!out.status.success(), "{out:#?}");
+    assert!(
+        out.stderr.contains("invalid administrator name"),
+        "{out:#?}"
+    );
+    let out = env.cli_stdin(&["admin", "add", "root", "--password-stdin"], b"x\n");
+    assert!(out.stderr.contains("already exists"), "{out:#?}");
+    env.cli_stdin(&["admin", "passwd", "root", "--password-stdin"], b"other\n")
+        .ok();
+    env.cli(&["admin", "del", "ops"]).ok();
+    let out = env.cli(&["admin", "list"]).ok();
+    assert_eq!(out.stdout, "root\n");
+    let out = env.cli(&["admin", "del", "ops"]);
+    assert!(out.stderr.contains("does not exist"), "{out:#?}");
+}

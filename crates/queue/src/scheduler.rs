@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postoffice_core::dkim::Signer;
+use postoffice_core::metrics::Metrics;
 use postoffice_smtp::EnhancedCode;
 use postoffice_smtp::client::Status;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -65,6 +66,9 @@ pub struct DeliveryConfig {
     /// senders (signed for the domain of `MAILER-DAEMON@<hostname>` when
     /// it has a key); `None` sends them unsigned.
     pub signer: Option<Arc<Signer>>,
+    /// Where to count queue size, attempts and their duration (the
+    /// server's metrics); `None` counts nothing.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for DeliveryConfig {
@@ -74,6 +78,7 @@ impl std::fmt::Debug for DeliveryConfig {
             .field("queue", &self.queue)
             .field("dns", &self.dns)
             .field("signer", &self.signer.is_some())
+            .field("metrics", &self.metrics.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +95,7 @@ struct Ctx {
     in_flight: Mutex<HashSet<String>>,
     /// Entries held after an error: ID -> unix seconds.
     held: Mutex<HashMap<String, u64>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Envelopes read by the last scan, with the file's modification time,
@@ -148,6 +154,7 @@ pub async fn run(queue: Arc<Queue>, cfg: DeliveryConfig, shutdown: impl Future<O
         per_dest: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
         held: Mutex::new(HashMap::new()),
+        metrics: cfg.metrics.clone(),
     });
     info!(dir = %ctx.queue.dir().display(), "outbound queue running");
     let mut tasks = JoinSet::new();
@@ -219,6 +226,28 @@ fn scan(queue: &Queue, mut cache: ScanCache) -> Result<ScanCache, QueueError> {
     Ok(cache)
 }
 
+/// The queue's size, as the last scan read it, into the gauges.
+fn publish_size(m: &Metrics, cache: &ScanCache, now: u64) {
+    let (mut pending, mut delivered, mut failed) = (0, 0, 0);
+    let mut oldest = now;
+    for (_, env) in cache.values() {
+        oldest = oldest.min(env.created_at);
+        for r in &env.rcpts {
+            match r.state {
+                RcptState::Pending => pending += 1,
+                RcptState::Delivered => delivered += 1,
+                RcptState::Failed => failed += 1,
+            }
+        }
+    }
+    m.queue_entries.set([], cache.len() as i64);
+    m.queue_recipients.set(["pending"], pending);
+    m.queue_recipients.set(["delivered"], delivered);
+    m.queue_recipients.set(["failed"], failed);
+    m.queue_oldest_seconds
+        .set([], now.saturating_sub(oldest) as i64);
+}
+
 /// Scan the spool, start tasks for due entries; how long to sleep.
 async fn schedule_due(
     ctx: &Arc<Ctx>,
@@ -239,6 +268,9 @@ async fn schedule_due(
         }
     };
     let now = unix_now();
+    if let Some(m) = &ctx.metrics {
+        publish_size(m, &cache, now);
+    }
     let warn_after = ctx.config.delay_warning_secs;
     let mut due: Vec<(u64, String)> = Vec::new();
     let mut next: Option<u64> = None;
@@ -435,7 +467,20 @@ async fn deliver_group(
             "shutting down",
         );
     };
-    attempt::deliver(&ctx.remote, id, domain, &route, mail_from, rcpts, message).await
+    let started = std::time::Instant::now();
+    let results =
+        attempt::deliver(&ctx.remote, id, domain, &route, mail_from, rcpts, message).await;
+    if let Some(m) = &ctx.metrics {
+        m.delivery_seconds.observe(["outbound"], started.elapsed());
+        for r in &results {
+            m.queue_attempts.inc([match r.result.status {
+                Status::Delivered => "delivered",
+                Status::Temporary => "deferred",
+                Status::Permanent => "bounced",
+            }]);
+        }
+    }
+    results
 }
 
 /// Write one destination's results into the envelope.

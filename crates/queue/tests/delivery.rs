@@ -65,6 +65,11 @@ async fn temporary_failures_are_retried_until_delivered() {
         "{e:?}"
     );
     assert_eq!(e.rcpts[0].remote_mta, "mx.dest.test");
+    assert!(
+        eventually(10, || h.metrics.queue_entries.get([]) == 1
+            && h.metrics.queue_recipients.get(["pending"]) == 1)
+        .await
+    );
     // Speed it up.
     h.queue.flush().unwrap();
     assert!(
@@ -83,6 +88,13 @@ async fn temporary_failures_are_retried_until_delivered() {
     // line unstuffed again, nothing added, dropped or changed.
     assert_eq!(text(&got[0].data), text(MESSAGE));
     assert!(h.local_mail().is_empty(), "no bounce");
+    // The scheduler counted two deferrals and the delivery, and the queue
+    // size it publishes went back to nothing.
+    let m = &h.metrics;
+    assert_eq!(m.queue_attempts.get(["deferred"]), 2);
+    assert_eq!(m.queue_attempts.get(["delivered"]), 1);
+    assert_eq!(m.delivery_seconds.count(["outbound"]), 3);
+    assert!(eventually(10, || m.queue_entries.get([]) == 0).await);
     h.stop().await;
 }
 
@@ -576,6 +588,7 @@ async fn queue_survives_restart_and_drops_half_written_entries() {
             dns: postoffice_config::Dns::default(),
             local: Arc::new(common::Recorder(Default::default())),
             signer: None,
+            metrics: None,
         },
         async move {
             let _ = rx.await;

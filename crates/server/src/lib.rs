@@ -9,7 +9,8 @@
 //!   [`Server::start`] prepares everything else on them, [`Server::bind`]
 //!   does both, and [`Server::run`] serves until shut down.
 //! - [`pop3`] drives one POP3 connection, [`smtp`] one SMTP or submission
-//!   connection.
+//!   connection, [`http`] hands one HTTP(S) connection to
+//!   `postoffice-http` (the web interface, API, metrics, autoconfig).
 //! - [`tls`] loads (or generates) the certificates, picks one per
 //!   handshake by SNI, reloads them on SIGHUP or when the files change, and
 //!   runs handshakes.
@@ -18,6 +19,7 @@
 //! - [`shutdown`] broadcasts the stop signal.
 #![forbid(unsafe_code)]
 
+pub mod http;
 pub mod limits;
 pub mod listeners;
 pub mod outbound;
@@ -58,20 +60,40 @@ pub enum Service {
     Submission,
     /// Submission over implicit TLS on 465.
     Submissions,
+    /// The web interface, API, metrics and autoconfig over plain HTTP.
+    Http,
+    /// The same over HTTPS.
+    Https,
 }
 
 impl Service {
+    /// The `protocol` label of the service's metrics.
+    pub fn protocol(self) -> &'static str {
+        use postoffice_core::metrics::protocol;
+        match self {
+            Service::Pop3 => protocol::POP3,
+            Service::Pop3s => protocol::POP3S,
+            Service::Smtp => protocol::SMTP,
+            Service::Submission => protocol::SUBMISSION,
+            Service::Submissions => protocol::SUBMISSIONS,
+            Service::Http => protocol::HTTP,
+            Service::Https => protocol::HTTPS,
+        }
+    }
+
     /// Every service, in the order of the config file.
-    pub const ALL: [Service; 5] = [
+    pub const ALL: [Service; 7] = [
         Service::Pop3,
         Service::Pop3s,
         Service::Smtp,
         Service::Submission,
         Service::Submissions,
+        Service::Http,
+        Service::Https,
     ];
 
     /// Its name in systemd's `FileDescriptorName=` (and RFC 6186's SRV
-    /// labels): pop3, pop3s, smtp, submission, submissions.
+    /// labels): pop3, pop3s, smtp, submission, submissions, http, https.
     pub fn name(self) -> &'static str {
         match self {
             Service::Pop3 => "pop3",
@@ -79,6 +101,8 @@ impl Service {
             Service::Smtp => "smtp",
             Service::Submission => "submission",
             Service::Submissions => "submissions",
+            Service::Http => "http",
+            Service::Https => "https",
         }
     }
 
@@ -93,6 +117,9 @@ impl Service {
 pub struct Shared {
     /// The application core.
     pub app: Arc<App>,
+    /// The HTTP service (`None` only in tests that build a `Shared` by
+    /// hand).
+    pub http: Option<postoffice_http::HttpService>,
     /// The TLS acceptor (`None` only in tests).
     pub tls: Option<TlsAcceptor>,
     /// Connection limits.
@@ -104,7 +131,12 @@ impl Shared {
     pub fn new(app: Arc<App>, tls: Option<TlsAcceptor>) -> Shared {
         let limits = &app.config.limits;
         let limiter = ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip);
-        Shared { app, tls, limiter }
+        Shared {
+            app,
+            http: None,
+            tls,
+            limiter,
+        }
     }
 }
 
@@ -150,7 +182,24 @@ impl Server {
         );
         let app = Arc::new(App::new(config).context("setting up the server")?);
         app.set_outbound(Arc::clone(&queue) as Arc<dyn postoffice_core::Outbound>);
-        let shared = Arc::new(Shared::new(app, Some(tls)));
+        let port = |want: Service| {
+            bound
+                .iter()
+                .find(|(s, _)| *s == want)
+                .and_then(|(_, l)| l.local_addr().ok())
+                .map(|a| a.port())
+        };
+        let ports = postoffice_http::autoconfig::Ports {
+            pop3s: port(Service::Pop3s),
+            pop3: port(Service::Pop3),
+            submissions: port(Service::Submissions),
+            submission: port(Service::Submission),
+        };
+        let http = postoffice_http::HttpService::new(Arc::clone(&app), Arc::clone(&queue), ports)
+            .context("setting up the web interface")?;
+        let mut shared = Shared::new(app, Some(tls));
+        shared.http = Some(http);
+        let shared = Arc::new(shared);
         // Compute the dummy hash now so the first failed login for an
         // unknown user costs the same as any other.
         let _ = tokio::task::spawn_blocking(postoffice_directory::prepare_dummy_hash).await;
@@ -194,6 +243,10 @@ impl Server {
             tasks.spawn(accept_loop(shared, service, listener, sd, trig));
         }
         tasks.spawn(sweeper_loop(Arc::clone(&self.shared), shutdown.clone()));
+        if let Some(http) = self.shared.http.clone() {
+            let mut sd = shutdown.clone();
+            tasks.spawn(async move { http.run_sampler(async move { sd.recv().await }).await });
+        }
         tasks.spawn(tls::watch(
             Arc::clone(&self.certs),
             self.hangup,
@@ -222,15 +275,7 @@ impl Server {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        let counters: Vec<String> = self
-            .shared
-            .app
-            .counters
-            .snapshot()
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        info!(counters = %counters.join(" "), "stopped");
+        info!(counters = %self.shared.app.metrics.summary(), "stopped");
         Ok(())
     }
 }
@@ -279,6 +324,13 @@ async fn accept_loop(
             Ok(g) => g,
             Err(why) => {
                 warn!(ip = %peer.ip(), ?why, "connection refused: limit reached");
+                shared.app.metrics.connections_refused.inc([
+                    service.protocol(),
+                    match why {
+                        Refused::PerIp => "limit_per_ip",
+                        Refused::Total => "limit_total",
+                    },
+                ]);
                 let msg: Vec<u8> = match service {
                     Service::Smtp | Service::Submission | Service::Submissions => Reply::new(
                         codes::SERVICE_UNAVAILABLE,
@@ -290,8 +342,16 @@ async fn accept_loop(
                         Refused::PerIp => Busy::TooManyFromClient.reply().to_vec(),
                         Refused::Total => Busy::ServerFull.reply().to_vec(),
                     },
+                    Service::Http => {
+                        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                            .to_vec()
+                    }
+                    Service::Https => Vec::new(),
                 };
-                if !matches!(service, Service::Pop3s | Service::Submissions) {
+                if !matches!(
+                    service,
+                    Service::Pop3s | Service::Submissions | Service::Https
+                ) {
                     // Best effort, never blocking the accept loop.
                     let _ =
                         tokio::time::timeout(Duration::from_millis(200), tcp.write_all(&msg)).await;
@@ -308,6 +368,9 @@ async fn accept_loop(
             }
             Service::Pop3 | Service::Pop3s => {
                 tracing::info_span!("pop3", peer = %peer, tls = service == Service::Pop3s)
+            }
+            Service::Http | Service::Https => {
+                tracing::info_span!("http", peer = %peer, tls = service == Service::Https)
             }
         };
         // One task type per protocol: a task's allocation is the size of
@@ -338,6 +401,13 @@ async fn accept_loop(
                 async move {
                     let _guard = guard;
                     pop3::serve_connection(shared, tcp, peer, service == Service::Pop3s, sd).await
+                }
+                .instrument(span),
+            ),
+            Service::Http | Service::Https => conns.spawn(
+                async move {
+                    let _guard = guard;
+                    http::serve_connection(shared, tcp, peer, service == Service::Https, sd).await
                 }
                 .instrument(span),
             ),

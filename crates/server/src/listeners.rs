@@ -5,8 +5,8 @@
 //! ports below 1024; the server itself then never is) and pass them as
 //! file descriptors 3, 4, ... with `LISTEN_FDS`, `LISTEN_PID` and
 //! `LISTEN_FDNAMES` (each unit's `FileDescriptorName=`). Each name says
-//! which service the socket is for: `pop3`, `pop3s`, `smtp`, `submission`
-//! or `submissions`. When sockets are passed, the server listens on those
+//! which service the socket is for: `pop3`, `pop3s`, `smtp`, `submission`,
+//! `submissions`, `http` or `https`. When sockets are passed, the server listens on those
 //! and on nothing else: the `listen` keys of the config are not used.
 //!
 //! The descriptors are taken with the `listenfd` crate, which keeps the
@@ -30,7 +30,7 @@ pub enum ListenError {
     /// A passed descriptor has a name that is not a service.
     #[error(
         "socket activation: descriptor {index} is named {name:?}; name each socket with \
-         FileDescriptorName= pop3, pop3s, smtp, submission or submissions"
+         FileDescriptorName= pop3, pop3s, smtp, submission, submissions, http or https"
     )]
     UnknownName {
         /// Its position (0 is descriptor 3).
@@ -51,7 +51,7 @@ pub enum ListenError {
     /// A configured address could not be bound.
     #[error(
         "cannot listen on {addr} ({service}): {source}; is another server running there? \
-         Change the listen addresses ([pop3], [smtp], [submission]) in the config{hint}"
+         Change the listen addresses ([pop3], [smtp], [submission], [http]) in the config{hint}"
     )]
     Bind {
         /// The address.
@@ -120,6 +120,8 @@ impl Listeners {
             (Service::Smtp, &config.smtp.listen),
             (Service::Submission, &config.submission.listen),
             (Service::Submissions, &config.submission.listen_tls),
+            (Service::Http, &config.http.listen),
+            (Service::Https, &config.http.listen_tls),
         ] {
             for addr in addrs {
                 let socket = bind(*addr).map_err(|source| {

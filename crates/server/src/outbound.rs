@@ -26,6 +26,7 @@ pub async fn run(shared: Arc<Shared>, queue: Arc<Queue>, mut shutdown: Shutdown)
         dns: config.dns.clone(),
         local: Arc::clone(&app) as Arc<dyn postoffice_queue::LocalMail>,
         signer,
+        metrics: Some(Arc::clone(&app.metrics)),
     };
     postoffice_queue::run(queue, cfg, async move { shutdown.recv().await }).await;
 }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use postoffice_core::sessions::SessionHandle;
 use postoffice_core::{LoginError, metrics};
 
 use crate::Shared;
@@ -123,6 +124,8 @@ struct Conn {
     bytes_in: u64,
     bytes_out: u64,
     auth_failures: u32,
+    /// This session in the live list (dropping it removes it).
+    handle: SessionHandle,
 }
 
 enum Step<S> {
@@ -159,7 +162,14 @@ pub async fn serve_connection(
         },
         max_bad_commands: config.pop3.max_bad_commands,
     };
+    let protocol = if implicit_tls {
+        metrics::protocol::POP3S
+    } else {
+        metrics::protocol::POP3
+    };
+    let handle = shared.app.sessions.open(protocol, peer, implicit_tls);
     let mut conn = Conn {
+        handle,
         lines: LineBuffer::new(config.pop3.max_line_length),
         session: ServerSession::new(cfg),
         shared,
@@ -197,6 +207,7 @@ pub async fn serve_connection(
                     match crate::tls::accept(&conn.shared, tcp, handshake).await {
                         Some(tls) => {
                             conn.session.tls_started();
+                            conn.handle.set_tls();
                             match drive(tls, &mut conn, &mut shutdown).await {
                                 Step::Done(e) => e,
                                 Step::StartTls(_) => End::Error,
@@ -222,10 +233,10 @@ pub async fn serve_connection(
         dele_bytes,
         bad_commands,
     } = conn.session.stats();
-    let c = &conn.shared.app.counters;
-    metrics::inc(&c.pop3_sessions);
-    metrics::add(&c.pop3_retr, retr);
-    metrics::add(&c.pop3_deleted, dele);
+    let m = &conn.shared.app.metrics;
+    m.pop3_retrieved.add([], retr as i64);
+    m.pop3_retrieved_bytes.add([], retr_bytes as i64);
+    m.pop3_deleted.add([], dele as i64);
     // One summary line per session, as Dovecot logs it.
     info!(
         user = conn.session.user().unwrap_or("-"),
@@ -358,7 +369,8 @@ async fn login(
     match app.login(&user, password, conn.peer.ip()).await {
         Ok(ok) => {
             debug!(user = %ok.address, mechanism, "login");
-            metrics::inc(&app.counters.pop3_logins);
+            app.metrics.logins.inc([metrics::protocol::POP3, "ok"]);
+            conn.handle.set_user(&ok.address);
             let listing: Arc<dyn Listing> = Arc::new(View(Arc::clone(&ok.maildrop)));
             conn.maildrop = Some(ok.maildrop);
             conn.session.login_succeeded(
@@ -373,7 +385,7 @@ async fn login(
             Action::None
         }
         Err(e) => {
-            metrics::inc(&app.counters.pop3_login_failures);
+            app.metrics.logins.inc([metrics::protocol::POP3, "failed"]);
             let why = match e {
                 LoginError::Credentials => {
                     conn.auth_failures += 1;

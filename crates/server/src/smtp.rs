@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postoffice_common::content::{Content, SpoolWriter};
+use postoffice_core::sessions::SessionHandle;
 use postoffice_core::{App, inbound, metrics, submission};
 use postoffice_filter::{ConnectVerdict, SenderVerdict};
 use postoffice_smtp::{Action, ServerSession, SessionConfig, Verdict};
@@ -53,6 +54,8 @@ struct Conn {
     content: Option<SpoolWriter>,
     /// Spooling the content failed (disk full): the transaction gets 452.
     content_failed: bool,
+    /// This session in the live list (dropping it removes it).
+    handle: SessionHandle,
 }
 
 /// Content is taken from the session once this much is buffered (and at
@@ -129,7 +132,14 @@ pub async fn serve_connection(
             max_bytes: cfg.max_header_bytes,
         },
     });
+    let protocol = match mode {
+        Mode::Mx => metrics::protocol::SMTP,
+        Mode::Submission { implicit_tls: true } => metrics::protocol::SUBMISSIONS,
+        Mode::Submission { .. } => metrics::protocol::SUBMISSION,
+    };
+    let handle = shared.app.sessions.open(protocol, peer, implicit_tls);
     let mut conn = Conn {
+        handle,
         mode,
         shared: Arc::clone(&shared),
         peer,
@@ -163,9 +173,16 @@ pub async fn serve_connection(
                     conn.connect_tags = tags;
                     conn.session.greeting(&mut conn.out);
                 }
-                ConnectVerdict::Reject { reply } => {
+                ConnectVerdict::Reject { reply, stage } => {
                     info!(ip = %peer.ip(), %reply, "smtp connection refused by policy");
-                    metrics::inc(&shared.app.counters.smtp_refused_connections);
+                    let m = &shared.app.metrics;
+                    m.connections_refused
+                        .inc([metrics::protocol::SMTP, stage.as_str()]);
+                    let reason = match stage {
+                        postoffice_filter::Stage::Dnsbl => metrics::reason::DNSBL,
+                        _ => metrics::reason::IP_BLOCK,
+                    };
+                    m.smtp_rejections.inc(["mx", reason]);
                     conn.session.refuse(&reply, &mut conn.out);
                 }
             }
@@ -176,6 +193,7 @@ pub async fn serve_connection(
                 Some(tls) => {
                     conn.tls_version = Some(tls_description(&tls));
                     conn.session.tls_started();
+                    conn.handle.set_tls();
                     match drive(tls, &mut conn, &mut shutdown).await {
                         Step::Done(e) => e,
                         Step::StartTls(_) => "error",
@@ -186,13 +204,6 @@ pub async fn serve_connection(
         }
     };
     let stats = conn.session.stats();
-    if !submission {
-        metrics::inc(&shared.app.counters.smtp_sessions);
-        metrics::add(
-            &shared.app.counters.smtp_rcpt_rejected,
-            stats.rejected_rcpts,
-        );
-    }
     info!(
         ip = %peer.ip(),
         submission,
@@ -264,7 +275,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     let v = match conn.mode {
                         Mode::Mx => match app.filters.check_sender(&address) {
                             SenderVerdict::Accept => Verdict::Accept,
-                            SenderVerdict::Reject { reply } => Verdict::Reject(reply),
+                            SenderVerdict::Reject { reply } => {
+                                app.metrics
+                                    .smtp_rejections
+                                    .inc(["mx", metrics::reason::SENDER_BLOCK]);
+                                Verdict::Reject(reply)
+                            }
                         },
                         Mode::Submission { .. } => {
                             let user = conn.session.envelope().authenticated.as_deref();
@@ -285,8 +301,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         return Step::Done("disconnected");
                     }
                     let result = app.authenticate(&user, password, conn.peer.ip()).await.ok();
-                    if result.is_none() {
-                        metrics::inc(&app.counters.submission_auth_failures);
+                    let outcome = if result.is_some() { "ok" } else { "failed" };
+                    app.metrics
+                        .logins
+                        .inc([metrics::protocol::SUBMISSION, outcome]);
+                    if let Some(user) = &result {
+                        conn.handle.set_user(user);
                     }
                     conn.session.auth_result(result, &mut conn.out);
                 }

@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use postoffice_config::{CertKey, Config};
+use postoffice_core::metrics::tls_version_label;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -579,14 +580,25 @@ pub async fn accept(
     timeout: std::time::Duration,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     let acceptor = shared.tls.as_ref()?;
+    let metrics = &shared.app.metrics;
     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(s),
+        Ok(Ok(s)) => {
+            let version = s
+                .get_ref()
+                .1
+                .protocol_version()
+                .map_or("other", |v| tls_version_label(&format!("{v:?}")));
+            metrics.tls_handshakes.inc([version]);
+            Some(s)
+        }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
+            metrics.tls_handshake_failures.inc(["error"]);
             None
         }
         Err(_) => {
             tracing::debug!("TLS handshake timed out");
+            metrics.tls_handshake_failures.inc(["timeout"]);
             None
         }
     }

@@ -36,6 +36,8 @@
 //! - waiting: [`wait_for`], [`poll_until`], [`eventually`];
 //! - clients: [`Client`], a blocking line client with POP3 helpers, and
 //!   the SMTP helpers [`smtp_reply`], [`smtp_cmd`], [`smtp_connect`];
+//!   [`HttpClient`], an HTTP/1.1 client with a cookie jar, and
+//!   [`http_raw`] for requests written byte by byte;
 //!   [`tls_client`] for TLS to a server with a self-signed certificate;
 //! - mail: [`crlf_normalize`], [`dot_stuff`], [`dot_unstuff`],
 //!   [`lines_of`], [`simple_message`], [`base64`], [`all_files`];
@@ -46,6 +48,7 @@
 mod client;
 mod daemon;
 mod dnsmasq;
+mod http;
 mod mail;
 mod net;
 mod postoffice;
@@ -57,6 +60,7 @@ mod wait;
 pub use client::Client;
 pub use daemon::{Daemon, peak_rss_kib, read_log};
 pub use dnsmasq::Dnsmasq;
+pub use http::{HttpClient, HttpResponse, form_encode, http_raw, parse_response};
 pub use mail::{
     all_files, base64, crlf_normalize, dot_stuff, dot_unstuff, lines_of, simple_message,
 };

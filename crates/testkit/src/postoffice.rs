@@ -55,7 +55,8 @@ impl Env {
     /// generated part uses dotted `pop3.*` keys so that `extra` may start
     /// with top-level keys (e.g. `shutdown_timeout_secs = 5`) followed by
     /// tables such as `[auth]`. Extra `[pop3]` keys must be given as
-    /// dotted keys (`pop3.max_bad_commands = 5`) at the top of `extra`.
+    /// dotted keys (`pop3.max_bad_commands = 5`) at the top of `extra`,
+    /// and so must extra `[http]` keys (`http.metrics_token = "t"`).
     pub fn new(bin: impl AsRef<Path>, extra: &str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("postoffice-e2e-")
@@ -66,7 +67,7 @@ impl Env {
             "data_dir = \"data\"\nhostname = \"test.local\"\n\
              pop3.listen = [\"127.0.0.1:0\"]\npop3.listen_tls = [\"127.0.0.1:0\"]\n\
              smtp.listen = [\"127.0.0.1:0\"]\nsubmission.listen = [\"127.0.0.1:0\"]\n\
-             submission.listen_tls = [\"127.0.0.1:0\"]\n{extra}\n{}",
+             submission.listen_tls = [\"127.0.0.1:0\"]\nhttp.listen = [\"127.0.0.1:0\"]\n{extra}\n{}",
             no_dns(extra)
         );
         std::fs::write(&config, text).expect("write config");
@@ -196,16 +197,14 @@ impl Env {
             smtp: None,
             submit: None,
             submits: None,
+            http: None,
+            https: None,
             log: self.log.clone(),
             cert: self.cert(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        while server.pop3.is_none()
-            || server.pop3s.is_none()
-            || server.smtp.is_none()
-            || server.submit.is_none()
-            || server.submits.is_none()
-        {
+        // The banner lists every listener, then the certificate.
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(line) => line,
@@ -214,6 +213,9 @@ impl Env {
                     self.log_contents()
                 ),
             };
+            if line.trim_start().starts_with("TLS certificate:") {
+                break;
+            }
             let mut words = line.split_whitespace();
             let (kind, addr) = (words.next(), words.next());
             let parsed = addr.and_then(|a| a.parse::<SocketAddr>().ok());
@@ -223,9 +225,20 @@ impl Env {
                 (Some("SMTP"), Some(a)) => server.smtp = Some(a),
                 (Some("SUBMIT"), Some(a)) => server.submit = Some(a),
                 (Some("SUBMITS"), Some(a)) => server.submits = Some(a),
+                (Some("HTTP"), Some(a)) => server.http = Some(a),
+                (Some("HTTPS"), Some(a)) => server.https = Some(a),
                 _ => {}
             }
         }
+        assert!(
+            server.pop3.is_some()
+                && server.pop3s.is_some()
+                && server.smtp.is_some()
+                && server.submit.is_some()
+                && server.submits.is_some(),
+            "a mail listener is missing: {server:?}; log:\n{}",
+            self.log_contents()
+        );
         server
     }
 }
@@ -274,6 +287,8 @@ pub struct Server {
     smtp: Option<SocketAddr>,
     submit: Option<SocketAddr>,
     submits: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
     log: PathBuf,
     cert: PathBuf,
 }
@@ -302,6 +317,16 @@ impl Server {
     /// The submissions (implicit TLS) listener.
     pub fn submits_addr(&self) -> SocketAddr {
         self.submits.expect("submissions listener")
+    }
+
+    /// The HTTP listener (web interface, API, metrics, autoconfig).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("http listener")
+    }
+
+    /// The HTTPS listener, when `http.listen_tls` was configured.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.expect("https listener (set http.listen_tls)")
     }
 
     /// The server's process id.

@@ -73,6 +73,7 @@ impl TestServer {
         cfg.smtp.listen = Vec::new();
         cfg.submission.listen = Vec::new();
         cfg.submission.listen_tls = Vec::new();
+        cfg.http.listen = Vec::new();
         let server = Server::bind(cfg).await.expect("bind");
         let mut plain = None;
         let mut tls = None;

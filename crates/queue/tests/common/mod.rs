@@ -328,6 +328,8 @@ impl LocalMail for Recorder {
 pub struct Harness {
     pub queue: Arc<Queue>,
     pub local: Mailbox,
+    /// What the scheduler counted.
+    pub metrics: Arc<postoffice_core::metrics::Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     pub dir: tempfile::TempDir,
@@ -354,6 +356,7 @@ pub fn start(
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path(), &cfg).unwrap());
     let local: Mailbox = Arc::new(Mutex::new(Vec::new()));
+    let metrics = Arc::new(postoffice_core::metrics::Metrics::new());
     let dcfg = DeliveryConfig {
         hostname: "mail.src.test".into(),
         queue: cfg,
@@ -363,6 +366,7 @@ pub fn start(
         },
         local: Arc::new(Recorder(Arc::clone(&local))),
         signer,
+        metrics: Some(Arc::clone(&metrics)),
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(postoffice_queue::run(
@@ -375,6 +379,7 @@ pub fn start(
     Harness {
         queue,
         local,
+        metrics,
         stop: Some(tx),
         task: Some(task),
         dir,
