@@ -47,7 +47,9 @@ class Server:
         with open(self.config, "w") as f:
             f.write(f'data_dir = "data"\nhostname = "{name}.test"\n{extra}\n'
                     f'[pop3]\nlisten = ["127.0.0.1:{pop3_port}"]\nlisten_tls = []\n'
-                    '[smtp]\nlisten = []\n[submission]\nlisten = []\nlisten_tls = []\n' + FILTERS)
+                    '[smtp]\nlisten = []\n[submission]\nlisten = []\nlisten_tls = []\n'
+                    # Two servers run at once: neither takes the web listener's default port.
+                    '[http]\nlisten = []\n' + FILTERS)
         self.port = pop3_port
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc = None
