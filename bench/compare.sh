@@ -624,7 +624,10 @@ srvsel() {
 }
 # The machine is shared: measure only while no compiler runs. Waiting is
 # bounded by one budget for the whole run (20 minutes, polls every 15 s).
-busy() { pgrep -x rustc >/dev/null || pgrep -f 'cargo (build|test|clippy)' >/dev/null; }
+# Processes named rustc or cargo (not a command line that merely mentions
+# cargo: a build queued behind a lock, e.g. `flock LOCK cargo build`, is no
+# load).
+busy() { pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; }
 IDLE_BUDGET=1200 WAITED=0 INTERFERED=0
 wait_idle() {
     [[ $WAIT_IDLE == 1 ]] || return 0
