@@ -90,6 +90,8 @@ pub struct Config {
     pub log: Log,
     /// The web interface, metrics and client autoconfiguration (`[http]`).
     pub http: Http,
+    /// Role addresses of the local domains (`[addresses]`).
+    pub addresses: Addresses,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             dns: Dns::default(),
             tls: Tls::default(),
             policy: Policy::default(),
+            addresses: Addresses::default(),
             notices: Notices::default(),
             fetch_jobs: FetchJobs::default(),
             auth: Auth::default(),
@@ -227,6 +230,35 @@ impl Default for Submission {
             sender_aliases: std::collections::BTreeMap::new(),
             sendmail_trusted_users: vec!["root".into()],
         }
+    }
+}
+
+/// Role addresses every local domain has (RFC 5321 §4.5.1, RFC 2142):
+/// `postmaster@` (and bare `postmaster`) and `abuse@` of every local domain
+/// are always accepted when they are not users themselves, and delivered to
+/// the mailboxes named here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Addresses {
+    /// Local users that receive mail for postmaster@ and abuse@ of every
+    /// local domain: ["admin@example.test"]. Empty (the default) = none; then
+    /// those addresses are refused like unknown users, and `serve` and
+    /// `config check` warn.
+    pub postmaster: Vec<String>,
+    /// Per-domain override of `postmaster`:
+    /// { "example.org" = ["hostmaster@example.org"] }.
+    pub domain_postmaster: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Addresses {
+    /// The mailboxes that receive postmaster@ and abuse@ of `domain`.
+    pub fn postmaster_of(&self, domain: &str) -> &[String] {
+        let d = domain.to_ascii_lowercase();
+        self.domain_postmaster
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&d))
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&self.postmaster)
     }
 }
 

@@ -128,19 +128,34 @@ impl Local<'_> {
     /// Check a recipient before accepting it: it must be a known user of a
     /// local domain with room for at least one more message.
     pub fn check_recipient(&self, address: &str) -> Result<String, DeliveryError> {
-        let addr = normalize_address(address)
-            .map_err(|_| DeliveryError::NoSuchUser(address.to_string()))?;
+        let mut targets = self.check_targets(address)?;
+        Ok(targets.swap_remove(0))
+    }
+
+    /// The mailboxes that receive mail for `address` (see
+    /// [`crate::addresses`]), each checked like [`Local::check_recipient`];
+    /// never empty.
+    pub fn check_targets(&self, address: &str) -> Result<Vec<String>, DeliveryError> {
+        let targets = self.resolve(std::slice::from_ref(&address.to_string()))?;
+        for addr in &targets {
+            match self.check_quota(addr, 0) {
+                // Room may be made when the message arrives.
+                Err(DeliveryError::OverQuota(_)) if self.make_room_mode() => {}
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        Ok(targets)
+    }
+
+    /// The distinct mailboxes that receive mail for `recipients`.
+    fn resolve(&self, recipients: &[String]) -> Result<Vec<String>, DeliveryError> {
         let dir = self.directory.snapshot();
-        if dir.user(&addr).is_none() {
-            return Err(DeliveryError::NoSuchUser(addr));
-        }
-        match self.check_quota(&addr, 0) {
-            // Room may be made when the message arrives.
-            Err(DeliveryError::OverQuota(_)) if self.make_room_mode() => {}
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        Ok(addr)
+        crate::addresses::expand(&self.config.addresses, &dir, recipients).map_err(|e| match e {
+            crate::addresses::Unresolved::Unknown(a) => {
+                DeliveryError::NoSuchUser(normalize_address(&a).unwrap_or(a))
+            }
+        })
     }
 
     /// Is this a domain we receive mail for?
@@ -296,9 +311,11 @@ impl Local<'_> {
             return Err(DeliveryError::Empty);
         }
         let size = message.len();
-        let mut checked = Vec::with_capacity(recipients.len());
+        // Each mailbox once, however many recipients lead to it.
+        let mailboxes = self.resolve(recipients)?;
+        let mut checked = Vec::with_capacity(mailboxes.len());
         let mut full = Vec::new();
-        for r in recipients {
+        for r in &mailboxes {
             let addr = self.check_recipient(r)?;
             match self.check_quota(&addr, size) {
                 Ok(room) => checked.push((addr, room)),
@@ -345,7 +362,9 @@ impl Local<'_> {
 
     /// Take back what [`Local::deliver`] stored for `recipients`.
     pub fn undo(&self, recipients: &[String], delivered: &[Delivered]) {
-        for (r, d) in recipients.iter().zip(delivered) {
+        // The same expansion as at delivery: one stored copy per mailbox.
+        let mailboxes = self.resolve(recipients).unwrap_or_default();
+        for (r, d) in mailboxes.iter().zip(delivered) {
             if let Ok(addr) = normalize_address(r) {
                 let _ = self.store.discard(&addr, d);
             }
@@ -358,7 +377,7 @@ impl Local<'_> {
         recipients: &[String],
         message: &Pieces<'_>,
     ) -> Result<(), DeliveryError> {
-        for r in recipients {
+        for r in &self.resolve(recipients)? {
             let addr = self.check_recipient(r)?;
             self.store
                 .deliver_quarantine(&addr, &mut message.reader())

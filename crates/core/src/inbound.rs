@@ -86,13 +86,15 @@ pub struct Message<'a> {
 /// SMTP header limit keeps real headers far below it).
 pub(crate) const HEADER_WINDOW: usize = 4 << 20;
 
-/// Relay protection and the recipient check: only known users of local
-/// domains with room for a message; everything else is refused.
+/// Relay protection and the recipient check: only addresses of local
+/// domains that reach a mailbox with room for a message (users, and the
+/// role addresses of [`crate::addresses`]); everything else is refused.
 pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
     let local = app.local();
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
     let rejected = |why: &'static str| app.metrics.smtp_rejections.inc([MX, why]);
-    if !local.is_local_domain(domain) {
+    let bare_postmaster = crate::addresses::is_bare_postmaster(address);
+    if !bare_postmaster && !local.is_local_domain(domain) {
         rejected(reason::RELAY);
         return Verdict::Reject(Reply::new(
             codes::TRANSACTION_FAILED,

@@ -42,6 +42,7 @@
 //! pool so that no listener thread waits on a disk or a hash.
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 pub mod admin;
 pub mod app;
 pub mod auth_cache;

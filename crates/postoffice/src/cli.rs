@@ -558,6 +558,9 @@ fn serve(config: Config, path: Option<&Path>) -> Result<ExitCode> {
             "running as root (no `user` in the config): fine for a trial on loopback; set `user = \"postoffice\"` before serving the network"
         );
     }
+    for w in postmaster_warnings(&config) {
+        tracing::warn!("{w}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // File I/O and password hashing run on blocking threads; a bounded
@@ -648,6 +651,24 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
     println!("Stop with Ctrl-C.");
 }
 
+/// Role addresses (postmaster@, abuse@) that reach no mailbox, when the
+/// directory exists; warnings only, the server runs anyway.
+fn postmaster_warnings(config: &Config) -> Vec<String> {
+    if !config
+        .data_dir
+        .join(postoffice_directory::DIRECTORY_FILE)
+        .exists()
+    {
+        return Vec::new();
+    }
+    match Directory::open(&config.data_dir) {
+        Ok(dir) => {
+            postoffice_core::addresses::postmaster_warnings(&config.addresses, &dir.snapshot())
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 fn config_check(config: &Config, path: Option<&Path>) -> Result<ExitCode> {
     match path {
         Some(p) => eprintln!("config file: {}", p.display()),
@@ -702,6 +723,9 @@ fn config_check(config: &Config, path: Option<&Path>) -> Result<ExitCode> {
                 bad += 1;
             }
         }
+    }
+    for w in postmaster_warnings(config) {
+        eprintln!("warning: {w}");
     }
     if bad > 0 {
         eprintln!("config NOT OK: {bad} TLS certificate(s) do not load");
