@@ -80,6 +80,8 @@ if [[ "${1:-}" != "--quick" ]]; then
         python3 tests/clients/debian_package.py target/debug/postoffice
     stage "provider policy users see: quota warnings and retention notices (smtplib, poplib)" \
         python3 tests/clients/policy.py target/debug/postoffice
+    stage "role addresses: postmaster@, abuse@, bare postmaster over SMTP, read over POP3" \
+        python3 tests/clients/addresses.py target/debug/postoffice
     stage "migration keeping UIDLs: postoffice import from Dovecot (POP3 and dovecot-uidlist)" \
         python3 tests/clients/migrate.py target/debug/postoffice
     stage "fetch jobs: one postoffice pulls from another, verdict headers, back-off" \

@@ -120,3 +120,94 @@ pub fn postmaster_warnings(config: &Addresses, dir: &DirectoryData) -> Vec<Strin
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postoffice_directory::Directory;
+
+    fn setup() -> (tempfile::TempDir, Directory) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path()).unwrap();
+        dir.add_domain("example.test").unwrap();
+        dir.add_domain("example.org").unwrap();
+        let hash = postoffice_directory::hash_password(b"pw").unwrap();
+        for u in [
+            "admin@example.test",
+            "abuse@example.org",
+            "host@example.org",
+        ] {
+            dir.add_user(u, &hash).unwrap();
+        }
+        (tmp, dir)
+    }
+
+    fn config() -> Addresses {
+        let mut c = Addresses {
+            postmaster: vec!["admin@example.test".into(), "Admin@Example.test".into()],
+            ..Addresses::default()
+        };
+        c.domain_postmaster
+            .insert("Example.ORG".into(), vec!["host@example.org".into()]);
+        c
+    }
+
+    #[test]
+    fn role_addresses_reach_the_configured_mailboxes_once() {
+        let (_t, dir) = setup();
+        let d = dir.snapshot();
+        let c = config();
+        let admin = vec!["admin@example.test".to_string()];
+        assert_eq!(resolve(&c, &d, "postmaster@example.test").unwrap(), admin);
+        assert_eq!(resolve(&c, &d, "ABUSE@example.test").unwrap(), admin);
+        assert_eq!(resolve(&c, &d, "postmaster").unwrap(), admin);
+        // The per-domain override, and a user that is itself a role address.
+        let host = vec!["host@example.org".to_string()];
+        assert_eq!(resolve(&c, &d, "postmaster@example.org").unwrap(), host);
+        assert_eq!(
+            resolve(&c, &d, "abuse@example.org").unwrap(),
+            vec!["abuse@example.org".to_string()]
+        );
+        let all = [
+            "postmaster@example.test",
+            "abuse@example.test",
+            "admin@example.test",
+        ]
+        .map(String::from);
+        assert_eq!(expand(&c, &d, &all).unwrap(), admin);
+    }
+
+    #[test]
+    fn unknown_and_foreign_addresses_do_not_resolve() {
+        let (_t, dir) = setup();
+        let d = dir.snapshot();
+        let c = config();
+        for a in [
+            "nobody@example.test",
+            "postmaster@remote.test",
+            "postmaster%remote.test@example.test",
+            "hostmaster@example.test",
+        ] {
+            assert!(resolve(&c, &d, a).is_err(), "{a}");
+        }
+        // Nothing configured: the role addresses reach no mailbox, and say so.
+        let none = Addresses::default();
+        assert!(resolve(&none, &d, "postmaster@example.test").is_err());
+        let w = postmaster_warnings(&none, &d);
+        assert!(
+            w.iter().any(|w| w.starts_with("postmaster@example.test")),
+            "{w:?}"
+        );
+        assert!(postmaster_warnings(&c, &d).is_empty());
+        // A target that is not a user is named.
+        let bad = Addresses {
+            postmaster: vec!["ghost@example.test".into()],
+            ..Addresses::default()
+        };
+        assert!(
+            postmaster_warnings(&bad, &d)
+                .iter()
+                .any(|w| w.contains("ghost@example.test"))
+        );
+    }
+}

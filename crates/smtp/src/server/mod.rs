@@ -527,6 +527,12 @@ impl ServerSession {
             Request::Helo { host } => self.ehlo(&host, false, out),
             Request::Lhlo { .. } => self.lhlo(out),
             Request::Mail { from } => self.mail(from, out),
+            // RFC 5321 4.1.1.3: `RCPT TO:<Postmaster>` without a domain
+            // must be accepted; smtp-proto parses it as the empty path.
+            Request::Rcpt { mut to } if to.address.is_empty() && is_bare_postmaster(line) => {
+                to.address = "postmaster".into();
+                self.rcpt(to, out)
+            }
             Request::Rcpt { to } => self.rcpt(to, out),
             Request::Data => self.data(out),
             Request::Bdat {
@@ -633,6 +639,25 @@ impl ServerSession {
             None => self.error(out, replies::auth_invalid()),
         }
     }
+}
+
+/// Is `line` `RCPT TO:<postmaster>` (any case, parameters allowed)?
+fn is_bare_postmaster(line: &[u8]) -> bool {
+    let Ok(line) = std::str::from_utf8(line) else {
+        return false;
+    };
+    let line = line.trim_end();
+    let Some((verb, path)) = line.split_once(':') else {
+        return false;
+    };
+    let verb: Vec<&str> = verb.split_ascii_whitespace().collect();
+    verb.len() == 2
+        && verb[0].eq_ignore_ascii_case("RCPT")
+        && verb[1].eq_ignore_ascii_case("TO")
+        && path
+            .trim_start()
+            .get(..12)
+            .is_some_and(|p| p.eq_ignore_ascii_case("<postmaster>"))
 }
 
 /// The reply to a line `smtp-proto` could not parse.
