@@ -15,7 +15,9 @@ const ALICE_PW: &str = "alice secret";
 const BOB: &str = "bob@example.test";
 
 fn setup() -> (Env, Server) {
-    let env = Env::new(BIN, "");
+    // postmaster@/abuse@ of the local domains reach alice: the role
+    // addresses must not open a relay either.
+    let env = Env::new(BIN, "addresses.postmaster = [\"alice@example.test\"]");
     env.add_user(ALICE, ALICE_PW);
     env.add_user(BOB, "bob secret");
     let server = env.start();
@@ -78,6 +80,14 @@ fn mx_port_refuses_every_relay_trick() {
         (remote, "<alice@other.example>", 554),
         (remote, "<alice@example.test.other.example>", 554),
         (remote, "<alice@other.example.>", 554),
+        // Role addresses (accepted for local domains) with the same tricks.
+        (remote, "<postmaster%other.example@example.test>", 550),
+        (remote, "<abuse%other.example@example.test>", 550),
+        (remote, "<@example.test:postmaster@other.example>", 554),
+        (remote, "<other.example!postmaster@example.test>", 550),
+        (remote, "<postmaster@other.example>", 554),
+        (remote, "<abuse@other.example>", 554),
+        (remote, "<postmaster@example.test.other.example>", 554),
         (ALICE, "<friend@other.example>", 554),
         ("", "<friend@other.example>", 554),
     ];
