@@ -480,6 +480,23 @@ pub struct Filter {
     pub clamd_failure: FailMode,
     /// Seconds allowed for one clamd scan.
     pub clamd_timeout_secs: u64,
+    /// rspamd address "host:port" of its normal worker (HTTP `/checkv2`),
+    /// e.g. "127.0.0.1:11333". Empty (default): no content scoring.
+    pub rspamd: String,
+    /// Spam score from which a message gets `X-Spam-Status: Yes` (rspamd's
+    /// add_header action; default 6).
+    pub spam_tag: f64,
+    /// Spam score from which a message is quarantined (default 10, between
+    /// add_header and reject). At or above `spam_reject` it is refused.
+    pub spam_quarantine: f64,
+    /// Spam score from which a message is refused with 550 5.7.1 (rspamd's
+    /// reject action; default 15).
+    pub spam_reject: f64,
+    /// closed (451, default) or open (accept with X-Spam-Status: Unknown)
+    /// when rspamd is unreachable, times out or answers garbage.
+    pub rspamd_failure: FailMode,
+    /// Seconds allowed for one rspamd check.
+    pub rspamd_timeout_secs: u64,
 }
 
 impl Default for Filter {
@@ -497,6 +514,12 @@ impl Default for Filter {
             virus: StageMode::Reject,
             clamd_failure: FailMode::Closed,
             clamd_timeout_secs: 30,
+            rspamd: String::new(),
+            spam_tag: 6.0,
+            spam_quarantine: 10.0,
+            spam_reject: 15.0,
+            rspamd_failure: FailMode::Closed,
+            rspamd_timeout_secs: 30,
         }
     }
 }
