@@ -8,8 +8,9 @@
 //!    skips the next two), `ip_block`, then the DNS block lists (RFC 5782).
 //! 2. [`Filters::check_sender`] at MAIL FROM: `sender_block`.
 //! 3. [`Filters::check_message`] once per message after DATA: SPF (RFC 7208),
-//!    DKIM (RFC 6376), DMARC (RFC 7489) and a clamd virus scan, run
-//!    concurrently. It returns header lines to prepend and the action.
+//!    DKIM (RFC 6376), DMARC (RFC 7489), a clamd virus scan and an rspamd
+//!    spam score, run concurrently. It returns header lines to prepend and
+//!    the action.
 //!
 //! # Stage modes
 //!
@@ -29,10 +30,17 @@
 //! * Virus: clamd reports `FOUND`. A scanner failure (unreachable, timeout,
 //!   size limit, garbage) follows `clamd_failure`: `closed` gives a 451
 //!   temporary failure, `open` accepts with an `X-Virus-Scan: skipped` header.
+//! * Spam: rspamd (`filter.rspamd`, HTTP `POST /checkv2` with the client IP,
+//!   HELO, envelope sender and recipients as request headers) scores the
+//!   message. Score >= `spam_reject`: 550 5.7.1; >= `spam_quarantine`:
+//!   quarantine; >= `spam_tag`: only `X-Spam-Status: Yes`. An rspamd
+//!   failure follows `rspamd_failure` like clamd's (`closed`: 451 4.7.1;
+//!   `open`: accept with `X-Spam-Status: Unknown (<reason>)`). Messages
+//!   over 20 MiB are not scanned (`X-Spam-Status: Unknown`).
 //!
 //! When several stages act, the strongest action wins: Reject > TempFail >
 //! Quarantine > Accept. Among equals, the first in the order virus, DMARC,
-//! SPF, DKIM gives the reply; quarantine reasons are joined.
+//! SPF, DKIM, spam gives the reply; quarantine reasons are joined.
 //!
 //! # Headers added to accepted messages
 //!
@@ -50,6 +58,10 @@
 //!   [`MessageVerdict::summary`], for the transaction log.
 //! * `X-Virus-Scan: skipped (<reason>)` when clamd failed and
 //!   `clamd_failure = "open"`.
+//! * With rspamd: `X-Spam-Score: <score>`, `X-Spam-Status: Yes|No,
+//!   score=.. tag=.. quarantine=.. reject=..` and `X-Spam-Symbols:` (the
+//!   symbols, highest score first, at most 20); the summary then ends in
+//!   `spam=ham|tag|quarantine|reject|skipped|error`.
 //!
 //! All values coming from outside (addresses, domains, signature names, DNS
 //! text) are sanitised: no CR, LF or other control characters, printable
