@@ -216,6 +216,13 @@ pub struct Submission {
     /// address. Everyone else may send only as `<login>@<hostname>` (and
     /// that address's sender_aliases).
     pub sendmail_trusted_users: Vec<String>,
+    /// Most messages one authenticated user may submit in any hour; the
+    /// next gets 451 4.7.0. 0 (default): no limit.
+    pub max_messages_per_hour: u32,
+    /// Most recipients one authenticated user may send to in any 24 hours
+    /// (summed over messages); a message that would pass it gets 451 4.7.0.
+    /// 0 (default): no limit.
+    pub max_recipients_per_day: u32,
 }
 
 impl Default for Submission {
@@ -226,6 +233,8 @@ impl Default for Submission {
             allow_plaintext_auth_loopback: true,
             sender_aliases: std::collections::BTreeMap::new(),
             sendmail_trusted_users: vec!["root".into()],
+            max_messages_per_hour: 0,
+            max_recipients_per_day: 0,
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The live sessions.
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// Messages and recipients each user submitted recently.
+    pub send_limits: crate::send_limits::SendLimits,
     /// Where large messages are spooled while they are received.
     spool_dir: std::path::PathBuf,
     /// Message octets held in memory by all transactions.
@@ -178,6 +180,7 @@ impl App {
             dkim,
             metrics,
             sessions,
+            send_limits: crate::send_limits::SendLimits::default(),
             hash_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod notices;
 pub mod outbound;
 pub mod retention;
+pub mod send_limits;
 pub mod sendmail;
 pub mod sessions;
 pub mod submission;

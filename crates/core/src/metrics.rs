@@ -72,6 +72,9 @@ pub mod reason {
     pub const SPAM: &str = "spam";
     /// The virus or spam scanner failed (fail closed: 451).
     pub const SCANNER_UNAVAILABLE: &str = "scanner_unavailable";
+    /// Submission: the user passed `max_messages_per_hour` or
+    /// `max_recipients_per_day`.
+    pub const SEND_LIMIT: &str = "send_limit";
     /// Submission: a sender address the user may not use.
     pub const SENDER_NOT_OWNED: &str = "sender_not_owned";
     /// Anything else.
