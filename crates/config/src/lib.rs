@@ -506,6 +506,19 @@ pub struct Filter {
     pub rspamd_failure: FailMode,
     /// Seconds allowed for one rspamd check.
     pub rspamd_timeout_secs: u64,
+    /// Greylisting (RFC 6647) on the MX port: the first attempt of each
+    /// (client /24 or /64, sender, recipient) is answered 451 4.7.1. Off by
+    /// default.
+    pub greylist: bool,
+    /// Seconds a client must wait before its retry is accepted.
+    pub greylist_delay_secs: u64,
+    /// Seconds a triplet, and a client network that retried successfully
+    /// (then allowed for everything), is remembered.
+    pub greylist_lifetime_secs: u64,
+    /// Client IPs or CIDR networks never greylisted.
+    pub greylist_allow: Vec<String>,
+    /// Sender domains never greylisted ("example.net").
+    pub greylist_allow_domains: Vec<String>,
 }
 
 impl Default for Filter {
@@ -529,6 +542,11 @@ impl Default for Filter {
             spam_reject: 15.0,
             rspamd_failure: FailMode::Closed,
             rspamd_timeout_secs: 30,
+            greylist: false,
+            greylist_delay_secs: 300,
+            greylist_lifetime_secs: 36 * 24 * 3600,
+            greylist_allow: Vec::new(),
+            greylist_allow_domains: Vec::new(),
         }
     }
 }

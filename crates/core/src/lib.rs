@@ -49,6 +49,7 @@ pub mod author;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
+pub mod greylist;
 pub mod inbound;
 pub mod metrics;
 pub mod notices;

@@ -72,6 +72,8 @@ pub mod reason {
     pub const SPAM: &str = "spam";
     /// The virus or spam scanner failed (fail closed: 451).
     pub const SCANNER_UNAVAILABLE: &str = "scanner_unavailable";
+    /// A greylisted recipient (451 4.7.1).
+    pub const GREYLIST: &str = "greylist";
     /// Submission: the user passed `max_messages_per_hour` or
     /// `max_recipients_per_day`.
     pub const SEND_LIMIT: &str = "send_limit";
