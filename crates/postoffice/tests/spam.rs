@@ -36,7 +36,8 @@ fn rspamd_binary() -> Option<PathBuf> {
     found
 }
 
-/// A private rspamd on a loopback port. Killed on drop.
+/// A private rspamd on a loopback port. Stopped on drop with SIGTERM: a
+/// SIGKILL of the main process would leave its workers running.
 struct Rspamd {
     daemon: Daemon,
     addr: SocketAddr,
@@ -84,6 +85,9 @@ impl Rspamd {
     /// Stops rspamd and its workers (SIGTERM to the main process, which
     /// takes its workers down) and waits until nothing listens any more.
     fn stop(&mut self) {
+        if self.daemon.exited() {
+            return;
+        }
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.daemon.id().to_string())
@@ -96,6 +100,25 @@ impl Rspamd {
         });
         assert!(gone, "rspamd still listens: {}", self.daemon.output());
         self.daemon.kill();
+    }
+}
+
+impl Drop for Rspamd {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop();
+            return;
+        }
+        // Unwinding from a failed assertion: no second panic, just the
+        // signal and a bounded wait.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.daemon.id().to_string())
+            .status();
+        let addr = self.addr;
+        poll_until(RSPAMD_START, || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+        });
     }
 }
 
