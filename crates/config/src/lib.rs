@@ -219,6 +219,13 @@ pub struct Submission {
     /// address. Everyone else may send only as `<login>@<hostname>` (and
     /// that address's sender_aliases).
     pub sendmail_trusted_users: Vec<String>,
+    /// Most messages one authenticated user may submit in any hour; the
+    /// next gets 451 4.7.0. 0 (default): no limit.
+    pub max_messages_per_hour: u32,
+    /// Most recipients one authenticated user may send to in any 24 hours
+    /// (summed over messages); a message that would pass it gets 451 4.7.0.
+    /// 0 (default): no limit.
+    pub max_recipients_per_day: u32,
 }
 
 impl Default for Submission {
@@ -229,6 +236,8 @@ impl Default for Submission {
             allow_plaintext_auth_loopback: true,
             sender_aliases: std::collections::BTreeMap::new(),
             sendmail_trusted_users: vec!["root".into()],
+            max_messages_per_hour: 0,
+            max_recipients_per_day: 0,
         }
     }
 }
@@ -512,6 +521,36 @@ pub struct Filter {
     pub clamd_failure: FailMode,
     /// Seconds allowed for one clamd scan.
     pub clamd_timeout_secs: u64,
+    /// rspamd address "host:port" of its normal worker (HTTP `/checkv2`),
+    /// e.g. "127.0.0.1:11333". Empty (default): no content scoring.
+    pub rspamd: String,
+    /// Spam score from which a message gets `X-Spam-Status: Yes` (rspamd's
+    /// add_header action; default 6).
+    pub spam_tag: f64,
+    /// Spam score from which a message is quarantined (default 10, between
+    /// add_header and reject). At or above `spam_reject` it is refused.
+    pub spam_quarantine: f64,
+    /// Spam score from which a message is refused with 550 5.7.1 (rspamd's
+    /// reject action; default 15).
+    pub spam_reject: f64,
+    /// closed (451, default) or open (accept with X-Spam-Status: Unknown)
+    /// when rspamd is unreachable, times out or answers garbage.
+    pub rspamd_failure: FailMode,
+    /// Seconds allowed for one rspamd check.
+    pub rspamd_timeout_secs: u64,
+    /// Greylisting (RFC 6647) on the MX port: the first attempt of each
+    /// (client /24 or /64, sender, recipient) is answered 451 4.7.1. Off by
+    /// default.
+    pub greylist: bool,
+    /// Seconds a client must wait before its retry is accepted.
+    pub greylist_delay_secs: u64,
+    /// Seconds a triplet, and a client network that retried successfully
+    /// (then allowed for everything), is remembered.
+    pub greylist_lifetime_secs: u64,
+    /// Client IPs or CIDR networks never greylisted.
+    pub greylist_allow: Vec<String>,
+    /// Sender domains never greylisted ("example.net").
+    pub greylist_allow_domains: Vec<String>,
 }
 
 impl Default for Filter {
@@ -529,6 +568,17 @@ impl Default for Filter {
             virus: StageMode::Reject,
             clamd_failure: FailMode::Closed,
             clamd_timeout_secs: 30,
+            rspamd: String::new(),
+            spam_tag: 6.0,
+            spam_quarantine: 10.0,
+            spam_reject: 15.0,
+            rspamd_failure: FailMode::Closed,
+            rspamd_timeout_secs: 30,
+            greylist: false,
+            greylist_delay_secs: 300,
+            greylist_lifetime_secs: 36 * 24 * 3600,
+            greylist_allow: Vec::new(),
+            greylist_allow_domains: Vec::new(),
         }
     }
 }

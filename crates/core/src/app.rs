@@ -90,6 +90,10 @@ pub struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The live sessions.
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// Greylisting of the MX port; `None` when off.
+    pub greylist: Option<crate::greylist::Greylist>,
+    /// Messages and recipients each user submitted recently.
+    pub send_limits: crate::send_limits::SendLimits,
     /// Where large messages are spooled while they are received.
     spool_dir: std::path::PathBuf,
     /// Message octets held in memory by all transactions.
@@ -137,6 +141,8 @@ impl App {
     fn with_filters(config: Config, filters: postoffice_filter::Filters) -> Result<Self, AppError> {
         let directory = Directory::open(&config.data_dir)?;
         let spool_dir = config.data_dir.join("spool");
+        let greylist = crate::greylist::Greylist::open(&config.filter, &config.data_dir)
+            .map_err(|e| AppError::Filter(postoffice_filter::FilterError::Config(e)))?;
         postoffice_common::durable::create_dir_all(&spool_dir).map_err(|source| {
             AppError::Spool {
                 path: spool_dir.clone(),
@@ -178,6 +184,8 @@ impl App {
             dkim,
             metrics,
             sessions,
+            greylist,
+            send_limits: crate::send_limits::SendLimits::default(),
             hash_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),

@@ -140,6 +140,8 @@ fn stage_reason(stage: Option<Stage>, tempfail: bool) -> &'static str {
     match stage {
         Some(Stage::Virus) if tempfail => reason::SCANNER_UNAVAILABLE,
         Some(Stage::Virus) => reason::VIRUS,
+        Some(Stage::Spam) if tempfail => reason::SCANNER_UNAVAILABLE,
+        Some(Stage::Spam) => reason::SPAM,
         Some(Stage::Spf) => reason::SPF,
         Some(Stage::Dkim) => reason::DKIM,
         Some(Stage::Dmarc) => reason::DMARC,
@@ -186,6 +188,8 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
         ip: m.ip,
         helo: m.helo,
         mail_from: m.mail_from,
+        rcpt_to: m.rcpt_to,
+        auth_user: None,
         receiver_hostname: &app.config.hostname,
         connect_tags: m.connect_tags,
     };

@@ -68,8 +68,15 @@ pub mod reason {
     pub const DMARC: &str = "dmarc";
     /// A virus found.
     pub const VIRUS: &str = "virus";
-    /// The virus scanner failed (fail closed: 451).
+    /// rspamd scored the message at or above `spam_reject`.
+    pub const SPAM: &str = "spam";
+    /// The virus or spam scanner failed (fail closed: 451).
     pub const SCANNER_UNAVAILABLE: &str = "scanner_unavailable";
+    /// A greylisted recipient (451 4.7.1).
+    pub const GREYLIST: &str = "greylist";
+    /// Submission: the user passed `max_messages_per_hour` or
+    /// `max_recipients_per_day`.
+    pub const SEND_LIMIT: &str = "send_limit";
     /// Submission: a sender address the user may not use.
     pub const SENDER_NOT_OWNED: &str = "sender_not_owned";
     /// Anything else.
@@ -606,7 +613,8 @@ impl Metrics {
             };
             // "listed:zone", "found:Signature": the word before the colon.
             let result = result.split(':').next().unwrap_or("");
-            let Some(stage) = static_word(stage, &["dnsbl", "spf", "dkim", "dmarc", "virus"])
+            let Some(stage) =
+                static_word(stage, &["dnsbl", "spf", "dkim", "dmarc", "virus", "spam"])
             else {
                 continue;
             };
@@ -635,6 +643,10 @@ const RESULT_WORDS: &[&str] = &[
     "error",
     "clean",
     "found",
+    "ham",
+    "tag",
+    "quarantine",
+    "reject",
 ];
 
 /// `word` as the matching `&'static str` of `table`, if it is one.

@@ -285,6 +285,32 @@ pub async fn submit(
 ) -> Reply {
     let started = std::time::Instant::now();
     let user = env.authenticated.clone().unwrap_or_default();
+    let limits = &app.config.submission;
+    if let Err(exceeded) = app.send_limits.admit(
+        &user,
+        env.rcpt_to.len(),
+        limits.max_messages_per_hour,
+        limits.max_recipients_per_day,
+    ) {
+        let what = match exceeded {
+            crate::send_limits::Exceeded::MessagesPerHour(n) => {
+                format!("more than {n} messages in an hour")
+            }
+            crate::send_limits::Exceeded::RecipientsPerDay(n) => {
+                format!("more than {n} recipients in a day")
+            }
+        };
+        tracing::warn!(id, user = %user, limit = %what, "submission over the sending limit");
+        app.metrics.smtp_transactions.inc(["submission", "failed"]);
+        app.metrics
+            .smtp_rejections
+            .inc(["submission", crate::metrics::reason::SEND_LIMIT]);
+        return Reply::new(
+            codes::LOCAL_ERROR,
+            status::SECURITY_OTHER,
+            format!("Sending limit reached ({what}), try again later"),
+        );
+    }
     let trace = trace_headers(&Trace {
         helo: &env.helo,
         ip,

@@ -100,7 +100,8 @@ mod tests {
 
 /// Remove header fields a sender could forge to impersonate our own
 /// verdicts (RFC 8601 5): `Authentication-Results` whose authserv-id is our
-/// host name, and any `X-Postoffice-Verdict` / `X-Virus-Scan`. Only the
+/// host name, and any `X-Postoffice-Verdict` / `X-Virus-Scan` /
+/// `X-Spam-Score` / `X-Spam-Status` / `X-Spam-Symbols`. Only the
 /// header section is touched; the body is never rewritten. Borrowed when
 /// there is nothing to remove.
 pub fn strip_forged<'a>(message: &'a [u8], hostname: &str) -> std::borrow::Cow<'a, [u8]> {
@@ -170,7 +171,11 @@ fn is_forged(field: &[u8], hostname: &str) -> bool {
         .trim()
         .to_ascii_lowercase();
     match name.as_str() {
-        "x-postoffice-verdict" | "x-virus-scan" => true,
+        "x-postoffice-verdict"
+        | "x-virus-scan"
+        | "x-spam-score"
+        | "x-spam-status"
+        | "x-spam-symbols" => true,
         "authentication-results" => {
             let value = String::from_utf8_lossy(&field[colon + 1..]);
             let id = value

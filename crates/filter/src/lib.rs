@@ -8,8 +8,9 @@
 //!    skips the next two), `ip_block`, then the DNS block lists (RFC 5782).
 //! 2. [`Filters::check_sender`] at MAIL FROM: `sender_block`.
 //! 3. [`Filters::check_message`] once per message after DATA: SPF (RFC 7208),
-//!    DKIM (RFC 6376), DMARC (RFC 7489) and a clamd virus scan, run
-//!    concurrently. It returns header lines to prepend and the action.
+//!    DKIM (RFC 6376), DMARC (RFC 7489), a clamd virus scan and an rspamd
+//!    spam score, run concurrently. It returns header lines to prepend and
+//!    the action.
 //!
 //! # Stage modes
 //!
@@ -29,10 +30,17 @@
 //! * Virus: clamd reports `FOUND`. A scanner failure (unreachable, timeout,
 //!   size limit, garbage) follows `clamd_failure`: `closed` gives a 451
 //!   temporary failure, `open` accepts with an `X-Virus-Scan: skipped` header.
+//! * Spam: rspamd (`filter.rspamd`, HTTP `POST /checkv2` with the client IP,
+//!   HELO, envelope sender and recipients as request headers) scores the
+//!   message. Score >= `spam_reject`: 550 5.7.1; >= `spam_quarantine`:
+//!   quarantine; >= `spam_tag`: only `X-Spam-Status: Yes`. An rspamd
+//!   failure follows `rspamd_failure` like clamd's (`closed`: 451 4.7.1;
+//!   `open`: accept with `X-Spam-Status: Unknown (<reason>)`). Messages
+//!   over 20 MiB are not scanned (`X-Spam-Status: Unknown`).
 //!
 //! When several stages act, the strongest action wins: Reject > TempFail >
 //! Quarantine > Accept. Among equals, the first in the order virus, DMARC,
-//! SPF, DKIM gives the reply; quarantine reasons are joined.
+//! SPF, DKIM, spam gives the reply; quarantine reasons are joined.
 //!
 //! # Headers added to accepted messages
 //!
@@ -50,6 +58,10 @@
 //!   [`MessageVerdict::summary`], for the transaction log.
 //! * `X-Virus-Scan: skipped (<reason>)` when clamd failed and
 //!   `clamd_failure = "open"`.
+//! * With rspamd: `X-Spam-Score: <score>`, `X-Spam-Status: Yes|No,
+//!   score=.. tag=.. quarantine=.. reject=..` and `X-Spam-Symbols:` (the
+//!   symbols, highest score first, at most 20); the summary then ends in
+//!   `spam=ham|tag|quarantine|reject|skipped|error`.
 //!
 //! All values coming from outside (addresses, domains, signature names, DNS
 //! text) are sanitised: no CR, LF or other control characters, printable
@@ -63,6 +75,7 @@ mod auth;
 mod clamd;
 mod dnsbl;
 mod header;
+mod rspamd;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -78,6 +91,7 @@ use auth::{AuthOutcome, AuthResult, DmarcPolicy, Identities};
 use clamd::{ClamdAddr, ScanOutcome};
 use dnsbl::Listing;
 use header::{MAX_VALUE, property_value, render, render_list, sanitize, sanitize_comment};
+use rspamd::SpamOutcome;
 
 /// The name of the summary header.
 pub const VERDICT_HEADER: &str = "X-Postoffice-Verdict";
@@ -118,6 +132,8 @@ pub enum Stage {
     Dmarc,
     /// The virus scan (a virus found, or the scanner failing closed).
     Virus,
+    /// rspamd's spam score (over a threshold, or rspamd failing closed).
+    Spam,
 }
 
 impl Stage {
@@ -131,6 +147,7 @@ impl Stage {
             Stage::Dkim => "dkim",
             Stage::Dmarc => "dmarc",
             Stage::Virus => "virus",
+            Stage::Spam => "spam",
         }
     }
 }
@@ -248,6 +265,10 @@ pub struct MessageContext<'a> {
     pub helo: &'a str,
     /// The MAIL FROM address without angle brackets; "" for the null sender.
     pub mail_from: &'a str,
+    /// The accepted RCPT TO addresses (passed to rspamd).
+    pub rcpt_to: &'a [String],
+    /// The SMTP AUTH user, if the client authenticated (passed to rspamd).
+    pub auth_user: Option<&'a str>,
     /// This server's name: the authserv-id of Authentication-Results.
     pub receiver_hostname: &'a str,
     /// The tags of this connection's [`ConnectVerdict::Accept`] (or `&[]`),
@@ -293,6 +314,12 @@ pub struct Filters {
     clamd: Option<ClamdAddr>,
     clamd_failure: FailMode,
     clamd_timeout: Duration,
+    rspamd: Option<String>,
+    spam_tag: f64,
+    spam_quarantine: f64,
+    spam_reject: f64,
+    rspamd_failure: FailMode,
+    rspamd_timeout: Duration,
     dns_timeout: Duration,
     /// Present when a stage needs DNS. Its resolver also serves the DNSBL
     /// queries, so everything uses the same name servers.
@@ -310,6 +337,8 @@ impl std::fmt::Debug for Filters {
             .field("virus", &self.virus)
             .field("clamd", &self.clamd)
             .field("clamd_failure", &self.clamd_failure)
+            .field("rspamd", &self.rspamd)
+            .field("rspamd_failure", &self.rspamd_failure)
             .finish_non_exhaustive()
     }
 }
@@ -376,6 +405,19 @@ impl Filters {
 
         let clamd = ClamdAddr::parse(&filter.clamd).map_err(FilterError::Config)?;
 
+        let rspamd = parse_rspamd(&filter.rspamd).map_err(FilterError::Config)?;
+        for (key, value) in [
+            ("spam_tag", filter.spam_tag),
+            ("spam_quarantine", filter.spam_quarantine),
+            ("spam_reject", filter.spam_reject),
+        ] {
+            if !value.is_finite() {
+                return Err(FilterError::Config(format!(
+                    "filter.{key} must be a finite number"
+                )));
+            }
+        }
+
         let needs_dns = (filter.dnsbl != StageMode::Off && !dnsbl_zones.is_empty())
             || filter.spf != StageMode::Off
             || filter.dkim != StageMode::Off
@@ -407,6 +449,12 @@ impl Filters {
             clamd,
             clamd_failure: filter.clamd_failure,
             clamd_timeout: Duration::from_secs(filter.clamd_timeout_secs.max(1)),
+            rspamd,
+            spam_tag: filter.spam_tag,
+            spam_quarantine: filter.spam_quarantine,
+            spam_reject: filter.spam_reject,
+            rspamd_failure: filter.rspamd_failure,
+            rspamd_timeout: Duration::from_secs(filter.rspamd_timeout_secs.max(1)),
             dns_timeout: Duration::from_secs(dns.timeout_secs.max(1)),
             authenticator,
         })
@@ -600,11 +648,26 @@ impl Filters {
                 _ => None,
             }
         };
-        let (outcome, scan) = tokio::join!(auth_future, scan_future);
+        let spam_future = async {
+            let addr = self.rspamd.as_ref()?;
+            let env = rspamd::Envelope {
+                ip: ctx.ip,
+                helo: ctx.helo,
+                mail_from: ctx.mail_from,
+                rcpt_to: ctx.rcpt_to,
+                auth_user: ctx.auth_user,
+                hostname: ctx.receiver_hostname,
+            };
+            Some(rspamd::check(addr, &env, message, self.rspamd_timeout).await)
+        };
+        let (outcome, scan, spam) = tokio::join!(auth_future, scan_future, spam_future);
         if let Some(ScanOutcome::Failed(reason)) = &scan {
             tracing::warn!(reason = %reason, "virus scan failed");
         }
-        self.verdict(ctx, &ids, &outcome, scan.as_ref())
+        if let Some(SpamOutcome::Failed(reason)) = &spam {
+            tracing::warn!(reason = %reason, "spam check failed");
+        }
+        self.verdict(ctx, &ids, &outcome, scan.as_ref(), spam.as_ref())
     }
 
     /// Turns the stage results into actions, headers and the summary.
@@ -614,10 +677,97 @@ impl Filters {
         ids: &Identities<'_>,
         outcome: &AuthOutcome,
         scan: Option<&ScanOutcome>,
+        spam: Option<&SpamOutcome>,
     ) -> MessageVerdict {
         let mut actions = Vec::new();
         let mut suspect = false;
         let mut extra_headers = String::new();
+
+        // Spam score (after the virus scan in the reply order: a virus is
+        // the more precise reason).
+        let mut spam_actions = Vec::new();
+        let spam_token = match spam {
+            None => "off",
+            Some(SpamOutcome::Scored { score, symbols }) => {
+                let spammy = *score >= self.spam_tag;
+                extra_headers.push_str(&render("X-Spam-Score", &format!("{score:.2}")));
+                extra_headers.push_str(&render(
+                    "X-Spam-Status",
+                    &format!(
+                        "{}, score={score:.2} tag={:.2} quarantine={:.2} reject={:.2}",
+                        if spammy { "Yes" } else { "No" },
+                        self.spam_tag,
+                        self.spam_quarantine,
+                        self.spam_reject
+                    ),
+                ));
+                let listed: Vec<String> = symbols
+                    .iter()
+                    .take(MAX_SPAM_SYMBOLS)
+                    .map(|(name, s)| format!("{}({s:.2})", name.replace(' ', "_")))
+                    .collect();
+                if !listed.is_empty() {
+                    extra_headers.push_str(&render("X-Spam-Symbols", &listed.join(", ")));
+                }
+                if *score >= self.spam_reject {
+                    suspect = true;
+                    spam_actions.push((
+                        Stage::Spam,
+                        MessageAction::Reject {
+                            reply: Reply::new(
+                                codes::MAILBOX_UNAVAILABLE,
+                                status::NOT_AUTHORIZED,
+                                format!("Message rejected as spam (score {score:.2})"),
+                            ),
+                        },
+                    ));
+                    "reject"
+                } else if *score >= self.spam_quarantine {
+                    suspect = true;
+                    spam_actions.push((
+                        Stage::Spam,
+                        MessageAction::Quarantine {
+                            reason: format!("spam score {score:.2}"),
+                        },
+                    ));
+                    "quarantine"
+                } else if spammy {
+                    suspect = true;
+                    "tag"
+                } else {
+                    "ham"
+                }
+            }
+            Some(SpamOutcome::Skipped(reason)) => {
+                extra_headers.push_str(&render(
+                    "X-Spam-Status",
+                    &format!("Unknown ({})", sanitize_comment(reason)),
+                ));
+                "skipped"
+            }
+            Some(SpamOutcome::Failed(reason)) => match self.rspamd_failure {
+                FailMode::Closed => {
+                    spam_actions.push((
+                        Stage::Spam,
+                        MessageAction::TempFail {
+                            reply: Reply::new(
+                                codes::LOCAL_ERROR,
+                                status::NOT_AUTHORIZED,
+                                "Spam scanner unavailable, try again later",
+                            ),
+                        },
+                    ));
+                    "error"
+                }
+                FailMode::Open => {
+                    extra_headers.push_str(&render(
+                        "X-Spam-Status",
+                        &format!("Unknown ({})", sanitize_comment(reason)),
+                    ));
+                    "skipped"
+                }
+            },
+        };
 
         // Virus.
         let virus_token = match scan {
@@ -782,8 +932,9 @@ impl Filters {
             "off".to_string()
         };
 
+        actions.extend(spam_actions);
         let (action, stage) = combine_staged(actions);
-        let summary = format!(
+        let mut summary = format!(
             "dnsbl={} spf={} dkim={} dmarc={} virus={}",
             dnsbl_token.replace(' ', "_"),
             outcome.spf.as_ref().map_or("off", |s| s.result.as_str()),
@@ -791,6 +942,10 @@ impl Filters {
             outcome.dmarc.as_ref().map_or("off", |d| d.result.as_str()),
             sanitize(&virus_token, MAX_VALUE).replace(' ', "_"),
         );
+        if spam.is_some() {
+            summary.push_str(" spam=");
+            summary.push_str(spam_token);
+        }
         let verdict_word = match action {
             MessageAction::Accept if suspect => "suspect",
             MessageAction::Accept => "clean",
@@ -827,6 +982,24 @@ fn dkim_summary(sigs: &[auth::DkimCheck]) -> &'static str {
         "temperror"
     } else {
         sigs[0].result.as_str()
+    }
+}
+
+/// Most rspamd symbols listed in `X-Spam-Symbols`.
+const MAX_SPAM_SYMBOLS: usize = 20;
+
+/// Parses the `filter.rspamd` setting: empty means no spam scoring;
+/// otherwise "host:port" (or "[v6]:port").
+fn parse_rspamd(text: &str) -> Result<Option<String>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(Some(text.to_string()))
+        }
+        _ => Err(format!("filter.rspamd {text:?} is not \"host:port\"")),
     }
 }
 

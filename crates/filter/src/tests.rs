@@ -16,6 +16,8 @@ fn all_off() -> Filter {
 
 fn ctx<'a>(tags: &'a [String]) -> MessageContext<'a> {
     MessageContext {
+        rcpt_to: &[],
+        auth_user: None,
         ip: "192.0.2.1".parse().unwrap(),
         helo: "mx.sender.test",
         mail_from: "alice@sender.test",
@@ -302,7 +304,7 @@ fn verdict_of(f: &Filters, outcome: &AuthOutcome, scan: Option<&ScanOutcome>) ->
     let tags = Vec::new();
     let c = ctx(&tags);
     let ids = Identities::new(c.ip, c.helo, c.mail_from, c.receiver_hostname);
-    f.verdict(&c, &ids, outcome, scan)
+    f.verdict(&c, &ids, outcome, scan, None)
 }
 
 #[test]
@@ -635,7 +637,7 @@ fn dnsbl_tags_are_reported() {
     let report = |tags: Vec<String>| {
         let c = ctx(&tags);
         let ids = Identities::new(c.ip, c.helo, c.mail_from, c.receiver_hostname);
-        f.verdict(&c, &ids, &outcome, None)
+        f.verdict(&c, &ids, &outcome, None, None)
     };
     let v = report(vec!["dnsbl:a.test".into(), "dnsbl:b.test".into()]);
     assert!(
@@ -762,4 +764,74 @@ async fn virus_off_or_no_clamd_does_not_scan() {
 /// Undoes header folding.
 fn unfold(headers: &str) -> String {
     headers.replace("\r\n\t", " ")
+}
+
+fn spam_verdict(score: f64, failure: FailMode, outcome: Option<SpamOutcome>) -> MessageVerdict {
+    let mut f = Filters::new(&all_off(), &Dns::default()).unwrap();
+    f.rspamd = Some("127.0.0.1:11333".into());
+    f.rspamd_failure = failure;
+    let outcome = outcome.unwrap_or(SpamOutcome::Scored {
+        score,
+        symbols: vec![("GTUBE".into(), score), ("MIME_GOOD".into(), -0.1)],
+    });
+    let tags = Vec::new();
+    let c = ctx(&tags);
+    let ids = Identities::new(c.ip, c.helo, c.mail_from, c.receiver_hostname);
+    f.verdict(&c, &ids, &AuthOutcome::default(), None, Some(&outcome))
+}
+
+#[test]
+fn spam_score_thresholds_choose_the_action() {
+    let ham = spam_verdict(1.0, FailMode::Closed, None);
+    assert_eq!(ham.action, MessageAction::Accept);
+    assert!(
+        ham.headers.contains("X-Spam-Score: 1.00\r\n"),
+        "{}",
+        ham.headers
+    );
+    assert!(
+        ham.headers.contains("X-Spam-Status: No, score=1.00"),
+        "{}",
+        ham.headers
+    );
+    assert!(
+        ham.headers
+            .contains("X-Spam-Symbols: GTUBE(1.00), MIME_GOOD(-0.10)")
+    );
+    assert!(ham.summary.ends_with("spam=ham"), "{}", ham.summary);
+
+    let tagged = spam_verdict(6.0, FailMode::Closed, None);
+    assert_eq!(tagged.action, MessageAction::Accept);
+    assert!(tagged.headers.contains("X-Spam-Status: Yes, score=6.00"));
+    assert!(tagged.summary.ends_with("spam=tag"));
+
+    let held = spam_verdict(12.0, FailMode::Closed, None);
+    assert!(matches!(held.action, MessageAction::Quarantine { .. }));
+    assert_eq!(held.stage, Some(Stage::Spam));
+
+    let refused = spam_verdict(15.0, FailMode::Closed, None);
+    match &refused.action {
+        MessageAction::Reject { reply } => assert_eq!(reply.code, 550),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(refused.stage, Some(Stage::Spam));
+}
+
+#[test]
+fn rspamd_failure_is_451_closed_and_a_header_open() {
+    let failed = || Some(SpamOutcome::Failed("cannot connect to rspamd".into()));
+    let closed = spam_verdict(0.0, FailMode::Closed, failed());
+    match &closed.action {
+        MessageAction::TempFail { reply } => assert_eq!(reply.code, 451),
+        other => panic!("{other:?}"),
+    }
+    assert!(closed.summary.ends_with("spam=error"));
+    let open = spam_verdict(0.0, FailMode::Open, failed());
+    assert_eq!(open.action, MessageAction::Accept);
+    assert!(
+        open.headers
+            .contains("X-Spam-Status: Unknown (cannot connect to rspamd)"),
+        "{}",
+        open.headers
+    );
 }

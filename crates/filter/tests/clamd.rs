@@ -144,6 +144,8 @@ fn message(body: &str) -> Vec<u8> {
 async fn scan(f: &Filters, message: &[u8]) -> MessageVerdict {
     let tags = Vec::new();
     let ctx = MessageContext {
+        rcpt_to: &[],
+        auth_user: None,
         ip: "192.0.2.1".parse().unwrap(),
         helo: "mail.sender.test",
         mail_from: "alice@sender.test",

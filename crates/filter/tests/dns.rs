@@ -123,6 +123,8 @@ async fn check(f: &Filters, ip: &str, mail_from: &str, message: &[u8]) -> (Messa
     let ip: IpAddr = ip.parse().unwrap();
     let tags = Vec::new();
     let ctx = MessageContext {
+        rcpt_to: &[],
+        auth_user: None,
         ip,
         helo: "mail.sender.test",
         mail_from,
@@ -207,6 +209,8 @@ async fn dnsbl_lists_127_0_0_2_and_not_127_0_0_1() {
     };
     assert_eq!(tags, vec!["dnsbl:dnsbl.test".to_string()]);
     let ctx = MessageContext {
+        rcpt_to: &[],
+        auth_user: None,
         ip: "127.0.0.2".parse().unwrap(),
         helo: "x.test",
         mail_from: "",

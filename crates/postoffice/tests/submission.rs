@@ -308,3 +308,27 @@ fn large_message_is_signed_and_stored_from_the_spool() {
     assert!(queued.contains("DKIM-Signature: "));
     assert!(queued.ends_with(&body));
 }
+
+/// `max_messages_per_hour = 2`: alice's third message is refused with
+/// 451 4.7.0; bob, another user, still sends.
+#[test]
+fn sending_limit_refuses_the_next_message_of_that_user_only() {
+    let (_env, server) = setup("submission.max_messages_per_hour = 2\n");
+    let body = "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: n\r\n\r\nhi\r\n";
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    for _ in 0..2 {
+        let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", body);
+        assert_eq!(code, 250, "{text}");
+    }
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", body);
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("451 4.7.0"), "{text}");
+
+    let mut b = connect(&server);
+    assert_eq!(login(&mut b, "bob@example.test", "pw-bob").0, 235);
+    let body = "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: n\r\n\r\nhi\r\n";
+    let (code, text) = send(&mut b, "bob@example.test", "alice@example.test", body);
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(pop_all(&server, "bob@example.test", "pw-bob").len(), 2);
+}

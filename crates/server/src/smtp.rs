@@ -291,7 +291,25 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Action::CheckRecipient { address } => {
                     let v = match conn.mode {
-                        Mode::Mx => inbound::recipient_verdict(&app, &address),
+                        Mode::Mx => match inbound::recipient_verdict(&app, &address) {
+                            Verdict::Accept => match &app.greylist {
+                                Some(g) => match g.check(
+                                    conn.peer.ip(),
+                                    &conn.session.envelope().mail_from,
+                                    &address,
+                                ) {
+                                    Ok(()) => Verdict::Accept,
+                                    Err(reply) => {
+                                        app.metrics
+                                            .smtp_rejections
+                                            .inc(["mx", metrics::reason::GREYLIST]);
+                                        Verdict::Reject(reply)
+                                    }
+                                },
+                                None => Verdict::Accept,
+                            },
+                            other => other,
+                        },
                         Mode::Submission { .. } => submission::recipient_verdict(&app, &address),
                     };
                     conn.session.recipient_checked(address, v, &mut conn.out);

@@ -218,6 +218,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// `451 4.7.1` for a greylisted recipient (RFC 6647): the text says
+    /// after how many seconds a retry is accepted.
+    pub fn greylisted(retry_after_secs: u64) -> Reply {
+        Reply::new(
+            codes::LOCAL_ERROR,
+            status::NOT_AUTHORIZED,
+            format!("Greylisted, please try again in {retry_after_secs} seconds"),
+        )
+    }
+
     /// A reply with an enhanced status code, its class taken from `code`.
     /// Line breaks in `text` make a multi-line reply; other control
     /// characters are the caller's to keep out (see [`crate::sanitize`]).
