@@ -422,10 +422,14 @@ impl App {
                 return Err(LoginError::Temp);
             }
         };
-        self.last_login
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(address.clone(), Instant::now());
+        // Remembered only where a delay applies: without one the map would
+        // grow by an entry per user who ever logged in, for nothing.
+        if policy.login_delay_secs > 0 {
+            self.last_login
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(address.clone(), Instant::now());
+        }
         Ok(LoginOk {
             address,
             maildrop,
