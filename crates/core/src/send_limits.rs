@@ -23,9 +23,24 @@ pub enum Exceeded {
 #[derive(Debug, Default)]
 pub struct SendLimits {
     sent: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
+    /// When each user was refused for a limit, within the last day.
+    hits: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 impl SendLimits {
+    /// Records that `user` was refused for a limit; returns how often that
+    /// happened within the last 24 hours (this time included).
+    pub fn record_hit(&self, user: &str) -> u32 {
+        let now = Instant::now();
+        let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        let log = hits.entry(user.to_ascii_lowercase()).or_default();
+        while log.front().is_some_and(|t| now.duration_since(*t) >= DAY) {
+            log.pop_front();
+        }
+        log.push_back(now);
+        u32::try_from(log.len()).unwrap_or(u32::MAX)
+    }
+
     /// Records a message of `user` to `rcpts` recipients when it stays
     /// within both limits (0 = no limit); otherwise records nothing and
     /// says which limit it would pass.
@@ -83,5 +98,13 @@ mod tests {
         assert_eq!(l.admit("c@x", 3, 0, 4), Ok(()));
         assert_eq!(l.admit("c@x", 2, 0, 4), Err(Exceeded::RecipientsPerDay(4)));
         assert_eq!(l.admit("c@x", 1, 0, 4), Ok(()));
+    }
+
+    #[test]
+    fn limit_hits_are_counted_per_user() {
+        let l = SendLimits::default();
+        assert_eq!(l.record_hit("a@x"), 1);
+        assert_eq!(l.record_hit("A@x"), 2);
+        assert_eq!(l.record_hit("b@x"), 1);
     }
 }
