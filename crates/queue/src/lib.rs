@@ -664,6 +664,39 @@ mod tests {
     }
 
     #[test]
+    fn a_held_entry_is_listed_never_due_and_sent_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), &cfg()).unwrap();
+        let msg = b"From: a@src.test\r\nSubject: buy\r\n\r\nbody\r\n";
+        let id = q
+            .enqueue_held(
+                "a@src.test",
+                &["b@dest.test".into()],
+                &mut &msg[..],
+                "spam score 15.00\r\n",
+            )
+            .unwrap();
+        let e = &q.list().unwrap()[0];
+        assert_eq!(e.held.as_deref(), Some("spam score 15.00"));
+        let env = q.spool().read_env(&id).unwrap().unwrap();
+        assert_eq!(env.next_due(0), None, "never due while held");
+        let listed = crate::cli::format_list(&q.list().unwrap(), unix_now());
+        assert!(
+            listed.contains(&format!("HELD: spam score 15.00 (postoffice queue release {id})")),
+            "{listed}"
+        );
+        // flush does not send it.
+        q.flush().unwrap();
+        assert_eq!(q.spool().read_env(&id).unwrap().unwrap().next_due(0), None);
+        q.release(&id).unwrap();
+        let env = q.spool().read_env(&id).unwrap().unwrap();
+        assert!(env.held.is_none());
+        assert!(env.next_due(0).is_some_and(|t| t <= unix_now()));
+        assert!(matches!(q.release(&id), Err(QueueError::NotHeld(_))));
+        assert!(matches!(q.release("NOPE"), Err(QueueError::NotFound(_))));
+    }
+
+    #[test]
     fn remote_text_is_one_bounded_printable_line() {
         assert_eq!(
             one_line(
