@@ -682,7 +682,9 @@ mod tests {
         assert_eq!(env.next_due(0), None, "never due while held");
         let listed = crate::cli::format_list(&q.list().unwrap(), unix_now());
         assert!(
-            listed.contains(&format!("HELD: spam score 15.00 (postoffice queue release {id})")),
+            listed.contains(&format!(
+                "HELD: spam score 15.00 (postoffice queue release {id})"
+            )),
             "{listed}"
         );
         // flush does not send it.
