@@ -321,6 +321,7 @@ struct UserJson {
     quarantined: usize,
     policy: Value,
     overrides: Value,
+    send_limits: Value,
 }
 
 fn user_json(info: admin::UserInfo) -> UserJson {
@@ -338,6 +339,14 @@ fn user_json(info: admin::UserInfo) -> UserJson {
             "quota_messages": p.quota_messages,
         }),
         overrides: overrides_json(&info.overrides),
+        send_limits: json!({
+            "max_messages_per_hour": info.send_limits.0,
+            "max_recipients_per_day": info.send_limits.1,
+            "overrides": {
+                "max_messages_per_hour": info.send_limit_overrides.max_messages_per_hour,
+                "max_recipients_per_day": info.send_limit_overrides.max_recipients_per_day,
+            },
+        }),
     }
 }
 
@@ -427,6 +436,7 @@ fn entry_json(e: &postoffice_queue::EntrySummary) -> Value {
         "next_attempt": e.next_attempt,
         "last_error": e.last_error,
         "delay_warned": e.delay_warned,
+        "held": e.held,
         "recipients": e.rcpts.iter().map(|r| json!({
             "address": r.address,
             "state": r.state.to_string(),
@@ -469,6 +479,20 @@ pub async fn queue_retry(
     let i = id.clone();
     blocking(move || q.retry(&i)).await?;
     ok(json!({ "retry": id }))
+}
+
+/// `POST /api/admin/queue/{id}/release`: send an entry held by
+/// `scan_outbound` (409 when it is not held).
+pub async fn queue_release(
+    s: AdminSession,
+    State(web): State<Web>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let q = web.queue().clone();
+    let i = id.clone();
+    blocking(move || q.release(&i)).await?;
+    tracing::info!(admin = %s.session.name, id = %id, "api: held queue entry released");
+    ok(json!({ "released": id }))
 }
 
 /// `DELETE /api/admin/queue/{id}`.

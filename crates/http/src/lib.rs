@@ -234,6 +234,7 @@ fn router(web: Web) -> Router {
             get(api::queue_entry).delete(api::queue_delete),
         )
         .route("/api/admin/queue/{id}/retry", post(api::queue_retry))
+        .route("/api/admin/queue/{id}/release", post(api::queue_release))
         .route("/api/admin/quarantine", get(api::quarantine))
         .route(
             "/api/admin/quarantine/{address}/{uid}",
