@@ -176,6 +176,7 @@ impl App {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let sessions = crate::sessions::Sessions::new(Arc::clone(&metrics));
         let rate_limits = crate::rate_limit::RateLimits::new(&config);
+        let send_limits = crate::send_limits::SendLimits::open(&config.data_dir);
         Ok(App {
             config,
             store,
@@ -188,7 +189,7 @@ impl App {
             metrics,
             sessions,
             greylist,
-            send_limits: crate::send_limits::SendLimits::default(),
+            send_limits,
             rate_limits,
             hash_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -340,17 +340,19 @@ fn hold_all(
     Ok(queued)
 }
 
-/// The sending limits of `user`: their own (`user set
-/// --max-messages-per-hour`...), else `[submission]`'s.
-fn send_limits_of(app: &App, user: &str) -> (u32, u32) {
+/// The sending limits of `user` (messages per hour, recipients per day):
+/// their own (`user set --max-messages-per-hour`...), else
+/// `[submission]`'s; `None` when the account is disabled or gone.
+fn send_limits_of(app: &App, user: &str) -> Option<(u32, u32)> {
     let cfg = &app.config.submission;
-    app.directory.snapshot().user(user).map_or(
-        (cfg.max_messages_per_hour, cfg.max_recipients_per_day),
-        |u| {
+    app.directory
+        .snapshot()
+        .user(user)
+        .filter(|u| !u.disabled)
+        .map(|u| {
             u.send_limits
                 .resolve(cfg.max_messages_per_hour, cfg.max_recipients_per_day)
-        },
-    )
+        })
 }
 
 /// A user passed a sending limit once more: with `disable_after_limit_hits`
@@ -393,12 +395,7 @@ pub async fn submit(
 ) -> Reply {
     let started = std::time::Instant::now();
     let user = env.authenticated.clone().unwrap_or_default();
-    if app
-        .directory
-        .snapshot()
-        .user(&user)
-        .is_none_or(|u| u.disabled)
-    {
+    let Some((per_hour, rcpts_per_day)) = send_limits_of(app, &user) else {
         // Disabled (or removed) while this session was open.
         warn!(id, %user, "submission from a disabled or removed account refused");
         app.metrics
@@ -412,8 +409,7 @@ pub async fn submit(
             status::NOT_AUTHORIZED,
             format!("Account {user} is disabled; contact your administrator"),
         );
-    }
-    let (per_hour, rcpts_per_day) = send_limits_of(app, &user);
+    };
     if let Err(exceeded) = app
         .send_limits
         .admit(&user, env.rcpt_to.len(), per_hour, rcpts_per_day)
@@ -533,15 +529,16 @@ pub async fn submit(
         .delivery_seconds
         .observe(["submission"], started.elapsed());
     match result {
-        Ok((q, _)) if hold.is_some() => {
-            // The client's job is done; the hold is the administrator's
-            // business (the sender may be a thief, who learns nothing).
-            let q = q.unwrap_or_else(|| "-".into());
-            Reply::new(
-                codes::OK,
-                status::OTHER,
-                format!("OK id={id} queued as {q}"),
-            )
+        // Held: the client gets the usual reply; the hold is the
+        // administrator's business (the sender may be a thief, who should
+        // learn nothing).
+        Ok((Some(q), _)) if hold.is_some() => Reply::new(
+            codes::OK,
+            status::OTHER,
+            format!("OK id={id} queued as {q}"),
+        ),
+        Ok((None, _)) if hold.is_some() => {
+            Reply::new(codes::OK, status::OTHER, format!("OK id={id}"))
         }
         Ok((Some(q), signed)) => {
             info!(id, queue_id = %q, dkim = signed, "submission accepted");

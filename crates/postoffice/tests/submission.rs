@@ -407,3 +407,25 @@ fn per_user_limit_and_automatic_disable_after_repeated_hits() {
     assert_eq!(code, 250, "{text}");
     assert_eq!(pop_all(&server, "bob@example.test", "pw-bob").len(), 1);
 }
+
+/// The counts survive a restart (saved at shutdown): after one message
+/// and a restart, alice's second message in the hour is still refused.
+#[test]
+fn sending_limit_counts_survive_a_restart() {
+    let (env, mut server) = setup("submission.max_messages_per_hour = 1\n");
+    let body = "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: n\r\n\r\nhi\r\n";
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", body);
+    assert_eq!(code, 250, "{text}");
+    drop(c);
+    assert!(server.terminate().success());
+    assert!(env.data_dir().join("send_limits.txt").exists());
+
+    let server = env.start();
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", body);
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("451 4.7.0"), "{text}");
+}
