@@ -158,6 +158,12 @@ pub struct PolicyBody {
     quota_messages: Option<Value>,
     #[serde(default)]
     disabled: Option<bool>,
+    /// Users only: their own sending limits (a number, 0 = none, or
+    /// `null`/`"inherit"`).
+    #[serde(default, with = "keep_or_value")]
+    max_messages_per_hour: Option<Value>,
+    #[serde(default, with = "keep_or_value")]
+    max_recipients_per_day: Option<Value>,
 }
 
 /// Absent is `None` (keep), present (even `null`) is `Some`.
@@ -183,6 +189,14 @@ fn text_of(v: &Option<Value>) -> Result<Option<String>, WebError> {
 }
 
 impl PolicyBody {
+    fn send_limits(&self) -> Result<admin::SendLimitChange, WebError> {
+        let (h, d) = (
+            text_of(&self.max_messages_per_hour)?,
+            text_of(&self.max_recipients_per_day)?,
+        );
+        Ok(admin::SendLimitChange::parse(h.as_deref(), d.as_deref())?)
+    }
+
     fn change(&self) -> Result<PolicyChange, WebError> {
         let (r, l, qb, qm) = (
             text_of(&self.retention_days)?,
@@ -249,6 +263,9 @@ pub async fn domain_policy(
 ) -> ApiResult {
     if b.disabled.is_some() {
         return Err(WebError::BadRequest("a domain cannot be disabled".into()).into());
+    }
+    if !b.send_limits()?.is_empty() {
+        return Err(WebError::BadRequest("sending limits are set per user".into()).into());
     }
     let change = b.change()?;
     let app = web.app().clone();
@@ -416,10 +433,17 @@ pub async fn user_policy(
     Json(b): Json<PolicyBody>,
 ) -> ApiResult {
     let change = b.change()?;
+    let limits = b.send_limits()?;
     let disabled = b.disabled;
     let app = web.app().clone();
     let info = blocking(move || {
-        let address = admin::set_user(&app.directory, &address, &change, disabled)?;
+        let mut address = address;
+        if limits.is_empty() || !change.is_empty() || disabled.is_some() {
+            address = admin::set_user(&app.directory, &address, &change, disabled)?;
+        }
+        if !limits.is_empty() {
+            address = admin::set_user_send_limits(&app.directory, &address, &limits)?;
+        }
         admin::user_info(&app.config, &app.directory, &*app.store, &address)
     })
     .await?;
