@@ -312,6 +312,10 @@ fn router(web: Web) -> Router {
         .route("/admin/queue/flush", post(pages::admin::queue_flush))
         .route("/admin/queue/{id}", get(pages::admin::queue_entry))
         .route("/admin/queue/{id}/retry", post(pages::admin::queue_retry))
+        .route(
+            "/admin/queue/{id}/release",
+            post(pages::admin::queue_release),
+        )
         .route("/admin/queue/{id}/delete", post(pages::admin::queue_delete))
         .route("/admin/quarantine", get(pages::admin::quarantine))
         .route(
