@@ -522,7 +522,7 @@ impl Metrics {
         }
         m.accounts_auto_disabled.touch([]);
         m.queue_entries.touch([]);
-        for s in ["pending", "delivered", "failed"] {
+        for s in ["pending", "held", "delivered", "failed"] {
             m.queue_recipients.touch([s]);
         }
         m.queue_oldest_seconds.touch([]);

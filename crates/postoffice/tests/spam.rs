@@ -384,6 +384,14 @@ fn outbound_spam_is_refused_or_held_and_clean_mail_is_delivered() {
         1.0
     );
 
+    assert!(
+        common::poll_until(Duration::from_secs(30), || metric(
+            &server,
+            "postoffice_queue_recipients{state=\"held\"}"
+        ) == 1.0),
+        "the held recipient is counted"
+    );
+
     // A clean message goes out; the held one, queued before it, does not.
     let (code, text) = submit(&server, &outgoing("lunch", "Lunch tomorrow, Carol?"));
     assert_eq!(code, 250, "{text}");
