@@ -22,6 +22,14 @@ use crate::delivery::{DeliveryError, temporary_failure};
 use crate::metrics::reason;
 use crate::trace::{Trace, find_header_end, strip_forged, trace_headers};
 
+/// Why an accepted message was not stored or forwarded.
+enum Stored {
+    /// Local delivery failed.
+    Delivery(DeliveryError),
+    /// Refused before storing (a loop, an invalid SRS address, the queue).
+    Refused(Reply),
+}
+
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -102,6 +110,9 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
             format!("<{}>: Relay access denied", sanitize(address)),
         ));
     }
+    if !bare_postmaster && crate::srs::is_srs_address(address) {
+        return srs_verdict(app, address);
+    }
     match local.check_recipient(address) {
         Ok(_) => Verdict::Accept,
         Err(DeliveryError::NoSuchUser(_)) => {
@@ -120,6 +131,113 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
             Verdict::Reject(e.reply())
         }
     }
+}
+
+/// A bounce (or reply) to one of our SRS addresses: accepted when we made
+/// the address (hash) recently enough (age), and there is a way on.
+fn srs_verdict(app: &App, address: &str) -> Verdict {
+    let Some(srs) = app.srs() else {
+        return Verdict::Reject(temporary_failure());
+    };
+    match srs.reverse(address, crate::srs::today()) {
+        Ok(_) if app.outbound().is_some() => Verdict::Accept,
+        Ok(_) => Verdict::Reject(temporary_failure()),
+        Err(e) => {
+            app.metrics.smtp_rejections.inc([MX, reason::UNKNOWN_USER]);
+            let why = match e {
+                crate::srs::SrsError::Malformed => "malformed SRS address",
+                crate::srs::SrsError::BadHash => {
+                    "SRS address with an invalid hash (not made by us)"
+                }
+                crate::srs::SrsError::Expired => "SRS address has expired",
+            };
+            Verdict::Reject(Reply::new(
+                codes::MAILBOX_UNAVAILABLE,
+                status::BAD_DEST_MAILBOX,
+                format!("<{}>: Recipient address rejected: {why}", sanitize(address)),
+            ))
+        }
+    }
+}
+
+/// Where an accepted message goes: local mailboxes, and forwards.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Mailboxes that get a local copy.
+    local: Vec<String>,
+    /// (forwarding address, external targets).
+    forwards: Vec<(String, Vec<String>)>,
+    /// Users whose vacation reply may answer.
+    users: Vec<String>,
+}
+
+/// Split the recipients: SRS addresses are forwarded to the address they
+/// decode to; users with forwarding have theirs forwarded (and keep a copy
+/// if they chose to); all others are delivered locally. `bad` (spam,
+/// virus, quarantine): nothing of a user is forwarded.
+fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply> {
+    let dir = app.directory.snapshot();
+    let local = app.local();
+    let mut p = Plan::default();
+    let add_local = |p: &mut Plan, mailbox: String| {
+        if !p.local.contains(&mailbox) {
+            p.local.push(mailbox);
+        }
+    };
+    for rcpt in rcpts {
+        if crate::srs::is_srs_address(rcpt) && !crate::addresses::is_bare_postmaster(rcpt) {
+            let srs = app.srs().ok_or_else(temporary_failure)?;
+            let to = srs.reverse(rcpt, crate::srs::today()).map_err(|e| {
+                Reply::new(
+                    codes::MAILBOX_UNAVAILABLE,
+                    status::BAD_DEST_MAILBOX,
+                    format!("<{}>: {e}", sanitize(rcpt)),
+                )
+            })?;
+            if bad {
+                return Err(Reply::new(
+                    codes::TRANSACTION_FAILED,
+                    status::NOT_AUTHORIZED,
+                    "Message not forwarded: marked as spam or virus",
+                ));
+            }
+            p.forwards.push((rcpt.clone(), vec![to]));
+            continue;
+        }
+        let mailboxes = crate::addresses::resolve(&app.config.addresses, &dir, rcpt)
+            .map_err(|_| DeliveryError::NoSuchUser(rcpt.clone()).reply())?;
+        for mailbox in mailboxes {
+            let user = dir.user(&mailbox);
+            let forward = user.map(|u| u.forward.clone()).unwrap_or_default();
+            let keep = user.is_none_or(|u| u.forward_keep_copy);
+            if !p.users.contains(&mailbox) {
+                p.users.push(mailbox.clone());
+            }
+            if forward.is_empty() || bad {
+                add_local(&mut p, mailbox);
+                continue;
+            }
+            if keep {
+                add_local(&mut p, mailbox.clone());
+            }
+            let (here, away): (Vec<String>, Vec<String>) = forward
+                .into_iter()
+                .partition(|t| local.is_local_domain(t.rsplit_once('@').map_or("", |(_, d)| d)));
+            for t in here {
+                // One level only: a local target's own forwarding is not
+                // followed (no loops between local users).
+                if let Ok(m) = crate::addresses::resolve(&app.config.addresses, &dir, &t) {
+                    for m in m {
+                        add_local(&mut p, m);
+                    }
+                }
+            }
+            if !away.is_empty() {
+                p.forwards.push((mailbox, away));
+            }
+        }
+    }
+    Ok(p)
 }
 
 /// The `service` label of the MX port.
@@ -215,9 +333,22 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
         MessageAction::TempFail { reply } => (reply, Outcome::TempFailed),
         action => {
             let quarantine = matches!(action, MessageAction::Quarantine { .. });
+            let bad = quarantine || crate::forward::marked_bad(&verdict.headers, &verdict.summary);
             let mut message = Pieces::new();
             message
-                .push(Piece::Owned(trace.into_bytes()))
+                .push(Piece::Owned(trace.clone().into_bytes()))
+                .push(Piece::Owned(verdict.headers.clone().into_bytes()))
+                .push(Piece::Borrowed(&header))
+                .push(Piece::Content(m.body, header_end as u64));
+            // The forwarded copy: our trace, without Return-Path (the
+            // final delivery adds its own).
+            let received = trace
+                .split_once("\r\n")
+                .filter(|(first, _)| first.starts_with("Return-Path:"))
+                .map_or(trace.as_str(), |(_, rest)| rest);
+            let mut onward = Pieces::new();
+            onward
+                .push(Piece::Owned(received.as_bytes().to_vec()))
                 .push(Piece::Owned(verdict.headers.clone().into_bytes()))
                 .push(Piece::Borrowed(&header))
                 .push(Piece::Content(m.body, header_end as u64));
@@ -225,10 +356,61 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
             let stored = blocking(|| {
                 let local = app.local();
                 if quarantine {
-                    local.quarantine(rcpts, &message)
-                } else {
-                    local.deliver_as(rcpts, &message, uid).map(|_| ())
+                    return local.quarantine(rcpts, &message).map_err(Stored::Delivery);
                 }
+                let p = plan(app, rcpts, bad).map_err(Stored::Refused)?;
+                if !p.forwards.is_empty() {
+                    let hops = crate::forward::hop_count(&header) + 1;
+                    let looped = p
+                        .forwards
+                        .iter()
+                        .any(|(f, _)| crate::forward::delivered_to(&header, f));
+                    if looped || hops > app.config.addresses.forward_max_hops as usize {
+                        return Err(Stored::Refused(Reply::new(
+                            codes::TRANSACTION_FAILED,
+                            status::ROUTING_LOOP,
+                            format!("Mail loop detected ({hops} hops); not forwarded"),
+                        )));
+                    }
+                }
+                let delivered = if p.local.is_empty() {
+                    Vec::new()
+                } else {
+                    local
+                        .deliver_as(&p.local, &message, uid)
+                        .map_err(Stored::Delivery)?
+                };
+                let mut queued: Vec<String> = Vec::new();
+                for (forwarder, targets) in &p.forwards {
+                    let f = crate::forward::Forwarding {
+                        mail_from: m.mail_from,
+                        forwarder,
+                        targets,
+                        message: &onward,
+                    };
+                    match crate::forward::forward(app, &f) {
+                        Ok(id) => {
+                            info!(id = m.id, forwarder = %forwarder, to = %targets.join(","), queue_id = %id, "forwarded");
+                            queued.push(id);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, id = m.id, "forwarding failed; taking the message back");
+                            if let Some(q) = app.outbound() {
+                                for id in &queued {
+                                    q.cancel(id);
+                                }
+                            }
+                            local.undo(&p.local, &delivered);
+                            return Err(Stored::Refused(temporary_failure()));
+                        }
+                    }
+                }
+                if !bad {
+                    for user in &p.users {
+                        crate::vacation::reply(app, user, m.mail_from, &header);
+                    }
+                }
+                Ok(())
             });
             let ok = |text: String| Reply::new(codes::OK, status::OTHER, text);
             match stored {
@@ -237,10 +419,17 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
                     Outcome::Quarantined,
                 ),
                 Ok(()) => (ok(format!("OK id={}", m.id)), Outcome::Delivered),
-                Err(e) => {
+                Err(Stored::Delivery(e)) => {
                     warn!(error = %e, id = m.id, "delivery failed");
                     app.metrics.smtp_rejections.inc([MX, delivery_reason(&e)]);
                     (e.reply(), Outcome::Failed)
+                }
+                Err(Stored::Refused(reply)) => {
+                    warn!(id = m.id, reply = %reply, "not delivered");
+                    app.metrics
+                        .smtp_rejections
+                        .inc([MX, reason::RECIPIENT_OTHER]);
+                    (reply, Outcome::Failed)
                 }
             }
         }

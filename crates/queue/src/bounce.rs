@@ -100,6 +100,8 @@ impl Notifier {
     /// Send `message` to the original sender: locally when the domain is
     /// ours, otherwise (signed) through the queue with the null sender.
     async fn send_notice(&self, to: &str, message: Vec<u8>) -> Result<NoticeSent, NoticeError> {
+        // A bounce of forwarded mail goes back to the original sender.
+        let to = &self.local.notice_recipient(to);
         let domain = domain_of(to);
         if self.local.is_local_domain(&domain) {
             let local = Arc::clone(&self.local);

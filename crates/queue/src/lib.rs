@@ -74,6 +74,13 @@ pub trait LocalMail: Send + Sync {
         rcpt: &str,
         message: &[u8],
     ) -> Result<(), postoffice_core::delivery::DeliveryError>;
+
+    /// Where a notice to `rcpt` really goes: when `rcpt` is one of our SRS
+    /// addresses (a forwarded message's sender, valid hash and age), the
+    /// address it decodes to; otherwise `rcpt` itself.
+    fn notice_recipient(&self, rcpt: &str) -> String {
+        rcpt.to_string()
+    }
 }
 
 impl LocalMail for postoffice_core::App {
@@ -92,6 +99,18 @@ impl LocalMail for postoffice_core::App {
                 &postoffice_common::content::Pieces::of_slice(message),
             )
             .map(|_| ())
+    }
+
+    fn notice_recipient(&self, rcpt: &str) -> String {
+        let domain = domain_of(rcpt);
+        if postoffice_core::srs::is_srs_address(rcpt)
+            && self.local().is_local_domain(&domain)
+            && let Some(srs) = self.srs()
+            && let Ok(to) = srs.reverse(rcpt, postoffice_core::srs::today())
+        {
+            return to;
+        }
+        rcpt.to_string()
     }
 }
 
