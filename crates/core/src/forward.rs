@@ -21,6 +21,8 @@
 
 use postoffice_common::content::{Piece, Pieces};
 
+use tracing::{info, warn};
+
 use crate::App;
 use crate::vacation::header_fields;
 
@@ -74,6 +76,43 @@ pub fn forward(app: &App, f: &Forwarding<'_>) -> Result<String, ForwardError> {
     ));
     message.extend(f.message.borrowed());
     Ok(outbound.enqueue(&sender, f.targets, &message)?)
+}
+
+/// [`forward`] each (forwarding address, targets) of `forwards`; on the
+/// first failure the entries already queued are taken back. Returns the
+/// queue IDs. `id` names the transaction in the log.
+pub fn forward_each(
+    app: &App,
+    mail_from: &str,
+    forwards: &[(String, Vec<String>)],
+    message: &Pieces<'_>,
+    id: &str,
+) -> Result<Vec<String>, ForwardError> {
+    let mut queued: Vec<String> = Vec::new();
+    for (forwarder, targets) in forwards {
+        let f = Forwarding {
+            mail_from,
+            forwarder,
+            targets,
+            message,
+        };
+        match forward(app, &f) {
+            Ok(qid) => {
+                info!(id, forwarder = %forwarder, to = %targets.join(","), queue_id = %qid, "forwarded");
+                queued.push(qid);
+            }
+            Err(e) => {
+                warn!(error = %e, id, forwarder = %forwarder, "forwarding failed");
+                if let Some(q) = app.outbound() {
+                    for qid in &queued {
+                        q.cancel(qid);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(queued)
 }
 
 /// How many trace fields (`Received:`, `Delivered-To:`) `header` has.

@@ -162,20 +162,20 @@ fn srs_verdict(app: &App, address: &str) -> Verdict {
 
 /// Where an accepted message goes: local mailboxes, and forwards.
 #[derive(Debug, Default)]
-struct Plan {
+pub(crate) struct Plan {
     /// Mailboxes that get a local copy.
-    local: Vec<String>,
+    pub(crate) local: Vec<String>,
     /// (forwarding address, external targets).
-    forwards: Vec<(String, Vec<String>)>,
+    pub(crate) forwards: Vec<(String, Vec<String>)>,
     /// Users whose vacation reply may answer.
-    users: Vec<String>,
+    pub(crate) users: Vec<String>,
 }
 
 /// Split the recipients: SRS addresses are forwarded to the address they
 /// decode to; users with forwarding have theirs forwarded (and keep a copy
 /// if they chose to); all others are delivered locally. `bad` (spam,
 /// virus, quarantine): nothing of a user is forwarded.
-fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply> {
+pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply> {
     let dir = app.directory.snapshot();
     let local = app.local();
     let mut p = Plan::default();
@@ -380,30 +380,11 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
                         .deliver_as(&p.local, &message, uid)
                         .map_err(Stored::Delivery)?
                 };
-                let mut queued: Vec<String> = Vec::new();
-                for (forwarder, targets) in &p.forwards {
-                    let f = crate::forward::Forwarding {
-                        mail_from: m.mail_from,
-                        forwarder,
-                        targets,
-                        message: &onward,
-                    };
-                    match crate::forward::forward(app, &f) {
-                        Ok(id) => {
-                            info!(id = m.id, forwarder = %forwarder, to = %targets.join(","), queue_id = %id, "forwarded");
-                            queued.push(id);
-                        }
-                        Err(e) => {
-                            warn!(error = %e, id = m.id, "forwarding failed; taking the message back");
-                            if let Some(q) = app.outbound() {
-                                for id in &queued {
-                                    q.cancel(id);
-                                }
-                            }
-                            local.undo(&p.local, &delivered);
-                            return Err(Stored::Refused(temporary_failure()));
-                        }
-                    }
+                if crate::forward::forward_each(app, m.mail_from, &p.forwards, &onward, m.id)
+                    .is_err()
+                {
+                    local.undo(&p.local, &delivered);
+                    return Err(Stored::Refused(temporary_failure()));
                 }
                 if !bad {
                     for user in &p.users {

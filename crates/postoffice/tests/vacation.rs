@@ -185,3 +185,28 @@ fn vacation_off_and_bad_files() {
     );
     assert!(pop_all(&server, "s1@example.test").is_empty());
 }
+
+/// A local user submitting (587, AUTH) to a user on vacation gets the
+/// reply too: the rules live in the core, not in the MX listener.
+#[test]
+fn submitted_mail_is_answered_once() {
+    let (_env, server) = setup();
+    for i in 0..3 {
+        let mut c = common::Client::new(common::tcp_connect(server.submit_addr()));
+        assert_eq!(reply(&mut c).0, 220);
+        assert_eq!(cmd(&mut c, "EHLO client.test").0, 250);
+        let token = common::base64(b"\0s2@example.test\0pw");
+        assert_eq!(cmd(&mut c, &format!("AUTH PLAIN {token}")).0, 235);
+        assert_eq!(cmd(&mut c, "MAIL FROM:<s2@example.test>").0, 250);
+        assert_eq!(cmd(&mut c, "RCPT TO:<alice@example.test>").0, 250);
+        assert_eq!(cmd(&mut c, "DATA").0, 354);
+        c.send_raw(message("s2@example.test", i, "").as_bytes());
+        c.send_raw(b".\r\n");
+        let (code, text) = reply(&mut c);
+        assert_eq!(code, 250, "{text}");
+        cmd(&mut c, "QUIT");
+    }
+    let got = pop_all(&server, "s2@example.test");
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].contains("Auto-Submitted: auto-replied"));
+}
