@@ -228,7 +228,48 @@ fn forged_or_malformed_srs_addresses_are_refused() {
     assert_eq!(code, 554, "{text}");
     // The real one is still accepted.
     assert_eq!(cmd(&mut c, &format!("RCPT TO:<{srs}>")).0, 250);
+    // One made with a.test's own key 22 days ago has expired
+    // (srs_max_age_days = 21).
+    let key = postoffice_core::srs::Srs::load_or_create(&p.a.data_dir(), 21).unwrap();
+    let today = postoffice_core::srs::today();
+    let old = key.forward("sender@b.test", "a.test", today - 22);
+    let (code, text) = cmd(&mut c, &format!("RCPT TO:<{old}>"));
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("expired"), "{text}");
+    let recent = key.forward("sender@b.test", "a.test", today - 20);
+    assert_eq!(cmd(&mut c, &format!("RCPT TO:<{recent}>")).0, 250);
     cmd(&mut c, "QUIT");
+}
+
+/// A vacation reply to a sender of another domain goes through the queue
+/// with the null sender, and arrives there.
+#[test]
+fn vacation_reply_to_a_remote_sender_goes_through_the_queue() {
+    let p = pair();
+    let away = p.b.path().join("away.txt");
+    std::fs::write(&away, "I am away.\n").unwrap();
+    p.b.cli(&[
+        "user",
+        "set",
+        "dest@b.test",
+        "--vacation-file",
+        away.to_str().unwrap(),
+    ])
+    .ok();
+    let msg = "From: <carol@a.test>\r\nTo: <dest@b.test>\r\nSubject: are you there\r\nMessage-ID: <q1@a.test>\r\n\r\nhi\r\n";
+    for _ in 0..2 {
+        let (code, text) = send(&p.sb, "carol@a.test", "dest@b.test", msg);
+        assert_eq!(code, 250, "{text}");
+    }
+    // carol forwards to nobody@b.test but keeps a copy: the reply is in
+    // her maildrop (and its forward bounced, the null sender is not).
+    let got = wait_mail(&p.a, &p.sa, "carol@a.test", "pw-carol", 1);
+    assert_eq!(got.len(), 1, "one reply for two messages: {got:#?}");
+    let r = &got[0];
+    assert!(r.starts_with("Return-Path: <>\r\n"), "{r}");
+    assert!(r.contains("Subject: Auto: are you there\r\n"), "{r}");
+    assert!(r.contains("In-Reply-To: <q1@a.test>\r\n"), "{r}");
+    assert!(r.contains("Auto-Submitted: auto-replied\r\n"), "{r}");
 }
 
 #[test]
