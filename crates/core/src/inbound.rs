@@ -223,14 +223,21 @@ pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply
             let (here, away): (Vec<String>, Vec<String>) = forward
                 .into_iter()
                 .partition(|t| local.is_local_domain(t.rsplit_once('@').map_or("", |(_, d)| d)));
+            let mut reached = keep || !away.is_empty();
             for t in here {
                 // One level only: a local target's own forwarding is not
                 // followed (no loops between local users).
                 if let Ok(m) = crate::addresses::resolve(&app.config.addresses, &dir, &t) {
                     for m in m {
                         add_local(&mut p, m);
+                        reached = true;
                     }
                 }
+            }
+            if !reached {
+                // Every target is a local address that no longer exists:
+                // the user's own maildrop rather than nowhere.
+                add_local(&mut p, mailbox.clone());
             }
             if !away.is_empty() {
                 p.forwards.push((mailbox, away));
@@ -444,4 +451,99 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
         "smtp transaction"
     );
     (reply, outcome)
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn app(dir: &std::path::Path) -> App {
+        let config = postoffice_config::Config {
+            data_dir: dir.to_path_buf(),
+            hostname: "mx.example.test".into(),
+            ..Default::default()
+        };
+        let app = App::without_filters(config).unwrap();
+        app.directory.add_domain("example.test").unwrap();
+        let hash = postoffice_directory::hash_password(b"x").unwrap();
+        for u in [
+            "alice@example.test",
+            "bob@example.test",
+            "carol@example.test",
+        ] {
+            app.directory.add_user(u, &hash).unwrap();
+        }
+        app
+    }
+
+    fn rcpts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn forwarding_users_keep_a_copy_or_not_and_bad_mail_stays_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let d = &app.directory;
+        d.set_user_forward("alice@example.test", &rcpts(&["a@far.test"]), false)
+            .unwrap();
+        d.set_user_forward("bob@example.test", &rcpts(&["b@far.test"]), true)
+            .unwrap();
+        let all = rcpts(&[
+            "alice@example.test",
+            "bob@example.test",
+            "carol@example.test",
+        ]);
+        let p = plan(&app, &all, false).unwrap();
+        assert_eq!(p.local, ["bob@example.test", "carol@example.test"]);
+        assert_eq!(
+            p.forwards,
+            [
+                ("alice@example.test".to_string(), rcpts(&["a@far.test"])),
+                ("bob@example.test".to_string(), rcpts(&["b@far.test"])),
+            ]
+        );
+        assert_eq!(p.users.len(), 3);
+        // Spam, virus, quarantine: nothing forwarded, everyone keeps it.
+        let p = plan(&app, &all, true).unwrap();
+        assert!(p.forwards.is_empty());
+        assert_eq!(p.local.len(), 3);
+    }
+
+    #[test]
+    fn local_targets_are_delivered_once_and_missing_ones_fall_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let d = &app.directory;
+        // alice -> bob (local), bob -> alice: one level only, no loop.
+        d.set_user_forward("alice@example.test", &rcpts(&["bob@example.test"]), false)
+            .unwrap();
+        d.set_user_forward("bob@example.test", &rcpts(&["alice@example.test"]), false)
+            .unwrap();
+        let p = plan(&app, &rcpts(&["alice@example.test"]), false).unwrap();
+        assert_eq!(p.local, ["bob@example.test"]);
+        assert!(p.forwards.is_empty());
+        // A local target that no longer exists: the user's own maildrop.
+        d.set_user_forward("carol@example.test", &rcpts(&["gone@example.test"]), false)
+            .unwrap();
+        let p = plan(&app, &rcpts(&["carol@example.test"]), false).unwrap();
+        assert_eq!(p.local, ["carol@example.test"]);
+    }
+
+    #[test]
+    fn srs_recipients_decode_and_forged_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let srs = app.srs().unwrap();
+        let addr = srs.forward("x@orig.test", "example.test", crate::srs::today());
+        let p = plan(&app, std::slice::from_ref(&addr), false).unwrap();
+        assert_eq!(p.forwards, [(addr.clone(), rcpts(&["x@orig.test"]))]);
+        assert!(p.local.is_empty());
+        let forged = addr.replace("=x@", "=y@");
+        let r = plan(&app, &[forged], false).unwrap_err();
+        assert_eq!(r.code, codes::MAILBOX_UNAVAILABLE);
+        // Spam to an SRS address is refused, not forwarded.
+        let r = plan(&app, &[addr], true).unwrap_err();
+        assert_eq!(r.code, codes::TRANSACTION_FAILED);
+    }
 }
