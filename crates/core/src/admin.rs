@@ -730,6 +730,76 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vacation_files() {
+        let v = parse_vacation(
+            b"Subject: Away\n\nBack Monday.\r\nBye\n",
+            Some("2027-01-02"),
+        )
+        .unwrap();
+        assert_eq!(v.subject.as_deref(), Some("Away"));
+        assert_eq!(v.body, "Back Monday.\nBye\n");
+        assert_eq!(v.until.as_deref(), Some("2027-01-02"));
+        let v = parse_vacation("Bin weg – à bientôt\n".as_bytes(), None).unwrap();
+        assert_eq!(v.subject, None);
+        let e = parse_vacation(b"Abwesend bis M\xe4rz\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("UTF-8") && e.contains("octet 14"), "{e}");
+        let e = parse_vacation(b"Subject: x\n\n  \n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non-empty"), "{e}");
+        let e = parse_vacation(b"bell \x07\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control"), "{e}");
+        for bad in ["2027-13-01", "27-01-01", "tomorrow", "2027-01-1"] {
+            let e = parse_vacation(b"x", Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("YYYY-MM-DD"), "{bad}: {e}");
+        }
+        assert!(parse_vacation(&vec![b'a'; MAX_VACATION_BYTES + 1], None).is_err());
+    }
+
+    #[test]
+    fn forward_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path()).unwrap();
+        dir.add_domain("example.test").unwrap();
+        dir.add_user("alice@example.test", &hash_password(b"x").unwrap())
+            .unwrap();
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (bad, why) in [
+            ("not an address", "an address"),
+            ("Alice@Example.test", "another address"),
+            ("SRS0=abcd=AB=x.test=y@example.test", "not an SRS"),
+        ] {
+            let e = set_forward(&dir, "alice@example.test", &t(&[bad]), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        set_forward(&dir, "alice@example.test", &t(&["a@far.test"]), Some(false)).unwrap();
+        // --keep-copy alone keeps the targets.
+        set_forward(&dir, "alice@example.test", &[], Some(true)).unwrap();
+        let s = dir.snapshot();
+        let u = s.user("alice@example.test").unwrap();
+        assert_eq!(u.forward, ["a@far.test"]);
+        assert!(u.forward_keep_copy);
+        set_forward(&dir, "alice@example.test", &t(&["off"]), None).unwrap();
+        assert!(
+            dir.snapshot()
+                .user("alice@example.test")
+                .unwrap()
+                .forward
+                .is_empty()
+        );
+        assert!(matches!(
+            set_forward(&dir, "nobody@example.test", &t(&["a@far.test"]), None),
+            Err(AdminError::NoSuchUser(_))
+        ));
+    }
+
+    #[test]
     fn policy_text_forms() {
         let c = PolicyChange::parse(&PolicyText {
             retention_days: Some("never"),
