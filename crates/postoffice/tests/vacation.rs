@@ -169,6 +169,19 @@ fn vacation_off_and_bad_files() {
     assert!(!out.status.success());
     assert!(out.stderr.contains("YYYY-MM-DD"), "{}", out.stderr);
 
+    // Forward targets are checked too.
+    for (bad, why) in [
+        ("not an address", "forward must be an address"),
+        ("alice@example.test", "another address than the user's own"),
+    ] {
+        let out = env.cli(&["user", "set", "alice@example.test", "--forward", bad]);
+        assert!(!out.status.success());
+        assert!(out.stderr.contains(why), "{bad}: {}", out.stderr);
+    }
+    let out = env.cli(&["user", "set", "alice@example.test", "--vacation", "on"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--vacation-file"), "{}", out.stderr);
+
     env.cli(&["user", "set", "alice@example.test", "--vacation", "off"])
         .ok();
     let info = env.cli(&["user", "info", "alice@example.test"]).ok().stdout;
