@@ -321,6 +321,9 @@ struct UserJson {
     quarantined: usize,
     policy: Value,
     overrides: Value,
+    forward: Vec<String>,
+    forward_keep_copy: bool,
+    vacation: Value,
 }
 
 fn user_json(info: admin::UserInfo) -> UserJson {
@@ -338,6 +341,12 @@ fn user_json(info: admin::UserInfo) -> UserJson {
             "quota_messages": p.quota_messages,
         }),
         overrides: overrides_json(&info.overrides),
+        forward: info.forward,
+        forward_keep_copy: info.forward_keep_copy,
+        vacation: info.vacation.map_or(
+            Value::Null,
+            |v| json!({ "subject": v.subject, "until": v.until, "body": v.body }),
+        ),
     }
 }
 
