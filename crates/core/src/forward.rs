@@ -98,7 +98,13 @@ pub fn forward_each(
         };
         match forward(app, &f) {
             Ok(qid) => {
-                info!(id, forwarder = %forwarder, to = %targets.join(","), queue_id = %qid, "forwarded");
+                let action = if crate::srs::is_srs_address(forwarder) {
+                    "srs_returned"
+                } else {
+                    "forwarded"
+                };
+                app.metrics.address_actions.inc([action]);
+                info!(id, forwarder = %forwarder, to = %targets.join(","), queue_id = %qid, action, "forwarded");
                 queued.push(qid);
             }
             Err(e) => {

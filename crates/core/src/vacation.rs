@@ -323,7 +323,10 @@ pub fn reply(app: &App, user: &str, mail_from: &str, header: &[u8]) {
         }
     };
     match result {
-        Ok(how) => info!(user, to = mail_from, how, "vacation reply sent"),
+        Ok(how) => {
+            app.metrics.address_actions.inc(["vacation_replied"]);
+            info!(user, to = mail_from, how, "vacation reply sent");
+        }
         Err(e) => warn!(user, to = mail_from, error = %e, "vacation reply not sent"),
     }
 }

@@ -194,6 +194,15 @@ fn forwarded_mail_passes_spf_and_bounces_come_back_through_srs() {
     );
     // carol kept her copy (the default).
     assert_eq!(all_files(&p.a.maildir("carol@a.test").join("new")).len(), 1);
+    let metrics = common::HttpClient::new(p.sa.http_addr())
+        .get("/metrics")
+        .text();
+    for line in [
+        "postoffice_address_actions_total{action=\"forwarded\"} 2\n",
+        "postoffice_address_actions_total{action=\"srs_returned\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
 }
 
 #[test]

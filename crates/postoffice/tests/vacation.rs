@@ -142,6 +142,13 @@ fn twenty_messages_from_three_senders_get_three_replies() {
     // The state is durable in the data directory.
     let state = std::fs::read_to_string(env.data_dir().join("vacation.txt")).unwrap();
     assert_eq!(state.lines().count(), 3, "{state}");
+    // And counted.
+    let mut http = common::HttpClient::new(server.http_addr());
+    let metrics = http.get("/metrics").text();
+    assert!(
+        metrics.contains("postoffice_address_actions_total{action=\"vacation_replied\"} 3\n"),
+        "{metrics}"
+    );
 }
 
 #[test]
