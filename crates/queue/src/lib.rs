@@ -76,10 +76,11 @@ pub trait LocalMail: Send + Sync {
     ) -> Result<(), postoffice_core::delivery::DeliveryError>;
 
     /// Where a notice to `rcpt` really goes: when `rcpt` is one of our SRS
-    /// addresses (a forwarded message's sender, valid hash and age), the
-    /// address it decodes to; otherwise `rcpt` itself.
-    fn notice_recipient(&self, rcpt: &str) -> String {
-        rcpt.to_string()
+    /// addresses (a forwarded message's sender), the address it decodes
+    /// to, or `None` when it no longer decodes (expired: the notice is
+    /// dropped, as nobody could receive it); otherwise `rcpt` itself.
+    fn notice_recipient(&self, rcpt: &str) -> Option<String> {
+        Some(rcpt.to_string())
     }
 }
 
@@ -101,16 +102,23 @@ impl LocalMail for postoffice_core::App {
             .map(|_| ())
     }
 
-    fn notice_recipient(&self, rcpt: &str) -> String {
+    fn notice_recipient(&self, rcpt: &str) -> Option<String> {
         let domain = domain_of(rcpt);
-        if postoffice_core::srs::is_srs_address(rcpt)
-            && self.local().is_local_domain(&domain)
-            && let Some(srs) = self.srs()
-            && let Ok(to) = srs.reverse(rcpt, postoffice_core::srs::today())
-        {
-            return to;
+        if !postoffice_core::srs::is_srs_address(rcpt) || !self.local().is_local_domain(&domain) {
+            return Some(rcpt.to_string());
         }
-        rcpt.to_string()
+        // Without the key (an I/O problem) keep the address: the notice
+        // fails locally and is tried again later.
+        let Some(srs) = self.srs() else {
+            return Some(rcpt.to_string());
+        };
+        match srs.reverse(rcpt, postoffice_core::srs::today()) {
+            Ok(to) => Some(to),
+            Err(e) => {
+                tracing::warn!(to = rcpt, error = %e, "notice to an SRS address dropped");
+                None
+            }
+        }
     }
 }
 
