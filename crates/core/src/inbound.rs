@@ -167,8 +167,10 @@ pub(crate) struct Plan {
     pub(crate) local: Vec<String>,
     /// (forwarding address, external targets).
     pub(crate) forwards: Vec<(String, Vec<String>)>,
-    /// Users whose vacation reply may answer.
-    pub(crate) users: Vec<String>,
+    /// Users whose vacation reply may answer, each with the recipient
+    /// addresses that led to it (normalised; the user's own among them
+    /// when it was named).
+    pub(crate) users: Vec<(String, Vec<String>)>,
 }
 
 /// Split the recipients: SRS addresses are forwarded to the address they
@@ -210,8 +212,23 @@ pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply
             let user = dir.user(&mailbox);
             let forward = user.map(|u| u.forward.clone()).unwrap_or_default();
             let keep = user.is_none_or(|u| u.forward_keep_copy);
-            if !p.users.contains(&mailbox) {
-                p.users.push(mailbox.clone());
+            let via =
+                postoffice_directory::normalize_address(rcpt).unwrap_or_else(|_| rcpt.clone());
+            // Mail to postmaster@/abuse@ that reaches a user is not theirs
+            // to auto-answer (and must not reveal who reads it).
+            let role = via != mailbox
+                && (crate::addresses::is_bare_postmaster(rcpt)
+                    || crate::addresses::ROLE_LOCAL_PARTS
+                        .iter()
+                        .any(|r| via.rsplit_once('@').is_some_and(|(l, _)| l == *r)));
+            match p.users.iter_mut().find(|(u, _)| *u == mailbox) {
+                _ if role => {}
+                Some((_, v)) => {
+                    if !v.contains(&via) {
+                        v.push(via);
+                    }
+                }
+                None => p.users.push((mailbox.clone(), vec![via])),
             }
             if forward.is_empty() || bad {
                 add_local(&mut p, mailbox);
@@ -394,8 +411,8 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
                     return Err(Stored::Refused(temporary_failure()));
                 }
                 if !bad {
-                    for user in &p.users {
-                        crate::vacation::reply(app, user, m.mail_from, &header);
+                    for (user, via) in &p.users {
+                        crate::vacation::reply(app, user, via, m.mail_from, &header);
                     }
                 }
                 Ok(())
@@ -528,6 +545,42 @@ mod plan_tests {
             .unwrap();
         let p = plan(&app, &rcpts(&["carol@example.test"]), false).unwrap();
         assert_eq!(p.local, ["carol@example.test"]);
+    }
+
+    #[test]
+    fn role_addresses_do_not_trigger_vacation_replies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = postoffice_config::Config {
+            data_dir: dir.path().to_path_buf(),
+            hostname: "mx.example.test".into(),
+            ..Default::default()
+        };
+        config.addresses.postmaster = vec!["alice@example.test".into()];
+        let app = App::without_filters(config).unwrap();
+        app.directory.add_domain("example.test").unwrap();
+        let hash = postoffice_directory::hash_password(b"x").unwrap();
+        app.directory.add_user("alice@example.test", &hash).unwrap();
+        let p = plan(
+            &app,
+            &rcpts(&["postmaster@example.test", "abuse@example.test"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.local, ["alice@example.test"]);
+        assert!(p.users.is_empty(), "{:?}", p.users);
+        let p = plan(
+            &app,
+            &rcpts(&["postmaster@example.test", "Alice@example.test"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.users,
+            [(
+                "alice@example.test".to_string(),
+                rcpts(&["alice@example.test"])
+            )]
+        );
     }
 
     #[test]

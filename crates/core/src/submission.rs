@@ -293,8 +293,8 @@ pub fn store(
         match message.head(crate::inbound::HEADER_WINDOW) {
             Ok(head) => {
                 let header = &head[..find_header_end(&head)];
-                for user in &plan.users {
-                    crate::vacation::reply(app, user, mail_from, header);
+                for (user, via) in &plan.users {
+                    crate::vacation::reply(app, user, via, mail_from, header);
                 }
             }
             Err(e) => warn!(error = %e, "cannot read the message for vacation replies"),

@@ -105,9 +105,11 @@ impl Skip {
     }
 }
 
-/// The rules of RFC 3834 §2 on a message to `user` from the envelope
-/// sender `mail_from` with header fields `fields`.
-pub fn check(user: &str, mail_from: &str, fields: &[(String, String)]) -> Result<(), Skip> {
+/// The rules of RFC 3834 §2 on a message to the user known by
+/// `addresses` (lower case: the user's own, and the recipient addresses
+/// that led to it) from the envelope sender `mail_from` with header fields
+/// `fields`.
+pub fn check(addresses: &[&str], mail_from: &str, fields: &[(String, String)]) -> Result<(), Skip> {
     if mail_from.is_empty() {
         return Err(Skip::NullSender);
     }
@@ -139,7 +141,11 @@ pub fn check(user: &str, mail_from: &str, fields: &[(String, String)]) -> Result
                 return Err(Skip::AutoSubmitted);
             }
         }
-        if (n == "to" || n == "cc") && addresses_in(value).iter().any(|a| a == user) {
+        if (n == "to" || n == "cc")
+            && addresses_in(value)
+                .iter()
+                .any(|a| addresses.contains(&a.as_str()))
+        {
             addressed = true;
         }
     }
@@ -263,8 +269,10 @@ pub fn build_reply(
 }
 
 /// Answer a message just delivered to `user` (when its vacation is on and
-/// the rules allow). `header` is the message's header section as received.
-pub fn reply(app: &App, user: &str, mail_from: &str, header: &[u8]) {
+/// the rules allow); `via` are the recipient addresses that led to the
+/// user (an alias, a sub-address), which count like the user's own in
+/// `To:`/`Cc:`. `header` is the message's header section as received.
+pub fn reply(app: &App, user: &str, via: &[String], mail_from: &str, header: &[u8]) {
     let dir = app.directory.snapshot();
     let Some(v) = dir.user(user).and_then(|u| u.vacation.clone()) else {
         return;
@@ -282,7 +290,12 @@ pub fn reply(app: &App, user: &str, mail_from: &str, header: &[u8]) {
         return skip(Skip::Expired);
     }
     let fields = header_fields(header);
-    if let Err(why) = check(user, mail_from, &fields) {
+    let lower: Vec<String> = std::iter::once(user)
+        .chain(via.iter().map(String::as_str))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let addresses: Vec<&str> = lower.iter().map(String::as_str).collect();
+    if let Err(why) = check(&addresses, mail_from, &fields) {
         return skip(why);
     }
     let interval = u64::from(app.config.addresses.vacation_interval_days.max(1));
@@ -346,26 +359,26 @@ mod tests {
         let f = fields(
             "From: Bob <bob@other.test>\r\nTo: \"Alice, A.\" <Alice@Example.test>\r\nSubject: hi\r\n\r\n",
         );
-        assert_eq!(check(USER, "bob@other.test", &f), Ok(()));
+        assert_eq!(check(&[USER], "bob@other.test", &f), Ok(()));
         let f = fields("To: x@y.test,\r\n alice@example.test\r\n\r\n");
-        assert_eq!(check(USER, "bob@other.test", &f), Ok(()));
+        assert_eq!(check(&[USER], "bob@other.test", &f), Ok(()));
         let f = fields("To: x@y.test\r\nCc: alice@example.test\r\n\r\n");
-        assert_eq!(check(USER, "bob@other.test", &f), Ok(()));
+        assert_eq!(check(&[USER], "bob@other.test", &f), Ok(()));
         let f = fields("To: x@y.test\r\nAuto-Submitted: no\r\nCc: alice@example.test\r\n\r\n");
-        assert_eq!(check(USER, "bob@other.test", &f), Ok(()));
+        assert_eq!(check(&[USER], "bob@other.test", &f), Ok(()));
     }
 
     #[test]
     fn rfc3834_exclusions() {
         let to = "To: alice@example.test\r\n";
         let f = fields(&format!("{to}\r\n"));
-        assert_eq!(check(USER, "", &f), Err(Skip::NullSender));
+        assert_eq!(check(&[USER], "", &f), Err(Skip::NullSender));
         for s in [
             "owner-list@x.test",
             "list-request@x.test",
             "MAILER-DAEMON@x.test",
         ] {
-            assert_eq!(check(USER, s, &f), Err(Skip::SystemSender), "{s}");
+            assert_eq!(check(&[USER], s, &f), Err(Skip::SystemSender), "{s}");
         }
         for h in [
             "List-Id: <l.x.test>\r\n",
@@ -375,20 +388,34 @@ mod tests {
             "Precedence: junk\r\n",
         ] {
             let f = fields(&format!("{to}{h}\r\n"));
-            assert_eq!(check(USER, "bob@x.test", &f), Err(Skip::MailingList), "{h}");
+            assert_eq!(
+                check(&[USER], "bob@x.test", &f),
+                Err(Skip::MailingList),
+                "{h}"
+            );
         }
         for h in [
             "Auto-Submitted: auto-replied\r\n",
             "Auto-Submitted: auto-generated\r\n",
         ] {
             let f = fields(&format!("{to}{h}\r\n"));
-            assert_eq!(check(USER, "bob@x.test", &f), Err(Skip::AutoSubmitted));
+            assert_eq!(check(&[USER], "bob@x.test", &f), Err(Skip::AutoSubmitted));
         }
         let f = fields("To: someone@example.test\r\nCc: alice@example.test.evil\r\n\r\n");
-        assert_eq!(check(USER, "bob@x.test", &f), Err(Skip::NotAddressed));
+        assert_eq!(check(&[USER], "bob@x.test", &f), Err(Skip::NotAddressed));
         // A field in the body does not count.
         let f = fields("To: someone@example.test\r\n\r\nTo: alice@example.test\r\n");
-        assert_eq!(check(USER, "bob@x.test", &f), Err(Skip::NotAddressed));
+        assert_eq!(check(&[USER], "bob@x.test", &f), Err(Skip::NotAddressed));
+    }
+
+    #[test]
+    fn an_address_that_led_to_the_user_counts() {
+        let f = fields("To: <alice+news@example.test>\r\n\r\n");
+        assert_eq!(check(&[USER], "bob@x.test", &f), Err(Skip::NotAddressed));
+        assert_eq!(
+            check(&[USER, "alice+news@example.test"], "bob@x.test", &f),
+            Ok(())
+        );
     }
 
     #[test]
