@@ -265,7 +265,7 @@ impl Default for Submission {
 /// `postmaster@` (and bare `postmaster`) and `abuse@` of every local domain
 /// are always accepted when they are not users themselves, and delivered to
 /// the mailboxes named here.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Addresses {
     /// Local users that receive mail for postmaster@ and abuse@ of every
@@ -276,6 +276,28 @@ pub struct Addresses {
     /// Per-domain override of `postmaster`:
     /// { "example.org" = ["hostmaster@example.org"] }.
     pub domain_postmaster: std::collections::BTreeMap<String, Vec<String>>,
+    /// A user's vacation auto-reply (`user set --vacation-file`) goes to
+    /// each sender at most once in this many days (RFC 3834 §2).
+    pub vacation_interval_days: u32,
+    /// Bounces to an SRS address of ours (the envelope sender of forwarded
+    /// mail) are accepted for this many days after the forwarding; older
+    /// or forged ones are refused.
+    pub srs_max_age_days: u32,
+    /// Mail with more trace headers (`Received:`, `Delivered-To:`) than this
+    /// is not forwarded any more: a forwarding loop is cut (refused 554).
+    pub forward_max_hops: u32,
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Addresses {
+            postmaster: Vec::new(),
+            domain_postmaster: std::collections::BTreeMap::new(),
+            vacation_interval_days: 7,
+            srs_max_age_days: 21,
+            forward_max_hops: 30,
+        }
+    }
 }
 
 impl Addresses {

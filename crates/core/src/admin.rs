@@ -12,8 +12,8 @@ use std::time::SystemTime;
 
 use postoffice_config::Config;
 use postoffice_directory::{
-    Directory, EffectivePolicy, PolicyOverrides, Retention, hash_password, normalize_address,
-    normalize_admin_name, normalize_domain,
+    Directory, EffectivePolicy, PolicyOverrides, Retention, Vacation, hash_password,
+    normalize_address, normalize_admin_name, normalize_domain,
 };
 use postoffice_store::{MailStore, StoreError, Usage};
 
@@ -389,6 +389,12 @@ pub struct UserInfo {
     /// The sending limits in force: messages per hour, recipients per day
     /// (0 = no limit).
     pub send_limits: (u32, u32),
+    /// External addresses the user's mail is forwarded to.
+    pub forward: Vec<String>,
+    /// With forwarding: a copy stays in the maildrop.
+    pub forward_keep_copy: bool,
+    /// The vacation auto-reply, when set.
+    pub vacation: Option<Vacation>,
 }
 
 /// Everything about one user.
@@ -417,7 +423,179 @@ pub fn user_info(
             config.submission.max_messages_per_hour,
             config.submission.max_recipients_per_day,
         ),
+        forward: u.forward.clone(),
+        forward_keep_copy: u.forward_keep_copy,
+        vacation: u.vacation.clone(),
     })
+}
+
+/// Change where a user's mail is forwarded: `targets` replace the stored
+/// ones (`["off"]` or `["none"]` ends forwarding; empty keeps them), and
+/// `keep_copy`, when given, says whether a copy stays in the maildrop.
+/// Returns the canonical address.
+pub fn set_forward(
+    dir: &Directory,
+    address: &str,
+    targets: &[String],
+    keep_copy: Option<bool>,
+) -> Result<String, AdminError> {
+    let address = normalize_address(address)?;
+    let snap = dir.snapshot();
+    let Some(u) = snap.user(&address) else {
+        return Err(AdminError::NoSuchUser(address));
+    };
+    let off =
+        matches!(targets, [t] if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none"));
+    let new_targets: Vec<String> = if off {
+        Vec::new()
+    } else if targets.is_empty() {
+        u.forward.clone()
+    } else {
+        let mut out = Vec::new();
+        for t in targets {
+            let n = normalize_address(t).map_err(|_| AdminError::InvalidValue {
+                field: "forward",
+                expected: "an address (local@domain) or \"off\"",
+                value: shown(t),
+            })?;
+            if n == address {
+                return Err(AdminError::InvalidValue {
+                    field: "forward",
+                    expected: "another address than the user's own",
+                    value: shown(t),
+                });
+            }
+            if crate::srs::is_srs_address(&n) {
+                return Err(AdminError::InvalidValue {
+                    field: "forward",
+                    expected: "an ordinary address, not an SRS address",
+                    value: shown(t),
+                });
+            }
+            out.push(n);
+        }
+        out
+    };
+    let keep = keep_copy.unwrap_or(u.forward_keep_copy);
+    dir.set_user_forward(&address, &new_targets, keep)?;
+    Ok(address)
+}
+
+/// The longest vacation text accepted.
+pub const MAX_VACATION_BYTES: usize = 64 * 1024;
+
+/// Parse a vacation file: UTF-8 text; a first line `Subject: ...` (then
+/// an optional blank line) sets the reply's subject, otherwise it is
+/// "Auto: <original subject>".
+pub fn parse_vacation(text: &[u8], until: Option<&str>) -> Result<Vacation, AdminError> {
+    if text.len() > MAX_VACATION_BYTES {
+        return Err(AdminError::InvalidValue {
+            field: "vacation-file",
+            expected: "at most 64 KiB of text",
+            value: format!("{} octets", text.len()),
+        });
+    }
+    let text = std::str::from_utf8(text).map_err(|e| AdminError::InvalidValue {
+        field: "vacation-file",
+        expected: "UTF-8 text",
+        value: format!("invalid UTF-8 at octet {}", e.valid_up_to()),
+    })?;
+    if let Some(c) = text
+        .chars()
+        .find(|&c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(AdminError::InvalidValue {
+            field: "vacation-file",
+            expected: "text without control characters",
+            value: format!("{:?}", c),
+        });
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let (subject, body) = match text.split_once('\n') {
+        Some((first, rest)) if first.len() >= 8 && first[..8].eq_ignore_ascii_case("subject:") => {
+            let rest = rest
+                .strip_prefix("\r\n")
+                .or_else(|| rest.strip_prefix('\n'))
+                .unwrap_or(rest);
+            (Some(first[8..].trim().to_string()), rest)
+        }
+        _ => (None, text),
+    };
+    if body.trim().is_empty() {
+        return Err(AdminError::InvalidValue {
+            field: "vacation-file",
+            expected: "a non-empty reply text",
+            value: String::new(),
+        });
+    }
+    Ok(Vacation {
+        subject: subject.filter(|s| !s.is_empty()),
+        body: body.replace("\r\n", "\n"),
+        until: until.map(parse_date).transpose()?,
+    })
+}
+
+/// A `YYYY-MM-DD` date, checked.
+fn parse_date(value: &str) -> Result<String, AdminError> {
+    let v = value.trim();
+    let bad = || AdminError::InvalidValue {
+        field: "vacation-until",
+        expected: "a date YYYY-MM-DD",
+        value: shown(value),
+    };
+    let parts: Vec<&str> = v.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return Err(bad());
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return Err(bad());
+    }
+    let (Ok(_y), Ok(m), Ok(d)) = (y.parse::<u32>(), m.parse::<u32>(), d.parse::<u32>()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    Ok(v.to_string())
+}
+
+/// Set a user's vacation reply from the text of a vacation file (see
+/// [`parse_vacation`]), or with `text` `None` change only the end date of
+/// the one set. Returns the canonical address.
+pub fn set_vacation(
+    dir: &Directory,
+    address: &str,
+    text: Option<&[u8]>,
+    until: Option<&str>,
+) -> Result<String, AdminError> {
+    let address = normalize_address(address)?;
+    let snap = dir.snapshot();
+    let Some(u) = snap.user(&address) else {
+        return Err(AdminError::NoSuchUser(address));
+    };
+    let v = match text {
+        Some(t) => parse_vacation(t, until)?,
+        None => {
+            let Some(mut v) = u.vacation.clone() else {
+                return Err(AdminError::InvalidValue {
+                    field: "vacation-until",
+                    expected: "a vacation set first (--vacation-file FILE)",
+                    value: shown(until.unwrap_or("")),
+                });
+            };
+            v.until = until.map(parse_date).transpose()?;
+            v
+        }
+    };
+    dir.set_user_vacation(&address, Some(v))?;
+    Ok(address)
+}
+
+/// Turn a user's vacation reply off. Returns the canonical address.
+pub fn vacation_off(dir: &Directory, address: &str) -> Result<String, AdminError> {
+    let address = normalize_address(address)?;
+    dir.set_user_vacation(&address, None)?;
+    Ok(address)
 }
 
 /// Add an administrator of the web interface; returns the canonical name.
@@ -606,6 +784,76 @@ pub fn quarantine_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vacation_files() {
+        let v = parse_vacation(
+            b"Subject: Away\n\nBack Monday.\r\nBye\n",
+            Some("2027-01-02"),
+        )
+        .unwrap();
+        assert_eq!(v.subject.as_deref(), Some("Away"));
+        assert_eq!(v.body, "Back Monday.\nBye\n");
+        assert_eq!(v.until.as_deref(), Some("2027-01-02"));
+        let v = parse_vacation("Bin weg – à bientôt\n".as_bytes(), None).unwrap();
+        assert_eq!(v.subject, None);
+        let e = parse_vacation(b"Abwesend bis M\xe4rz\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("UTF-8") && e.contains("octet 14"), "{e}");
+        let e = parse_vacation(b"Subject: x\n\n  \n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non-empty"), "{e}");
+        let e = parse_vacation(b"bell \x07\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control"), "{e}");
+        for bad in ["2027-13-01", "27-01-01", "tomorrow", "2027-01-1"] {
+            let e = parse_vacation(b"x", Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("YYYY-MM-DD"), "{bad}: {e}");
+        }
+        assert!(parse_vacation(&vec![b'a'; MAX_VACATION_BYTES + 1], None).is_err());
+    }
+
+    #[test]
+    fn forward_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::open(tmp.path()).unwrap();
+        dir.add_domain("example.test").unwrap();
+        dir.add_user("alice@example.test", &hash_password(b"x").unwrap())
+            .unwrap();
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (bad, why) in [
+            ("not an address", "an address"),
+            ("Alice@Example.test", "another address"),
+            ("SRS0=abcd=AB=x.test=y@example.test", "not an SRS"),
+        ] {
+            let e = set_forward(&dir, "alice@example.test", &t(&[bad]), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        set_forward(&dir, "alice@example.test", &t(&["a@far.test"]), Some(false)).unwrap();
+        // --keep-copy alone keeps the targets.
+        set_forward(&dir, "alice@example.test", &[], Some(true)).unwrap();
+        let s = dir.snapshot();
+        let u = s.user("alice@example.test").unwrap();
+        assert_eq!(u.forward, ["a@far.test"]);
+        assert!(u.forward_keep_copy);
+        set_forward(&dir, "alice@example.test", &t(&["off"]), None).unwrap();
+        assert!(
+            dir.snapshot()
+                .user("alice@example.test")
+                .unwrap()
+                .forward
+                .is_empty()
+        );
+        assert!(matches!(
+            set_forward(&dir, "nobody@example.test", &t(&["a@far.test"]), None),
+            Err(AdminError::NoSuchUser(_))
+        ));
+    }
 
     #[test]
     fn policy_text_forms() {

@@ -111,6 +111,10 @@ pub struct App {
     /// snapshot. Computing it walks every user, so it is done once per
     /// directory change, not once per connection.
     capa_cache: Mutex<Option<CapaCache>>,
+    /// The SRS secret, loaded (or generated) on first use.
+    srs: Mutex<Option<crate::srs::Srs>>,
+    /// Serialises updates of the vacation state file.
+    pub(crate) vacation_state: Mutex<()>,
 }
 
 type CapaCache = (Arc<DirectoryData>, ExpireSummary, LoginDelaySummary);
@@ -196,6 +200,8 @@ impl App {
             ),
             last_login: Mutex::new(HashMap::new()),
             capa_cache: Mutex::new(None),
+            srs: Mutex::new(None),
+            vacation_state: Mutex::new(()),
             spool_dir,
             budget,
         })
@@ -210,6 +216,23 @@ impl App {
     /// there from now on.
     pub fn set_outbound(&self, outbound: Arc<dyn Outbound>) {
         *self.outbound.write().unwrap_or_else(|p| p.into_inner()) = Some(outbound);
+    }
+
+    /// The SRS keys (see [`crate::srs`]): read from the data directory,
+    /// or generated there on first use. `None` (logged) when the key file
+    /// cannot be read or written.
+    pub fn srs(&self) -> Option<crate::srs::Srs> {
+        let mut slot = self.srs.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            match crate::srs::Srs::load_or_create(
+                &self.config.data_dir,
+                self.config.addresses.srs_max_age_days,
+            ) {
+                Ok(s) => *slot = Some(s),
+                Err(e) => warn!(error = %e, "cannot load the SRS key"),
+            }
+        }
+        slot.clone()
     }
 
     /// The outbound queue, if one is attached.

@@ -22,6 +22,14 @@ use crate::delivery::{DeliveryError, temporary_failure};
 use crate::metrics::reason;
 use crate::trace::{Trace, find_header_end, strip_forged, trace_headers};
 
+/// Why an accepted message was not stored or forwarded.
+enum Stored {
+    /// Local delivery failed.
+    Delivery(DeliveryError),
+    /// Refused before storing (a loop, an invalid SRS address, the queue).
+    Refused(Reply),
+}
+
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -102,6 +110,9 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
             format!("<{}>: Relay access denied", sanitize(address)),
         ));
     }
+    if !bare_postmaster && crate::srs::is_srs_address(address) {
+        return srs_verdict(app, address);
+    }
     match local.check_recipient(address) {
         Ok(_) => Verdict::Accept,
         Err(DeliveryError::NoSuchUser(_)) => {
@@ -120,6 +131,137 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
             Verdict::Reject(e.reply())
         }
     }
+}
+
+/// A bounce (or reply) to one of our SRS addresses: accepted when we made
+/// the address (hash) recently enough (age), and there is a way on.
+fn srs_verdict(app: &App, address: &str) -> Verdict {
+    let Some(srs) = app.srs() else {
+        return Verdict::Reject(temporary_failure());
+    };
+    match srs.reverse(address, crate::srs::today()) {
+        Ok(_) if app.outbound().is_some() => Verdict::Accept,
+        Ok(_) => Verdict::Reject(temporary_failure()),
+        Err(e) => {
+            app.metrics.smtp_rejections.inc([MX, reason::UNKNOWN_USER]);
+            let why = match e {
+                crate::srs::SrsError::Malformed => "malformed SRS address",
+                crate::srs::SrsError::BadHash => {
+                    "SRS address with an invalid hash (not made by us)"
+                }
+                crate::srs::SrsError::Expired => "SRS address has expired",
+            };
+            Verdict::Reject(Reply::new(
+                codes::MAILBOX_UNAVAILABLE,
+                status::BAD_DEST_MAILBOX,
+                format!("<{}>: Recipient address rejected: {why}", sanitize(address)),
+            ))
+        }
+    }
+}
+
+/// Where an accepted message goes: local mailboxes, and forwards.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Mailboxes that get a local copy.
+    pub(crate) local: Vec<String>,
+    /// (forwarding address, external targets).
+    pub(crate) forwards: Vec<(String, Vec<String>)>,
+    /// Users whose vacation reply may answer, each with the recipient
+    /// addresses that led to it (normalised; the user's own among them
+    /// when it was named).
+    pub(crate) users: Vec<(String, Vec<String>)>,
+}
+
+/// Split the recipients: SRS addresses are forwarded to the address they
+/// decode to; users with forwarding have theirs forwarded (and keep a copy
+/// if they chose to); all others are delivered locally. `bad` (spam,
+/// virus, quarantine): nothing of a user is forwarded.
+pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply> {
+    let dir = app.directory.snapshot();
+    let local = app.local();
+    let mut p = Plan::default();
+    let add_local = |p: &mut Plan, mailbox: String| {
+        if !p.local.contains(&mailbox) {
+            p.local.push(mailbox);
+        }
+    };
+    for rcpt in rcpts {
+        if crate::srs::is_srs_address(rcpt) && !crate::addresses::is_bare_postmaster(rcpt) {
+            let srs = app.srs().ok_or_else(temporary_failure)?;
+            let to = srs.reverse(rcpt, crate::srs::today()).map_err(|e| {
+                Reply::new(
+                    codes::MAILBOX_UNAVAILABLE,
+                    status::BAD_DEST_MAILBOX,
+                    format!("<{}>: {e}", sanitize(rcpt)),
+                )
+            })?;
+            if bad {
+                return Err(Reply::new(
+                    codes::TRANSACTION_FAILED,
+                    status::NOT_AUTHORIZED,
+                    "Message not forwarded: marked as spam or virus",
+                ));
+            }
+            p.forwards.push((rcpt.clone(), vec![to]));
+            continue;
+        }
+        let mailboxes = crate::addresses::resolve(&app.config.addresses, &dir, rcpt)
+            .map_err(|_| DeliveryError::NoSuchUser(rcpt.clone()).reply())?;
+        for mailbox in mailboxes {
+            let user = dir.user(&mailbox);
+            let forward = user.map(|u| u.forward.clone()).unwrap_or_default();
+            let keep = user.is_none_or(|u| u.forward_keep_copy);
+            let via =
+                postoffice_directory::normalize_address(rcpt).unwrap_or_else(|_| rcpt.clone());
+            // Mail to postmaster@/abuse@ that reaches a user is not theirs
+            // to auto-answer (and must not reveal who reads it).
+            let role = via != mailbox
+                && (crate::addresses::is_bare_postmaster(rcpt)
+                    || crate::addresses::ROLE_LOCAL_PARTS
+                        .iter()
+                        .any(|r| via.rsplit_once('@').is_some_and(|(l, _)| l == *r)));
+            match p.users.iter_mut().find(|(u, _)| *u == mailbox) {
+                _ if role => {}
+                Some((_, v)) => {
+                    if !v.contains(&via) {
+                        v.push(via);
+                    }
+                }
+                None => p.users.push((mailbox.clone(), vec![via])),
+            }
+            if forward.is_empty() || bad {
+                add_local(&mut p, mailbox);
+                continue;
+            }
+            if keep {
+                add_local(&mut p, mailbox.clone());
+            }
+            let (here, away): (Vec<String>, Vec<String>) = forward
+                .into_iter()
+                .partition(|t| local.is_local_domain(t.rsplit_once('@').map_or("", |(_, d)| d)));
+            let mut reached = keep || !away.is_empty();
+            for t in here {
+                // One level only: a local target's own forwarding is not
+                // followed (no loops between local users).
+                if let Ok(m) = crate::addresses::resolve(&app.config.addresses, &dir, &t) {
+                    for m in m {
+                        add_local(&mut p, m);
+                        reached = true;
+                    }
+                }
+            }
+            if !reached {
+                // Every target is a local address that no longer exists:
+                // the user's own maildrop rather than nowhere.
+                add_local(&mut p, mailbox.clone());
+            }
+            if !away.is_empty() {
+                p.forwards.push((mailbox, away));
+            }
+        }
+    }
+    Ok(p)
 }
 
 /// The `service` label of the MX port.
@@ -215,9 +357,22 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
         MessageAction::TempFail { reply } => (reply, Outcome::TempFailed),
         action => {
             let quarantine = matches!(action, MessageAction::Quarantine { .. });
+            let bad = quarantine || crate::forward::marked_bad(&verdict.headers, &verdict.summary);
             let mut message = Pieces::new();
             message
-                .push(Piece::Owned(trace.into_bytes()))
+                .push(Piece::Owned(trace.clone().into_bytes()))
+                .push(Piece::Owned(verdict.headers.clone().into_bytes()))
+                .push(Piece::Borrowed(&header))
+                .push(Piece::Content(m.body, header_end as u64));
+            // The forwarded copy: our trace, without Return-Path (the
+            // final delivery adds its own).
+            let received = trace
+                .split_once("\r\n")
+                .filter(|(first, _)| first.starts_with("Return-Path:"))
+                .map_or(trace.as_str(), |(_, rest)| rest);
+            let mut onward = Pieces::new();
+            onward
+                .push(Piece::Owned(received.as_bytes().to_vec()))
                 .push(Piece::Owned(verdict.headers.clone().into_bytes()))
                 .push(Piece::Borrowed(&header))
                 .push(Piece::Content(m.body, header_end as u64));
@@ -225,10 +380,42 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
             let stored = blocking(|| {
                 let local = app.local();
                 if quarantine {
-                    local.quarantine(rcpts, &message)
-                } else {
-                    local.deliver_as(rcpts, &message, uid).map(|_| ())
+                    return local.quarantine(rcpts, &message).map_err(Stored::Delivery);
                 }
+                let p = plan(app, rcpts, bad).map_err(Stored::Refused)?;
+                if !p.forwards.is_empty() {
+                    let hops = crate::forward::hop_count(&header) + 1;
+                    let looped = p
+                        .forwards
+                        .iter()
+                        .any(|(f, _)| crate::forward::delivered_to(&header, f));
+                    if looped || hops > app.config.addresses.forward_max_hops as usize {
+                        return Err(Stored::Refused(Reply::new(
+                            codes::TRANSACTION_FAILED,
+                            status::ROUTING_LOOP,
+                            format!("Mail loop detected ({hops} hops); not forwarded"),
+                        )));
+                    }
+                }
+                let delivered = if p.local.is_empty() {
+                    Vec::new()
+                } else {
+                    local
+                        .deliver_as(&p.local, &message, uid)
+                        .map_err(Stored::Delivery)?
+                };
+                if crate::forward::forward_each(app, m.mail_from, &p.forwards, &onward, m.id)
+                    .is_err()
+                {
+                    local.undo(&p.local, &delivered);
+                    return Err(Stored::Refused(temporary_failure()));
+                }
+                if !bad {
+                    for (user, via) in &p.users {
+                        crate::vacation::reply(app, user, via, m.mail_from, &header);
+                    }
+                }
+                Ok(())
             });
             let ok = |text: String| Reply::new(codes::OK, status::OTHER, text);
             match stored {
@@ -237,10 +424,17 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
                     Outcome::Quarantined,
                 ),
                 Ok(()) => (ok(format!("OK id={}", m.id)), Outcome::Delivered),
-                Err(e) => {
+                Err(Stored::Delivery(e)) => {
                     warn!(error = %e, id = m.id, "delivery failed");
                     app.metrics.smtp_rejections.inc([MX, delivery_reason(&e)]);
                     (e.reply(), Outcome::Failed)
+                }
+                Err(Stored::Refused(reply)) => {
+                    warn!(id = m.id, reply = %reply, "not delivered");
+                    app.metrics
+                        .smtp_rejections
+                        .inc([MX, reason::RECIPIENT_OTHER]);
+                    (reply, Outcome::Failed)
                 }
             }
         }
@@ -274,4 +468,135 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
         "smtp transaction"
     );
     (reply, outcome)
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn app(dir: &std::path::Path) -> App {
+        let config = postoffice_config::Config {
+            data_dir: dir.to_path_buf(),
+            hostname: "mx.example.test".into(),
+            ..Default::default()
+        };
+        let app = App::without_filters(config).unwrap();
+        app.directory.add_domain("example.test").unwrap();
+        let hash = postoffice_directory::hash_password(b"x").unwrap();
+        for u in [
+            "alice@example.test",
+            "bob@example.test",
+            "carol@example.test",
+        ] {
+            app.directory.add_user(u, &hash).unwrap();
+        }
+        app
+    }
+
+    fn rcpts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn forwarding_users_keep_a_copy_or_not_and_bad_mail_stays_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let d = &app.directory;
+        d.set_user_forward("alice@example.test", &rcpts(&["a@far.test"]), false)
+            .unwrap();
+        d.set_user_forward("bob@example.test", &rcpts(&["b@far.test"]), true)
+            .unwrap();
+        let all = rcpts(&[
+            "alice@example.test",
+            "bob@example.test",
+            "carol@example.test",
+        ]);
+        let p = plan(&app, &all, false).unwrap();
+        assert_eq!(p.local, ["bob@example.test", "carol@example.test"]);
+        assert_eq!(
+            p.forwards,
+            [
+                ("alice@example.test".to_string(), rcpts(&["a@far.test"])),
+                ("bob@example.test".to_string(), rcpts(&["b@far.test"])),
+            ]
+        );
+        assert_eq!(p.users.len(), 3);
+        // Spam, virus, quarantine: nothing forwarded, everyone keeps it.
+        let p = plan(&app, &all, true).unwrap();
+        assert!(p.forwards.is_empty());
+        assert_eq!(p.local.len(), 3);
+    }
+
+    #[test]
+    fn local_targets_are_delivered_once_and_missing_ones_fall_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let d = &app.directory;
+        // alice -> bob (local), bob -> alice: one level only, no loop.
+        d.set_user_forward("alice@example.test", &rcpts(&["bob@example.test"]), false)
+            .unwrap();
+        d.set_user_forward("bob@example.test", &rcpts(&["alice@example.test"]), false)
+            .unwrap();
+        let p = plan(&app, &rcpts(&["alice@example.test"]), false).unwrap();
+        assert_eq!(p.local, ["bob@example.test"]);
+        assert!(p.forwards.is_empty());
+        // A local target that no longer exists: the user's own maildrop.
+        d.set_user_forward("carol@example.test", &rcpts(&["gone@example.test"]), false)
+            .unwrap();
+        let p = plan(&app, &rcpts(&["carol@example.test"]), false).unwrap();
+        assert_eq!(p.local, ["carol@example.test"]);
+    }
+
+    #[test]
+    fn role_addresses_do_not_trigger_vacation_replies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = postoffice_config::Config {
+            data_dir: dir.path().to_path_buf(),
+            hostname: "mx.example.test".into(),
+            ..Default::default()
+        };
+        config.addresses.postmaster = vec!["alice@example.test".into()];
+        let app = App::without_filters(config).unwrap();
+        app.directory.add_domain("example.test").unwrap();
+        let hash = postoffice_directory::hash_password(b"x").unwrap();
+        app.directory.add_user("alice@example.test", &hash).unwrap();
+        let p = plan(
+            &app,
+            &rcpts(&["postmaster@example.test", "abuse@example.test"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.local, ["alice@example.test"]);
+        assert!(p.users.is_empty(), "{:?}", p.users);
+        let p = plan(
+            &app,
+            &rcpts(&["postmaster@example.test", "Alice@example.test"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.users,
+            [(
+                "alice@example.test".to_string(),
+                rcpts(&["alice@example.test"])
+            )]
+        );
+    }
+
+    #[test]
+    fn srs_recipients_decode_and_forged_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let srs = app.srs().unwrap();
+        let addr = srs.forward("x@orig.test", "example.test", crate::srs::today());
+        let p = plan(&app, std::slice::from_ref(&addr), false).unwrap();
+        assert_eq!(p.forwards, [(addr.clone(), rcpts(&["x@orig.test"]))]);
+        assert!(p.local.is_empty());
+        let forged = addr.replace("=x@", "=y@");
+        let r = plan(&app, &[forged], false).unwrap_err();
+        assert_eq!(r.code, codes::MAILBOX_UNAVAILABLE);
+        // Spam to an SRS address is refused, not forwarded.
+        let r = plan(&app, &[addr], true).unwrap_err();
+        assert_eq!(r.code, codes::TRANSACTION_FAILED);
+    }
 }

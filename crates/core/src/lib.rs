@@ -33,6 +33,9 @@
 //!   (quota warnings, retention notices), from templates.
 //! - [`metrics`]: what the server counts, in the Prometheus text format.
 //! - [`sessions`]: the live sessions (for the administrators' page).
+//! - [`forward`]: forwarding to external addresses through the queue,
+//!   with the envelope sender rewritten by [`srs`] (and bounces to SRS
+//!   addresses routed back); [`vacation`]: RFC 3834 auto-replies.
 //! - [`admin`]: what administrators do to domains, users, admin accounts
 //!   and quarantines, shared by the CLI and the web interface.
 //!
@@ -50,6 +53,7 @@ pub mod author;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
+pub mod forward;
 pub mod greylist;
 pub mod inbound;
 pub mod metrics;
@@ -60,8 +64,10 @@ pub mod retention;
 pub mod send_limits;
 pub mod sendmail;
 pub mod sessions;
+pub mod srs;
 pub mod submission;
 pub mod trace;
+pub mod vacation;
 
 pub use app::{App, LoginError, LoginOk, policy_defaults};
 pub use outbound::{Outbound, OutboundError};

@@ -335,6 +335,10 @@ pub struct Metrics {
     /// Outbound delivery attempts per recipient by result (`delivered`,
     /// `deferred`, `bounced`).
     pub queue_attempts: Family<1>,
+    /// Forwarding and auto-replies by action (`forwarded`: a user's mail
+    /// sent on; `srs_returned`: a bounce to an SRS address sent back;
+    /// `vacation_replied`: a vacation reply sent).
+    pub address_actions: Family<1>,
     /// Completed TLS handshakes by protocol version.
     pub tls_handshakes: Family<1>,
     /// Failed TLS handshakes by reason (`error`, `timeout`).
@@ -456,6 +460,12 @@ impl Metrics {
                 "Outbound delivery attempts per recipient by result.",
                 ["result"],
             ),
+            address_actions: Family::new(
+                "postoffice_address_actions_total",
+                "counter",
+                "Forwarded messages, bounces sent back through SRS addresses and vacation replies.",
+                ["action"],
+            ),
             tls_handshakes: Family::new(
                 "postoffice_tls_handshakes_total",
                 "counter",
@@ -529,6 +539,9 @@ impl Metrics {
         for r in ["delivered", "deferred", "bounced"] {
             m.queue_attempts.touch([r]);
         }
+        for a in ["forwarded", "srs_returned", "vacation_replied"] {
+            m.address_actions.touch([a]);
+        }
         m
     }
 
@@ -579,6 +592,7 @@ impl Metrics {
         self.queue_recipients.render(&mut out);
         self.queue_oldest_seconds.render(&mut out);
         self.queue_attempts.render(&mut out);
+        self.address_actions.render(&mut out);
         self.tls_handshakes.render(&mut out);
         self.tls_handshake_failures.render(&mut out);
         self.http_responses.render(&mut out);
@@ -618,6 +632,7 @@ impl Metrics {
         push("smtp_rejections", s(&self.smtp_rejections));
         push("connections_refused", s(&self.connections_refused));
         push("queue_attempts", s(&self.queue_attempts));
+        push("address_actions", s(&self.address_actions));
         words.join(" ")
     }
 

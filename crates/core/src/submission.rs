@@ -257,7 +257,24 @@ pub fn store_or_hold(
     // Local copies first (they can be taken back), then the queue: once
     // spooled, the scheduler may start sending at once.
     let mut delivered = Vec::new();
-    if !local_rcpts.is_empty() {
+    // Local recipients: their own maildrops, and the forwarding of users
+    // who forward (see crate::forward).
+    let plan = if local_rcpts.is_empty() {
+        crate::inbound::Plan::default()
+    } else {
+        crate::inbound::plan(app, &local_rcpts, false).map_err(|reply| {
+            let code = if reply.is_permanent() {
+                sysexits::NOUSER
+            } else {
+                sysexits::TEMPFAIL
+            };
+            Refusal::new(reply, code)
+        })?
+    };
+    if !plan.forwards.is_empty() && outbound.is_none() {
+        return Err(Refusal::new(queue_unavailable(), sysexits::TEMPFAIL));
+    }
+    if !plan.local.is_empty() {
         // Local copies carry the Return-Path of final delivery.
         let mut local_msg = Pieces::new();
         local_msg
@@ -266,20 +283,40 @@ pub fn store_or_hold(
             ))
             .extend(message.borrowed());
         delivered = local
-            .deliver(&local_rcpts, &local_msg)
+            .deliver(&plan.local, &local_msg)
             .map_err(|e| Refusal::new(e.reply(), e.exit_code()))?;
     }
+    let forwarded =
+        crate::forward::forward_each(app, mail_from, &plan.forwards, message, "submission")
+            .map_err(|_| {
+                local.undo(&plan.local, &delivered);
+                Refusal::new(temporary_failure(), sysexits::TEMPFAIL)
+            })?;
     let queued = match (&outbound, remote_rcpts.is_empty()) {
         (Some(q), false) => match q.enqueue(mail_from, &remote_rcpts, message) {
             Ok(id) => Some(id),
             Err(e) => {
                 warn!(error = %e, "enqueue failed; taking back the local copies");
-                local.undo(&local_rcpts, &delivered);
+                for id in &forwarded {
+                    q.cancel(id);
+                }
+                local.undo(&plan.local, &delivered);
                 return Err(Refusal::new(temporary_failure(), sysexits::TEMPFAIL));
             }
         },
         _ => None,
     };
+    if !plan.users.is_empty() {
+        match message.head(crate::inbound::HEADER_WINDOW) {
+            Ok(head) => {
+                let header = &head[..find_header_end(&head)];
+                for (user, via) in &plan.users {
+                    crate::vacation::reply(app, user, via, mail_from, header);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the message for vacation replies"),
+        }
+    }
     info!(
         from = %mail_from,
         local = %local_rcpts.join(","),

@@ -39,6 +39,28 @@ pub struct User {
     pub disabled: bool,
     /// The user's own outbound sending limits.
     pub send_limits: SendLimitOverrides,
+    /// External addresses this user's mail is forwarded to (with SRS);
+    /// empty: no forwarding.
+    pub forward: Vec<String>,
+    /// With forwarding: keep a copy in the user's own maildrop too.
+    pub forward_keep_copy: bool,
+    /// The vacation auto-reply, when one is set.
+    pub vacation: Option<Vacation>,
+}
+
+/// A user's vacation auto-reply (RFC 3834).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vacation {
+    /// The reply's subject; `None`: "Auto: <original subject>".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The reply's text (UTF-8).
+    pub body: String,
+    /// The last day (`YYYY-MM-DD`, UTC) replies are sent; `None`: until
+    /// turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 impl User {
@@ -62,6 +84,9 @@ impl fmt::Debug for User {
             .field("policy", &self.policy)
             .field("disabled", &self.disabled)
             .field("send_limits", &self.send_limits)
+            .field("forward", &self.forward)
+            .field("forward_keep_copy", &self.forward_keep_copy)
+            .field("vacation", &self.vacation)
             .finish()
     }
 }
@@ -360,6 +385,9 @@ impl DirectoryData {
                     policy: PolicyOverrides::default(),
                     disabled: false,
                     send_limits: SendLimitOverrides::default(),
+                    forward: Vec::new(),
+                    forward_keep_copy: true,
+                    vacation: None,
                 });
                 Ok(address)
             }
@@ -461,6 +489,13 @@ impl DirectoryData {
             validate_hash(&u.password).map_err(|e| bad(format!("user {address}: {e}")))?;
             let policy = u.policy();
             policy.validate().map_err(|e| bad(e.to_string()))?;
+            let mut forward = Vec::with_capacity(u.forward.len());
+            for t in &u.forward {
+                forward.push(
+                    normalize_address(t)
+                        .map_err(|e| bad(format!("user {address}: forward target: {e}")))?,
+                );
+            }
             let user = User {
                 address: address.clone(),
                 password_hash: u.password,
@@ -470,6 +505,9 @@ impl DirectoryData {
                     max_messages_per_hour: u.max_messages_per_hour,
                     max_recipients_per_day: u.max_recipients_per_day,
                 },
+                forward,
+                forward_keep_copy: u.forward_keep_copy,
+                vacation: u.vacation,
             };
             if data.users.insert(address.clone(), user).is_some() {
                 return Err(bad(format!("user {address} is listed more than once")));
@@ -516,6 +554,9 @@ impl DirectoryData {
                     max_messages_per_hour: u.send_limits.max_messages_per_hour,
                     max_recipients_per_day: u.send_limits.max_recipients_per_day,
                     disabled: u.disabled,
+                    forward: u.forward.clone(),
+                    forward_keep_copy: u.forward_keep_copy,
+                    vacation: u.vacation.clone(),
                 })
                 .collect(),
             admins: self
@@ -602,6 +643,20 @@ struct UserRepr {
     max_recipients_per_day: Option<u32>,
     #[serde(default, skip_serializing_if = "is_false")]
     disabled: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    forward: Vec<String>,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    forward_keep_copy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vacation: Option<Vacation>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl UserRepr {

@@ -222,6 +222,41 @@ impl Directory {
         })
     }
 
+    /// Sets where a user's mail is forwarded (`targets`, normalised;
+    /// empty: no forwarding) and whether a copy is kept.
+    pub fn set_user_forward(
+        &self,
+        address: &str,
+        targets: &[String],
+        keep_copy: bool,
+    ) -> Result<()> {
+        let mut normalized = Vec::with_capacity(targets.len());
+        for t in targets {
+            let t = crate::normalize_address(t)?;
+            if !normalized.contains(&t) {
+                normalized.push(t);
+            }
+        }
+        self.mutate(|d| {
+            let user = d.user_mut(address)?;
+            user.forward = normalized;
+            user.forward_keep_copy = keep_copy;
+            Ok(())
+        })
+    }
+
+    /// Sets (or, with `None`, removes) a user's vacation auto-reply.
+    pub fn set_user_vacation(
+        &self,
+        address: &str,
+        vacation: Option<crate::data::Vacation>,
+    ) -> Result<()> {
+        self.mutate(|d| {
+            d.user_mut(address)?.vacation = vacation;
+            Ok(())
+        })
+    }
+
     /// Replaces all of a user's policy overrides with `policy` (`None`
     /// fields inherit from the domain). To change one field and keep the
     /// others, use [`Directory::update_user_policy`].

@@ -29,7 +29,9 @@ pub use address::{
     MAX_ADDRESS_LEN, MAX_ADMIN_NAME_LEN, MAX_DOMAIN_LEN, MAX_LABEL_LEN, MAX_LOCAL_LEN,
     normalize_address, normalize_admin_name, normalize_domain,
 };
-pub use data::{Admin, AdminAuthOutcome, AuthOutcome, DirectoryData, Domain, User, UserRef};
+pub use data::{
+    Admin, AdminAuthOutcome, AuthOutcome, DirectoryData, Domain, User, UserRef, Vacation,
+};
 pub use directory::{DIRECTORY_FILE, Directory, LOCK_FILE};
 pub use error::{Error, Result};
 pub use import::{ImportOptions, ImportReport};

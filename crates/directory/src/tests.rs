@@ -771,3 +771,54 @@ fn admins_are_stored_hashed_and_authenticated_like_users() {
     ));
     assert_eq!(again.snapshot().admins().count(), 0);
 }
+
+#[test]
+fn forwarding_and_vacation_survive_the_file() {
+    let tmp = temp();
+    let d = with_users(tmp.path());
+    d.set_user_forward(
+        "alice@example.test",
+        &[
+            "Far@Elsewhere.test".to_string(),
+            "far@elsewhere.test".to_string(),
+        ],
+        false,
+    )
+    .unwrap();
+    d.set_user_vacation(
+        "bob@example.test",
+        Some(Vacation {
+            subject: Some("Away".into()),
+            body: "Back on\nMonday — à lundi\n".into(),
+            until: Some("2027-01-02".into()),
+        }),
+    )
+    .unwrap();
+    let again = Directory::open(tmp.path()).unwrap().snapshot();
+    let alice = again.user("alice@example.test").unwrap();
+    assert_eq!(alice.forward, ["far@elsewhere.test"], "normalised, once");
+    assert!(!alice.forward_keep_copy);
+    let bob = again.user("bob@example.test").unwrap();
+    assert!(bob.forward.is_empty() && bob.forward_keep_copy);
+    let v = bob.vacation.as_ref().unwrap();
+    assert_eq!(v.body, "Back on\nMonday — à lundi\n");
+    assert_eq!(v.until.as_deref(), Some("2027-01-02"));
+    d.set_user_vacation("bob@example.test", None).unwrap();
+    d.set_user_forward("alice@example.test", &[], true).unwrap();
+    let text = fs::read_to_string(tmp.path().join("directory.toml")).unwrap();
+    assert!(
+        !text.contains("forward") && !text.contains("vacation"),
+        "{text}"
+    );
+    // A bad target in a hand-edited file is a parse error naming the user.
+    let bad = text.replace(
+        "address = \"alice@example.test\"",
+        "address = \"alice@example.test\"\nforward = [\"not an address\"]",
+    );
+    fs::write(tmp.path().join("directory.toml"), bad).unwrap();
+    let e = Directory::open(tmp.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("alice@example.test") && e.contains("forward"),
+        "{e}"
+    );
+}

@@ -339,6 +339,9 @@ struct UserJson {
     policy: Value,
     overrides: Value,
     send_limits: Value,
+    forward: Vec<String>,
+    forward_keep_copy: bool,
+    vacation: Value,
 }
 
 fn user_json(info: admin::UserInfo) -> UserJson {
@@ -364,6 +367,12 @@ fn user_json(info: admin::UserInfo) -> UserJson {
                 "max_recipients_per_day": info.send_limit_overrides.max_recipients_per_day,
             },
         }),
+        forward: info.forward,
+        forward_keep_copy: info.forward_keep_copy,
+        vacation: info.vacation.map_or(
+            Value::Null,
+            |v| json!({ "subject": v.subject, "until": v.until, "body": v.body }),
+        ),
     }
 }
 

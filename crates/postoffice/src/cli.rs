@@ -280,6 +280,24 @@ enum UserCmd {
         /// "inherit" ([submission] max_recipients_per_day).
         #[arg(long, value_name = "N")]
         max_recipients_per_day: Option<String>,
+        /// Forward the user's mail to this address (repeat for several;
+        /// sent with SRS through the queue). `off` ends forwarding.
+        #[arg(long, value_name = "TARGET")]
+        forward: Vec<String>,
+        /// With --forward: keep a copy in the user's maildrop (default
+        /// true).
+        #[arg(long, value_name = "true|false")]
+        keep_copy: Option<bool>,
+        /// Answer mail with this text while away (RFC 3834 auto-reply;
+        /// UTF-8; a first line `Subject: ...` sets the subject), or `off`.
+        #[arg(long, value_name = "FILE|off")]
+        vacation_file: Option<String>,
+        /// The last day (YYYY-MM-DD, UTC) the vacation reply is sent.
+        #[arg(long, value_name = "DATE")]
+        vacation_until: Option<String>,
+        /// `off`: turn the vacation reply off.
+        #[arg(long, value_name = "off")]
+        vacation: Option<String>,
     },
     /// Import users from a Dovecot passwd-file
     /// (`user@domain:{SHA512-CRYPT}$6$...`). Missing domains are added.
@@ -967,6 +985,34 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
                     .map_or("never".to_string(), |d| format!("{d} days"))
             );
             println!("login delay:    {} s", p.login_delay_secs);
+            if u.forward.is_empty() {
+                println!("forward:        off");
+            } else {
+                println!(
+                    "forward:        {} ({})",
+                    u.forward.join(", "),
+                    if u.forward_keep_copy {
+                        "keeping a copy"
+                    } else {
+                        "no copy kept"
+                    }
+                );
+            }
+            match &u.vacation {
+                None => println!("vacation:       off"),
+                Some(v) => {
+                    println!(
+                        "vacation:       on{}",
+                        v.until
+                            .as_ref()
+                            .map_or(String::new(), |d| format!(" until {d}"))
+                    );
+                    println!(
+                        "vacation subj.: {}",
+                        v.subject.as_deref().unwrap_or("Auto: <original subject>")
+                    );
+                }
+            }
             println!(
                 "quota bytes:    {}",
                 p.quota_bytes
@@ -1006,18 +1052,54 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             disabled,
             max_messages_per_hour,
             max_recipients_per_day,
+            forward,
+            keep_copy,
+            vacation_file,
+            vacation_until,
+            vacation,
         } => {
             let limits = admin::SendLimitChange::parse(
                 max_messages_per_hour.as_deref(),
                 max_recipients_per_day.as_deref(),
             )?;
+            let rules_only = !forward.is_empty()
+                || keep_copy.is_some()
+                || vacation_file.is_some()
+                || vacation_until.is_some()
+                || vacation.is_some()
+                || !limits.is_empty();
             let change = policy.change()?;
-            let mut address = address;
-            if limits.is_empty() || !change.is_empty() || disabled.is_some() {
-                address = admin::set_user(&dir, &address, &change, disabled)?;
-            }
+            let mut address = if rules_only && change.is_empty() && disabled.is_none() {
+                normalize_address(&address)?
+            } else {
+                admin::set_user(&dir, &address, &change, disabled)?
+            };
             if !limits.is_empty() {
                 address = admin::set_user_send_limits(&dir, &address, &limits)?;
+            }
+            if !forward.is_empty() || keep_copy.is_some() {
+                admin::set_forward(&dir, &address, &forward, keep_copy)?;
+            }
+            let off = |v: &str| v.eq_ignore_ascii_case("off");
+            match (vacation.as_deref(), vacation_file.as_deref()) {
+                (Some(v), _) if !off(v) => {
+                    anyhow::bail!(
+                        "--vacation takes only \"off\" (set one with --vacation-file FILE)"
+                    )
+                }
+                (Some(_), _) | (None, Some("off" | "OFF" | "Off")) => {
+                    admin::vacation_off(&dir, &address)?;
+                }
+                (None, Some(file)) => {
+                    let text = std::fs::read(file)
+                        .with_context(|| format!("cannot read the vacation file {file}"))?;
+                    admin::set_vacation(&dir, &address, Some(&text), vacation_until.as_deref())?;
+                }
+                (None, None) => {
+                    if vacation_until.is_some() {
+                        admin::set_vacation(&dir, &address, None, vacation_until.as_deref())?;
+                    }
+                }
             }
             println!("updated user {address}");
         }

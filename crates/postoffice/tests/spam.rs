@@ -426,3 +426,41 @@ fn outbound_spam_is_refused_or_held_and_clean_mail_is_delivered() {
     );
     assert!(delivered[1].contains("GTUBE"), "{}", delivered[1]);
 }
+
+/// Mail rspamd marks as spam (`X-Spam-Status: Yes`) is never forwarded
+/// (issue 12): it stays in the maildrop of a user who forwards without
+/// keeping a copy; clean mail is forwarded (queued) as usual.
+#[test]
+fn spam_is_never_forwarded() {
+    let Some(bin) = rspamd_binary() else { return };
+    let rspamd = Rspamd::start(&bin);
+    // GTUBE scores 15: above spam_tag, below quarantine and reject.
+    let (env, server) = env_with(
+        rspamd.addr,
+        "spam_tag = 5.0\nspam_quarantine = 50.0\nspam_reject = 60.0\n",
+    );
+    env.cli(&[
+        "user",
+        "set",
+        "alice@example.test",
+        "--forward",
+        "alice@elsewhere.test",
+        "--keep-copy",
+        "false",
+    ])
+    .ok();
+    let (code, text) = send(&server, &message(GTUBE));
+    assert_eq!(code, 250, "{text}");
+    let stored = pop_all(&server);
+    assert_eq!(stored.len(), 1, "kept, not forwarded");
+    assert!(stored[0].contains("X-Spam-Status: Yes"), "{}", stored[0]);
+    assert!(env.queued_files().is_empty(), "{:?}", env.queued_files());
+
+    let (code, text) = send(&server, &message("Hello Alice, lunch tomorrow?"));
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(pop_all(&server).len(), 1, "no copy of the clean message");
+    assert!(
+        !env.queued_files().is_empty(),
+        "the clean message is queued"
+    );
+}

@@ -424,6 +424,23 @@ fn api_for_administrators_and_users() {
     send_mail(&server, "alice@example.test", "hello");
     let v = json(&admin.get("/api/admin/users/alice@example.test"));
     assert_eq!(v["messages"], 1, "{v}");
+    assert_eq!(v["vacation"], Value::Null, "{v}");
+    // Forwarding set with the CLI shows in the API.
+    env.cli(&[
+        "user",
+        "set",
+        "alice@example.test",
+        "--forward",
+        "alice@far.test",
+        "--keep-copy",
+        "false",
+    ])
+    .ok();
+    let v = json(&admin.get("/api/admin/users/alice@example.test"));
+    assert_eq!(v["forward"], serde_json::json!(["alice@far.test"]), "{v}");
+    assert_eq!(v["forward_keep_copy"], false, "{v}");
+    env.cli(&["user", "set", "alice@example.test", "--forward", "off"])
+        .ok();
     let v = json(&admin.get("/api/admin/stats"));
     assert_eq!(v["now"]["delivered"], 1, "{v}");
     let v = json(&admin.get("/api/admin/sessions"));

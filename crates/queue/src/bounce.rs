@@ -44,6 +44,9 @@ pub(crate) enum NoticeSent {
     DeliveredLocally,
     /// Into the queue, for a remote sender.
     Queued(QueueId),
+    /// Not sent: the sender is an SRS address of ours that no longer
+    /// decodes (expired), so nobody could receive it.
+    Dropped,
 }
 
 impl std::fmt::Display for NoticeSent {
@@ -51,6 +54,7 @@ impl std::fmt::Display for NoticeSent {
         match self {
             NoticeSent::DeliveredLocally => f.write_str("delivered locally"),
             NoticeSent::Queued(id) => write!(f, "queued as {id}"),
+            NoticeSent::Dropped => f.write_str("dropped (invalid or expired SRS address)"),
         }
     }
 }
@@ -100,6 +104,11 @@ impl Notifier {
     /// Send `message` to the original sender: locally when the domain is
     /// ours, otherwise (signed) through the queue with the null sender.
     async fn send_notice(&self, to: &str, message: Vec<u8>) -> Result<NoticeSent, NoticeError> {
+        // A bounce of forwarded mail goes back to the original sender.
+        let Some(to) = self.local.notice_recipient(to) else {
+            return Ok(NoticeSent::Dropped);
+        };
+        let to = to.as_str();
         let domain = domain_of(to);
         if self.local.is_local_domain(&domain) {
             let local = Arc::clone(&self.local);

@@ -74,6 +74,14 @@ pub trait LocalMail: Send + Sync {
         rcpt: &str,
         message: &[u8],
     ) -> Result<(), postoffice_core::delivery::DeliveryError>;
+
+    /// Where a notice to `rcpt` really goes: when `rcpt` is one of our SRS
+    /// addresses (a forwarded message's sender), the address it decodes
+    /// to, or `None` when it no longer decodes (expired: the notice is
+    /// dropped, as nobody could receive it); otherwise `rcpt` itself.
+    fn notice_recipient(&self, rcpt: &str) -> Option<String> {
+        Some(rcpt.to_string())
+    }
 }
 
 impl LocalMail for postoffice_core::App {
@@ -92,6 +100,25 @@ impl LocalMail for postoffice_core::App {
                 &postoffice_common::content::Pieces::of_slice(message),
             )
             .map(|_| ())
+    }
+
+    fn notice_recipient(&self, rcpt: &str) -> Option<String> {
+        let domain = domain_of(rcpt);
+        if !postoffice_core::srs::is_srs_address(rcpt) || !self.local().is_local_domain(&domain) {
+            return Some(rcpt.to_string());
+        }
+        // Without the key (an I/O problem) keep the address: the notice
+        // fails locally and is tried again later.
+        let Some(srs) = self.srs() else {
+            return Some(rcpt.to_string());
+        };
+        match srs.reverse(rcpt, postoffice_core::srs::today()) {
+            Ok(to) => Some(to),
+            Err(e) => {
+                tracing::warn!(to = rcpt, error = %e, "notice to an SRS address dropped");
+                None
+            }
+        }
     }
 }
 
