@@ -242,11 +242,12 @@ impl Default for Submission {
     }
 }
 
-/// Role addresses every local domain has (RFC 5321 §4.5.1, RFC 2142):
-/// `postmaster@` (and bare `postmaster`) and `abuse@` of every local domain
-/// are always accepted when they are not users themselves, and delivered to
-/// the mailboxes named here.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// How recipient addresses of local domains reach mailboxes: role addresses
+/// every local domain has (RFC 5321 §4.5.1, RFC 2142: `postmaster@`, bare
+/// `postmaster`, and `abuse@` are always accepted when they are not users
+/// themselves, and delivered to the mailboxes named here), sub-addressing
+/// and the limits of aliases (`postoffice alias`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Addresses {
     /// Local users that receive mail for postmaster@ and abuse@ of every
@@ -257,6 +258,32 @@ pub struct Addresses {
     /// Per-domain override of `postmaster`:
     /// { "example.org" = ["hostmaster@example.org"] }.
     pub domain_postmaster: std::collections::BTreeMap<String, Vec<String>>,
+    /// Sub-addressing: `alice+tag@example.test` is delivered to
+    /// `alice@example.test` when no user or alias has the whole address;
+    /// the original address is kept in a `Delivered-To:` header. Every
+    /// character of this string is a separator (like Postfix's
+    /// recipient_delimiter); the local part is cut at the first one. Empty
+    /// disables sub-addressing. Default "+".
+    pub subaddress_separator: String,
+    /// The most targets one alias may have (`postoffice alias add`
+    /// refuses more, naming this key). Default 1000.
+    pub max_alias_targets: usize,
+    /// How deep aliases may point to aliases: an alias whose expansion
+    /// needs more levels is refused by `alias add`, and mail for it is
+    /// refused (550 5.4.6) rather than half delivered. Default 10.
+    pub max_alias_depth: usize,
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Addresses {
+            postmaster: Vec::new(),
+            domain_postmaster: std::collections::BTreeMap::new(),
+            subaddress_separator: "+".into(),
+            max_alias_targets: 1000,
+            max_alias_depth: 10,
+        }
+    }
 }
 
 impl Addresses {
@@ -1102,6 +1129,22 @@ impl Config {
         }
         if self.smtp.max_errors == 0 {
             return bad("smtp.max_errors must be at least 1");
+        }
+        if self
+            .addresses
+            .subaddress_separator
+            .chars()
+            .any(|c| !c.is_ascii_graphic() || matches!(c, '@' | '"' | '\\' | '.' | '%' | '/'))
+        {
+            return bad(
+                "addresses.subaddress_separator must be printable ASCII characters other than @ . % / \\ and \" (\"+\" or \"-\", or empty to disable)",
+            );
+        }
+        if self.addresses.max_alias_targets == 0 {
+            return bad("addresses.max_alias_targets must be at least 1");
+        }
+        if self.addresses.max_alias_depth == 0 {
+            return bad("addresses.max_alias_depth must be at least 1");
         }
         for net in self.filter.ip_allow.iter().chain(&self.filter.ip_block) {
             if parse_cidr(net).is_none() {

@@ -1,12 +1,29 @@
-//! Address resolution: which mailboxes receive mail for a recipient address.
+//! Address resolution: which mailboxes receive mail for a recipient address,
+//! and which external addresses it is forwarded to.
 //!
-//! A user's address is its own mailbox. `postmaster@` and `abuse@` of every
-//! local domain (RFC 5321 §4.5.1, RFC 2142), and a bare `postmaster`, that are
-//! not users themselves go to `[addresses] postmaster` (or the domain's
-//! `[addresses.domain_postmaster]` override). Everything else is unknown.
+//! For an address of a local domain, in this order:
+//! 1. a domain alias is replaced by its domain (`x@example.org` is
+//!    `x@example.test`);
+//! 2. a user's address is its own mailbox;
+//! 3. an alias expands to its targets, each resolved again (users, aliases,
+//!    external addresses), cutting loops and refusing expansions deeper
+//!    than `[addresses] max_alias_depth`;
+//! 4. `alice+tag@` is resolved as `alice@` (sub-addressing, `[addresses]
+//!    subaddress_separator`);
+//! 5. `postmaster@` and `abuse@` of every local domain (RFC 5321 §4.5.1,
+//!    RFC 2142), and a bare `postmaster`, go to `[addresses] postmaster`
+//!    (or the domain's `[addresses.domain_postmaster]` override);
+//! 6. the domain's catch-all alias (`@example.test`) takes the rest.
+//!
+//! Everything else is unknown. An address outside the local domains is
+//! never resolved by itself: external addresses come only from the targets
+//! of aliases an administrator stored, so resolution cannot make the server
+//! an open relay.
+
+use std::collections::HashSet;
 
 use postoffice_config::Addresses;
-use postoffice_directory::{DirectoryData, normalize_address};
+use postoffice_directory::{Alias, DirectoryData, normalize_address};
 
 /// Role local parts that every local domain has.
 pub const ROLE_LOCAL_PARTS: [&str; 2] = ["postmaster", "abuse"];
@@ -14,8 +31,79 @@ pub const ROLE_LOCAL_PARTS: [&str; 2] = ["postmaster", "abuse"];
 /// Why an address resolves to no mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unresolved {
-    /// Neither a user nor a role address with configured mailboxes.
+    /// Neither a user, an alias nor a role address with configured
+    /// mailboxes (or an alias whose targets all lead nowhere).
     Unknown(String),
+    /// Aliases pointing to aliases more than `max_alias_depth` levels deep.
+    TooDeep {
+        /// The recipient address.
+        address: String,
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+/// One local mailbox of a [`Resolution`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// The user's canonical address (the maildrop).
+    pub address: String,
+    /// The recipient address that led here, as normalised (with its
+    /// sub-address tag): what `Delivered-To:` carries.
+    pub recipient: String,
+}
+
+/// Where mail for one or more recipient addresses goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Local mailboxes, each once, in order of discovery.
+    pub local: Vec<Mailbox>,
+    /// External addresses (targets of local aliases), each once: handed to
+    /// [`crate::alias_forward::forward_external`].
+    pub external: Vec<String>,
+    /// Alias loops cut on the way (the alias met again inside its own
+    /// expansion); logged at delivery, refused by `alias add`.
+    pub loops: Vec<String>,
+    /// Local alias targets that lead nowhere (a removed user, say).
+    pub dangling: Vec<String>,
+}
+
+impl Resolution {
+    /// The local mailboxes' addresses.
+    pub fn mailboxes(&self) -> Vec<String> {
+        self.local.iter().map(|m| m.address.clone()).collect()
+    }
+
+    /// Nothing at all: no mailbox, no external address.
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.external.is_empty()
+    }
+
+    fn push_local(&mut self, address: &str, recipient: &str) {
+        if !self.local.iter().any(|m| m.address == address) {
+            self.local.push(Mailbox {
+                address: address.to_string(),
+                recipient: recipient.to_string(),
+            });
+        }
+    }
+
+    fn push_external(&mut self, address: &str) {
+        if !self.external.iter().any(|a| a == address) {
+            self.external.push(address.to_string());
+        }
+    }
+
+    fn merge(&mut self, other: Resolution) {
+        for m in other.local {
+            self.push_local(&m.address, &m.recipient);
+        }
+        for e in other.external {
+            self.push_external(&e);
+        }
+        self.loops.extend(other.loops);
+        self.dangling.extend(other.dangling);
+    }
 }
 
 /// Is `address` the bare `postmaster` (no domain) of RFC 5321 §4.5.1?
@@ -23,72 +111,272 @@ pub fn is_bare_postmaster(address: &str) -> bool {
     address.eq_ignore_ascii_case("postmaster")
 }
 
-/// The final mailboxes (normalised user addresses, no duplicates, in order)
-/// that receive mail for `address`.
+/// `local@domain` with a domain alias replaced by its real domain.
+pub fn canonical(dir: &DirectoryData, address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((l, d)) => match dir.domain_alias(d) {
+            Some(real) => format!("{l}@{real}"),
+            None => address.to_string(),
+        },
+        None => address.to_string(),
+    }
+}
+
+/// The base address of a sub-address (`alice+tag@d` -> `alice@d`), or
+/// `None` when the local part has no separator or nothing before it.
+pub fn base_address(config: &Addresses, address: &str) -> Option<String> {
+    if config.subaddress_separator.is_empty() {
+        return None;
+    }
+    let (local, domain) = address.rsplit_once('@')?;
+    let cut = local.find(|c| config.subaddress_separator.contains(c))?;
+    if cut == 0 {
+        return None;
+    }
+    Some(format!("{}@{domain}", &local[..cut]))
+}
+
+struct Resolver<'a> {
+    config: &'a Addresses,
+    dir: &'a DirectoryData,
+    /// The recipient being resolved (for Delivered-To:).
+    recipient: String,
+    out: Resolution,
+    /// Aliases being expanded (the current path), for loop detection.
+    path: Vec<String>,
+    /// Aliases fully expanded already (a diamond is expanded once).
+    done: HashSet<String>,
+}
+
+impl Resolver<'_> {
+    /// Resolve a canonical address of a local domain; `Ok(false)` when it
+    /// leads to nothing.
+    fn local(&mut self, address: &str, depth: usize) -> Result<bool, Unresolved> {
+        let address = canonical(self.dir, address);
+        if self.dir.user(&address).is_some() {
+            let recipient = self.recipient.clone();
+            self.out.push_local(&address, &recipient);
+            return Ok(true);
+        }
+        if let Some(alias) = self.dir.alias(&address) {
+            return self.alias(alias, depth);
+        }
+        if let Some(base) = base_address(self.config, &address) {
+            if self.dir.user(&base).is_some() {
+                let recipient = self.recipient.clone();
+                self.out.push_local(&base, &recipient);
+                return Ok(true);
+            }
+            if let Some(alias) = self.dir.alias(&base) {
+                return self.alias(alias, depth);
+            }
+        }
+        let (local, domain) = address.rsplit_once('@').unwrap_or((&address, ""));
+        if ROLE_LOCAL_PARTS.contains(&local) && self.role(self.config.postmaster_of(domain)) {
+            return Ok(true);
+        }
+        if let Some(alias) = self.dir.catch_all(domain) {
+            return self.alias(alias, depth);
+        }
+        Ok(false)
+    }
+
+    /// The configured role mailboxes that are users.
+    fn role(&mut self, targets: &[String]) -> bool {
+        let mut any = false;
+        for t in targets {
+            let Ok(t) = normalize_address(t) else {
+                continue;
+            };
+            if self.dir.user(&t).is_some() {
+                let recipient = self.recipient.clone();
+                self.out.push_local(&t, &recipient);
+                any = true;
+            }
+        }
+        any
+    }
+
+    fn alias(&mut self, alias: &Alias, depth: usize) -> Result<bool, Unresolved> {
+        if self.path.contains(&alias.address) {
+            self.out.loops.push(alias.address.clone());
+            return Ok(false);
+        }
+        if self.done.contains(&alias.address) {
+            return Ok(true);
+        }
+        if depth >= self.config.max_alias_depth {
+            return Err(Unresolved::TooDeep {
+                address: self.recipient.clone(),
+                max: self.config.max_alias_depth,
+            });
+        }
+        self.path.push(alias.address.clone());
+        let mut any = false;
+        for t in &alias.targets {
+            any |= self.target(t, depth + 1)?;
+        }
+        self.path.pop();
+        self.done.insert(alias.address.clone());
+        Ok(any)
+    }
+
+    /// An alias target: local (resolved again) or external (kept).
+    fn target(&mut self, target: &str, depth: usize) -> Result<bool, Unresolved> {
+        let domain = target.rsplit_once('@').map_or("", |(_, d)| d);
+        if !self.dir.is_local_domain(domain) {
+            self.out.push_external(target);
+            return Ok(true);
+        }
+        let found = self.local(target, depth)?;
+        if !found {
+            self.out.dangling.push(target.to_string());
+        }
+        Ok(found)
+    }
+}
+
+/// Where mail for `address` goes: local mailboxes (each once, in order) and
+/// external addresses. Never empty when `Ok`.
 pub fn resolve(
     config: &Addresses,
     dir: &DirectoryData,
     address: &str,
-) -> Result<Vec<String>, Unresolved> {
+) -> Result<Resolution, Unresolved> {
     let unknown = || Unresolved::Unknown(address.to_string());
-    let (local, domain, addr) = if is_bare_postmaster(address) {
-        ("postmaster".to_string(), None, None)
+    let mut r = Resolver {
+        config,
+        dir,
+        recipient: String::new(),
+        out: Resolution::default(),
+        path: Vec::new(),
+        done: HashSet::new(),
+    };
+    if is_bare_postmaster(address) {
+        r.recipient = "postmaster".into();
+        r.role(config.postmaster.as_slice());
     } else {
         let addr = normalize_address(address).map_err(|_| unknown())?;
-        let (l, d) = addr.rsplit_once('@').ok_or_else(unknown)?;
-        (
-            l.to_ascii_lowercase(),
-            Some(d.to_string()),
-            Some(addr.clone()),
-        )
-    };
-    if let Some(addr) = &addr
-        && dir.user(addr).is_some()
-    {
-        return Ok(vec![addr.clone()]);
-    }
-    if !ROLE_LOCAL_PARTS.contains(&local.as_str()) {
-        return Err(unknown());
-    }
-    if let Some(d) = &domain
-        && dir.domain(d).is_none()
-    {
-        return Err(unknown());
-    }
-    let targets = match &domain {
-        Some(d) => config.postmaster_of(d),
-        None => config.postmaster.as_slice(),
-    };
-    let mut out: Vec<String> = Vec::new();
-    for t in targets {
-        let Ok(t) = normalize_address(t) else {
-            continue;
-        };
-        if dir.user(&t).is_some() && !out.contains(&t) {
-            out.push(t);
+        let domain = addr.rsplit_once('@').map_or("", |(_, d)| d);
+        // Only local domains resolve: a foreign address is never turned
+        // into an external target by itself.
+        if !dir.is_local_domain(domain) {
+            return Err(unknown());
         }
+        r.recipient = addr.clone();
+        r.local(&addr, 0)?;
     }
-    if out.is_empty() {
+    if r.out.is_empty() {
         return Err(unknown());
     }
-    Ok(out)
+    Ok(r.out)
 }
 
-/// Resolve every address of `recipients` and merge the mailboxes, each once.
+/// Resolve every address of `recipients` and merge the results, each
+/// mailbox and external address once.
 pub fn expand(
     config: &Addresses,
     dir: &DirectoryData,
     recipients: &[String],
-) -> Result<Vec<String>, Unresolved> {
-    let mut out: Vec<String> = Vec::new();
+) -> Result<Resolution, Unresolved> {
+    let mut out = Resolution::default();
     for r in recipients {
-        for m in resolve(config, dir, r)? {
-            if !out.contains(&m) {
-                out.push(m);
-            }
-        }
+        out.merge(resolve(config, dir, r)?);
     }
     Ok(out)
+}
+
+/// Where mail for `alias` (also a catch-all) goes in the end.
+pub fn resolve_alias(
+    config: &Addresses,
+    dir: &DirectoryData,
+    alias: &Alias,
+) -> Result<Resolution, Unresolved> {
+    let mut r = Resolver {
+        config,
+        dir,
+        recipient: alias.address.clone(),
+        out: Resolution::default(),
+        path: Vec::new(),
+        done: HashSet::new(),
+    };
+    r.alias(alias, 0)?;
+    Ok(r.out)
+}
+
+/// The check `postoffice alias add` runs on the directory as it would be:
+/// the alias must expand without loops, within the depth limit, and its
+/// local targets must lead somewhere. The message says what to fix.
+pub fn check_alias(config: &Addresses, dir: &DirectoryData, alias: &Alias) -> Result<(), String> {
+    let mut r = Resolver {
+        config,
+        dir,
+        recipient: alias.address.clone(),
+        out: Resolution::default(),
+        path: Vec::new(),
+        done: HashSet::new(),
+    };
+    match r.alias(alias, 0) {
+        Err(Unresolved::TooDeep { max, .. }) => {
+            return Err(format!(
+                "its expansion goes more than {max} aliases deep; point it at the final \
+                 addresses or raise [addresses] max_alias_depth"
+            ));
+        }
+        Err(Unresolved::Unknown(_)) | Ok(_) => {}
+    }
+    if let Some(l) = r.out.loops.first() {
+        return Err(format!(
+            "it would create a loop: {l} leads back to itself; remove one of the targets that \
+             point back"
+        ));
+    }
+    if let Some(t) = alias.targets.iter().find(|t| r.out.dangling.contains(t)) {
+        return Err(format!(
+            "target {t} is in a local domain but is neither a user nor an alias; add it first"
+        ));
+    }
+    Ok(())
+}
+
+/// May `user` send as `address` because of an alias: `address` (with a
+/// domain alias replaced, without a sub-address tag) is the user's own, or
+/// an alias with `send_as` that delivers to the user. Catch-alls do not
+/// count.
+pub fn may_send_as(config: &Addresses, dir: &DirectoryData, user: &str, address: &str) -> bool {
+    let Ok(addr) = normalize_address(address) else {
+        return false;
+    };
+    let addr = canonical(dir, &addr);
+    let base = base_address(config, &addr);
+    for a in std::iter::once(&addr).chain(base.as_ref()) {
+        if a == user {
+            return true;
+        }
+        if let Some(alias) = dir.alias(a) {
+            if dir.user(a).is_some() {
+                return false;
+            }
+            return alias.send_as
+                && resolve(config, dir, a)
+                    .is_ok_and(|r| r.local.iter().any(|m| m.address == user));
+        }
+        if dir.user(a).is_some() {
+            return false;
+        }
+    }
+    false
+}
+
+/// The aliases (not catch-alls) that deliver to `user`, with whether the
+/// user may send as each: what `postoffice user info` lists.
+pub fn aliases_of(config: &Addresses, dir: &DirectoryData, user: &str) -> Vec<(String, bool)> {
+    dir.aliases()
+        .filter(|a| {
+            resolve_alias(config, dir, a).is_ok_and(|r| r.local.iter().any(|m| m.address == user))
+        })
+        .map(|a| (a.address.clone(), a.send_as && !a.is_catch_all()))
+        .collect()
 }
 
 /// The configuration problem `serve` and `config check` warn about: role
@@ -158,14 +446,14 @@ mod tests {
         let d = dir.snapshot();
         let c = config();
         let admin = vec!["admin@example.test".to_string()];
-        assert_eq!(resolve(&c, &d, "postmaster@example.test").unwrap(), admin);
-        assert_eq!(resolve(&c, &d, "ABUSE@example.test").unwrap(), admin);
-        assert_eq!(resolve(&c, &d, "postmaster").unwrap(), admin);
+        assert_eq!(resolve(&c, &d, "postmaster@example.test").unwrap().mailboxes(), admin);
+        assert_eq!(resolve(&c, &d, "ABUSE@example.test").unwrap().mailboxes(), admin);
+        assert_eq!(resolve(&c, &d, "postmaster").unwrap().mailboxes(), admin);
         // The per-domain override, and a user that is itself a role address.
         let host = vec!["host@example.org".to_string()];
-        assert_eq!(resolve(&c, &d, "postmaster@example.org").unwrap(), host);
+        assert_eq!(resolve(&c, &d, "postmaster@example.org").unwrap().mailboxes(), host);
         assert_eq!(
-            resolve(&c, &d, "abuse@example.org").unwrap(),
+            resolve(&c, &d, "abuse@example.org").unwrap().mailboxes(),
             vec!["abuse@example.org".to_string()]
         );
         let all = [
@@ -174,7 +462,7 @@ mod tests {
             "admin@example.test",
         ]
         .map(String::from);
-        assert_eq!(expand(&c, &d, &all).unwrap(), admin);
+        assert_eq!(expand(&c, &d, &all).unwrap().mailboxes(), admin);
     }
 
     #[test]

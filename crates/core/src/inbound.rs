@@ -102,7 +102,11 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
             format!("<{}>: Relay access denied", sanitize(address)),
         ));
     }
-    match local.check_recipient(address) {
+    match local.check_targets(address) {
+        Ok(r) if !r.external.is_empty() && app.outbound().is_none() => {
+            rejected(reason::RECIPIENT_OTHER);
+            Verdict::Reject(DeliveryError::ForwardUnavailable(address.to_string()).reply())
+        }
         Ok(_) => Verdict::Accept,
         Err(DeliveryError::NoSuchUser(_)) => {
             rejected(reason::UNKNOWN_USER);
@@ -130,7 +134,10 @@ pub(crate) fn delivery_reason(e: &DeliveryError) -> &'static str {
     match e {
         DeliveryError::NoSuchUser(_) => reason::UNKNOWN_USER,
         DeliveryError::OverQuota(_) | DeliveryError::TooBigForQuota { .. } => reason::QUOTA,
-        DeliveryError::Empty | DeliveryError::Store(_) => reason::RECIPIENT_OTHER,
+        DeliveryError::AliasTooDeep(_)
+        | DeliveryError::ForwardUnavailable(_)
+        | DeliveryError::Empty
+        | DeliveryError::Store(_) => reason::RECIPIENT_OTHER,
     }
 }
 
@@ -225,9 +232,18 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
             let stored = blocking(|| {
                 let local = app.local();
                 if quarantine {
+                    // Held mail is never forwarded.
                     local.quarantine(rcpts, &message)
                 } else {
-                    local.deliver_as(rcpts, &message, uid).map(|_| ())
+                    let resolution = local.resolution(rcpts)?;
+                    crate::alias_forward::deliver_and_forward(
+                        app,
+                        m.mail_from,
+                        &resolution,
+                        &message,
+                        uid,
+                    )
+                    .map(|_| ())
                 }
             });
             let ok = |text: String| Reply::new(codes::OK, status::OTHER, text);

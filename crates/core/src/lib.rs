@@ -33,6 +33,9 @@
 //!   (quota warnings, retention notices), from templates.
 //! - [`metrics`]: what the server counts, in the Prometheus text format.
 //! - [`sessions`]: the live sessions (for the administrators' page).
+//! - [`addresses`]: where a recipient address leads (users, aliases,
+//!   catch-alls, domain aliases, sub-addresses, role addresses);
+//!   [`alias_forward`] sends external alias targets to the queue.
 //! - [`admin`]: what administrators do to domains, users, admin accounts
 //!   and quarantines, shared by the CLI and the web interface.
 //!
@@ -44,6 +47,7 @@
 
 pub mod addresses;
 pub mod admin;
+pub mod alias_forward;
 pub mod app;
 pub mod auth_cache;
 pub mod author;

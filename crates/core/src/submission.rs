@@ -28,7 +28,7 @@ use crate::trace::{Trace, find_header_end, trace_headers};
 
 /// May `user` (authenticated) send as `address`?
 pub fn sender_allowed(app: &App, user: &str, address: &str) -> bool {
-    sender_allowed_cfg(&app.config, user, address)
+    sender_allowed_cfg(app, user, address)
 }
 
 /// The reply to MAIL FROM on submission: `250` for an address the user may
@@ -52,13 +52,24 @@ pub fn sender_verdict(app: &App, user: &str, address: &str) -> Verdict {
     }
 }
 
-fn sender_allowed_cfg(config: &postoffice_config::Config, user: &str, address: &str) -> bool {
+fn sender_allowed_cfg(app: &App, user: &str, address: &str) -> bool {
+    let config = &app.config;
     if user.is_empty() || address.is_empty() {
         // The null sender is for bounces from MTAs, not for users.
         return false;
     }
     let address = address.to_ascii_lowercase();
     if address == user {
+        return true;
+    }
+    // The aliases that deliver to the user (unless sending is switched off
+    // for one with `alias add --no-send-as`).
+    if crate::addresses::may_send_as(
+        &config.addresses,
+        &app.directory.snapshot(),
+        user,
+        &address,
+    ) {
         return true;
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
@@ -87,7 +98,10 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
         ));
     }
     if local.is_local_domain(domain) {
-        return match local.check_recipient(address) {
+        return match local.check_targets(address) {
+            Ok(r) if !r.external.is_empty() && app.outbound().is_none() => {
+                Verdict::Reject(queue_unavailable())
+            }
             Ok(_) => Verdict::Accept,
             Err(e) => Verdict::Reject(e.reply()),
         };
@@ -153,7 +167,7 @@ pub fn prepare<'a>(
     if let Some(user) = user
         && let Some(bad) = ids
             .all()
-            .find(|a| !sender_allowed_cfg(&app.config, user, a))
+            .find(|a| !sender_allowed_cfg(app, user, a))
     {
         warn!(%user, from = %sanitize(bad), "submission: author address not owned");
         return Err(Refusal::new(
@@ -239,8 +253,14 @@ pub fn store(
     }
     // Local copies first (they can be taken back), then the queue: once
     // spooled, the scheduler may start sending at once.
+    let refused = |e: crate::delivery::DeliveryError| Refusal::new(e.reply(), e.exit_code());
+    let resolution = if local_rcpts.is_empty() {
+        crate::addresses::Resolution::default()
+    } else {
+        local.resolution(&local_rcpts).map_err(refused)?
+    };
     let mut delivered = Vec::new();
-    if !local_rcpts.is_empty() {
+    if !resolution.local.is_empty() {
         // Local copies carry the Return-Path of final delivery.
         let mut local_msg = Pieces::new();
         local_msg
@@ -249,20 +269,34 @@ pub fn store(
             ))
             .extend(message.borrowed());
         delivered = local
-            .deliver(&local_rcpts, &local_msg)
-            .map_err(|e| Refusal::new(e.reply(), e.exit_code()))?;
+            .deliver_resolved(&resolution, &local_msg, None)
+            .map_err(refused)?;
     }
+    // External targets of local aliases.
+    let forwarded =
+        match crate::alias_forward::forward_external(app, mail_from, &resolution.external, message)
+        {
+            Ok(id) => id,
+            Err(e) => {
+                local.undo_resolved(&resolution, &delivered);
+                return Err(refused(e));
+            }
+        };
     let queued = match (&outbound, remote_rcpts.is_empty()) {
         (Some(q), false) => match q.enqueue(mail_from, &remote_rcpts, message) {
             Ok(id) => Some(id),
             Err(e) => {
                 warn!(error = %e, "enqueue failed; taking back the local copies");
-                local.undo(&local_rcpts, &delivered);
+                local.undo_resolved(&resolution, &delivered);
+                if let Some(f) = &forwarded {
+                    q.cancel(f);
+                }
                 return Err(Refusal::new(temporary_failure(), sysexits::TEMPFAIL));
             }
         },
         _ => None,
     };
+    let queued = queued.or(forwarded);
     info!(
         from = %mail_from,
         local = %local_rcpts.join(","),

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod address;
+mod alias;
 mod data;
 mod directory;
 mod error;
@@ -29,6 +30,7 @@ pub use address::{
     MAX_ADDRESS_LEN, MAX_ADMIN_NAME_LEN, MAX_DOMAIN_LEN, MAX_LABEL_LEN, MAX_LOCAL_LEN,
     normalize_address, normalize_admin_name, normalize_domain,
 };
+pub use alias::{Alias, AliasChange, normalize_alias_address};
 pub use data::{Admin, AdminAuthOutcome, AuthOutcome, DirectoryData, Domain, User, UserRef};
 pub use directory::{DIRECTORY_FILE, Directory, LOCK_FILE};
 pub use error::{Error, Result};
