@@ -446,12 +446,25 @@ mod tests {
         let d = dir.snapshot();
         let c = config();
         let admin = vec!["admin@example.test".to_string()];
-        assert_eq!(resolve(&c, &d, "postmaster@example.test").unwrap().mailboxes(), admin);
-        assert_eq!(resolve(&c, &d, "ABUSE@example.test").unwrap().mailboxes(), admin);
+        assert_eq!(
+            resolve(&c, &d, "postmaster@example.test")
+                .unwrap()
+                .mailboxes(),
+            admin
+        );
+        assert_eq!(
+            resolve(&c, &d, "ABUSE@example.test").unwrap().mailboxes(),
+            admin
+        );
         assert_eq!(resolve(&c, &d, "postmaster").unwrap().mailboxes(), admin);
         // The per-domain override, and a user that is itself a role address.
         let host = vec!["host@example.org".to_string()];
-        assert_eq!(resolve(&c, &d, "postmaster@example.org").unwrap().mailboxes(), host);
+        assert_eq!(
+            resolve(&c, &d, "postmaster@example.org")
+                .unwrap()
+                .mailboxes(),
+            host
+        );
         assert_eq!(
             resolve(&c, &d, "abuse@example.org").unwrap().mailboxes(),
             vec!["abuse@example.org".to_string()]
@@ -497,5 +510,251 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("ghost@example.test"))
         );
+    }
+
+    fn alias(
+        dir: &Directory,
+        c: &Addresses,
+        address: &str,
+        targets: &[&str],
+    ) -> Result<Alias, String> {
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let change = postoffice_directory::AliasChange {
+            address,
+            targets: &targets,
+            send_as: None,
+            max_targets: c.max_alias_targets,
+        };
+        dir.add_alias(&change, |d, a| {
+            check_alias(c, d, a).map_err(|reason| postoffice_directory::Error::InvalidAlias {
+                alias: a.address.clone(),
+                reason,
+            })
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn aliases_lists_catch_all_domain_alias_and_sub_addresses() {
+        let (_t, dir) = setup();
+        let c = config();
+        alias(
+            &dir,
+            &c,
+            "sales@example.test",
+            &["admin@example.test", "host@example.org"],
+        )
+        .unwrap();
+        alias(
+            &dir,
+            &c,
+            "team@example.test",
+            &[
+                "sales@example.test",
+                "admin@example.test",
+                "friend@remote.test",
+            ],
+        )
+        .unwrap();
+        alias(&dir, &c, "@example.org", &["host@example.org"]).unwrap();
+        dir.add_domain_alias("example.net", "example.test").unwrap();
+        let d = dir.snapshot();
+        // A distribution list reaching one mailbox twice stores it once.
+        let r = resolve(&c, &d, "team@example.test").unwrap();
+        assert_eq!(r.mailboxes(), ["admin@example.test", "host@example.org"]);
+        assert_eq!(r.external, ["friend@remote.test"]);
+        assert!(r.local.iter().all(|m| m.recipient == "team@example.test"));
+        // Domain alias and sub-address, combined; the tag is kept.
+        let r = resolve(&c, &d, "Sales+Q3@example.net").unwrap();
+        assert_eq!(r.mailboxes(), ["admin@example.test", "host@example.org"]);
+        assert_eq!(r.local[0].recipient, "sales+q3@example.net");
+        let r = resolve(&c, &d, "admin+x@example.test").unwrap();
+        assert_eq!(r.mailboxes(), ["admin@example.test"]);
+        // The catch-all takes what nobody else has, not the users.
+        assert_eq!(
+            resolve(&c, &d, "whoever@example.org").unwrap().mailboxes(),
+            ["host@example.org"]
+        );
+        assert_eq!(
+            resolve(&c, &d, "abuse@example.org").unwrap().mailboxes(),
+            ["abuse@example.org"]
+        );
+        // No catch-all in example.test; foreign domains never resolve, and
+        // an external target is reached only through a local alias.
+        for a in [
+            "whoever@example.test",
+            "friend@remote.test",
+            "x@example.org.evil.test",
+            "postmaster@remote.test",
+        ] {
+            assert!(resolve(&c, &d, a).is_err(), "{a}");
+        }
+        // Sub-addressing off.
+        let off = Addresses {
+            subaddress_separator: String::new(),
+            ..config()
+        };
+        assert!(resolve(&off, &d, "admin+x@example.test").is_err());
+        // Another separator; the first one in the local part cuts.
+        let dash = Addresses {
+            subaddress_separator: "-+".into(),
+            ..config()
+        };
+        assert_eq!(
+            resolve(&dash, &d, "admin-a+b@example.test")
+                .unwrap()
+                .mailboxes(),
+            ["admin@example.test"]
+        );
+        // Control characters in a tag: refused (never a mailbox).
+        assert!(resolve(&c, &d, "admin+\u{1}x@example.test").is_err());
+        assert!(resolve(&c, &d, "admin+\tx@example.test").is_err());
+    }
+
+    #[test]
+    fn loops_are_refused_at_add_time_and_cut_at_delivery() {
+        let (_t, dir) = setup();
+        let c = config();
+        alias(&dir, &c, "a@example.test", &["admin@example.test"]).unwrap();
+        alias(&dir, &c, "b@example.test", &["a@example.test"]).unwrap();
+        let e = alias(&dir, &c, "a@example.test", &["b@example.test"]).unwrap_err();
+        assert!(e.contains("loop"), "{e}");
+        // Nothing was written.
+        assert_eq!(
+            dir.snapshot().alias("a@example.test").unwrap().targets,
+            ["admin@example.test"]
+        );
+        // Self-reference and a dangling local target are refused too.
+        assert!(alias(&dir, &c, "a@example.test", &["a@example.test"]).is_err());
+        let e = alias(&dir, &c, "c@example.test", &["ghost@example.test"]).unwrap_err();
+        assert!(e.contains("neither a user nor an alias"), "{e}");
+        // A loop written by hand: delivery cuts it and reaches each mailbox once.
+        let text = std::fs::read_to_string(dir.path()).unwrap();
+        let text = text.replace(
+            "targets = [\"admin@example.test\"]",
+            "targets = [\"admin@example.test\", \"b@example.test\"]",
+        );
+        std::fs::write(dir.path(), text).unwrap();
+        let d = dir.snapshot();
+        assert_eq!(d.alias("a@example.test").unwrap().targets.len(), 2);
+        let r = resolve(&c, &d, "b@example.test").unwrap();
+        assert_eq!(r.mailboxes(), ["admin@example.test"]);
+        assert_eq!(r.loops, ["b@example.test"]);
+        // A catch-all pointing into its own domain at nobody loops back.
+        let e = alias(&dir, &c, "@example.test", &["nobody@example.test"]).unwrap_err();
+        assert!(e.contains("loop") || e.contains("neither"), "{e}");
+    }
+
+    #[test]
+    fn depth_limit() {
+        let (_t, dir) = setup();
+        let c = Addresses {
+            max_alias_depth: 3,
+            ..config()
+        };
+        alias(&dir, &c, "l1@example.test", &["admin@example.test"]).unwrap();
+        alias(&dir, &c, "l2@example.test", &["l1@example.test"]).unwrap();
+        alias(&dir, &c, "l3@example.test", &["l2@example.test"]).unwrap();
+        let e = alias(&dir, &c, "l4@example.test", &["l3@example.test"]).unwrap_err();
+        assert!(e.contains("max_alias_depth"), "{e}");
+        let d = dir.snapshot();
+        assert_eq!(
+            resolve(&c, &d, "l3@example.test").unwrap().mailboxes(),
+            ["admin@example.test"]
+        );
+        // Deeper than the limit at delivery (the limit lowered later).
+        let c2 = Addresses {
+            max_alias_depth: 2,
+            ..config()
+        };
+        assert!(matches!(
+            resolve(&c2, &d, "l3@example.test"),
+            Err(Unresolved::TooDeep { max: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn target_limit_and_namespace() {
+        let (_t, dir) = setup();
+        let c = config();
+        let many: Vec<String> = (0..10_000).map(|i| format!("u{i}@remote.test")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let e = alias(&dir, &c, "big@example.test", &many).unwrap_err();
+        assert!(
+            e.contains("10000 targets") && e.contains("max_alias_targets"),
+            "{e}"
+        );
+        assert!(dir.snapshot().alias("big@example.test").is_none());
+        let c_big = Addresses {
+            max_alias_targets: 10_000,
+            ..config()
+        };
+        alias(&dir, &c_big, "big@example.test", &many).unwrap();
+        // Adding one more to a full list is refused too.
+        let e = alias(&dir, &c_big, "big@example.test", &["one.more@remote.test"]).unwrap_err();
+        assert!(e.contains("10001"), "{e}");
+        // Users and aliases share one namespace.
+        let e = alias(&dir, &c, "admin@example.test", &["host@example.org"]).unwrap_err();
+        assert!(e.contains("is a user"), "{e}");
+        let hash = postoffice_directory::hash_password(b"pw").unwrap();
+        let e = dir
+            .add_user("big@example.test", &hash)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is an alias"), "{e}");
+        // Invalid targets and non-local alias domains.
+        for (a, t) in [
+            ("x@example.test", "not an address"),
+            ("x@example.test", "y%remote.test@example.test"),
+            ("x@example.test", "@example.test"),
+            ("x@remote.test", "admin@example.test"),
+        ] {
+            assert!(alias(&dir, &c, a, &[t]).is_err(), "{a} -> {t}");
+        }
+    }
+
+    #[test]
+    fn send_as_follows_the_aliases_that_deliver_to_the_user() {
+        let (_t, dir) = setup();
+        let c = config();
+        alias(&dir, &c, "sales@example.test", &["admin@example.test"]).unwrap();
+        alias(&dir, &c, "other@example.test", &["host@example.org"]).unwrap();
+        alias(&dir, &c, "@example.test", &["admin@example.test"]).unwrap();
+        let targets = vec!["admin@example.test".to_string()];
+        dir.add_alias(
+            &postoffice_directory::AliasChange {
+                address: "noreply@example.test",
+                targets: &targets,
+                send_as: Some(false),
+                max_targets: 10,
+            },
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        dir.add_domain_alias("example.net", "example.test").unwrap();
+        let d = dir.snapshot();
+        let u = "admin@example.test";
+        for ok in [
+            "admin@example.test",
+            "sales@example.test",
+            "SALES@example.net",
+            "sales+x@example.test",
+            "admin+y@example.test",
+        ] {
+            assert!(may_send_as(&c, &d, u, ok), "{ok}");
+        }
+        for no in [
+            "noreply@example.test",
+            "other@example.test",
+            "random@example.test",
+            "host@example.org",
+            "sales@remote.test",
+        ] {
+            assert!(!may_send_as(&c, &d, u, no), "{no}");
+        }
+        let listed = aliases_of(&c, &d, u);
+        assert!(listed.contains(&("sales@example.test".to_string(), true)));
+        assert!(listed.contains(&("noreply@example.test".to_string(), false)));
+        assert!(listed.contains(&("@example.test".to_string(), false)));
     }
 }

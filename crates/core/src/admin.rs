@@ -370,12 +370,18 @@ pub fn user_info(
 }
 
 /// The address rules that lead to `user`'s mailbox, in words.
-fn address_rules(config: &Config, snap: &postoffice_directory::DirectoryData, user: &str) -> Vec<String> {
+fn address_rules(
+    config: &Config,
+    snap: &postoffice_directory::DirectoryData,
+    user: &str,
+) -> Vec<String> {
     let a = &config.addresses;
     let mut out = Vec::new();
     for (alias, send_as) in crate::addresses::aliases_of(a, snap, user) {
         if alias.starts_with('@') {
-            out.push(format!("catch-all {alias} (every other address of the domain)"));
+            out.push(format!(
+                "catch-all {alias} (every other address of the domain)"
+            ));
         } else if send_as {
             out.push(format!("alias {alias} (may send as it)"));
         } else {
@@ -385,7 +391,9 @@ fn address_rules(config: &Config, snap: &postoffice_directory::DirectoryData, us
     let (local, domain) = user.rsplit_once('@').unwrap_or((user, ""));
     for (alias_domain, real) in snap.domain_aliases() {
         if real == domain {
-            out.push(format!("domain alias {local}@{alias_domain} (may send as it)"));
+            out.push(format!(
+                "domain alias {local}@{alias_domain} (may send as it)"
+            ));
         }
     }
     if let Some(sep) = a.subaddress_separator.chars().next() {
@@ -398,7 +406,10 @@ fn address_rules(config: &Config, snap: &postoffice_directory::DirectoryData, us
             continue;
         }
         let targets = a.postmaster_of(&d.name);
-        if targets.iter().any(|t| normalize_address(t).is_ok_and(|t| t == user)) {
+        if targets
+            .iter()
+            .any(|t| normalize_address(t).is_ok_and(|t| t == user))
+        {
             out.push(format!("role addresses postmaster@{0}, abuse@{0}", d.name));
         }
     }

@@ -97,10 +97,7 @@ impl DeliveryError {
             DeliveryError::AliasTooDeep(a) => Reply::new(
                 codes::MAILBOX_UNAVAILABLE,
                 status::ROUTING_LOOP,
-                format!(
-                    "<{}>: Alias expansion too deep (a loop?)",
-                    sanitize(a)
-                ),
+                format!("<{}>: Alias expansion too deep (a loop?)", sanitize(a)),
             ),
             DeliveryError::ForwardUnavailable(_) | DeliveryError::Store(_) => temporary_failure(),
         }

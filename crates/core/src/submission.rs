@@ -64,12 +64,7 @@ fn sender_allowed_cfg(app: &App, user: &str, address: &str) -> bool {
     }
     // The aliases that deliver to the user (unless sending is switched off
     // for one with `alias add --no-send-as`).
-    if crate::addresses::may_send_as(
-        &config.addresses,
-        &app.directory.snapshot(),
-        user,
-        &address,
-    ) {
+    if crate::addresses::may_send_as(&config.addresses, &app.directory.snapshot(), user, &address) {
         return true;
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
@@ -165,9 +160,7 @@ pub fn prepare<'a>(
         )
     })?;
     if let Some(user) = user
-        && let Some(bad) = ids
-            .all()
-            .find(|a| !sender_allowed_cfg(app, user, a))
+        && let Some(bad) = ids.all().find(|a| !sender_allowed_cfg(app, user, a))
     {
         warn!(%user, from = %sanitize(bad), "submission: author address not owned");
         return Err(Refusal::new(

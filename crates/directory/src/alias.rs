@@ -189,7 +189,11 @@ impl DirectoryData {
         Ok(Some(alias.clone()))
     }
 
-    pub(crate) fn add_domain_alias(&mut self, name: &str, target: &str) -> Result<(String, String)> {
+    pub(crate) fn add_domain_alias(
+        &mut self,
+        name: &str,
+        target: &str,
+    ) -> Result<(String, String)> {
         let name = normalize_domain(name)?;
         let target = normalize_domain(target)?;
         if self.domains.contains_key(&name) {
@@ -218,7 +222,14 @@ impl DirectoryData {
 
     /// Aliases in `domain` plus domain aliases pointing at it.
     pub(crate) fn aliases_using_domain(&self, domain: &str) -> usize {
-        self.aliases.values().filter(|a| a.domain() == domain).count()
-            + self.domain_aliases.values().filter(|t| *t == domain).count()
+        self.aliases
+            .values()
+            .filter(|a| a.domain() == domain)
+            .count()
+            + self
+                .domain_aliases
+                .values()
+                .filter(|t| *t == domain)
+                .count()
     }
 }

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alias::Alias;
 use crate::address::{lookup_key, normalize_address, normalize_admin_name, normalize_domain};
+use crate::alias::Alias;
 use crate::error::{Error, Result};
 use crate::password::{dummy_verify, validate_hash, verify_password};
 use crate::policy::{
@@ -621,7 +621,11 @@ struct FileRepr {
     users: Vec<UserRepr>,
     #[serde(default, rename = "admin", skip_serializing_if = "Vec::is_empty")]
     admins: Vec<AdminRepr>,
-    #[serde(default, rename = "domain_alias", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "domain_alias",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     domain_aliases: Vec<DomainAliasRepr>,
     #[serde(default, rename = "alias", skip_serializing_if = "Vec::is_empty")]
     aliases: Vec<AliasRepr>,

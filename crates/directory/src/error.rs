@@ -77,11 +77,15 @@ pub enum Error {
 
     /// An alias was to be added with a user's address, or a user with an
     /// alias's: users and aliases share one namespace.
-    #[error("{0} is a user; an alias cannot have a user's address (remove the user first, or pick another address)")]
+    #[error(
+        "{0} is a user; an alias cannot have a user's address (remove the user first, or pick another address)"
+    )]
     AddressIsUser(String),
 
     /// `add_user` for an address that is an alias.
-    #[error("{0} is an alias; remove it with `postoffice alias del {0}` before adding a user with that address")]
+    #[error(
+        "{0} is an alias; remove it with `postoffice alias del {0}` before adding a user with that address"
+    )]
     AddressIsAlias(String),
 
     /// An operation named an alias that does not exist.
@@ -98,7 +102,9 @@ pub enum Error {
     },
 
     /// An alias with more targets than `[addresses] max_alias_targets`.
-    #[error("alias {alias} would have {count} targets, more than the limit of {max}; raise [addresses] max_alias_targets or split the list into nested aliases")]
+    #[error(
+        "alias {alias} would have {count} targets, more than the limit of {max}; raise [addresses] max_alias_targets or split the list into nested aliases"
+    )]
     TooManyTargets {
         /// The alias.
         alias: String,

@@ -1017,10 +1017,7 @@ fn alias(config: &Config, cmd: AliasCmd) -> Result<ExitCode> {
                 print_alias(&a);
             }
             let snap = dir.snapshot();
-            let wanted = domain
-                .as_deref()
-                .map(normalize_domain)
-                .transpose()?;
+            let wanted = domain.as_deref().map(normalize_domain).transpose()?;
             for (alias, target) in snap.domain_aliases() {
                 if wanted.as_deref().is_none_or(|d| d == alias || d == target) {
                     println!("@{alias}\t-> @{target}\t(domain alias)");
