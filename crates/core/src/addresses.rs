@@ -379,8 +379,10 @@ pub fn aliases_of(config: &Addresses, dir: &DirectoryData, user: &str) -> Vec<(S
         .collect()
 }
 
-/// The configuration problem `serve` and `config check` warn about: role
-/// addresses of local domains that no mailbox receives.
+/// The configuration problems `serve` and `config check` warn about: role
+/// addresses of local domains that no mailbox receives, and aliases that
+/// loop, go too deep or have targets leading nowhere (hand edits, users
+/// removed since).
 pub fn postmaster_warnings(config: &Addresses, dir: &DirectoryData) -> Vec<String> {
     let mut out = Vec::new();
     for d in dir.domains() {
@@ -404,6 +406,11 @@ pub fn postmaster_warnings(config: &Addresses, dir: &DirectoryData) -> Vec<Strin
             out.push(format!(
                 "[addresses] postmaster target {t} is not a local user"
             ));
+        }
+    }
+    for a in dir.aliases() {
+        if let Err(e) = check_alias(config, dir, a) {
+            out.push(format!("alias {}: {e}", a.address));
         }
     }
     out
@@ -640,6 +647,12 @@ mod tests {
         let r = resolve(&c, &d, "b@example.test").unwrap();
         assert_eq!(r.mailboxes(), ["admin@example.test"]);
         assert_eq!(r.loops, ["b@example.test"]);
+        let w = postmaster_warnings(&c, &d);
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("alias a@example.test") && w.contains("loop")),
+            "{w:?}"
+        );
         // A catch-all pointing into its own domain at nobody loops back.
         let e = alias(&dir, &c, "@example.test", &["nobody@example.test"]).unwrap_err();
         assert!(e.contains("loop") || e.contains("neither"), "{e}");

@@ -1,4 +1,5 @@
-//! Domains, users, web administrators, password hashes, per-user/per-domain
+//! Domains, users, aliases and domain aliases, web administrators, password
+//! hashes, per-user/per-domain
 //! policy and login-failure accounting for the postoffice mail server.
 //!
 //! The directory lives in one human-readable file,
