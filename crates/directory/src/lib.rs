@@ -1,6 +1,6 @@
 //! Domains, users, aliases and domain aliases, web administrators, password
-//! hashes, per-user/per-domain
-//! policy and login-failure accounting for the postoffice mail server.
+//! hashes, per-user/per-domain policy and login-failure accounting for the
+//! postoffice mail server.
 //!
 //! The directory lives in one human-readable file,
 //! `<data_dir>/directory.toml`, so that it can be inspected, backed up and
