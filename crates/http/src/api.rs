@@ -321,6 +321,8 @@ struct UserJson {
     quarantined: usize,
     policy: Value,
     overrides: Value,
+    /// Aliases, catch-alls, domain aliases... that reach the mailbox.
+    address_rules: Vec<String>,
 }
 
 fn user_json(info: admin::UserInfo) -> UserJson {
@@ -338,6 +340,7 @@ fn user_json(info: admin::UserInfo) -> UserJson {
             "quota_messages": p.quota_messages,
         }),
         overrides: overrides_json(&info.overrides),
+        address_rules: info.address_rules,
     }
 }
 

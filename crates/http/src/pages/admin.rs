@@ -367,6 +367,10 @@ pub(crate) async fn user(
                 " · Login delay: " (p.login_delay_secs) " s"
                 " · Quarantined: " (info.quarantined) }
             p.muted { "Mailbox: " (info.mailbox) }
+            @if !info.address_rules.is_empty() {
+                p { "Also receives:" }
+                ul #address-rules { @for r in &info.address_rules { li { (r) } } }
+            }
         }
         h2 { "Policy" }
         form.box method="post" action={ (base) "/policy" } #user-policy {
