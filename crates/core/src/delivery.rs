@@ -480,13 +480,60 @@ impl Local<'_> {
     }
 
     /// Stream one message to one recipient (`postoffice deliver`).
+    ///
+    /// An address that leads to several mailboxes (a list) is read into
+    /// memory (up to `[smtp] max_message_size`) and stored in each, all or
+    /// nothing; one with external targets is refused as a temporary failure
+    /// (this path has no queue: deliver it over SMTP). The first copy's
+    /// details are returned.
     pub fn deliver_stream(
         &self,
         recipient: &str,
         message: &mut dyn Read,
     ) -> Result<Delivered, DeliveryError> {
-        let addr = self.check_recipient(recipient)?;
-        let d = self.store.deliver(&addr, message).map_err(store_error)?;
+        let resolution = self.check_targets(recipient)?;
+        if !resolution.external.is_empty() {
+            return Err(DeliveryError::ForwardUnavailable(recipient.to_string()));
+        }
+        if resolution.local.len() > 1 {
+            let limit = self.config.smtp.max_message_size;
+            let mut data = Vec::new();
+            message
+                .take(limit.saturating_add(1))
+                .read_to_end(&mut data)
+                .map_err(|source| {
+                    DeliveryError::Store(StoreError::Io {
+                        context: "read the message".into(),
+                        source,
+                    })
+                })?;
+            if data.len() as u64 > limit {
+                return Err(DeliveryError::TooBigForQuota {
+                    user: recipient.to_string(),
+                    size: data.len() as u64,
+                    quota: limit,
+                });
+            }
+            let delivered = self.deliver_resolved(&resolution, &Pieces::of_slice(&data), None)?;
+            return delivered
+                .into_iter()
+                .next()
+                .ok_or_else(|| DeliveryError::NoSuchUser(recipient.to_string()));
+        }
+        let Some(mailbox) = resolution.local.first() else {
+            return Err(DeliveryError::NoSuchUser(recipient.to_string()));
+        };
+        let addr = mailbox.address.clone();
+        let header = if mailbox.recipient != addr {
+            format!("Delivered-To: {}\r\n", mailbox.recipient)
+        } else {
+            String::new()
+        };
+        let mut message = std::io::Cursor::new(header.into_bytes()).chain(message);
+        let d = self
+            .store
+            .deliver(&addr, &mut message)
+            .map_err(store_error)?;
         // The size is known only now: enforce the byte quota after the fact
         // by taking the message back.
         match self.check_quota_after(&addr, d.size) {

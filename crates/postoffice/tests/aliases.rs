@@ -284,6 +284,35 @@ fn cli_refuses_bad_aliases_and_shows_every_rule() {
     }
     let info = env.cli(&["user", "info", CAROL]).ok().stdout;
     assert!(info.contains("catch-all @example.test"), "{info}");
+    // `postoffice deliver` to a list stores one copy per mailbox; to an
+    // alias that forwards outside it refuses (75, try again) and stores
+    // nothing.
+    env.cli_stdin(
+        &["deliver", "team@example.test"],
+        b"Subject: lda list\r\n\r\nhi\r\n",
+    )
+    .ok();
+    env.cli_stdin(
+        &["deliver", "alice+lda@example.test"],
+        b"Subject: lda tag\r\n\r\nhi\r\n",
+    )
+    .ok();
+    let r = env.cli_stdin(
+        &["deliver", "fwd@example.test"],
+        b"Subject: lda fwd\r\n\r\nhi\r\n",
+    );
+    assert_eq!(r.status.code(), Some(75), "{}", r.stderr);
+    let alice = messages(&server, ALICE);
+    assert_eq!(with_subject(&alice, "lda list").len(), 1);
+    let tagged = with_subject(&alice, "lda tag");
+    assert_eq!(tagged.len(), 1);
+    assert_eq!(
+        header(tagged[0], "Delivered-To"),
+        ["alice+lda@example.test"]
+    );
+    let bob = messages(&server, BOB);
+    assert_eq!(with_subject(&bob, "lda list").len(), 1);
+    assert!(with_subject(&bob, "lda fwd").is_empty());
     // Removing a target, then the alias.
     env.cli(&["alias", "del", "team@example.test", BOB]).ok();
     assert_eq!(
