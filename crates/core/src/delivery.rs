@@ -62,6 +62,11 @@ pub enum DeliveryError {
     /// (temporary).
     #[error("cannot forward mail for {0}: no outbound queue")]
     ForwardUnavailable(String),
+    /// The content filters held the message for review, and its recipients
+    /// have no local mailbox to hold it in (only external alias targets,
+    /// which never get held mail).
+    #[error("held message for {0} not forwarded")]
+    HeldNotForwarded(String),
     /// The store failed (disk full, permissions); try again later.
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
@@ -99,6 +104,11 @@ impl DeliveryError {
                 status::ROUTING_LOOP,
                 format!("<{}>: Alias expansion too deep (a loop?)", sanitize(a)),
             ),
+            DeliveryError::HeldNotForwarded(_) => Reply::new(
+                codes::TRANSACTION_FAILED,
+                status::NOT_AUTHORIZED,
+                "Message refused by the content filters",
+            ),
             DeliveryError::ForwardUnavailable(_) | DeliveryError::Store(_) => temporary_failure(),
         }
     }
@@ -108,6 +118,7 @@ impl DeliveryError {
         match self {
             DeliveryError::NoSuchUser(_) | DeliveryError::AliasTooDeep(_) => sysexits::NOUSER,
             DeliveryError::Empty => sysexits::DATAERR,
+            DeliveryError::HeldNotForwarded(_) => sysexits::NOPERM,
             // Quota: temporary, the MTA keeps the message and retries.
             DeliveryError::OverQuota(_)
             | DeliveryError::TooBigForQuota { .. }
@@ -470,7 +481,13 @@ impl Local<'_> {
         recipients: &[String],
         message: &Pieces<'_>,
     ) -> Result<(), DeliveryError> {
-        for r in &self.resolve(recipients)? {
+        // Held mail is never forwarded: with no local mailbox to hold it
+        // in, it is refused (the sender hears of it) rather than dropped.
+        let mailboxes = self.resolve(recipients)?;
+        if mailboxes.is_empty() {
+            return Err(DeliveryError::HeldNotForwarded(recipients.join(",")));
+        }
+        for r in &mailboxes {
             let addr = self.check_recipient(r)?;
             self.store
                 .deliver_quarantine(&addr, &mut message.reader())

@@ -134,7 +134,8 @@ pub(crate) fn delivery_reason(e: &DeliveryError) -> &'static str {
     match e {
         DeliveryError::NoSuchUser(_) => reason::UNKNOWN_USER,
         DeliveryError::OverQuota(_) | DeliveryError::TooBigForQuota { .. } => reason::QUOTA,
-        DeliveryError::AliasTooDeep(_)
+        DeliveryError::HeldNotForwarded(_)
+        | DeliveryError::AliasTooDeep(_)
         | DeliveryError::ForwardUnavailable(_)
         | DeliveryError::Empty
         | DeliveryError::Store(_) => reason::RECIPIENT_OTHER,
