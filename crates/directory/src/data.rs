@@ -340,6 +340,9 @@ impl DirectoryData {
 
     pub(crate) fn remove_domain(&mut self, name: &str) -> Result<()> {
         let name = normalize_domain(name)?;
+        if self.domain_aliases.contains_key(&name) {
+            return Err(Error::DomainIsAlias(name));
+        }
         if !self.domains.contains_key(&name) {
             return Err(Error::DomainNotFound(name));
         }
