@@ -353,12 +353,11 @@ pub fn may_send_as(config: &Addresses, dir: &DirectoryData, user: &str, address:
         if a == user {
             return true;
         }
+        // Users and aliases share one namespace: another user's address
+        // ends the search, and so does an alias, whatever it says.
         if let Some(alias) = dir.alias(a) {
-            if dir.user(a).is_some() {
-                return false;
-            }
             return alias.send_as
-                && resolve(config, dir, a)
+                && resolve_alias(config, dir, alias)
                     .is_ok_and(|r| r.local.iter().any(|m| m.address == user));
         }
         if dir.user(a).is_some() {
@@ -368,8 +367,9 @@ pub fn may_send_as(config: &Addresses, dir: &DirectoryData, user: &str, address:
     false
 }
 
-/// The aliases (not catch-alls) that deliver to `user`, with whether the
-/// user may send as each: what `postoffice user info` lists.
+/// The aliases (catch-alls included) that deliver to `user`, with whether
+/// the user may send as each (never as a catch-all): what `postoffice user
+/// info` lists.
 pub fn aliases_of(config: &Addresses, dir: &DirectoryData, user: &str) -> Vec<(String, bool)> {
     dir.aliases()
         .filter(|a| {
