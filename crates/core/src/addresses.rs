@@ -66,6 +66,9 @@ pub struct Resolution {
     pub loops: Vec<String>,
     /// Local alias targets that lead nowhere (a removed user, say).
     pub dangling: Vec<String>,
+    /// What `local` and `external` hold, for constant-time deduplication
+    /// (a list may have thousands of targets).
+    seen: HashSet<String>,
 }
 
 impl Resolution {
@@ -80,7 +83,7 @@ impl Resolution {
     }
 
     fn push_local(&mut self, address: &str, recipient: &str) {
-        if !self.local.iter().any(|m| m.address == address) {
+        if self.seen.insert(address.to_string()) {
             self.local.push(Mailbox {
                 address: address.to_string(),
                 recipient: recipient.to_string(),
@@ -89,7 +92,7 @@ impl Resolution {
     }
 
     fn push_external(&mut self, address: &str) {
-        if !self.external.iter().any(|a| a == address) {
+        if self.seen.insert(address.to_string()) {
             self.external.push(address.to_string());
         }
     }

@@ -114,6 +114,7 @@ impl DirectoryData {
             return Err(Error::AddressIsUser(address));
         }
         let mut targets = Vec::with_capacity(change.targets.len());
+        let mut seen = std::collections::HashSet::new();
         for t in change.targets {
             let t = normalize_address(t)?;
             if t == address {
@@ -122,7 +123,7 @@ impl DirectoryData {
                     reason: "an alias cannot be its own target".into(),
                 });
             }
-            if !targets.contains(&t) {
+            if seen.insert(t.clone()) {
                 targets.push(t);
             }
         }
@@ -140,11 +141,10 @@ impl DirectoryData {
                 send_as: true,
             }),
         };
-        for t in targets {
-            if !alias.targets.contains(&t) {
-                alias.targets.push(t);
-            }
-        }
+        let existing: std::collections::HashSet<String> = alias.targets.iter().cloned().collect();
+        alias
+            .targets
+            .extend(targets.into_iter().filter(|t| !existing.contains(t)));
         if let Some(s) = change.send_as {
             alias.send_as = s;
         }

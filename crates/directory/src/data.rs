@@ -528,9 +528,10 @@ impl DirectoryData {
                 return Err(bad(format!("{address} is both a user and an alias")));
             }
             let mut targets = Vec::with_capacity(a.targets.len());
+            let mut seen = std::collections::HashSet::new();
             for t in &a.targets {
                 let t = normalize_address(t).map_err(|e| bad(format!("alias {address}: {e}")))?;
-                if !targets.contains(&t) {
+                if seen.insert(t.clone()) {
                     targets.push(t);
                 }
             }
