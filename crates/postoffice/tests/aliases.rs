@@ -251,6 +251,35 @@ fn cli_refuses_bad_aliases_and_shows_every_rule() {
     // Mail for the surviving chain still arrives, once.
     assert_eq!(mx_send(&server, &["b@example.test"], "chain").0, 250);
     assert_eq!(with_subject(&messages(&server, ALICE), "chain").len(), 1);
+    // A loop written into directory.toml by hand (the running server
+    // reloads it): delivery cuts it, each mailbox gets one copy, and
+    // `config check` names it.
+    let file = env.data_dir().join("directory.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let looped = text.replacen(
+        "address = \"a@example.test\"\ntargets = [\"alice@example.test\"]",
+        "address = \"a@example.test\"\ntargets = [\"alice@example.test\", \"b@example.test\"]",
+        1,
+    );
+    assert_ne!(looped, text, "{text}");
+    std::fs::write(&file, looped).unwrap();
+    let check = env.cli(&["config", "check"]);
+    assert!(
+        check.stderr.contains("alias a@example.test") && check.stderr.contains("loop"),
+        "{}",
+        check.stderr
+    );
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the server to see the loop",
+        || {
+            (mx_send(&server, &["b@example.test"], "probe").0 == 250
+                && env.log_contents().contains("loops cut"))
+            .then_some(())
+        },
+    );
+    assert_eq!(mx_send(&server, &["a@example.test"], "looped").0, 250);
+    assert_eq!(with_subject(&messages(&server, ALICE), "looped").len(), 1);
 
     // alias list: targets, final mailboxes, external addresses, domain
     // aliases, the send-as flag.
