@@ -402,15 +402,19 @@ fn address_rules(
         ));
     }
     for d in snap.domains() {
-        if d.name != domain && a.postmaster_of(&d.name).is_empty() {
-            continue;
-        }
         let targets = a.postmaster_of(&d.name);
         if targets
             .iter()
             .any(|t| normalize_address(t).is_ok_and(|t| t == user))
         {
             out.push(format!("role addresses postmaster@{0}, abuse@{0}", d.name));
+        }
+    }
+    if let Some(extra) = config.submission.sender_aliases.get(user) {
+        for x in extra {
+            out.push(format!(
+                "may also send as {x} ([submission.sender_aliases], sending only)"
+            ));
         }
     }
     out

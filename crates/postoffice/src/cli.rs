@@ -1113,7 +1113,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
                     .map_or("unlimited".to_string(), |q| q.to_string())
             );
             for rule in &u.address_rules {
-                println!("receives:       {rule}");
+                println!("address rule:   {rule}");
             }
         }
         UserCmd::Set {

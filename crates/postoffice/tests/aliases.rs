@@ -197,7 +197,9 @@ fn every_address_rule_delivers_over_smtp_and_pop3() {
 
 #[test]
 fn cli_refuses_bad_aliases_and_shows_every_rule() {
-    let (env, server) = setup("addresses.max_alias_targets = 3");
+    let (env, server) = setup(
+        "addresses.max_alias_targets = 3\n[submission.sender_aliases]\n\"alice@example.test\" = [\"@example.net\"]",
+    );
     // A loop is refused at add time and nothing changes.
     env.cli(&["alias", "add", "a@example.test", ALICE]).ok();
     env.cli(&["alias", "add", "b@example.test", "a@example.test"])
@@ -308,6 +310,7 @@ fn cli_refuses_bad_aliases_and_shows_every_rule() {
         "alias noreply@example.test (receive only",
         "domain alias alice@example.org",
         "sub-addresses alice+TAG@example.test",
+        "may also send as @example.net ([submission.sender_aliases]",
     ] {
         assert!(info.contains(want), "missing {want:?} in\n{info}");
     }
