@@ -1380,8 +1380,25 @@ mod tests {
             "[http]\nsession_secs = 5",
             "[http]\nmax_body_bytes = 10",
             "[http]\nmetrics_token = \"has space\"",
+            "[addresses]\nsubaddress_separator = \"@\"",
+            "[addresses]\nsubaddress_separator = \"+ \"",
+            "[addresses]\nsubaddress_separator = \"\\u0001\"",
+            "[addresses]\nmax_alias_targets = 0",
+            "[addresses]\nmax_alias_depth = 0",
         ] {
             assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn address_rules_defaults_and_choices() {
+        let c = Config::default();
+        assert_eq!(c.addresses.subaddress_separator, "+");
+        assert_eq!(c.addresses.max_alias_targets, 1000);
+        assert_eq!(c.addresses.max_alias_depth, 10);
+        for ok in ["", "+", "-+", "_"] {
+            let text = format!("[addresses]\nsubaddress_separator = {ok:?}");
+            assert!(Config::from_toml(&text, Path::new("x")).is_ok(), "{ok:?}");
         }
     }
 
