@@ -414,3 +414,50 @@ fn users_send_as_the_aliases_that_deliver_to_them() {
     assert_eq!(with_subject(&carol, "as sales@example.test").len(), 1);
     assert!(with_subject(&carol, "refused").is_empty());
 }
+
+#[test]
+fn too_deep_an_expansion_is_refused_not_half_delivered() {
+    let env = Env::new(BIN, "addresses.max_alias_depth = 2");
+    env.add_user(ALICE, PW);
+    env.cli(&["alias", "add", "l1@example.test", ALICE]).ok();
+    env.cli(&["alias", "add", "l2@example.test", "l1@example.test"])
+        .ok();
+    // One level more is refused by the CLI, naming the key...
+    let r = env.cli(&["alias", "add", "l3@example.test", "l2@example.test"]);
+    assert!(
+        !r.status.success() && r.stderr.contains("max_alias_depth"),
+        "{}",
+        r.stderr
+    );
+    // ...and when written by hand, mail for it gets 550 5.4.6 at RCPT.
+    let file = env.data_dir().join("directory.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("\n[[alias]]\naddress = \"l3@example.test\"\ntargets = [\"l2@example.test\"]\n");
+    std::fs::write(&file, text).unwrap();
+    let server = env.start();
+    let (code, text) = mx_send(&server, &["l3@example.test"], "deep");
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("5.4.6"), "{text}");
+    assert_eq!(mx_send(&server, &["l2@example.test"], "ok depth").0, 250);
+    let alice = messages(&server, ALICE);
+    assert!(with_subject(&alice, "deep").is_empty());
+    assert_eq!(with_subject(&alice, "ok depth").len(), 1);
+}
+
+#[test]
+fn submission_to_a_forwarding_alias_queues_its_external_target() {
+    let (env, server) = setup("");
+    let mut c = smtp_connect(server.submit_addr());
+    let b = base64(format!("\0{ALICE}\0{PW}").as_bytes());
+    assert_eq!(smtp_cmd(&mut c, &format!("AUTH PLAIN {b}")).0, 235);
+    assert_eq!(smtp_cmd(&mut c, &format!("MAIL FROM:<{ALICE}>")).0, 250);
+    assert_eq!(smtp_cmd(&mut c, "RCPT TO:<fwd@example.test>").0, 250);
+    assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+    c.send_raw(format!("From: {ALICE}\r\nSubject: via list\r\n\r\nhi\r\n.\r\n").as_bytes());
+    let (code, text) = smtp_reply(&mut c);
+    assert_eq!(code, 250, "{text}");
+    smtp_cmd(&mut c, "QUIT");
+    assert_eq!(with_subject(&messages(&server, BOB), "via list").len(), 1);
+    let q = env.cli(&["queue", "list"]).ok().stdout;
+    assert!(q.contains("friend@other.example"), "{q}");
+}
