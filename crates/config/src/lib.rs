@@ -182,6 +182,17 @@ pub struct Smtp {
     pub max_header_fields: usize,
     /// Most octets in a message's header section; more get `552 5.3.4`.
     pub max_header_bytes: usize,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may open to the
+    /// MX port in any minute; beyond it the greeting is `421 4.7.0` and the
+    /// connection is closed. 0 (default): no limit.
+    pub max_connections_per_minute: u32,
+    /// Transactions (MAIL FROM) one client (IPv4 address, IPv6 /64) may
+    /// start on the MX port in any minute; beyond it MAIL FROM gets
+    /// `451 4.7.1`. 0 (default): no limit.
+    pub max_messages_per_minute: u32,
+    /// Client IPs or CIDR networks the two rate limits above never apply to
+    /// (besides `filter.ip_allow`). Default: loopback.
+    pub rate_limit_exempt: Vec<String>,
 }
 
 impl Default for Smtp {
@@ -196,6 +207,9 @@ impl Default for Smtp {
             max_errors: 10,
             max_header_fields: 1000,
             max_header_bytes: 256 * 1024,
+            max_connections_per_minute: 0,
+            max_messages_per_minute: 0,
+            rate_limit_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
         }
     }
 }
@@ -226,6 +240,10 @@ pub struct Submission {
     /// (summed over messages); a message that would pass it gets 451 4.7.0.
     /// 0 (default): no limit.
     pub max_recipients_per_day: u32,
+    /// Disable an account (as `postoffice user set ADDR --disabled true` does)
+    /// once it has hit a sending limit this many times within 24 hours, so
+    /// a stolen password stops working. 0 (default): never.
+    pub disable_after_limit_hits: u32,
 }
 
 impl Default for Submission {
@@ -238,6 +256,7 @@ impl Default for Submission {
             sendmail_trusted_users: vec!["root".into()],
             max_messages_per_hour: 0,
             max_recipients_per_day: 0,
+            disable_after_limit_hits: 0,
         }
     }
 }
@@ -565,6 +584,12 @@ pub struct Filter {
     pub rspamd_failure: FailMode,
     /// Seconds allowed for one rspamd check.
     pub rspamd_timeout_secs: u64,
+    /// Scan authenticated submissions with rspamd too (with the user name):
+    /// at `spam_reject` the client gets 550 5.7.1 and nothing is sent; at
+    /// `spam_quarantine` the message is held in the outbound queue
+    /// (`postoffice queue release ID` sends it) and local recipients' copies
+    /// go to their quarantine. Default false.
+    pub scan_outbound: bool,
     /// Greylisting (RFC 6647) on the MX port: the first attempt of each
     /// (client /24 or /64, sender, recipient) is answered 451 4.7.1. Off by
     /// default.
@@ -601,6 +626,7 @@ impl Default for Filter {
             spam_reject: 15.0,
             rspamd_failure: FailMode::Closed,
             rspamd_timeout_secs: 30,
+            scan_outbound: false,
             greylist: false,
             greylist_delay_secs: 300,
             greylist_lifetime_secs: 36 * 24 * 3600,
@@ -1145,6 +1171,16 @@ impl Config {
         }
         if self.addresses.max_alias_depth == 0 {
             return bad("addresses.max_alias_depth must be at least 1");
+        }
+        if self.filter.scan_outbound && self.filter.rspamd.trim().is_empty() {
+            return bad("filter.scan_outbound needs filter.rspamd (the rspamd that scans)");
+        }
+        for net in &self.smtp.rate_limit_exempt {
+            if parse_cidr(net).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "smtp.rate_limit_exempt: {net:?} is not an IP address or CIDR network"
+                )));
+            }
         }
         for net in self.filter.ip_allow.iter().chain(&self.filter.ip_block) {
             if parse_cidr(net).is_none() {

@@ -273,6 +273,52 @@ pub fn set_user(
     Ok(address)
 }
 
+/// A change to a user's own sending limits (`user set
+/// --max-messages-per-hour`, `--max-recipients-per-day`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendLimitChange {
+    /// Messages per hour (0 = no limit for this user).
+    pub max_messages_per_hour: Change<u32>,
+    /// Recipients per 24 hours (0 = no limit for this user).
+    pub max_recipients_per_day: Change<u32>,
+}
+
+impl SendLimitChange {
+    /// Parse the text form: absent or empty (keep), `inherit`, a number.
+    pub fn parse(
+        messages_per_hour: Option<&str>,
+        recipients_per_day: Option<&str>,
+    ) -> Result<SendLimitChange, AdminError> {
+        Ok(SendLimitChange {
+            max_messages_per_hour: parse_number(messages_per_hour, "max-messages-per-hour")?,
+            max_recipients_per_day: parse_number(recipients_per_day, "max-recipients-per-day")?,
+        })
+    }
+
+    /// Whether the change changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == SendLimitChange::default()
+    }
+}
+
+/// Change a user's own sending limits; returns the canonical address.
+pub fn set_user_send_limits(
+    dir: &Directory,
+    address: &str,
+    change: &SendLimitChange,
+) -> Result<String, AdminError> {
+    let address = normalize_address(address)?;
+    dir.update_user_send_limits(&address, |l| {
+        change
+            .max_messages_per_hour
+            .apply(&mut l.max_messages_per_hour);
+        change
+            .max_recipients_per_day
+            .apply(&mut l.max_recipients_per_day);
+    })?;
+    Ok(address)
+}
+
 /// Add a domain; returns its canonical name.
 pub fn add_domain(dir: &Directory, name: &str) -> Result<String, AdminError> {
     Ok(dir.add_domain(name)?)
@@ -342,6 +388,11 @@ pub struct UserInfo {
     /// (aliases with their send-as right, catch-alls, domain aliases,
     /// sub-addressing, role addresses).
     pub address_rules: Vec<String>,
+    /// The user's own sending limits (`None`: the configuration's).
+    pub send_limit_overrides: postoffice_directory::SendLimitOverrides,
+    /// The sending limits in force: messages per hour, recipients per day
+    /// (0 = no limit).
+    pub send_limits: (u32, u32),
 }
 
 /// Everything about one user.
@@ -366,6 +417,11 @@ pub fn user_info(
         overrides: u.policy,
         quarantined: store.quarantine_list(&address)?.len(),
         address_rules: address_rules(config, &snap, &address),
+        send_limit_overrides: u.send_limits,
+        send_limits: u.send_limits.resolve(
+            config.submission.max_messages_per_hour,
+            config.submission.max_recipients_per_day,
+        ),
     })
 }
 

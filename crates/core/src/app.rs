@@ -94,6 +94,8 @@ pub struct App {
     pub greylist: Option<crate::greylist::Greylist>,
     /// Messages and recipients each user submitted recently.
     pub send_limits: crate::send_limits::SendLimits,
+    /// Connection and message rates per client on the MX port.
+    pub rate_limits: crate::rate_limit::RateLimits,
     /// Where large messages are spooled while they are received.
     spool_dir: std::path::PathBuf,
     /// Message octets held in memory by all transactions.
@@ -173,6 +175,8 @@ impl App {
         let dkim = crate::dkim::Signer::new(&config.data_dir, &config.dkim.selector);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let sessions = crate::sessions::Sessions::new(Arc::clone(&metrics));
+        let rate_limits = crate::rate_limit::RateLimits::new(&config);
+        let send_limits = crate::send_limits::SendLimits::open(&config.data_dir);
         Ok(App {
             config,
             store,
@@ -185,7 +189,8 @@ impl App {
             metrics,
             sessions,
             greylist,
-            send_limits: crate::send_limits::SendLimits::default(),
+            send_limits,
+            rate_limits,
             hash_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
@@ -422,10 +427,14 @@ impl App {
                 return Err(LoginError::Temp);
             }
         };
-        self.last_login
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(address.clone(), Instant::now());
+        // Remembered only where a delay applies: without one the map would
+        // grow by an entry per user who ever logged in, for nothing.
+        if policy.login_delay_secs > 0 {
+            self.last_login
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(address.clone(), Instant::now());
+        }
         Ok(LoginOk {
             address,
             maildrop,

@@ -59,6 +59,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod notices;
 pub mod outbound;
+pub mod rate_limit;
 pub mod retention;
 pub mod send_limits;
 pub mod sendmail;

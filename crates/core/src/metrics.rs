@@ -77,6 +77,14 @@ pub mod reason {
     /// Submission: the user passed `max_messages_per_hour` or
     /// `max_recipients_per_day`.
     pub const SEND_LIMIT: &str = "send_limit";
+    /// MX: a client over `max_messages_per_minute` (451 4.7.1), or a
+    /// connection over `max_connections_per_minute` (421 4.7.0).
+    pub const RATE_LIMIT: &str = "rate_limit";
+    /// Submission with `scan_outbound`: rspamd scored it at or above
+    /// `spam_reject` (550 5.7.1, not sent).
+    pub const OUTBOUND_SPAM: &str = "outbound_spam";
+    /// Submission: the account is disabled (after too many limit hits).
+    pub const ACCOUNT_DISABLED: &str = "account_disabled";
     /// Submission: a sender address the user may not use.
     pub const SENDER_NOT_OWNED: &str = "sender_not_owned";
     /// Anything else.
@@ -337,6 +345,8 @@ pub struct Metrics {
     pub domains: Family<0>,
     /// Users in the directory by state (set when scraped).
     pub users: Family<1>,
+    /// Accounts disabled automatically by `disable_after_limit_hits`.
+    pub accounts_auto_disabled: Family<0>,
 }
 
 impl Default for Metrics {
@@ -471,6 +481,12 @@ impl Metrics {
                 "Users in the directory by state.",
                 ["state"],
             ),
+            accounts_auto_disabled: Family::new(
+                "postoffice_accounts_auto_disabled_total",
+                "counter",
+                "Accounts disabled automatically for hitting sending limits too often.",
+                [],
+            ),
         };
         // The series an alert is likely written against exist from the
         // start, at zero.
@@ -501,11 +517,12 @@ impl Metrics {
         ] {
             m.smtp_transactions.touch(["mx", o]);
         }
-        for o in ["accepted", "rejected", "failed"] {
+        for o in ["accepted", "held", "rejected", "failed"] {
             m.smtp_transactions.touch(["submission", o]);
         }
+        m.accounts_auto_disabled.touch([]);
         m.queue_entries.touch([]);
-        for s in ["pending", "delivered", "failed"] {
+        for s in ["pending", "held", "delivered", "failed"] {
             m.queue_recipients.touch([s]);
         }
         m.queue_oldest_seconds.touch([]);
@@ -567,6 +584,7 @@ impl Metrics {
         self.http_responses.render(&mut out);
         self.domains.render(&mut out);
         self.users.render(&mut out);
+        self.accounts_auto_disabled.render(&mut out);
         out
     }
 

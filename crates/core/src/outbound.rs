@@ -18,6 +18,17 @@ pub trait Outbound: Send + Sync {
         message: &postoffice_common::content::Pieces<'_>,
     ) -> Result<String, OutboundError>;
 
+    /// Spool the message like [`Outbound::enqueue`], but held: it is not
+    /// sent until an administrator releases it (`postoffice queue
+    /// release`). `reason` is shown with it.
+    fn hold(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &postoffice_common::content::Pieces<'_>,
+        reason: &str,
+    ) -> Result<String, OutboundError>;
+
     /// Take an entry back (a submission that failed after spooling).
     fn cancel(&self, id: &str);
 }

@@ -234,6 +234,20 @@ pub fn store(
     rcpts: &[String],
     message: &Pieces<'_>,
 ) -> Result<Option<String>, Refusal> {
+    store_or_hold(app, mail_from, rcpts, message, None)
+}
+
+/// [`store`], or with `hold` (the reason) keep the message from going
+/// anywhere: the remote recipients' copy is held in the outbound queue
+/// (sent only when released), the local recipients' copies go to their
+/// quarantine. All or nothing like [`store`].
+pub fn store_or_hold(
+    app: &App,
+    mail_from: &str,
+    rcpts: &[String],
+    message: &Pieces<'_>,
+    hold: Option<&str>,
+) -> Result<Option<String>, Refusal> {
     let local: Local<'_> = app.local();
     let outbound = app.outbound();
     let (local_rcpts, remote_rcpts): (Vec<String>, Vec<String>) =
@@ -243,6 +257,9 @@ pub fn store(
         });
     if !remote_rcpts.is_empty() && outbound.is_none() {
         return Err(Refusal::new(queue_unavailable(), sysexits::TEMPFAIL));
+    }
+    if let Some(reason) = hold {
+        return hold_all(app, mail_from, &local_rcpts, &remote_rcpts, message, reason);
     }
     // Local copies first (they can be taken back), then the queue: once
     // spooled, the scheduler may start sending at once.
@@ -301,6 +318,112 @@ pub fn store(
     Ok(queued)
 }
 
+/// The held path of [`store_or_hold`]: the queue entry first (it can be
+/// taken back), then the local quarantine copies.
+fn hold_all(
+    app: &App,
+    mail_from: &str,
+    local_rcpts: &[String],
+    remote_rcpts: &[String],
+    message: &Pieces<'_>,
+    reason: &str,
+) -> Result<Option<String>, Refusal> {
+    let local = app.local();
+    // Local aliases: their mailboxes hold a copy in the quarantine, their
+    // external targets are held in the queue with the remote recipients.
+    let resolution = if local_rcpts.is_empty() {
+        crate::addresses::Resolution::default()
+    } else {
+        local
+            .resolution(local_rcpts)
+            .map_err(|e| Refusal::new(e.reply(), e.exit_code()))?
+    };
+    let mut held_remote = remote_rcpts.to_vec();
+    held_remote.extend(resolution.external.iter().cloned());
+    let remote_rcpts = held_remote.as_slice();
+    let local_rcpts = resolution.mailboxes();
+    let queued = match app.outbound() {
+        Some(q) if !remote_rcpts.is_empty() => {
+            match q.hold(mail_from, remote_rcpts, message, reason) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    warn!(error = %e, "cannot hold the message in the queue");
+                    return Err(Refusal::new(temporary_failure(), sysexits::TEMPFAIL));
+                }
+            }
+        }
+        _ => None,
+    };
+    if !local_rcpts.is_empty() {
+        let mut local_msg = Pieces::new();
+        local_msg
+            .push(Piece::Owned(
+                format!("Return-Path: <{mail_from}>\r\nX-Postoffice-Held: {reason}\r\n")
+                    .into_bytes(),
+            ))
+            .extend(message.borrowed());
+        if let Err(e) = local.quarantine(&local_rcpts, &local_msg) {
+            if let (Some(q), Some(id)) = (app.outbound(), &queued) {
+                q.cancel(id);
+            }
+            return Err(Refusal::new(e.reply(), e.exit_code()));
+        }
+    }
+    warn!(
+        from = %mail_from,
+        local = %local_rcpts.join(","),
+        remote = %remote_rcpts.join(","),
+        queue_id = queued.as_deref().unwrap_or("-"),
+        %reason,
+        "submission held, not sent"
+    );
+    Ok(queued)
+}
+
+/// The sending limits of `user` (messages per hour, recipients per day):
+/// their own (`user set --max-messages-per-hour`...), else
+/// `[submission]`'s; `None` when the account is disabled or gone.
+fn send_limits_of(app: &App, user: &str) -> Option<(u32, u32)> {
+    let cfg = &app.config.submission;
+    app.directory
+        .snapshot()
+        .user(user)
+        .filter(|u| !u.disabled)
+        .map(|u| {
+            u.send_limits
+                .resolve(cfg.max_messages_per_hour, cfg.max_recipients_per_day)
+        })
+}
+
+/// A user passed a sending limit once more: with `disable_after_limit_hits`
+/// reached within a day, disable the account (the directory's disable, so
+/// logins and the credential cache refuse it at once). Whether it was
+/// disabled now.
+fn count_limit_hit(app: &App, user: &str) -> bool {
+    let hits = app.send_limits.record_hit(user);
+    let max = app.config.submission.disable_after_limit_hits;
+    if max == 0 || hits < max {
+        return false;
+    }
+    match crate::inbound::blocking(|| app.directory.set_user_disabled(user, true)) {
+        Ok(()) => {
+            tracing::error!(
+                %user,
+                hits,
+                "ACCOUNT DISABLED: it hit its sending limits {hits} times within 24 hours \
+                 (disable_after_limit_hits = {max}); its password may be stolen. \
+                 Enable it again with `postoffice user set {user} --disabled false`"
+            );
+            app.metrics.accounts_auto_disabled.inc([]);
+            true
+        }
+        Err(e) => {
+            tracing::error!(%user, error = %e, "cannot disable the account after too many limit hits");
+            false
+        }
+    }
+}
+
 /// Verify, complete, sign and store a submitted message; returns the reply.
 pub async fn submit(
     app: &Arc<App>,
@@ -312,13 +435,25 @@ pub async fn submit(
 ) -> Reply {
     let started = std::time::Instant::now();
     let user = env.authenticated.clone().unwrap_or_default();
-    let limits = &app.config.submission;
-    if let Err(exceeded) = app.send_limits.admit(
-        &user,
-        env.rcpt_to.len(),
-        limits.max_messages_per_hour,
-        limits.max_recipients_per_day,
-    ) {
+    let Some((per_hour, rcpts_per_day)) = send_limits_of(app, &user) else {
+        // Disabled (or removed) while this session was open.
+        warn!(id, %user, "submission from a disabled or removed account refused");
+        app.metrics
+            .smtp_transactions
+            .inc(["submission", "rejected"]);
+        app.metrics
+            .smtp_rejections
+            .inc(["submission", crate::metrics::reason::ACCOUNT_DISABLED]);
+        return Reply::new(
+            codes::MAILBOX_UNAVAILABLE,
+            status::NOT_AUTHORIZED,
+            format!("Account {user} is disabled; contact your administrator"),
+        );
+    };
+    if let Err(exceeded) = app
+        .send_limits
+        .admit(&user, env.rcpt_to.len(), per_hour, rcpts_per_day)
+    {
         let what = match exceeded {
             crate::send_limits::Exceeded::MessagesPerHour(n) => {
                 format!("more than {n} messages in an hour")
@@ -332,11 +467,59 @@ pub async fn submit(
         app.metrics
             .smtp_rejections
             .inc(["submission", crate::metrics::reason::SEND_LIMIT]);
+        let disabled = count_limit_hit(app, &user);
         return Reply::new(
             codes::LOCAL_ERROR,
             status::SECURITY_OTHER,
-            format!("Sending limit reached ({what}), try again later"),
+            if disabled {
+                format!(
+                    "Sending limit reached ({what}) too often: account disabled, contact your administrator"
+                )
+            } else {
+                format!("Sending limit reached ({what}), try again later")
+            },
         );
+    }
+    let mut hold: Option<String> = None;
+    if app.config.filter.scan_outbound {
+        let ctx = postoffice_filter::MessageContext {
+            ip,
+            helo: &env.helo,
+            mail_from: &env.mail_from,
+            rcpt_to: &env.rcpt_to,
+            auth_user: Some(&user),
+            receiver_hostname: &app.config.hostname,
+            connect_tags: &[],
+        };
+        if let Some(v) = app.filters.check_outbound(&ctx, body).await {
+            use postoffice_filter::MessageAction;
+            match v.action {
+                MessageAction::Accept => {
+                    info!(id, %user, spam = %v.summary, "submission scanned");
+                }
+                MessageAction::Quarantine { reason } => {
+                    warn!(id, %user, spam = %v.summary, "submission scored as spam: holding it");
+                    hold = Some(reason);
+                }
+                MessageAction::Reject { reply } => {
+                    warn!(id, %user, spam = %v.summary, "submission scored as spam: refused, not sent");
+                    app.metrics
+                        .smtp_transactions
+                        .inc(["submission", "rejected"]);
+                    app.metrics
+                        .smtp_rejections
+                        .inc(["submission", crate::metrics::reason::OUTBOUND_SPAM]);
+                    return reply;
+                }
+                MessageAction::TempFail { reply } => {
+                    app.metrics.smtp_transactions.inc(["submission", "failed"]);
+                    app.metrics
+                        .smtp_rejections
+                        .inc(["submission", crate::metrics::reason::SCANNER_UNAVAILABLE]);
+                    return reply;
+                }
+            }
+        }
     }
     let trace = trace_headers(&Trace {
         helo: &env.helo,
@@ -359,10 +542,17 @@ pub async fn submit(
         let mut message = Pieces::new();
         message.push(Piece::Content(body, 0));
         let prepared = prepare(app, Some(&user), &env.mail_from, id, &received, message)?;
-        let queued = store(app, &env.mail_from, &env.rcpt_to, &prepared.message)?;
+        let queued = store_or_hold(
+            app,
+            &env.mail_from,
+            &env.rcpt_to,
+            &prepared.message,
+            hold.as_deref(),
+        )?;
         Ok::<_, Refusal>((queued, prepared.signed))
     });
     let outcome = match &result {
+        Ok(_) if hold.is_some() => "held",
         Ok(_) => "accepted",
         Err(r) if r.reply.code >= 500 => "rejected",
         Err(_) => "failed",
@@ -379,6 +569,17 @@ pub async fn submit(
         .delivery_seconds
         .observe(["submission"], started.elapsed());
     match result {
+        // Held: the client gets the usual reply; the hold is the
+        // administrator's business (the sender may be a thief, who should
+        // learn nothing).
+        Ok((Some(q), _)) if hold.is_some() => Reply::new(
+            codes::OK,
+            status::OTHER,
+            format!("OK id={id} queued as {q}"),
+        ),
+        Ok((None, _)) if hold.is_some() => {
+            Reply::new(codes::OK, status::OTHER, format!("OK id={id}"))
+        }
         Ok((Some(q), signed)) => {
             info!(id, queue_id = %q, dkim = signed, "submission accepted");
             Reply::new(

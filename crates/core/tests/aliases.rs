@@ -17,6 +17,7 @@ const BOB: &str = "bob@example.test";
 #[derive(Default)]
 struct Recorder {
     queued: Mutex<Vec<(String, Vec<String>, Vec<u8>)>>,
+    held: Mutex<Vec<Vec<String>>>,
     fail: Mutex<bool>,
 }
 
@@ -33,6 +34,18 @@ impl Outbound for Recorder {
         let mut q = self.queued.lock().unwrap();
         q.push((mail_from.into(), rcpts.to_vec(), message.to_vec().unwrap()));
         Ok(format!("Q{}", q.len()))
+    }
+
+    fn hold(
+        &self,
+        _mail_from: &str,
+        rcpts: &[String],
+        _message: &Pieces<'_>,
+        _reason: &str,
+    ) -> Result<String, OutboundError> {
+        let mut h = self.held.lock().unwrap();
+        h.push(rcpts.to_vec());
+        Ok(format!("H{}", h.len()))
     }
 
     fn cancel(&self, _id: &str) {}
@@ -159,4 +172,33 @@ fn an_external_only_alias_needs_a_queue() {
         postoffice_smtp::Verdict::Reject(r) => assert_eq!(r.code, 451, "{r}"),
         v => panic!("{v:?}"),
     }
+}
+
+#[test]
+fn a_held_submission_holds_the_external_targets_of_local_aliases_too() {
+    let (_d, app, rec) = app();
+    let rcpts = vec![
+        "fwd@example.test".to_string(),
+        "x@remote.example".to_string(),
+    ];
+    let id = postoffice_core::submission::store_or_hold(
+        &app,
+        BOB,
+        &rcpts,
+        &Pieces::of_slice(b"Subject: held\r\n\r\nbody\r\n"),
+        Some("spam"),
+    )
+    .unwrap();
+    assert_eq!(id.as_deref(), Some("H1"));
+    let held = rec.held.lock().unwrap();
+    assert_eq!(
+        held[0],
+        [
+            "x@remote.example".to_string(),
+            "friend@remote.example".to_string()
+        ]
+    );
+    assert!(rec.queued.lock().unwrap().is_empty());
+    assert_eq!(count(&app, ALICE), 0);
+    assert_eq!(app.store.quarantine_list(ALICE).unwrap().len(), 1);
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::password::{dummy_verify, validate_hash, verify_password};
 use crate::policy::{
     DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, PolicyDefaults,
-    PolicyOverrides, Retention, UserPolicy,
+    PolicyOverrides, Retention, SendLimitOverrides, UserPolicy,
 };
 
 /// A mail domain served by this server.
@@ -38,6 +38,8 @@ pub struct User {
     pub policy: UserPolicy,
     /// Disabled users keep their mail but cannot log in.
     pub disabled: bool,
+    /// The user's own outbound sending limits.
+    pub send_limits: SendLimitOverrides,
 }
 
 impl User {
@@ -60,6 +62,7 @@ impl fmt::Debug for User {
             .field("password_hash", &"<redacted>")
             .field("policy", &self.policy)
             .field("disabled", &self.disabled)
+            .field("send_limits", &self.send_limits)
             .finish()
     }
 }
@@ -376,6 +379,7 @@ impl DirectoryData {
                     password_hash: password_hash.to_owned(),
                     policy: PolicyOverrides::default(),
                     disabled: false,
+                    send_limits: SendLimitOverrides::default(),
                 });
                 Ok(address)
             }
@@ -482,6 +486,10 @@ impl DirectoryData {
                 password_hash: u.password,
                 policy,
                 disabled: u.disabled,
+                send_limits: SendLimitOverrides {
+                    max_messages_per_hour: u.max_messages_per_hour,
+                    max_recipients_per_day: u.max_recipients_per_day,
+                },
             };
             if data.users.insert(address.clone(), user).is_some() {
                 return Err(bad(format!("user {address} is listed more than once")));
@@ -574,6 +582,8 @@ impl DirectoryData {
                     login_delay_secs: u.policy.login_delay_secs,
                     quota_bytes: u.policy.quota_bytes,
                     quota_messages: u.policy.quota_messages,
+                    max_messages_per_hour: u.send_limits.max_messages_per_hour,
+                    max_recipients_per_day: u.send_limits.max_recipients_per_day,
                     disabled: u.disabled,
                 })
                 .collect(),
@@ -704,6 +714,10 @@ struct UserRepr {
     quota_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     quota_messages: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_messages_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_recipients_per_day: Option<u32>,
     #[serde(default, skip_serializing_if = "is_false")]
     disabled: bool,
 }

@@ -23,7 +23,7 @@ use crate::alias::{Alias, AliasChange};
 use crate::data::DirectoryData;
 use crate::error::{Error, Result};
 use crate::password::validate_hash;
-use crate::policy::{DomainPolicy, UserPolicy};
+use crate::policy::{DomainPolicy, SendLimitOverrides, UserPolicy};
 
 /// File name of the directory inside the data directory.
 pub const DIRECTORY_FILE: &str = "directory.toml";
@@ -241,6 +241,18 @@ impl Directory {
     pub fn set_user_disabled(&self, address: &str, disabled: bool) -> Result<()> {
         self.mutate(|d| {
             d.user_mut(address)?.disabled = disabled;
+            Ok(())
+        })
+    }
+
+    /// Edits a user's own sending limits under the writers' lock.
+    pub fn update_user_send_limits(
+        &self,
+        address: &str,
+        edit: impl FnOnce(&mut SendLimitOverrides),
+    ) -> Result<()> {
+        self.mutate(|d| {
+            edit(&mut d.user_mut(address)?.send_limits);
             Ok(())
         })
     }

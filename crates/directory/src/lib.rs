@@ -42,7 +42,7 @@ pub use password::{
 };
 pub use policy::{
     DomainPolicy, EffectivePolicy, ExpireSummary, LoginDelaySummary, PolicyDefaults,
-    PolicyOverrides, Retention, UserPolicy,
+    PolicyOverrides, Retention, SendLimitOverrides, UserPolicy,
 };
 pub use throttle::{FailureState, LoginThrottle, ThrottleConfig, Verdict, net_key};
 

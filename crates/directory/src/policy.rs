@@ -76,6 +76,27 @@ pub struct PolicyOverrides {
 
 /// Overrides for one user.
 pub type UserPolicy = PolicyOverrides;
+
+/// A user's own outbound sending limits, overriding `[submission]
+/// max_messages_per_hour` and `max_recipients_per_day`. `None` inherits
+/// the configuration; `Some(0)` means no limit for this user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendLimitOverrides {
+    /// Messages per hour.
+    pub max_messages_per_hour: Option<u32>,
+    /// Recipients per 24 hours.
+    pub max_recipients_per_day: Option<u32>,
+}
+
+impl SendLimitOverrides {
+    /// The limits in force: the override, else the configuration's value.
+    pub fn resolve(&self, config_per_hour: u32, config_rcpts_per_day: u32) -> (u32, u32) {
+        (
+            self.max_messages_per_hour.unwrap_or(config_per_hour),
+            self.max_recipients_per_day.unwrap_or(config_rcpts_per_day),
+        )
+    }
+}
 /// Overrides for one domain.
 pub type DomainPolicy = PolicyOverrides;
 

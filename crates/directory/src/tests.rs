@@ -128,6 +128,11 @@ fn file_round_trip() {
         .unwrap();
     d.set_user_disabled("bob@example.test", true).unwrap();
     d.set_password("bob@example.test", HASH256).unwrap();
+    d.update_user_send_limits("bob@example.test", |l| {
+        l.max_messages_per_hour = Some(7);
+        l.max_recipients_per_day = Some(0);
+    })
+    .unwrap();
 
     let text = fs::read_to_string(tmp.path().join("directory.toml")).unwrap();
     assert!(
@@ -174,6 +179,16 @@ fn file_round_trip() {
         let bob = snap.user("bob@example.test").unwrap();
         assert!(bob.disabled);
         assert_eq!(bob.password_hash, HASH256);
+        assert_eq!(
+            bob.send_limits,
+            crate::SendLimitOverrides {
+                max_messages_per_hour: Some(7),
+                max_recipients_per_day: Some(0),
+            }
+        );
+        assert_eq!(bob.send_limits.resolve(100, 50), (7, 0));
+        assert_eq!(alice.send_limits, crate::SendLimitOverrides::default());
+        assert_eq!(alice.send_limits.resolve(100, 50), (100, 50));
         assert_eq!(
             snap.domain("example.test").unwrap().policy.retention_days,
             Some(Retention::Days(30))

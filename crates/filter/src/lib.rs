@@ -293,6 +293,17 @@ pub struct MessageVerdict {
     pub stage: Option<Stage>,
 }
 
+/// The result of [`Filters::check_outbound`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundVerdict {
+    /// Accept (send), Quarantine (hold), Reject (5xx) or TempFail (4xx).
+    pub action: MessageAction,
+    /// rspamd's score, when it gave one.
+    pub score: Option<f64>,
+    /// For the log line: the score and the top symbols, or what failed.
+    pub summary: String,
+}
+
 /// The verification pipeline. Build it once with [`Filters::new`] and share
 /// it; it holds a DNS resolver with a small cache.
 ///
@@ -668,6 +679,91 @@ impl Filters {
             tracing::warn!(reason = %reason, "spam check failed");
         }
         self.verdict(ctx, &ids, &outcome, scan.as_ref(), spam.as_ref())
+    }
+
+    /// Whether rspamd is configured (`filter.rspamd`).
+    pub fn has_rspamd(&self) -> bool {
+        self.rspamd.is_some()
+    }
+
+    /// An authenticated submission, scored by rspamd alone
+    /// (`filter.scan_outbound`; `ctx.auth_user` is passed to rspamd). The
+    /// same thresholds as inbound: at `spam_reject` a `550 5.7.1` that
+    /// tells the user the message was not sent; at `spam_quarantine` a
+    /// [`MessageAction::Quarantine`] (the caller holds the message); an
+    /// rspamd failure follows `rspamd_failure` (`451 4.7.1` when closed).
+    /// `None` when rspamd is not configured.
+    pub async fn check_outbound(
+        &self,
+        ctx: &MessageContext<'_>,
+        message: &Content,
+    ) -> Option<OutboundVerdict> {
+        let addr = self.rspamd.as_ref()?;
+        let env = rspamd::Envelope {
+            ip: ctx.ip,
+            helo: ctx.helo,
+            mail_from: ctx.mail_from,
+            rcpt_to: ctx.rcpt_to,
+            auth_user: ctx.auth_user,
+            hostname: ctx.receiver_hostname,
+        };
+        let outcome = rspamd::check(addr, &env, message, self.rspamd_timeout).await;
+        Some(self.outbound_verdict(&outcome))
+    }
+
+    fn outbound_verdict(&self, outcome: &SpamOutcome) -> OutboundVerdict {
+        match outcome {
+            SpamOutcome::Scored { score, symbols } => {
+                let top: Vec<&str> = symbols.iter().take(5).map(|(n, _)| n.as_str()).collect();
+                let summary = format!("spam score {score:.2} ({})", top.join(","));
+                let action = if *score >= self.spam_reject {
+                    MessageAction::Reject {
+                        reply: Reply::new(
+                            codes::MAILBOX_UNAVAILABLE,
+                            status::NOT_AUTHORIZED,
+                            format!(
+                                "Message not sent: it was classified as spam (score {score:.2}, limit {:.2}); contact your administrator if this is wrong",
+                                self.spam_reject
+                            ),
+                        ),
+                    }
+                } else if *score >= self.spam_quarantine {
+                    MessageAction::Quarantine {
+                        reason: format!("spam score {score:.2}"),
+                    }
+                } else {
+                    MessageAction::Accept
+                };
+                OutboundVerdict {
+                    action,
+                    score: Some(*score),
+                    summary,
+                }
+            }
+            SpamOutcome::Skipped(reason) => OutboundVerdict {
+                action: MessageAction::Accept,
+                score: None,
+                summary: format!("not scanned: {reason}"),
+            },
+            SpamOutcome::Failed(reason) => {
+                tracing::warn!(reason = %reason, "spam check of a submission failed");
+                let action = match self.rspamd_failure {
+                    FailMode::Closed => MessageAction::TempFail {
+                        reply: Reply::new(
+                            codes::LOCAL_ERROR,
+                            status::NOT_AUTHORIZED,
+                            "Spam scanner unavailable, try again later",
+                        ),
+                    },
+                    FailMode::Open => MessageAction::Accept,
+                };
+                OutboundVerdict {
+                    action,
+                    score: None,
+                    summary: format!("scan failed: {reason}"),
+                }
+            }
+        }
     }
 
     /// Turns the stage results into actions, headers and the summary.

@@ -835,3 +835,49 @@ fn rspamd_failure_is_451_closed_and_a_header_open() {
         open.headers
     );
 }
+
+#[test]
+fn outbound_spam_verdicts_follow_the_thresholds_and_failure_mode() {
+    let mut f = Filters::new(&all_off(), &Dns::default()).unwrap();
+    assert!(!f.has_rspamd());
+    let scored = |score: f64| SpamOutcome::Scored {
+        score,
+        symbols: vec![("GTUBE".into(), score)],
+    };
+    assert_eq!(
+        f.outbound_verdict(&scored(1.0)).action,
+        MessageAction::Accept
+    );
+    let held = f.outbound_verdict(&scored(12.0));
+    assert_eq!(
+        held.action,
+        MessageAction::Quarantine {
+            reason: "spam score 12.00".into()
+        }
+    );
+    assert_eq!(held.score, Some(12.0));
+    assert!(held.summary.contains("GTUBE"), "{}", held.summary);
+    match f.outbound_verdict(&scored(15.0)).action {
+        MessageAction::Reject { reply } => {
+            assert!(
+                reply.to_string().starts_with(
+                    "550 5.7.1 Message not sent: it was classified as spam (score 15.00"
+                ),
+                "{reply}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let failed = SpamOutcome::Failed("cannot connect".into());
+    assert!(matches!(
+        f.outbound_verdict(&failed).action,
+        MessageAction::TempFail { .. }
+    ));
+    f.rspamd_failure = FailMode::Open;
+    assert_eq!(f.outbound_verdict(&failed).action, MessageAction::Accept);
+    assert_eq!(
+        f.outbound_verdict(&SpamOutcome::Skipped("too large".into()))
+            .action,
+        MessageAction::Accept
+    );
+}

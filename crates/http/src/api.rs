@@ -158,6 +158,12 @@ pub struct PolicyBody {
     quota_messages: Option<Value>,
     #[serde(default)]
     disabled: Option<bool>,
+    /// Users only: their own sending limits (a number, 0 = none, or
+    /// `null`/`"inherit"`).
+    #[serde(default, with = "keep_or_value")]
+    max_messages_per_hour: Option<Value>,
+    #[serde(default, with = "keep_or_value")]
+    max_recipients_per_day: Option<Value>,
 }
 
 /// Absent is `None` (keep), present (even `null`) is `Some`.
@@ -183,6 +189,14 @@ fn text_of(v: &Option<Value>) -> Result<Option<String>, WebError> {
 }
 
 impl PolicyBody {
+    fn send_limits(&self) -> Result<admin::SendLimitChange, WebError> {
+        let (h, d) = (
+            text_of(&self.max_messages_per_hour)?,
+            text_of(&self.max_recipients_per_day)?,
+        );
+        Ok(admin::SendLimitChange::parse(h.as_deref(), d.as_deref())?)
+    }
+
     fn change(&self) -> Result<PolicyChange, WebError> {
         let (r, l, qb, qm) = (
             text_of(&self.retention_days)?,
@@ -249,6 +263,9 @@ pub async fn domain_policy(
 ) -> ApiResult {
     if b.disabled.is_some() {
         return Err(WebError::BadRequest("a domain cannot be disabled".into()).into());
+    }
+    if !b.send_limits()?.is_empty() {
+        return Err(WebError::BadRequest("sending limits are set per user".into()).into());
     }
     let change = b.change()?;
     let app = web.app().clone();
@@ -323,6 +340,7 @@ struct UserJson {
     overrides: Value,
     /// Aliases, catch-alls, domain aliases... that reach the mailbox.
     address_rules: Vec<String>,
+    send_limits: Value,
 }
 
 fn user_json(info: admin::UserInfo) -> UserJson {
@@ -341,6 +359,14 @@ fn user_json(info: admin::UserInfo) -> UserJson {
         }),
         overrides: overrides_json(&info.overrides),
         address_rules: info.address_rules,
+        send_limits: json!({
+            "max_messages_per_hour": info.send_limits.0,
+            "max_recipients_per_day": info.send_limits.1,
+            "overrides": {
+                "max_messages_per_hour": info.send_limit_overrides.max_messages_per_hour,
+                "max_recipients_per_day": info.send_limit_overrides.max_recipients_per_day,
+            },
+        }),
     }
 }
 
@@ -410,10 +436,17 @@ pub async fn user_policy(
     Json(b): Json<PolicyBody>,
 ) -> ApiResult {
     let change = b.change()?;
+    let limits = b.send_limits()?;
     let disabled = b.disabled;
     let app = web.app().clone();
     let info = blocking(move || {
-        let address = admin::set_user(&app.directory, &address, &change, disabled)?;
+        let mut address = address;
+        if limits.is_empty() || !change.is_empty() || disabled.is_some() {
+            address = admin::set_user(&app.directory, &address, &change, disabled)?;
+        }
+        if !limits.is_empty() {
+            address = admin::set_user_send_limits(&app.directory, &address, &limits)?;
+        }
         admin::user_info(&app.config, &app.directory, &*app.store, &address)
     })
     .await?;
@@ -430,6 +463,7 @@ fn entry_json(e: &postoffice_queue::EntrySummary) -> Value {
         "next_attempt": e.next_attempt,
         "last_error": e.last_error,
         "delay_warned": e.delay_warned,
+        "held": e.held,
         "recipients": e.rcpts.iter().map(|r| json!({
             "address": r.address,
             "state": r.state.to_string(),
@@ -472,6 +506,20 @@ pub async fn queue_retry(
     let i = id.clone();
     blocking(move || q.retry(&i)).await?;
     ok(json!({ "retry": id }))
+}
+
+/// `POST /api/admin/queue/{id}/release`: send an entry held by
+/// `scan_outbound` (409 when it is not held).
+pub async fn queue_release(
+    s: AdminSession,
+    State(web): State<Web>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let q = web.queue().clone();
+    let i = id.clone();
+    blocking(move || q.release(&i)).await?;
+    tracing::info!(admin = %s.session.name, id = %id, "api: held queue entry released");
+    ok(json!({ "released": id }))
 }
 
 /// `DELETE /api/admin/queue/{id}`.

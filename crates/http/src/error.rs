@@ -156,6 +156,7 @@ impl From<QueueError> for WebError {
     fn from(e: QueueError) -> WebError {
         match e {
             QueueError::NotFound(_) | QueueError::InvalidId(_) => WebError::NotFound,
+            e @ QueueError::NotHeld(_) => WebError::Conflict(e.to_string()),
             e => WebError::Internal(e.to_string()),
         }
     }

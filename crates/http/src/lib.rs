@@ -234,6 +234,7 @@ fn router(web: Web) -> Router {
             get(api::queue_entry).delete(api::queue_delete),
         )
         .route("/api/admin/queue/{id}/retry", post(api::queue_retry))
+        .route("/api/admin/queue/{id}/release", post(api::queue_release))
         .route("/api/admin/quarantine", get(api::quarantine))
         .route(
             "/api/admin/quarantine/{address}/{uid}",
@@ -311,6 +312,10 @@ fn router(web: Web) -> Router {
         .route("/admin/queue/flush", post(pages::admin::queue_flush))
         .route("/admin/queue/{id}", get(pages::admin::queue_entry))
         .route("/admin/queue/{id}/retry", post(pages::admin::queue_retry))
+        .route(
+            "/admin/queue/{id}/release",
+            post(pages::admin::queue_release),
+        )
         .route("/admin/queue/{id}/delete", post(pages::admin::queue_delete))
         .route("/admin/quarantine", get(pages::admin::quarantine))
         .route(

@@ -155,6 +155,8 @@ enum QueueCmd {
     Delete { id: String },
     /// Try every entry again now.
     Flush,
+    /// Send an entry that is held (by `[filter] scan_outbound`).
+    Release { id: String },
 }
 
 /// sendmail-compatible options (the common subset; others are refused).
@@ -330,6 +332,14 @@ enum UserCmd {
         /// Disable (true) or enable (false) logins.
         #[arg(long)]
         disabled: Option<bool>,
+        /// Messages per hour this user may submit (0 = no limit), or
+        /// "inherit" ([submission] max_messages_per_hour).
+        #[arg(long, value_name = "N")]
+        max_messages_per_hour: Option<String>,
+        /// Recipients per 24 hours this user may send to (0 = no limit), or
+        /// "inherit" ([submission] max_recipients_per_day).
+        #[arg(long, value_name = "N")]
+        max_recipients_per_day: Option<String>,
     },
     /// Import users from a Dovecot passwd-file
     /// (`user@domain:{SHA512-CRYPT}$6$...`). Missing domains are added.
@@ -1115,13 +1125,48 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             for rule in &u.address_rules {
                 println!("address rule:   {rule}");
             }
+            let limit = |n: u32, own: Option<u32>| {
+                let n = if n == 0 {
+                    "unlimited".to_string()
+                } else {
+                    n.to_string()
+                };
+                if own.is_some() {
+                    format!("{n} (user setting)")
+                } else {
+                    n
+                }
+            };
+            let (per_hour, per_day) = u.send_limits;
+            let own = u.send_limit_overrides;
+            println!(
+                "messages/hour:  {}",
+                limit(per_hour, own.max_messages_per_hour)
+            );
+            println!(
+                "recipients/day: {}",
+                limit(per_day, own.max_recipients_per_day)
+            );
         }
         UserCmd::Set {
             address,
             policy,
             disabled,
+            max_messages_per_hour,
+            max_recipients_per_day,
         } => {
-            let address = admin::set_user(&dir, &address, &policy.change()?, disabled)?;
+            let limits = admin::SendLimitChange::parse(
+                max_messages_per_hour.as_deref(),
+                max_recipients_per_day.as_deref(),
+            )?;
+            let change = policy.change()?;
+            let mut address = address;
+            if limits.is_empty() || !change.is_empty() || disabled.is_some() {
+                address = admin::set_user(&dir, &address, &change, disabled)?;
+            }
+            if !limits.is_empty() {
+                address = admin::set_user_send_limits(&dir, &address, &limits)?;
+            }
             println!("updated user {address}");
         }
         UserCmd::Import { dovecot_passwd } => {
@@ -1186,6 +1231,7 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> Result<ExitCode> {
         QueueCmd::Retry { id } => cli::cli_retry(&queue, &id)?,
         QueueCmd::Delete { id } => cli::cli_delete(&queue, &id)?,
         QueueCmd::Flush => cli::cli_flush(&queue)?,
+        QueueCmd::Release { id } => cli::cli_release(&queue, &id)?,
     };
     print!("{out}");
     if !out.ends_with('\n') && !out.is_empty() {

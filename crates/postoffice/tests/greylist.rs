@@ -69,3 +69,49 @@ fn allow_listed_client_is_never_greylisted() {
     let (code, text) = rcpt(&server, "alice@example.test");
     assert_eq!(code, 250, "{text}");
 }
+
+/// A real client, swaks: its first attempt is greylisted (451 4.7.1); run
+/// again as an MTA's retry would be, it gets through once the delay has
+/// passed, and the message is delivered.
+#[test]
+fn swaks_is_greylisted_then_gets_through_on_a_retry_after_the_delay() {
+    let swaks = common::program("swaks", "swaks");
+    let env = env_with("greylist_delay_secs = 2\n");
+    let server = env.start();
+    let addr = server.smtp_addr();
+    let run = || {
+        let out = std::process::Command::new(&swaks)
+            .args(["--server", &addr.ip().to_string()])
+            .args(["--port", &addr.port().to_string()])
+            .args(["--from", "bob@example.net", "--to", "alice@example.test"])
+            .args(["--helo", "mx.example.net", "--timeout", "20"])
+            .args(["--header", "Subject: greylisted hello"])
+            .args(["--body", "Hello Alice"])
+            .output()
+            .expect("run swaks");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, first) = run();
+    assert!(!ok, "{first}");
+    assert!(
+        first.contains("<** 451 4.7.1 Greylisted, please try again in "),
+        "{first}"
+    );
+    let last = wait_for(
+        Duration::from_secs(60),
+        "a swaks retry to get through",
+        || {
+            let (ok, out) = run();
+            ok.then_some(out)
+        },
+    );
+    assert!(last.contains("<-  250 "), "{last}");
+    let mut c = server.login_when_free("alice@example.test", "pw-alice");
+    let got = c.retr_all();
+    c.cmd("QUIT");
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0]).contains("Subject: greylisted hello"));
+}

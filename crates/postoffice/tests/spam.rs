@@ -252,3 +252,177 @@ fn unreachable_rspamd_fails_open_with_a_header() {
     );
     assert!(!stored[0].contains("forged"));
 }
+
+// ------------------------------------------------ outbound (scan_outbound)
+
+/// What an HTTP GET of /metrics says a series is (0 when absent).
+fn metric(server: &Server, series: &str) -> f64 {
+    let r = common::HttpClient::new(server.http_addr()).get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A remote MX for example.net: another postoffice with carol's maildrop.
+fn remote_sink() -> (Env, Server) {
+    let env = Env::new(
+        BIN,
+        "[filter]\nspf = \"off\"\ndkim = \"off\"\ndmarc = \"off\"\n",
+    );
+    env.add_user("carol@example.net", "pw-carol");
+    let server = env.start();
+    (env, server)
+}
+
+/// A postoffice whose users' mail goes to `sink` (its relayhost), with
+/// rspamd scanning submissions.
+fn sender_with(rspamd: SocketAddr, sink: &Server, thresholds: &str) -> (Env, Server) {
+    let env = Env::new(
+        BIN,
+        &format!(
+            "queue.relayhost = \"{}\"\n[filter]\nspf = \"off\"\ndkim = \"off\"\ndmarc = \"off\"\n\
+             rspamd = \"{rspamd}\"\nrspamd_timeout_secs = 20\nscan_outbound = true\n{thresholds}",
+            sink.smtp_addr()
+        ),
+    );
+    env.add_user("alice@example.test", "pw-alice");
+    let server = env.start();
+    (env, server)
+}
+
+/// alice submits `body` to carol@example.net (AUTH PLAIN on loopback).
+fn submit(server: &Server, body: &str) -> (u16, String) {
+    let mut c: Client<TcpStream> = smtp_connect(server.submit_addr());
+    let auth = common::base64(b"\0alice@example.test\0pw-alice");
+    let (code, text) = cmd(&mut c, &format!("AUTH PLAIN {auth}"));
+    assert_eq!(code, 235, "{text}");
+    let (code, text) = cmd(&mut c, "MAIL FROM:<alice@example.test>");
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = cmd(&mut c, "RCPT TO:<carol@example.net>");
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = cmd(&mut c, "DATA");
+    assert_eq!(code, 354, "{text}");
+    c.send_raw(body.as_bytes());
+    c.send_raw(b".\r\n");
+    let out = reply(&mut c);
+    cmd(&mut c, "QUIT");
+    out
+}
+
+fn outgoing(subject: &str, body: &str) -> String {
+    format!(
+        "From: Alice <alice@example.test>\r\nTo: carol@example.net\r\nSubject: {subject}\r\n\
+         Date: Sat, 05 Dec 2026 03:00:00 +0000\r\n\r\n{body}\r\n"
+    )
+}
+
+/// carol's messages at the remote sink.
+fn at_sink(sink: &Server) -> Vec<String> {
+    let mut c = sink.login_when_free("carol@example.net", "pw-carol");
+    let out = c.retr_all();
+    c.cmd("QUIT");
+    out.into_iter()
+        .map(|m| String::from_utf8_lossy(&m).into_owned())
+        .collect()
+}
+
+/// `scan_outbound`: GTUBE from an authenticated user is refused at
+/// `spam_reject` (550 5.7.1, nothing queued) or, between the thresholds,
+/// held in the queue and not delivered to the remote MX, while a clean
+/// message is; `queue release` then sends the held one.
+#[test]
+fn outbound_spam_is_refused_or_held_and_clean_mail_is_delivered() {
+    let Some(bin) = rspamd_binary() else { return };
+    let rspamd = Rspamd::start(&bin);
+    let (_sink_env, sink) = remote_sink();
+
+    // Default thresholds: GTUBE (15) is refused, nothing is queued.
+    let (strict_env, strict) = sender_with(rspamd.addr, &sink, "");
+    let (code, text) = submit(&strict, &outgoing("offer", GTUBE));
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.starts_with("550 5.7.1 Message not sent: it was classified as spam"),
+        "{text}"
+    );
+    assert!(strict_env.queued_files().is_empty());
+    assert_eq!(
+        metric(
+            &strict,
+            "postoffice_smtp_rejections_total{service=\"submission\",reason=\"outbound_spam\"}"
+        ),
+        1.0
+    );
+
+    // Between the thresholds: held in the queue.
+    let (env, server) = sender_with(
+        rspamd.addr,
+        &sink,
+        "spam_quarantine = 10.0\nspam_reject = 20.0\n",
+    );
+    let (code, text) = submit(&server, &outgoing("offer", GTUBE));
+    assert_eq!(code, 250, "{text}");
+    let held_id = text
+        .split("queued as ")
+        .nth(1)
+        .expect("a queue id")
+        .trim()
+        .to_string();
+    let list = env.cli(&["queue", "list"]).ok().stdout;
+    assert!(
+        list.contains(&format!(
+            "HELD: spam score 15.00 (postoffice queue release {held_id})"
+        )),
+        "{list}"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "postoffice_smtp_transactions_total{service=\"submission\",outcome=\"held\"}"
+        ),
+        1.0
+    );
+
+    assert!(
+        common::poll_until(Duration::from_secs(30), || metric(
+            &server,
+            "postoffice_queue_recipients{state=\"held\"}"
+        ) == 1.0),
+        "the held recipient is counted"
+    );
+
+    // A clean message goes out; the held one, queued before it, does not.
+    let (code, text) = submit(&server, &outgoing("lunch", "Lunch tomorrow, Carol?"));
+    assert_eq!(code, 250, "{text}");
+    let delivered = common::wait_for(
+        Duration::from_secs(60),
+        "the clean message at the sink",
+        || {
+            let m = at_sink(&sink);
+            (!m.is_empty()).then_some(m)
+        },
+    );
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(delivered[0].contains("Subject: lunch"), "{}", delivered[0]);
+    assert!(!delivered[0].contains("GTUBE"));
+    // The clean one is gone from the queue, the held one is still there.
+    let list = env.cli(&["queue", "list"]).ok().stdout;
+    assert!(
+        list.contains(&held_id) && list.contains("1 entry"),
+        "{list}"
+    );
+
+    // Released by the administrator: it is sent.
+    let out = env.cli(&["queue", "release", &held_id]).ok().stdout;
+    assert!(out.contains("released"), "{out}");
+    let delivered = common::wait_for(
+        Duration::from_secs(60),
+        "the released message at the sink",
+        || {
+            let m = at_sink(&sink);
+            (m.len() == 2).then_some(m)
+        },
+    );
+    assert!(delivered[1].contains("GTUBE"), "{}", delivered[1]);
+}

@@ -332,3 +332,100 @@ fn sending_limit_refuses_the_next_message_of_that_user_only() {
     assert_eq!(code, 250, "{text}");
     assert_eq!(pop_all(&server, "bob@example.test", "pw-bob").len(), 2);
 }
+
+/// `user set --max-messages-per-hour 1` overrides the config's limit for
+/// alice only: her second message in the hour gets 451 4.7.0 while bob,
+/// under the config's 5, sends on; `user info` shows both. With
+/// `disable_after_limit_hits = 2` her second refusal disables the account
+/// (the directory's disable): her next login is refused, and so is a
+/// further message in the session that was still open.
+#[test]
+fn per_user_limit_and_automatic_disable_after_repeated_hits() {
+    let env = common::Env::new(
+        BIN,
+        "submission.max_messages_per_hour = 5\nsubmission.disable_after_limit_hits = 2\n",
+    );
+    env.add_user("alice@example.test", "pw-alice");
+    env.add_user("bob@example.test", "pw-bob");
+    env.cli(&[
+        "user",
+        "set",
+        "alice@example.test",
+        "--max-messages-per-hour",
+        "1",
+    ])
+    .ok();
+    let info = env.cli(&["user", "info", "alice@example.test"]).ok().stdout;
+    assert!(info.contains("messages/hour:  1 (user setting)"), "{info}");
+    assert!(info.contains("recipients/day: unlimited"), "{info}");
+    let info = env.cli(&["user", "info", "bob@example.test"]).ok().stdout;
+    assert!(info.contains("messages/hour:  5\n"), "{info}");
+    let server = env.start();
+
+    let to_bob = "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: n\r\n\r\nhi\r\n";
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", to_bob);
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", to_bob);
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.starts_with("451 4.7.0 Sending limit reached"),
+        "{text}"
+    );
+    assert!(!text.contains("disabled"), "first hit: {text}");
+
+    // Bob is not limited by alice's setting.
+    let mut b = connect(&server);
+    assert_eq!(login(&mut b, "bob@example.test", "pw-bob").0, 235);
+    let to_alice = "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: n\r\n\r\nhi\r\n";
+    for _ in 0..2 {
+        let (code, text) = send(&mut b, "bob@example.test", "alice@example.test", to_alice);
+        assert_eq!(code, 250, "{text}");
+    }
+
+    // The second hit disables alice.
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", to_bob);
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("account disabled"), "{text}");
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", to_bob);
+    assert!(
+        text.starts_with("550 5.7.1 Account alice@example.test is disabled"),
+        "{code} {text}"
+    );
+    let mut again = connect(&server);
+    let (code, text) = login(&mut again, "alice@example.test", "pw-alice");
+    assert_eq!(code, 535, "{text}");
+    let info = env.cli(&["user", "info", "alice@example.test"]).ok().stdout;
+    assert!(info.contains("disabled:       true"), "{info}");
+    assert!(
+        env.log_contents().contains("ACCOUNT DISABLED"),
+        "logged loudly"
+    );
+    // Bob still sends.
+    let (code, text) = send(&mut b, "bob@example.test", "alice@example.test", to_alice);
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(pop_all(&server, "bob@example.test", "pw-bob").len(), 1);
+}
+
+/// The counts survive a restart (saved at shutdown): after one message
+/// and a restart, alice's second message in the hour is still refused.
+#[test]
+fn sending_limit_counts_survive_a_restart() {
+    let (env, mut server) = setup("submission.max_messages_per_hour = 1\n");
+    let body = "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: n\r\n\r\nhi\r\n";
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", body);
+    assert_eq!(code, 250, "{text}");
+    drop(c);
+    assert!(server.terminate().success());
+    assert!(env.data_dir().join("send_limits.txt").exists());
+
+    let server = env.start();
+    let mut c = connect(&server);
+    assert_eq!(login(&mut c, "alice@example.test", "pw-alice").0, 235);
+    let (code, text) = send(&mut c, "alice@example.test", "bob@example.test", body);
+    assert_eq!(code, 451, "{text}");
+    assert!(text.starts_with("451 4.7.0"), "{text}");
+}

@@ -392,8 +392,23 @@ fn api_for_administrators_and_users() {
         serde_json::json!({"quota_bytes": "lots"}),
     );
     assert_eq!(s, 400);
+    // The user's own sending limits.
+    let (s, v) = post(
+        &mut admin,
+        "/api/admin/users/alice@example.test/policy",
+        serde_json::json!({"max_messages_per_hour": 7}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["send_limits"]["max_messages_per_hour"], 7, "{v}");
+    assert_eq!(
+        v["send_limits"]["overrides"]["max_recipients_per_day"],
+        Value::Null,
+        "{v}"
+    );
+    assert_eq!(v["policy"]["quota_bytes"], 1_000_000, "the policy is kept");
     // The CLI sees the same directory.
     let info = env.cli(&["user", "info", "alice@example.test"]).ok().stdout;
+    assert!(info.contains("messages/hour:  7 (user setting)"), "{info}");
     assert!(info.contains("quota bytes:    1000000"), "{info}");
     assert!(info.contains("quota messages: 500"), "{info}");
     let list = json(&admin.get("/api/admin/users"));

@@ -86,6 +86,13 @@ pub fn format_list(entries: &[EntrySummary], now: u64) -> String {
             human_age(now.saturating_sub(e.created_at)),
             sender(&e.mail_from)
         ));
+        if let Some(reason) = &e.held {
+            out.push_str(&format!(
+                "    HELD: {} (postoffice queue release {})\n",
+                shown(reason),
+                shown(&e.id)
+            ));
+        }
         for r in &e.rcpts {
             if r.state == RcptState::Pending {
                 pending += 1;
@@ -121,6 +128,12 @@ pub fn format_detail(d: &EntryDetail, now: u64) -> String {
         human_age(now.saturating_sub(e.created_at)),
         if e.delay_warned { "yes" } else { "no" },
     );
+    if let Some(reason) = &e.held {
+        out.push_str(&format!(
+            "Held: {} (not sent until released)\n",
+            shown(reason)
+        ));
+    }
     for r in &e.rcpts {
         out.push_str(&rcpt_line(r, now));
         out.push('\n');
@@ -163,6 +176,15 @@ pub fn cli_retry(queue: &Queue, id: &str) -> Result<String, QueueError> {
 pub fn cli_delete(queue: &Queue, id: &str) -> Result<String, QueueError> {
     queue.delete(id)?;
     Ok(format!("{id}: deleted (no bounce sent)\n"))
+}
+
+/// `postoffice queue release ID`.
+pub fn cli_release(queue: &Queue, id: &str) -> Result<String, QueueError> {
+    queue.release(id)?;
+    Ok(format!(
+        "{id}: released, scheduled for delivery now (a running server picks it up within {} seconds)\n",
+        crate::scheduler::RESCAN.as_secs()
+    ))
 }
 
 /// `postoffice queue flush`.

@@ -191,6 +191,9 @@ pub enum QueueError {
     /// `enqueue` without recipients.
     #[error("a message needs at least one recipient")]
     NoRecipients,
+    /// `release` of an entry that is not held.
+    #[error("queue entry {0} is not held")]
+    NotHeld(String),
 }
 
 /// Submission hands mail for other domains to the queue through the
@@ -203,6 +206,18 @@ impl postoffice_core::Outbound for Queue {
         message: &postoffice_common::content::Pieces<'_>,
     ) -> Result<String, postoffice_core::OutboundError> {
         Queue::enqueue(self, mail_from, rcpts, &mut message.reader())
+            .map(|id| id.to_string())
+            .map_err(|e| postoffice_core::OutboundError(Box::new(e)))
+    }
+
+    fn hold(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &postoffice_common::content::Pieces<'_>,
+        reason: &str,
+    ) -> Result<String, postoffice_core::OutboundError> {
+        Queue::enqueue_held(self, mail_from, rcpts, &mut message.reader(), reason)
             .map(|id| id.to_string())
             .map_err(|e| postoffice_core::OutboundError(Box::new(e)))
     }
@@ -286,6 +301,8 @@ pub struct EntrySummary {
     pub last_error: Option<String>,
     /// The delay warning was sent.
     pub delay_warned: bool,
+    /// Held until released, and why (see [`Queue::release`]).
+    pub held: Option<String>,
     /// Every recipient, in the order given at enqueue.
     pub rcpts: Vec<RcptSummary>,
 }
@@ -316,6 +333,7 @@ fn summarize(env: &SpoolEnvelope, now: u64) -> EntrySummary {
         next_attempt,
         last_error,
         delay_warned: env.delay_warned,
+        held: env.held.clone(),
         rcpts: env
             .rcpts
             .iter()
@@ -406,6 +424,30 @@ impl Queue {
         rcpts: &[String],
         message: &mut dyn std::io::Read,
     ) -> Result<QueueId, QueueError> {
+        self.enqueue_with(mail_from, rcpts, message, None)
+    }
+
+    /// Like [`Queue::enqueue`], but the entry is held: listed, never sent
+    /// (nor expired or bounced) until [`Queue::release`]. `reason` says why
+    /// (shown by `queue list` and `queue show`).
+    pub fn enqueue_held(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &mut dyn std::io::Read,
+        reason: &str,
+    ) -> Result<QueueId, QueueError> {
+        let reason = postoffice_common::text::printable(reason, 200);
+        self.enqueue_with(mail_from, rcpts, message, Some(reason))
+    }
+
+    fn enqueue_with(
+        &self,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &mut dyn std::io::Read,
+        held: Option<String>,
+    ) -> Result<QueueId, QueueError> {
         if !mail_from.is_empty() && !valid_address(mail_from) {
             return Err(QueueError::InvalidAddress(mail_from.to_string()));
         }
@@ -431,6 +473,7 @@ impl Queue {
             size: 0,
             delay_warned: false,
             eight_bit: None,
+            held: held.clone(),
             rcpts: list
                 .into_iter()
                 .map(|address| Rcpt {
@@ -448,8 +491,13 @@ impl Queue {
                 .collect(),
         };
         self.spool.create(&mut env, message)?;
-        tracing::info!(id, from = %format!("<{mail_from}>"), nrcpt = env.rcpts.len(),
-            size = env.size, "queued");
+        match &held {
+            None => tracing::info!(id, from = %format!("<{mail_from}>"), nrcpt = env.rcpts.len(),
+                size = env.size, "queued"),
+            Some(reason) => tracing::warn!(id, from = %format!("<{mail_from}>"),
+                nrcpt = env.rcpts.len(), size = env.size, %reason,
+                "queued and held (release with `postoffice queue release`)"),
+        }
         self.wake();
         Ok(QueueId(id))
     }
@@ -516,6 +564,33 @@ impl Queue {
         }
         self.wake();
         Ok(n)
+    }
+
+    /// Release a held entry: it is sent now. Its age starts again, so a
+    /// long hold does not make it expire at once. Releasing an entry that
+    /// is not held is an error ([`QueueError::NotHeld`]).
+    pub fn release(&self, id: &str) -> Result<(), QueueError> {
+        let id = Self::checked(id)?;
+        let now = unix_now();
+        let was_held = self
+            .spool
+            .update(id, |env| {
+                let held = env.held.take();
+                if held.is_some() {
+                    env.created_at = now;
+                    make_due(env, now);
+                }
+                held
+            })?
+            .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        match was_held {
+            Some(reason) => {
+                tracing::info!(id, %reason, "held queue entry released by request");
+                self.wake();
+                Ok(())
+            }
+            None => Err(QueueError::NotHeld(id.to_string())),
+        }
     }
 
     /// Remove an entry without bouncing it.
@@ -592,6 +667,41 @@ mod tests {
         q.delete(&id).unwrap();
         assert!(matches!(q.delete(&id), Err(QueueError::NotFound(_))));
         assert!(q.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_held_entry_is_listed_never_due_and_sent_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), &cfg()).unwrap();
+        let msg = b"From: a@src.test\r\nSubject: buy\r\n\r\nbody\r\n";
+        let id = q
+            .enqueue_held(
+                "a@src.test",
+                &["b@dest.test".into()],
+                &mut &msg[..],
+                "spam score 15.00\r\n",
+            )
+            .unwrap();
+        let e = &q.list().unwrap()[0];
+        assert_eq!(e.held.as_deref(), Some("spam score 15.00"));
+        let env = q.spool().read_env(&id).unwrap().unwrap();
+        assert_eq!(env.next_due(0), None, "never due while held");
+        let listed = crate::cli::format_list(&q.list().unwrap(), unix_now());
+        assert!(
+            listed.contains(&format!(
+                "HELD: spam score 15.00 (postoffice queue release {id})"
+            )),
+            "{listed}"
+        );
+        // flush does not send it.
+        q.flush().unwrap();
+        assert_eq!(q.spool().read_env(&id).unwrap().unwrap().next_due(0), None);
+        q.release(&id).unwrap();
+        let env = q.spool().read_env(&id).unwrap().unwrap();
+        assert!(env.held.is_none());
+        assert!(env.next_due(0).is_some_and(|t| t <= unix_now()));
+        assert!(matches!(q.release(&id), Err(QueueError::NotHeld(_))));
+        assert!(matches!(q.release("NOPE"), Err(QueueError::NotFound(_))));
     }
 
     #[test]

@@ -228,12 +228,13 @@ fn scan(queue: &Queue, mut cache: ScanCache) -> Result<ScanCache, QueueError> {
 
 /// The queue's size, as the last scan read it, into the gauges.
 fn publish_size(m: &Metrics, cache: &ScanCache, now: u64) {
-    let (mut pending, mut delivered, mut failed) = (0, 0, 0);
+    let (mut pending, mut held, mut delivered, mut failed) = (0, 0, 0, 0);
     let mut oldest = now;
     for (_, env) in cache.values() {
         oldest = oldest.min(env.created_at);
         for r in &env.rcpts {
             match r.state {
+                RcptState::Pending if env.held.is_some() => held += 1,
                 RcptState::Pending => pending += 1,
                 RcptState::Delivered => delivered += 1,
                 RcptState::Failed => failed += 1,
@@ -242,6 +243,7 @@ fn publish_size(m: &Metrics, cache: &ScanCache, now: u64) {
     }
     m.queue_entries.set([], cache.len() as i64);
     m.queue_recipients.set(["pending"], pending);
+    m.queue_recipients.set(["held"], held);
     m.queue_recipients.set(["delivered"], delivered);
     m.queue_recipients.set(["failed"], failed);
     m.queue_oldest_seconds

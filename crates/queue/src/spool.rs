@@ -130,6 +130,11 @@ pub(crate) struct SpoolEnvelope {
     /// the file is scanned when it is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eight_bit: Option<bool>,
+    /// Held: not sent until released (`postoffice queue release`); why
+    /// (e.g. the spam score of `filter.scan_outbound`). A held entry is
+    /// never due, so it neither expires nor bounces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     #[serde(rename = "rcpt")]
     pub rcpts: Vec<Rcpt>,
 }
@@ -150,6 +155,9 @@ impl SpoolEnvelope {
     pub(crate) fn next_due(&self, delay_warning_secs: u64) -> Option<u64> {
         if self.is_complete() {
             return Some(0);
+        }
+        if self.held.is_some() {
+            return None;
         }
         let mut due: Option<u64> = None;
         let mut pending = false;
@@ -576,6 +584,7 @@ mod tests {
             size: 5,
             delay_warned: false,
             eight_bit: None,
+            held: None,
             rcpts: vec![
                 Rcpt {
                     address: "bob@dest.test".into(),
@@ -627,6 +636,10 @@ mod tests {
     fn next_due_and_completion() {
         let mut e = env("A1");
         assert_eq!(e.next_due(0), Some(1_700_000_900));
+        e.held = Some("spam score 15.00".into());
+        assert_eq!(e.next_due(0), None, "a held entry is never due");
+        assert_eq!(SpoolEnvelope::from_toml(&e.to_toml()).unwrap(), e);
+        e.held = None;
         // The delay warning comes earlier.
         assert_eq!(e.next_due(600), Some(1_700_000_600));
         e.delay_warned = true;

@@ -275,6 +275,9 @@ impl Server {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        if let Err(e) = self.shared.app.send_limits.save() {
+            warn!(error = %e, "cannot save the sending-limit counts");
+        }
         info!(counters = %self.shared.app.metrics.summary(), "stopped");
         Ok(())
     }

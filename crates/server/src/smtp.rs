@@ -167,6 +167,19 @@ pub async fn serve_connection(
     } else {
         if submission {
             conn.session.greeting(&mut conn.out);
+        } else if let Err(reply) = shared.app.rate_limits.connection(peer.ip()) {
+            // 421: the reply instead of the greeting, then close (RFC 5321
+            // 3.8); the client retries later.
+            let m = &shared.app.metrics;
+            m.connections_refused
+                .inc([metrics::protocol::SMTP, metrics::reason::RATE_LIMIT]);
+            m.smtp_rejections.inc(["mx", metrics::reason::RATE_LIMIT]);
+            info!(ip = %peer.ip(), %reply, "smtp connection refused: rate limit");
+            let mut tcp = tcp;
+            reply.write_to(&mut conn.out);
+            let _ = tokio::time::timeout(timeout, flush(&mut tcp, &mut conn.out)).await;
+            let _ = tcp.shutdown().await;
+            return;
         } else {
             match shared.app.filters.check_connect(peer.ip()).await {
                 ConnectVerdict::Accept { tags } => {
@@ -273,9 +286,19 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Action::CheckSender { address } => {
                     let v = match conn.mode {
-                        Mode::Mx => match app.filters.check_sender(&address) {
-                            SenderVerdict::Accept => Verdict::Accept,
-                            SenderVerdict::Reject { reply } => {
+                        Mode::Mx => match app
+                            .rate_limits
+                            .message(conn.peer.ip())
+                            .map(|()| app.filters.check_sender(&address))
+                        {
+                            Err(reply) => {
+                                app.metrics
+                                    .smtp_rejections
+                                    .inc(["mx", metrics::reason::RATE_LIMIT]);
+                                Verdict::Reject(reply)
+                            }
+                            Ok(SenderVerdict::Accept) => Verdict::Accept,
+                            Ok(SenderVerdict::Reject { reply }) => {
                                 app.metrics
                                     .smtp_rejections
                                     .inc(["mx", metrics::reason::SENDER_BLOCK]);

@@ -140,9 +140,26 @@ pub(crate) struct PolicyForm {
     /// Users only: "enabled" or "disabled".
     #[serde(default)]
     state: Option<String>,
+    /// Users only: their own sending limits (blank: inherit).
+    #[serde(default)]
+    max_messages_per_hour: Option<String>,
+    #[serde(default)]
+    max_recipients_per_day: Option<String>,
 }
 
 impl PolicyForm {
+    /// The user's sending limits; a field the form did not send is kept.
+    fn send_limits(&self) -> Result<admin::SendLimitChange, PageError> {
+        fn blank_inherits(v: &Option<String>) -> Option<&str> {
+            v.as_deref()
+                .map(|v| if v.trim().is_empty() { "inherit" } else { v })
+        }
+        Ok(admin::SendLimitChange::parse(
+            blank_inherits(&self.max_messages_per_hour),
+            blank_inherits(&self.max_recipients_per_day),
+        )?)
+    }
+
     fn change(&self) -> Result<PolicyChange, PageError> {
         fn or_inherit(s: &str) -> &str {
             if s.trim().is_empty() { "inherit" } else { s }
@@ -366,6 +383,9 @@ pub(crate) async fn user(
             p { "Retention: " (p.retention_days.map_or("never".to_string(), |d| format!("{d} days")))
                 " · Login delay: " (p.login_delay_secs) " s"
                 " · Quarantined: " (info.quarantined) }
+            p #send-limits { "Sending limits: "
+                (if info.send_limits.0 == 0 { "unlimited".to_string() } else { info.send_limits.0.to_string() }) " messages/hour · "
+                (if info.send_limits.1 == 0 { "unlimited".to_string() } else { info.send_limits.1.to_string() }) " recipients/day" }
             p.muted { "Mailbox: " (info.mailbox) }
             @if !info.address_rules.is_empty() {
                 p { "Also receives:" }
@@ -376,6 +396,8 @@ pub(crate) async fn user(
         form.box method="post" action={ (base) "/policy" } #user-policy {
             (csrf(&s))
             (policy_fields(&info.overrides))
+            label { "Messages/hour " input type="text" name="max_messages_per_hour" size="6" placeholder="inherit" value=(show(info.send_limit_overrides.max_messages_per_hour)); }
+            label { "Recipients/day " input type="text" name="max_recipients_per_day" size="6" placeholder="inherit" value=(show(info.send_limit_overrides.max_recipients_per_day)); }
             label { "Logins "
                 select name="state" id="user-state-select" {
                     option value="enabled" selected[!info.disabled] { "enabled" }
@@ -434,6 +456,7 @@ pub(crate) async fn user_policy(
     Form(f): Form<PolicyForm>,
 ) -> Result<Response, PageError> {
     let change = f.change()?;
+    let limits = f.send_limits()?;
     let disabled = match f.state.as_deref() {
         None => None,
         Some("enabled") => Some(false),
@@ -445,8 +468,14 @@ pub(crate) async fn user_policy(
         }
     };
     let app = web.app().clone();
-    let address =
-        blocking(move || admin::set_user(&app.directory, &address, &change, disabled)).await?;
+    let address = blocking(move || {
+        let address = admin::set_user(&app.directory, &address, &change, disabled)?;
+        if limits.is_empty() {
+            return Ok(address);
+        }
+        admin::set_user_send_limits(&app.directory, &address, &limits)
+    })
+    .await?;
     tracing::info!(admin = %s.session.name, user = %address, "web: user policy saved");
     Ok(see_other(&format!(
         "/admin/users/{}?done=user-updated",
@@ -497,7 +526,7 @@ pub(crate) async fn queue(
             tr { th { "ID" } th { "Sender" } th.num { "Size" } th.num { "Age" } th { "Recipients" } th { "Next attempt" } th { "Last error" } }
             @for e in list.iter().take(MAX_ROWS) {
                 tr {
-                    td { a href={ "/admin/queue/" (seg(&e.id)) } { (e.id) } }
+                    td { a href={ "/admin/queue/" (seg(&e.id)) } { (e.id) } @if e.held.is_some() { " (held)" } }
                     td { "<" (e.mail_from) ">" }
                     td.num { (bytes(e.size)) }
                     td.num { (age(e.age_secs)) }
@@ -527,6 +556,9 @@ pub(crate) async fn queue_entry(
         div.box {
             p { "Sender: <" (e.mail_from) ">" }
             p { "Size: " (bytes(e.size)) " · Arrived " (age(e.age_secs)) " ago · Delay warning sent: " @if e.delay_warned { "yes" } @else { "no" } }
+            @if let Some(reason) = &e.held {
+                p #held { "Held, not sent until released: " (reason) }
+            }
         }
         table {
             tr { th { "Recipient" } th { "State" } th.num { "Attempts" } th { "Next attempt" } th { "Last reply" } th { "Remote" } }
@@ -542,6 +574,10 @@ pub(crate) async fn queue_entry(
             }
         }
         div.box {
+            @if e.held.is_some() {
+                form.inline method="post" action={ (base) "/release" } { (csrf(&s)) button type="submit" id="release" { "Release (send it)" } }
+                " "
+            }
             form.inline method="post" action={ (base) "/retry" } { (csrf(&s)) button type="submit" id="retry" { "Try again now" } }
             " "
             form.inline method="post" action={ (base) "/delete" } { (csrf(&s)) button.danger type="submit" id="delete" { "Delete (no bounce)" } }
@@ -562,6 +598,20 @@ pub(crate) async fn queue_retry(
     let queue = web.queue().clone();
     blocking(move || queue.retry(&id)).await?;
     Ok(see_other("/admin/queue?done=queue-retried"))
+}
+
+/// `POST /admin/queue/{id}/release`.
+pub(crate) async fn queue_release(
+    s: AdminSession,
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    Form(_f): Form<Empty>,
+) -> Result<Response, PageError> {
+    let queue = web.queue().clone();
+    let i = id.clone();
+    blocking(move || queue.release(&i)).await?;
+    tracing::info!(admin = %s.session.name, id = %id, "web: held queue entry released");
+    Ok(see_other("/admin/queue?done=queue-released"))
 }
 
 /// `POST /admin/queue/{id}/delete`.

@@ -117,6 +117,7 @@ pub(crate) fn notice(code: Option<&str>) -> Markup {
         "password-changed" => "Password changed.",
         "queue-retried" => "The entry will be tried again now.",
         "queue-deleted" => "The entry was deleted (no bounce sent).",
+        "queue-released" => "The held entry was released and will be sent now.",
         "queue-flushed" => "Every entry will be tried again now.",
         "released" => "The message was released into the mailbox.",
         "deleted" => "The message was deleted.",
