@@ -1076,6 +1076,13 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
                 None => println!("deleted its mail"),
                 Some(path) => println!("its mail was kept in {} (use --purge to delete it)", path),
             }
+            // Aliases that pointed at it now lead nowhere (or elsewhere).
+            let snap = dir.snapshot();
+            for w in postoffice_core::addresses::postmaster_warnings(&config.addresses, &snap) {
+                if w.starts_with("alias ") && w.contains(&removed.address) {
+                    eprintln!("warning: {w}");
+                }
+            }
         }
         UserCmd::Passwd {
             address,

@@ -359,6 +359,15 @@ fn cli_refuses_bad_aliases_and_shows_every_rule() {
         with_subject(&messages(&server, CAROL), "after del").len(),
         1
     );
+    // Removing a user that aliases point at names them (without the
+    // catch-all, which would take the address otherwise).
+    env.cli(&["alias", "del", "@example.test"]).ok();
+    let r = env.cli(&["user", "del", BOB]).ok();
+    assert!(
+        r.stderr.contains("warning: alias fwd@example.test") && r.stderr.contains(BOB),
+        "{}",
+        r.stderr
+    );
     // --help documents the commands.
     let help = env.cli(&["alias", "add", "--help"]).ok().stdout;
     assert!(
