@@ -80,7 +80,7 @@ if [[ "${1:-}" != "--quick" ]]; then
         python3 tests/clients/debian_package.py target/debug/postoffice
     stage "provider policy users see: quota warnings and retention notices (smtplib, poplib)" \
         python3 tests/clients/policy.py target/debug/postoffice
-    stage "role addresses: postmaster@, abuse@, bare postmaster over SMTP, read over POP3" \
+    stage "addresses: postmaster@, abuse@, aliases, catch-all, domain alias, sub-addresses over SMTP, read over POP3" \
         python3 tests/clients/addresses.py target/debug/postoffice
     stage "migration keeping UIDLs: postoffice import from Dovecot (POP3 and dovecot-uidlist)" \
         python3 tests/clients/migrate.py target/debug/postoffice

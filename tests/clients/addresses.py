@@ -12,6 +12,10 @@ that lead to one mailbox is stored once, a user named abuse@ keeps its own
 mail, other unknown local parts stay refused, and relay tricks around the
 role addresses (percent hack, source route, a foreign postmaster@) do not
 relay. `config check` warns when a role address reaches no mailbox.
+Aliases set up with the CLI: an alias to two users (one copy each, a
+Delivered-To: naming the alias), a catch-all, a domain alias, and
+sub-addressing (the tag kept in Delivered-To:; control characters in a tag
+refused).
 Bounded polls only. Prints "N passed, M failed"; exits 1 on failure.
 """
 
@@ -56,6 +60,20 @@ def subjects(port, user):
     return sorted(out)
 
 
+def delivered_to(port, user, subject):
+    """The Delivered-To: values of each message with this subject."""
+    p = poplib.POP3("127.0.0.1", port, timeout=60)
+    p.user(user)
+    p.pass_("pw")
+    out = []
+    for i in range(p.stat()[0]):
+        lines = [l.decode(errors="replace") for l in p.top(i + 1, 0)[1]]
+        if f"Subject: {subject}" in lines:
+            out.append([l[len("Delivered-To: "):] for l in lines if l.startswith("Delivered-To: ")])
+    p.quit()
+    return out
+
+
 def send(port, rcpts, subject):
     msg = f"From: sender@example.net\r\nTo: someone\r\nSubject: {subject}\r\n\r\nhello\r\n"
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
@@ -98,6 +116,9 @@ listen_tls = []
     write("")
     for u in (ADMIN, HOST, ABUSE_USER):
         cli("user", "add", u, "--password-stdin", stdin=b"pw\n")
+    cli("alias", "add", "sales@example.test", ADMIN, HOST)
+    cli("alias", "add", "@example.net", ADMIN)
+    cli("domain", "alias", "example.com", "example.test")
 
     @check("config check warns while postmaster@ reaches no mailbox, and not once it does")
     def _():
@@ -147,6 +168,34 @@ listen_tls = []
                           "@example.test:postmaster@remote.test", "remote.test!postmaster@example.test"):
                 code = rcpt_code(smtp_port, trick)
                 assert code >= 500, (trick, code)
+
+        @check("an alias to two users: one copy each, with Delivered-To: naming the alias")
+        def _():
+            send(smtp_port, ["sales@example.test"], "to sales")
+            assert delivered_to(pop3_port, ADMIN, "to sales") == [["sales@example.test"]]
+            assert delivered_to(pop3_port, HOST, "to sales") == [["sales@example.test"]]
+
+        @check("a catch-all takes unknown addresses of its domain, not its users")
+        def _():
+            send(smtp_port, ["whoever@example.net"], "catch-all")
+            assert delivered_to(pop3_port, ADMIN, "catch-all") == [["whoever@example.net"]]
+            assert "catch-all" not in subjects(pop3_port, ABUSE_USER)
+            send(smtp_port, [ABUSE_USER], "user first")
+            assert "user first" in subjects(pop3_port, ABUSE_USER)
+            assert "user first" not in subjects(pop3_port, ADMIN)
+
+        @check("a domain alias delivers x@example.com as x@example.test")
+        def _():
+            send(smtp_port, ["Admin@Example.COM"], "domain alias")
+            assert delivered_to(pop3_port, ADMIN, "domain alias") == [["admin@example.com"]]
+
+        @check("sub-addressing keeps the tag in Delivered-To:; control characters are refused")
+        def _():
+            send(smtp_port, ["admin+Lists@example.test"], "tagged")
+            assert delivered_to(pop3_port, ADMIN, "tagged") == [["admin+lists@example.test"]]
+            for bad in ("admin+\x01x@example.test", "admin+\x7fx@example.test"):
+                assert rcpt_code(smtp_port, bad) >= 500, bad
+
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

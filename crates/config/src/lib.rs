@@ -261,10 +261,11 @@ impl Default for Submission {
     }
 }
 
-/// Role addresses every local domain has (RFC 5321 §4.5.1, RFC 2142):
-/// `postmaster@` (and bare `postmaster`) and `abuse@` of every local domain
-/// are always accepted when they are not users themselves, and delivered to
-/// the mailboxes named here.
+/// How recipient addresses of local domains reach mailboxes: role addresses
+/// every local domain has (RFC 5321 §4.5.1, RFC 2142: `postmaster@`, bare
+/// `postmaster`, and `abuse@` are always accepted when they are not users
+/// themselves, and delivered to the mailboxes named here), sub-addressing
+/// and the limits of aliases (`postoffice alias`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Addresses {
@@ -286,6 +287,20 @@ pub struct Addresses {
     /// Mail with more trace headers (`Received:`, `Delivered-To:`) than this
     /// is not forwarded any more: a forwarding loop is cut (refused 554).
     pub forward_max_hops: u32,
+    /// Sub-addressing: `alice+tag@example.test` is delivered to
+    /// `alice@example.test` when no user or alias has the whole address;
+    /// the original address is kept in a `Delivered-To:` header. Every
+    /// character of this string is a separator (like Postfix's
+    /// recipient_delimiter); the local part is cut at the first one. Empty
+    /// disables sub-addressing. Default "+".
+    pub subaddress_separator: String,
+    /// The most targets one alias may have (`postoffice alias add`
+    /// refuses more, naming this key). Default 1000.
+    pub max_alias_targets: usize,
+    /// How deep aliases may point to aliases: an alias whose expansion
+    /// needs more levels is refused by `alias add`, and mail for it is
+    /// refused (550 5.4.6) rather than half delivered. Default 10.
+    pub max_alias_depth: usize,
 }
 
 impl Default for Addresses {
@@ -296,6 +311,9 @@ impl Default for Addresses {
             vacation_interval_days: 7,
             srs_max_age_days: 21,
             forward_max_hops: 30,
+            subaddress_separator: "+".into(),
+            max_alias_targets: 1000,
+            max_alias_depth: 10,
         }
     }
 }
@@ -1151,6 +1169,22 @@ impl Config {
         if self.smtp.max_errors == 0 {
             return bad("smtp.max_errors must be at least 1");
         }
+        if self
+            .addresses
+            .subaddress_separator
+            .chars()
+            .any(|c| !c.is_ascii_graphic() || matches!(c, '@' | '"' | '\\' | '.' | '%' | '/'))
+        {
+            return bad(
+                "addresses.subaddress_separator must be printable ASCII characters other than @ . % / \\ and \" (\"+\" or \"-\", or empty to disable)",
+            );
+        }
+        if self.addresses.max_alias_targets == 0 {
+            return bad("addresses.max_alias_targets must be at least 1");
+        }
+        if self.addresses.max_alias_depth == 0 {
+            return bad("addresses.max_alias_depth must be at least 1");
+        }
         if self.filter.scan_outbound && self.filter.rspamd.trim().is_empty() {
             return bad("filter.scan_outbound needs filter.rspamd (the rspamd that scans)");
         }
@@ -1395,8 +1429,25 @@ mod tests {
             "[http]\nsession_secs = 5",
             "[http]\nmax_body_bytes = 10",
             "[http]\nmetrics_token = \"has space\"",
+            "[addresses]\nsubaddress_separator = \"@\"",
+            "[addresses]\nsubaddress_separator = \"+ \"",
+            "[addresses]\nsubaddress_separator = \"\\u0001\"",
+            "[addresses]\nmax_alias_targets = 0",
+            "[addresses]\nmax_alias_depth = 0",
         ] {
             assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn address_rules_defaults_and_choices() {
+        let c = Config::default();
+        assert_eq!(c.addresses.subaddress_separator, "+");
+        assert_eq!(c.addresses.max_alias_targets, 1000);
+        assert_eq!(c.addresses.max_alias_depth, 10);
+        for ok in ["", "+", "-+", "_"] {
+            let text = format!("[addresses]\nsubaddress_separator = {ok:?}");
+            assert!(Config::from_toml(&text, Path::new("x")).is_ok(), "{ok:?}");
         }
     }
 

@@ -384,6 +384,10 @@ pub struct UserInfo {
     pub overrides: PolicyOverrides,
     /// Quarantined messages.
     pub quarantined: usize,
+    /// The address rules that deliver to this mailbox, one line each
+    /// (aliases with their send-as right, catch-alls, domain aliases,
+    /// sub-addressing, role addresses).
+    pub address_rules: Vec<String>,
     /// The user's own sending limits (`None`: the configuration's).
     pub send_limit_overrides: postoffice_directory::SendLimitOverrides,
     /// The sending limits in force: messages per hour, recipients per day
@@ -418,6 +422,7 @@ pub fn user_info(
         policy,
         overrides: u.policy,
         quarantined: store.quarantine_list(&address)?.len(),
+        address_rules: address_rules(config, &snap, &address),
         send_limit_overrides: u.send_limits,
         send_limits: u.send_limits.resolve(
             config.submission.max_messages_per_hour,
@@ -596,6 +601,173 @@ pub fn vacation_off(dir: &Directory, address: &str) -> Result<String, AdminError
     let address = normalize_address(address)?;
     dir.set_user_vacation(&address, None)?;
     Ok(address)
+}
+
+/// The address rules that lead to `user`'s mailbox, in words.
+fn address_rules(
+    config: &Config,
+    snap: &postoffice_directory::DirectoryData,
+    user: &str,
+) -> Vec<String> {
+    let a = &config.addresses;
+    let mut out = Vec::new();
+    for (alias, send_as) in crate::addresses::aliases_of(a, snap, user) {
+        if alias.starts_with('@') {
+            out.push(format!(
+                "catch-all {alias} (every other address of the domain)"
+            ));
+        } else if send_as {
+            out.push(format!("alias {alias} (may send as it)"));
+        } else {
+            out.push(format!("alias {alias} (receive only: --no-send-as)"));
+        }
+    }
+    let (local, domain) = user.rsplit_once('@').unwrap_or((user, ""));
+    for (alias_domain, real) in snap.domain_aliases() {
+        if real == domain {
+            out.push(format!(
+                "domain alias {local}@{alias_domain} (may send as it)"
+            ));
+        }
+    }
+    if let Some(sep) = a.subaddress_separator.chars().next() {
+        out.push(format!(
+            "sub-addresses {local}{sep}TAG@{domain} (Delivered-To: keeps the tag; may send as them)"
+        ));
+    }
+    for d in snap.domains() {
+        let targets = a.postmaster_of(&d.name);
+        if targets
+            .iter()
+            .any(|t| normalize_address(t).is_ok_and(|t| t == user))
+        {
+            out.push(format!("role addresses postmaster@{0}, abuse@{0}", d.name));
+        }
+    }
+    if let Some(extra) = config.submission.sender_aliases.get(user) {
+        for x in extra {
+            out.push(format!(
+                "may also send as {x} ([submission.sender_aliases], sending only)"
+            ));
+        }
+    }
+    out
+}
+
+/// An alias as `postoffice alias list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasSummary {
+    /// `local@domain`, or `@domain` for a catch-all.
+    pub address: String,
+    /// Its targets as stored.
+    pub targets: Vec<String>,
+    /// Whether the users it delivers to may send as it.
+    pub send_as: bool,
+    /// The local mailboxes it reaches in the end.
+    pub mailboxes: Vec<String>,
+    /// The external addresses it forwards to in the end.
+    pub external: Vec<String>,
+    /// What is wrong with it (a loop, a target leading nowhere...).
+    pub problems: Vec<String>,
+}
+
+/// Add an alias, or targets to an existing one (`postoffice alias add`).
+/// `address` is `local@domain` or `@domain` (the domain's catch-all);
+/// targets are users, other aliases or external addresses. Refused: a
+/// user's address, a domain that is not local, invalid targets, more than
+/// `[addresses] max_alias_targets`, loops, expansions deeper than
+/// `max_alias_depth`, local targets that lead nowhere.
+pub fn add_alias(
+    config: &Config,
+    dir: &Directory,
+    address: &str,
+    targets: &[String],
+    send_as: Option<bool>,
+) -> Result<AliasSummary, AdminError> {
+    let a = &config.addresses;
+    let change = postoffice_directory::AliasChange {
+        address,
+        targets,
+        send_as,
+        max_targets: a.max_alias_targets,
+    };
+    let alias = dir.add_alias(&change, |data, alias| {
+        crate::addresses::check_alias(a, data, alias).map_err(|reason| {
+            postoffice_directory::Error::InvalidAlias {
+                alias: alias.address.clone(),
+                reason,
+            }
+        })
+    })?;
+    Ok(summarize(config, &dir.snapshot(), &alias))
+}
+
+/// Remove one target of an alias, or the whole alias; returns the
+/// canonical address and what is left.
+pub fn remove_alias(
+    config: &Config,
+    dir: &Directory,
+    address: &str,
+    target: Option<&str>,
+) -> Result<(String, Option<AliasSummary>), AdminError> {
+    let canonical = postoffice_directory::normalize_alias_address(address)?;
+    let left = dir.remove_alias(&canonical, target)?;
+    let snap = dir.snapshot();
+    Ok((canonical, left.map(|a| summarize(config, &snap, &a))))
+}
+
+/// Every alias, or those of one domain (`postoffice alias list [DOMAIN]`).
+pub fn aliases(
+    config: &Config,
+    dir: &Directory,
+    domain: Option<&str>,
+) -> Result<Vec<AliasSummary>, AdminError> {
+    let domain = domain.map(normalize_domain).transpose()?;
+    let snap = dir.snapshot();
+    Ok(snap
+        .aliases()
+        .filter(|a| domain.as_deref().is_none_or(|d| a.domain() == d))
+        .map(|a| summarize(config, &snap, a))
+        .collect())
+}
+
+fn summarize(
+    config: &Config,
+    snap: &postoffice_directory::DirectoryData,
+    alias: &postoffice_directory::Alias,
+) -> AliasSummary {
+    let a = &config.addresses;
+    let mut problems = Vec::new();
+    if let Err(p) = crate::addresses::check_alias(a, snap, alias) {
+        problems.push(p);
+    }
+    let (mailboxes, external) = match crate::addresses::resolve_alias(a, snap, alias) {
+        Ok(r) => (r.mailboxes(), r.external),
+        Err(_) => (Vec::new(), Vec::new()),
+    };
+    AliasSummary {
+        address: alias.address.clone(),
+        targets: alias.targets.clone(),
+        send_as: alias.send_as && !alias.is_catch_all(),
+        mailboxes,
+        external,
+        problems,
+    }
+}
+
+/// Make `name` a domain alias of the local domain `target`
+/// (`postoffice domain alias`); returns both canonical names.
+pub fn add_domain_alias(
+    dir: &Directory,
+    name: &str,
+    target: &str,
+) -> Result<(String, String), AdminError> {
+    Ok(dir.add_domain_alias(name, target)?)
+}
+
+/// Remove a domain alias; returns its canonical name.
+pub fn remove_domain_alias(dir: &Directory, name: &str) -> Result<String, AdminError> {
+    Ok(dir.remove_domain_alias(name)?)
 }
 
 /// Add an administrator of the web interface; returns the canonical name.

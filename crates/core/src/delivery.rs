@@ -8,7 +8,7 @@
 
 use std::io::Read;
 
-use postoffice_common::content::Pieces;
+use postoffice_common::content::{Piece, Pieces};
 
 use postoffice_config::{Config, OverQuota};
 use postoffice_directory::{Directory, normalize_address};
@@ -55,6 +55,18 @@ pub enum DeliveryError {
     /// An empty message.
     #[error("empty message")]
     Empty,
+    /// Aliases pointing to aliases deeper than `[addresses] max_alias_depth`.
+    #[error("alias expansion of {0} is too deep")]
+    AliasTooDeep(String),
+    /// External alias targets but no outbound queue to forward through
+    /// (temporary).
+    #[error("cannot forward mail for {0}: no outbound queue")]
+    ForwardUnavailable(String),
+    /// The content filters held the message for review, and its recipients
+    /// have no local mailbox to hold it in (only external alias targets,
+    /// which never get held mail).
+    #[error("held message for {0} not forwarded")]
+    HeldNotForwarded(String),
     /// The store failed (disk full, permissions); try again later.
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
@@ -87,18 +99,30 @@ impl DeliveryError {
                 status::MEDIA_OTHER,
                 "Empty message",
             ),
-            DeliveryError::Store(_) => temporary_failure(),
+            DeliveryError::AliasTooDeep(a) => Reply::new(
+                codes::MAILBOX_UNAVAILABLE,
+                status::ROUTING_LOOP,
+                format!("<{}>: Alias expansion too deep (a loop?)", sanitize(a)),
+            ),
+            DeliveryError::HeldNotForwarded(_) => Reply::new(
+                codes::TRANSACTION_FAILED,
+                status::NOT_AUTHORIZED,
+                "Message refused by the content filters",
+            ),
+            DeliveryError::ForwardUnavailable(_) | DeliveryError::Store(_) => temporary_failure(),
         }
     }
 
     /// The exit status for `postoffice deliver` (sysexits.h).
     pub fn exit_code(&self) -> u8 {
         match self {
-            DeliveryError::NoSuchUser(_) => sysexits::NOUSER,
+            DeliveryError::NoSuchUser(_) | DeliveryError::AliasTooDeep(_) => sysexits::NOUSER,
             DeliveryError::Empty => sysexits::DATAERR,
+            DeliveryError::HeldNotForwarded(_) => sysexits::NOPERM,
             // Quota: temporary, the MTA keeps the message and retries.
             DeliveryError::OverQuota(_)
             | DeliveryError::TooBigForQuota { .. }
+            | DeliveryError::ForwardUnavailable(_)
             | DeliveryError::Store(_) => sysexits::TEMPFAIL,
         }
     }
@@ -127,41 +151,71 @@ pub struct Local<'a> {
 impl Local<'_> {
     /// Check a recipient before accepting it: it must be a known user of a
     /// local domain with room for at least one more message.
+    /// The first local mailbox `address` leads to (for callers that need
+    /// one mailbox: `postoffice deliver`); an address that is only
+    /// forwarded elsewhere is no local user.
     pub fn check_recipient(&self, address: &str) -> Result<String, DeliveryError> {
-        let mut targets = self.check_targets(address)?;
-        Ok(targets.swap_remove(0))
+        let r = self.check_targets(address)?;
+        r.local
+            .into_iter()
+            .next()
+            .map(|m| m.address)
+            .ok_or_else(|| DeliveryError::NoSuchUser(address.to_string()))
     }
 
-    /// The mailboxes that receive mail for `address` (see
-    /// [`crate::addresses`]), each checked like [`Local::check_recipient`];
-    /// never empty.
-    pub fn check_targets(&self, address: &str) -> Result<Vec<String>, DeliveryError> {
-        let targets = self.resolve(std::slice::from_ref(&address.to_string()))?;
-        for addr in &targets {
-            match self.check_quota(addr, 0) {
+    /// Where mail for `address` goes (see [`crate::addresses`]), each
+    /// local mailbox checked for room for one more message; never empty.
+    pub fn check_targets(
+        &self,
+        address: &str,
+    ) -> Result<crate::addresses::Resolution, DeliveryError> {
+        let r = self.resolution(std::slice::from_ref(&address.to_string()))?;
+        for m in &r.local {
+            match self.check_quota(&m.address, 0) {
                 // Room may be made when the message arrives.
                 Err(DeliveryError::OverQuota(_)) if self.make_room_mode() => {}
                 Err(e) => return Err(e),
                 Ok(_) => {}
             }
         }
-        Ok(targets)
+        Ok(r)
+    }
+
+    /// Where mail for `recipients` goes: the distinct mailboxes and
+    /// external addresses.
+    pub fn resolution(
+        &self,
+        recipients: &[String],
+    ) -> Result<crate::addresses::Resolution, DeliveryError> {
+        use crate::addresses::Unresolved;
+        let dir = self.directory.snapshot();
+        let r = crate::addresses::expand(&self.config.addresses, &dir, recipients).map_err(
+            |e| match e {
+                Unresolved::Unknown(a) => {
+                    DeliveryError::NoSuchUser(normalize_address(&a).unwrap_or(a))
+                }
+                Unresolved::TooDeep { address, .. } => DeliveryError::AliasTooDeep(address),
+            },
+        )?;
+        if !r.loops.is_empty() || !r.dangling.is_empty() {
+            warn!(
+                loops = %r.loops.join(","),
+                dangling = %r.dangling.join(","),
+                "alias expansion: loops cut, targets that lead nowhere skipped"
+            );
+        }
+        Ok(r)
     }
 
     /// The distinct mailboxes that receive mail for `recipients`.
     fn resolve(&self, recipients: &[String]) -> Result<Vec<String>, DeliveryError> {
-        let dir = self.directory.snapshot();
-        crate::addresses::expand(&self.config.addresses, &dir, recipients).map_err(|e| match e {
-            crate::addresses::Unresolved::Unknown(a) => {
-                DeliveryError::NoSuchUser(normalize_address(&a).unwrap_or(a))
-            }
-        })
+        Ok(self.resolution(recipients)?.mailboxes())
     }
 
-    /// Is this a domain we receive mail for?
+    /// Is this a domain we receive mail for (a domain or a domain alias)?
     pub fn is_local_domain(&self, domain: &str) -> bool {
         let d = domain.to_ascii_lowercase();
-        self.directory.snapshot().domain(&d).is_some()
+        self.directory.snapshot().is_local_domain(&d)
     }
 
     fn make_room_mode(&self) -> bool {
@@ -301,6 +355,10 @@ impl Local<'_> {
     /// [`Local::deliver`], storing the message under the unique ID `uid`
     /// (chosen by the caller, e.g. so that a fetch job can recognise it
     /// after a crash; see [`MailStore::import`]) when one is given.
+    ///
+    /// Only local mailboxes are delivered to here: external alias targets
+    /// are the caller's (see [`Local::deliver_resolved`]); here they are
+    /// logged and dropped.
     pub fn deliver_as(
         &self,
         recipients: &[String],
@@ -310,36 +368,69 @@ impl Local<'_> {
         if message.is_empty() {
             return Err(DeliveryError::Empty);
         }
-        let size = message.len();
-        // Each mailbox once, however many recipients lead to it.
-        let mailboxes = self.resolve(recipients)?;
-        let mut checked = Vec::with_capacity(mailboxes.len());
+        let resolution = self.resolution(recipients)?;
+        if !resolution.external.is_empty() {
+            warn!(external = %resolution.external.join(","), "local delivery: external alias targets not forwarded on this path");
+        }
+        self.deliver_resolved(&resolution, message, uid)
+    }
+
+    /// Store `message` in every local mailbox of `resolution`, durably, or
+    /// in none. A copy for a mailbox reached through another address (an
+    /// alias, a sub-address, a domain alias, a role address) starts with
+    /// `Delivered-To:` naming that address.
+    pub fn deliver_resolved(
+        &self,
+        resolution: &crate::addresses::Resolution,
+        message: &Pieces<'_>,
+        uid: Option<&str>,
+    ) -> Result<Vec<Delivered>, DeliveryError> {
+        if message.is_empty() {
+            return Err(DeliveryError::Empty);
+        }
+        let mut checked = Vec::with_capacity(resolution.local.len());
         let mut full = Vec::new();
-        for r in &mailboxes {
-            let addr = self.check_recipient(r)?;
+        for m in &resolution.local {
+            let addr = normalize_address(&m.address)
+                .map_err(|_| DeliveryError::NoSuchUser(m.address.clone()))?;
+            if self.directory.snapshot().user(&addr).is_none() {
+                return Err(DeliveryError::NoSuchUser(addr));
+            }
+            let header = if m.recipient != addr {
+                format!("Delivered-To: {}\r\n", m.recipient)
+            } else {
+                String::new()
+            };
+            let size = message.len() + header.len() as u64;
             match self.check_quota(&addr, size) {
-                Ok(room) => checked.push((addr, room)),
-                Err(DeliveryError::OverQuota(_)) if self.make_room_mode() => full.push(addr),
+                Ok(room) => checked.push((addr, room, header)),
+                Err(DeliveryError::OverQuota(_)) if self.make_room_mode() => {
+                    full.push((addr, header))
+                }
                 Err(e) => return Err(e),
             }
         }
         // Only once every recipient passed the other checks.
-        for addr in full {
+        for (addr, header) in full {
+            let size = message.len() + header.len() as u64;
             self.make_room(&addr, size)?;
             let room = self.check_quota(&addr, size)?;
-            checked.push((addr, room));
+            checked.push((addr, room, header));
         }
         let mut done: Vec<(String, Delivered)> = Vec::with_capacity(checked.len());
-        for (addr, _) in &checked {
+        for (addr, _, header) in &checked {
+            let mut copy = Pieces::new();
+            copy.push(Piece::Borrowed(header.as_bytes()))
+                .extend(message.borrowed());
             let stored = match uid {
-                None => self.store.deliver(addr, &mut message.reader()),
+                None => self.store.deliver(addr, &mut copy.reader()),
                 Some(uid) => self.store.import(
                     addr,
                     &postoffice_store::Imported {
                         uid,
                         received: std::time::SystemTime::now(),
                     },
-                    &mut message.reader(),
+                    &mut copy.reader(),
                 ),
             };
             match stored {
@@ -352,9 +443,9 @@ impl Local<'_> {
                 }
             }
         }
-        for (addr, room) in &checked {
+        for (addr, room, header) in &checked {
             if let Some(room) = room {
-                self.quota_warnings(addr, room, size);
+                self.quota_warnings(addr, room, message.len() + header.len() as u64);
             }
         }
         Ok(done.into_iter().map(|(_, d)| d).collect())
@@ -364,6 +455,19 @@ impl Local<'_> {
     pub fn undo(&self, recipients: &[String], delivered: &[Delivered]) {
         // The same expansion as at delivery: one stored copy per mailbox.
         let mailboxes = self.resolve(recipients).unwrap_or_default();
+        self.undo_mailboxes(&mailboxes, delivered);
+    }
+
+    /// Take back what [`Local::deliver_resolved`] stored for `resolution`.
+    pub fn undo_resolved(
+        &self,
+        resolution: &crate::addresses::Resolution,
+        delivered: &[Delivered],
+    ) {
+        self.undo_mailboxes(&resolution.mailboxes(), delivered);
+    }
+
+    fn undo_mailboxes(&self, mailboxes: &[String], delivered: &[Delivered]) {
         for (r, d) in mailboxes.iter().zip(delivered) {
             if let Ok(addr) = normalize_address(r) {
                 let _ = self.store.discard(&addr, d);
@@ -377,7 +481,13 @@ impl Local<'_> {
         recipients: &[String],
         message: &Pieces<'_>,
     ) -> Result<(), DeliveryError> {
-        for r in &self.resolve(recipients)? {
+        // Held mail is never forwarded: with no local mailbox to hold it
+        // in, it is refused (the sender hears of it) rather than dropped.
+        let mailboxes = self.resolve(recipients)?;
+        if mailboxes.is_empty() {
+            return Err(DeliveryError::HeldNotForwarded(recipients.join(",")));
+        }
+        for r in &mailboxes {
             let addr = self.check_recipient(r)?;
             self.store
                 .deliver_quarantine(&addr, &mut message.reader())
@@ -387,13 +497,60 @@ impl Local<'_> {
     }
 
     /// Stream one message to one recipient (`postoffice deliver`).
+    ///
+    /// An address that leads to several mailboxes (a list) is read into
+    /// memory (up to `[smtp] max_message_size`) and stored in each, all or
+    /// nothing; one with external targets is refused as a temporary failure
+    /// (this path has no queue: deliver it over SMTP). The first copy's
+    /// details are returned.
     pub fn deliver_stream(
         &self,
         recipient: &str,
         message: &mut dyn Read,
     ) -> Result<Delivered, DeliveryError> {
-        let addr = self.check_recipient(recipient)?;
-        let d = self.store.deliver(&addr, message).map_err(store_error)?;
+        let resolution = self.check_targets(recipient)?;
+        if !resolution.external.is_empty() {
+            return Err(DeliveryError::ForwardUnavailable(recipient.to_string()));
+        }
+        if resolution.local.len() > 1 {
+            let limit = self.config.smtp.max_message_size;
+            let mut data = Vec::new();
+            message
+                .take(limit.saturating_add(1))
+                .read_to_end(&mut data)
+                .map_err(|source| {
+                    DeliveryError::Store(StoreError::Io {
+                        context: "read the message".into(),
+                        source,
+                    })
+                })?;
+            if data.len() as u64 > limit {
+                return Err(DeliveryError::TooBigForQuota {
+                    user: recipient.to_string(),
+                    size: data.len() as u64,
+                    quota: limit,
+                });
+            }
+            let delivered = self.deliver_resolved(&resolution, &Pieces::of_slice(&data), None)?;
+            return delivered
+                .into_iter()
+                .next()
+                .ok_or_else(|| DeliveryError::NoSuchUser(recipient.to_string()));
+        }
+        let Some(mailbox) = resolution.local.first() else {
+            return Err(DeliveryError::NoSuchUser(recipient.to_string()));
+        };
+        let addr = mailbox.address.clone();
+        let header = if mailbox.recipient != addr {
+            format!("Delivered-To: {}\r\n", mailbox.recipient)
+        } else {
+            String::new()
+        };
+        let mut message = std::io::Cursor::new(header.into_bytes()).chain(message);
+        let d = self
+            .store
+            .deliver(&addr, &mut message)
+            .map_err(store_error)?;
         // The size is known only now: enforce the byte quota after the fact
         // by taking the message back.
         match self.check_quota_after(&addr, d.size) {

@@ -113,7 +113,11 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
     if !bare_postmaster && crate::srs::is_srs_address(address) {
         return srs_verdict(app, address);
     }
-    match local.check_recipient(address) {
+    match local.check_targets(address) {
+        Ok(r) if !r.external.is_empty() && app.outbound().is_none() => {
+            rejected(reason::RECIPIENT_OTHER);
+            Verdict::Reject(DeliveryError::ForwardUnavailable(address.to_string()).reply())
+        }
         Ok(_) => Verdict::Accept,
         Err(DeliveryError::NoSuchUser(_)) => {
             rejected(reason::UNKNOWN_USER);
@@ -163,9 +167,11 @@ fn srs_verdict(app: &App, address: &str) -> Verdict {
 /// Where an accepted message goes: local mailboxes, and forwards.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    /// Mailboxes that get a local copy.
-    pub(crate) local: Vec<String>,
-    /// (forwarding address, external targets).
+    /// Mailboxes that get a local copy, each with the recipient address
+    /// that led to it (its `Delivered-To:` when that is another address).
+    pub(crate) local: crate::addresses::Resolution,
+    /// (forwarding address, external targets): users who forward, external
+    /// targets of local aliases, SRS bounces.
     pub(crate) forwards: Vec<(String, Vec<String>)>,
     /// Users whose vacation reply may answer, each with the recipient
     /// addresses that led to it (normalised; the user's own among them
@@ -181,10 +187,12 @@ pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply
     let dir = app.directory.snapshot();
     let local = app.local();
     let mut p = Plan::default();
-    let add_local = |p: &mut Plan, mailbox: String| {
-        if !p.local.contains(&mailbox) {
-            p.local.push(mailbox);
-        }
+    let not_forwarded = || {
+        Reply::new(
+            codes::TRANSACTION_FAILED,
+            status::NOT_AUTHORIZED,
+            "Message not forwarded: marked as spam or virus",
+        )
     };
     for rcpt in rcpts {
         if crate::srs::is_srs_address(rcpt) && !crate::addresses::is_bare_postmaster(rcpt) {
@@ -197,23 +205,34 @@ pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply
                 )
             })?;
             if bad {
-                return Err(Reply::new(
-                    codes::TRANSACTION_FAILED,
-                    status::NOT_AUTHORIZED,
-                    "Message not forwarded: marked as spam or virus",
-                ));
+                return Err(not_forwarded());
             }
             p.forwards.push((rcpt.clone(), vec![to]));
             continue;
         }
-        let mailboxes = crate::addresses::resolve(&app.config.addresses, &dir, rcpt)
-            .map_err(|_| DeliveryError::NoSuchUser(rcpt.clone()).reply())?;
-        for mailbox in mailboxes {
+        let resolution = local
+            .resolution(std::slice::from_ref(rcpt))
+            .map_err(|e| e.reply())?;
+        let via_rcpt =
+            postoffice_directory::normalize_address(rcpt).unwrap_or_else(|_| rcpt.clone());
+        // External targets of a local alias: forwarded (SRS) under the
+        // recipient address, never when the message is bad.
+        if !resolution.external.is_empty() {
+            if bad {
+                if resolution.local.is_empty() {
+                    return Err(not_forwarded());
+                }
+            } else {
+                p.forwards
+                    .push((via_rcpt.clone(), resolution.external.clone()));
+            }
+        }
+        for m in &resolution.local {
+            let mailbox = m.address.clone();
             let user = dir.user(&mailbox);
             let forward = user.map(|u| u.forward.clone()).unwrap_or_default();
             let keep = user.is_none_or(|u| u.forward_keep_copy);
-            let via =
-                postoffice_directory::normalize_address(rcpt).unwrap_or_else(|_| rcpt.clone());
+            let via = via_rcpt.clone();
             // Mail to postmaster@/abuse@ that reaches a user is not theirs
             // to auto-answer (and must not reveal who reads it).
             let role = via != mailbox
@@ -231,11 +250,11 @@ pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply
                 None => p.users.push((mailbox.clone(), vec![via])),
             }
             if forward.is_empty() || bad {
-                add_local(&mut p, mailbox);
+                p.local.push_local(&mailbox, &m.recipient);
                 continue;
             }
             if keep {
-                add_local(&mut p, mailbox.clone());
+                p.local.push_local(&mailbox, &m.recipient);
             }
             let (here, away): (Vec<String>, Vec<String>) = forward
                 .into_iter()
@@ -244,9 +263,9 @@ pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply
             for t in here {
                 // One level only: a local target's own forwarding is not
                 // followed (no loops between local users).
-                if let Ok(m) = crate::addresses::resolve(&app.config.addresses, &dir, &t) {
-                    for m in m {
-                        add_local(&mut p, m);
+                if let Ok(r) = crate::addresses::resolve(&app.config.addresses, &dir, &t) {
+                    for m2 in &r.local {
+                        p.local.push_local(&m2.address, &m2.recipient);
                         reached = true;
                     }
                 }
@@ -254,7 +273,7 @@ pub(crate) fn plan(app: &App, rcpts: &[String], bad: bool) -> Result<Plan, Reply
             if !reached {
                 // Every target is a local address that no longer exists:
                 // the user's own maildrop rather than nowhere.
-                add_local(&mut p, mailbox.clone());
+                p.local.push_local(&mailbox, &m.recipient);
             }
             if !away.is_empty() {
                 p.forwards.push((mailbox, away));
@@ -272,7 +291,11 @@ pub(crate) fn delivery_reason(e: &DeliveryError) -> &'static str {
     match e {
         DeliveryError::NoSuchUser(_) => reason::UNKNOWN_USER,
         DeliveryError::OverQuota(_) | DeliveryError::TooBigForQuota { .. } => reason::QUOTA,
-        DeliveryError::Empty | DeliveryError::Store(_) => reason::RECIPIENT_OTHER,
+        DeliveryError::HeldNotForwarded(_)
+        | DeliveryError::AliasTooDeep(_)
+        | DeliveryError::ForwardUnavailable(_)
+        | DeliveryError::Empty
+        | DeliveryError::Store(_) => reason::RECIPIENT_OTHER,
     }
 }
 
@@ -397,17 +420,17 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
                         )));
                     }
                 }
-                let delivered = if p.local.is_empty() {
+                let delivered = if p.local.local.is_empty() {
                     Vec::new()
                 } else {
                     local
-                        .deliver_as(&p.local, &message, uid)
+                        .deliver_resolved(&p.local, &message, uid)
                         .map_err(Stored::Delivery)?
                 };
                 if crate::forward::forward_each(app, m.mail_from, &p.forwards, &onward, m.id)
                     .is_err()
                 {
-                    local.undo(&p.local, &delivered);
+                    local.undo_resolved(&p.local, &delivered);
                     return Err(Stored::Refused(temporary_failure()));
                 }
                 if !bad {
@@ -512,7 +535,10 @@ mod plan_tests {
             "carol@example.test",
         ]);
         let p = plan(&app, &all, false).unwrap();
-        assert_eq!(p.local, ["bob@example.test", "carol@example.test"]);
+        assert_eq!(
+            p.local.mailboxes(),
+            ["bob@example.test", "carol@example.test"]
+        );
         assert_eq!(
             p.forwards,
             [
@@ -524,7 +550,7 @@ mod plan_tests {
         // Spam, virus, quarantine: nothing forwarded, everyone keeps it.
         let p = plan(&app, &all, true).unwrap();
         assert!(p.forwards.is_empty());
-        assert_eq!(p.local.len(), 3);
+        assert_eq!(p.local.local.len(), 3);
     }
 
     #[test]
@@ -538,13 +564,13 @@ mod plan_tests {
         d.set_user_forward("bob@example.test", &rcpts(&["alice@example.test"]), false)
             .unwrap();
         let p = plan(&app, &rcpts(&["alice@example.test"]), false).unwrap();
-        assert_eq!(p.local, ["bob@example.test"]);
+        assert_eq!(p.local.mailboxes(), ["bob@example.test"]);
         assert!(p.forwards.is_empty());
         // A local target that no longer exists: the user's own maildrop.
         d.set_user_forward("carol@example.test", &rcpts(&["gone@example.test"]), false)
             .unwrap();
         let p = plan(&app, &rcpts(&["carol@example.test"]), false).unwrap();
-        assert_eq!(p.local, ["carol@example.test"]);
+        assert_eq!(p.local.mailboxes(), ["carol@example.test"]);
     }
 
     #[test]
@@ -566,7 +592,7 @@ mod plan_tests {
             false,
         )
         .unwrap();
-        assert_eq!(p.local, ["alice@example.test"]);
+        assert_eq!(p.local.mailboxes(), ["alice@example.test"]);
         assert!(p.users.is_empty(), "{:?}", p.users);
         let p = plan(
             &app,

@@ -36,6 +36,9 @@
 //! - [`forward`]: forwarding to external addresses through the queue,
 //!   with the envelope sender rewritten by [`srs`] (and bounces to SRS
 //!   addresses routed back); [`vacation`]: RFC 3834 auto-replies.
+//! - [`addresses`]: where a recipient address leads (users, aliases,
+//!   catch-alls, domain aliases, sub-addresses, role addresses);
+//!   [`alias_forward`] sends external alias targets to the queue.
 //! - [`admin`]: what administrators do to domains, users, admin accounts
 //!   and quarantines, shared by the CLI and the web interface.
 //!
@@ -47,6 +50,7 @@
 
 pub mod addresses;
 pub mod admin;
+pub mod alias_forward;
 pub mod app;
 pub mod auth_cache;
 pub mod author;

@@ -28,7 +28,7 @@ use crate::trace::{Trace, find_header_end, trace_headers};
 
 /// May `user` (authenticated) send as `address`?
 pub fn sender_allowed(app: &App, user: &str, address: &str) -> bool {
-    sender_allowed_cfg(&app.config, user, address)
+    sender_allowed_cfg(app, user, address)
 }
 
 /// The reply to MAIL FROM on submission: `250` for an address the user may
@@ -52,13 +52,19 @@ pub fn sender_verdict(app: &App, user: &str, address: &str) -> Verdict {
     }
 }
 
-fn sender_allowed_cfg(config: &postoffice_config::Config, user: &str, address: &str) -> bool {
+fn sender_allowed_cfg(app: &App, user: &str, address: &str) -> bool {
+    let config = &app.config;
     if user.is_empty() || address.is_empty() {
         // The null sender is for bounces from MTAs, not for users.
         return false;
     }
     let address = address.to_ascii_lowercase();
     if address == user {
+        return true;
+    }
+    // The aliases that deliver to the user (unless sending is switched off
+    // for one with `alias add --no-send-as`).
+    if crate::addresses::may_send_as(&config.addresses, &app.directory.snapshot(), user, &address) {
         return true;
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
@@ -87,7 +93,10 @@ pub fn recipient_verdict(app: &App, address: &str) -> Verdict {
         ));
     }
     if local.is_local_domain(domain) {
-        return match local.check_recipient(address) {
+        return match local.check_targets(address) {
+            Ok(r) if !r.external.is_empty() && app.outbound().is_none() => {
+                Verdict::Reject(queue_unavailable())
+            }
             Ok(_) => Verdict::Accept,
             Err(e) => Verdict::Reject(e.reply()),
         };
@@ -151,9 +160,7 @@ pub fn prepare<'a>(
         )
     })?;
     if let Some(user) = user
-        && let Some(bad) = ids
-            .all()
-            .find(|a| !sender_allowed_cfg(&app.config, user, a))
+        && let Some(bad) = ids.all().find(|a| !sender_allowed_cfg(app, user, a))
     {
         warn!(%user, from = %sanitize(bad), "submission: author address not owned");
         return Err(Refusal::new(
@@ -256,6 +263,7 @@ pub fn store_or_hold(
     }
     // Local copies first (they can be taken back), then the queue: once
     // spooled, the scheduler may start sending at once.
+    let refused = |e: crate::delivery::DeliveryError| Refusal::new(e.reply(), e.exit_code());
     let mut delivered = Vec::new();
     // Local recipients: their own maildrops, and the forwarding of users
     // who forward (see crate::forward).
@@ -274,7 +282,7 @@ pub fn store_or_hold(
     if !plan.forwards.is_empty() && outbound.is_none() {
         return Err(Refusal::new(queue_unavailable(), sysexits::TEMPFAIL));
     }
-    if !plan.local.is_empty() {
+    if !plan.local.local.is_empty() {
         // Local copies carry the Return-Path of final delivery.
         let mut local_msg = Pieces::new();
         local_msg
@@ -283,13 +291,13 @@ pub fn store_or_hold(
             ))
             .extend(message.borrowed());
         delivered = local
-            .deliver(&plan.local, &local_msg)
-            .map_err(|e| Refusal::new(e.reply(), e.exit_code()))?;
+            .deliver_resolved(&plan.local, &local_msg, None)
+            .map_err(refused)?;
     }
     let forwarded =
         crate::forward::forward_each(app, mail_from, &plan.forwards, message, "submission")
             .map_err(|_| {
-                local.undo(&plan.local, &delivered);
+                local.undo_resolved(&plan.local, &delivered);
                 Refusal::new(temporary_failure(), sysexits::TEMPFAIL)
             })?;
     let queued = match (&outbound, remote_rcpts.is_empty()) {
@@ -300,12 +308,14 @@ pub fn store_or_hold(
                 for id in &forwarded {
                     q.cancel(id);
                 }
-                local.undo(&plan.local, &delivered);
+                local.undo_resolved(&plan.local, &delivered);
                 return Err(Refusal::new(temporary_failure(), sysexits::TEMPFAIL));
             }
         },
         _ => None,
     };
+    // Mail only for external alias targets is known by its forwarded copy.
+    let queued = queued.or_else(|| forwarded.first().cloned());
     if !plan.users.is_empty() {
         match message.head(crate::inbound::HEADER_WINDOW) {
             Ok(head) => {
@@ -339,6 +349,19 @@ fn hold_all(
     reason: &str,
 ) -> Result<Option<String>, Refusal> {
     let local = app.local();
+    // Local aliases: their mailboxes hold a copy in the quarantine, their
+    // external targets are held in the queue with the remote recipients.
+    let resolution = if local_rcpts.is_empty() {
+        crate::addresses::Resolution::default()
+    } else {
+        local
+            .resolution(local_rcpts)
+            .map_err(|e| Refusal::new(e.reply(), e.exit_code()))?
+    };
+    let mut held_remote = remote_rcpts.to_vec();
+    held_remote.extend(resolution.external.iter().cloned());
+    let remote_rcpts = held_remote.as_slice();
+    let local_rcpts = resolution.mailboxes();
     let queued = match app.outbound() {
         Some(q) if !remote_rcpts.is_empty() => {
             match q.hold(mail_from, remote_rcpts, message, reason) {
@@ -359,7 +382,7 @@ fn hold_all(
                     .into_bytes(),
             ))
             .extend(message.borrowed());
-        if let Err(e) = local.quarantine(local_rcpts, &local_msg) {
+        if let Err(e) = local.quarantine(&local_rcpts, &local_msg) {
             if let (Some(q), Some(id)) = (app.outbound(), &queued) {
                 q.cancel(id);
             }

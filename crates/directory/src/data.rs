@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{lookup_key, normalize_address, normalize_admin_name, normalize_domain};
+use crate::alias::Alias;
 use crate::error::{Error, Result};
 use crate::password::{dummy_verify, validate_hash, verify_password};
 use crate::policy::{
@@ -158,6 +159,10 @@ pub struct DirectoryData {
     pub(crate) domains: BTreeMap<String, Domain>,
     pub(crate) users: BTreeMap<String, User>,
     pub(crate) admins: BTreeMap<String, Admin>,
+    /// Aliases (and catch-alls, `@domain`) by canonical address.
+    pub(crate) aliases: BTreeMap<String, Alias>,
+    /// Domain aliases: alias domain -> real domain.
+    pub(crate) domain_aliases: BTreeMap<String, String>,
     /// Pre-login capability values are computed once per snapshot, not per
     /// connection, because they need a pass over every user.
     summaries: OnceLock<(PolicyDefaults, ExpireSummary, LoginDelaySummary)>,
@@ -169,6 +174,8 @@ impl fmt::Debug for DirectoryData {
             .field("domains", &self.domains.len())
             .field("users", &self.users.len())
             .field("admins", &self.admins.len())
+            .field("aliases", &self.aliases.len())
+            .field("domain_aliases", &self.domain_aliases.len())
             .finish()
     }
 }
@@ -344,6 +351,9 @@ impl DirectoryData {
 
     pub(crate) fn add_domain(&mut self, name: &str) -> Result<String> {
         let name = normalize_domain(name)?;
+        if self.domain_aliases.contains_key(&name) {
+            return Err(Error::DomainIsAlias(name));
+        }
         match self.domains.entry(name.clone()) {
             Entry::Occupied(_) => Err(Error::DomainExists(name)),
             Entry::Vacant(v) => {
@@ -358,12 +368,19 @@ impl DirectoryData {
 
     pub(crate) fn remove_domain(&mut self, name: &str) -> Result<()> {
         let name = normalize_domain(name)?;
+        if self.domain_aliases.contains_key(&name) {
+            return Err(Error::DomainIsAlias(name));
+        }
         if !self.domains.contains_key(&name) {
             return Err(Error::DomainNotFound(name));
         }
         let count = self.users_in_domain(&name).count();
         if count > 0 {
             return Err(Error::DomainHasUsers { name, count });
+        }
+        let count = self.aliases_using_domain(&name);
+        if count > 0 {
+            return Err(Error::DomainHasAliases { name, count });
         }
         self.domains.remove(&name);
         Ok(())
@@ -375,6 +392,9 @@ impl DirectoryData {
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
         if !self.domains.contains_key(domain) {
             return Err(Error::DomainNotFound(domain.to_owned()));
+        }
+        if self.aliases.contains_key(&address) {
+            return Err(Error::AddressIsAlias(address));
         }
         match self.users.entry(address.clone()) {
             Entry::Occupied(_) => Err(Error::UserExists(address)),
@@ -524,6 +544,55 @@ impl DirectoryData {
                 return Err(bad(format!("admin {name} is listed more than once")));
             }
         }
+        for d in file.domain_aliases {
+            let name = normalize_domain(&d.name).map_err(|e| bad(e.to_string()))?;
+            let target = normalize_domain(&d.target).map_err(|e| bad(e.to_string()))?;
+            if data.domains.contains_key(&name) {
+                return Err(bad(format!(
+                    "{name} is both a [[domain]] and a [[domain_alias]]"
+                )));
+            }
+            if !data.domains.contains_key(&target) {
+                return Err(bad(format!(
+                    "domain alias {name} points to {target}, which has no [[domain]] entry"
+                )));
+            }
+            if data.domain_aliases.insert(name.clone(), target).is_some() {
+                return Err(bad(format!("domain alias {name} is listed more than once")));
+            }
+        }
+        for a in file.aliases {
+            let address = crate::alias::normalize_alias_address(&a.address)
+                .map_err(|e| bad(e.to_string()))?;
+            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            if !data.domains.contains_key(domain) {
+                return Err(bad(format!(
+                    "alias {address} belongs to domain {domain}, which has no [[domain]] entry"
+                )));
+            }
+            if data.users.contains_key(&address) {
+                return Err(bad(format!("{address} is both a user and an alias")));
+            }
+            let mut targets = Vec::with_capacity(a.targets.len());
+            let mut seen = std::collections::HashSet::new();
+            for t in &a.targets {
+                let t = normalize_address(t).map_err(|e| bad(format!("alias {address}: {e}")))?;
+                if seen.insert(t.clone()) {
+                    targets.push(t);
+                }
+            }
+            if targets.is_empty() {
+                return Err(bad(format!("alias {address} has no targets")));
+            }
+            let alias = Alias {
+                address: address.clone(),
+                targets,
+                send_as: a.send_as,
+            };
+            if data.aliases.insert(address.clone(), alias).is_some() {
+                return Err(bad(format!("alias {address} is listed more than once")));
+            }
+        }
         Ok(data)
     }
 
@@ -567,6 +636,23 @@ impl DirectoryData {
                     password: a.password_hash.clone(),
                 })
                 .collect(),
+            domain_aliases: self
+                .domain_aliases
+                .iter()
+                .map(|(name, target)| DomainAliasRepr {
+                    name: name.clone(),
+                    target: target.clone(),
+                })
+                .collect(),
+            aliases: self
+                .aliases
+                .values()
+                .map(|a| AliasRepr {
+                    address: a.address.clone(),
+                    targets: a.targets.clone(),
+                    send_as: a.send_as,
+                })
+                .collect(),
         };
         let body = toml::to_string_pretty(&file)?;
         Ok(format!("{FILE_HEADER}{body}"))
@@ -590,6 +676,38 @@ struct FileRepr {
     users: Vec<UserRepr>,
     #[serde(default, rename = "admin", skip_serializing_if = "Vec::is_empty")]
     admins: Vec<AdminRepr>,
+    #[serde(
+        default,
+        rename = "domain_alias",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    domain_aliases: Vec<DomainAliasRepr>,
+    #[serde(default, rename = "alias", skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<AliasRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainAliasRepr {
+    name: String,
+    target: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasRepr {
+    address: String,
+    targets: Vec<String>,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    send_as: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Serialize, Deserialize)]
@@ -649,14 +767,6 @@ struct UserRepr {
     forward_keep_copy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vacation: Option<Vacation>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 impl UserRepr {

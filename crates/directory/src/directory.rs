@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use postoffice_common::durable::{self, AtomicFile};
 
+use crate::alias::{Alias, AliasChange};
 use crate::data::DirectoryData;
 use crate::error::{Error, Result};
 use crate::password::validate_hash;
@@ -165,6 +166,40 @@ impl Directory {
     pub fn add_user(&self, address: &str, password_hash: &str) -> Result<String> {
         validate_hash(password_hash)?;
         self.mutate(|d| d.add_user(address, password_hash))
+    }
+
+    /// Adds an alias, or targets to an existing one (see
+    /// [`AliasChange`]). `check` sees the directory as it would be and may
+    /// refuse it (the core uses it to refuse loops and too deep
+    /// expansions); nothing is written then. Returns the stored alias.
+    pub fn add_alias(
+        &self,
+        change: &AliasChange<'_>,
+        check: impl FnOnce(&DirectoryData, &Alias) -> Result<()>,
+    ) -> Result<Alias> {
+        self.mutate(|d| {
+            let alias = d.add_alias(change)?;
+            check(d, &alias)?;
+            Ok(alias)
+        })
+    }
+
+    /// Removes one target of an alias (the alias goes with its last
+    /// target), or the whole alias when `target` is `None`. Returns what is
+    /// left of it.
+    pub fn remove_alias(&self, address: &str, target: Option<&str>) -> Result<Option<Alias>> {
+        self.mutate(|d| d.remove_alias(address, target))
+    }
+
+    /// Makes `name` a domain alias of the existing domain `target`:
+    /// `x@name` is `x@target`. Returns both canonical names.
+    pub fn add_domain_alias(&self, name: &str, target: &str) -> Result<(String, String)> {
+        self.mutate(|d| d.add_domain_alias(name, target))
+    }
+
+    /// Removes a domain alias; returns its canonical name.
+    pub fn remove_domain_alias(&self, name: &str) -> Result<String> {
+        self.mutate(|d| d.remove_domain_alias(name))
     }
 
     /// Removes a user from the directory. Their stored mail is not touched.

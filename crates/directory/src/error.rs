@@ -75,6 +75,73 @@ pub enum Error {
     #[error("user {0} does not exist; check the spelling or add the user first")]
     UserNotFound(String),
 
+    /// An alias was to be added with a user's address, or a user with an
+    /// alias's: users and aliases share one namespace.
+    #[error(
+        "{0} is a user; an alias cannot have a user's address (remove the user first, or pick another address)"
+    )]
+    AddressIsUser(String),
+
+    /// `add_user` for an address that is an alias.
+    #[error(
+        "{0} is an alias; remove it with `postoffice alias del {0}` before adding a user with that address"
+    )]
+    AddressIsAlias(String),
+
+    /// An operation named an alias that does not exist.
+    #[error("alias {0} does not exist; see `postoffice alias list`")]
+    AliasNotFound(String),
+
+    /// `alias del ADDR TARGET` with a target the alias does not have.
+    #[error("alias {alias} has no target {target}; see `postoffice alias list`")]
+    AliasTargetNotFound {
+        /// The alias.
+        alias: String,
+        /// The target that was to be removed.
+        target: String,
+    },
+
+    /// An alias with more targets than `[addresses] max_alias_targets`.
+    #[error(
+        "alias {alias} would have {count} targets, more than the limit of {max}; raise [addresses] max_alias_targets or split the list into nested aliases"
+    )]
+    TooManyTargets {
+        /// The alias.
+        alias: String,
+        /// How many targets it would have.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+
+    /// An alias that cannot be stored for another reason (a loop, an
+    /// expansion that is too deep...), said in full.
+    #[error("alias {alias}: {reason}")]
+    InvalidAlias {
+        /// The alias.
+        alias: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+
+    /// A domain alias named like a real domain, or a real domain named like
+    /// a domain alias.
+    #[error("{0} is already a domain alias; remove it with `postoffice domain unalias {0}` first")]
+    DomainIsAlias(String),
+
+    /// An operation named a domain alias that does not exist.
+    #[error("{0} is not a domain alias; see `postoffice domain list`")]
+    DomainAliasNotFound(String),
+
+    /// `remove_domain` while aliases or domain aliases still use the domain.
+    #[error("domain {name} still has {count} alias(es) or domain alias(es); remove them first")]
+    DomainHasAliases {
+        /// The domain that was to be removed.
+        name: String,
+        /// How many aliases and domain aliases use it.
+        count: usize,
+    },
+
     /// A stored or supplied password hash is in a format this server cannot
     /// verify.
     #[error(

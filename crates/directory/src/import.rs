@@ -87,6 +87,16 @@ impl Directory {
             let mut report = ImportReport::default();
             for e in entries {
                 let domain = e.address.rsplit_once('@').map_or("", |(_, d)| d);
+                if data.alias(&e.address).is_some() || data.domain_alias(domain).is_some() {
+                    report.skipped.push((
+                        e.line,
+                        format!(
+                            "{} is an alias or in a domain alias; remove the alias first",
+                            e.address
+                        ),
+                    ));
+                    continue;
+                }
                 if data.domain(domain).is_none() {
                     if !options.create_missing_domains {
                         report.skipped.push((

@@ -1,5 +1,6 @@
-//! Domains, users, web administrators, password hashes, per-user/per-domain
-//! policy and login-failure accounting for the postoffice mail server.
+//! Domains, users, aliases and domain aliases, web administrators, password
+//! hashes, per-user/per-domain policy and login-failure accounting for the
+//! postoffice mail server.
 //!
 //! The directory lives in one human-readable file,
 //! `<data_dir>/directory.toml`, so that it can be inspected, backed up and
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod address;
+mod alias;
 mod data;
 mod directory;
 mod error;
@@ -29,6 +31,7 @@ pub use address::{
     MAX_ADDRESS_LEN, MAX_ADMIN_NAME_LEN, MAX_DOMAIN_LEN, MAX_LABEL_LEN, MAX_LOCAL_LEN,
     normalize_address, normalize_admin_name, normalize_domain,
 };
+pub use alias::{Alias, AliasChange, normalize_alias_address};
 pub use data::{
     Admin, AdminAuthOutcome, AuthOutcome, DirectoryData, Domain, User, UserRef, Vacation,
 };

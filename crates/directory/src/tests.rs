@@ -822,3 +822,133 @@ fn forwarding_and_vacation_survive_the_file() {
         "{e}"
     );
 }
+
+fn add_alias(
+    d: &Directory,
+    address: &str,
+    targets: &[&str],
+    send_as: Option<bool>,
+) -> Result<Alias> {
+    let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    d.add_alias(
+        &AliasChange {
+            address,
+            targets: &targets,
+            send_as,
+            max_targets: 3,
+        },
+        |_, _| Ok(()),
+    )
+}
+
+#[test]
+fn aliases_and_domain_aliases_survive_the_file_and_guard_the_namespace() {
+    let tmp = temp();
+    let d = with_users(tmp.path());
+    add_alias(
+        &d,
+        "Sales@Example.TEST",
+        &["alice@example.test", "Friend@Remote.test"],
+        None,
+    )
+    .unwrap();
+    add_alias(
+        &d,
+        "sales@example.test",
+        &["bob@example.test", "alice@example.test"],
+        Some(false),
+    )
+    .unwrap();
+    add_alias(&d, "@example.test", &["alice@example.test"], None).unwrap();
+    d.add_domain_alias("Example.ORG", "example.test").unwrap();
+    // Merged, canonical, deduplicated, limit enforced.
+    let e = add_alias(&d, "sales@example.test", &["x@remote.test"], None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooManyTargets {
+                count: 4,
+                max: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Reloaded from the file by another handle.
+    let again = Directory::open(tmp.path()).unwrap().snapshot();
+    let sales = again.alias("SALES@example.test").unwrap();
+    assert_eq!(
+        sales.targets,
+        [
+            "alice@example.test",
+            "friend@remote.test",
+            "bob@example.test"
+        ]
+    );
+    assert!(!sales.send_as);
+    assert!(again.catch_all("example.test").unwrap().send_as);
+    assert_eq!(again.domain_alias("example.org"), Some("example.test"));
+    assert!(again.is_local_domain("EXAMPLE.org") && !again.is_local_domain("remote.test"));
+    let text = fs::read_to_string(d.path()).unwrap();
+    assert!(
+        text.contains("[[alias]]") && text.contains("[[domain_alias]]"),
+        "{text}"
+    );
+    // One namespace with users; alias domains are not domains.
+    assert!(matches!(
+        add_alias(&d, "alice@example.test", &["bob@example.test"], None),
+        Err(Error::AddressIsUser(_))
+    ));
+    assert!(matches!(
+        d.add_user("sales@example.test", HASH),
+        Err(Error::AddressIsAlias(_))
+    ));
+    assert!(matches!(
+        d.add_domain("example.org"),
+        Err(Error::DomainIsAlias(_))
+    ));
+    assert!(matches!(
+        add_alias(&d, "x@example.org", &["bob@example.test"], None),
+        Err(Error::InvalidAlias { .. })
+    ));
+    assert!(d.add_domain_alias("example.net", "nowhere.test").is_err());
+    assert!(d.add_domain_alias("example.test", "example.test").is_err());
+    // A domain with aliases is not removed underneath them.
+    d.remove_user("alice@example.test").unwrap();
+    d.remove_user("bob@example.test").unwrap();
+    assert!(matches!(
+        d.remove_domain("example.test"),
+        Err(Error::DomainHasAliases { count: 3, .. })
+    ));
+    // Removing targets, then the alias with its last one.
+    let left = d
+        .remove_alias("sales@example.test", Some("bob@example.test"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.targets.len(), 2);
+    assert!(matches!(
+        d.remove_alias("sales@example.test", Some("bob@example.test")),
+        Err(Error::AliasTargetNotFound { .. })
+    ));
+    d.remove_alias("sales@example.test", None).unwrap();
+    assert!(matches!(
+        d.remove_alias("sales@example.test", None),
+        Err(Error::AliasNotFound(_))
+    ));
+    d.remove_alias("@example.test", Some("alice@example.test"))
+        .unwrap();
+    d.remove_domain_alias("example.org").unwrap();
+    d.remove_domain("example.test").unwrap();
+    // Hand-written files are checked like the rest.
+    for bad in [
+        "[[domain]]\nname = \"a.test\"\n[[alias]]\naddress = \"x@b.test\"\ntargets = [\"y@a.test\"]\n",
+        "[[domain]]\nname = \"a.test\"\n[[alias]]\naddress = \"x@a.test\"\ntargets = []\n",
+        "[[domain]]\nname = \"a.test\"\n[[alias]]\naddress = \"x@a.test\"\ntargets = [\"y%z@a.test\"]\n",
+        "[[domain]]\nname = \"a.test\"\n[[domain_alias]]\nname = \"a.test\"\ntarget = \"a.test\"\n",
+        "[[domain]]\nname = \"a.test\"\n[[domain_alias]]\nname = \"b.test\"\ntarget = \"c.test\"\n",
+    ] {
+        let t = temp();
+        fs::write(t.path().join(DIRECTORY_FILE), bad).unwrap();
+        assert!(Directory::open(t.path()).is_err(), "{bad}");
+    }
+}

@@ -338,6 +338,8 @@ struct UserJson {
     quarantined: usize,
     policy: Value,
     overrides: Value,
+    /// Aliases, catch-alls, domain aliases... that reach the mailbox.
+    address_rules: Vec<String>,
     send_limits: Value,
     forward: Vec<String>,
     forward_keep_copy: bool,
@@ -359,6 +361,7 @@ fn user_json(info: admin::UserInfo) -> UserJson {
             "quota_messages": p.quota_messages,
         }),
         overrides: overrides_json(&info.overrides),
+        address_rules: info.address_rules,
         send_limits: json!({
             "max_messages_per_hour": info.send_limits.0,
             "max_recipients_per_day": info.send_limits.1,

@@ -62,6 +62,11 @@ enum Command {
     /// Manage users (mailboxes).
     #[command(subcommand)]
     User(UserCmd),
+    /// Manage aliases: addresses without a mailbox that deliver to users,
+    /// other aliases or external addresses (distribution lists with
+    /// several targets; `@domain` is the domain's catch-all).
+    #[command(subcommand)]
+    Alias(AliasCmd),
     /// Manage the administrators of the web interface ([http]).
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -222,14 +227,69 @@ enum DomainCmd {
     /// Remove a domain (it must have no users left).
     #[command(alias = "rm", alias = "remove")]
     Del { name: String },
-    /// List domains.
+    /// List domains (and domain aliases).
     #[command(alias = "ls")]
     List,
+    /// Make ALIAS a domain alias of the local domain TARGET: mail for
+    /// x@ALIAS is delivered as x@TARGET, and ALIAS counts as local (never
+    /// relayed).
+    Alias {
+        /// The alias domain, e.g. example.org.
+        alias: String,
+        /// The existing domain, e.g. example.test.
+        target: String,
+    },
+    /// Remove a domain alias.
+    Unalias {
+        /// The alias domain.
+        alias: String,
+    },
     /// Set a domain's policy (overrides the config's [policy] defaults).
     Set {
         name: String,
         #[command(flatten)]
         policy: PolicyArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AliasCmd {
+    /// Add an alias, or more targets to an existing one. ADDR is
+    /// local@domain of a local domain, or @domain for the domain's
+    /// catch-all (every address that is neither a user nor an alias). Each
+    /// TARGET is a local user, another alias or an external address
+    /// (forwarded through the outbound queue). Users and aliases share one
+    /// namespace; loops, more targets than [addresses] max_alias_targets and
+    /// expansions deeper than max_alias_depth are refused. The users an
+    /// alias delivers to may send as it, unless --no-send-as.
+    Add {
+        /// The alias, e.g. sales@example.test or @example.test.
+        address: String,
+        /// Where its mail goes, e.g. alice@example.test.
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// The users it delivers to may not send as it (receive only).
+        #[arg(long, conflicts_with = "send_as")]
+        no_send_as: bool,
+        /// The users it delivers to may send as it again (the default).
+        #[arg(long)]
+        send_as: bool,
+    },
+    /// Remove one target of an alias (the alias goes with its last
+    /// target), or the whole alias.
+    #[command(alias = "rm", alias = "remove")]
+    Del {
+        /// The alias, e.g. sales@example.test or @example.test.
+        address: String,
+        /// Only this target.
+        target: Option<String>,
+    },
+    /// List aliases (of one domain), with their targets, the mailboxes and
+    /// external addresses they reach, and the domain aliases.
+    #[command(alias = "ls")]
+    List {
+        /// Only this domain's aliases.
+        domain: Option<String>,
     },
 }
 
@@ -445,6 +505,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dns(args) => dns(&config, args),
         Command::Domain(cmd) => domain(&config, cmd),
         Command::User(cmd) => user(&config, cmd),
+        Command::Alias(cmd) => alias(&config, cmd),
         Command::Admin(cmd) => admin(&config, cmd),
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
@@ -860,6 +921,17 @@ fn domain(config: &Config, cmd: DomainCmd) -> Result<ExitCode> {
             for d in admin::domains(&dir) {
                 println!("{}\t{} user(s)", d.name, d.users);
             }
+            for (alias, target) in dir.snapshot().domain_aliases() {
+                println!("{alias}\talias of {target}");
+            }
+        }
+        DomainCmd::Alias { alias, target } => {
+            let (alias, target) = admin::add_domain_alias(&dir, &alias, &target)?;
+            println!("added domain alias {alias} -> {target}");
+        }
+        DomainCmd::Unalias { alias } => {
+            let alias = admin::remove_domain_alias(&dir, &alias)?;
+            println!("removed domain alias {alias}");
         }
         DomainCmd::Set { name, policy } => {
             let name = admin::set_domain(&dir, &name, &policy.change()?)?;
@@ -918,6 +990,79 @@ fn admin(config: &Config, cmd: AdminCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_alias(a: &admin::AliasSummary) {
+    println!(
+        "{}\t-> {}{}",
+        a.address,
+        a.targets.join(", "),
+        if a.send_as || a.address.starts_with('@') {
+            ""
+        } else {
+            "\t(no send-as)"
+        }
+    );
+    if !a.mailboxes.is_empty() {
+        println!("\tdelivers to: {}", a.mailboxes.join(", "));
+    }
+    if !a.external.is_empty() {
+        println!("\tforwards to: {}", a.external.join(", "));
+    }
+    for p in &a.problems {
+        println!("\tproblem: {p}");
+    }
+}
+
+fn alias(config: &Config, cmd: AliasCmd) -> Result<ExitCode> {
+    let dir = Directory::open(&config.data_dir)?;
+    match cmd {
+        AliasCmd::Add {
+            address,
+            targets,
+            no_send_as,
+            send_as,
+        } => {
+            let flag = match (send_as, no_send_as) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            let a = admin::add_alias(config, &dir, &address, &targets, flag)?;
+            println!("alias {} updated", a.address);
+            print_alias(&a);
+        }
+        AliasCmd::Del { address, target } => {
+            let (address, left) = admin::remove_alias(config, &dir, &address, target.as_deref())?;
+            match left {
+                Some(a) => {
+                    println!("alias {address} updated");
+                    print_alias(&a);
+                }
+                None => println!("removed alias {address}"),
+            }
+        }
+        AliasCmd::List { domain } => {
+            for a in admin::aliases(config, &dir, domain.as_deref())? {
+                print_alias(&a);
+            }
+            let snap = dir.snapshot();
+            let wanted = domain.as_deref().map(normalize_domain).transpose()?;
+            for (alias, target) in snap.domain_aliases() {
+                if wanted.as_deref().is_none_or(|d| d == alias || d == target) {
+                    println!("@{alias}\t-> @{target}\t(domain alias)");
+                }
+            }
+            let sep = &config.addresses.subaddress_separator;
+            if !sep.is_empty() {
+                println!(
+                    "# sub-addressing: user{}tag@domain reaches user@domain (separators {sep:?})",
+                    sep.chars().next().unwrap_or('+')
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
     let cmd = match cmd {
         UserCmd::Fetch(cmd) => return crate::fetch_jobs::run(config, cmd),
@@ -948,6 +1093,13 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             match removed.kept {
                 None => println!("deleted its mail"),
                 Some(path) => println!("its mail was kept in {} (use --purge to delete it)", path),
+            }
+            // Aliases that pointed at it now lead nowhere (or elsewhere).
+            let snap = dir.snapshot();
+            for w in postoffice_core::addresses::postmaster_warnings(&config.addresses, &snap) {
+                if w.starts_with("alias ") && w.contains(&removed.address) {
+                    eprintln!("warning: {w}");
+                }
             }
         }
         UserCmd::Passwd {
@@ -1023,6 +1175,9 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
                 p.quota_messages
                     .map_or("unlimited".to_string(), |q| q.to_string())
             );
+            for rule in &u.address_rules {
+                println!("address rule:   {rule}");
+            }
             let limit = |n: u32, own: Option<u32>| {
                 let n = if n == 0 {
                     "unlimited".to_string()

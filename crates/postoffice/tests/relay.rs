@@ -186,3 +186,95 @@ fn submission_requires_auth_and_own_address() {
     assert_nothing_queued(&env);
     assert!(stored(&env).is_empty(), "{:?}", stored(&env));
 }
+
+/// Aliases must not open a relay either: an alias pointing outside
+/// forwards only mail for itself, and a catch-all takes only addresses of
+/// its own domain, whatever the percent hacks and source routes.
+#[test]
+fn alias_tricks_do_not_relay() {
+    let env = Env::new(BIN, "");
+    env.add_user(ALICE, ALICE_PW);
+    env.cli(&["alias", "add", "fwd@example.test", "friend@other.example"])
+        .ok();
+    env.cli(&["alias", "add", "@example.test", ALICE]).ok();
+    env.cli(&["domain", "alias", "example.org", "example.test"])
+        .ok();
+    // A percent hack cannot be stored as a target either.
+    assert!(
+        !env.cli(&[
+            "alias",
+            "add",
+            "x@example.test",
+            "friend%other.example@example.test"
+        ])
+        .status
+        .success()
+    );
+    let server = env.start();
+    let remote = "sender@remote.example";
+    let refused: &[(&str, u16)] = &[
+        // The external target itself, and tricks around the alias.
+        ("<friend@other.example>", 554),
+        ("<fwd%other.example@example.test>", 550),
+        ("<friend%other.example@example.test>", 550),
+        ("<friend%other.example@example.org>", 550),
+        ("<fwd@example.test.other.example>", 554),
+        ("<fwd@other.example>", 554),
+        // A catch-all with source routes: the route is dropped, the
+        // domain that counts is the mailbox's.
+        ("<@example.test:friend@other.example>", 554),
+        ("<@example.test,@example.org:friend@other.example>", 554),
+        ("<@example.org:anyone@other.example>", 554),
+    ];
+    for &(rcpt, want) in refused {
+        let (code, text) = mx_attempt(&server, remote, rcpt);
+        assert_eq!(code, want, "RCPT TO:{rcpt}: {text}");
+        assert_nothing_queued(&env);
+        assert!(stored(&env).is_empty(), "stored: {:?}", stored(&env));
+    }
+    // A source route to a local address, a bang path or a quoted local
+    // part in a local domain: the catch-all takes them, locally (or they
+    // are refused); nothing is ever queued.
+    let mut local = 0;
+    for rcpt in [
+        "<@other.example:anyone@example.test>",
+        "<other.example!friend@example.test>",
+        "<\"friend@other.example\"@example.test>",
+    ] {
+        let mut c = smtp_connect(server.smtp_addr());
+        assert_eq!(smtp_cmd(&mut c, &format!("MAIL FROM:<{remote}>")).0, 250);
+        let (code, text) = smtp_cmd(&mut c, &format!("RCPT TO:{rcpt}"));
+        if code == 250 {
+            assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+            c.send_raw(b"Subject: routed\r\n\r\nhi\r\n.\r\n");
+            assert_eq!(smtp_reply(&mut c).0, 250);
+            local += 1;
+        } else {
+            assert_eq!(code, 550, "{rcpt}: {text}");
+        }
+        smtp_cmd(&mut c, "QUIT");
+        assert_nothing_queued(&env);
+        let files = stored(&env);
+        assert_eq!(files.len(), local, "{rcpt}: {files:?}");
+        assert!(
+            files.iter().all(|f| f.starts_with(env.maildir(ALICE))),
+            "{files:?}"
+        );
+    }
+    assert!(
+        local >= 1,
+        "the source-routed local address reaches the catch-all"
+    );
+    // Only the alias's own mail goes out, to its one target.
+    let mut c = smtp_connect(server.smtp_addr());
+    assert_eq!(smtp_cmd(&mut c, &format!("MAIL FROM:<{remote}>")).0, 250);
+    assert_eq!(smtp_cmd(&mut c, "RCPT TO:<fwd@example.test>").0, 250);
+    assert_eq!(smtp_cmd(&mut c, "RCPT TO:<victim@third.example>").0, 554);
+    assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+    c.send_raw(b"Subject: forwarded\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(smtp_reply(&mut c).0, 250);
+    smtp_cmd(&mut c, "QUIT");
+    let q = env.cli(&["queue", "list"]).ok().stdout;
+    assert!(q.contains("friend@other.example"), "{q}");
+    assert!(!q.contains("victim") && !q.contains("anyone"), "{q}");
+}

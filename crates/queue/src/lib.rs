@@ -94,12 +94,18 @@ impl LocalMail for postoffice_core::App {
         rcpt: &str,
         message: &[u8],
     ) -> Result<(), postoffice_core::delivery::DeliveryError> {
-        self.local()
-            .deliver(
-                &[rcpt.to_string()],
-                &postoffice_common::content::Pieces::of_slice(message),
-            )
-            .map(|_| ())
+        // Aliases apply to notices too: local mailboxes get their copy,
+        // external targets of a local alias get it through the queue (with
+        // the null sender, as a notice is sent).
+        let resolution = self.local().resolution(&[rcpt.to_string()])?;
+        postoffice_core::alias_forward::deliver_and_forward(
+            self,
+            "",
+            &resolution,
+            &postoffice_common::content::Pieces::of_slice(message),
+            None,
+        )
+        .map(|_| ())
     }
 
     fn notice_recipient(&self, rcpt: &str) -> Option<String> {

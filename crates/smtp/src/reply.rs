@@ -125,7 +125,7 @@ pub mod status {
     pub const NETWORK_OTHER: Status = Status(4, 0);
     /// X.4.2 Bad connection.
     pub const BAD_CONNECTION: Status = Status(4, 2);
-    /// X.4.6 Routing loop detected.
+    /// X.4.6 Routing loop detected (a forwarding loop, an alias expansion too deep).
     pub const ROUTING_LOOP: Status = Status(4, 6);
     /// X.5.0 Other or undefined protocol status.
     pub const PROTOCOL_OTHER: Status = Status(5, 0);

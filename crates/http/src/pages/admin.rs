@@ -387,6 +387,10 @@ pub(crate) async fn user(
                 (if info.send_limits.0 == 0 { "unlimited".to_string() } else { info.send_limits.0.to_string() }) " messages/hour · "
                 (if info.send_limits.1 == 0 { "unlimited".to_string() } else { info.send_limits.1.to_string() }) " recipients/day" }
             p.muted { "Mailbox: " (info.mailbox) }
+            @if !info.address_rules.is_empty() {
+                p { "Also receives:" }
+                ul #address-rules { @for r in &info.address_rules { li { (r) } } }
+            }
         }
         h2 { "Policy" }
         form.box method="post" action={ (base) "/policy" } #user-policy {
