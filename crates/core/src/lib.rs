@@ -30,7 +30,10 @@
 //! - [`retention`]: the retention sweep (from delivery or from first
 //!   retrieval) and the notices that announce it.
 //! - [`notices`]: the messages postoffice delivers into a maildrop itself
-//!   (quota warnings, retention notices), from templates.
+//!   (quota warnings, retention notices, the quarantine digest), from
+//!   templates.
+//! - [`quarantine_digest`]: once per period, one message per user listing
+//!   what the quarantine newly holds and how to release it.
 //! - [`metrics`]: what the server counts, in the Prometheus text format.
 //! - [`sessions`]: the live sessions (for the administrators' page).
 //! - [`admin`]: what administrators do to domains, users, admin accounts
@@ -55,6 +58,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod notices;
 pub mod outbound;
+pub mod quarantine_digest;
 pub mod retention;
 pub mod send_limits;
 pub mod sendmail;
