@@ -24,11 +24,10 @@
 RS_PID='' RS_DNS_PID='' RS_DIR='' RS_HTTP_PORT='' RS_MILTER_PORT='' RS_DNS_PORT=''
 # The milter's socket: a unix socket, $RS_DIR/run/milter.sock (default),
 # or TCP on 127.0.0.1:RS_MILTER_PORT with RS_MILTER_SOCKET=tcp. Over TCP
-# loopback the milter exchange stalls (~90 ms per message, Postfix and
-# rspamd mostly idle: small writes waiting on delayed ACKs), which caps
-# Postfix at ~150 msgs/s; the unix socket has no such stall (measured
-# 2026-12-05: 150 vs 383 msgs/s). RS_MILTER is what Postfix's
-# smtpd_milters takes.
+# loopback the milter exchange stalls ~50 ms per message (one client:
+# 63 ms per message over TCP, 9.6 over the unix socket, 2026-12-05; small
+# writes waiting on delayed ACKs, by the look of it). RS_MILTER is what
+# Postfix's smtpd_milters takes.
 RS_MILTER=''
 
 install_rspamd() {
