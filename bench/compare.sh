@@ -55,10 +55,18 @@
 #          smtp-hot        SMTP 10 KiB, 16 clients, one recipient
 #          smtp-1m         SMTP 1 MiB, 16 clients, 1,000 recipients
 #          smtp-big        SMTP 40 concurrent 20 MiB messages, peak RSS
+#          smtp-rspamd     SMTP 10 KiB, 16 clients, 1,000 recipients, with
+#                          and without a private rspamd (bench/rspamd.sh):
+#                          postoffice over HTTP /checkv2, Postfix through
+#                          rspamd's milter; CPU includes rspamd's
 # Environment: BENCH_WORK (default /var/tmp/postoffice-bench),
 #   POSTOFFICE_BIN, BENCH_BIN (default target/release/...),
 #   DOVECOT_PORT (21110), POSTOFFICE_PORT (22110), POSTFIX_PORT (21025),
-#   POSTOFFICE_SMTP_PORT (22025); the POP3S ports are the POP3 ports + 1.
+#   POSTOFFICE_SMTP_PORT (22025); the POP3S ports are the POP3 ports + 1;
+#   smtp-rspamd: RSPAMD_PORT (21333, HTTP), RSPAMD_DNS_PORT (21353, its
+#   private dnsmasq); the milter is a unix socket in WORK/rspamd/run
+#   (RS_MILTER_SOCKET=tcp: 127.0.0.1:RSPAMD_MILTER_PORT, 21332); SMTP_MESSAGES (messages
+#   per smtp/smtp-hot/smtp-rspamd run; default 2000, --quick 200).
 #   Example: only the new login and TLS rows, with binaries built elsewhere:
 #     POSTOFFICE_BIN=/path/postoffice BENCH_BIN=/path/postoffice-bench \
 #       bench/compare.sh --only login-a2,login-a2-nocache,login-warm,pop3s-rsa
@@ -89,6 +97,9 @@ D_PORT=${DOVECOT_PORT:-21110}
 P_PORT=${POSTOFFICE_PORT:-22110}
 F_PORT=${POSTFIX_PORT:-21025}
 PS_PORT=${POSTOFFICE_SMTP_PORT:-22025}
+RS_PORT=${RSPAMD_PORT:-21333}
+RSM_PORT=${RSPAMD_MILTER_PORT:-21332}
+RSD_PORT=${RSPAMD_DNS_PORT:-21353}
 PASSWORD=benchpass
 SEED=42
 DOMAIN=bench.test
@@ -110,11 +121,17 @@ else
     SMTP_MSGS=2000 A2_USERS=100 SMTP_1M_MSGS=300 SMTP_BIG_C=40 SMTP_BIG_SIZE=$((20 * 1024 * 1024))
     RUNS=${RUNS:-3}
 fi
+# SMTP_MESSAGES (environment) overrides the messages per run of smtp,
+# smtp-hot and smtp-rspamd, e.g. for a --quick smoke run of smtp-rspamd
+# long enough to give a figure.
+SMTP_MSGS=${SMTP_MESSAGES:-$SMTP_MSGS}
 # SMTP: 10 KB messages from 16 clients, one message per connection, to
 # SMTP_USERS recipients round-robin (smtp-hot: all to the first one);
 # smtp-1m: 1 MiB messages the same way; smtp-big: SMTP_BIG_C clients each
 # send one SMTP_BIG_SIZE message at the same time.
 SMTP_USERS=$USERS SMTP_SIZE=10240 SMTP_C=16 SMTP_1M_SIZE=$((1024 * 1024))
+# smtp-rspamd: the unmeasured warm-up through rspamd, per server.
+SMTP_RSPAMD_WARM=$(( SMTP_MSGS < 500 ? SMTP_MSGS : 500 ))
 # TLS certificate kinds of the pop3s-<kind> scenarios.
 TLS_KINDS="rsa ecdsa"
 IDLE_USERS=$BIG_HOLD
@@ -134,10 +151,15 @@ want_any() {
     for n in "$@"; do want "$n" && return 0; done
     return 1
 }
-want_smtp() { want_any smtp smtp-hot smtp-1m smtp-big; }
+want_smtp() { want_any smtp smtp-hot smtp-1m smtp-big smtp-rspamd; }
+# Any POP3 row (their warm-up reads the whole corpus: skipped without one).
+want_pop3() {
+    want_any s16 s64 login login-a2 login-a2-nocache login-warm hold hold10k pipeline retrbig \
+        bigbox bigbox-first pop3s-rsa pop3s-ecdsa
+}
 want_a2() { want_any login-a2 login-a2-nocache login-warm; }
 want_tls() { want_any pop3s-rsa pop3s-ecdsa; }
-KNOWN=",s16,s64,login,login-a2,login-a2-nocache,login-warm,hold,hold10k,pipeline,retrbig,bigbox,bigbox-first,pop3s-rsa,pop3s-ecdsa,smtp,smtp-hot,smtp-1m,smtp-big,"
+KNOWN=",s16,s64,login,login-a2,login-a2-nocache,login-warm,hold,hold10k,pipeline,retrbig,bigbox,bigbox-first,pop3s-rsa,pop3s-ecdsa,smtp,smtp-hot,smtp-1m,smtp-big,smtp-rspamd,"
 for n in ${ONLY//,/ }; do
     [[ $KNOWN == *",$n,"* ]] || die "--only: unknown scenario $n (see --help)"
 done
@@ -145,6 +167,9 @@ done
 # and wait_port, which every server start below uses.
 # shellcheck source=bench/postfix.sh
 source "$ROOT/bench/postfix.sh"
+# install_rspamd, setup_rspamd, start_rspamd, stop_rspamd (RS_PID).
+# shellcheck source=bench/rspamd.sh
+source "$ROOT/bench/rspamd.sh"
 
 # ------------------------------------------------------------ cleanup
 D_PID= P_PID= GEN_PID=
@@ -170,6 +195,7 @@ cleanup() {
     stop_dovecot
     stop_postoffice
     stop_postfix
+    stop_rspamd
     if [[ -d $WORK/trash ]]; then
         log "deleting what was moved aside during the run ($WORK/trash: old corpora, SMTP deliveries)"
         rm -rf "$WORK/trash"
@@ -216,6 +242,7 @@ for u in dovecot dovenull; do
     getent passwd $u >/dev/null || die "user $u missing (it comes with dovecot-core)"
 done
 if want_smtp; then install_postfix; fi
+if want smtp-rspamd; then install_rspamd; fi
 if want_tls; then command -v openssl >/dev/null || die "openssl is needed for the pop3s scenarios"; fi
 
 # Idle sessions need descriptors: raise the soft limit to the hard one.
@@ -227,6 +254,7 @@ BIG_HOLD_EFF=$(( BIG_HOLD < P_HOLD_MAX ? BIG_HOLD : P_HOLD_MAX ))
 
 SMTP_PORTS=()
 if want_smtp; then SMTP_PORTS=("$F_PORT" "$PS_PORT"); fi
+if want smtp-rspamd; then SMTP_PORTS+=("$RS_PORT" "$RSM_PORT" "$RSD_PORT"); fi
 for p in $D_PORT $((D_PORT + 1)) $P_PORT $((P_PORT + 1)) "${SMTP_PORTS[@]}"; do
     if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use"; fi
 done
@@ -409,6 +437,17 @@ if ! "$PO" --config "$P_CONF_NOCACHE" config check >/dev/null 2>&1; then
 fi
 P_CONF_ECDSA=$WORK/postoffice-ecdsa.toml
 { cat "$P_CONF_BASE"; tls_section ecdsa; } >"$P_CONF_ECDSA"
+#   rspamd: the default config with every message scored by the private
+#     rspamd (bench/rspamd.sh) over HTTP; thresholds out of reach, as
+#     rspamd's own actions there, so every message is delivered.
+P_CONF_RSPAMD=$WORK/postoffice-rspamd.toml
+if want smtp-rspamd; then
+    sed '/^clamd = ""$/a rspamd = "127.0.0.1:'"$RS_PORT"'"\nspam_tag = 1000.0\nspam_quarantine = 1000.0\nspam_reject = 1000.0\nrspamd_failure = "closed"' \
+        "$P_CONF" >"$P_CONF_RSPAMD"
+    grep -q '^rspamd = ' "$P_CONF_RSPAMD" || die "could not add rspamd to the [filter] section of $P_CONF"
+    "$PO" --config "$P_CONF_RSPAMD" config check >/dev/null ||
+        die "postoffice rejects $P_CONF_RSPAMD (a binary without [filter] rspamd?)"
+fi
 "$PO" --config "$P_CONF" config check >/dev/null || die "postoffice rejects $P_CONF"
 P_CONF_CUR=$P_CONF P_MODE=default
 if [[ -f $CORPUS/.imported-pending ]]; then
@@ -439,6 +478,7 @@ PO_SMTP_MAIL=$CORPUS/po/mail/$SMTP_DOMAIN
 F_SMTP_MAIL=$WORK/postfix/mail/$SMTP_DOMAIN
 if want_smtp; then
     setup_postfix "$WORK" "$F_PORT" "$CORPUS/smtp.passwd"
+    if want smtp-rspamd; then setup_rspamd "$WORK" "$RS_PORT" "$RSM_PORT" "$RSD_PORT"; fi
     cp "$WORK/postfix/postconf-n.conf" "$RESULTS/postconf-n.conf"
     cp "$WORK/postfix/etc/master.cf" "$RESULTS/postfix-master.cf"
 fi
@@ -556,6 +596,7 @@ po_mode() {
         default|rsa) conf=$P_CONF ;;
         nocache) conf=$P_CONF_NOCACHE ;;
         ecdsa) conf=$P_CONF_ECDSA ;;
+        rspamd) conf=$P_CONF_RSPAMD ;;
         *) die "po_mode: unknown mode $mode" ;;
     esac
     if [[ $conf != "$P_CONF_CUR" || ${2:-} == restart || -z $P_PID ]]; then
@@ -599,6 +640,19 @@ if want_smtp; then
     install -d -o $MAIL_UID -g $MAIL_UID "$F_SMTP_MAIL"
     mkdir -p "$PO_SMTP_MAIL"
 fi
+if want smtp-rspamd; then
+    start_rspamd
+    log "started rspamd (HTTP 127.0.0.1:$RS_PORT, milter $RS_MILTER, DNS: dnsmasq on 127.0.0.1:$RSD_PORT)"
+fi
+# pf_milter on|off: Postfix with or without rspamd's milter (restarted).
+PF_MILTER=off
+pf_milter() {
+    [[ $1 == "$PF_MILTER" ]] && return 0
+    stop_postfix
+    if [[ $1 == on ]]; then postfix_milter "$RS_MILTER"; else postfix_milter off; fi
+    PF_MILTER=$1
+    start_postfix
+}
 
 # ------------------------------------------------------------ generator
 VALUES=$RESULTS/values.tsv
@@ -662,7 +716,10 @@ gen() {
         args=()
         for a in "$@"; do
             # shellcheck disable=SC2207
-            if [[ $a == @srv@ ]]; then args+=($(srvsel "$srv")); else args+=("$a"); fi
+            if [[ $a == @srv@ ]]; then args+=($(srvsel "$srv"))
+            # rspamd's processes counted with the server's (smtp-rspamd).
+            elif [[ $a == @rspamd@ ]]; then args+=(--server-tree "$RS_PID")
+            else args+=("$a"); fi
         done
         case $scen in
             smtp*|warmup-smtp*)
@@ -772,11 +829,13 @@ log "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; load: $
 
 # ------------------------------------------------------------ warm-up
 log "warming up the servers (index files, page cache; for smtp every Maildir)"
-for srv in dovecot postoffice; do
-    gen warmup $srv 0 sessions "${SESS_USERS[@]}" --concurrency 8 --sessions "$USERS" --retr all --verify-hash
-    gen warmup-bigbox $srv 0 bigbox --user "bigbox1@$DOMAIN" --repeat 2
-    gen warmup-retrbig $srv 0 retr-big --user "bigmsg1@$DOMAIN" --repeat 1 --verify-hash
-done
+if want_pop3; then
+    for srv in dovecot postoffice; do
+        gen warmup $srv 0 sessions "${SESS_USERS[@]}" --concurrency 8 --sessions "$USERS" --retr all --verify-hash
+        gen warmup-bigbox $srv 0 bigbox --user "bigbox1@$DOMAIN" --repeat 2
+        gen warmup-retrbig $srv 0 retr-big --user "bigmsg1@$DOMAIN" --repeat 1 --verify-hash
+    done
+fi
 if want_a2; then
     # The argon2id users' mail into the page cache (Dovecot's first
     # A2_USERS users were read above).
@@ -791,6 +850,20 @@ if want_smtp; then
         gen warmup-smtp "$srv" 0 $(smtp_args "$srv" "$SMTP_USERS")
         GEN_PRE=
     done
+    if want smtp-rspamd; then
+        # rspamd's first scans are slow (rules compiled and cached lazily):
+        # a few hundred messages through each protocol, unmeasured.
+        pf_milter on
+        po_mode rspamd
+        for srv in postfix postoffice; do
+            GEN_PRE="smtp_clear $srv"
+            # shellcheck disable=SC2046
+            gen warmup-smtp-rspamd "$srv" 0 $(smtp_args "$srv" "$SMTP_RSPAMD_WARM")
+            GEN_PRE=
+        done
+        pf_milter off
+        po_mode default
+    fi
 fi
 if want hold10k; then
     gen warmup-idle postoffice 0 sessions --users-file "$CORPUS/idle.passwd" --users "$BIG_HOLD_EFF" \
@@ -856,6 +929,16 @@ for run in $(seq "$RUNS"); do
             # its processes); postoffice's VmHWM reset before the run.
             want smtp-big && gen smtp-big "$srv" "$run" $(smtp_args "$srv" "$SMTP_BIG_C" "$SMTP_USERS" \
                 "$SMTP_BIG_SIZE" "$SMTP_BIG_C") --sample-memory --retries 3 --timeout 600
+            # rspamd off, then on, back to back on one server (same
+            # machine load): the off row is the smtp row with rspamd's
+            # idle processes counted too.
+            if want smtp-rspamd; then
+                if [[ $srv == postfix ]]; then pf_milter off; else po_mode default; fi
+                gen smtp-rspamd-off "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS") @rspamd@
+                if [[ $srv == postfix ]]; then pf_milter on; else po_mode rspamd; fi
+                gen smtp-rspamd "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS") @rspamd@
+                if [[ $srv == postfix ]]; then pf_milter off; else po_mode default; fi
+            fi
             } || true
             GEN_PRE=
         done
@@ -1065,6 +1148,16 @@ TABLE=$RESULTS/table.md
         f=$(median $s postfix e2e_msgs_per_s) p=$(median $s postoffice e2e_msgs_per_s)
         echo "| $label | Postfix: $(smtp_cell $s postfix) | $(smtp_cell $s postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu $s gen_cpu_pct postfix) |"
     done
+    if want smtp-rspamd; then
+        for s in smtp-rspamd-off smtp-rspamd; do
+            case $s in
+                smtp-rspamd-off) label="SMTP $((SMTP_SIZE / 1024)) KB, c$SMTP_C, $SMTP_MSGS messages to $SMTP_USERS recipients, rspamd off (run beside the next row; CPU includes rspamd's idle processes; anchor: Postfix)" ;;
+                smtp-rspamd) label="The same with every message scored by rspamd $(rspamd --version 2>/dev/null | awk '{print $NF}') (Debian rules, no Redis): postoffice over HTTP /checkv2, Postfix through rspamd's milter (proxy worker, self_scan, unix socket); CPU includes rspamd's" ;;
+            esac
+            f=$(median $s postfix e2e_msgs_per_s) p=$(median $s postoffice e2e_msgs_per_s)
+            echo "| $label | Postfix: $(smtp_cell $s postfix) | $(smtp_cell $s postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu $s gen_cpu_pct postfix) |"
+        done
+    fi
     if want smtp-big; then
         echo "| SMTP $SMTP_BIG_C concurrent $((SMTP_BIG_SIZE / 1024 / 1024)) MiB messages: the server's peak memory (anchor: Postfix) | Postfix: $(big_cell postfix) | $(big_cell postoffice) | $(ratio "$(big_peak postfix)" "$(big_peak postoffice)") (F/P peak RSS) | $(gen_cpu smtp-big gen_cpu_pct postfix) |"
     fi

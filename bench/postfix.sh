@@ -9,6 +9,7 @@
 #   start_postfix / stop_postfix        master pid in PF_PID; stop by pid
 #   postfix_delivered_count             files in WORK/postfix/mail/*/*/new
 #   postfix_clear_mail TRASH            move the delivered messages into TRASH
+#   postfix_milter MILTER|off           smtpd_milters (inet:HOST:PORT, unix:PATH) or none
 #
 # Everything lives in $WORK/postfix: etc/ (main.cf, master.cf, the
 # recipient map), spool/ (queue_directory), data/ (data_directory),
@@ -239,6 +240,21 @@ stop_postfix() {
         kill -KILL -- "-$PF_PID" 2>/dev/null || kill -KILL "$PF_PID" 2>/dev/null || true
     fi
     PF_PID=
+}
+
+# postfix_milter MILTER|off: send every message through the milter at
+# MILTER (inet:127.0.0.1:PORT or unix:PATH; rspamd's proxy worker in
+# milter mode, bench/rspamd.sh), or through none (the default). The settings are rspamd's documented ones
+# for Postfix, with milter_default_action = tempfail (postoffice's
+# rspamd_failure = "closed"). Takes effect at the next start_postfix.
+postfix_milter() {
+    local etc=$PF_DIR/etc
+    if [[ $1 == off ]]; then
+        postconf -c "$etc" -X smtpd_milters milter_default_action milter_protocol milter_mail_macros
+    else
+        postconf -c "$etc" -e "smtpd_milters = $1" "milter_default_action = tempfail" \
+            "milter_protocol = 6" "milter_mail_macros = i {mail_addr} {client_addr} {client_name} {auth_authen}"
+    fi
 }
 
 # postfix_delivered_count: messages delivered so far (files in new/).

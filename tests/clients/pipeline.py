@@ -14,6 +14,10 @@ to use both, and sends mail with swaks and Python's smtplib:
   a relay attempt are each refused with the configured reply;
 - a quarantined message is invisible to POP3 until `postoffice quarantine
   release`;
+- the quarantine digest: three held messages are listed in one message
+  popped with poplib (date, sender, subject, reason, release command), one
+  is released with the command the digest gives, and a second run lists
+  nothing again;
 - clamd going away makes the server answer 451 (fail closed).
 
 Prints one line per check and "N passed, M failed"; exits 1 on failure.
@@ -295,6 +299,51 @@ def run(srv, clamd):
             msgs = pop_all(q, "dave@example.test")
             assert len(msgs) == 1 and MARKER in msgs[0], msgs
             assert q.cli("quarantine", "list", "dave@example.test").strip() == ""
+        finally:
+            q.stop()
+
+    @check("quarantine digest: three held messages listed once over poplib, one released by its command")
+    def _():
+        dwork = os.path.join(os.path.dirname(srv.config), "digest")
+        os.makedirs(dwork)
+        q = Server(dwork, srv.dns_port, srv.clamd_port, virus="quarantine")
+        user = "erin@example.test"
+        try:
+            q.cli("user", "add", user, "--password-stdin", stdin=b"pw\n")
+            subjects = ["held one", "held two", "held three"]
+            for subject in subjects:
+                rc, out = swaks(q, "--from", "sender@good.test", "--to", user, "--data",
+                                f"From: Mallory <sender@good.test>\r\nSubject: {subject}\r\n\r\n"
+                                + MARKER.decode() + "\r\n")
+                assert rc == 0, out
+            assert pop_all(q, user) == []
+            out = q.cli("quarantine", "digest", "--user", user)
+            assert "digest of 3 quarantined message(s) delivered" in out, out
+            msgs = pop_all(q, user)
+            assert len(msgs) == 1, msgs
+            digest = msgs[0].decode()
+            assert "\r\nX-Postoffice-Notice: quarantine-digest\r\n" in digest, digest
+            assert MARKER.decode() not in digest, "the digest never carries the held content"
+            entries = re.findall(
+                r"\d+\. ([^\r\n]+)\r\n   From:    ([^\r\n]*)\r\n   Subject: ([^\r\n]*)\r\n"
+                r"   Reason:  ([^\r\n]*)\r\n   Release: (postoffice quarantine release [^\r\n]+)\r\n",
+                digest)
+            assert sorted(e[2] for e in entries) == sorted(subjects), digest
+            for date, sender, _subject, reason, _release in entries:
+                assert re.match(r"\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}$", date), date
+                assert sender == "Mallory <sender@good.test>", sender
+                assert reason.startswith("virus Postoffice.Test.Marker"), reason
+            release = next(e[4] for e in entries if e[2] == "held two")
+            q.cli(*release.split()[1:])
+            msgs = pop_all(q, user)
+            assert len(msgs) == 2, msgs
+            released = [m for m in msgs if MARKER in m]
+            assert len(released) == 1 and b"Subject: held two" in released[0], msgs
+            # Listed once: a second run has nothing to say, and delivers nothing.
+            out = q.cli("quarantine", "digest")
+            assert "no quarantined messages" in out, out
+            assert len(pop_all(q, user)) == 2
+            assert len(q.cli("quarantine", "list", user).splitlines()) == 2
         finally:
             q.stop()
 

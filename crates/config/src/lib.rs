@@ -570,6 +570,13 @@ pub struct Filter {
     /// DMARC (RFC 7489): off, tag, reject (honour the domain's p=reject;
     /// p=quarantine quarantines) or quarantine (quarantine on any failure).
     pub dmarc: StageMode,
+    /// Hours between quarantine digests: each user with messages
+    /// quarantined since their last digest gets one message in their
+    /// maildrop listing them (date, sender, subject, reason, how to release
+    /// each), at most once per this many hours; 24 = daily. 0 (default):
+    /// off. `postoffice quarantine digest` sends one now whatever this is
+    /// (for cron).
+    pub quarantine_digest_hours: u64,
     /// clamd address: "127.0.0.1:3310" (TCP) or "/run/clamav/clamd.ctl"
     /// (unix socket). Empty: no virus scanning.
     pub clamd: String,
@@ -629,6 +636,7 @@ impl Default for Filter {
             spf: StageMode::Tag,
             dkim: StageMode::Tag,
             dmarc: StageMode::Reject,
+            quarantine_digest_hours: 0,
             clamd: String::new(),
             virus: StageMode::Reject,
             clamd_failure: FailMode::Closed,

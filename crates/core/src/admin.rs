@@ -813,6 +813,9 @@ pub struct Quarantined {
     pub from: String,
     /// Why it was quarantined: the verdict of its `X-Postoffice-Verdict:`.
     pub verdict: String,
+    /// Why, for people: the stages that failed, read from our own verdict
+    /// headers (`virus Eicar found`, `spam score 15.00`, `DMARC failed`...).
+    pub reason: String,
 }
 
 /// How much of a message's head is read for the listing.
@@ -876,6 +879,7 @@ pub fn quarantine_list(
         let fields = header_fields(&head);
         let line = |s: &str| postoffice_common::text::printable(s, 200);
         let verdict = field(&fields, postoffice_filter::VERDICT_HEADER);
+        let reason = line(&quarantine_reason(verdict, field(&fields, "x-spam-score")));
         out.push(Quarantined {
             address: address.clone(),
             uid: m.uid.as_str().to_string(),
@@ -884,9 +888,50 @@ pub fn quarantine_list(
             subject: line(field(&fields, "subject")),
             from: line(field(&fields, "from")),
             verdict: line(verdict.split(';').next().unwrap_or("")),
+            reason,
         });
     }
     Ok(out)
+}
+
+/// Why a message was quarantined, in words, from the value of our
+/// `X-Postoffice-Verdict:` (`quarantine; dnsbl=.. spf=fail .. virus=found:X
+/// spam=quarantine`) and `X-Spam-Score:`. Both are ours: the delivery
+/// prepends them and removes forged copies. Unknown forms give the
+/// verdict's stage results as they are.
+pub fn quarantine_reason(verdict: &str, spam_score: &str) -> String {
+    let results = verdict.split_once(';').map_or("", |(_, r)| r);
+    let mut reasons = Vec::new();
+    for token in results.split_whitespace() {
+        let Some((stage, result)) = token.split_once('=') else {
+            continue;
+        };
+        match (stage, result) {
+            ("virus", r) if r.starts_with("found:") => {
+                reasons.push(format!("virus {} found", &r["found:".len()..]));
+            }
+            ("spam", "quarantine") if !spam_score.trim().is_empty() => {
+                reasons.push(format!("spam score {}", spam_score.trim()));
+            }
+            ("spam", "quarantine") => reasons.push("spam".to_string()),
+            ("dmarc", "fail") => reasons.push("DMARC check failed".to_string()),
+            ("spf", "fail") => reasons.push("SPF check failed".to_string()),
+            ("dkim", "fail") => reasons.push("no valid DKIM signature".to_string()),
+            ("dnsbl", r) if r.starts_with("listed:") => {
+                reasons.push(format!("sender's IP listed in {}", &r["listed:".len()..]));
+            }
+            _ => {}
+        }
+    }
+    if reasons.is_empty() {
+        let rest = results.trim();
+        return if rest.is_empty() {
+            "held by the verification checks".to_string()
+        } else {
+            format!("verification checks: {rest}")
+        };
+    }
+    reasons.join("; ")
 }
 
 /// The quarantined messages of every user, oldest first, at most `limit`
@@ -1075,6 +1120,23 @@ mod tests {
     }
 
     #[test]
+    fn quarantine_reasons() {
+        let v = "quarantine; dnsbl=none spf=pass dkim=none dmarc=pass virus=found:Eicar-Test-Signature spam=quarantine";
+        assert_eq!(
+            quarantine_reason(v, " 15.00 "),
+            "virus Eicar-Test-Signature found; spam score 15.00"
+        );
+        assert_eq!(
+            quarantine_reason(
+                "quarantine; dnsbl=off spf=fail dkim=fail dmarc=fail virus=off",
+                ""
+            ),
+            "SPF check failed; no valid DKIM signature; DMARC check failed"
+        );
+        assert_eq!(quarantine_reason("", ""), "held by the verification checks");
+    }
+
+    #[test]
     fn passwords() {
         assert!(check_password("secret").is_ok());
         assert!(check_password("").is_err());
@@ -1129,6 +1191,7 @@ mod tests {
         assert_eq!(list[0].subject, "held folded");
         assert_eq!(list[0].from, "x@y.test");
         assert_eq!(list[0].verdict, "quarantine");
+        assert_eq!(list[0].reason, "SPF check failed");
         let (all, total) = quarantine_all(&dir, &store, 10).unwrap();
         assert_eq!((all.len(), total), (1, 1));
         let headers = quarantine_headers(&store, "alice@example.test", &list[0].uid).unwrap();

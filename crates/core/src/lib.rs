@@ -30,7 +30,10 @@
 //! - [`retention`]: the retention sweep (from delivery or from first
 //!   retrieval) and the notices that announce it.
 //! - [`notices`]: the messages postoffice delivers into a maildrop itself
-//!   (quota warnings, retention notices), from templates.
+//!   (quota warnings, retention notices, the quarantine digest), from
+//!   templates.
+//! - [`quarantine_digest`]: once per period, one message per user listing
+//!   what the quarantine newly holds and how to release it.
 //! - [`metrics`]: what the server counts, in the Prometheus text format.
 //! - [`sessions`]: the live sessions (for the administrators' page).
 //! - [`forward`]: forwarding to external addresses through the queue,
@@ -63,6 +66,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod notices;
 pub mod outbound;
+pub mod quarantine_digest;
 pub mod rate_limit;
 pub mod retention;
 pub mod send_limits;

@@ -1,6 +1,8 @@
 //! Messages postoffice itself delivers into a maildrop, so that a POP3 user
-//! sees the provider's policy where they read mail: the quota warning and
-//! the retention notice.
+//! sees the provider's policy where they read mail: the quota warning, the
+//! retention notice and the quarantine digest (which, unlike the other
+//! two, goes through [`crate::delivery::Local`] and its quotas; see
+//! [`crate::quarantine_digest`]).
 //!
 //! A notice is a plain RFC 5322 message (UTF-8 text, `Auto-Submitted:
 //! auto-generated`, `X-Postoffice-Notice: <kind>`) from the postmaster of
@@ -40,6 +42,86 @@ The mail server deletes old mail after a fixed time. These {count} messages in {
 
 If your mail program leaves mail on the server, it already has a copy of each message it downloaded. Messages nobody downloaded yet are listed too: download them before the date shown if you want to keep them.
 ";
+
+const QUARANTINE_DIGEST: &str = "\
+Subject: {count} held in quarantine
+The mail server held {count} to {address} in quarantine instead of putting them in your mailbox: they looked like spam, carried a virus or failed a check of the sender. Your mail program does not see them; they stay in the quarantine until they are released or deleted.
+
+{messages}
+
+{release}
+";
+
+/// One message a quarantine digest lists (values already one line).
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// When it arrived.
+    pub received: SystemTime,
+    /// Its `From:`.
+    pub from: String,
+    /// Its `Subject:` (decoded).
+    pub subject: String,
+    /// Why it was held.
+    pub reason: String,
+    /// Its UID in the quarantine (what the release takes).
+    pub uid: String,
+}
+
+/// The quarantine digest for `address` listing `held` (`older`: messages
+/// listed by earlier digests and still held; `web`: the user's web page,
+/// when the web interface runs). Kind `quarantine-digest`.
+pub fn quarantine_digest(
+    config: &Config,
+    address: &str,
+    held: &[Held],
+    older: usize,
+    web: Option<&str>,
+) -> Vec<u8> {
+    let mut lines = String::new();
+    for (n, m) in held.iter().enumerate() {
+        let _ = write!(
+            lines,
+            "{}. {}\n   From:    {}\n   Subject: {}\n   Reason:  {}\n   Release: postoffice quarantine release {address} {}\n\n",
+            n + 1,
+            rfc5322(m.received),
+            one_line(&m.from, 200),
+            one_line(&m.subject, 200),
+            one_line(&m.reason, 200),
+            m.uid,
+        );
+    }
+    let mut release = match web {
+        Some(url) => format!(
+            "To get a message you want after all, release it: sign in at {url} and choose \"Release\" beside it, or ask your mail administrator to run its \"Release:\" command above. It then arrives in your mailbox as it was sent."
+        ),
+        None => "To get a message you want after all, ask your mail administrator to run its \"Release:\" command above. It then arrives in your mailbox as it was sent.".to_owned(),
+    };
+    if older > 0 {
+        let _ = write!(
+            release,
+            "\n\n{older} more messages, listed in earlier digests, are still held."
+        );
+    }
+    let text = render(
+        QUARANTINE_DIGEST,
+        &[
+            ("address", address.to_owned()),
+            (
+                "count",
+                match held.len() {
+                    1 => "1 new message".to_owned(),
+                    n => format!("{n} new messages"),
+                },
+            ),
+            ("messages", lines.trim_end().to_owned()),
+            ("release", release),
+        ],
+    );
+    message(config, address, DIGEST_KIND, &text)
+}
+
+/// The `X-Postoffice-Notice:` kind of the quarantine digest.
+pub const DIGEST_KIND: &str = "quarantine-digest";
 
 /// Why a notice could not be delivered.
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +378,46 @@ mod tests {
         );
         assert_eq!(one_line("a\r\nb\tc", 100), "a b c");
         assert_eq!(one_line("abcdef", 3), "abc…");
+    }
+
+    #[test]
+    fn digest_lists_each_message_with_its_release() {
+        let config = Config::default();
+        let held = [Held {
+            received: SystemTime::UNIX_EPOCH,
+            from: "Eve <eve@spam.test>\r\nBcc: x".into(),
+            subject: "buy\tnow".into(),
+            reason: "spam score 15.00".into(),
+            uid: "1700000000.M1P2.host".into(),
+        }];
+        let m = String::from_utf8(quarantine_digest(
+            &config,
+            "a@example.test",
+            &held,
+            2,
+            Some("https://mx.test/me"),
+        ))
+        .unwrap();
+        assert!(
+            m.contains("\r\nSubject: 1 new message held in quarantine\r\n"),
+            "{m}"
+        );
+        assert!(m.contains("\r\nX-Postoffice-Notice: quarantine-digest\r\n"));
+        assert!(
+            m.contains("\r\n   From:    Eve <eve@spam.test> Bcc: x\r\n"),
+            "{m}"
+        );
+        assert!(m.contains("\r\n   Subject: buy now\r\n"), "{m}");
+        assert!(m.contains("\r\n   Reason:  spam score 15.00\r\n"), "{m}");
+        assert!(m.contains(
+            "\r\n   Release: postoffice quarantine release a@example.test 1700000000.M1P2.host\r\n"
+        ));
+        assert!(m.contains("sign in at https://mx.test/me"), "{m}");
+        assert!(
+            m.contains("2 more messages, listed in earlier digests"),
+            "{m}"
+        );
+        assert!(!m.contains("\n\n") && !m.contains("\r\r"), "CRLF only");
     }
 
     #[test]

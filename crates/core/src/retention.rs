@@ -290,7 +290,7 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A subject with RFC 2047 encoded words decoded (what a person reads).
-fn decode_subject(raw: &str) -> String {
+pub(crate) fn decode_subject(raw: &str) -> String {
     if !raw.contains("=?") {
         return raw.to_owned();
     }

@@ -560,6 +560,7 @@ fn quarantined_json(m: &admin::Quarantined) -> Value {
         "subject": m.subject,
         "from": m.from,
         "verdict": m.verdict,
+        "reason": m.reason,
     })
 }
 

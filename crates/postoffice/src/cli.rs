@@ -210,6 +210,13 @@ enum QuarantineCmd {
     /// Delete a quarantined message.
     #[command(alias = "rm", alias = "del")]
     Delete { address: String, uid: String },
+    /// Deliver the quarantine digest now: each user (or only --user) with
+    /// messages no digest listed yet gets one message listing them and how
+    /// to release each. Ignores `[filter] quarantine_digest_hours` (cron).
+    Digest {
+        #[arg(long, value_name = "ADDR")]
+        user: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1389,6 +1396,23 @@ fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
         QuarantineCmd::Delete { address, uid } => {
             let address = admin::quarantine_delete(&store, &address, &uid)?;
             println!("deleted {uid} from the quarantine of {address}");
+        }
+        QuarantineCmd::Digest { user } => {
+            use postoffice_core::quarantine_digest::{Schedule, run};
+            let dir = Directory::open(&config.data_dir)?;
+            let r = run(config, &dir, &store, user.as_deref(), Schedule::Now)?;
+            for (user, n) in &r.sent {
+                println!("{user}: digest of {n} quarantined message(s) delivered");
+            }
+            for e in &r.errors {
+                eprintln!("error: {e}");
+            }
+            if r.sent.is_empty() && r.errors.is_empty() {
+                println!("no quarantined messages that a digest has not listed yet");
+            }
+            if !r.errors.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -571,6 +571,7 @@ fn quarantine_through_the_api() {
     let first = &all["messages"][0];
     assert_eq!(first["subject"], "first");
     assert_eq!(first["verdict"], "quarantine");
+    assert_eq!(first["reason"], "SPF check failed");
     let uid = first["uid"].as_str().unwrap().to_string();
     let h = json(&admin.get(&format!("/api/admin/quarantine/alice@example.test/{uid}")));
     assert!(

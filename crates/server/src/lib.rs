@@ -243,6 +243,15 @@ impl Server {
             tasks.spawn(accept_loop(shared, service, listener, sd, trig));
         }
         tasks.spawn(sweeper_loop(Arc::clone(&self.shared), shutdown.clone()));
+        if let Some(schedule) =
+            postoffice_core::quarantine_digest::Schedule::from_config(&self.shared.app.config)
+        {
+            tasks.spawn(digest_loop(
+                Arc::clone(&self.shared),
+                schedule,
+                shutdown.clone(),
+            ));
+        }
         if let Some(http) = self.shared.http.clone() {
             let mut sd = shutdown.clone();
             tasks.spawn(async move { http.run_sampler(async move { sd.recv().await }).await });
@@ -438,6 +447,43 @@ async fn fetch_jobs_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
         tokio::select! {
             _ = scheduler.run_due(&shared.app) => {}
             _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// The quarantine digest (`[filter] quarantine_digest_hours`): every ten
+/// minutes (or the period, if shorter) the users whose last digest is at
+/// least a period old and who have unlisted messages get one; the period
+/// itself is kept per user in the store, so a restart does not resend.
+async fn digest_loop(
+    shared: Arc<Shared>,
+    schedule: postoffice_core::quarantine_digest::Schedule,
+    mut shutdown: Shutdown,
+) {
+    let every = match schedule {
+        postoffice_core::quarantine_digest::Schedule::Every(p) => p.min(Duration::from_secs(600)),
+        postoffice_core::quarantine_digest::Schedule::Now => Duration::from_secs(600),
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        let app = Arc::clone(&shared.app);
+        let done = tokio::task::spawn_blocking(move || {
+            postoffice_core::quarantine_digest::run(
+                &app.config,
+                &app.directory,
+                &*app.store,
+                None,
+                schedule,
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "quarantine digest run failed");
         }
     }
 }

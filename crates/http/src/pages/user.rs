@@ -62,13 +62,14 @@ pub(crate) async fn home(
             p.muted #quarantine-empty { "Nothing is quarantined." }
         } @else {
             table #quarantine {
-                tr { th { "Received" } th { "From" } th { "Subject" } th.num { "Size" } th {} }
+                tr { th { "Received" } th { "From" } th { "Subject" } th { "Why" } th.num { "Size" } th {} }
                 @for m in &quarantined {
                     @let base = format!("/me/quarantine/{}", seg(&m.uid));
                     tr {
                         td { (date(m.received)) }
                         td { (m.from) }
                         td { a href=(base) { @if m.subject.is_empty() { "(no subject)" } @else { (m.subject) } } }
+                        td.reason { (m.reason) }
                         td.num { (bytes(m.size)) }
                         td {
                             form.inline method="post" action={ (base) "/release" } { (csrf(&s)) button type="submit" class="release" { "Release" } }
