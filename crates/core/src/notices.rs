@@ -343,8 +343,9 @@ fn message(config: &Config, to: &str, kind: &str, text: &str) -> Vec<u8> {
     m.into_bytes()
 }
 
-/// RFC 2047 for a subject that is not plain ASCII.
-fn encode_word(s: &str) -> String {
+/// RFC 2047 for a header value that is not plain ASCII (subjects of the
+/// messages postoffice writes itself: notices, vacation replies).
+pub(crate) fn encode_word(s: &str) -> String {
     if s.is_ascii() {
         return s.to_owned();
     }

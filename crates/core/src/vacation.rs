@@ -202,18 +202,6 @@ fn record(app: &App, user: &str, sender: &str, day: u64, interval: u64) -> std::
     Ok(true)
 }
 
-/// RFC 2047 for a header value that is not plain ASCII.
-fn encode_word(s: &str) -> String {
-    if s.is_ascii() {
-        return s.to_owned();
-    }
-    use base64::Engine as _;
-    format!(
-        "=?utf-8?B?{}?=",
-        base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
-    )
-}
-
 /// The value of the first field `name` of `fields`.
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
@@ -238,7 +226,7 @@ pub fn build_reply(
             format!("Auto: {}", crate::notices::one_line(orig, 200))
         }
     };
-    let subject = encode_word(&crate::notices::one_line(&subject, 250));
+    let subject = crate::notices::encode_word(&crate::notices::one_line(&subject, 250));
     let mut m = String::with_capacity(v.body.len() + 512);
     let _ = write!(
         m,

@@ -661,14 +661,7 @@ impl Filters {
         };
         let spam_future = async {
             let addr = self.rspamd.as_ref()?;
-            let env = rspamd::Envelope {
-                ip: ctx.ip,
-                helo: ctx.helo,
-                mail_from: ctx.mail_from,
-                rcpt_to: ctx.rcpt_to,
-                auth_user: ctx.auth_user,
-                hostname: ctx.receiver_hostname,
-            };
+            let env = rspamd::Envelope::of(ctx);
             Some(rspamd::check(addr, &env, message, self.rspamd_timeout).await)
         };
         let (outcome, scan, spam) = tokio::join!(auth_future, scan_future, spam_future);
@@ -699,14 +692,7 @@ impl Filters {
         message: &Content,
     ) -> Option<OutboundVerdict> {
         let addr = self.rspamd.as_ref()?;
-        let env = rspamd::Envelope {
-            ip: ctx.ip,
-            helo: ctx.helo,
-            mail_from: ctx.mail_from,
-            rcpt_to: ctx.rcpt_to,
-            auth_user: ctx.auth_user,
-            hostname: ctx.receiver_hostname,
-        };
+        let env = rspamd::Envelope::of(ctx);
         let outcome = rspamd::check(addr, &env, message, self.rspamd_timeout).await;
         Some(self.outbound_verdict(&outcome))
     }

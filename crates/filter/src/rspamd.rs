@@ -29,6 +29,20 @@ pub(crate) struct Envelope<'a> {
     pub hostname: &'a str,
 }
 
+impl<'a> Envelope<'a> {
+    /// The facts of the transaction `ctx`.
+    pub(crate) fn of(ctx: &crate::MessageContext<'a>) -> Envelope<'a> {
+        Envelope {
+            ip: ctx.ip,
+            helo: ctx.helo,
+            mail_from: ctx.mail_from,
+            rcpt_to: ctx.rcpt_to,
+            auth_user: ctx.auth_user,
+            hostname: ctx.receiver_hostname,
+        }
+    }
+}
+
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum SpamOutcome {
