@@ -27,23 +27,13 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-import time
 
-from harness import FAILED, NO_DNS, PASSED, check, free_port
+from harness import FAILED, NO_DNS, PASSED, check, free_port, wait_for
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
 ADMIN = "admin@example.test"
 HOST = "hostmaster@example.org"
 ABUSE_USER = "abuse@example.net"
-
-
-def wait_for(cond, what, seconds=90):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def subjects(port, user):

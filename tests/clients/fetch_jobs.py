@@ -22,9 +22,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-from harness import FAILED, PASSED, check, free_port
+from harness import FAILED, PASSED, check, free_port, wait_for
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
 
@@ -82,15 +81,6 @@ def pop3_answers(port):
         return True
     except OSError:
         return False
-
-
-def wait_for(cond, what, seconds=90):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def mailbox(port, user):

@@ -1,10 +1,12 @@
 """Shared pieces of the real-client test scripts in this directory: the
-pass/fail bookkeeping, free loopback ports and finding a daemon's binary.
+pass/fail bookkeeping, bounded waits, free loopback ports and finding a
+daemon's binary.
 Imported by name: Python puts the running script's directory on sys.path."""
 
 import os
 import shutil
 import socket
+import time
 import traceback
 
 PASSED, FAILED = [], []
@@ -25,6 +27,16 @@ def check(name):
         return fn
 
     return wrap
+
+
+def wait_for(cond, what, seconds=90):
+    """Poll `cond` until it holds; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting until {what}")
 
 
 def free_port(*hosts):

@@ -23,22 +23,12 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-import time
 
-from harness import FAILED, NO_DNS, PASSED, check, free_port
+from harness import FAILED, NO_DNS, PASSED, check, free_port, wait_for
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/postoffice")
 FULL = "full@example.test"
 OLD = "old@example.test"
-
-
-def wait_for(cond, what, seconds=90):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def heads(port, user):
