@@ -458,38 +458,44 @@ async fn fetch_jobs_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
 async fn digest_loop(
     shared: Arc<Shared>,
     schedule: postoffice_core::quarantine_digest::Schedule,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
     let every = match schedule {
         postoffice_core::quarantine_digest::Schedule::Every(p) => p.min(Duration::from_secs(600)),
         postoffice_core::quarantine_digest::Schedule::Now => Duration::from_secs(600),
     };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.recv() => return,
-        }
-        let app = Arc::clone(&shared.app);
-        let done = tokio::task::spawn_blocking(move || {
-            postoffice_core::quarantine_digest::run(
-                &app.config,
-                &app.directory,
-                &*app.store,
-                None,
-                schedule,
-            )
-        })
-        .await;
-        if let Ok(Err(e)) = done {
+    periodic_blocking(every, shutdown, move || {
+        let app = &shared.app;
+        if let Err(e) = postoffice_core::quarantine_digest::run(
+            &app.config,
+            &app.directory,
+            &*app.store,
+            None,
+            schedule,
+        ) {
             tracing::warn!(error = %e, "quarantine digest run failed");
         }
-    }
+    })
+    .await;
 }
 
-async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
+/// The retention sweep, every `[policy] expire_interval_secs`.
+async fn sweeper_loop(shared: Arc<Shared>, shutdown: Shutdown) {
     let every = Duration::from_secs(shared.app.config.policy.expire_interval_secs);
+    periodic_blocking(every, shutdown, move || {
+        let app = &shared.app;
+        let _ = postoffice_core::retention::sweep(&app.config, &app.directory, &*app.store, false);
+    })
+    .await;
+}
+
+/// Run `job` on the blocking pool every `every` (the first time at once),
+/// one run at a time, until shutdown.
+async fn periodic_blocking<F>(every: Duration, mut shutdown: Shutdown, job: F)
+where
+    F: Fn() + Send + Sync + 'static,
+{
+    let job = Arc::new(job);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -497,10 +503,7 @@ async fn sweeper_loop(shared: Arc<Shared>, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
             _ = shutdown.recv() => return,
         }
-        let app = Arc::clone(&shared.app);
-        let _ = tokio::task::spawn_blocking(move || {
-            postoffice_core::retention::sweep(&app.config, &app.directory, &*app.store, false)
-        })
-        .await;
+        let job = Arc::clone(&job);
+        let _ = tokio::task::spawn_blocking(move || job()).await;
     }
 }
