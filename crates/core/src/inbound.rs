@@ -383,8 +383,8 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
             let bad = quarantine || crate::forward::marked_bad(&verdict.headers, &verdict.summary);
             let mut message = Pieces::new();
             message
-                .push(Piece::Owned(trace.clone().into_bytes()))
-                .push(Piece::Owned(verdict.headers.clone().into_bytes()))
+                .push(Piece::Borrowed(trace.as_bytes()))
+                .push(Piece::Borrowed(verdict.headers.as_bytes()))
                 .push(Piece::Borrowed(&header))
                 .push(Piece::Content(m.body, header_end as u64));
             // The forwarded copy: our trace, without Return-Path (the
@@ -395,8 +395,8 @@ pub async fn deliver_as(app: &Arc<App>, m: Message<'_>, uid: Option<&str>) -> (R
                 .map_or(trace.as_str(), |(_, rest)| rest);
             let mut onward = Pieces::new();
             onward
-                .push(Piece::Owned(received.as_bytes().to_vec()))
-                .push(Piece::Owned(verdict.headers.clone().into_bytes()))
+                .push(Piece::Borrowed(received.as_bytes()))
+                .push(Piece::Borrowed(verdict.headers.as_bytes()))
                 .push(Piece::Borrowed(&header))
                 .push(Piece::Content(m.body, header_end as u64));
             let rcpts = m.rcpt_to;
