@@ -88,6 +88,11 @@ pub enum StoreError {
     )]
     InvalidKey(String),
 
+    /// [`crate::MailStore::deliver_within`]: the mailbox (payload) would be
+    /// over its quota; nothing was stored.
+    #[error("the mailbox of {0} is full (over its quota); it takes mail again once messages are deleted")]
+    OverQuota(String),
+
     /// This backend does not implement the operation (payload: its name).
     #[error("the storage backend does not support {0}")]
     Unsupported(&'static str),

@@ -75,6 +75,24 @@ pub struct Usage {
     pub bytes: u64,
 }
 
+/// A mailbox's quota for [`MailStore::deliver_within`]: what it may hold
+/// once the new message is in (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limit {
+    /// Most messages.
+    pub messages: Option<u64>,
+    /// Most octets (CRLF sizes).
+    pub bytes: Option<u64>,
+}
+
+impl Limit {
+    /// Whether `usage` is more than the limit allows.
+    pub fn exceeded_by(&self, usage: Usage) -> bool {
+        self.messages.is_some_and(|m| usage.messages > m)
+            || self.bytes.is_some_and(|b| usage.bytes > b)
+    }
+}
+
 /// What [`MailStore::expire`] removed (or, in a dry run, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExpireReport {
@@ -120,6 +138,39 @@ pub trait MailStore: Send + Sync {
     /// empty message is refused with [`StoreError::EmptyMessage`]. On any
     /// error nothing is left behind.
     fn deliver(&self, mailbox: &str, message: &mut dyn Read) -> Result<Delivered, StoreError>;
+
+    /// [`MailStore::deliver`], refused with [`StoreError::OverQuota`] (and
+    /// nothing stored) when the mailbox would then hold more than `limit`.
+    ///
+    /// The caller has already checked the quota before reading the message;
+    /// this is the check that counts when several deliveries to one mailbox
+    /// race. A backend shared by several processes (PostgreSQL) makes it in
+    /// the same transaction as the insert, so two nodes delivering at once
+    /// cannot overshoot together. The default delivers, then looks, and
+    /// takes the message back when the mailbox is over the limit.
+    fn deliver_within(
+        &self,
+        mailbox: &str,
+        message: &mut dyn Read,
+        limit: Limit,
+    ) -> Result<Delivered, StoreError> {
+        let delivered = self.deliver(mailbox, message)?;
+        if limit == Limit::default() {
+            return Ok(delivered);
+        }
+        let over = match self.usage(mailbox) {
+            Ok(usage) => limit.exceeded_by(usage),
+            Err(e) => {
+                let _ = self.discard(mailbox, &delivered);
+                return Err(e);
+            }
+        };
+        if over {
+            let _ = self.discard(mailbox, &delivered);
+            return Err(StoreError::OverQuota(mailbox.to_string()));
+        }
+        Ok(delivered)
+    }
 
     /// Take the exclusive lock on the maildrop and list it. Err(StoreError::Locked) if another session (any process) holds it.
     ///
