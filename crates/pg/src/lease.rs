@@ -7,7 +7,8 @@
 //! maildrop are one statement; the store's renewer extends every lease it
 //! holds every lease/3; the session's drop clears it. A session whose
 //! lease was taken over (after it had expired) can no longer delete:
-//! [`Maildrop::commit`] checks the owner under the row lock first.
+//! [`Maildrop::commit`] checks the owner under the row lock first and
+//! fails with [`StoreError::Locked`], deleting nothing.
 //!
 //! One edge remains: a listing reflects the database as of the start of
 //! the statement that took the lease. When that statement waited for an
