@@ -26,7 +26,13 @@ use postoffice_store::{CommitReport, ExpireReport, Maildrop, MessageInfo, StoreE
 
 use crate::store::{Shared, open_listed};
 
-/// Take (or create the mailbox and take) the lease, and list.
+/// Take (or create the mailbox and take) the lease, and list. LATERAL makes
+/// the listing an index range scan of the one mailbox (a plain join from
+/// the CTE was planned as a scan of every message). The listing comes as
+/// one row of arrays (UIDs joined by spaces, which no UID contains):
+/// decoding 100,000 rows one by one cost several times more. It is in
+/// index order, and [`PgDrop::open`] sorts it anyway (cheap on sorted
+/// input, and SQL promises no order to an aggregate fed by a subquery).
 const OPEN: &str = "\
 WITH lk AS ( \
     INSERT INTO mailboxes AS b (name, lock_owner, lock_until) \
@@ -35,9 +41,11 @@ WITH lk AS ( \
         SET lock_owner = EXCLUDED.lock_owner, lock_until = EXCLUDED.lock_until \
         WHERE b.lock_owner IS NULL OR b.lock_until < now() OR b.lock_owner = EXCLUDED.lock_owner \
     RETURNING b.id) \
-SELECT lk.id, m.id, m.uid, m.size, m.received \
-FROM lk LEFT JOIN messages m ON m.mailbox_id = lk.id AND NOT m.quarantined \
-ORDER BY m.received, m.id";
+SELECT lk.id, m.ids, m.uids, m.sizes, m.received FROM lk LEFT JOIN LATERAL ( \
+    SELECT array_agg(id) AS ids, string_agg(uid, ' ') AS uids, \
+        array_agg(size) AS sizes, array_agg(received) AS received \
+    FROM (SELECT id, uid, size, received FROM messages \
+        WHERE mailbox_id = lk.id AND NOT quarantined ORDER BY received, id) s) m ON true";
 
 /// Take the lease of an existing mailbox, and list (expiry: a mailbox
 /// without a row is not created).
@@ -47,9 +55,11 @@ WITH lk AS ( \
     WHERE b.name = $1 \
         AND (b.lock_owner IS NULL OR b.lock_until < now() OR b.lock_owner = $2) \
     RETURNING b.id) \
-SELECT lk.id, m.id, m.uid, m.size, m.received \
-FROM lk LEFT JOIN messages m ON m.mailbox_id = lk.id AND NOT m.quarantined \
-ORDER BY m.received, m.id";
+SELECT lk.id, m.ids, m.uids, m.sizes, m.received FROM lk LEFT JOIN LATERAL ( \
+    SELECT array_agg(id) AS ids, string_agg(uid, ' ') AS uids, \
+        array_agg(size) AS sizes, array_agg(received) AS received \
+    FROM (SELECT id, uid, size, received FROM messages \
+        WHERE mailbox_id = lk.id AND NOT quarantined ORDER BY received, id) s) m ON true";
 
 /// Delete listed messages if the lease is still ours, and count them off.
 const COMMIT: &str = "\
@@ -128,19 +138,38 @@ impl PgDrop {
         };
         let mailbox_id: i64 = first.get(0);
         shared.hold(&token, mailbox_id);
-        let mut messages = Vec::with_capacity(rows.len());
-        let mut ids = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let Some(id) = row.get::<_, Option<i64>>(1) else {
-                continue; // The empty maildrop's one row.
-            };
-            ids.push(id);
-            messages.push(MessageInfo {
-                uid: row.get::<_, String>(2).into(),
-                size: row.get::<_, i64>(3).max(0) as u64,
-                received: row.get(4),
+        let ids: Vec<i64> = first.get::<_, Option<Vec<i64>>>(1).unwrap_or_default();
+        let uids: Option<&str> = first.get(2);
+        let sizes: Vec<i64> = first.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
+        let received: Vec<SystemTime> = first
+            .get::<_, Option<Vec<SystemTime>>>(4)
+            .unwrap_or_default();
+        let uids: Vec<&str> = uids.map_or_else(Vec::new, |u| u.split(' ').collect());
+        if [uids.len(), sizes.len(), received.len()] != [ids.len(); 3] {
+            return Err(StoreError::Backend {
+                context: format!("opening the maildrop of {mailbox}"),
+                source: "the listing's columns differ in length".into(),
             });
         }
+        let mut listed: Vec<(i64, MessageInfo)> = ids
+            .iter()
+            .zip(uids)
+            .zip(sizes.iter().zip(received))
+            .map(|((&id, uid), (&size, received))| {
+                (
+                    id,
+                    MessageInfo {
+                        uid: uid.into(),
+                        size: size.max(0) as u64,
+                        received,
+                    },
+                )
+            })
+            .collect();
+        drop(rows);
+        // Oldest first; ids (the delivery order) break ties.
+        listed.sort_by_key(|(id, m)| (m.received, *id));
+        let (ids, messages): (Vec<i64>, Vec<MessageInfo>) = listed.into_iter().unzip();
         Ok(Some(PgDrop {
             shared: Arc::clone(shared),
             mailbox: mailbox.to_owned(),

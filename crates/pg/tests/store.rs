@@ -789,3 +789,59 @@ fn a_statement_stuck_behind_a_lock_times_out_instead_of_hanging() {
     tx.rollback().unwrap();
     assert_eq!(open(&store).messages().len(), 1);
 }
+
+/// How many statements (each one round trip) the server has logged.
+fn statements_logged(pg: &Postgres) -> usize {
+    pg.log()
+        .lines()
+        .filter(|l| l.contains("LOG:  execute ") || l.contains("LOG:  statement: "))
+        .count()
+}
+
+/// The round trips the issue asks to keep low, counted on the server.
+#[test]
+fn round_trips_per_delivery_login_and_quit() {
+    let pg = Postgres::start();
+    let opts = options(&pg);
+    migrate(&opts).unwrap();
+    sql(&pg)
+        .batch_execute("ALTER DATABASE postoffice SET log_statement = 'all'")
+        .unwrap();
+    // Connections made from now on log every statement.
+    let store = PgStore::connect(&opts, "node-a").unwrap();
+    let count = |what: &str, expected: usize, f: &mut dyn FnMut()| {
+        let before = statements_logged(&pg);
+        f();
+        let used = statements_logged(&pg) - before;
+        assert_eq!(used, expected, "round trips for {what}:\n{}", pg.log());
+    };
+    count("a small delivery", 1, &mut || {
+        deliver(&store, b"Subject: small\n\nhello\n");
+    });
+    count("a 600 KiB delivery (3 chunks)", 8, &mut || {
+        deliver(&store, &vec![b'z'; 600 * 1024]);
+    });
+    let mut md = None;
+    count("login (lease + listing)", 1, &mut || {
+        md = Some(open(&store))
+    });
+    let mut md = md;
+    count("STAT + UIDL", 0, &mut || {
+        assert_eq!(md.as_ref().unwrap().messages().len(), 2);
+    });
+    count("RETR of a small message", 1, &mut || {
+        read_all(&**md.as_ref().unwrap(), 0);
+    });
+    count("RETR of a 3-chunk message", 3, &mut || {
+        read_all(&**md.as_ref().unwrap(), 1);
+    });
+    count("QUIT deleting one message", 1, &mut || {
+        md.as_ref().unwrap().commit(&[0]).unwrap();
+    });
+    count("the session's end (lease released)", 1, &mut || {
+        drop(md.take())
+    });
+    count("usage", 1, &mut || {
+        store.usage(BOX).unwrap();
+    });
+}
