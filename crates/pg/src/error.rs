@@ -92,3 +92,9 @@ pub(crate) fn pool(context: impl Into<String>) -> impl FnOnce(r2d2::Error) -> St
 pub(crate) fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
 }
+
+/// Whether the server refused a write because it is read-only (`25006`):
+/// a standby, or a primary demoted by a failover.
+pub(crate) fn is_read_only(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+}

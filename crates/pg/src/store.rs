@@ -17,7 +17,7 @@ use postoffice_store::{
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::deliver::{Kind, deliver};
-use crate::error::{backend, pool};
+use crate::error::{backend, is_read_only, pool};
 use crate::lease::{self, PgDrop};
 use crate::read::{ChunkReader, fetch_chunk};
 use crate::schema::{SCHEMA_VERSION, version_of};
@@ -43,24 +43,36 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Runs `f` on a pooled connection. A connection that turns out to be
-    /// closed (the database restarted since it was last used) is replaced
-    /// and `f` tried once more: every caller's `f` is one statement whose
-    /// repetition does no harm.
+    /// Runs `f` on a pooled connection, replacing connections that cannot
+    /// serve: one found closed (the server restarted or failed over since
+    /// it was last used: every pooled connection may be such, so this goes
+    /// on while they fail that way, each failing at once), and one to a
+    /// server that has become read-only (a demoted primary: the connection
+    /// is ended so that the pool reconnects, and with
+    /// `target_session_attrs=read-write` finds the new primary). `f` is then
+    /// tried again on another connection: every caller's `f` is one
+    /// statement whose repetition does no harm.
     pub(crate) fn run<T>(
         &self,
         context: impl Fn() -> String,
         mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.pool.get().map_err(pool(context()))?;
-        match f(&mut conn) {
-            Err(e) if conn.is_closed() => {
-                tracing::debug!(error = %e, "database connection closed; retrying on a new one");
-                drop(conn);
-                let mut conn = self.pool.get().map_err(pool(context()))?;
-                f(&mut conn).map_err(backend(context()))
+        let attempts = self.pool.max_size() + 1;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.pool.get().map_err(pool(context()))?;
+            match f(&mut conn) {
+                Err(e) if attempt < attempts && (conn.is_closed() || is_read_only(&e)) => {
+                    tracing::debug!(error = %e, "database connection unusable; retrying on another");
+                    if !conn.is_closed() {
+                        // Ends this session on the server: the pool then
+                        // drops the connection instead of handing it out.
+                        let _ = conn.batch_execute("SELECT pg_terminate_backend(pg_backend_pid())");
+                    }
+                }
+                other => return other.map_err(backend(context())),
             }
-            other => other.map_err(backend(context())),
         }
     }
 

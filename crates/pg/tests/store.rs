@@ -845,3 +845,73 @@ fn round_trips_per_delivery_login_and_quit() {
         store.usage(BOX).unwrap();
     });
 }
+
+#[test]
+fn connections_to_a_server_that_became_read_only_are_replaced() {
+    let pg = Postgres::start();
+    // One connection, so the test knows which one met the read-only server.
+    let opts = PgOptions {
+        pool_size: 1,
+        ..options(&pg)
+    };
+    migrate(&opts).unwrap();
+    let store = PgStore::connect(&opts, "node-a").unwrap();
+    deliver(&store, b"before\n");
+    let mut admin = sql(&pg);
+    let backends = |admin: &mut Client| -> Vec<i32> {
+        let mut pids: Vec<i32> = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'postoffice'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        pids.sort();
+        pids
+    };
+    let before = backends(&mut admin);
+    assert_eq!(before.len(), 1);
+    // What a demoted primary does to the sessions it keeps: refuse writes.
+    for q in [
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(q).unwrap();
+    }
+    // The server applies the reload a moment later: deliveries succeed
+    // until then.
+    let mut stored = 1;
+    let refused = wait_for(
+        Duration::from_secs(10),
+        "writes to be refused",
+        || match store.deliver(BOX, &mut Cursor::new(b"during\n")) {
+            Ok(_) => {
+                stored += 1;
+                None
+            }
+            Err(e) => Some(e),
+        },
+    );
+    assert!(matches!(refused, StoreError::Backend { .. }), "{refused}");
+    for q in [
+        "ALTER SYSTEM RESET default_transaction_read_only",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(q).unwrap();
+    }
+    let after = wait_for(
+        Duration::from_secs(10),
+        "writes to be accepted again",
+        || store.deliver(BOX, &mut Cursor::new(b"after\n")).ok(),
+    );
+    assert_eq!(after.size, 7);
+    // The connection that met the read-only server was ended, not kept.
+    let now = backends(&mut admin);
+    assert!(
+        before.iter().all(|pid| !now.contains(pid)),
+        "old backends {before:?}, now {now:?}"
+    );
+    assert_eq!(store.usage(BOX).unwrap().messages, stored + 1);
+}
