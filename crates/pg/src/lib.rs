@@ -93,6 +93,16 @@ impl PgOptions {
             .parse()
             .map_err(|e: postgres::Error| PgError::Url(e.to_string()))?;
         config.connect_timeout(self.connect_timeout);
+        // A peer that vanished (host down, network cut) is noticed by TCP
+        // within about a minute instead of the kernel's two hours. (A
+        // server process that is alive but stopped still has its kernel
+        // answer, so only the statement timeout covers slow statements.)
+        if !self.url.contains("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(15));
+        }
+        if !self.url.contains("tcp_user_timeout") {
+            config.tcp_user_timeout(self.statement_timeout + Duration::from_secs(30));
+        }
         if config.get_application_name().is_none() {
             config.application_name("postoffice");
         }

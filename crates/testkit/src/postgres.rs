@@ -136,12 +136,28 @@ impl Postgres {
     pub fn kill(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {
             signal_group(daemon.id(), "KILL");
+            signal_group(daemon.id(), "CONT");
             daemon.kill();
         }
         // Backends notice the postmaster's death; wait until the data
         // directory is free again (postmaster.pid is left by a kill, but
         // its shared memory must be gone before a new start).
         let _ = poll_until(STOP_LIMIT, || !group_alive(self.pid_file_pid()));
+    }
+
+    /// A stalled database: SIGSTOP to the postmaster and every backend.
+    /// Connections stay open and nothing answers until [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        if let Some(d) = &self.daemon {
+            signal_group(d.id(), "STOP");
+        }
+    }
+
+    /// Lets a [`freeze`](Self::freeze)d server go on (SIGCONT).
+    pub fn thaw(&self) {
+        if let Some(d) = &self.daemon {
+            signal_group(d.id(), "CONT");
+        }
     }
 
     /// Stops the server (fast shutdown, SIGKILL if that takes over 15 s)
@@ -158,6 +174,7 @@ impl Postgres {
     /// Fast shutdown (SIGINT: sessions are disconnected, the server
     /// checkpoints and exits), SIGKILL after 15 s.
     pub fn stop(&mut self) {
+        self.thaw();
         let Some(mut daemon) = self.daemon.take() else {
             return;
         };
@@ -344,6 +361,13 @@ mod tests {
         assert!(accepts(&pg.bin, pg.port));
         let pid = pg.pid();
         assert!(pid > 0);
+        pg.freeze();
+        assert!(
+            !accepts(&pg.bin, pg.port),
+            "a frozen server does not answer"
+        );
+        pg.thaw();
+        assert!(accepts(&pg.bin, pg.port));
         pg.kill();
         assert!(!accepts(&pg.bin, pg.port));
         pg.restart();
