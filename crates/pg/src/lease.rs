@@ -310,19 +310,30 @@ impl Maildrop for PgDrop {
 impl Drop for PgDrop {
     fn drop(&mut self) {
         self.shared.unhold(&self.token);
-        // Best effort: an unreleased lease expires by itself.
-        let released = self.shared.run(
-            || format!("releasing the maildrop of {}", self.mailbox),
-            |c| {
-                c.execute_typed(
-                    RELEASE,
-                    &[(&self.mailbox_id, Type::INT8), (&self.token, Type::TEXT)],
-                )
-            },
-        );
-        if let Err(e) = released {
-            tracing::warn!(mailbox = %self.mailbox, error = %e, "could not release the maildrop lease; it expires by itself");
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Maybe an async task (the server drops a session's maildrop
+            // there): blocking on the database would stall or panic the
+            // runtime, so the store's background thread releases it.
+            self.shared.queue_release(
+                self.mailbox_id,
+                std::mem::take(&mut self.token),
+                std::mem::take(&mut self.mailbox),
+            );
+        } else {
+            release(&self.shared, self.mailbox_id, &self.token, &self.mailbox);
         }
+    }
+}
+
+/// Gives the lease `token` on mailbox `mailbox_id` back (best effort: an
+/// unreleased lease expires by itself).
+pub(crate) fn release(shared: &Shared, mailbox_id: i64, token: &str, mailbox: &str) {
+    let released = shared.run(
+        || format!("releasing the maildrop of {mailbox}"),
+        |c| c.execute_typed(RELEASE, &[(&mailbox_id, Type::INT8), (&token, Type::TEXT)]),
+    );
+    if let Err(e) = released {
+        tracing::warn!(%mailbox, error = %e, "could not release the maildrop lease; it expires by itself");
     }
 }
 

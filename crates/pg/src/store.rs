@@ -6,7 +6,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use postgres::types::Type;
 use postgres::{Client, NoTls};
@@ -37,8 +37,8 @@ pub(crate) struct Shared {
     pub(crate) held: Mutex<HashMap<String, i64>>,
     /// Numbers the sessions' owner tokens.
     next_session: AtomicU64,
-    /// Set when the store is dropped: the renewer stops.
-    stop: Mutex<bool>,
+    /// Work for the background thread (see [`background`]).
+    control: Mutex<Control>,
     wake: Condvar,
 }
 
@@ -176,14 +176,14 @@ impl PgStore {
             lease: opts.lease,
             held: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
-            stop: Mutex::new(false),
+            control: Mutex::new(Control::default()),
             wake: Condvar::new(),
         });
         let renewer = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
-                .name("pg-lease-renew".into())
-                .spawn(move || renew_loop(&shared))
+                .name("pg-leases".into())
+                .spawn(move || background(&shared))
                 .map_err(|e| PgError::Connect {
                     target: target.clone(),
                     reason: format!("cannot start the lease renewer thread: {e}"),
@@ -244,11 +244,11 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        *self
-            .shared
-            .stop
+        self.shared
+            .control
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = true;
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop = true;
         self.shared.wake.notify_all();
         if let Some(t) = self.renewer.take() {
             let _ = t.join();
@@ -256,23 +256,66 @@ impl Drop for PgStore {
     }
 }
 
-/// Renews every lease in `shared.held` every lease/3 with one statement,
-/// until the store is dropped.
-fn renew_loop(shared: &Shared) {
+/// What the background thread is asked to do besides renewing.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    /// The store was dropped: release what is queued, then end.
+    stop: bool,
+    /// Leases to give back: (mailbox id, owner token, mailbox name).
+    releases: Vec<(i64, String, String)>,
+}
+
+impl Shared {
+    /// Has the background thread give a lease back, for a session that
+    /// ends on a thread that must not block (an async task).
+    pub(crate) fn queue_release(&self, mailbox_id: i64, token: String, mailbox: String) {
+        self.control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .releases
+            .push((mailbox_id, token, mailbox));
+        self.wake.notify_all();
+    }
+}
+
+/// The store's background thread: gives back the leases queued by
+/// [`Shared::queue_release`] as soon as they come, and renews every lease
+/// in `shared.held` every lease/3 with one statement, until the store is
+/// dropped.
+fn background(shared: &Shared) {
     let period = (shared.lease / 3).max(Duration::from_millis(50));
-    let mut stop = shared.stop.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut next_renew = Instant::now() + period;
+    let mut control = shared
+        .control
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     loop {
-        let (guard, _) = shared
-            .wake
-            .wait_timeout(stop, period)
-            .unwrap_or_else(PoisonError::into_inner);
-        stop = guard;
-        if *stop {
+        let releases = std::mem::take(&mut control.releases);
+        let stop = control.stop;
+        let now = Instant::now();
+        if releases.is_empty() && !stop && now < next_renew {
+            control = shared
+                .wake
+                .wait_timeout(control, next_renew - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            continue;
+        }
+        drop(control);
+        for (id, token, mailbox) in releases {
+            lease::release(shared, id, &token, &mailbox);
+        }
+        if stop {
             return;
         }
-        drop(stop);
-        lease::renew(shared);
-        stop = shared.stop.lock().unwrap_or_else(PoisonError::into_inner);
+        if Instant::now() >= next_renew {
+            lease::renew(shared);
+            next_renew = Instant::now() + period;
+        }
+        control = shared
+            .control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
     }
 }
 

@@ -915,3 +915,25 @@ fn connections_to_a_server_that_became_read_only_are_replaced() {
     );
     assert_eq!(store.usage(BOX).unwrap().messages, stored + 1);
 }
+
+/// The server drops a session's maildrop in an async task, where blocking
+/// on the database would panic the runtime: the lease is released by the
+/// store's own thread instead, promptly.
+#[test]
+fn a_session_dropped_in_an_async_task_still_releases_its_lease() {
+    let (pg, a) = setup();
+    let b = PgStore::connect(&options(&pg), "node-b").unwrap();
+    deliver(&a, b"x\n");
+    let md = open(&a);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        tokio::spawn(async move { drop(md) }).await.unwrap();
+    });
+    let md = wait_for(Duration::from_secs(10), "the released lease", || {
+        b.open(BOX).ok()
+    });
+    assert_eq!(md.messages().len(), 1);
+}
