@@ -35,9 +35,51 @@ mod tests;
 use std::io::Read;
 use std::time::SystemTime;
 
+pub use crlf::{CrlfConverter, normalize_stream};
 pub use error::StoreError;
 pub use maildir::Maildir;
 pub use uid::Uid;
+
+/// The one spelling under which every backend stores `mailbox`: the name
+/// validated as [`MailStore`] requires ([`StoreError::InvalidMailbox`] for
+/// anything malformed), with its domain lowercased (so `Alice@Example.TEST`
+/// and `Alice@example.test` are one mailbox, as they are one Maildir
+/// directory; the local part keeps its case).
+pub fn canonical_mailbox(mailbox: &str) -> Result<String, StoreError> {
+    let name::MailboxName { local, domain } = name::parse_mailbox(mailbox)?;
+    Ok(format!("{local}@{domain}"))
+}
+
+/// Checks that `uid` can be a POP3 unique ID (1 to 70 characters 0x21 to
+/// 0x7E), as [`MailStore::import`] requires: [`StoreError::InvalidUid`]
+/// otherwise.
+pub fn check_uid(uid: &str) -> Result<(), StoreError> {
+    if name::valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidUid(postoffice_common::text::printable(
+            uid, 80,
+        )))
+    }
+}
+
+/// Checks a [`MailStore::state_get`] key: 1 to 64 characters of
+/// `[A-Za-z0-9._-]`, not starting with '.' ([`StoreError::InvalidKey`]
+/// otherwise).
+pub fn check_state_key(key: &str) -> Result<(), StoreError> {
+    let valid = (1..=64).contains(&key.len())
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKey(postoffice_common::text::printable(
+            key, 80,
+        )))
+    }
+}
 
 /// What a session knows about one message without opening it.
 ///
