@@ -41,6 +41,7 @@
 //! temporary.
 
 mod deliver;
+mod directory;
 mod error;
 mod lease;
 mod read;
@@ -49,6 +50,7 @@ mod store;
 
 use std::time::Duration;
 
+pub use directory::PgDirectory;
 pub use error::PgError;
 pub use schema::{Migrated, SCHEMA_VERSION, migrate, schema_version};
 pub use store::PgStore;
@@ -60,6 +62,8 @@ pub struct PgOptions {
     /// string; several hosts and `target_session_attrs=read-write` are
     /// allowed (a node then follows a failover by itself).
     pub url: String,
+    /// The password, when it is not in `url` (`[storage] password_file`).
+    pub password: Option<String>,
     /// Most connections the pool opens.
     pub pool_size: u32,
     /// How long a maildrop lease lasts without renewal: how long the
@@ -79,6 +83,7 @@ impl PgOptions {
     pub fn new(url: impl Into<String>) -> PgOptions {
         PgOptions {
             url: url.into(),
+            password: None,
             pool_size: 16,
             lease: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
@@ -93,6 +98,9 @@ impl PgOptions {
             .parse()
             .map_err(|e: postgres::Error| PgError::Url(e.to_string()))?;
         config.connect_timeout(self.connect_timeout);
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
         // A peer that vanished (host down, network cut) is noticed by TCP
         // within about a minute instead of the kernel's two hours. (A
         // server process that is alive but stopped still has its kernel
@@ -121,7 +129,7 @@ impl PgOptions {
     }
 
     /// Where the database is, for messages and `location` (no password).
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.url.parse::<postgres::Config>() {
             Ok(c) => describe(&c),
             Err(_) => "PostgreSQL (unparsable url)".into(),

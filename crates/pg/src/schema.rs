@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 const MIGRATION_LOCK: i64 = 0x0070_6f73_746f_6666;
 
 /// One SQL script per version step.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 1: mail storage.
     r#"
 CREATE TABLE postoffice_schema (
@@ -69,6 +69,15 @@ CREATE TABLE mailbox_state (
     key text NOT NULL,
     value bytea NOT NULL,
     PRIMARY KEY (mailbox_id, key)
+);
+"#,
+    // 2: the directory of domains, users and aliases, shared by every node
+    // (the TOML document of directory.toml, one row, versioned).
+    r#"
+CREATE TABLE directory_document (
+    id integer PRIMARY KEY CHECK (id = 1),
+    version bigint NOT NULL,
+    body text NOT NULL
 );
 "#,
 ];

@@ -90,7 +90,9 @@ pub enum StoreError {
 
     /// [`crate::MailStore::deliver_within`]: the mailbox (payload) would be
     /// over its quota; nothing was stored.
-    #[error("the mailbox of {0} is full (over its quota); it takes mail again once messages are deleted")]
+    #[error(
+        "the mailbox of {0} is full (over its quota); it takes mail again once messages are deleted"
+    )]
     OverQuota(String),
 
     /// A database backend failed in a way that is usually temporary: the

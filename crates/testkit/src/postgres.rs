@@ -263,6 +263,34 @@ impl Postgres {
     }
 }
 
+/// Creates a new, empty database on the server `url` names (any database
+/// of it, e.g. a [`Postgres`]'s `url`) and returns the URL of the new one.
+/// Each call makes another (`t<pid>_<n>`), so every test has its own.
+#[track_caller]
+pub fn create_database(url: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let out = Command::new(bin_dir().join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url])
+        .args(["-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .unwrap_or_else(|e| panic!("run psql: {e}"));
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE {name} on {url} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (server, _) = url
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("{url} does not name a database"));
+    format!("{server}/{name}")
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
