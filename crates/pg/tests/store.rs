@@ -20,6 +20,7 @@ const BOX: &str = "alice@example.test";
 fn options(pg: &Postgres) -> PgOptions {
     PgOptions {
         url: pg.url.clone(),
+        password: None,
         pool_size: 4,
         lease: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
