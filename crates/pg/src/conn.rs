@@ -120,6 +120,16 @@ impl Conn {
         })
     }
 
+    /// Refuses at once on a connection whose state is unknown (a call on
+    /// it timed out): waiting again would only take as long.
+    fn usable(&self) -> Result<(), DbError> {
+        if self.broken {
+            Err(DbError::Timeout(self.limit))
+        } else {
+            Ok(())
+        }
+    }
+
     fn note<T>(&mut self, result: Result<T, DbError>) -> Result<T, DbError> {
         if matches!(result, Err(DbError::Timeout(_))) {
             self.broken = true;
@@ -140,6 +150,7 @@ impl Conn {
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, DbError> {
+        self.usable()?;
         let r = block(&self.rt, self.limit, self.client.query_typed(query, params));
         self.note(r)
     }
@@ -150,6 +161,7 @@ impl Conn {
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<Row>, DbError> {
+        self.usable()?;
         let r = block(
             &self.rt,
             self.limit,
@@ -164,6 +176,7 @@ impl Conn {
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Row, DbError> {
+        self.usable()?;
         let r = block(
             &self.rt,
             self.limit,
@@ -178,6 +191,7 @@ impl Conn {
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<u64, DbError> {
+        self.usable()?;
         let r = block(
             &self.rt,
             self.limit,
@@ -188,6 +202,7 @@ impl Conn {
 
     /// Statements without parameters (simple protocol).
     pub(crate) fn batch_execute(&mut self, query: &str) -> Result<(), DbError> {
+        self.usable()?;
         let r = block(&self.rt, self.limit, self.client.batch_execute(query));
         self.note(r)
     }
