@@ -32,12 +32,12 @@
 //! The client offers blocking calls, since every caller (tokio's blocking
 //! pool, the CLI's threads) runs blocking code anyway: tokio-postgres
 //! connections in an `r2d2` pool, driven by a one-thread runtime of the
-//! store's own, with a time limit on every answer (see [`conn`]: the
+//! store's own, with a time limit on every answer (`src/conn.rs`: the
 //! synchronous `postgres` crate has none, so a stopped server hung its
-//! callers). No call may run on an async worker thread; only dropping a
-//! session is safe anywhere. Connections are plain TCP or Unix sockets: **no TLS yet**
-//! (`sslmode` other than `disable`/`prefer` cannot be honoured), so the
-//! database must be reached over a trusted network.
+//! callers). No call may run on an async worker thread (it would panic);
+//! only dropping a session is safe anywhere. Connections are plain TCP or
+//! Unix sockets: **no TLS yet** (`sslmode=require` fails to connect), so
+//! the database must be reached over a trusted network.
 //!
 //! Failures of the database (unreachable, timeouts — every connection runs
 //! with `statement_timeout` — broken connections, aborted transactions)
@@ -127,7 +127,7 @@ impl PgOptions {
 
     /// How long the client waits for any one answer: a little longer than
     /// the server's own statement timeout, which normally ends a slow
-    /// statement first (see [`conn`]).
+    /// statement first (see `src/conn.rs`).
     fn answer_limit(&self) -> Duration {
         self.statement_timeout + Duration::from_secs(5)
     }
