@@ -18,8 +18,9 @@
 use std::io::Read;
 use std::time::SystemTime;
 
-use postgres::Client;
-use postgres::types::Type;
+use tokio_postgres::types::Type;
+
+use crate::conn::{Conn, DbError, Manager};
 use postoffice_store::{Delivered, Imported, StoreError, normalize_stream};
 
 use crate::error::{backend, is_unique_violation, pool};
@@ -161,7 +162,7 @@ fn deliver_one(
             }
             Err(StoreError::Backend { source, .. })
                 if source
-                    .downcast_ref::<postgres::Error>()
+                    .downcast_ref::<DbError>()
                     .is_some_and(is_unique_violation) =>
             {
                 if let Some(uid) = kept {
@@ -182,7 +183,7 @@ fn deliver_one(
 /// A delivery of more than one chunk: an open transaction on one pooled
 /// connection, rolled back when dropped unfinished.
 struct LongDelivery {
-    conn: r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>,
+    conn: r2d2::PooledConnection<Manager>,
     mailbox: String,
     mailbox_id: i64,
     message_id: i64,
@@ -306,7 +307,7 @@ impl Drop for LongDelivery {
 
 /// The id of `mailbox`, creating its row if needed, as its own statement
 /// (autocommit): the row is then not locked during a long delivery.
-fn ensure_mailbox(c: &mut Client, mailbox: &str) -> Result<i64, postgres::Error> {
+fn ensure_mailbox(c: &mut Conn, mailbox: &str) -> Result<i64, DbError> {
     for _ in 0..3 {
         // When another transaction creates the row concurrently, the
         // INSERT waits for it and inserts nothing, and the SELECT's

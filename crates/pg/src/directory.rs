@@ -13,17 +13,18 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use postgres::Client;
 use postoffice_directory::{Error as DirError, SharedDocument};
+use tokio_postgres::types::Type;
 
-use crate::schema::{SCHEMA_VERSION, connect_one, version_of};
+use crate::conn::DbError;
+use crate::schema::{One, SCHEMA_VERSION, connect_one, version_of};
 use crate::{PgError, PgOptions};
 
 /// The directory document in the database. `Send + Sync`.
 pub struct PgDirectory {
     options: PgOptions,
     place: String,
-    conn: Mutex<Option<Client>>,
+    conn: Mutex<Option<One>>,
 }
 
 impl std::fmt::Debug for PgDirectory {
@@ -38,7 +39,7 @@ impl PgDirectory {
     /// Connects and checks that the schema is this build's (older:
     /// [`PgError::SchemaTooOld`], naming `postoffice db migrate`).
     pub fn connect(options: &PgOptions) -> Result<PgDirectory, PgError> {
-        let mut client = connect_one(options)?;
+        let mut client = connect_one(options, options.answer_limit())?;
         let found = version_of(&mut client)?;
         if found < SCHEMA_VERSION {
             return Err(PgError::SchemaTooOld {
@@ -72,11 +73,13 @@ impl PgDirectory {
     fn with<T>(
         &self,
         action: &'static str,
-        f: impl FnOnce(&mut Client) -> Result<T, DirError>,
+        f: impl FnOnce(&mut One) -> Result<T, DirError>,
     ) -> Result<T, DirError> {
         let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(connect_one(&self.options).map_err(|e| self.error(action, e))?);
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            let one = connect_one(&self.options, self.options.answer_limit())
+                .map_err(|e| self.error(action, e))?;
+            *slot = Some(one);
         }
         let Some(client) = slot.as_mut() else {
             return Err(self.error(action, "no connection"));
@@ -98,7 +101,7 @@ impl SharedDocument for PgDirectory {
     fn version(&self) -> Result<i64, DirError> {
         self.with("read", |c| {
             let row = c
-                .query_opt("SELECT version FROM directory_document WHERE id = 1", &[])
+                .query_typed_opt("SELECT version FROM directory_document WHERE id = 1", &[])
                 .map_err(|e| self.error("read", e))?;
             Ok(row.map_or(0, |r| r.get(0)))
         })
@@ -107,7 +110,7 @@ impl SharedDocument for PgDirectory {
     fn load(&self) -> Result<(Option<String>, i64), DirError> {
         self.with("read", |c| {
             let row = c
-                .query_opt(
+                .query_typed_opt(
                     "SELECT body, version FROM directory_document WHERE id = 1",
                     &[],
                 )
@@ -124,30 +127,30 @@ impl SharedDocument for PgDirectory {
         change: &mut dyn FnMut(Option<&str>) -> Result<String, DirError>,
     ) -> Result<i64, DirError> {
         self.with("update", |c| {
-            let err = |e: postgres::Error| self.error("update", e);
-            let mut tx = c.transaction().map_err(err)?;
-            tx.execute(
-                "INSERT INTO directory_document (id, version, body) VALUES (1, 0, '') \
+            let err = |e: DbError| self.error("update", e);
+            // Any failure drops the connection (see `with`), which rolls
+            // the transaction back: nothing half-written.
+            c.batch_execute(
+                "BEGIN; INSERT INTO directory_document (id, version, body) VALUES (1, 0, '') \
                  ON CONFLICT (id) DO NOTHING",
-                &[],
             )
             .map_err(err)?;
-            let row = tx
-                .query_one(
+            let row = c
+                .query_typed_one(
                     "SELECT body, version FROM directory_document WHERE id = 1 FOR UPDATE",
                     &[],
                 )
                 .map_err(err)?;
             let (body, version): (String, i64) = (row.get(0), row.get(1));
             let new = change((version > 0).then_some(body.as_str()))?;
-            let row = tx
-                .query_one(
+            let row = c
+                .query_typed_one(
                     "UPDATE directory_document SET body = $1, version = version + 1 \
                      WHERE id = 1 RETURNING version",
-                    &[&new],
+                    &[(&new, Type::TEXT)],
                 )
                 .map_err(err)?;
-            tx.commit().map_err(err)?;
+            c.batch_execute("COMMIT").map_err(err)?;
             Ok(row.get(0))
         })
     }

@@ -2,6 +2,9 @@
 //! [`StoreError`]s.
 
 use postoffice_store::StoreError;
+use tokio_postgres::error::SqlState;
+
+use crate::conn::DbError;
 
 /// What can go wrong connecting to the database or migrating it. Every
 /// message says what to do.
@@ -30,9 +33,10 @@ pub enum PgError {
     Query {
         /// What was being done.
         context: String,
-        /// The driver's error (with the server's message and SQLSTATE).
+        /// The driver's error (with the server's message and SQLSTATE), or
+        /// a timeout.
         #[source]
-        source: postgres::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The database has no schema, or an older one than this program
@@ -70,7 +74,7 @@ impl From<PgError> for StoreError {
 
 /// A closure for `map_err` that turns a driver error into
 /// [`StoreError::Backend`] with `context`.
-pub(crate) fn backend(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> StoreError {
+pub(crate) fn backend(context: impl Into<String>) -> impl FnOnce(DbError) -> StoreError {
     let context = context.into();
     move |source| StoreError::Backend {
         context,
@@ -89,12 +93,12 @@ pub(crate) fn pool(context: impl Into<String>) -> impl FnOnce(r2d2::Error) -> St
 }
 
 /// The SQLSTATE of a unique violation (`23505`).
-pub(crate) fn is_unique_violation(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+pub(crate) fn is_unique_violation(e: &DbError) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
 /// Whether the server refused a write because it is read-only (`25006`):
 /// a standby, or a primary demoted by a failover.
-pub(crate) fn is_read_only(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+pub(crate) fn is_read_only(e: &DbError) -> bool {
+    e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
 }

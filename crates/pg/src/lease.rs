@@ -21,8 +21,8 @@ use std::io::Read;
 use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
-use postgres::types::Type;
 use postoffice_store::{CommitReport, ExpireReport, Maildrop, MessageInfo, StoreError};
+use tokio_postgres::types::Type;
 
 use crate::store::{Shared, open_listed};
 
@@ -86,7 +86,7 @@ RETURNING h.owner";
 /// Give a lease back.
 const RELEASE: &str = "\
 UPDATE mailboxes SET lock_owner = NULL, lock_until = NULL \
-WHERE id = $1 AND lock_owner = $2";
+WHERE name = $1 AND lock_owner = $2";
 
 /// One session's leased, fixed view of a maildrop.
 pub(crate) struct PgDrop {
@@ -120,19 +120,25 @@ impl PgDrop {
     ) -> Result<Option<PgDrop>, StoreError> {
         let token = shared.token();
         let sql = if create { OPEN } else { OPEN_EXISTING };
-        let rows = shared.run(
-            || format!("opening the maildrop of {mailbox}"),
-            |c| {
-                c.query_typed(
-                    sql,
-                    &[
-                        (&mailbox, Type::TEXT),
-                        (&token, Type::TEXT),
-                        (&shared.lease_secs, Type::FLOAT8),
-                    ],
-                )
-            },
-        )?;
+        let rows = shared
+            .run(
+                || format!("opening the maildrop of {mailbox}"),
+                |c| {
+                    c.query_typed(
+                        sql,
+                        &[
+                            (&mailbox, Type::TEXT),
+                            (&token, Type::TEXT),
+                            (&shared.lease_secs, Type::FLOAT8),
+                        ],
+                    )
+                },
+            )
+            .inspect_err(|_| {
+                // Unanswered, the statement may still take the lease when
+                // the server resumes: give it back then.
+                shared.queue_release(mailbox.to_owned(), token.clone());
+            })?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -315,25 +321,31 @@ impl Drop for PgDrop {
             // there): blocking on the database would stall or panic the
             // runtime, so the store's background thread releases it.
             self.shared.queue_release(
-                self.mailbox_id,
-                std::mem::take(&mut self.token),
                 std::mem::take(&mut self.mailbox),
+                std::mem::take(&mut self.token),
             );
-        } else {
-            release(&self.shared, self.mailbox_id, &self.token, &self.mailbox);
+        } else if !release(&self.shared, &self.mailbox, &self.token) {
+            self.shared.queue_release(
+                std::mem::take(&mut self.mailbox),
+                std::mem::take(&mut self.token),
+            );
         }
     }
 }
 
-/// Gives the lease `token` on mailbox `mailbox_id` back (best effort: an
-/// unreleased lease expires by itself).
-pub(crate) fn release(shared: &Shared, mailbox_id: i64, token: &str, mailbox: &str) {
+/// Gives the lease `token` on `mailbox` back; whether the database
+/// answered (an unreleased lease expires by itself).
+pub(crate) fn release(shared: &Shared, mailbox: &str, token: &str) -> bool {
     let released = shared.run(
         || format!("releasing the maildrop of {mailbox}"),
-        |c| c.execute_typed(RELEASE, &[(&mailbox_id, Type::INT8), (&token, Type::TEXT)]),
+        |c| c.execute_typed(RELEASE, &[(&mailbox, Type::TEXT), (&token, Type::TEXT)]),
     );
-    if let Err(e) = released {
-        tracing::warn!(%mailbox, error = %e, "could not release the maildrop lease; it expires by itself");
+    match released {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(%mailbox, error = %e, "could not release the maildrop lease yet");
+            false
+        }
     }
 }
 

@@ -29,17 +29,22 @@
 //!   on (mailbox, UID) catches the improbable clash with an imported UID,
 //!   and the delivery is retried under the next id.
 //!
-//! The client is the synchronous `postgres` crate with an `r2d2` pool:
-//! every caller (tokio's blocking pool, the CLI's threads) runs blocking
-//! code anyway. Connections are plain TCP or Unix sockets: **no TLS yet**
-//! (`sslmode` other than `disable`/`prefer` cannot be honoured), so the
-//! database must be reached over a trusted network.
+//! The client offers blocking calls, since every caller (tokio's blocking
+//! pool, the CLI's threads) runs blocking code anyway: tokio-postgres
+//! connections in an `r2d2` pool, driven by a one-thread runtime of the
+//! store's own, with a time limit on every answer (`src/conn.rs`: the
+//! synchronous `postgres` crate has none, so a stopped server hung its
+//! callers). No call may run on an async worker thread (it would panic);
+//! only dropping a session is safe anywhere. Connections are plain TCP or
+//! Unix sockets: **no TLS yet** (`sslmode=require` fails to connect), so
+//! the database must be reached over a trusted network.
 //!
 //! Failures of the database (unreachable, timeouts — every connection runs
 //! with `statement_timeout` — broken connections, aborted transactions)
 //! become [`postoffice_store::StoreError::Backend`], which callers treat as
 //! temporary.
 
+mod conn;
 mod deliver;
 mod directory;
 mod error;
@@ -92,11 +97,11 @@ impl PgOptions {
     }
 
     /// The driver's configuration: the URL with the timeouts applied.
-    fn config(&self) -> Result<postgres::Config, PgError> {
-        let mut config: postgres::Config = self
+    fn config(&self) -> Result<tokio_postgres::Config, PgError> {
+        let mut config: tokio_postgres::Config = self
             .url
             .parse()
-            .map_err(|e: postgres::Error| PgError::Url(e.to_string()))?;
+            .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
         config.connect_timeout(self.connect_timeout);
         if let Some(password) = &self.password {
             config.password(password);
@@ -128,9 +133,16 @@ impl PgOptions {
         Ok(config)
     }
 
+    /// How long the client waits for any one answer: a little longer than
+    /// the server's own statement timeout, which normally ends a slow
+    /// statement first (see `src/conn.rs`).
+    pub(crate) fn answer_limit(&self) -> Duration {
+        self.statement_timeout + Duration::from_secs(5)
+    }
+
     /// Where the database is, for messages and `location` (no password).
     pub(crate) fn describe(&self) -> String {
-        match self.url.parse::<postgres::Config>() {
+        match self.url.parse::<tokio_postgres::Config>() {
             Ok(c) => describe(&c),
             Err(_) => "PostgreSQL (unparsable url)".into(),
         }
@@ -138,15 +150,15 @@ impl PgOptions {
 }
 
 /// `PostgreSQL host:port[,host:port] database db`, for people.
-fn describe(c: &postgres::Config) -> String {
+fn describe(c: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = c
         .get_hosts()
         .iter()
         .enumerate()
         .map(|(i, h)| {
             let host = match h {
-                postgres::config::Host::Tcp(name) => name.clone(),
-                postgres::config::Host::Unix(path) => path.display().to_string(),
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
             };
             let port = c
                 .get_ports()

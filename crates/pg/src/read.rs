@@ -3,8 +3,8 @@
 
 use std::io::{self, Read};
 
-use postgres::types::Type;
 use postoffice_store::StoreError;
+use tokio_postgres::types::Type;
 
 use crate::store::Shared;
 use std::sync::Arc;

@@ -7,8 +7,12 @@
 //! second finds nothing to do), and a migration that fails leaves the old
 //! schema untouched.
 
-use postgres::types::Type;
-use postgres::{Client, NoTls};
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+
+use crate::conn::{Conn, DbError, Runtime};
 
 use crate::{PgError, PgOptions};
 
@@ -91,23 +95,51 @@ pub struct Migrated {
     pub to: i32,
 }
 
-/// One connection outside the pool (migrations and version checks).
-pub(crate) fn connect_one(opts: &PgOptions) -> Result<Client, PgError> {
-    opts.config()?.connect(NoTls).map_err(|e| PgError::Connect {
+/// One connection outside the pool (migrations and version checks), with
+/// the runtime that drives it.
+pub(crate) struct One {
+    conn: Conn,
+    _runtime: Runtime,
+}
+
+impl Deref for One {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl DerefMut for One {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+/// Connects outside the pool; every answer may take up to `limit`.
+pub(crate) fn connect_one(opts: &PgOptions, limit: Duration) -> Result<One, PgError> {
+    let connect_error = |reason: String| PgError::Connect {
         target: opts.describe(),
-        reason: e.to_string(),
+        reason,
+    };
+    let runtime = Runtime::new()
+        .map_err(|e| connect_error(format!("cannot start the database client's thread: {e}")))?;
+    let conn = Conn::connect(&opts.config()?, &runtime.handle(), limit)
+        .map_err(|e| connect_error(e.to_string()))?;
+    Ok(One {
+        conn,
+        _runtime: runtime,
     })
 }
 
-fn query(context: &str) -> impl FnOnce(postgres::Error) -> PgError + '_ {
+fn query(context: &str) -> impl FnOnce(DbError) -> PgError + '_ {
     move |source| PgError::Query {
         context: context.to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 
 /// The schema version of the database `client` is connected to (0: none).
-pub(crate) fn version_of(client: &mut Client) -> Result<i32, PgError> {
+pub(crate) fn version_of(client: &mut Conn) -> Result<i32, PgError> {
     // to_regclass follows search_path, as every unqualified name here does.
     let row = client
         .query_typed_one("SELECT to_regclass('postoffice_schema') IS NOT NULL", &[])
@@ -123,21 +155,20 @@ pub(crate) fn version_of(client: &mut Client) -> Result<i32, PgError> {
 
 /// The schema version of the database (0 when it has no schema).
 pub fn schema_version(opts: &PgOptions) -> Result<i32, PgError> {
-    version_of(&mut connect_one(opts)?)
+    version_of(&mut *connect_one(opts, opts.answer_limit())?)
 }
 
 /// Creates the schema or upgrades it to [`SCHEMA_VERSION`]. Idempotent,
 /// and safe when several processes run it at once. Refuses (changing
 /// nothing) a schema newer than this build knows.
 pub fn migrate(opts: &PgOptions) -> Result<Migrated, PgError> {
-    let mut client = connect_one(opts)?;
-    // A migration may outlast the statement timeout of normal work.
-    client
-        .batch_execute("SET statement_timeout = 0")
-        .map_err(query("preparing the migration"))?;
-    let mut tx = client
-        .transaction()
+    // A migration may wait for another one, and may outlast the
+    // statement timeout of normal work.
+    let mut tx = connect_one(opts, Duration::from_secs(3600))?;
+    tx.batch_execute("SET statement_timeout = 0; BEGIN")
         .map_err(query("starting the migration"))?;
+    // Returning early drops the connection, which rolls the transaction
+    // back.
     tx.query_typed(
         "SELECT pg_advisory_xact_lock($1)",
         &[(&MIGRATION_LOCK, Type::INT8)],
@@ -164,7 +195,7 @@ pub fn migrate(opts: &PgOptions) -> Result<Migrated, PgError> {
         let to = step as i32 + 1;
         tx.batch_execute(script).map_err(|source| PgError::Query {
             context: format!("migrating the schema to version {to}"),
-            source,
+            source: Box::new(source),
         })?;
         tx.query_typed(
             "UPDATE postoffice_schema SET version = $1",
@@ -173,7 +204,8 @@ pub fn migrate(opts: &PgOptions) -> Result<Migrated, PgError> {
         .map_err(query("recording the schema version"))?;
         tracing::info!(version = to, "database schema migrated");
     }
-    tx.commit().map_err(query("committing the migration"))?;
+    tx.batch_execute("COMMIT")
+        .map_err(query("committing the migration"))?;
     Ok(Migrated {
         from,
         to: SCHEMA_VERSION,

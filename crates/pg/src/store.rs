@@ -8,14 +8,13 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use postgres::types::Type;
-use postgres::{Client, NoTls};
 use postoffice_store::{
     Delivered, ExpireReport, Imported, MailStore, Maildrop, MessageInfo, StoreError, Usage,
     canonical_mailbox, check_state_key,
 };
-use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres::types::Type;
 
+use crate::conn::{Conn, DbError, Manager, Runtime};
 use crate::deliver::{Kind, deliver};
 use crate::error::{backend, is_read_only, pool};
 use crate::lease::{self, PgDrop};
@@ -23,10 +22,11 @@ use crate::read::{ChunkReader, fetch_chunk};
 use crate::schema::{SCHEMA_VERSION, version_of};
 use crate::{PgError, PgOptions};
 
-pub(crate) type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub(crate) type Pool = r2d2::Pool<Manager>;
 
 /// What the store, its sessions and its lease renewer share.
 pub(crate) struct Shared {
+    /// Declared before `runtime`: the connections go first.
     pub(crate) pool: Pool,
     /// `<node>/<random>`: this process's part of every lease owner.
     pub(crate) owner: String,
@@ -40,11 +40,13 @@ pub(crate) struct Shared {
     /// Work for the background thread (see [`background`]).
     control: Mutex<Control>,
     wake: Condvar,
+    /// Drives the pool's connections.
+    _runtime: Runtime,
 }
 
 impl Shared {
-    /// Runs `f` on a pooled connection, replacing connections that cannot
-    /// serve: one found closed (the server restarted or failed over since
+    /// Runs `f` on a pooled connection (every answer within the answer
+    /// limit), replacing connections that cannot serve: one found closed (the server restarted or failed over since
     /// it was last used: every pooled connection may be such, so this goes
     /// on while they fail that way, each failing at once), and one to a
     /// server that has become read-only (a demoted primary: the connection
@@ -55,7 +57,7 @@ impl Shared {
     pub(crate) fn run<T>(
         &self,
         context: impl Fn() -> String,
-        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+        mut f: impl FnMut(&mut Conn) -> Result<T, DbError>,
     ) -> Result<T, StoreError> {
         let attempts = self.pool.max_size() + 1;
         let mut attempt = 0;
@@ -63,7 +65,13 @@ impl Shared {
             attempt += 1;
             let mut conn = self.pool.get().map_err(pool(context()))?;
             match f(&mut conn) {
-                Err(e) if attempt < attempts && (conn.is_closed() || is_read_only(&e)) => {
+                // Not after a timeout: the next connection would most
+                // likely wait just as long.
+                Err(e)
+                    if attempt < attempts
+                        && !matches!(e, DbError::Timeout(_))
+                        && (conn.is_closed() || is_read_only(&e)) =>
+                {
                     tracing::debug!(error = %e, "database connection unusable; retrying on another");
                     if !conn.is_closed() {
                         // Ends this session on the server: the pool then
@@ -128,7 +136,15 @@ impl PgStore {
     pub fn connect(opts: &PgOptions, node: &str) -> Result<PgStore, PgError> {
         let config = opts.config()?;
         let target = opts.describe();
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let runtime = Runtime::new().map_err(|e| PgError::Connect {
+            target: target.clone(),
+            reason: format!("cannot start the database client's thread: {e}"),
+        })?;
+        let manager = Manager {
+            config,
+            rt: runtime.handle(),
+            limit: opts.answer_limit(),
+        };
         let pool = r2d2::Pool::builder()
             .max_size(opts.pool_size.max(1))
             .min_idle(Some(opts.pool_size.clamp(1, 2)))
@@ -159,7 +175,7 @@ impl PgStore {
                 .query_typed_one("SELECT uid_prefix FROM postoffice_schema", &[])
                 .map_err(|source| PgError::Query {
                     context: "reading the UID prefix".into(),
-                    source,
+                    source: Box::new(source),
                 })?
                 .get(0);
             (version, prefix)
@@ -178,6 +194,7 @@ impl PgStore {
             next_session: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
+            _runtime: runtime,
         });
         let renewer = {
             let shared = Arc::clone(&shared);
@@ -261,50 +278,83 @@ impl Drop for PgStore {
 pub(crate) struct Control {
     /// The store was dropped: release what is queued, then end.
     stop: bool,
-    /// Leases to give back: (mailbox id, owner token, mailbox name).
-    releases: Vec<(i64, String, String)>,
+    /// Leases to give back.
+    releases: Vec<Release>,
+}
+
+/// A lease to give back.
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub(crate) mailbox: String,
+    pub(crate) token: String,
+    /// After this the lease has expired anyway: stop trying.
+    pub(crate) until: Instant,
 }
 
 impl Shared {
-    /// Has the background thread give a lease back, for a session that
-    /// ends on a thread that must not block (an async task).
-    pub(crate) fn queue_release(&self, mailbox_id: i64, token: String, mailbox: String) {
+    /// Has the background thread give the lease `token` on `mailbox` back:
+    /// for a session that ends on a thread that must not block (an async
+    /// task), and for a lease whose taking failed in a way that may have
+    /// taken it after all (no answer: the statement may still run). Tried
+    /// again every second while the database does not answer.
+    pub(crate) fn queue_release(&self, mailbox: String, token: String) {
         self.control
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .releases
-            .push((mailbox_id, token, mailbox));
+            .push(Release {
+                mailbox,
+                token,
+                until: Instant::now() + self.lease,
+            });
         self.wake.notify_all();
     }
 }
 
+/// How often failed releases are tried again.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
+
 /// The store's background thread: gives back the leases queued by
-/// [`Shared::queue_release`] as soon as they come, and renews every lease
-/// in `shared.held` every lease/3 with one statement, until the store is
-/// dropped.
+/// [`Shared::queue_release`] as soon as they come (retrying those that
+/// fail), and renews every lease in `shared.held` every lease/3 with one
+/// statement, until the store is dropped.
 fn background(shared: &Shared) {
     let period = (shared.lease / 3).max(Duration::from_millis(50));
     let mut next_renew = Instant::now() + period;
+    let mut failed: Vec<Release> = Vec::new();
+    let mut next_retry = Instant::now();
     let mut control = shared
         .control
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     loop {
-        let releases = std::mem::take(&mut control.releases);
+        let mut releases = std::mem::take(&mut control.releases);
         let stop = control.stop;
         let now = Instant::now();
-        if releases.is_empty() && !stop && now < next_renew {
+        let retry_due = !failed.is_empty() && now >= next_retry;
+        if releases.is_empty() && !stop && !retry_due && now < next_renew {
+            let wake_at = if failed.is_empty() {
+                next_renew
+            } else {
+                next_renew.min(next_retry)
+            };
             control = shared
                 .wake
-                .wait_timeout(control, next_renew - now)
+                .wait_timeout(control, wake_at - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
             continue;
         }
         drop(control);
-        for (id, token, mailbox) in releases {
-            lease::release(shared, id, &token, &mailbox);
+        if retry_due || stop {
+            releases.append(&mut failed);
         }
+        for r in releases {
+            if !lease::release(shared, &r.mailbox, &r.token) && !stop && Instant::now() < r.until {
+                failed.push(r);
+            }
+        }
+        next_retry = Instant::now() + RELEASE_RETRY;
         if stop {
             return;
         }

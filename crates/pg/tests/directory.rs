@@ -60,8 +60,6 @@ fn concurrent_writers_on_two_nodes_lose_nothing_and_both_see_everything() {
 #[test]
 fn a_database_without_the_schema_is_refused_naming_the_command() {
     let pg = Postgres::start();
-    let err = PgDirectory::connect(&PgOptions::new(pg.url.clone()))
-        .err()
-        .expect("no schema yet");
+    let err = PgDirectory::connect(&PgOptions::new(pg.url.clone())).expect_err("no schema yet");
     assert!(err.to_string().contains("postoffice db migrate"), "{err}");
 }

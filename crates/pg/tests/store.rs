@@ -938,3 +938,47 @@ fn a_session_dropped_in_an_async_task_still_releases_its_lease() {
     });
     assert_eq!(md.messages().len(), 1);
 }
+
+#[test]
+fn a_stopped_database_server_gives_timely_errors_and_service_resumes() {
+    let pg = Postgres::start();
+    let opts = PgOptions {
+        statement_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        ..options(&pg)
+    };
+    migrate(&opts).unwrap();
+    let store = PgStore::connect(&opts, "node-a").unwrap();
+    deliver(&store, b"before\n");
+    // SIGSTOP: connections stay open, the kernel keeps acknowledging, and
+    // nothing ever answers; the server-side statement timeout cannot fire.
+    pg.freeze();
+    let started = std::time::Instant::now();
+    let err = store.usage(BOX).unwrap_err();
+    assert!(matches!(err, StoreError::Backend { .. }), "{err}");
+    let Err(err) = store.open(BOX) else {
+        panic!("opened a maildrop on a stopped server");
+    };
+    assert!(matches!(err, StoreError::Backend { .. }), "{err}");
+    let err = store
+        .deliver(BOX, &mut Cursor::new(b"during\n"))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend { .. }), "{err}");
+    // Each call gives up after the answer limit (statement timeout + 5 s)
+    // or the pool's connect timeout, not never.
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "three calls took {:?}",
+        started.elapsed()
+    );
+    pg.thaw();
+    let md = wait_for(Duration::from_secs(30), "service after the stall", || {
+        store.open(BOX).ok()
+    });
+    // A statement the server had received before it stopped runs when it
+    // resumes, although the client gave up: like any unanswered COMMIT,
+    // the failed delivery may have been stored (whole) after all. The
+    // failed open's lease, taken the same way, was given back.
+    let listed = md.messages().len();
+    assert!((1..=2).contains(&listed), "{listed} messages");
+}

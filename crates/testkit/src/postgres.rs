@@ -4,7 +4,6 @@
 //! cluster.
 
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -130,33 +129,33 @@ impl Postgres {
             .map_or_else(|| "(not running)".into(), Daemon::output)
     }
 
-    /// A crash: SIGKILL to the postmaster and every backend (the whole
-    /// process group), then reaped. The data directory stays, so
+    /// A crash: SIGKILL to the postmaster and every process it started
+    /// (backends, checkpointer, WAL writer...), then reaped. The data directory stays, so
     /// [`restart`](Self::restart) recovers from the WAL.
     pub fn kill(&mut self) {
+        let mut pids = Vec::new();
         if let Some(mut daemon) = self.daemon.take() {
-            signal_group(daemon.id(), "KILL");
-            signal_group(daemon.id(), "CONT");
+            pids = server_pids(daemon.id());
+            signal(&pids, "KILL");
             daemon.kill();
         }
-        // Backends notice the postmaster's death; wait until the data
-        // directory is free again (postmaster.pid is left by a kill, but
-        // its shared memory must be gone before a new start).
-        let _ = poll_until(STOP_LIMIT, || !group_alive(self.pid_file_pid()));
+        // The backends are reparented and reaped; wait until none is left
+        // holding the data directory's shared memory.
+        let _ = poll_until(STOP_LIMIT, || !pids.iter().any(|&p| alive(p)));
     }
 
     /// A stalled database: SIGSTOP to the postmaster and every backend.
     /// Connections stay open and nothing answers until [`thaw`](Self::thaw).
     pub fn freeze(&self) {
         if let Some(d) = &self.daemon {
-            signal_group(d.id(), "STOP");
+            signal(&server_pids(d.id()), "STOP");
         }
     }
 
     /// Lets a [`freeze`](Self::freeze)d server go on (SIGCONT).
     pub fn thaw(&self) {
         if let Some(d) = &self.daemon {
-            signal_group(d.id(), "CONT");
+            signal(&server_pids(d.id()), "CONT");
         }
     }
 
@@ -182,10 +181,10 @@ impl Postgres {
             .args(["-INT", &daemon.id().to_string()])
             .status();
         if !poll_until(STOP_LIMIT, || daemon.exited()) {
-            signal_group(daemon.id(), "KILL");
+            signal(&server_pids(daemon.id()), "KILL");
         }
         daemon.kill();
-        let _ = poll_until(STOP_LIMIT, || !group_alive(self.pid_file_pid()));
+        let _ = poll_until(STOP_LIMIT, || self.pid_file_pid().is_none_or(|p| !alive(p)));
     }
 
     /// Starts the postmaster on `self.port`; whether it accepts
@@ -204,9 +203,7 @@ impl Postgres {
                 "fsync=on",
                 "-c",
                 "max_connections=200",
-            ])
-            // Its own process group, so a crash can kill every backend.
-            .process_group(0);
+            ]);
         let output = self
             .dir
             .path()
@@ -297,22 +294,51 @@ impl Drop for Postgres {
     }
 }
 
-/// Whether a process of the group led by `pid` is still alive.
-fn group_alive(pid: Option<u32>) -> bool {
-    let Some(pid) = pid else {
-        return false;
-    };
-    Command::new("kill")
-        .args(["-0", "--", &format!("-{pid}")])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The postmaster `pid` and the processes it started (each backend makes
+/// itself a session leader, so a process group does not reach them).
+fn server_pids(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if parent_of(child) == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
 }
 
-/// Sends `signal` to the process group led by `pid`.
-fn signal_group(pid: u32, signal: &str) {
+/// The parent of process `pid` (from /proc/PID/stat: the field after the
+/// state, which follows the parenthesised command name).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+/// Sends `signal` (a name such as `KILL`) to every process in `pids`.
+fn signal(pids: &[u32], signal: &str) {
+    if pids.is_empty() {
+        return;
+    }
     let _ = Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .args(pids.iter().map(u32::to_string))
         .stderr(std::process::Stdio::null())
         .status();
 }
@@ -396,8 +422,14 @@ mod tests {
         );
         pg.thaw();
         assert!(accepts(&pg.bin, pg.port));
+        let children = server_pids(pid);
+        assert!(
+            children.len() > 1,
+            "the postmaster's processes: {children:?}"
+        );
         pg.kill();
         assert!(!accepts(&pg.bin, pg.port));
+        assert!(children.iter().all(|&p| !alive(p)), "all of them killed");
         pg.restart();
         assert!(accepts(&pg.bin, pg.port), "{}", pg.log());
         assert_ne!(pg.pid(), pid);
