@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use tokio_postgres::types::Type;
 
 use crate::conn::{Conn, DbError, Manager};
-use postoffice_store::{Delivered, Imported, StoreError, normalize_stream};
+use postoffice_store::{Delivered, Imported, Limit, StoreError, normalize_stream};
 
 use crate::error::{backend, is_unique_violation, pool};
 use crate::store::PgStore;
@@ -37,8 +37,11 @@ const UID_ATTEMPTS: usize = 3;
 /// Where a delivery goes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind<'a> {
-    /// The maildrop, under a new UID.
-    Maildrop,
+    /// The maildrop, under a new UID, if the mailbox then holds no more
+    /// than the limit (checked under the mailbox row's lock, in the
+    /// delivery's own statement or transaction: concurrent deliveries on
+    /// several nodes cannot overshoot together).
+    Maildrop(Limit),
     /// The quarantine, under a new UID (not counted in the usage).
     Quarantine,
     /// The maildrop, keeping the UID and time it had elsewhere.
@@ -62,6 +65,15 @@ impl Kind<'_> {
         }
     }
 
+    /// The quota as SQL parameters (NULL: none).
+    fn limits(&self) -> (Option<i64>, Option<i64>) {
+        let as_i64 = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        match self {
+            Kind::Maildrop(l) => (as_i64(l.messages), as_i64(l.bytes)),
+            _ => (None, None),
+        }
+    }
+
     fn received(&self) -> Option<SystemTime> {
         match self {
             Kind::Imported(i) => Some(i.received),
@@ -70,12 +82,19 @@ impl Kind<'_> {
     }
 }
 
-/// The single statement of a one-chunk delivery.
+/// The single statement of a one-chunk delivery. With a quota ($9 most
+/// messages, $10 most octets; NULL: none) the mailbox row is updated only
+/// when the message fits, under the row's lock; otherwise nothing is
+/// inserted and no row comes back.
 const DELIVER_ONE: &str = "\
 WITH mb AS ( \
-    INSERT INTO mailboxes AS b (name, messages, bytes) VALUES ($1, $2, $2 * $3) \
+    INSERT INTO mailboxes AS b (name, messages, bytes) \
+    SELECT $1, $2, $2 * $3 \
+    WHERE ($9::int8 IS NULL OR $2 <= $9) AND ($10::int8 IS NULL OR $2 * $3 <= $10) \
     ON CONFLICT (name) DO UPDATE \
         SET messages = b.messages + EXCLUDED.messages, bytes = b.bytes + EXCLUDED.bytes \
+        WHERE ($9::int8 IS NULL OR b.messages + EXCLUDED.messages <= $9) \
+          AND ($10::int8 IS NULL OR b.bytes + EXCLUDED.bytes <= $10) \
     RETURNING b.id), \
 msg AS ( \
     INSERT INTO messages (id, mailbox_id, uid, size, received, quarantined) \
@@ -131,6 +150,7 @@ fn deliver_one(
     let kept = kind.kept_uid();
     let received = kind.received();
     let quarantined = kind.quarantined();
+    let (max_messages, max_bytes) = kind.limits();
     let prefix = store.uid_prefix();
     let mut attempt = 0;
     loop {
@@ -138,7 +158,7 @@ fn deliver_one(
         let result = store.shared().run(
             || format!("storing a message for {mailbox}"),
             |c| {
-                c.query_typed_one(
+                c.query_typed_opt(
                     DELIVER_ONE,
                     &[
                         (&mailbox, Type::TEXT),
@@ -149,12 +169,15 @@ fn deliver_one(
                         (&received, Type::TIMESTAMPTZ),
                         (&quarantined, Type::BOOL),
                         (&data, Type::BYTEA),
+                        (&max_messages, Type::INT8),
+                        (&max_bytes, Type::INT8),
                     ],
                 )
             },
         );
         match result {
-            Ok(row) => {
+            Ok(None) => return Err(StoreError::OverQuota(mailbox.to_owned())),
+            Ok(Some(row)) => {
                 return Ok(Delivered {
                     uid: row.get(0),
                     size,
@@ -189,6 +212,7 @@ struct LongDelivery {
     message_id: i64,
     uid: String,
     counted: i64,
+    limits: (Option<i64>, Option<i64>),
     next_seq: i32,
     open: bool,
 }
@@ -206,6 +230,7 @@ impl LongDelivery {
             message_id: 0,
             uid: String::new(),
             counted: kind.counted(),
+            limits: kind.limits(),
             next_seq: 0,
             open: true,
         };
@@ -269,19 +294,30 @@ impl LongDelivery {
     fn finish(mut self, size: u64) -> Result<Delivered, StoreError> {
         let context = format!("storing a message for {}", self.mailbox);
         let size_i = size as i64;
-        self.conn
+        let (max_messages, max_bytes) = self.limits;
+        // The counters under the row's lock, only if the message fits the
+        // quota; otherwise the transaction is rolled back (on drop).
+        let fits = self
+            .conn
             .execute_typed(
                 "WITH m AS (UPDATE messages SET size = $2 WHERE id = $1) \
                  UPDATE mailboxes SET messages = messages + $4, bytes = bytes + $2 * $4 \
-                 WHERE id = $3",
+                 WHERE id = $3 \
+                   AND ($5::int8 IS NULL OR messages + $4 <= $5) \
+                   AND ($6::int8 IS NULL OR bytes + $2 * $4 <= $6)",
                 &[
                     (&self.message_id, Type::INT8),
                     (&size_i, Type::INT8),
                     (&self.mailbox_id, Type::INT8),
                     (&self.counted, Type::INT8),
+                    (&max_messages, Type::INT8),
+                    (&max_bytes, Type::INT8),
                 ],
             )
             .map_err(backend(context.clone()))?;
+        if fits == 0 {
+            return Err(StoreError::OverQuota(self.mailbox.clone()));
+        }
         // Durable when COMMIT returns (synchronous_commit as configured on
         // the server; the default waits for the WAL flush).
         self.open = false;

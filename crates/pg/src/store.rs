@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use postoffice_store::{
-    Delivered, ExpireReport, Imported, MailStore, Maildrop, MessageInfo, StoreError, Usage,
+    Delivered, ExpireReport, Imported, Limit, MailStore, Maildrop, MessageInfo, StoreError, Usage,
     canonical_mailbox, check_state_key,
 };
 use tokio_postgres::types::Type;
@@ -377,7 +377,24 @@ fn unsigned(v: i64) -> u64 {
 
 impl MailStore for PgStore {
     fn deliver(&self, mailbox: &str, message: &mut dyn Read) -> Result<Delivered, StoreError> {
-        deliver(self, &canonical_mailbox(mailbox)?, Kind::Maildrop, message)
+        self.deliver_within(mailbox, message, Limit::default())
+    }
+
+    /// The quota is checked in the delivery's own statement (or, for a
+    /// message of several chunks, its transaction) under the mailbox row's
+    /// lock: two nodes delivering at once cannot overshoot it.
+    fn deliver_within(
+        &self,
+        mailbox: &str,
+        message: &mut dyn Read,
+        limit: Limit,
+    ) -> Result<Delivered, StoreError> {
+        deliver(
+            self,
+            &canonical_mailbox(mailbox)?,
+            Kind::Maildrop(limit),
+            message,
+        )
     }
 
     fn deliver_quarantine(

@@ -982,3 +982,72 @@ fn a_stopped_database_server_gives_timely_errors_and_service_resumes() {
     let listed = md.messages().len();
     assert!((1..=2).contains(&listed), "{listed} messages");
 }
+
+#[test]
+fn a_quota_holds_when_two_nodes_deliver_at_once() {
+    let (pg, a) = setup();
+    let a = Arc::new(a);
+    let b = Arc::new(PgStore::connect(&options(&pg), "node-b").unwrap());
+    let limit = postoffice_store::Limit {
+        messages: Some(25),
+        bytes: None,
+    };
+    let start = Arc::new(Barrier::new(2));
+    let racers: Vec<_> = [Arc::clone(&a), Arc::clone(&b)]
+        .into_iter()
+        .map(|store| {
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                let (mut stored, mut refused) = (0, 0);
+                for i in 0..40 {
+                    let msg = format!("Subject: {i}\r\n\r\nbody\r\n");
+                    match store.deliver_within(BOX, &mut Cursor::new(msg), limit) {
+                        Ok(_) => stored += 1,
+                        Err(StoreError::OverQuota(m)) => {
+                            assert_eq!(m, BOX);
+                            refused += 1;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (stored, refused)
+            })
+        })
+        .collect();
+    let (mut stored, mut refused) = (0, 0);
+    for r in racers {
+        let (s, f) = r.join().unwrap();
+        stored += s;
+        refused += f;
+    }
+    assert_eq!((stored, refused), (25, 55));
+    assert_eq!(a.usage(BOX).unwrap().messages, 25);
+    assert_eq!(open(&a).messages().len(), 25);
+
+    // A message of several chunks is checked at its COMMIT: over the byte
+    // quota, nothing of it stays.
+    let big = vec![b'x'; 600 * 1024];
+    let before = a.usage(BOX).unwrap();
+    let tight = postoffice_store::Limit {
+        messages: None,
+        bytes: Some(before.bytes + 100 * 1024),
+    };
+    match a.deliver_within(BOX, &mut Cursor::new(&big), tight) {
+        Err(StoreError::OverQuota(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.usage(BOX).unwrap(), before);
+    let chunks: i64 = sql(&pg)
+        .query_one("SELECT count(*) FROM message_chunks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(chunks, 25, "the refused message left chunks behind");
+    // With room, it is stored.
+    let roomy = postoffice_store::Limit {
+        messages: None,
+        bytes: Some(before.bytes + 700 * 1024),
+    };
+    a.deliver_within(BOX, &mut Cursor::new(&big), roomy)
+        .unwrap();
+}
