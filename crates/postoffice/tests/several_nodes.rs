@@ -262,3 +262,34 @@ fn user_changes_made_on_one_node_take_effect_on_every_node_within_seconds() {
         (c.login(BOB, "bob secret") == AUTH_FAILED).then_some(())
     });
 }
+
+#[test]
+fn a_quota_holds_across_nodes_delivering_at_once() {
+    let pg = Postgres::start();
+    let (a, b) = two_nodes(&pg);
+    a.cli(&["user", "set", ALICE, "--quota-messages", "5"]).ok();
+    let node_a = a.start();
+    let node_b = b.start();
+    // Eight messages, half through each node, all at once.
+    let replies: Vec<u16> = std::thread::scope(|s| {
+        let sends: Vec<_> = (0..8)
+            .map(|i| {
+                let node = if i % 2 == 0 { &node_a } else { &node_b };
+                s.spawn(move || smtp_send(node, &format!("q{i}")).0)
+            })
+            .collect();
+        sends.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = replies.iter().filter(|&&c| c == 250).count();
+    assert_eq!(accepted, 5, "{replies:?}");
+    assert!(replies.iter().all(|&c| c == 250 || c == 452), "{replies:?}");
+    // The maildrop holds the five accepted (and the quota warning the
+    // crossing of 80 % delivered, which no quota refuses).
+    let mut c = node_b.login(ALICE, PW);
+    let stored = c
+        .retr_all()
+        .iter()
+        .filter(|m| lines_of(m).iter().any(|l| l.starts_with("Subject: q")))
+        .count();
+    assert_eq!(stored, 5);
+}
