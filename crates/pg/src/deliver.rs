@@ -23,7 +23,7 @@ use tokio_postgres::types::Type;
 use crate::conn::{Conn, DbError, Manager};
 use postoffice_store::{Delivered, Imported, Limit, StoreError, normalize_stream};
 
-use crate::error::{backend, is_unique_violation, pool};
+use crate::error::{backend, is_unique_violation};
 use crate::store::PgStore;
 
 /// Octets per `message_chunks` row.
@@ -155,7 +155,7 @@ fn deliver_one(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = store.shared().run(
+        let result = store.shared().run_unrepeated(
             || format!("storing a message for {mailbox}"),
             |c| {
                 c.query_typed_opt(
@@ -220,7 +220,7 @@ struct LongDelivery {
 impl LongDelivery {
     fn begin(store: &PgStore, mailbox: &str, kind: Kind<'_>) -> Result<LongDelivery, StoreError> {
         let context = || format!("storing a message for {mailbox}");
-        let mut conn = store.shared().pool.get().map_err(pool(context()))?;
+        let mut conn = store.shared().open_conn(&context)?;
         let mailbox_id = ensure_mailbox(&mut conn, mailbox).map_err(backend(context()))?;
         conn.batch_execute("BEGIN").map_err(backend(context()))?;
         let mut delivery = LongDelivery {

@@ -46,31 +46,73 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Runs `f` on a pooled connection (every answer within the answer
-    /// limit), replacing connections that cannot serve: one found closed (the server restarted or failed over since
-    /// it was last used: every pooled connection may be such, so this goes
-    /// on while they fail that way, each failing at once), and one to a
-    /// server that has become read-only (a demoted primary: the connection
-    /// is ended so that the pool reconnects, and with
-    /// `target_session_attrs=read-write` finds the new primary). `f` is then
-    /// tried again on another connection: every caller's `f` is one
-    /// statement whose repetition does no harm.
+    /// limit), replacing connections that cannot serve: one found closed
+    /// before `f` is sent on it (the server restarted or failed over since
+    /// it was last used: every pooled connection may be such), one that
+    /// closes while `f` runs, and one to a server that has become read-only
+    /// (a demoted primary: the connection is ended so that the pool
+    /// reconnects, and with `target_session_attrs=read-write` finds the new
+    /// primary). `f` is then tried again on another connection, so `f` must
+    /// be a statement whose repetition does no harm; a statement that must
+    /// not run twice uses [`Shared::run_unrepeated`].
     pub(crate) fn run<T>(
         &self,
         context: impl Fn() -> String,
+        f: impl FnMut(&mut Conn) -> Result<T, DbError>,
+    ) -> Result<T, StoreError> {
+        self.run_with(context, true, f)
+    }
+
+    /// [`Shared::run`] for a statement that must not be repeated once it
+    /// may have reached the server (a delivery: if the server commits it and
+    /// dies before answering, a second try would store a second copy). It is
+    /// tried again only where it surely did nothing: on a connection found
+    /// closed before sending, or refused by a read-only server. A connection
+    /// that closes while it runs gives an error (SMTP answers 4xx, and the
+    /// sender's retry is the usual at-least-once of SMTP).
+    pub(crate) fn run_unrepeated<T>(
+        &self,
+        context: impl Fn() -> String,
+        f: impl FnMut(&mut Conn) -> Result<T, DbError>,
+    ) -> Result<T, StoreError> {
+        self.run_with(context, false, f)
+    }
+
+    /// A pooled connection that was not found closed (one closed while
+    /// pooled, after a restart or failover, is dropped, and the pool
+    /// discards it), or an error if the pool cannot give one.
+    pub(crate) fn open_conn(
+        &self,
+        context: &impl Fn() -> String,
+    ) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+        for _ in 0..self.pool.max_size() {
+            let conn = self.pool.get().map_err(pool(context()))?;
+            if !conn.is_closed() {
+                return Ok(conn);
+            }
+            tracing::debug!("database connection closed while pooled; taking another");
+        }
+        self.pool.get().map_err(pool(context()))
+    }
+
+    fn run_with<T>(
+        &self,
+        context: impl Fn() -> String,
+        repeatable: bool,
         mut f: impl FnMut(&mut Conn) -> Result<T, DbError>,
     ) -> Result<T, StoreError> {
         let attempts = self.pool.max_size() + 1;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut conn = self.pool.get().map_err(pool(context()))?;
+            let mut conn = self.open_conn(&context)?;
             match f(&mut conn) {
                 // Not after a timeout: the next connection would most
                 // likely wait just as long.
                 Err(e)
                     if attempt < attempts
                         && !matches!(e, DbError::Timeout(_))
-                        && (conn.is_closed() || is_read_only(&e)) =>
+                        && ((repeatable && conn.is_closed()) || is_read_only(&e)) =>
                 {
                     tracing::debug!(error = %e, "database connection unusable; retrying on another");
                     if !conn.is_closed() {
