@@ -2,7 +2,7 @@
 # The whole test suite: formatting, lints, unit and end-to-end tests, and the
 # real third-party programs (curl, Python poplib/smtplib, fetchmail, swaks,
 # dnsmasq, clamd, Dovecot, strace, systemd's socket activator, dpkg, promtool,
-# Chromium).
+# Chromium, PostgreSQL).
 #
 #   ./scripts/test.sh          everything
 #   ./scripts/test.sh --quick  cargo tests only
@@ -14,13 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(curl fetchmail python3 openssl swaks libnet-ssleay-perl dnsmasq clamav-daemon dovecot-pop3d strace
-    systemd util-linux adduser prometheus chromium chromium-driver)
+    systemd util-linux adduser prometheus chromium chromium-driver postgresql)
 # Program that proves each package is there.
 declare -A PROGRAM=([curl]=curl [fetchmail]=fetchmail [python3]=python3 [openssl]=openssl
     [swaks]=swaks [libnet-ssleay-perl]=/usr/share/doc/libnet-ssleay-perl [dnsmasq]=/usr/sbin/dnsmasq [clamav-daemon]=/usr/sbin/clamd
     [dovecot-pop3d]=/usr/sbin/dovecot [strace]=strace [systemd]=systemd-socket-activate
     [util-linux]=setpriv [adduser]=/usr/sbin/adduser [prometheus]=promtool [chromium]=chromium
-    [chromium-driver]=chromedriver)
+    [chromium-driver]=chromedriver [postgresql]=pg_ctlcluster)
 
 have_all() {
     local p
@@ -88,6 +88,8 @@ if [[ "${1:-}" != "--quick" ]]; then
         python3 tests/clients/fetch_jobs.py target/debug/postoffice
     stage "crash-kill: SIGKILL under SMTP+POP3 load, nothing lost or duplicated" \
         python3 tests/crash/crash.py target/debug/postoffice --kills 50 --seed 7
+    stage "crash-kill on PostgreSQL: SIGKILL of nodes and of PostgreSQL, nothing lost or duplicated" \
+        python3 tests/crash/crash.py target/debug/postoffice --postgres --kills 30 --seed 7
     stage "durability: fsync, rename, fsync dir before every 250, +OK and exit 0 (strace)" \
         python3 tests/durability/durability.py target/debug/postoffice
     stage "fuzz smoke: every target 5 s (stable runner, fixed seed)" \
