@@ -582,6 +582,15 @@ def killer(server, state, stop, kills, rng, done):
     """SIGKILLs the server (and with --postgres, one time in PG_KILL_ONE_IN,
     PostgreSQL instead) at random moments, restarts what it killed, and
     checks a login after each."""
+    try:
+        _kill_loop(server, state, stop, kills, rng)
+    except Exception as e:  # noqa: BLE001 - a restart that failed ends the test
+        state.error(f"killer: {e!r}")
+    finally:
+        done.set()
+
+
+def _kill_loop(server, state, stop, kills, rng):
     count = 0
     probe = probe_login(server, state)
     while count < kills and not stop.is_set():
@@ -617,7 +626,6 @@ def killer(server, state, stop, kills, rng, done):
         probe = probe_login(server, state, since, "pg" if pg_kill else "node")
         if count % 25 == 0:
             log(f"{count} kills")
-    done.set()
 
 
 def main():
@@ -684,14 +692,17 @@ def main():
         probe = probe_login(server, state, since)
         if probe is not None:
             probe.quit()
+        # (postgres: a lease of the killed server may still run; the probe
+        # has waited for its own, and the others were taken before the kill)
+        drain_deadline = since + (LEASE_SECS + RELOGIN_MARGIN if args.postgres else 0)
         for u in USERS:
-            # (postgres: a lease of the killed server may still run)
-            for _ in range(60 if args.postgres else 20):
-                if pop_session(server, state, u, final=True) is not None:
+            tries = 0
+            while pop_session(server, state, u, final=True) is None:
+                tries += 1
+                if tries >= 20 and time.monotonic() > drain_deadline:
+                    state.error(f"could not drain {u}")
                     break
                 time.sleep(0.1)
-            else:
-                state.error(f"could not drain {u}")
         # Drained maildrops must now be empty.
         for u in USERS:
             p = poplib.POP3("127.0.0.1", server.ports["POP3"], timeout=IO_TIMEOUT)
