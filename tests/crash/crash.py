@@ -444,6 +444,45 @@ def queue_entries(server):
         return 0
 
 
+# --postgres: the database's equivalent of "nothing half-stored" (on Maildir,
+# no UIDL names a file in tmp/). Each query lists what breaks the rule.
+PG_CHECKS = [
+    (
+        "messages whose chunks do not add up to their size (a half-stored body)",
+        """SELECT m.uid, m.size, coalesce(sum(octet_length(c.data)), 0), count(c.seq), coalesce(max(c.seq), -1)
+           FROM messages m LEFT JOIN message_chunks c ON c.message_id = m.id
+           GROUP BY m.id
+           HAVING m.size <> coalesce(sum(octet_length(c.data)), 0) OR count(c.seq) <> coalesce(max(c.seq), -1) + 1
+           LIMIT 10""",
+    ),
+    (
+        "mailboxes whose counters disagree with their messages (a half-applied delivery or QUIT)",
+        """SELECT b.name, b.messages, b.bytes, count(m.id), coalesce(sum(m.size), 0)
+           FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id AND NOT m.quarantined
+           GROUP BY b.id
+           HAVING b.messages <> count(m.id) OR b.bytes <> coalesce(sum(m.size), 0)
+           LIMIT 10""",
+    ),
+]
+
+
+def pg_consistency(server, state, when):
+    """Runs PG_CHECKS; returns how many messages the database holds."""
+    for what, sql in PG_CHECKS:
+        try:
+            rows = server.pg.query(sql)
+        except RuntimeError as e:
+            state.error(f"database check ({when}) failed to run: {e}")
+            continue
+        if rows:
+            state.error(f"{when}: {what}: {rows}")
+    try:
+        return int(server.pg.query("SELECT count(*) FROM messages")[0][0])
+    except RuntimeError as e:
+        state.error(f"database check ({when}) failed to run: {e}")
+        return -1
+
+
 def pop_session(server, state, user, final=False):
     """One login/RETR all/DELE all/QUIT. Returns the subjects seen (Counter),
     or None if the session could not complete its listing."""
@@ -692,6 +731,9 @@ def main():
         probe = probe_login(server, state, since)
         if probe is not None:
             probe.quit()
+        if args.postgres:
+            n = pg_consistency(server, state, "before the drain")
+            log(f"database consistent before the drain: {n} messages stored")
         # (postgres: a lease of the killed server may still run; the probe
         # has waited for its own, and the others were taken before the kill)
         drain_deadline = since + (LEASE_SECS + RELOGIN_MARGIN if args.postgres else 0)
@@ -712,6 +754,8 @@ def main():
             p.quit()
             if count != 0:
                 state.error(f"{u}: {count} messages left after the drain")
+        if args.postgres:
+            pg_consistency(server, state, "after the drain")
 
         # Outbound: retry whatever waits now, then wait for the queue to
         # drain (bounded) and for every accepted message to reach the sink.
