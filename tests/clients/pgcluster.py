@@ -50,24 +50,31 @@ def bin_dir():
     return max(found)[1]
 
 
+def _stat(pid):
+    """(state, parent pid) of a process from /proc/PID/stat, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 1 :].split()
+    return fields[0], int(fields[1])
+
+
 def _alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    """Whether process pid exists and is not a zombie."""
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
 
 
-def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def _children(pid):
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None and st[1] == pid:
+                pids.append(int(name))
+    return pids
 
 
 class Cluster:
@@ -133,8 +140,6 @@ class Cluster:
         it answers a query. Returns whether it did."""
         self.starts += 1
         logf = open(self.logpath(), "ab")
-        # Its own session (process group), so that a crash can kill the
-        # postmaster and every backend at once.
         self.proc = subprocess.Popen(
             self._as_server(os.path.join(self.bin, "postgres"))
             + ["-D", self.data, "-p", str(self.port), "-k", self.sockdir]
@@ -142,7 +147,7 @@ class Cluster:
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
-            start_new_session=True,
+            start_new_session=True,  # no terminal's signals
         )
         logf.close()
         deadline = time.monotonic() + START_LIMIT
@@ -186,23 +191,32 @@ class Cluster:
         return [line.split("|") for line in r.stdout.decode().splitlines() if line]
 
     def kill(self):
-        """A crash: SIGKILL to the postmaster and all its backends (the
-        whole process group), reaped; returns once every one is gone, so
-        that start() can reuse the data directory and port at once."""
+        """A crash: SIGKILL to the postmaster and every process it started
+        (backends, checkpointer, WAL writer...; each makes itself a session
+        leader, so a process group does not reach them); returns once every
+        one is gone, so that start() can reuse the data directory at once.
+        The postmaster is stopped first so that it forks no new backend
+        while its children are listed."""
         if self.proc is None:
             return
-        pgid = self.proc.pid
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        pid = self.proc.pid
+        pids = [pid]
+        if self.proc.poll() is None:
+            os.kill(pid, signal.SIGSTOP)
+            pids += _children(pid)
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self.proc.wait()
         self.proc = None
         deadline = time.monotonic() + STOP_LIMIT
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if _group_alive(pgid):
-            raise RuntimeError(f"PostgreSQL backends of group {pgid} outlived a SIGKILL for {STOP_LIMIT} s")
+        left = [p for p in pids if _alive(p)]
+        if left:
+            raise RuntimeError(f"PostgreSQL processes {left} outlived a SIGKILL for {STOP_LIMIT} s")
 
     def stop(self):
         """SIGTERM (a smart shutdown), a bounded wait, then SIGKILL to the
@@ -235,8 +249,10 @@ def _self_test():
                 committed += 1
                 cluster.query(f"INSERT INTO t VALUES ({committed})")
             old = cluster.pid()
+            backends = _children(old)
+            assert backends, "no process of the server besides the postmaster?"
             cluster.kill()
-            assert not _alive(old), "postmaster survived SIGKILL"
+            assert not any(_alive(p) for p in [old] + backends), "a server process survived SIGKILL"
             k = time.monotonic()
             cluster.start()
             rows = int(cluster.query("SELECT count(*) FROM t")[0][0])
