@@ -637,8 +637,9 @@ def _kill_loop(server, state, stop, kills, rng):
         pg_kill = server.pg is not None and rng.randrange(PG_KILL_ONE_IN) == 0
         if pg_kill:
             # The server keeps running and must reconnect by itself. The
-            # outage sometimes outlasts the lease.
-            downtime = rng.uniform(0, LEASE_SECS + 1)
+            # outage sometimes outlasts the lease and the connect timeout
+            # (then SMTP must answer 451, POP3 -ERR [SYS/TEMP]).
+            downtime = rng.uniform(0, CONNECT_TIMEOUT_SECS + 2)
             server.pg.kill()
             time.sleep(downtime)
             server.pg.start()
