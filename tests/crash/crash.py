@@ -505,6 +505,7 @@ def pop_session(server, state, user, final=False):
                 if u in tmp_names:
                     state.error(f"{user}: UIDL lists {u}, a file in tmp/")
         seen = Counter()
+        uids_of = {}  # message number -> the UIDLs it was listed under
         for i in range(1, len(uids) + 1):
             _, lines, _ = p.retr(i)
             nums = [int(m.group(1)) for l in lines for m in [SUBJECT_RE.match(l)] if m]
@@ -513,11 +514,12 @@ def pop_session(server, state, user, final=False):
                 state.error(f"{user}: message {i} is incomplete or malformed: subjects={nums} ends={ends}")
                 continue
             seen[nums[0]] += 1
+            uids_of.setdefault(nums[0], []).append(uids[i - 1])
         for n, c in seen.items():
             if c > 1:
                 with state.lock:
                     state.dup_in_listing.add(n)
-                state.error(f"{user}: crash-{n} appears {c} times in one listing")
+                state.error(f"{user}: crash-{n} appears {c} times in one listing (UIDLs {uids_of[n]})")
         if final:
             with state.lock:
                 state.remaining.update(seen)
