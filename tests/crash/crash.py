@@ -40,9 +40,10 @@ PostgreSQL (tests/clients/pgcluster.py: initdb in the temporary directory,
 a free loopback port, run as the `postgres` user when we are root) holds
 the mail; `postoffice db migrate` runs before anything else. Differences:
   - one kill in five (drawn from the killer's seeded rng) is a SIGKILL of
-    PostgreSQL itself (the postmaster and every backend), restarted on the
-    same port and data directory (it recovers from its WAL); the server is
-    NOT restarted then and must reconnect by itself;
+    PostgreSQL itself (the postmaster and every backend), restarted after
+    0 to CONNECT_TIMEOUT_SECS + 2 s on the same port and data directory (it
+    recovers from its WAL); the server is NOT restarted then and must
+    reconnect by itself;
   - the maildrop lock is a lease row (lease_secs = LEASE_SECS here): after a
     SIGKILL of the server the old process's leases must expire, so "a login
     works at once" becomes "a login works within the lease" (bounded by
