@@ -73,7 +73,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients"))
 from harness import NO_DNS  # noqa: E402
@@ -246,6 +246,16 @@ class State:
         self.node_kills = 0
         self.pg_kills = 0
         self.relogin = {"node": [], "pg": []}  # seconds from a kill to a working login
+        self.sightings = defaultdict(list)  # message number -> how/where/when it was downloaded
+
+    def note(self, seen, uids_of, user, how):
+        """Remembers where each message was seen (for the report of a
+        duplicate: the same UIDL twice means a deletion that did not hold,
+        two UIDLs a message stored twice). Call with self.lock held."""
+        t = time.strftime("%H:%M:%S")
+        for n in seen:
+            if len(self.sightings[n]) < 6:
+                self.sightings[n].append(f"{how} {user} {uids_of.get(n)} {t}")
 
     def temp_failure(self, exc):
         """Counts an SMTP 4xx or a POP3 -ERR carried by exc, if it is one."""
@@ -524,6 +534,7 @@ def pop_session(server, state, user, final=False):
         if final:
             with state.lock:
                 state.remaining.update(seen)
+                state.note(seen, uids_of, user, "remaining")
         for i in range(1, len(uids) + 1):
             p.dele(i)
     except (OSError, poplib.error_proto, EOFError) as e:
@@ -550,10 +561,12 @@ def pop_session(server, state, user, final=False):
             state.sessions_ok += 1
             if not final:
                 state.committed.update(seen)
+                state.note(seen, uids_of, user, "committed")
         else:
             state.sessions_lost_quit += 1
             if not final:
                 state.maybe.update(seen)
+                state.note(seen, uids_of, user, "maybe")
     if final and not ok:
         return None
     return seen
@@ -741,14 +754,17 @@ def main():
         # (postgres: a lease of the killed server may still run; the probe
         # has waited for its own, and the others were taken before the kill)
         drain_deadline = since + (LEASE_SECS + RELOGIN_MARGIN if args.postgres else 0)
+        left = {}
         for u in USERS:
             tries = 0
-            while pop_session(server, state, u, final=True) is None:
+            while (got := pop_session(server, state, u, final=True)) is None:
                 tries += 1
                 if tries >= 20 and time.monotonic() > drain_deadline:
                     state.error(f"could not drain {u}")
                     break
                 time.sleep(0.1)
+            left[u.split("@")[0]] = sum(got.values()) if got is not None else "?"
+        log(f"drained: {left}")
         # Drained maildrops must now be empty.
         for u in USERS:
             p = poplib.POP3("127.0.0.1", server.ports["POP3"], timeout=IO_TIMEOUT)
@@ -831,6 +847,8 @@ def main():
             print(f"lost: {lost[:20]}")
         if dup:
             print(f"duplicated: {sorted(dup)[:20]}")
+            for n in sorted(dup)[:20]:
+                print(f"  crash-{n}: " + "; ".join(state.sightings[n]))
         for e in state.errors:
             print("error:", e)
         ok = (
