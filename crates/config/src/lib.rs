@@ -92,6 +92,9 @@ pub struct Config {
     pub http: Http,
     /// Role addresses of the local domains (`[addresses]`).
     pub addresses: Addresses,
+    /// Where mail is stored (`[storage]`): Maildir under data_dir, or
+    /// PostgreSQL shared by several nodes.
+    pub storage: Storage,
 }
 
 impl Default for Config {
@@ -118,8 +121,98 @@ impl Default for Config {
             limits: Limits::default(),
             log: Log::default(),
             http: Http::default(),
+            storage: Storage::default(),
         }
     }
+}
+
+/// The storage backend of the maildrops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One Maildir per user under `<data_dir>/mail` (the default).
+    #[default]
+    Maildir,
+    /// PostgreSQL (`storage.url`): several `serve` processes on one
+    /// database serve the same maildrops.
+    Postgres,
+}
+
+/// Where mail is stored (`[storage]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// "maildir" (the default) or "postgres".
+    pub backend: Backend,
+    /// The PostgreSQL connection string (backend = "postgres"), libpq
+    /// style: "postgres://postoffice@127.0.0.1:5432/postoffice", or
+    /// "host=db1,db2 user=postoffice dbname=postoffice
+    /// target_session_attrs=read-write" for a primary and its standby.
+    /// Keep the password out of it: use `password_file`.
+    pub url: String,
+    /// A file holding the database password (first line), read at start.
+    pub password_file: Option<PathBuf>,
+    /// Most database connections this process keeps open.
+    pub pool_size: u32,
+    /// Seconds a POP3 session's hold on a maildrop lasts without being
+    /// renewed: a node that dies (kill -9, power loss) frees its users'
+    /// maildrops after this long. Its holder renews it every third of it.
+    pub lease_secs: u64,
+    /// Seconds to wait for a database connection before a temporary
+    /// failure (SMTP 451 4.3.0, POP3 -ERR [SYS/TEMP]).
+    pub connect_timeout_secs: u64,
+    /// Seconds one database statement may run before it is cancelled (a
+    /// stalled database gives temporary failures, not hung sessions).
+    pub statement_timeout_secs: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            backend: Backend::Maildir,
+            url: String::new(),
+            password_file: None,
+            pool_size: 16,
+            lease_secs: 30,
+            connect_timeout_secs: 5,
+            statement_timeout_secs: 30,
+        }
+    }
+}
+
+impl Storage {
+    /// `url` with any password in it replaced (for logs and `config show`).
+    pub fn url_redacted(&self) -> String {
+        redact_url_password(&self.url)
+    }
+}
+
+/// Replaces the password of a `postgres://user:password@host` URL or a
+/// `password=...` key of a key/value connection string.
+fn redact_url_password(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            return format!("{scheme}{}:<redacted>{}", &rest[..colon], &rest[at..]);
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=<redacted>".to_string()
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The POP3 listeners.
@@ -1190,6 +1283,22 @@ impl Config {
         if self.addresses.max_alias_targets == 0 {
             return bad("addresses.max_alias_targets must be at least 1");
         }
+        if self.storage.backend == Backend::Postgres && self.storage.url.trim().is_empty() {
+            return bad(
+                "storage.backend = \"postgres\" needs storage.url, e.g. \"postgres://postoffice@127.0.0.1:5432/postoffice\"",
+            );
+        }
+        if self.storage.pool_size == 0 {
+            return bad("storage.pool_size must be at least 1");
+        }
+        if self.storage.lease_secs < 3 || self.storage.lease_secs > 3600 {
+            return bad("storage.lease_secs must be between 3 and 3600");
+        }
+        if self.storage.connect_timeout_secs == 0 || self.storage.statement_timeout_secs == 0 {
+            return bad(
+                "storage.connect_timeout_secs and storage.statement_timeout_secs must be at least 1",
+            );
+        }
         if self.addresses.max_alias_depth == 0 {
             return bad("addresses.max_alias_depth must be at least 1");
         }
@@ -1317,6 +1426,7 @@ impl Config {
         if !shown.http.metrics_token.is_empty() {
             shown.http.metrics_token = REDACTED.into();
         }
+        shown.storage.url = shown.storage.url_redacted();
         shown.to_toml()
     }
 
@@ -1335,6 +1445,9 @@ impl Config {
         }
         if !self.http.metrics_token.is_empty() {
             keys.push("http.metrics_token".to_string());
+        }
+        if self.storage.url_redacted() != self.storage.url {
+            keys.push("storage.url".to_string());
         }
         keys
     }
@@ -1379,6 +1492,9 @@ impl Config {
             fix(&mut pair.key);
         }
         if let Some(p) = &mut self.queue.relay_password_file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.storage.password_file {
             fix(p);
         }
         let fix_str = |p: &mut String| {
@@ -1572,6 +1688,7 @@ relay_password_file = "secrets/global.pass"
         all.push("tls.key".into());
         all.push("queue.ca_file".into());
         all.push("queue.relay_password_file".into());
+        all.push("storage.password_file".into());
         for key in all {
             let (section, name) = match key.rsplit_once('.') {
                 Some((s, n)) => (Some(s), n),
@@ -1632,6 +1749,53 @@ relay_password_file = "secrets/global.pass"
         ] {
             assert!(Config::from_toml(bad, Path::new("x")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn storage_url_passwords_are_redacted_and_postgres_needs_a_url() {
+        for (url, shown) in [
+            (
+                "postgres://po:s3cret@db:5432/po",
+                "postgres://po:<redacted>@db:5432/po",
+            ),
+            ("postgresql://po@db/po", "postgresql://po@db/po"),
+            (
+                "host=db user=po password=s3cret",
+                "host=db user=po password=<redacted>",
+            ),
+        ] {
+            let c = Config {
+                storage: Storage {
+                    url: url.into(),
+                    ..Storage::default()
+                },
+                ..Config::default()
+            };
+            assert_eq!(c.storage.url_redacted(), shown);
+            assert!(!c.to_toml_redacted().contains("s3cret"));
+            assert_eq!(
+                c.inline_secrets().contains(&"storage.url".to_string()),
+                url.contains("s3cret")
+            );
+        }
+        let err = Config::from_toml(
+            "[storage]\nbackend = \"postgres\"",
+            Path::new("/etc/p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.url"), "{err}");
+        let mut c = Config::from_toml(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://po@127.0.0.1/po\"\npassword_file = \"db.pass\"",
+            Path::new("/etc/postoffice/p.toml"),
+        )
+        .unwrap();
+        c.resolve_paths(Path::new("/etc/postoffice"));
+        assert_eq!(c.storage.backend, Backend::Postgres);
+        assert_eq!(
+            c.storage.password_file.as_deref(),
+            Some(Path::new("/etc/postoffice/db.pass"))
+        );
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// The storage backend (`[storage]`) could not be opened.
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// The application state shared by every connection, the queue and the
@@ -145,7 +148,7 @@ impl App {
     }
 
     fn with_filters(config: Config, filters: postoffice_filter::Filters) -> Result<Self, AppError> {
-        let directory = Directory::open(&config.data_dir)?;
+        let directory = crate::inbound::blocking(|| directory(&config))?;
         let spool_dir = config.data_dir.join("spool");
         let greylist = crate::greylist::Greylist::open(&config.filter, &config.data_dir)
             .map_err(|e| AppError::Filter(postoffice_filter::FilterError::Config(e)))?;
@@ -165,7 +168,7 @@ impl App {
             Duration::from_secs(config.auth.cache_ttl_secs),
             config.auth.cache_entries,
         );
-        let store: Arc<dyn MailStore> = Arc::new(maildir(&config));
+        let store = crate::inbound::blocking(|| store(&config))?;
         let a = &config.auth;
         let throttle = LoginThrottle::new(ThrottleConfig {
             free_failures: a.free_failures,
@@ -507,6 +510,62 @@ pub fn policy_defaults(config: &Config) -> PolicyDefaults {
 /// The Maildir store of a configuration: `<data_dir>/mail`.
 pub fn maildir(config: &Config) -> Maildir {
     Maildir::new(config.data_dir.join("mail"), &config.hostname)
+}
+
+/// The mail store `[storage]` names: the Maildir under data_dir, or the
+/// PostgreSQL database (whose schema must be current: `postoffice db
+/// migrate`). Every command that touches mail opens it through here.
+pub fn store(config: &Config) -> Result<Arc<dyn MailStore>, AppError> {
+    match config.storage.backend {
+        postoffice_config::Backend::Maildir => Ok(Arc::new(maildir(config))),
+        postoffice_config::Backend::Postgres => {
+            let options = pg_options(config)?;
+            let store = postoffice_pg::PgStore::connect(&options, &config.hostname)
+                .map_err(|e| AppError::Storage(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// The directory of domains and users `[storage]` names: `directory.toml`
+/// in data_dir, or the PostgreSQL database (shared by every node; changes
+/// made on one take effect on the others within seconds).
+pub fn directory(config: &Config) -> Result<Directory, AppError> {
+    match config.storage.backend {
+        postoffice_config::Backend::Maildir => Ok(Directory::open(&config.data_dir)?),
+        postoffice_config::Backend::Postgres => {
+            let options = pg_options(config)?;
+            let doc = postoffice_pg::PgDirectory::connect(&options)
+                .map_err(|e| AppError::Storage(e.to_string()))?;
+            Ok(Directory::open_shared(&config.data_dir, Arc::new(doc))?)
+        }
+    }
+}
+
+/// The PostgreSQL connection settings of `[storage]` (the password read
+/// from `password_file` when one is named).
+pub fn pg_options(config: &Config) -> Result<postoffice_pg::PgOptions, AppError> {
+    let s = &config.storage;
+    let password = match &s.password_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                AppError::Storage(format!(
+                    "cannot read storage.password_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        }
+    };
+    Ok(postoffice_pg::PgOptions {
+        url: s.url.clone(),
+        password,
+        pool_size: s.pool_size,
+        lease: Duration::from_secs(s.lease_secs),
+        connect_timeout: Duration::from_secs(s.connect_timeout_secs),
+        statement_timeout: Duration::from_secs(s.statement_timeout_secs),
+    })
 }
 
 /// A user name as the client typed it, made safe for a log line.

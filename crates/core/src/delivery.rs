@@ -418,12 +418,13 @@ impl Local<'_> {
             checked.push((addr, room, header));
         }
         let mut done: Vec<(String, Delivered)> = Vec::with_capacity(checked.len());
-        for (addr, _, header) in &checked {
+        for (addr, room, header) in &checked {
             let mut copy = Pieces::new();
             copy.push(Piece::Borrowed(header.as_bytes()))
                 .extend(message.borrowed());
+            let limit = room.as_ref().map(Room::limit).unwrap_or_default();
             let stored = match uid {
-                None => self.store.deliver(addr, &mut copy.reader()),
+                None => self.store.deliver_within(addr, &mut copy.reader(), limit),
                 Some(uid) => self.store.import(
                     addr,
                     &postoffice_store::Imported {
@@ -547,9 +548,14 @@ impl Local<'_> {
             String::new()
         };
         let mut message = std::io::Cursor::new(header.into_bytes()).chain(message);
+        let limit = self
+            .room(&addr)?
+            .as_ref()
+            .map(Room::limit)
+            .unwrap_or_default();
         let d = self
             .store
-            .deliver(&addr, &mut message)
+            .deliver_within(&addr, &mut message, limit)
             .map_err(store_error)?;
         // The size is known only now: enforce the byte quota after the fact
         // by taking the message back.
@@ -600,6 +606,16 @@ struct Room {
 }
 
 impl Room {
+    /// The quotas as the store checks them at delivery.
+    fn limit(&self) -> postoffice_store::Limit {
+        postoffice_store::Limit {
+            messages: self.quota_messages,
+            bytes: self.quota_bytes,
+        }
+    }
+}
+
+impl Room {
     /// How much must go for one more message of `size` octets to fit.
     fn excess(&self, size: u64) -> Usage {
         Usage {
@@ -624,6 +640,7 @@ impl Room {
 fn store_error(e: StoreError) -> DeliveryError {
     match e {
         StoreError::EmptyMessage => DeliveryError::Empty,
+        StoreError::OverQuota(user) => DeliveryError::OverQuota(user),
         e => DeliveryError::Store(e),
     }
 }

@@ -30,11 +30,36 @@ pub const DIRECTORY_FILE: &str = "directory.toml";
 /// File name of the writers' lock file inside the data directory.
 pub const LOCK_FILE: &str = "directory.lock";
 
-/// Handle on `<data_dir>/directory.toml`. `Send + Sync`; share it via `Arc`.
+/// Where the directory document lives when it is not `directory.toml`: a
+/// database that several nodes share (`postoffice_pg::PgDirectory`). The
+/// document is the same TOML text as the file, with a version number that
+/// every update increases.
+pub trait SharedDocument: Send + Sync {
+    /// Where it is, for people (no password).
+    fn place(&self) -> String;
+    /// The current version (0: there is no document yet). Cheap: one
+    /// small query.
+    fn version(&self) -> Result<i64>;
+    /// The document and its version (`None` and 0 when there is none).
+    fn load(&self) -> Result<(Option<String>, i64)>;
+    /// Replaces the document under an exclusive lock: `change` gets the
+    /// current text (read under the lock) and returns the new one, which is
+    /// stored with the next version; nothing is stored when `change`
+    /// fails. `change` is called at most once. Returns the new version.
+    fn update(&self, change: &mut dyn FnMut(Option<&str>) -> Result<String>) -> Result<i64>;
+}
+
+/// How often a directory in a [`SharedDocument`] is asked whether it
+/// changed (by a background thread; `snapshot` never waits on it).
+const SHARED_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Handle on `<data_dir>/directory.toml` (or a [`SharedDocument`]).
+/// `Send + Sync`; share it via `Arc`.
 pub struct Directory {
     data_dir: PathBuf,
     path: PathBuf,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    shared: Option<Arc<dyn SharedDocument>>,
 }
 
 struct State {
@@ -43,6 +68,8 @@ struct State {
     /// or of the last file that failed to load, so a broken file is parsed
     /// once rather than on every snapshot.
     stamp: Option<Stamp>,
+    /// The version of a shared document `data` came from.
+    version: i64,
     last_error: Option<String>,
 }
 
@@ -97,12 +124,61 @@ impl Directory {
         Ok(Directory {
             data_dir: data_dir.to_owned(),
             path,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 data: Arc::new(data),
                 stamp,
+                version: 0,
                 last_error: None,
-            }),
+            })),
+            shared: None,
         })
+    }
+
+    /// Opens the directory kept in `doc` (shared by several nodes). Reads
+    /// it now (an unreachable database is an error: a server that knows no
+    /// users must not start); then a background thread asks every second
+    /// whether another node or the CLI changed it, so changes take effect
+    /// everywhere within seconds while [`Directory::snapshot`] stays a
+    /// memory read. `data_dir` still holds what is per node (the lock file
+    /// is not used).
+    pub fn open_shared(data_dir: &Path, doc: Arc<dyn SharedDocument>) -> Result<Directory> {
+        let (text, version) = doc.load()?;
+        let data = parse_shared(doc.as_ref(), text.as_deref())?;
+        let state = Arc::new(Mutex::new(State {
+            data: Arc::new(data),
+            stamp: None,
+            version,
+            last_error: None,
+        }));
+        let weak = Arc::downgrade(&state);
+        let watcher = Arc::clone(&doc);
+        let spawned = std::thread::Builder::new()
+            .name("directory-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(SHARED_RECHECK);
+                    let Some(state) = weak.upgrade() else { return };
+                    refresh_shared(watcher.as_ref(), &state);
+                }
+            });
+        if let Err(e) = spawned {
+            return Err(Error::io("start the directory watcher for", data_dir, e));
+        }
+        Ok(Directory {
+            data_dir: data_dir.to_owned(),
+            path: data_dir.join(DIRECTORY_FILE),
+            state,
+            shared: Some(doc),
+        })
+    }
+
+    /// Reads a shared directory again now if it changed (the background
+    /// thread does this every second; tests and the CLI may want it at
+    /// once). Does nothing for `directory.toml`.
+    pub fn refresh(&self) {
+        if let Some(doc) = &self.shared {
+            refresh_shared(doc.as_ref(), &self.state);
+        }
     }
 
     /// Path of `directory.toml`.
@@ -119,6 +195,9 @@ impl Directory {
     /// a typo in a hand edit must not lock every user out.
     pub fn snapshot(&self) -> Arc<DirectoryData> {
         let mut st = lock(&self.state);
+        if self.shared.is_some() {
+            return Arc::clone(&st.data);
+        }
         let current = match fs::metadata(&self.path) {
             Ok(meta) => Some(Stamp::of(&meta)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -344,6 +423,9 @@ impl Directory {
         &self,
         change: impl FnOnce(&mut DirectoryData) -> Result<T>,
     ) -> Result<T> {
+        if let Some(doc) = &self.shared {
+            return self.mutate_shared(doc.as_ref(), change);
+        }
         durable::create_dir_all(&self.data_dir)
             .map_err(|e| Error::io("create", &self.data_dir, e))?;
         let lock_path = self.data_dir.join(LOCK_FILE);
@@ -378,6 +460,45 @@ impl Directory {
         // Dropping the file releases the lock as well; unlocking explicitly
         // just makes the end of the critical section obvious.
         let _ = lock_file.unlock();
+        Ok(out)
+    }
+
+    /// [`Directory::mutate`] on a shared document: the read, the change
+    /// and the write in one database transaction.
+    fn mutate_shared<T>(
+        &self,
+        doc: &dyn SharedDocument,
+        change: impl FnOnce(&mut DirectoryData) -> Result<T>,
+    ) -> Result<T> {
+        let mut change = Some(change);
+        let mut out = None;
+        let mut result = None;
+        let version = doc.update(&mut |text| {
+            let change = change.take().ok_or_else(|| Error::Shared {
+                action: "update",
+                place: doc.place(),
+                message: "the change was asked for twice".into(),
+            })?;
+            let mut data = parse_shared(doc, text)?;
+            out = Some(change(&mut data)?);
+            data.clear_cache();
+            let text = data.to_toml()?;
+            result = Some(data);
+            Ok(text)
+        })?;
+        let (Some(out), Some(data)) = (out, result) else {
+            return Err(Error::Shared {
+                action: "update",
+                place: doc.place(),
+                message: "the change was not applied".into(),
+            });
+        };
+        let mut st = lock(&self.state);
+        if version >= st.version {
+            st.data = Arc::new(data);
+            st.version = version;
+            st.last_error = None;
+        }
         Ok(out)
     }
 
@@ -422,6 +543,46 @@ fn read_file(path: &Path) -> Result<(DirectoryData, Option<Stamp>)> {
     })?;
     let data = DirectoryData::from_toml(&text, path)?;
     Ok((data, Some(Stamp::of(&meta))))
+}
+
+/// Parses a shared document (none yet: an empty directory).
+fn parse_shared(doc: &dyn SharedDocument, text: Option<&str>) -> Result<DirectoryData> {
+    match text {
+        None => Ok(DirectoryData::default()),
+        Some(text) => {
+            DirectoryData::from_toml(text, Path::new("directory")).map_err(|e| Error::SharedParse {
+                place: doc.place(),
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Loads a shared document into `state` when its version moved on. On an
+/// error the last good data keeps being served (and the error is kept for
+/// [`Directory::last_reload_error`]).
+fn refresh_shared(doc: &dyn SharedDocument, state: &Mutex<State>) {
+    let known = lock(state).version;
+    let result = doc.version().and_then(|v| {
+        if v == known {
+            return Ok(None);
+        }
+        let (text, version) = doc.load()?;
+        Ok(Some((parse_shared(doc, text.as_deref())?, version)))
+    });
+    let mut st = lock(state);
+    match result {
+        Ok(None) => st.last_error = None,
+        Ok(Some((data, version))) => {
+            // A concurrent local update may already have published a newer one.
+            if version >= st.version {
+                st.data = Arc::new(data);
+                st.version = version;
+            }
+            st.last_error = None;
+        }
+        Err(e) => st.last_error = Some(e.to_string()),
+    }
 }
 
 /// A panic while holding the state lock leaves consistent data behind (all

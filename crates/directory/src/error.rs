@@ -193,6 +193,32 @@ pub enum Error {
     #[error("could not serialise the directory: {0}; this is a bug, please report it")]
     Serialize(#[from] toml::ser::Error),
 
+    /// The shared directory (in the database of `[storage]`) could not be
+    /// read or written. Temporary: the server keeps the last version it
+    /// read; a CLI command can be run again.
+    #[error(
+        "could not {action} the directory in {place}: {message}; check that the database is running and reachable, then try again"
+    )]
+    Shared {
+        /// What we were doing ("read", "update").
+        action: &'static str,
+        /// Where the directory is (the database, its password hidden).
+        place: String,
+        /// The database's error.
+        message: String,
+    },
+
+    /// The shared directory holds a document that does not parse.
+    #[error(
+        "the directory in {place} is not valid: {message}; this is a bug or a hand edit, restore it from a backup"
+    )]
+    SharedParse {
+        /// Where the directory is.
+        place: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A passwd file given to the importer could not be read.
     #[error("could not read the passwd file: {0}; check the path and permissions")]
     ImportRead(#[source] io::Error),

@@ -35,7 +35,7 @@ pub use alias::{Alias, AliasChange, normalize_alias_address};
 pub use data::{
     Admin, AdminAuthOutcome, AuthOutcome, DirectoryData, Domain, User, UserRef, Vacation,
 };
-pub use directory::{DIRECTORY_FILE, Directory, LOCK_FILE};
+pub use directory::{DIRECTORY_FILE, Directory, LOCK_FILE, SharedDocument};
 pub use error::{Error, Result};
 pub use import::{ImportOptions, ImportReport};
 pub use password::{

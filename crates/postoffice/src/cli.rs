@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand};
 use postoffice_config::Config;
 use postoffice_core::admin;
 use postoffice_directory::{Directory, normalize_address, normalize_domain};
-use postoffice_store::MailStore;
 
 /// A mail server built around POP3: one binary, one config file.
 ///
@@ -101,6 +100,9 @@ enum Command {
     /// Copy a user's mail from another POP3 server or a Dovecot Maildir,
     /// keeping each message's UIDL (migration without re-downloads).
     Import(crate::import::ImportArgs),
+    /// The PostgreSQL database of `[storage] backend = "postgres"`.
+    #[command(subcommand)]
+    Db(DbCmd),
     /// Delete messages older than their retention policy (the server does
     /// this periodically by itself) and stale half-written deliveries.
     Expire {
@@ -108,6 +110,18 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCmd {
+    /// Create the schema in an empty database, or upgrade an older one to
+    /// this version's. Idempotent: run it after every upgrade of postoffice
+    /// (`serve` refuses to start on an older schema). Several nodes may run
+    /// it at once.
+    Migrate,
+    /// Print the database's schema version and the one this build needs;
+    /// exit status 1 when they differ.
+    Status,
 }
 
 /// `postoffice dns DOMAIN` or `postoffice dns check DOMAIN`.
@@ -516,6 +530,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Admin(cmd) => admin(&config, cmd),
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
+        Command::Db(cmd) => db(&config, cmd),
         Command::Import(args) => crate::import::run(config, args),
         Command::Quarantine(cmd) => quarantine(&config, cmd),
         Command::Queue(cmd) => queue_cmd(&config, cmd),
@@ -750,6 +765,14 @@ fn print_banner(config: &Config, server: &postoffice_server::Server) {
 /// Role addresses (postmaster@, abuse@) that reach no mailbox, when the
 /// directory exists; warnings only, the server runs anyway.
 fn postmaster_warnings(config: &Config) -> Vec<String> {
+    if config.storage.backend == postoffice_config::Backend::Postgres {
+        return match postoffice_core::app::directory(config) {
+            Ok(dir) => {
+                postoffice_core::addresses::postmaster_warnings(&config.addresses, &dir.snapshot())
+            }
+            Err(_) => Vec::new(),
+        };
+    }
     if !config
         .data_dir
         .join(postoffice_directory::DIRECTORY_FILE)
@@ -914,7 +937,7 @@ fn read_password(from_stdin: bool) -> Result<(String, bool)> {
 }
 
 fn domain(config: &Config, cmd: DomainCmd) -> Result<ExitCode> {
-    let dir = Directory::open(&config.data_dir)?;
+    let dir = postoffice_core::app::directory(config)?;
     match cmd {
         DomainCmd::Add { name } => {
             let name = admin::add_domain(&dir, &name)?;
@@ -960,7 +983,7 @@ impl PolicyArgs {
 }
 
 fn admin(config: &Config, cmd: AdminCmd) -> Result<ExitCode> {
-    let dir = Directory::open(&config.data_dir)?;
+    let dir = postoffice_core::app::directory(config)?;
     match cmd {
         AdminCmd::Add {
             name,
@@ -1020,7 +1043,7 @@ fn print_alias(a: &admin::AliasSummary) {
 }
 
 fn alias(config: &Config, cmd: AliasCmd) -> Result<ExitCode> {
-    let dir = Directory::open(&config.data_dir)?;
+    let dir = postoffice_core::app::directory(config)?;
     match cmd {
         AliasCmd::Add {
             address,
@@ -1075,8 +1098,8 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
         UserCmd::Fetch(cmd) => return crate::fetch_jobs::run(config, cmd),
         cmd => cmd,
     };
-    let dir = Directory::open(&config.data_dir)?;
-    let store = postoffice_core::app::maildir(config);
+    let dir = postoffice_core::app::directory(config)?;
+    let store = postoffice_core::app::store(config)?;
     match cmd {
         UserCmd::Add {
             address,
@@ -1095,7 +1118,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             }
         }
         UserCmd::Del { address, purge } => {
-            let removed = admin::remove_user(&dir, &store, &address, purge)?;
+            let removed = admin::remove_user(&dir, &*store, &address, purge)?;
             println!("removed user {}", removed.address);
             match removed.kept {
                 None => println!("deleted its mail"),
@@ -1131,7 +1154,7 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
             }
         }
         UserCmd::Info { address } => {
-            let u = admin::user_info(config, &dir, &store, &address)?;
+            let u = admin::user_info(config, &dir, &*store, &address)?;
             let p = &u.policy;
             println!("address:        {}", u.address);
             println!("disabled:       {}", u.disabled);
@@ -1286,12 +1309,20 @@ fn user(config: &Config, cmd: UserCmd) -> Result<ExitCode> {
 }
 
 fn deliver(config: &Config, recipient: &str) -> Result<ExitCode> {
-    let dir = Directory::open(&config.data_dir)?;
-    let store = postoffice_core::app::maildir(config);
+    let dir = postoffice_core::app::directory(config)?;
+    let store = match postoffice_core::app::store(config) {
+        Ok(store) => store,
+        // The database may be down for a moment: the MTA that called us
+        // keeps the message and tries again.
+        Err(e) => {
+            eprintln!("postoffice deliver: {e}; the message was not stored, try again later");
+            return Ok(ExitCode::from(sysexits::TEMPFAIL));
+        }
+    };
     let local = postoffice_core::delivery::Local {
         config,
         directory: &dir,
-        store: &store,
+        store: &*store,
     };
     let mut stdin = std::io::stdin().lock();
     if std::io::stdin().is_terminal() {
@@ -1376,10 +1407,10 @@ fn sendmail(
 }
 
 fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
-    let store = postoffice_core::app::maildir(config);
+    let store = postoffice_core::app::store(config)?;
     match cmd {
         QuarantineCmd::List { address } => {
-            for m in admin::quarantine_list(&store, &address)? {
+            for m in admin::quarantine_list(&*store, &address)? {
                 let date = postoffice_common::date::rfc5322(m.received);
                 println!("{}\t{}\t{}\t{}", m.uid, m.size, date, m.subject);
             }
@@ -1390,17 +1421,17 @@ fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
             std::io::copy(&mut r, &mut std::io::stdout().lock())?;
         }
         QuarantineCmd::Release { address, uid } => {
-            let address = admin::quarantine_release(&store, &address, &uid)?;
+            let address = admin::quarantine_release(&*store, &address, &uid)?;
             println!("released {uid} into the maildrop of {address}");
         }
         QuarantineCmd::Delete { address, uid } => {
-            let address = admin::quarantine_delete(&store, &address, &uid)?;
+            let address = admin::quarantine_delete(&*store, &address, &uid)?;
             println!("deleted {uid} from the quarantine of {address}");
         }
         QuarantineCmd::Digest { user } => {
             use postoffice_core::quarantine_digest::{Schedule, run};
-            let dir = Directory::open(&config.data_dir)?;
-            let r = run(config, &dir, &store, user.as_deref(), Schedule::Now)?;
+            let dir = postoffice_core::app::directory(config)?;
+            let r = run(config, &dir, &*store, user.as_deref(), Schedule::Now)?;
             for (user, n) in &r.sent {
                 println!("{user}: digest of {n} quarantined message(s) delivered");
             }
@@ -1418,10 +1449,47 @@ fn quarantine(config: &Config, cmd: QuarantineCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn db(config: &Config, cmd: DbCmd) -> Result<ExitCode> {
+    if config.storage.backend != postoffice_config::Backend::Postgres {
+        anyhow::bail!(
+            "[storage] backend is \"maildir\": there is no database; set backend = \"postgres\" and url first"
+        );
+    }
+    let options = postoffice_core::app::pg_options(config)?;
+    let url = config.storage.url_redacted();
+    match cmd {
+        DbCmd::Migrate => {
+            let m = postoffice_pg::migrate(&options)
+                .with_context(|| format!("migrating the database {url}"))?;
+            if m.from == m.to {
+                println!("schema is current (version {}) in {url}", m.to);
+            } else {
+                println!(
+                    "schema upgraded from version {} to {} in {url}",
+                    m.from, m.to
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DbCmd::Status => {
+            let have = postoffice_pg::schema_version(&options)
+                .with_context(|| format!("reading the schema version of {url}"))?;
+            let want = postoffice_pg::SCHEMA_VERSION;
+            println!("database {url}: schema version {have}, this postoffice needs {want}");
+            if have == want {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("run `postoffice db migrate`");
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
 fn expire(config: &Config, dry_run: bool) -> Result<ExitCode> {
-    let dir = Directory::open(&config.data_dir)?;
-    let store = postoffice_core::app::maildir(config);
-    let r = postoffice_core::retention::sweep(config, &dir, &store, dry_run);
+    let dir = postoffice_core::app::directory(config)?;
+    let store = postoffice_core::app::store(config)?;
+    let r = postoffice_core::retention::sweep(config, &dir, &*store, dry_run);
     let verb = if dry_run { "would expire" } else { "expired" };
     for (user, n, bytes) in &r.expired {
         println!("{user}: {verb} {n} message(s), {bytes} bytes");

@@ -67,7 +67,7 @@ pub(crate) enum Tls {
 
 pub(crate) fn run(config: &Config, cmd: FetchJobCmd) -> Result<ExitCode> {
     let data = &config.data_dir;
-    let dir = postoffice_directory::Directory::open(data)?;
+    let dir = postoffice_core::app::directory(config)?;
     let user = |a: &str| -> Result<String> {
         let a = postoffice_directory::normalize_address(a)?;
         if dir.snapshot().user(&a).is_none() {

@@ -61,9 +61,12 @@ fn cached_logins_end_with_password_change_disable_and_delete() {
         || (try_login(&server, ALICE, "second") == AUTH_FAILED).then_some(()),
     );
     env.cli(&["user", "set", ALICE, "--disabled", "false"]).ok();
-    assert!(
-        ok(&try_login(&server, ALICE, "second")),
-        "re-enabled: full verification"
+    // Re-enabled: full verification (at once on Maildir; within a second
+    // when the directory is in PostgreSQL, which the server polls).
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the re-enable to be seen",
+        || ok(&try_login(&server, ALICE, "second")).then_some(()),
     );
     assert!(ok(&try_login(&server, ALICE, "second")), "from the cache");
 
@@ -77,8 +80,16 @@ fn cached_logins_end_with_password_change_disable_and_delete() {
 
     assert!(server.terminate().success());
     let log = env.log_contents();
-    // The hits are exactly the logins marked "from the cache" above.
-    assert_eq!(counter(&log, "auth_cache_hits"), 4, "{log}");
+    // The hits are exactly the logins marked "from the cache" above. With
+    // the directory in PostgreSQL a change reaches the server within a
+    // second, and until then the old credential is still the right one:
+    // the polls above may be served from the cache too.
+    let hits = counter(&log, "auth_cache_hits");
+    if env.on_postgres() {
+        assert!(hits >= 4, "{log}");
+    } else {
+        assert_eq!(hits, 4, "{log}");
+    }
     // Every failure was counted by the throttle (logged one by one).
     assert!(log.matches("login failed").count() >= 3 + 3, "{log}");
 }

@@ -19,14 +19,20 @@
 
 use std::io::{self, Read};
 
+use crate::StoreError;
+
 /// Size of the read buffers used for streaming. Big enough to amortise
 /// syscalls, small enough that a 100 MB message never sits in memory.
 pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// Incremental CRLF normaliser. Feed it chunks with [`push`](Self::push),
 /// then call [`finish`](Self::finish) once.
+///
+/// Every backend stores messages in the form this produces, so that sizes
+/// agree whatever the backend (see [`normalize_stream`] for the whole
+/// delivery loop).
 #[derive(Debug, Default)]
-pub(crate) struct CrlfConverter {
+pub struct CrlfConverter {
     /// The previous chunk ended in a CR whose fate depends on the next byte.
     pending_cr: bool,
     /// The last two bytes emitted so far (0 = nothing emitted there yet);
@@ -35,13 +41,14 @@ pub(crate) struct CrlfConverter {
 }
 
 impl CrlfConverter {
-    pub(crate) fn new() -> Self {
+    /// A converter at the start of a message.
+    pub fn new() -> Self {
         Self::default()
     }
 
     /// Converts `input`, appending the result to `out`. At most
     /// `2 * input.len() + 1` bytes are appended.
-    pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         if input.is_empty() {
             return;
         }
@@ -83,7 +90,7 @@ impl CrlfConverter {
 
     /// Flushes a held-back CR and appends the final CRLF if the output does
     /// not already end with one.
-    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
         let start = out.len();
         if self.pending_cr {
             self.pending_cr = false;
@@ -103,6 +110,47 @@ impl CrlfConverter {
             [.., a, b] => self.tail = [*a, *b],
         }
     }
+}
+
+/// Streams `message` through a [`CrlfConverter`], handing the normalised
+/// bytes to `sink` piece by piece (each at most `2 * 64 KiB + 2` bytes), and
+/// returns the total size: the delivery loop of every backend.
+///
+/// Memory use is bounded whatever the message size. Zero input bytes fail
+/// with [`StoreError::EmptyMessage`] before `sink` is called; a read error
+/// is [`StoreError::MessageRead`]; an error of `sink` is returned as is.
+pub fn normalize_stream(
+    message: &mut dyn Read,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let mut conv = CrlfConverter::new();
+    let mut inbuf = vec![0u8; CHUNK];
+    let mut out = Vec::with_capacity(2 * CHUNK + 2);
+    let mut seen_input = false;
+    let mut size = 0u64;
+    loop {
+        let n = match message.read(&mut inbuf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoreError::MessageRead(e)),
+        };
+        seen_input = true;
+        conv.push(&inbuf[..n], &mut out);
+        if !out.is_empty() {
+            sink(&out)?;
+        }
+        size += out.len() as u64;
+        out.clear();
+    }
+    if !seen_input {
+        return Err(StoreError::EmptyMessage);
+    }
+    conv.finish(&mut out);
+    if !out.is_empty() {
+        sink(&out)?;
+    }
+    Ok(size + out.len() as u64)
 }
 
 /// A reader that yields the CRLF-normalised form of another reader.

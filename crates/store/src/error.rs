@@ -88,6 +88,30 @@ pub enum StoreError {
     )]
     InvalidKey(String),
 
+    /// [`crate::MailStore::deliver_within`]: the mailbox (payload) would be
+    /// over its quota; nothing was stored.
+    #[error(
+        "the mailbox of {0} is full (over its quota); it takes mail again once messages are deleted"
+    )]
+    OverQuota(String),
+
+    /// A database backend failed in a way that is usually temporary: the
+    /// database is unreachable, a statement timed out, the connection broke
+    /// or a transaction was aborted by a conflict. Callers treat it like
+    /// [`StoreError::Io`]: a temporary failure (SMTP 451 4.3.0, POP3
+    /// `-ERR [SYS/TEMP]`, `deliver` exit 75), and the operation can be
+    /// retried once the database answers again.
+    #[error(
+        "{context}: the mail database is unavailable ({source}); the operation can be retried when it answers again"
+    )]
+    Backend {
+        /// What was being done (which operation, which mailbox).
+        context: String,
+        /// The database driver's or the connection pool's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// This backend does not implement the operation (payload: its name).
     #[error("the storage backend does not support {0}")]
     Unsupported(&'static str),

@@ -35,9 +35,51 @@ mod tests;
 use std::io::Read;
 use std::time::SystemTime;
 
+pub use crlf::{CrlfConverter, normalize_stream};
 pub use error::StoreError;
 pub use maildir::Maildir;
 pub use uid::Uid;
+
+/// The one spelling under which every backend stores `mailbox`: the name
+/// validated as [`MailStore`] requires ([`StoreError::InvalidMailbox`] for
+/// anything malformed), with its domain lowercased (so `Alice@Example.TEST`
+/// and `Alice@example.test` are one mailbox, as they are one Maildir
+/// directory; the local part keeps its case).
+pub fn canonical_mailbox(mailbox: &str) -> Result<String, StoreError> {
+    let name::MailboxName { local, domain } = name::parse_mailbox(mailbox)?;
+    Ok(format!("{local}@{domain}"))
+}
+
+/// Checks that `uid` can be a POP3 unique ID (1 to 70 characters 0x21 to
+/// 0x7E), as [`MailStore::import`] requires: [`StoreError::InvalidUid`]
+/// otherwise.
+pub fn check_uid(uid: &str) -> Result<(), StoreError> {
+    if name::valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidUid(postoffice_common::text::printable(
+            uid, 80,
+        )))
+    }
+}
+
+/// Checks a [`MailStore::state_get`] key: 1 to 64 characters of
+/// `[A-Za-z0-9._-]`, not starting with '.' ([`StoreError::InvalidKey`]
+/// otherwise).
+pub fn check_state_key(key: &str) -> Result<(), StoreError> {
+    let valid = (1..=64).contains(&key.len())
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKey(postoffice_common::text::printable(
+            key, 80,
+        )))
+    }
+}
 
 /// What a session knows about one message without opening it.
 ///
@@ -73,6 +115,24 @@ pub struct Usage {
     pub messages: u64,
     /// Total size in octets (CRLF sizes, as POP3 reports them).
     pub bytes: u64,
+}
+
+/// A mailbox's quota for [`MailStore::deliver_within`]: what it may hold
+/// once the new message is in (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limit {
+    /// Most messages.
+    pub messages: Option<u64>,
+    /// Most octets (CRLF sizes).
+    pub bytes: Option<u64>,
+}
+
+impl Limit {
+    /// Whether `usage` is more than the limit allows.
+    pub fn exceeded_by(&self, usage: Usage) -> bool {
+        self.messages.is_some_and(|m| usage.messages > m)
+            || self.bytes.is_some_and(|b| usage.bytes > b)
+    }
 }
 
 /// What [`MailStore::expire`] removed (or, in a dry run, would remove).
@@ -120,6 +180,39 @@ pub trait MailStore: Send + Sync {
     /// empty message is refused with [`StoreError::EmptyMessage`]. On any
     /// error nothing is left behind.
     fn deliver(&self, mailbox: &str, message: &mut dyn Read) -> Result<Delivered, StoreError>;
+
+    /// [`MailStore::deliver`], refused with [`StoreError::OverQuota`] (and
+    /// nothing stored) when the mailbox would then hold more than `limit`.
+    ///
+    /// The caller has already checked the quota before reading the message;
+    /// this is the check that counts when several deliveries to one mailbox
+    /// race. A backend shared by several processes (PostgreSQL) makes it in
+    /// the same transaction as the insert, so two nodes delivering at once
+    /// cannot overshoot together. The default delivers, then looks, and
+    /// takes the message back when the mailbox is over the limit.
+    fn deliver_within(
+        &self,
+        mailbox: &str,
+        message: &mut dyn Read,
+        limit: Limit,
+    ) -> Result<Delivered, StoreError> {
+        let delivered = self.deliver(mailbox, message)?;
+        if limit == Limit::default() {
+            return Ok(delivered);
+        }
+        let over = match self.usage(mailbox) {
+            Ok(usage) => limit.exceeded_by(usage),
+            Err(e) => {
+                let _ = self.discard(mailbox, &delivered);
+                return Err(e);
+            }
+        };
+        if over {
+            let _ = self.discard(mailbox, &delivered);
+            return Err(StoreError::OverQuota(mailbox.to_string()));
+        }
+        Ok(delivered)
+    }
 
     /// Take the exclusive lock on the maildrop and list it. Err(StoreError::Locked) if another session (any process) holds it.
     ///

@@ -31,7 +31,8 @@
 //! - processes: [`Daemon`] (a child process killed on drop, with its
 //!   output file), [`peak_rss_kib`];
 //! - private daemons: [`Dnsmasq`], a DNS server for the records a test
-//!   needs;
+//!   needs; [`Postgres`], a PostgreSQL server of its own (killed,
+//!   restarted and stopped by the test);
 //! - network: [`free_port`], [`tcp_connect`], [`wait_for_port`];
 //! - waiting: [`wait_for`], [`poll_until`], [`eventually`];
 //! - clients: [`Client`], a blocking line client with POP3 helpers, and
@@ -51,6 +52,7 @@ mod dnsmasq;
 mod http;
 mod mail;
 mod net;
+mod postgres;
 mod postoffice;
 mod program;
 mod smtp;
@@ -65,6 +67,7 @@ pub use mail::{
     all_files, base64, crlf_normalize, dot_stuff, dot_unstuff, lines_of, simple_message,
 };
 pub use net::{IO_TIMEOUT, free_port, tcp_connect, wait_for_port};
+pub use postgres::{Postgres, create_database};
 pub use postoffice::{Env, Output, START_TIMEOUT, Server, cli_with_config};
 pub use program::{find_program, optional_program, program};
 pub use smtp::{smtp_cmd, smtp_connect, smtp_reply};

@@ -63,21 +63,33 @@ impl Env {
             .tempdir()
             .expect("tempdir");
         let config = dir.path().join("postoffice.toml");
+        let postgres = postgres_backend(extra);
         let text = format!(
             "data_dir = \"data\"\nhostname = \"test.local\"\n\
              pop3.listen = [\"127.0.0.1:0\"]\npop3.listen_tls = [\"127.0.0.1:0\"]\n\
              smtp.listen = [\"127.0.0.1:0\"]\nsubmission.listen = [\"127.0.0.1:0\"]\n\
-             submission.listen_tls = [\"127.0.0.1:0\"]\nhttp.listen = [\"127.0.0.1:0\"]\n{extra}\n{}",
-            no_dns(extra)
+             submission.listen_tls = [\"127.0.0.1:0\"]\nhttp.listen = [\"127.0.0.1:0\"]\n{extra}\n{}{}",
+            no_dns(extra),
+            postgres.as_deref().unwrap_or("")
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("server.log");
-        Env {
+        let env = Env {
             dir,
             bin: bin.as_ref().to_path_buf(),
             config,
             log,
+        };
+        if postgres.is_some() {
+            env.cli(&["db", "migrate"]).ok();
         }
+        env
+    }
+
+    /// Whether this environment stores mail in PostgreSQL (the whole suite
+    /// runs that way when `POSTOFFICE_TEST_PG_URL` is set).
+    pub fn on_postgres(&self) -> bool {
+        std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("backend = \"postgres\""))
     }
 
     /// The temporary directory (also the servers' working directory).
@@ -434,6 +446,21 @@ impl Drop for Server {
 /// the resolver is a loopback port where nothing answers: a test server
 /// never asks the machine's resolver (no test sends traffic off the
 /// machine), and an unexpected lookup fails on the spot.
+/// With `POSTOFFICE_TEST_PG_URL` set (a PostgreSQL server, e.g. from
+/// `with-postgres`), every environment whose `extra` does not choose a
+/// backend gets a fresh database of its own there: the `[storage]` section
+/// for it. The end-to-end tests then run against the postgres backend.
+fn postgres_backend(extra: &str) -> Option<String> {
+    if extra.contains("[storage]") {
+        return None;
+    }
+    let server = std::env::var("POSTOFFICE_TEST_PG_URL").ok()?;
+    let url = crate::postgres::create_database(&server);
+    Some(format!(
+        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nlease_secs = 5\n"
+    ))
+}
+
 fn no_dns(extra: &str) -> String {
     let mut out = String::new();
     if !extra.contains("[dns]") && !extra.contains("dns.") {

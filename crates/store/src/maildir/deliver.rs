@@ -21,7 +21,7 @@ use postoffice_common::maildir_name::unique_name;
 
 use super::scan::find_uid;
 use super::{Maildir, ensure_maildir};
-use crate::crlf::{CHUNK, CrlfConverter};
+use crate::crlf::normalize_stream;
 use crate::name;
 use crate::{Delivered, Imported, StoreError};
 
@@ -102,12 +102,7 @@ impl Maildir {
         imported: &Imported<'_>,
         message: &mut dyn Read,
     ) -> Result<Delivered, StoreError> {
-        if !name::valid_uid(imported.uid) {
-            return Err(StoreError::InvalidUid(postoffice_common::text::printable(
-                imported.uid,
-                80,
-            )));
-        }
+        crate::check_uid(imported.uid)?;
         self.deliver_named(dir, message, Some(imported))
     }
 
@@ -229,29 +224,10 @@ impl Drop for TmpGuard<'_> {
 /// number of bytes stored. Memory use is bounded by the chunk size whatever
 /// the message size.
 fn copy_crlf(message: &mut dyn Read, file: &mut File, path: &Path) -> Result<u64, StoreError> {
-    let mut conv = CrlfConverter::new();
-    let mut inbuf = vec![0u8; CHUNK];
-    let mut out = Vec::with_capacity(2 * CHUNK + 2);
-    let mut seen_input = false;
-    let mut size = 0u64;
-    let write_err = || format!("writing {} (is the disk full?)", path.display());
-    loop {
-        let n = match message.read(&mut inbuf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::MessageRead(e)),
-        };
-        seen_input = true;
-        conv.push(&inbuf[..n], &mut out);
-        file.write_all(&out).map_err(StoreError::io(write_err()))?;
-        size += out.len() as u64;
-        out.clear();
-    }
-    if !seen_input {
-        return Err(StoreError::EmptyMessage);
-    }
-    conv.finish(&mut out);
-    file.write_all(&out).map_err(StoreError::io(write_err()))?;
-    Ok(size + out.len() as u64)
+    normalize_stream(message, &mut |piece| {
+        file.write_all(piece).map_err(StoreError::io(format!(
+            "writing {} (is the disk full?)",
+            path.display()
+        )))
+    })
 }

@@ -205,6 +205,19 @@ impl MailStore for Maildir {
         self.deliver_dir(&dir, message)
     }
 
+    /// No check of its own: one server owns a Maildir, and the caller's
+    /// quota checks (before delivery when the size is known, after it when
+    /// streaming) are what applies; a second look at the directory for
+    /// every message would cost more than the race it closes.
+    fn deliver_within(
+        &self,
+        mailbox: &str,
+        message: &mut dyn Read,
+        _limit: crate::Limit,
+    ) -> Result<Delivered, StoreError> {
+        self.deliver(mailbox, message)
+    }
+
     fn discard(&self, mailbox: &str, delivered: &Delivered) -> Result<(), StoreError> {
         deliver::discard(&self.path_of(mailbox)?, &delivered.uid)
     }

@@ -20,16 +20,7 @@ pub(crate) const STATE_DIR: &str = "postoffice-state";
 
 /// The file of `key` under the maildir `dir`, after checking the key.
 fn path_of(dir: &Path, key: &str) -> Result<PathBuf, StoreError> {
-    let valid = (1..=64).contains(&key.len())
-        && !key.starts_with('.')
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !valid {
-        return Err(StoreError::InvalidKey(postoffice_common::text::printable(
-            key, 80,
-        )));
-    }
+    crate::check_state_key(key)?;
     Ok(dir.join(STATE_DIR).join(key))
 }
 

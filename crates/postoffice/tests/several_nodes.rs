@@ -1,0 +1,295 @@
+//! Several `postoffice serve` nodes on one PostgreSQL database
+//! (`[storage] backend = "postgres"`): mail taken by one node is popped from
+//! another, a maildrop is held by one session across all nodes, a node
+//! killed with SIGKILL frees its users when its lease runs out, an old
+//! schema is refused, and a database that goes away gives temporary
+//! failures (nothing half-stored) until it is back.
+//!
+//! Each node has its own data_dir (keys, queue); the mail and the directory
+//! of users are in the database: a user added with one node's CLI exists
+//! on every node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ALICE: &str = "alice@example.test";
+const PW: &str = "alice secret";
+/// Short, so the SIGKILL test is quick; the default is 30 s.
+const LEASE_SECS: u64 = 3;
+
+fn storage(pg: &Postgres) -> String {
+    format!(
+        "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\nlease_secs = {LEASE_SECS}\n\
+         connect_timeout_secs = 2\nstatement_timeout_secs = 5\n",
+        pg.url
+    )
+}
+
+/// A node: its own environment on the shared database.
+fn node(pg: &Postgres) -> Env {
+    Env::new(BIN, &storage(pg))
+}
+
+/// Two nodes on a migrated database, alice added through the first.
+fn two_nodes(pg: &Postgres) -> (Env, Env) {
+    let a = node(pg);
+    let b = node(pg);
+    migrate(&a);
+    a.add_user(ALICE, PW);
+    (a, b)
+}
+
+fn migrate(env: &Env) {
+    let out = env.cli(&["db", "migrate"]).ok();
+    assert!(out.stdout.contains("schema"), "{out:?}");
+}
+
+/// Sends one message through a node's SMTP listener; returns the reply to
+/// the end of DATA.
+fn smtp_send(server: &Server, subject: &str) -> (u16, String) {
+    let mut c = smtp_connect(server.smtp_addr());
+    let (code, text) = smtp_cmd(&mut c, "MAIL FROM:<sender@example.net>");
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = smtp_cmd(&mut c, &format!("RCPT TO:<{ALICE}>"));
+    if code != 250 {
+        return (code, text);
+    }
+    let (code, text) = smtp_cmd(&mut c, "DATA");
+    if code != 354 {
+        return (code, text);
+    }
+    c.send_raw(&dot_stuff(&simple_message(subject, "across nodes")));
+    let reply = smtp_cmd(&mut c, ".");
+    let _ = smtp_cmd(&mut c, "QUIT");
+    reply
+}
+
+#[test]
+fn mail_taken_by_one_node_is_popped_from_another_and_the_maildrop_is_held_across_nodes() {
+    let pg = Postgres::start();
+    let (a, b) = two_nodes(&pg);
+    // Idempotent: the second node's migration changes nothing.
+    let again = b.cli(&["db", "migrate"]).ok();
+    assert!(again.stdout.contains("current"), "{again:?}");
+    assert!(b.cli(&["db", "status"]).status.success());
+
+    let node_a = a.start();
+    let node_b = b.start();
+    for i in 1..=3 {
+        let (code, text) = smtp_send(&node_a, &format!("via A {i}"));
+        assert_eq!(code, 250, "{text}");
+    }
+    // `deliver` on node B's configuration stores into the same database.
+    b.deliver(ALICE, &simple_message("via deliver on B", "x"));
+
+    // Node B sees all four; node A's login meanwhile finds the maildrop held.
+    let mut on_b = node_b.login(ALICE, PW);
+    assert_eq!(on_b.stat().0, 4);
+    let uidls_b = on_b.uidl();
+    let mut on_a = node_a.connect();
+    let reply = on_a.login(ALICE, PW);
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+
+    let bodies = on_b.retr_all();
+    assert!(
+        lines_of(&bodies[0]).iter().any(|l| l == "Subject: via A 1"),
+        "{:?}",
+        String::from_utf8_lossy(&bodies[0])
+    );
+    assert!(
+        lines_of(&bodies[3])
+            .iter()
+            .any(|l| l == "Subject: via deliver on B")
+    );
+    // Delete two, QUIT on B: one transaction.
+    assert!(on_b.cmd("DELE 1").starts_with("+OK"));
+    assert!(on_b.cmd("DELE 2").starts_with("+OK"));
+    assert!(on_b.quit().starts_with("+OK"));
+
+    // Node A now gets the maildrop, with the same UIDs for what is left.
+    let mut on_a = node_a.login_when_free(ALICE, PW);
+    assert_eq!(on_a.stat().0, 2);
+    assert_eq!(on_a.uidl(), uidls_b[2..].to_vec());
+    assert!(on_a.quit().starts_with("+OK"));
+}
+
+#[test]
+fn a_node_killed_mid_session_frees_the_maildrop_within_the_lease() {
+    let pg = Postgres::start();
+    let (a, b) = two_nodes(&pg);
+    a.deliver(ALICE, &simple_message("kept", "x"));
+    let node_a = a.start();
+    let mut node_b = b.start();
+
+    let mut on_b = node_b.login(ALICE, PW);
+    assert_eq!(on_b.stat().0, 1);
+    assert!(on_b.cmd("DELE 1").starts_with("+OK"));
+    let mut probe = node_a.connect();
+    assert!(probe.login(ALICE, PW).starts_with("-ERR [IN-USE]"));
+
+    // SIGKILL: no QUIT, no release. The lease runs out by itself.
+    let killed = Instant::now();
+    node_b.kill();
+    let mut on_a = node_a.connect();
+    wait_for(
+        Duration::from_secs(LEASE_SECS + 10),
+        "the lease of the killed node to run out",
+        || {
+            let reply = on_a.login(ALICE, PW);
+            assert!(
+                reply.starts_with("+OK") || reply.starts_with("-ERR [IN-USE]"),
+                "{reply}"
+            );
+            reply.starts_with("+OK").then_some(())
+        },
+    );
+    let waited = killed.elapsed();
+    assert!(
+        waited <= Duration::from_secs(LEASE_SECS + 5),
+        "the maildrop stayed held {waited:?} after the holder died (lease {LEASE_SECS} s)"
+    );
+    // The killed session's DELE was never committed.
+    assert_eq!(on_a.stat().0, 1);
+    assert!(on_a.quit().starts_with("+OK"));
+}
+
+#[test]
+fn serve_refuses_a_database_without_the_current_schema() {
+    let pg = Postgres::start();
+    let a = node(&pg);
+    let out = a.cli(&["db", "status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("postoffice db migrate"), "{out:?}");
+    let out = a.cli(&["serve"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("postoffice db migrate"), "{out:?}");
+    // deliver: temporary failure, the MTA keeps the message.
+    let out = a.cli_stdin(&["deliver", ALICE], &simple_message("early", "x"));
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+}
+
+#[test]
+fn a_database_that_goes_away_gives_temporary_failures_and_service_resumes() {
+    let mut pg = Postgres::start();
+    let a = node(&pg);
+    migrate(&a);
+    a.add_user(ALICE, PW);
+    a.deliver(ALICE, &simple_message("before", "x"));
+    let node_a = a.start();
+    assert_eq!(node_a.login(ALICE, PW).stat().0, 1);
+
+    pg.stop();
+    // SMTP: 451 4.3.0 at the end of DATA (or earlier), never 250.
+    let (code, text) = smtp_send(&node_a, "while down");
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("4.3.0"), "{text}");
+    // POP3: a temporary failure, not an authentication failure.
+    let mut c = node_a.connect();
+    let reply = c.login(ALICE, PW);
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    // deliver: 75, the caller tries again.
+    let out = a.cli_stdin(&["deliver", ALICE], &simple_message("down", "x"));
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+
+    pg.restart();
+    // The node reconnects by itself.
+    wait_for(Duration::from_secs(30), "SMTP to accept again", || {
+        (smtp_send(&node_a, "after").0 == 250).then_some(())
+    });
+    let mut c = node_a.login_when_free(ALICE, PW);
+    let subjects: Vec<String> = c
+        .retr_all()
+        .iter()
+        .flat_map(|m| lines_of(m))
+        .filter(|l| l.starts_with("Subject: "))
+        .collect();
+    // Nothing of what was refused was half-stored.
+    assert_eq!(subjects, ["Subject: before", "Subject: after"]);
+}
+
+#[test]
+fn user_changes_made_on_one_node_take_effect_on_every_node_within_seconds() {
+    let pg = Postgres::start();
+    let (a, b) = two_nodes(&pg);
+    let node_a = a.start();
+    let node_b = b.start();
+    // Added through A's CLI before B started: B knows alice.
+    assert!(node_b.login(ALICE, PW).quit().starts_with("+OK"));
+    // B's CLI sees the same users.
+    let list = b.cli(&["user", "list"]).ok();
+    assert!(list.stdout.contains(ALICE), "{list:?}");
+
+    // A new user added on B's CLI while both run: A takes mail for them and
+    // lets them log in within seconds.
+    const BOB: &str = "bob@example.test";
+    b.add_user(BOB, "bob secret");
+    wait_for(Duration::from_secs(10), "node A to know bob", || {
+        let mut c = node_a.connect();
+        c.login(BOB, "bob secret").starts_with("+OK").then_some(())
+    });
+    let mut c = smtp_connect(node_a.smtp_addr());
+    assert_eq!(smtp_cmd(&mut c, "MAIL FROM:<x@example.net>").0, 250);
+    assert_eq!(smtp_cmd(&mut c, &format!("RCPT TO:<{BOB}>")).0, 250);
+
+    // A password changed on A: B accepts the new one and refuses the old
+    // one within seconds (its credential cache does not keep the old one).
+    let out = a.cli_stdin(
+        &["user", "passwd", ALICE, "--password-stdin"],
+        b"new secret\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        Duration::from_secs(10),
+        "node B to take the new password",
+        || {
+            let mut c = node_b.connect();
+            let ok = c.login(ALICE, "new secret").starts_with("+OK");
+            let _ = c.quit();
+            ok.then_some(())
+        },
+    );
+    let mut c = node_b.connect();
+    assert_eq!(c.login(ALICE, PW), AUTH_FAILED);
+
+    // A user removed on B can no longer log in on A.
+    let out = b.cli(&["user", "del", BOB]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(10), "node A to forget bob", || {
+        let mut c = node_a.connect();
+        (c.login(BOB, "bob secret") == AUTH_FAILED).then_some(())
+    });
+}
+
+#[test]
+fn a_quota_holds_across_nodes_delivering_at_once() {
+    let pg = Postgres::start();
+    let (a, b) = two_nodes(&pg);
+    a.cli(&["user", "set", ALICE, "--quota-messages", "5"]).ok();
+    let node_a = a.start();
+    let node_b = b.start();
+    // Eight messages, half through each node, all at once.
+    let replies: Vec<u16> = std::thread::scope(|s| {
+        let sends: Vec<_> = (0..8)
+            .map(|i| {
+                let node = if i % 2 == 0 { &node_a } else { &node_b };
+                s.spawn(move || smtp_send(node, &format!("q{i}")).0)
+            })
+            .collect();
+        sends.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = replies.iter().filter(|&&c| c == 250).count();
+    assert_eq!(accepted, 5, "{replies:?}");
+    assert!(replies.iter().all(|&c| c == 250 || c == 452), "{replies:?}");
+    // The maildrop holds the five accepted (and the quota warning the
+    // crossing of 80 % delivered, which no quota refuses).
+    let mut c = node_b.login(ALICE, PW);
+    let stored = c
+        .retr_all()
+        .iter()
+        .filter(|m| lines_of(m).iter().any(|l| l.starts_with("Subject: q")))
+        .count();
+    assert_eq!(stored, 5);
+}
