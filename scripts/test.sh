@@ -2,7 +2,7 @@
 # The whole test suite: formatting, lints, unit and end-to-end tests, and the
 # real third-party programs (curl, Python poplib/smtplib, fetchmail, swaks,
 # dnsmasq, clamd, Dovecot, strace, systemd's socket activator, dpkg, promtool,
-# Chromium).
+# Chromium, PostgreSQL).
 #
 #   ./scripts/test.sh          everything
 #   ./scripts/test.sh --quick  cargo tests only
@@ -108,6 +108,8 @@ if [[ "${1:-}" != "--quick" ]]; then
         python3 tests/clients/fetch_jobs.py target/debug/postoffice
     stage "crash-kill: SIGKILL under SMTP+POP3 load, nothing lost or duplicated" \
         python3 tests/crash/crash.py target/debug/postoffice --kills 50 --seed 7
+    stage "crash-kill on PostgreSQL: SIGKILL of nodes and of PostgreSQL, nothing lost or duplicated" \
+        python3 tests/crash/crash.py target/debug/postoffice --postgres --kills 30 --seed 7
     stage "durability: fsync, rename, fsync dir before every 250, +OK and exit 0 (strace)" \
         python3 tests/durability/durability.py target/debug/postoffice
     stage "fuzz smoke: every target 5 s (stable runner, fixed seed)" \
