@@ -198,7 +198,7 @@ impl Notifier {
             }
             let id_owned = id.to_string();
             spool_io(&self.queue, move |s| {
-                s.update(&id_owned, |env| {
+                s.update_claimed(&id_owned, |env| {
                     for r in env
                         .rcpts
                         .iter_mut()
@@ -241,7 +241,7 @@ impl Notifier {
             }
             let id_owned = id.to_string();
             spool_io(&self.queue, move |s| {
-                s.update(&id_owned, |env| env.delay_warned = true)
+                s.update_claimed(&id_owned, |env| env.delay_warned = true)
             })
             .await?;
         }
