@@ -44,6 +44,8 @@ mod bounce;
 pub mod cli;
 mod dsn;
 pub mod pg_spool;
+#[cfg(test)]
+mod pg_tests;
 mod route;
 mod routing;
 mod scheduler;
