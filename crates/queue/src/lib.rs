@@ -1,7 +1,8 @@
 //! The outbound mail queue of postoffice.
 //!
 //! * [`Queue`]: the durable spool under `<data_dir>/queue` (format and
-//!   crash safety: the `spool` module). [`Queue::enqueue`] returns only
+//!   crash safety: the `spool` module), or in PostgreSQL shared by several
+//!   nodes ([`Queue::open_pg`], the [`pg_spool`] module). [`Queue::enqueue`] returns only
 //!   once the message and its envelope are fsynced, so the SMTP side may
 //!   answer `250` after it. The `postoffice queue` commands use
 //!   [`Queue::list`], [`Queue::show`], [`Queue::retry`], [`Queue::flush`],
@@ -18,7 +19,9 @@
 //!
 //! | module | its job |
 //! | --- | --- |
+//! | `backend` | the seam: what the queue does with stored entries, claims |
 //! | `spool` | the files: envelopes (TOML), messages, the lock, recovery |
+//! | [`pg_spool`] | the same in PostgreSQL, shared by several nodes |
 //! | `scheduler` | the scan loop, concurrency limits, writing results |
 //! | `routing` | where a domain's mail goes: transport, relayhost or MX |
 //! | `route` | that destination resolved to addresses (MX, A/AAAA) |

@@ -15,7 +15,7 @@
 //!   never whole in memory.
 //!
 //! Creating an entry is one transaction (the row, every chunk, the final
-//! envelope), committed before [`SpoolBackend::create`] returns, so
+//! envelope), committed before `create` returns (and [`crate::Queue::enqueue`]), so
 //! submission answers `250` only after COMMIT.
 //!
 //! Claiming: `UPDATE .. SET claimed_by = me, claim_until = now() + lease

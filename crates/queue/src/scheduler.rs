@@ -2,7 +2,12 @@
 //!
 //! It keeps no state of its own that matters: every decision is read from
 //! the envelopes, and every result is written back (atomically) before the
-//! next step, so a crash at any point loses nothing. It re-scans the spool
+//! next step, so a crash at any point loses nothing. Each scan claims the
+//! due entries ([`crate::backend::SpoolBackend::claim_due`]) and each
+//! entry's task releases its claim when it ends; with a shared spool
+//! (PostgreSQL) claims expire, so those of entries in progress are renewed
+//! three times per lease, and several nodes' schedulers never attempt one
+//! entry at the same time. It re-scans the spool
 //! every [`RESCAN`] (so `postoffice queue retry|flush|delete` from another
 //! process takes effect without signals), whenever [`Queue::wake`] is called
 //! (enqueue, retry, flush in this process) and when a delivery finishes.
