@@ -934,6 +934,40 @@ mod tests {
         assert!(spool.read_env("ID3").unwrap().is_some());
     }
 
+    /// The file spool's claims are this process's: an entry is handed
+    /// out once until released, and a release with a hold keeps it back.
+    #[test]
+    fn claims_hand_out_each_due_entry_once_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("queue")).unwrap();
+        for id in ["C1", "C2"] {
+            spool.create(&mut env(id), &mut &b"body"[..]).unwrap();
+        }
+        let now = 1_700_001_000;
+        let first = spool.claim_due(now, 1, 0).unwrap();
+        assert_eq!((first.ids.len(), first.more), (1, true));
+        assert_eq!(first.sizes.entries, 2);
+        assert_eq!(first.sizes.pending, 2);
+        let second = spool.claim_due(now, 10, 0).unwrap();
+        assert_eq!(second.ids.len(), 1);
+        assert_ne!(first.ids, second.ids);
+        assert!(spool.claim_due(now, 10, 0).unwrap().ids.is_empty());
+        // Released: due again. Released with a hold: not before it ends.
+        spool.release_claim(&first.ids[0], 0).unwrap();
+        assert_eq!(spool.claim_due(now, 10, 0).unwrap().ids, first.ids);
+        spool.release_claim(&first.ids[0], 3600).unwrap();
+        let held = spool.claim_due(now, 10, 0).unwrap();
+        assert!(held.ids.is_empty());
+        assert!(held.next.is_some_and(|t| t > now), "{:?}", held.next);
+        // Not due yet: not handed out; `next` says when.
+        spool.release_claim(&second.ids[0], 0).unwrap();
+        let early = spool.claim_due(1_700_000_000, 10, 0).unwrap();
+        assert!(early.ids.is_empty());
+        assert_eq!(early.next, Some(1_700_000_900));
+        assert_eq!(spool.lease(), None);
+        assert!(spool.renew(&second.ids).unwrap().is_empty());
+    }
+
     #[test]
     fn recovery_removes_half_written_entries() {
         let dir = tempfile::tempdir().unwrap();
