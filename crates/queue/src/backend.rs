@@ -125,8 +125,10 @@ pub(crate) trait SpoolBackend: Send + Sync + std::fmt::Debug {
         Ok(out)
     }
 
-    /// The whole message in memory (small ones: a notice's original).
-    fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError>;
+    /// The first `max` octets of the message (fewer if it is shorter):
+    /// enough for its header section (`queue show`, a notice's copy of
+    /// the original headers) without reading a large body into memory.
+    fn read_head(&self, id: &str, max: usize) -> Result<Vec<u8>, QueueError>;
 
     /// The message, to be read as it is sent (a large one is not held in
     /// memory).

@@ -605,8 +605,10 @@ impl Queue {
             .spool
             .read_env(id)?
             .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-        let message = self.spool.read_message(id)?;
-        let headers = String::from_utf8_lossy(&dsn::header_section(&message, 1 << 20)).into_owned();
+        const MAX_HEADERS: usize = 1 << 20;
+        let head = self.spool.read_head(id, MAX_HEADERS + 2)?;
+        let headers =
+            String::from_utf8_lossy(&dsn::header_section(&head, MAX_HEADERS)).into_owned();
         Ok(EntryDetail {
             summary: summarize(&env, unix_now()),
             headers,

@@ -244,10 +244,16 @@ impl PgSpool {
         self.lease.as_secs_f64()
     }
 
-    /// Stream the chunks of `id` into `out`; the octets written. `None`:
-    /// no such entry. One read-only snapshot: the chunks match the
-    /// envelope's size, or this fails.
-    fn copy_body(&self, id: &str, out: &mut dyn io::Write) -> Result<Option<u64>, QueueError> {
+    /// Stream the chunks of `id` into `out` (only the first `limit`
+    /// octets, if given); the octets written. `None`: no such entry. One
+    /// read-only snapshot: the whole body matches the envelope's size, or
+    /// this fails.
+    fn copy_body(
+        &self,
+        id: &str,
+        out: &mut dyn io::Write,
+        limit: Option<usize>,
+    ) -> Result<Option<u64>, QueueError> {
         let ctx = "cannot read a queued message";
         let mut conn = self.conn()?;
         let mut tx = conn
@@ -269,23 +275,28 @@ impl PgSpool {
                 &[&id],
             )
             .map_err(db(ctx))?;
+        let limit = limit.map_or(u64::MAX, |l| l as u64);
         let mut copied: u64 = 0;
-        loop {
+        while copied < limit {
             let rows = tx.query_portal(&portal, ROWS_PER_FETCH).map_err(db(ctx))?;
             if rows.is_empty() {
                 break;
             }
             for row in rows {
                 let chunk: &[u8] = row.get(0);
-                out.write_all(chunk).map_err(|source| QueueError::Io {
-                    context: format!("cannot copy queued message {id}"),
-                    source,
-                })?;
-                copied += chunk.len() as u64;
+                let take = chunk
+                    .len()
+                    .min((limit - copied).try_into().unwrap_or(usize::MAX));
+                out.write_all(&chunk[..take])
+                    .map_err(|source| QueueError::Io {
+                        context: format!("cannot copy queued message {id}"),
+                        source,
+                    })?;
+                copied += take as u64;
             }
         }
         tx.commit().map_err(db(ctx))?;
-        if copied != size as u64 {
+        if copied != (size as u64).min(limit) {
             return Err(QueueError::Io {
                 context: format!("queued message {id}"),
                 source: io::Error::other(format!("{copied} octets stored, {size} expected")),
@@ -446,9 +457,9 @@ impl SpoolBackend for PgSpool {
         Ok(out)
     }
 
-    fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError> {
+    fn read_head(&self, id: &str, max: usize) -> Result<Vec<u8>, QueueError> {
         let mut out = Vec::new();
-        match self.copy_body(id, &mut out)? {
+        match self.copy_body(id, &mut out, Some(max))? {
             Some(_) => Ok(out),
             None => Err(QueueError::NotFound(id.to_string())),
         }
@@ -462,7 +473,7 @@ impl SpoolBackend for PgSpool {
             }
         })?;
         let mut out = SpoolWriter::new(&self.scratch, SPILL_AT, None);
-        match self.copy_body(id, &mut out)? {
+        match self.copy_body(id, &mut out, None)? {
             Some(_) => Ok(out.finish()),
             None => Err(QueueError::NotFound(id.to_string())),
         }
