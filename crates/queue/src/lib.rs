@@ -450,6 +450,12 @@ impl Queue {
     /// by one node at a time, and a node that dies leaves its entries to
     /// the others after the lease. The `postoffice queue` commands open it
     /// the same way (they claim nothing).
+    ///
+    /// Like every method of a queue on PostgreSQL, this blocks on the
+    /// (synchronous) database client: never call it on an async task
+    /// directly (the client panics inside a runtime); use
+    /// `spawn_blocking` or `block_in_place`, as the scheduler, the web
+    /// pages and core's submission path already do.
     pub fn open_pg(spool: PgSpool, cfg: &postoffice_config::Queue) -> Result<Queue, QueueError> {
         let spool = spool.with_delay_warning(cfg.delay_warning_secs);
         let dir = spool.scratch_dir().to_path_buf();
