@@ -421,6 +421,41 @@ pub struct Queue {
     notify: Notify,
 }
 
+/// Opens the queue `config` asks for: with `[storage] backend =
+/// "postgres"` the queue shared by every node in that database
+/// ([`Queue::open_pg`]: node name `hostname`, claims lasting
+/// `storage.lease_secs`, messages being sent copied under
+/// `data_dir/queue-tmp`, a pool of its own of at least
+/// 2 × `queue.max_concurrency` + 4 connections, since every delivery
+/// holds one while the scheduler claims and renews); otherwise the file
+/// spool in `data_dir` ([`Queue::open`]).
+///
+/// Blocks on the database: call it on a blocking thread
+/// (`spawn_blocking`) from async code.
+pub fn open_configured(config: &postoffice_config::Config) -> Result<Queue, QueueError> {
+    if config.storage.backend != postoffice_config::Backend::Postgres {
+        return Queue::open(&config.data_dir, &config.queue);
+    }
+    let database = |context: &str, message: String| QueueError::Database {
+        context: context.to_string(),
+        message,
+    };
+    let mut opts = postoffice_core::app::pg_options(config)
+        .map_err(|e| database("cannot reach the shared queue's database", e.to_string()))?;
+    let wanted = u32::try_from(config.queue.max_concurrency.saturating_mul(2).saturating_add(4))
+        .unwrap_or(u32::MAX);
+    opts.pool_size = opts.pool_size.max(wanted);
+    let pool = postoffice_pg::pool(&opts)
+        .map_err(|e| database("cannot reach the shared queue's database", e.to_string()))?;
+    let spool = PgSpool::new(
+        pool,
+        &config.hostname,
+        std::time::Duration::from_secs(config.storage.lease_secs),
+    )
+    .with_scratch_dir(&config.data_dir.join("queue-tmp"));
+    Queue::open_pg(spool, &config.queue)
+}
+
 impl Queue {
     /// Open (create) the spool at `<data_dir>/queue` and recover from a
     /// crash: half-written entries are removed, complete ones kept.
