@@ -59,7 +59,7 @@ pub use conn::{Conn, DbError, Manager};
 pub use directory::PgDirectory;
 pub use error::PgError;
 pub use schema::{Migrated, SCHEMA_VERSION, migrate, schema_version};
-pub use store::{PgStore, Pool, pool};
+pub use store::{PgStore, Pool, check_schema, pool};
 
 /// How to reach the database and how the backend behaves.
 #[derive(Debug, Clone)]

@@ -52,6 +52,31 @@ pub fn pool(opts: &PgOptions) -> Result<Pool, PgError> {
         .build_unchecked(manager))
 }
 
+/// Checks that the database of `pool` has the schema this build needs
+/// ([`SCHEMA_VERSION`]); otherwise [`PgError::SchemaTooOld`] (naming
+/// `postoffice db migrate`) or [`PgError::SchemaTooNew`]. For users of
+/// [`pool`] other than [`PgStore`] (which checks by itself).
+pub fn check_schema(pool: &Pool) -> Result<(), PgError> {
+    let mut conn = pool.get().map_err(|e| PgError::Connect {
+        target: "the database".into(),
+        reason: e.to_string(),
+    })?;
+    let found = version_of(&mut conn)?;
+    if found < SCHEMA_VERSION {
+        return Err(PgError::SchemaTooOld {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    if found > SCHEMA_VERSION {
+        return Err(PgError::SchemaTooNew {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// What the store, its sessions and its lease renewer share.
 pub(crate) struct Shared {
     /// Owns the runtime that drives its connections.

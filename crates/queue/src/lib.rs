@@ -442,11 +442,21 @@ pub fn open_configured(config: &postoffice_config::Config) -> Result<Queue, Queu
     };
     let mut opts = postoffice_core::app::pg_options(config)
         .map_err(|e| database("cannot reach the shared queue's database", e.to_string()))?;
-    let wanted = u32::try_from(config.queue.max_concurrency.saturating_mul(2).saturating_add(4))
-        .unwrap_or(u32::MAX);
+    let wanted = u32::try_from(
+        config
+            .queue
+            .max_concurrency
+            .saturating_mul(2)
+            .saturating_add(4),
+    )
+    .unwrap_or(u32::MAX);
     opts.pool_size = opts.pool_size.max(wanted);
     let pool = postoffice_pg::pool(&opts)
         .map_err(|e| database("cannot reach the shared queue's database", e.to_string()))?;
+    // Before any query: says `postoffice db migrate` when the tables are
+    // missing.
+    postoffice_pg::check_schema(&pool)
+        .map_err(|e| database("cannot use the shared queue's database", e.to_string()))?;
     let spool = PgSpool::new(
         pool,
         &config.hostname,

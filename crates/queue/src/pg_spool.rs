@@ -357,12 +357,7 @@ impl PgSpool {
         Ok(Some((env, claimed_by == Some(me))))
     }
 
-    fn write_env(
-        &self,
-        tx: &mut Tx,
-        env: &SpoolEnvelope,
-        ctx: &str,
-    ) -> Result<(), QueueError> {
+    fn write_env(&self, tx: &mut Tx, env: &SpoolEnvelope, ctx: &str) -> Result<(), QueueError> {
         let c = Columns::of(env, self.warn_after);
         let toml = env.to_toml();
         tx.execute_typed(
