@@ -21,7 +21,7 @@ use tokio_postgres::{Config, NoTls, Row};
 
 /// A database error or a timeout.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DbError {
+pub enum DbError {
     /// The driver's error (with the server's message and SQLSTATE).
     #[error(transparent)]
     Pg(#[from] tokio_postgres::Error),
@@ -32,7 +32,7 @@ pub(crate) enum DbError {
 
 impl DbError {
     /// The SQLSTATE of a server error.
-    pub(crate) fn code(&self) -> Option<&SqlState> {
+    pub fn code(&self) -> Option<&SqlState> {
         match self {
             DbError::Pg(e) => e.code(),
             DbError::Timeout(_) => None,
@@ -99,8 +99,11 @@ fn block<T: Send>(
     }
 }
 
-/// One connection.
-pub(crate) struct Conn {
+/// One connection, whose every call blocks the calling thread for at
+/// most the pool's answer limit (see the module docs). Safe to call on a
+/// worker of a multi-thread tokio runtime (the wait is announced with
+/// `block_in_place`).
+pub struct Conn {
     client: tokio_postgres::Client,
     task: tokio::task::JoinHandle<()>,
     rt: tokio::runtime::Handle,
@@ -155,13 +158,13 @@ impl Conn {
 
     /// Whether the connection can no longer serve (closed, or a call on
     /// it timed out).
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.broken || self.client.is_closed()
     }
 
     /// One statement, its rows (one round trip: the parameter types are
     /// given, so nothing is prepared).
-    pub(crate) fn query_typed(
+    pub fn query_typed(
         &mut self,
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
@@ -172,7 +175,7 @@ impl Conn {
     }
 
     /// [`Conn::query_typed`] for at most one row.
-    pub(crate) fn query_typed_opt(
+    pub fn query_typed_opt(
         &mut self,
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
@@ -187,7 +190,7 @@ impl Conn {
     }
 
     /// [`Conn::query_typed`] for exactly one row.
-    pub(crate) fn query_typed_one(
+    pub fn query_typed_one(
         &mut self,
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
@@ -202,7 +205,7 @@ impl Conn {
     }
 
     /// One statement, the number of rows it changed.
-    pub(crate) fn execute_typed(
+    pub fn execute_typed(
         &mut self,
         query: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
@@ -217,7 +220,7 @@ impl Conn {
     }
 
     /// Statements without parameters (simple protocol).
-    pub(crate) fn batch_execute(&mut self, query: &str) -> Result<(), DbError> {
+    pub fn batch_execute(&mut self, query: &str) -> Result<(), DbError> {
         self.usable()?;
         let r = block(&self.rt, self.limit, self.client.batch_execute(query));
         self.note(r)
@@ -231,11 +234,13 @@ impl Drop for Conn {
     }
 }
 
-/// Makes the pool's connections.
-pub(crate) struct Manager {
+/// Makes the pool's connections; owns the runtime that drives them, so
+/// the runtime lives as long as the pool.
+pub struct Manager {
     pub(crate) config: Config,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) limit: Duration,
+    pub(crate) _runtime: Runtime,
 }
 
 impl r2d2::ManageConnection for Manager {

@@ -23,7 +23,7 @@ use tokio_postgres::types::Type;
 use crate::conn::{Conn, DbError, Manager};
 use postoffice_store::{Delivered, Imported, Limit, StoreError, normalize_stream};
 
-use crate::error::{backend, is_unique_violation};
+use crate::error::{backend, is_unique_violation, pool};
 use crate::store::PgStore;
 
 /// Octets per `message_chunks` row.
@@ -220,7 +220,7 @@ struct LongDelivery {
 impl LongDelivery {
     fn begin(store: &PgStore, mailbox: &str, kind: Kind<'_>) -> Result<LongDelivery, StoreError> {
         let context = || format!("storing a message for {mailbox}");
-        let mut conn = store.shared().open_conn(&context)?;
+        let mut conn = crate::store::take(&store.shared().pool).map_err(pool(context()))?;
         let mailbox_id = ensure_mailbox(&mut conn, mailbox).map_err(backend(context()))?;
         conn.batch_execute("BEGIN").map_err(backend(context()))?;
         let mut delivery = LongDelivery {

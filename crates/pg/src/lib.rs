@@ -55,10 +55,11 @@ mod store;
 
 use std::time::Duration;
 
+pub use conn::{Conn, DbError, Manager};
 pub use directory::PgDirectory;
 pub use error::PgError;
 pub use schema::{Migrated, SCHEMA_VERSION, migrate, schema_version};
-pub use store::PgStore;
+pub use store::{PgStore, Pool, check_schema, pool, take};
 
 /// How to reach the database and how the backend behaves.
 #[derive(Debug, Clone)]

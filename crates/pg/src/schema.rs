@@ -23,7 +23,7 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 const MIGRATION_LOCK: i64 = 0x0070_6f73_746f_6666;
 
 /// One SQL script per version step.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 1: mail storage.
     r#"
 CREATE TABLE postoffice_schema (
@@ -82,6 +82,32 @@ CREATE TABLE directory_document (
     id integer PRIMARY KEY CHECK (id = 1),
     version bigint NOT NULL,
     body text NOT NULL
+);
+"#,
+    // 3: the outbound queue shared by every node (postoffice-queue's
+    // pg_spool module): an entry's envelope (the file spool's TOML) with
+    // columns derived from it for the scheduler's queries, its claim, and
+    // its body in chunks.
+    r#"
+CREATE TABLE queue_entries (
+    id text PRIMARY KEY,
+    envelope text NOT NULL,
+    next_attempt timestamptz,
+    held boolean NOT NULL DEFAULT false,
+    claimed_by text,
+    claim_until timestamptz,
+    created_at timestamptz NOT NULL,
+    size bigint NOT NULL DEFAULT 0,
+    rcpts_pending integer NOT NULL DEFAULT 0,
+    rcpts_delivered integer NOT NULL DEFAULT 0,
+    rcpts_failed integer NOT NULL DEFAULT 0
+);
+CREATE INDEX queue_entries_due ON queue_entries (next_attempt) WHERE NOT held;
+CREATE TABLE queue_bodies (
+    id text NOT NULL REFERENCES queue_entries (id) ON DELETE CASCADE,
+    seq integer NOT NULL,
+    chunk bytea NOT NULL,
+    PRIMARY KEY (id, seq)
 );
 "#,
 ];

@@ -16,17 +16,86 @@ use tokio_postgres::types::Type;
 
 use crate::conn::{Conn, DbError, Manager, Runtime};
 use crate::deliver::{Kind, deliver};
-use crate::error::{backend, is_read_only, pool};
+use crate::error::{backend, is_read_only, pool as checkout};
 use crate::lease::{self, PgDrop};
 use crate::read::{ChunkReader, fetch_chunk};
 use crate::schema::{SCHEMA_VERSION, version_of};
 use crate::{PgError, PgOptions};
 
-pub(crate) type Pool = r2d2::Pool<Manager>;
+/// A pool of [`Conn`]s to one database, as [`pool`] builds it.
+pub type Pool = r2d2::Pool<Manager>;
+
+/// Builds the pool of connections to the database of `opts` (without
+/// connecting yet: the first checkout connects): at most
+/// `opts.pool_size` connections, a checkout waits at most
+/// `opts.connect_timeout`, every answer at most the answer limit. The
+/// pool owns the runtime that drives its connections.
+pub fn pool(opts: &PgOptions) -> Result<Pool, PgError> {
+    let config = opts.config()?;
+    let runtime = Runtime::new().map_err(|e| PgError::Connect {
+        target: opts.describe(),
+        reason: format!("cannot start the database client's thread: {e}"),
+    })?;
+    let manager = Manager {
+        config,
+        rt: runtime.handle(),
+        limit: opts.answer_limit(),
+        _runtime: runtime,
+    };
+    Ok(r2d2::Pool::builder()
+        .max_size(opts.pool_size.max(1))
+        .min_idle(Some(opts.pool_size.clamp(1, 2)))
+        .connection_timeout(opts.connect_timeout.max(Duration::from_millis(1)))
+        // A validity query per checkout would double the round trips;
+        // a connection found closed is replaced by `Shared::run`.
+        .test_on_check_out(false)
+        .build_unchecked(manager))
+}
+
+/// A connection from `pool` that was not found closed: one that closed
+/// while pooled (the server restarted or failed over since it was last
+/// used; every pooled connection may be such) is dropped, and the pool
+/// discards it. Nothing has been sent on what this returns, so a caller
+/// may use it for a statement that must not run twice.
+pub fn take(pool: &Pool) -> Result<r2d2::PooledConnection<Manager>, r2d2::Error> {
+    for _ in 0..pool.max_size() {
+        let conn = pool.get()?;
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        tracing::debug!("database connection closed while pooled; taking another");
+    }
+    pool.get()
+}
+
+/// Checks that the database of `pool` has the schema this build needs
+/// ([`SCHEMA_VERSION`]); otherwise [`PgError::SchemaTooOld`] (naming
+/// `postoffice db migrate`) or [`PgError::SchemaTooNew`]. For users of
+/// [`pool`] other than [`PgStore`] (which checks by itself).
+pub fn check_schema(pool: &Pool) -> Result<(), PgError> {
+    let mut conn = pool.get().map_err(|e| PgError::Connect {
+        target: "the database".into(),
+        reason: e.to_string(),
+    })?;
+    let found = version_of(&mut conn)?;
+    if found < SCHEMA_VERSION {
+        return Err(PgError::SchemaTooOld {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    if found > SCHEMA_VERSION {
+        return Err(PgError::SchemaTooNew {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
 
 /// What the store, its sessions and its lease renewer share.
 pub(crate) struct Shared {
-    /// Declared before `runtime`: the connections go first.
+    /// Owns the runtime that drives its connections.
     pub(crate) pool: Pool,
     /// `<node>/<random>`: this process's part of every lease owner.
     pub(crate) owner: String,
@@ -40,8 +109,6 @@ pub(crate) struct Shared {
     /// Work for the background thread (see [`background`]).
     control: Mutex<Control>,
     wake: Condvar,
-    /// Drives the pool's connections.
-    _runtime: Runtime,
 }
 
 impl Shared {
@@ -78,23 +145,6 @@ impl Shared {
         self.run_with(context, false, f)
     }
 
-    /// A pooled connection that was not found closed (one closed while
-    /// pooled, after a restart or failover, is dropped, and the pool
-    /// discards it), or an error if the pool cannot give one.
-    pub(crate) fn open_conn(
-        &self,
-        context: &impl Fn() -> String,
-    ) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
-        for _ in 0..self.pool.max_size() {
-            let conn = self.pool.get().map_err(pool(context()))?;
-            if !conn.is_closed() {
-                return Ok(conn);
-            }
-            tracing::debug!("database connection closed while pooled; taking another");
-        }
-        self.pool.get().map_err(pool(context()))
-    }
-
     fn run_with<T>(
         &self,
         context: impl Fn() -> String,
@@ -105,7 +155,7 @@ impl Shared {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut conn = self.open_conn(&context)?;
+            let mut conn = take(&self.pool).map_err(checkout(context()))?;
             match f(&mut conn) {
                 // Not after a timeout: the next connection would most
                 // likely wait just as long.
@@ -176,25 +226,8 @@ impl PgStore {
     /// and starts the lease renewer. `node` names this node in lease
     /// owners (e.g. the host name); a random suffix is added per process.
     pub fn connect(opts: &PgOptions, node: &str) -> Result<PgStore, PgError> {
-        let config = opts.config()?;
         let target = opts.describe();
-        let runtime = Runtime::new().map_err(|e| PgError::Connect {
-            target: target.clone(),
-            reason: format!("cannot start the database client's thread: {e}"),
-        })?;
-        let manager = Manager {
-            config,
-            rt: runtime.handle(),
-            limit: opts.answer_limit(),
-        };
-        let pool = r2d2::Pool::builder()
-            .max_size(opts.pool_size.max(1))
-            .min_idle(Some(opts.pool_size.clamp(1, 2)))
-            .connection_timeout(opts.connect_timeout.max(Duration::from_millis(1)))
-            // A validity query per checkout would double the round trips;
-            // a connection found closed is replaced by `Shared::run`.
-            .test_on_check_out(false)
-            .build_unchecked(manager);
+        let pool = pool(opts)?;
         let (version, uid_prefix) = {
             let mut conn = pool.get().map_err(|e| PgError::Connect {
                 target: target.clone(),
@@ -236,7 +269,6 @@ impl PgStore {
             next_session: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
-            _runtime: runtime,
         });
         let renewer = {
             let shared = Arc::clone(&shared);

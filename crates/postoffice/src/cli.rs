@@ -1351,7 +1351,7 @@ fn deliver(config: &Config, recipient: &str) -> Result<ExitCode> {
 
 fn queue_cmd(config: &Config, cmd: QueueCmd) -> Result<ExitCode> {
     use postoffice_queue::cli;
-    let queue = postoffice_queue::Queue::open(&config.data_dir, &config.queue)?;
+    let queue = postoffice_queue::open_configured(config)?;
     let out = match cmd {
         QueueCmd::List => cli::cli_list(&queue)?,
         QueueCmd::Show { id } => cli::cli_show(&queue, &id)?,
@@ -1382,7 +1382,7 @@ fn sendmail(
     }
     let _ = (args.ignore_dots, &args.options);
     let app = postoffice_core::App::without_filters(config.clone())?;
-    let queue = postoffice_queue::Queue::open(&config.data_dir, &config.queue)?;
+    let queue = postoffice_queue::open_configured(config)?;
     app.set_outbound(std::sync::Arc::new(queue));
     let request = Request {
         recipients: args.recipients,

@@ -293,3 +293,153 @@ fn a_quota_holds_across_nodes_delivering_at_once() {
         .count();
     assert_eq!(stored, 5);
 }
+
+/// A counting SMTP sink on loopback: accepts every message and records
+/// its `Subject:` line (one entry per message received).
+struct CountingSink {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn counting_sink() -> CountingSink {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = std::sync::Arc::clone(&got);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let got = std::sync::Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let _ = w.write_all(b"220 sink ESMTP\r\n");
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                        "DATA" => {
+                            let _ = w.write_all(b"354 go on\r\n");
+                            let mut subject = String::new();
+                            loop {
+                                line.clear();
+                                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == ".\r\n" {
+                                    break;
+                                }
+                                if subject.is_empty() && line.starts_with("Subject:") {
+                                    subject = line.trim().to_string();
+                                }
+                            }
+                            got.lock().unwrap().push(subject);
+                            b"250 accepted\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n");
+                            return;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    if w.write_all(reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    CountingSink { port, got }
+}
+
+#[test]
+fn nodes_share_one_outbound_queue_and_deliver_each_message_once() {
+    let pg = Postgres::start();
+    let sink = counting_sink();
+    let queue = format!(
+        "[queue]\nretry_schedule_secs = [1]\n\
+         [queue.transports]\n\"remote.test\" = \"127.0.0.1:{}\"\n",
+        sink.port
+    );
+    let extra = format!("{}{queue}", storage(&pg));
+    let envs: Vec<Env> = (0..3).map(|_| Env::new(BIN, &extra)).collect();
+    migrate(&envs[0]);
+    envs[0].add_user(ALICE, PW);
+    let servers: Vec<Server> = envs.iter().map(|e| e.start()).collect();
+
+    const N: usize = 12;
+    for i in 0..N {
+        let server = &servers[i % servers.len()];
+        let mut c = smtp_connect(server.submit_addr());
+        let b = base64(format!("\0{ALICE}\0{PW}").as_bytes());
+        let (code, text) = smtp_cmd(&mut c, &format!("AUTH PLAIN {b}"));
+        assert_eq!(code, 235, "{text}");
+        let (code, text) = smtp_cmd(&mut c, &format!("MAIL FROM:<{ALICE}>"));
+        assert_eq!(code, 250, "{text}");
+        let (code, text) = smtp_cmd(&mut c, "RCPT TO:<friend@remote.test>");
+        assert_eq!(code, 250, "{text}");
+        assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+        c.send_raw(
+            format!(
+                "From: {ALICE}\r\nTo: friend@remote.test\r\nSubject: shared {i}\r\n\r\nhello {i}\r\n.\r\n"
+            )
+            .as_bytes(),
+        );
+        let (code, text) = smtp_reply(&mut c);
+        assert_eq!(code, 250, "message {i}: {text}");
+        smtp_cmd(&mut c, "QUIT");
+    }
+
+    assert!(
+        poll_until(Duration::from_secs(60), || sink.got.lock().unwrap().len()
+            >= N),
+        "delivered: {:?}",
+        sink.got.lock().unwrap()
+    );
+    // Every queue drains, and nothing arrives twice.
+    assert!(
+        poll_until(Duration::from_secs(30), || envs.iter().all(|e| {
+            let out = e.cli(&["queue", "list"]).ok();
+            !out.stdout.contains("remote.test")
+        })),
+        "queues did not drain"
+    );
+    let mut got = sink.got.lock().unwrap().clone();
+    got.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("Subject: shared {i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each message exactly once");
+    drop(servers);
+}
+
+#[test]
+fn queue_list_on_any_node_shows_the_shared_queue() {
+    let pg = Postgres::start();
+    // Nothing listens there: entries stay queued (retried in an hour).
+    let dead = free_port();
+    let queue = format!(
+        "[queue]\nretry_schedule_secs = [3600]\n\
+         [queue.transports]\n\"remote.test\" = \"127.0.0.1:{dead}\"\n"
+    );
+    let extra = format!("{}{queue}", storage(&pg));
+    let a = Env::new(BIN, &extra);
+    let b = Env::new(BIN, &extra);
+    migrate(&a);
+    a.add_user(ALICE, PW);
+    let out = a.cli_stdin(
+        &["sendmail", "-f", ALICE, "friend@remote.test"],
+        format!("From: {ALICE}\r\nSubject: listed\r\n\r\nhi\r\n").as_bytes(),
+    );
+    assert!(out.status.success(), "sendmail: {out:?}");
+    for env in [&a, &b] {
+        let out = env.cli(&["queue", "list"]).ok();
+        assert!(out.stdout.contains("friend@remote.test"), "{out:?}");
+    }
+}

@@ -148,9 +148,12 @@ impl Notifier {
             && env.rcpts.iter().any(|r| r.state == RcptState::Pending);
         let original = if (!to_bounce.is_empty() && !env.mail_from.is_empty()) || want_warning {
             let id_owned = id.to_string();
-            spool_io(&self.queue, move |s| s.read_message(&id_owned))
-                .await
-                .unwrap_or_default()
+            // Only the header section goes into the notice.
+            spool_io(&self.queue, move |s| {
+                s.read_head(&id_owned, dsn::MAX_ORIGINAL_HEADERS + 2)
+            })
+            .await
+            .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -198,7 +201,7 @@ impl Notifier {
             }
             let id_owned = id.to_string();
             spool_io(&self.queue, move |s| {
-                s.update(&id_owned, |env| {
+                s.update_claimed(&id_owned, |env| {
                     for r in env
                         .rcpts
                         .iter_mut()
@@ -241,7 +244,7 @@ impl Notifier {
             }
             let id_owned = id.to_string();
             spool_io(&self.queue, move |s| {
-                s.update(&id_owned, |env| env.delay_warned = true)
+                s.update_claimed(&id_owned, |env| env.delay_warned = true)
             })
             .await?;
         }

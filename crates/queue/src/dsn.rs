@@ -68,6 +68,9 @@ pub(crate) struct Dsn<'a> {
     pub original: &'a [u8],
 }
 
+/// Most octets of the original header section a notice includes.
+pub(crate) const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
+
 /// The header section of a message (up to, not including, the empty line),
 /// with CRLF line ends and at most `max` octets (cut at a line end).
 pub(crate) fn header_section(message: &[u8], max: usize) -> Vec<u8> {
@@ -274,7 +277,7 @@ pub(crate) fn build(d: &Dsn<'_>) -> Vec<u8> {
     m.push_str("Content-Description: Undelivered Message Headers\r\n");
     m.push_str("Content-Type: text/rfc822-headers\r\n\r\n");
     let mut out = m.into_bytes();
-    out.extend_from_slice(&header_section(d.original, 64 * 1024));
+    out.extend_from_slice(&header_section(d.original, MAX_ORIGINAL_HEADERS));
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
 }

@@ -1,7 +1,8 @@
 //! The outbound mail queue of postoffice.
 //!
 //! * [`Queue`]: the durable spool under `<data_dir>/queue` (format and
-//!   crash safety: the `spool` module). [`Queue::enqueue`] returns only
+//!   crash safety: the `spool` module), or in PostgreSQL shared by several
+//!   nodes ([`Queue::open_pg`], the [`pg_spool`] module). [`Queue::enqueue`] returns only
 //!   once the message and its envelope are fsynced, so the SMTP side may
 //!   answer `250` after it. The `postoffice queue` commands use
 //!   [`Queue::list`], [`Queue::show`], [`Queue::retry`], [`Queue::flush`],
@@ -18,7 +19,9 @@
 //!
 //! | module | its job |
 //! | --- | --- |
+//! | `backend` | the seam: what the queue does with stored entries, claims |
 //! | `spool` | the files: envelopes (TOML), messages, the lock, recovery |
+//! | [`pg_spool`] | the same in PostgreSQL, shared by several nodes |
 //! | `scheduler` | the scan loop, concurrency limits, writing results |
 //! | `routing` | where a domain's mail goes: transport, relayhost or MX |
 //! | `route` | that destination resolved to addresses (MX, A/AAAA) |
@@ -38,25 +41,31 @@
 #![forbid(unsafe_code)]
 
 mod attempt;
+mod backend;
 mod backoff;
 mod bounce;
 pub mod cli;
 mod dsn;
+pub mod pg_spool;
+#[cfg(test)]
+mod pg_tests;
 mod route;
 mod routing;
 mod scheduler;
 mod spool;
 mod transport;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::sync::Notify;
 
+pub use pg_spool::{PgPool, PgSpool};
 pub use scheduler::{DeliveryConfig, run};
 pub use spool::{EnvelopeError, RcptState};
 
+use backend::SpoolBackend;
 use spool::{ENVELOPE_VERSION, Rcpt, Spool, SpoolEnvelope, new_id, unix_now, valid_id};
 
 /// The local side of bounces and delay warnings: which domains are ours,
@@ -174,7 +183,7 @@ pub(crate) fn one_line(s: &str, max: usize) -> String {
 /// Run spool I/O on the blocking pool.
 pub(crate) async fn spool_io<T: Send + 'static>(
     queue: &Arc<Queue>,
-    f: impl FnOnce(&Spool) -> Result<T, QueueError> + Send + 'static,
+    f: impl FnOnce(&dyn SpoolBackend) -> Result<T, QueueError> + Send + 'static,
 ) -> Result<T, QueueError> {
     let queue = Arc::clone(queue);
     match tokio::task::spawn_blocking(move || f(queue.spool())).await {
@@ -221,6 +230,19 @@ pub enum QueueError {
     /// `release` of an entry that is not held.
     #[error("queue entry {0} is not held")]
     NotHeld(String),
+    /// The scheduler's write about an entry it was delivering was refused:
+    /// its claim lapsed and another node took the entry over (shared
+    /// queue in PostgreSQL only).
+    #[error("queue entry {0} is no longer claimed by this node")]
+    ClaimLost(String),
+    /// The database of a shared queue failed or cannot be reached.
+    #[error("{context}: {message}")]
+    Database {
+        /// What was being done.
+        context: String,
+        /// The database's (or the connection pool's) error.
+        message: String,
+    },
 }
 
 /// Submission hands mail for other domains to the queue through the
@@ -392,16 +414,64 @@ fn valid_address(a: &str) -> bool {
 /// The outbound queue. `Send + Sync`: share it with an `Arc`.
 #[derive(Debug)]
 pub struct Queue {
-    spool: Spool,
+    spool: Box<dyn SpoolBackend>,
+    /// The spool directory (files), or scratch space (PostgreSQL).
+    dir: PathBuf,
     cfg: postoffice_config::Queue,
     notify: Notify,
+}
+
+/// Opens the queue `config` asks for: with `[storage] backend =
+/// "postgres"` the queue shared by every node in that database
+/// ([`Queue::open_pg`]: node name `hostname`, claims lasting
+/// `storage.lease_secs`, messages being sent copied under
+/// `data_dir/queue-tmp`, a pool of its own of at least
+/// 2 × `queue.max_concurrency` + 4 connections, since every delivery
+/// holds one while the scheduler claims and renews); otherwise the file
+/// spool in `data_dir` ([`Queue::open`]).
+///
+/// Blocks on the database: call it on a blocking thread
+/// (`spawn_blocking`) from async code.
+pub fn open_configured(config: &postoffice_config::Config) -> Result<Queue, QueueError> {
+    if config.storage.backend != postoffice_config::Backend::Postgres {
+        return Queue::open(&config.data_dir, &config.queue);
+    }
+    let database = |context: &str, message: String| QueueError::Database {
+        context: context.to_string(),
+        message,
+    };
+    let mut opts = postoffice_core::app::pg_options(config)
+        .map_err(|e| database("cannot reach the shared queue's database", e.to_string()))?;
+    let wanted = u32::try_from(
+        config
+            .queue
+            .max_concurrency
+            .saturating_mul(2)
+            .saturating_add(4),
+    )
+    .unwrap_or(u32::MAX);
+    opts.pool_size = opts.pool_size.max(wanted);
+    let pool = postoffice_pg::pool(&opts)
+        .map_err(|e| database("cannot reach the shared queue's database", e.to_string()))?;
+    // Before any query: says `postoffice db migrate` when the tables are
+    // missing.
+    postoffice_pg::check_schema(&pool)
+        .map_err(|e| database("cannot use the shared queue's database", e.to_string()))?;
+    let spool = PgSpool::new(
+        pool,
+        &config.hostname,
+        std::time::Duration::from_secs(config.storage.lease_secs),
+    )
+    .with_scratch_dir(&config.data_dir.join("queue-tmp"));
+    Queue::open_pg(spool, &config.queue)
 }
 
 impl Queue {
     /// Open (create) the spool at `<data_dir>/queue` and recover from a
     /// crash: half-written entries are removed, complete ones kept.
     pub fn open(data_dir: &Path, cfg: &postoffice_config::Queue) -> Result<Queue, QueueError> {
-        let spool = Spool::new(data_dir.join("queue"))?;
+        let dir = data_dir.join("queue");
+        let spool = Spool::new(dir.clone())?;
         let report = spool.recover()?;
         if !report.removed_partial.is_empty() || report.removed_tmp > 0 {
             tracing::info!(
@@ -412,7 +482,36 @@ impl Queue {
             );
         }
         Ok(Queue {
-            spool,
+            spool: Box::new(spool),
+            dir,
+            cfg: cfg.clone(),
+            notify: Notify::new(),
+        })
+    }
+
+    /// A queue shared by several nodes through PostgreSQL (the tables of
+    /// migration 3 of `postoffice db migrate`, which must exist): see
+    /// [`PgSpool`]. Each node's
+    /// scheduler ([`run`]) claims due entries, so every entry is attempted
+    /// by one node at a time, and a node that dies leaves its entries to
+    /// the others after the lease. The `postoffice queue` commands open it
+    /// the same way (they claim nothing).
+    ///
+    /// Like every method of a queue on PostgreSQL, this blocks on the
+    /// database client ([`postoffice_pg::Conn`]): on an async task it
+    /// stalls the worker thread (announced with `block_in_place`, so a
+    /// multi-thread runtime moves its other tasks away), so prefer
+    /// `spawn_blocking` or `block_in_place`, as the scheduler, the web
+    /// pages and core's submission path already do.
+    pub fn open_pg(spool: PgSpool, cfg: &postoffice_config::Queue) -> Result<Queue, QueueError> {
+        let spool = spool.with_delay_warning(cfg.delay_warning_secs);
+        let dir = spool.scratch_dir().to_path_buf();
+        durable_dir(&dir)?;
+        let report = SpoolBackend::recover(&spool)?;
+        tracing::debug!(entries = report.entries, "shared queue opened");
+        Ok(Queue {
+            spool: Box::new(spool),
+            dir,
             cfg: cfg.clone(),
             notify: Notify::new(),
         })
@@ -423,13 +522,14 @@ impl Queue {
         &self.cfg
     }
 
-    /// The spool directory.
+    /// The spool directory (with PostgreSQL: the scratch directory where
+    /// a message being sent is copied).
     pub fn dir(&self) -> &Path {
-        self.spool.dir()
+        &self.dir
     }
 
-    pub(crate) fn spool(&self) -> &Spool {
-        &self.spool
+    pub(crate) fn spool(&self) -> &dyn SpoolBackend {
+        self.spool.as_ref()
     }
 
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
@@ -533,14 +633,12 @@ impl Queue {
     /// skipped (and logged).
     pub fn list(&self) -> Result<Vec<EntrySummary>, QueueError> {
         let now = unix_now();
-        let mut out = Vec::new();
-        for id in self.spool.ids()? {
-            match self.spool.read_env(&id) {
-                Ok(Some(env)) => out.push(summarize(&env, now)),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(id, error = %e, "skipping an unreadable queue entry"),
-            }
-        }
+        let mut out: Vec<EntrySummary> = self
+            .spool
+            .envelopes()?
+            .iter()
+            .map(|env| summarize(env, now))
+            .collect();
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
@@ -560,8 +658,10 @@ impl Queue {
             .spool
             .read_env(id)?
             .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-        let message = self.spool.read_message(id)?;
-        let headers = String::from_utf8_lossy(&dsn::header_section(&message, 1 << 20)).into_owned();
+        const MAX_HEADERS: usize = 1 << 20;
+        let head = self.spool.read_head(id, MAX_HEADERS + 2)?;
+        let headers =
+            String::from_utf8_lossy(&dsn::header_section(&head, MAX_HEADERS)).into_owned();
         Ok(EntryDetail {
             summary: summarize(&env, unix_now()),
             headers,
@@ -572,7 +672,7 @@ impl Queue {
     pub fn retry(&self, id: &str) -> Result<(), QueueError> {
         let id = Self::checked(id)?;
         let now = unix_now();
-        self.spool
+        self.spool()
             .update(id, |env| make_due(env, now))?
             .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
         self.wake();
@@ -585,7 +685,7 @@ impl Queue {
         let now = unix_now();
         let mut n = 0;
         for id in self.spool.ids()? {
-            if let Ok(Some(true)) = self.spool.update(&id, |env| make_due(env, now)) {
+            if let Ok(Some(true)) = self.spool().update(&id, |env| make_due(env, now)) {
                 n += 1;
             }
         }
@@ -600,7 +700,7 @@ impl Queue {
         let id = Self::checked(id)?;
         let now = unix_now();
         let was_held = self
-            .spool
+            .spool()
             .update(id, |env| {
                 let held = env.held.take();
                 if held.is_some() {
@@ -630,6 +730,14 @@ impl Queue {
             Err(QueueError::NotFound(id.to_string()))
         }
     }
+}
+
+/// Create `dir` (private) if needed.
+fn durable_dir(dir: &Path) -> Result<(), QueueError> {
+    postoffice_common::durable::create_dir_all(dir).map_err(|source| QueueError::Io {
+        context: format!("cannot create {}", dir.display()),
+        source,
+    })
 }
 
 /// Set the next attempt of everything still to do to `now`; whether there

@@ -2,7 +2,12 @@
 //!
 //! It keeps no state of its own that matters: every decision is read from
 //! the envelopes, and every result is written back (atomically) before the
-//! next step, so a crash at any point loses nothing. It re-scans the spool
+//! next step, so a crash at any point loses nothing. Each scan claims the
+//! due entries ([`crate::backend::SpoolBackend::claim_due`]) and each
+//! entry's task releases its claim when it ends; with a shared spool
+//! (PostgreSQL) claims expire, so those of entries in progress are renewed
+//! three times per lease, and several nodes' schedulers never attempt one
+//! entry at the same time. It re-scans the spool
 //! every [`RESCAN`] (so `postoffice queue retry|flush|delete` from another
 //! process takes effect without signals), whenever [`Queue::wake`] is called
 //! (enqueue, retry, flush in this process) and when a delivery finishes.
@@ -28,9 +33,10 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::attempt::{self, RcptOutcome, Remote};
+use crate::backend::QueueSizes;
 use crate::bounce::Notifier;
 use crate::routing::{Route, Routing};
-use crate::spool::{RcptState, SpoolEnvelope, unix_now};
+use crate::spool::{RcptState, unix_now};
 use crate::transport::{OutMessage, TlsClients};
 use crate::{LocalMail, Queue, QueueError, backoff, domain_of, spool_io};
 
@@ -92,16 +98,10 @@ struct Ctx {
     notifier: Notifier,
     global: Arc<Semaphore>,
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Entries this process is delivering (it holds their claims).
     in_flight: Mutex<HashSet<String>>,
-    /// Entries held after an error: ID -> unix seconds.
-    held: Mutex<HashMap<String, u64>>,
     metrics: Option<Arc<Metrics>>,
 }
-
-/// Envelopes read by the last scan, with the file's modification time,
-/// inode and length: unchanged files are not parsed again (every rewrite
-/// is a new file renamed into place).
-type ScanCache = HashMap<String, ((std::time::SystemTime, u64, u64), SpoolEnvelope)>;
 
 /// Removes the entry from the in-flight set however its task ends.
 struct InFlight(Arc<Ctx>, String);
@@ -153,17 +153,30 @@ pub async fn run(queue: Arc<Queue>, cfg: DeliveryConfig, shutdown: impl Future<O
         queue,
         per_dest: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
-        held: Mutex::new(HashMap::new()),
         metrics: cfg.metrics.clone(),
     });
-    info!(dir = %ctx.queue.dir().display(), "outbound queue running");
+    info!(spool = %ctx.queue.spool().location(), "outbound queue running");
+    // Claims that expire are renewed three times per lease.
+    let renew_every = ctx
+        .queue
+        .spool()
+        .lease()
+        .map(|l| (l / 3).max(MIN_SCAN_INTERVAL));
+    let mut renewed = tokio::time::Instant::now();
     let mut tasks = JoinSet::new();
-    let mut cache = ScanCache::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let scanned = tokio::time::Instant::now();
-        let (next_wake, c) = schedule_due(&ctx, &mut tasks, cache).await;
-        cache = c;
+        if let Some(every) = renew_every
+            && scanned >= renewed + every
+        {
+            renewed = scanned;
+            renew_claims(&ctx).await;
+        }
+        let mut next_wake = schedule_due(&ctx, &mut tasks).await;
+        if let Some(every) = renew_every {
+            next_wake = next_wake.min((renewed + every).saturating_duration_since(scanned));
+        }
         let sleep = tokio::time::sleep(next_wake);
         tokio::select! {
             _ = &mut shutdown => break,
@@ -191,122 +204,74 @@ pub async fn run(queue: Arc<Queue>, cfg: DeliveryConfig, shutdown: impl Future<O
     info!("outbound queue stopped");
 }
 
-/// Read every envelope (re-parsing only changed files).
-fn scan(queue: &Queue, mut cache: ScanCache) -> Result<ScanCache, QueueError> {
-    let spool = queue.spool();
-    let ids = spool.ids()?;
-    let live: HashSet<&String> = ids.iter().collect();
-    cache.retain(|id, _| live.contains(id));
-    for id in &ids {
-        let Ok(meta) = std::fs::metadata(spool.env_path(id)) else {
-            cache.remove(id);
-            continue;
-        };
-        let stamp = (
-            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
-            std::os::unix::fs::MetadataExt::ino(&meta),
-            meta.len(),
-        );
-        if cache.get(id).is_some_and(|(s, _)| *s == stamp) {
-            continue;
-        }
-        match spool.read_env(id) {
-            Ok(Some(env)) => {
-                cache.insert(id.clone(), (stamp, env));
-            }
-            Ok(None) => {
-                cache.remove(id);
-            }
-            Err(e) => {
-                cache.remove(id);
-                warn!(id, error = %e, "skipping an unreadable queue entry");
-            }
-        }
-    }
-    Ok(cache)
+/// The queue's size, as the last scan found it, into the gauges.
+fn publish_size(m: &Metrics, sizes: &QueueSizes, now: u64) {
+    m.queue_entries.set([], sizes.entries);
+    m.queue_recipients.set(["pending"], sizes.pending);
+    m.queue_recipients.set(["held"], sizes.held);
+    m.queue_recipients.set(["delivered"], sizes.delivered);
+    m.queue_recipients.set(["failed"], sizes.failed);
+    m.queue_oldest_seconds.set(
+        [],
+        now.saturating_sub(sizes.oldest.unwrap_or(now).min(now)) as i64,
+    );
 }
 
-/// The queue's size, as the last scan read it, into the gauges.
-fn publish_size(m: &Metrics, cache: &ScanCache, now: u64) {
-    let (mut pending, mut held, mut delivered, mut failed) = (0, 0, 0, 0);
-    let mut oldest = now;
-    for (_, env) in cache.values() {
-        oldest = oldest.min(env.created_at);
-        for r in &env.rcpts {
-            match r.state {
-                RcptState::Pending if env.held.is_some() => held += 1,
-                RcptState::Pending => pending += 1,
-                RcptState::Delivered => delivered += 1,
-                RcptState::Failed => failed += 1,
+/// Keep the claims of the entries in progress alive; log those lost.
+async fn renew_claims(ctx: &Arc<Ctx>) {
+    let ids: Vec<String> = ctx
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    match spool_io(&ctx.queue, move |s| s.renew(&ids)).await {
+        Ok(lost) => {
+            for id in lost {
+                warn!(
+                    id,
+                    "the claim of a queue entry in delivery was lost (taken over \
+                    by another node, or the entry is gone); its results will not be written"
+                );
             }
         }
+        Err(e) => error!(error = %e, "cannot renew the claims of queue entries in delivery"),
     }
-    m.queue_entries.set([], cache.len() as i64);
-    m.queue_recipients.set(["pending"], pending);
-    m.queue_recipients.set(["held"], held);
-    m.queue_recipients.set(["delivered"], delivered);
-    m.queue_recipients.set(["failed"], failed);
-    m.queue_oldest_seconds
-        .set([], now.saturating_sub(oldest) as i64);
 }
 
-/// Scan the spool, start tasks for due entries; how long to sleep.
-async fn schedule_due(
-    ctx: &Arc<Ctx>,
-    tasks: &mut JoinSet<()>,
-    cache: ScanCache,
-) -> (Duration, ScanCache) {
-    let queue = Arc::clone(&ctx.queue);
-    let scanned = tokio::task::spawn_blocking(move || scan(&queue, cache)).await;
-    let cache = match scanned {
-        Ok(Ok(cache)) => cache,
-        Ok(Err(e)) => {
-            error!(error = %e, "cannot scan the queue");
-            return (RESCAN, ScanCache::new());
-        }
-        Err(e) => {
-            error!(error = %e, "queue scan failed");
-            return (RESCAN, ScanCache::new());
-        }
-    };
-    let now = unix_now();
-    if let Some(m) = &ctx.metrics {
-        publish_size(m, &cache, now);
-    }
-    let warn_after = ctx.config.delay_warning_secs;
-    let mut due: Vec<(u64, String)> = Vec::new();
-    let mut next: Option<u64> = None;
-    {
-        let in_flight = ctx.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let mut held = ctx.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.retain(|_, until| *until > now);
-        for (id, (_, env)) in &cache {
-            if in_flight.contains(id) {
-                continue;
-            }
-            let due_at = match env.next_due(warn_after) {
-                Some(t) => held.get(id).map_or(t, |&h| t.max(h)),
-                None => continue,
-            };
-            if due_at <= now {
-                due.push((due_at, id.clone()));
-            } else {
-                next = Some(next.map_or(due_at, |n| n.min(due_at)));
-            }
-        }
-    }
-    due.sort();
+/// Claim due entries and start a task for each; how long to sleep.
+async fn schedule_due(ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> Duration {
     // Bound the entries in progress (each holds its message in memory).
     let max_entries = ctx.config.max_concurrency.max(1) * 2;
-    let mut started_all = true;
-    for (_, id) in due {
+    let room = max_entries.saturating_sub(
+        ctx.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len(),
+    );
+    let now = unix_now();
+    let warn_after = ctx.config.delay_warning_secs;
+    let due = match spool_io(&ctx.queue, move |s| s.claim_due(now, room, warn_after)).await {
+        Ok(due) => due,
+        Err(e) => {
+            error!(error = %e, "cannot scan the queue");
+            return RESCAN;
+        }
+    };
+    if let Some(m) = &ctx.metrics {
+        publish_size(m, &due.sizes, now);
+    }
+    for id in due.ids {
         let guard = {
             let mut in_flight = ctx.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            if in_flight.len() >= max_entries {
-                started_all = false;
-                break;
+            // Our own claim, lapsed and taken again: already in progress.
+            if !in_flight.insert(id.clone()) {
+                continue;
             }
-            in_flight.insert(id.clone());
             InFlight(Arc::clone(ctx), id.clone())
         };
         let ctx = Arc::clone(ctx);
@@ -315,15 +280,14 @@ async fn schedule_due(
             process_entry(&ctx, &id).await;
         });
     }
-    if !started_all {
+    if due.more {
         // A finishing task wakes the loop (join_next) anyway.
-        return (RESCAN, cache);
+        return RESCAN;
     }
-    let wait = match next {
+    match due.next {
         Some(t) => Duration::from_secs(t.saturating_sub(now).max(1)).min(RESCAN),
         None => RESCAN,
-    };
-    (wait, cache)
+    }
 }
 
 async fn process_entry(ctx: &Arc<Ctx>, id: &str) {
@@ -336,16 +300,20 @@ async fn process_entry(ctx: &Arc<Ctx>, id: &str) {
         error!(id, error = %e, "queue entry bookkeeping failed");
         failed = true;
     }
-    if failed {
+    let hold = if failed {
         warn!(
             id,
             secs = ERROR_HOLD_SECS,
             "holding the queue entry after an error"
         );
-        ctx.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), unix_now() + ERROR_HOLD_SECS);
+        ERROR_HOLD_SECS
+    } else {
+        0
+    };
+    let id_owned = id.to_string();
+    if let Err(e) = spool_io(&ctx.queue, move |s| s.release_claim(&id_owned, hold)).await {
+        // It expires by itself after the lease.
+        warn!(id, error = %e, "cannot release the claim of a queue entry");
     }
 }
 
@@ -374,7 +342,7 @@ async fn deliver_entry(ctx: &Arc<Ctx>, id: &str) -> Result<(), QueueError> {
             let delay = backoff::retry_delay(&ctx.config.retry_schedule_secs, 1);
             let id_owned = id.to_string();
             let _ = spool_io(&ctx.queue, move |s| {
-                s.update(&id_owned, |env| {
+                s.update_claimed(&id_owned, |env| {
                     for r in &mut env.rcpts {
                         if r.state == RcptState::Pending {
                             r.next_attempt = now + delay;

@@ -37,10 +37,12 @@
 //! The lock serialises the server's scheduler and the `postoffice queue`
 //! commands of other processes; it is held only for these short steps.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postoffice_common::content::Content;
@@ -49,6 +51,7 @@ use postoffice_common::durable::{self, AtomicFile};
 use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
+use crate::backend::{Due, Modified, QueueSizes, SpoolBackend};
 
 /// The envelope format version written by this code.
 pub(crate) const ENVELOPE_VERSION: u32 = 1;
@@ -260,7 +263,22 @@ pub(crate) struct Recovery {
 #[derive(Debug)]
 pub(crate) struct Spool {
     dir: PathBuf,
+    /// This process's claims (one server per data directory): entry ID ->
+    /// [`IN_PROGRESS`], or unix seconds until which it is left alone
+    /// after an error.
+    claims: Mutex<HashMap<String, u64>>,
+    /// Envelopes read by the last [`SpoolBackend::claim_due`].
+    cache: Mutex<ScanCache>,
 }
+
+/// A claim of an entry being delivered (as opposed to one held after an
+/// error until some time).
+const IN_PROGRESS: u64 = u64::MAX;
+
+/// Envelopes read by the last scan, with the file's modification time,
+/// inode and length: unchanged files are not parsed again (every rewrite
+/// is a new file renamed into place).
+type ScanCache = HashMap<String, ((SystemTime, u64, u64), SpoolEnvelope)>;
 
 /// Holds the spool lock until dropped (closing the file releases it).
 pub(crate) struct LockGuard {
@@ -281,9 +299,14 @@ impl Spool {
     pub(crate) fn new(dir: PathBuf) -> Result<Spool, QueueError> {
         durable::create_dir_all(&dir)
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
-        Ok(Spool { dir })
+        Ok(Spool {
+            dir,
+            claims: Mutex::new(HashMap::new()),
+            cache: Mutex::new(ScanCache::new()),
+        })
     }
 
+    #[cfg(test)]
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -370,7 +393,8 @@ impl Spool {
             })
     }
 
-    /// The whole message in memory (small ones: a notice's original).
+    /// The whole message in memory.
+    #[cfg(test)]
     pub(crate) fn read_message(&self, id: &str) -> Result<Vec<u8>, QueueError> {
         let path = self.msg_path(id);
         fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))
@@ -563,6 +587,178 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// Read every envelope into the scan cache (re-parsing only changed
+    /// files).
+    fn scan(&self, cache: &mut ScanCache) -> Result<(), QueueError> {
+        let ids = self.ids()?;
+        let live: HashSet<&String> = ids.iter().collect();
+        cache.retain(|id, _| live.contains(id));
+        for id in &ids {
+            let Ok(meta) = fs::metadata(self.env_path(id)) else {
+                cache.remove(id);
+                continue;
+            };
+            let stamp = (
+                meta.modified().unwrap_or(UNIX_EPOCH),
+                std::os::unix::fs::MetadataExt::ino(&meta),
+                meta.len(),
+            );
+            if cache.get(id).is_some_and(|(s, _)| *s == stamp) {
+                continue;
+            }
+            match self.read_env(id) {
+                Ok(Some(env)) => {
+                    cache.insert(id.clone(), (stamp, env));
+                }
+                Ok(None) => {
+                    cache.remove(id);
+                }
+                Err(e) => {
+                    cache.remove(id);
+                    tracing::warn!(id, error = %e, "skipping an unreadable queue entry");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The files: claims are this process's (see [`Spool`]'s `claims`).
+impl SpoolBackend for Spool {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn recover(&self) -> Result<Recovery, QueueError> {
+        Spool::recover(self)
+    }
+
+    fn create(
+        &self,
+        env: &mut SpoolEnvelope,
+        message: &mut dyn io::Read,
+    ) -> Result<(), QueueError> {
+        Spool::create(self, env, message)
+    }
+
+    fn ids(&self) -> Result<Vec<String>, QueueError> {
+        Spool::ids(self)
+    }
+
+    fn read_env(&self, id: &str) -> Result<Option<SpoolEnvelope>, QueueError> {
+        Spool::read_env(self, id)
+    }
+
+    fn read_head(&self, id: &str, max: usize) -> Result<Vec<u8>, QueueError> {
+        let path = self.msg_path(id);
+        let mut out = Vec::new();
+        File::open(&path)
+            .and_then(|f| io::Read::read_to_end(&mut io::Read::take(f, max as u64), &mut out))
+            .map_err(io_err(format!("cannot read {}", path.display())))?;
+        Ok(out)
+    }
+
+    fn open_message(&self, id: &str) -> Result<Content, QueueError> {
+        Spool::open_message(self, id)
+    }
+
+    fn modify(
+        &self,
+        id: &str,
+        _claimed: bool,
+        finish: bool,
+        f: &mut dyn FnMut(&mut SpoolEnvelope),
+    ) -> Result<Modified, QueueError> {
+        if finish {
+            Ok(match self.update_or_finish(id, f)? {
+                None => Modified::Gone,
+                Some(false) => Modified::Kept,
+                Some(true) => Modified::Finished,
+            })
+        } else {
+            Ok(match self.update(id, f)? {
+                None => Modified::Gone,
+                Some(()) => Modified::Kept,
+            })
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<bool, QueueError> {
+        Spool::remove(self, id)
+    }
+
+    fn remove_if_complete(&self, id: &str) -> Result<bool, QueueError> {
+        Spool::remove_if_complete(self, id)
+    }
+
+    fn claim_due(&self, now: u64, max: usize, warn_after: u64) -> Result<Due, QueueError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.scan(&mut cache) {
+            cache.clear();
+            return Err(e);
+        }
+        let mut sizes = QueueSizes::default();
+        for (_, env) in cache.values() {
+            sizes.add(env);
+        }
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.retain(|_, until| *until > now);
+        let mut due: Vec<(u64, &String)> = Vec::new();
+        let mut next: Option<u64> = None;
+        for (id, (_, env)) in cache.iter() {
+            let hold = match claims.get(id) {
+                Some(&IN_PROGRESS) => continue,
+                Some(&until) => until,
+                None => 0,
+            };
+            let Some(t) = env.next_due(warn_after) else {
+                continue;
+            };
+            let due_at = t.max(hold);
+            if due_at <= now {
+                due.push((due_at, id));
+            } else {
+                next = Some(next.map_or(due_at, |n| n.min(due_at)));
+            }
+        }
+        due.sort();
+        let more = due.len() > max;
+        let ids: Vec<String> = due
+            .into_iter()
+            .take(max)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in &ids {
+            claims.insert(id.clone(), IN_PROGRESS);
+        }
+        Ok(Due {
+            ids,
+            more,
+            next,
+            sizes,
+        })
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
+    fn renew(&self, _ids: &[String]) -> Result<Vec<String>, QueueError> {
+        Ok(Vec::new())
+    }
+
+    fn release_claim(&self, id: &str, hold_secs: u64) -> Result<(), QueueError> {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if hold_secs > 0 {
+            claims.insert(id.to_string(), unix_now().saturating_add(hold_secs));
+        } else {
+            claims.remove(id);
+        }
+        Ok(())
+    }
+}
+
 /// A temporary file of kind `kind` ("msg" or "env"): `.<id>.<kind>.tmp.*`
 /// as [`AtomicFile`] names them, or `<id>.<kind>.tmp` as older versions did.
 fn is_tmp(name: &str, kind: &str) -> bool {
@@ -742,6 +938,40 @@ mod tests {
             .unwrap();
         assert_eq!(r, Some(false));
         assert!(spool.read_env("ID3").unwrap().is_some());
+    }
+
+    /// The file spool's claims are this process's: an entry is handed
+    /// out once until released, and a release with a hold keeps it back.
+    #[test]
+    fn claims_hand_out_each_due_entry_once_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("queue")).unwrap();
+        for id in ["C1", "C2"] {
+            spool.create(&mut env(id), &mut &b"body"[..]).unwrap();
+        }
+        let now = 1_700_001_000;
+        let first = spool.claim_due(now, 1, 0).unwrap();
+        assert_eq!((first.ids.len(), first.more), (1, true));
+        assert_eq!(first.sizes.entries, 2);
+        assert_eq!(first.sizes.pending, 2);
+        let second = spool.claim_due(now, 10, 0).unwrap();
+        assert_eq!(second.ids.len(), 1);
+        assert_ne!(first.ids, second.ids);
+        assert!(spool.claim_due(now, 10, 0).unwrap().ids.is_empty());
+        // Released: due again. Released with a hold: not before it ends.
+        spool.release_claim(&first.ids[0], 0).unwrap();
+        assert_eq!(spool.claim_due(now, 10, 0).unwrap().ids, first.ids);
+        spool.release_claim(&first.ids[0], 3600).unwrap();
+        let held = spool.claim_due(now, 10, 0).unwrap();
+        assert!(held.ids.is_empty());
+        assert!(held.next.is_some_and(|t| t > now), "{:?}", held.next);
+        // Not due yet: not handed out; `next` says when.
+        spool.release_claim(&second.ids[0], 0).unwrap();
+        let early = spool.claim_due(1_700_000_000, 10, 0).unwrap();
+        assert!(early.ids.is_empty());
+        assert_eq!(early.next, Some(1_700_000_900));
+        assert_eq!(spool.lease(), None);
+        assert!(spool.renew(&second.ids).unwrap().is_empty());
     }
 
     #[test]

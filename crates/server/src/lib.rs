@@ -176,10 +176,16 @@ impl Server {
                 .with_context(|| format!("cannot use the {} socket {addr:?}", service.name()))?;
             bound.push((service, l));
         }
-        let queue = Arc::new(
-            postoffice_queue::Queue::open(&config.data_dir, &config.queue)
-                .context("opening the outbound queue")?,
-        );
+        // On a blocking thread: a queue shared through PostgreSQL connects
+        // and reads the database.
+        let queue = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || postoffice_queue::open_configured(&config))
+                .await
+                .context("opening the outbound queue")?
+                .context("opening the outbound queue")?
+        };
+        let queue = Arc::new(queue);
         let app = Arc::new(App::new(config).context("setting up the server")?);
         app.set_outbound(Arc::clone(&queue) as Arc<dyn postoffice_core::Outbound>);
         let port = |want: Service| {
