@@ -193,20 +193,7 @@ impl PgDrop {
         cutoff: SystemTime,
         dry_run: bool,
     ) -> Result<ExpireReport, StoreError> {
-        let victims: Vec<usize> = (0..self.messages.len())
-            .filter(|&i| self.messages[i].received < cutoff)
-            .collect();
-        let removed = if dry_run {
-            victims
-        } else {
-            self.delete(&victims)?
-        };
-        let expired: Vec<MessageInfo> = removed
-            .into_iter()
-            .filter_map(|i| self.messages.get(i).cloned())
-            .collect();
-        let bytes = expired.iter().map(|m| m.size).sum();
-        Ok(ExpireReport { expired, bytes })
+        ExpireReport::run(&self.messages, cutoff, dry_run, |v| self.delete(v))
     }
 
     /// Deletes the messages at `indices` in one statement if the lease is

@@ -144,6 +144,33 @@ pub struct ExpireReport {
     pub bytes: u64,
 }
 
+impl ExpireReport {
+    /// The expiry every store does on a listing it holds: the messages of
+    /// `messages` received before `cutoff` are passed to `delete` (unless
+    /// `dry_run`), which removes them and returns the indices it removed;
+    /// the report lists those.
+    pub fn run(
+        messages: &[MessageInfo],
+        cutoff: SystemTime,
+        dry_run: bool,
+        delete: impl FnOnce(&[usize]) -> Result<Vec<usize>, StoreError>,
+    ) -> Result<ExpireReport, StoreError> {
+        let victims: Vec<usize> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.received < cutoff)
+            .map(|(i, _)| i)
+            .collect();
+        let removed = if dry_run { victims } else { delete(&victims)? };
+        let expired: Vec<MessageInfo> = removed
+            .into_iter()
+            .filter_map(|i| messages.get(i).cloned())
+            .collect();
+        let bytes = expired.iter().map(|m| m.size).sum();
+        Ok(ExpireReport { expired, bytes })
+    }
+}
+
 /// What [`Maildrop::commit`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitReport {

@@ -71,24 +71,7 @@ impl MaildirDrop {
         cutoff: SystemTime,
         dry_run: bool,
     ) -> Result<ExpireReport, StoreError> {
-        let victims: Vec<usize> = self
-            .messages
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.received < cutoff)
-            .map(|(i, _)| i)
-            .collect();
-        let removed = if dry_run {
-            victims
-        } else {
-            self.delete(&victims)?
-        };
-        let expired: Vec<MessageInfo> = removed
-            .into_iter()
-            .filter_map(|i| self.messages.get(i).cloned())
-            .collect();
-        let bytes = expired.iter().map(|m| m.size).sum();
-        Ok(ExpireReport { expired, bytes })
+        ExpireReport::run(&self.messages, cutoff, dry_run, |v| self.delete(v))
     }
 
     fn path_of(&self, index: usize) -> Option<PathBuf> {
