@@ -152,6 +152,10 @@ pub struct Storage {
     pub url: String,
     /// A file holding the database password (first line), read at start.
     pub password_file: Option<PathBuf>,
+    /// The CA certificates (PEM) the database's certificate must chain to
+    /// when `url` says `sslmode=require` (the system's CAs otherwise;
+    /// relative to the config file).
+    pub ca_file: Option<PathBuf>,
     /// Most database connections this process keeps open.
     pub pool_size: u32,
     /// Seconds a POP3 session's hold on a maildrop lasts without being
@@ -172,6 +176,7 @@ impl Default for Storage {
             backend: Backend::Maildir,
             url: String::new(),
             password_file: None,
+            ca_file: None,
             pool_size: 16,
             lease_secs: 30,
             connect_timeout_secs: 5,
@@ -1497,6 +1502,9 @@ impl Config {
         if let Some(p) = &mut self.storage.password_file {
             fix(p);
         }
+        if let Some(p) = &mut self.storage.ca_file {
+            fix(p);
+        }
         let fix_str = |p: &mut String| {
             if !p.is_empty() && Path::new(p.as_str()).is_relative() {
                 *p = base.join(p.as_str()).display().to_string();
@@ -1689,6 +1697,7 @@ relay_password_file = "secrets/global.pass"
         all.push("queue.ca_file".into());
         all.push("queue.relay_password_file".into());
         all.push("storage.password_file".into());
+        all.push("storage.ca_file".into());
         for key in all {
             let (section, name) = match key.rsplit_once('.') {
                 Some((s, n)) => (Some(s), n),

@@ -565,6 +565,7 @@ pub fn pg_options(config: &Config) -> Result<postoffice_pg::PgOptions, AppError>
         lease: Duration::from_secs(s.lease_secs),
         connect_timeout: Duration::from_secs(s.connect_timeout_secs),
         statement_timeout: Duration::from_secs(s.statement_timeout_secs),
+        ca_file: s.ca_file.clone(),
     })
 }
 

@@ -15,19 +15,37 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Config, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// A database error or a timeout.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The driver's error (with the server's message and SQLSTATE).
-    #[error(transparent)]
+    /// The driver's error (with the server's message and SQLSTATE), and
+    /// its causes (the driver's own message can be as bare as "error
+    /// performing TLS handshake").
+    #[error("{}", with_causes(.0))]
     Pg(#[from] tokio_postgres::Error),
     /// No answer in time.
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// `e`, then each cause not already in its message.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl DbError {
@@ -99,6 +117,55 @@ fn block<T: Send>(
     }
 }
 
+/// Where and how to connect: the driver's configuration and the TLS
+/// connector its `sslmode` asks for.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) config: Config,
+    /// `None` with `sslmode=disable`.
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl Target {
+    /// `sslmode` as libpq reads it, with rustls:
+    ///
+    /// - `disable`: plain connections.
+    /// - `prefer` (the default): TLS when the server offers it, plain when
+    ///   it does not, and the certificate is not verified — libpq's
+    ///   `prefer` exactly (encrypted, not authenticated).
+    /// - `require`: TLS or no connection, and the certificate must chain to
+    ///   `ca_file` (or the system's CAs) and name the host — what libpq
+    ///   calls `verify-full`, which the driver's URL parser does not know.
+    ///
+    /// Unix-socket hosts never use TLS.
+    pub(crate) fn new(config: Config, ca_file: Option<&std::path::Path>) -> Result<Target, String> {
+        use postoffice_common::tls_client::{Trust, TrustAnchors, Verification};
+        let verification = match config.get_ssl_mode() {
+            SslMode::Disable => return Ok(Target { config, tls: None }),
+            SslMode::Require => Verification::Required,
+            _ => Verification::Opportunistic,
+        };
+        let trust = match ca_file {
+            Some(path) => Trust::CaFile(path.to_path_buf()),
+            None => Trust::System,
+        };
+        let anchors = TrustAnchors::load(&trust).map_err(|e| e.to_string())?;
+        if verification == Verification::Required && anchors.is_empty() {
+            return Err(
+                "sslmode=require needs a CA to verify the server: no system CA certificates were found; set [storage] ca_file"
+                    .into(),
+            );
+        }
+        let client = anchors
+            .client_config(verification)
+            .map_err(|e| e.to_string())?;
+        Ok(Target {
+            config,
+            tls: Some(MakeRustlsConnect::new((*client).clone())),
+        })
+    }
+}
+
 /// One connection, whose every call blocks the calling thread for at
 /// most the pool's answer limit (see the module docs). Safe to call on a
 /// worker of a multi-thread tokio runtime (the wait is announced with
@@ -115,10 +182,11 @@ pub struct Conn {
 impl Conn {
     /// Connects (each host within the config's connect timeout).
     pub(crate) fn connect(
-        config: &Config,
+        target: &Target,
         rt: &tokio::runtime::Handle,
         limit: Duration,
     ) -> Result<Conn, DbError> {
+        let config = &target.config;
         let hosts = u32::try_from(config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
         let connect_limit = config
             .get_connect_timeout()
@@ -126,10 +194,22 @@ impl Conn {
             .unwrap_or(limit)
             .saturating_mul(hosts)
             + Duration::from_secs(1);
-        let (client, connection) = block(rt, connect_limit, config.connect(NoTls))?;
-        let task = rt.spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, task) = match &target.tls {
+            None => {
+                let (client, connection) = block(rt, connect_limit, config.connect(NoTls))?;
+                let task = rt.spawn(async move {
+                    let _ = connection.await;
+                });
+                (client, task)
+            }
+            Some(tls) => {
+                let (client, connection) = block(rt, connect_limit, config.connect(tls.clone()))?;
+                let task = rt.spawn(async move {
+                    let _ = connection.await;
+                });
+                (client, task)
+            }
+        };
         Ok(Conn {
             client,
             task,
@@ -237,7 +317,7 @@ impl Drop for Conn {
 /// Makes the pool's connections; owns the runtime that drives them, so
 /// the runtime lives as long as the pool.
 pub struct Manager {
-    pub(crate) config: Config,
+    pub(crate) target: Target,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) limit: Duration,
     pub(crate) _runtime: Runtime,
@@ -248,7 +328,7 @@ impl r2d2::ManageConnection for Manager {
     type Error = DbError;
 
     fn connect(&self) -> Result<Conn, DbError> {
-        Conn::connect(&self.config, &self.rt, self.limit)
+        Conn::connect(&self.target, &self.rt, self.limit)
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), DbError> {

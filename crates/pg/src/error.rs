@@ -17,6 +17,10 @@ pub enum PgError {
     )]
     Url(String),
 
+    /// The TLS settings cannot be used (an unreadable `ca_file`).
+    #[error("TLS to the database: {0}; check [storage] ca_file")]
+    Tls(String),
+
     /// No connection could be made (or taken from the pool) in time.
     #[error(
         "cannot connect to {target}: {reason}; check [storage] url and that the database is running and reachable"

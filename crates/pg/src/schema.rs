@@ -149,7 +149,7 @@ pub(crate) fn connect_one(opts: &PgOptions, limit: Duration) -> Result<One, PgEr
     };
     let runtime = Runtime::new()
         .map_err(|e| connect_error(format!("cannot start the database client's thread: {e}")))?;
-    let conn = Conn::connect(&opts.config()?, &runtime.handle(), limit)
+    let conn = Conn::connect(&opts.target()?, &runtime.handle(), limit)
         .map_err(|e| connect_error(e.to_string()))?;
     Ok(One {
         conn,

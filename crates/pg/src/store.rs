@@ -31,13 +31,13 @@ pub type Pool = r2d2::Pool<Manager>;
 /// `opts.connect_timeout`, every answer at most the answer limit. The
 /// pool owns the runtime that drives its connections.
 pub fn pool(opts: &PgOptions) -> Result<Pool, PgError> {
-    let config = opts.config()?;
+    let target = opts.target()?;
     let runtime = Runtime::new().map_err(|e| PgError::Connect {
         target: opts.describe(),
         reason: format!("cannot start the database client's thread: {e}"),
     })?;
     let manager = Manager {
-        config,
+        target,
         rt: runtime.handle(),
         limit: opts.answer_limit(),
         _runtime: runtime,

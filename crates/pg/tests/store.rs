@@ -25,6 +25,7 @@ fn options(pg: &Postgres) -> PgOptions {
         lease: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(30),
+        ca_file: None,
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Postgres {
     as_postgres: bool,
     daemon: Option<Daemon>,
     starts: u32,
+    /// More `-c` settings for every start.
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -74,6 +76,7 @@ impl Postgres {
             as_postgres,
             daemon: None,
             starts: 0,
+            extra: Vec::new(),
             dir,
         };
         let log = pg.dir.path().join("initdb.log");
@@ -187,6 +190,28 @@ impl Postgres {
         let _ = poll_until(STOP_LIMIT, || self.pid_file_pid().is_none_or(|p| !alive(p)));
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM), restarting
+    /// the server: clients may then ask for TLS (plain connections are
+    /// still accepted).
+    #[track_caller]
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = self.data.join(name);
+            std::fs::write(&path, pem).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            // The server refuses a key that others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod the TLS file");
+            if self.as_postgres {
+                let (uid, gid) = postgres_user();
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
+            }
+        }
+        self.extra.push("ssl=on".into());
+        self.restart();
+    }
+
     /// Starts the postmaster on `self.port`; whether it accepts
     /// connections within [`START_LIMIT`].
     fn launch(&mut self) -> bool {
@@ -204,6 +229,9 @@ impl Postgres {
                 "-c",
                 "max_connections=200",
             ]);
+        for setting in &self.extra {
+            cmd.args(["-c", setting]);
+        }
         let output = self
             .dir
             .path()
