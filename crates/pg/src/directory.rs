@@ -17,7 +17,7 @@ use postoffice_directory::{Error as DirError, SharedDocument};
 use tokio_postgres::types::Type;
 
 use crate::conn::DbError;
-use crate::schema::{One, SCHEMA_VERSION, connect_one, version_of};
+use crate::schema::{One, connect_one, require_current};
 use crate::{PgError, PgOptions};
 
 /// The directory document in the database. `Send + Sync`.
@@ -40,19 +40,7 @@ impl PgDirectory {
     /// [`PgError::SchemaTooOld`], naming `postoffice db migrate`).
     pub fn connect(options: &PgOptions) -> Result<PgDirectory, PgError> {
         let mut client = connect_one(options, options.answer_limit())?;
-        let found = version_of(&mut client)?;
-        if found < SCHEMA_VERSION {
-            return Err(PgError::SchemaTooOld {
-                found,
-                expected: SCHEMA_VERSION,
-            });
-        }
-        if found > SCHEMA_VERSION {
-            return Err(PgError::SchemaTooNew {
-                found,
-                expected: SCHEMA_VERSION,
-            });
-        }
+        require_current(&mut client)?;
         Ok(PgDirectory {
             options: options.clone(),
             place: options.describe(),

@@ -179,6 +179,26 @@ pub(crate) fn version_of(client: &mut Conn) -> Result<i32, PgError> {
     Ok(row.map_or(0, |r| r.get(0)))
 }
 
+/// Checks that the database `client` is connected to has this build's
+/// schema: older (or none) is [`PgError::SchemaTooOld`], naming `postoffice
+/// db migrate`; newer is [`PgError::SchemaTooNew`].
+pub(crate) fn require_current(client: &mut Conn) -> Result<(), PgError> {
+    let found = version_of(client)?;
+    if found < SCHEMA_VERSION {
+        return Err(PgError::SchemaTooOld {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    if found > SCHEMA_VERSION {
+        return Err(PgError::SchemaTooNew {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// The schema version of the database (0 when it has no schema).
 pub fn schema_version(opts: &PgOptions) -> Result<i32, PgError> {
     version_of(&mut *connect_one(opts, opts.answer_limit())?)

@@ -19,7 +19,7 @@ use crate::deliver::{Kind, deliver};
 use crate::error::{backend, is_read_only, pool as checkout};
 use crate::lease::{self, PgDrop};
 use crate::read::{ChunkReader, fetch_chunk};
-use crate::schema::{SCHEMA_VERSION, version_of};
+use crate::schema::{SCHEMA_VERSION, require_current};
 use crate::{PgError, PgOptions};
 
 /// A pool of [`Conn`]s to one database, as [`pool`] builds it.
@@ -77,20 +77,7 @@ pub fn check_schema(pool: &Pool) -> Result<(), PgError> {
         target: "the database".into(),
         reason: e.to_string(),
     })?;
-    let found = version_of(&mut conn)?;
-    if found < SCHEMA_VERSION {
-        return Err(PgError::SchemaTooOld {
-            found,
-            expected: SCHEMA_VERSION,
-        });
-    }
-    if found > SCHEMA_VERSION {
-        return Err(PgError::SchemaTooNew {
-            found,
-            expected: SCHEMA_VERSION,
-        });
-    }
-    Ok(())
+    require_current(&mut conn)
 }
 
 /// What the store, its sessions and its lease renewer share.
@@ -228,24 +215,12 @@ impl PgStore {
     pub fn connect(opts: &PgOptions, node: &str) -> Result<PgStore, PgError> {
         let target = opts.describe();
         let pool = pool(opts)?;
-        let (version, uid_prefix) = {
+        let uid_prefix = {
             let mut conn = pool.get().map_err(|e| PgError::Connect {
                 target: target.clone(),
                 reason: e.to_string(),
             })?;
-            let version = version_of(&mut conn)?;
-            if version < SCHEMA_VERSION {
-                return Err(PgError::SchemaTooOld {
-                    found: version,
-                    expected: SCHEMA_VERSION,
-                });
-            }
-            if version > SCHEMA_VERSION {
-                return Err(PgError::SchemaTooNew {
-                    found: version,
-                    expected: SCHEMA_VERSION,
-                });
-            }
+            require_current(&mut conn)?;
             let prefix: String = conn
                 .query_typed_one("SELECT uid_prefix FROM postoffice_schema", &[])
                 .map_err(|source| PgError::Query {
@@ -253,7 +228,7 @@ impl PgStore {
                     source: Box::new(source),
                 })?
                 .get(0);
-            (version, prefix)
+            prefix
         };
         let node: String = node
             .chars()
@@ -280,7 +255,7 @@ impl PgStore {
                     reason: format!("cannot start the lease renewer thread: {e}"),
                 })?
         };
-        tracing::debug!(%target, version, owner = %shared.owner, "PostgreSQL store ready");
+        tracing::debug!(%target, version = SCHEMA_VERSION, owner = %shared.owner, "PostgreSQL store ready");
         Ok(PgStore {
             shared,
             uid_prefix,
