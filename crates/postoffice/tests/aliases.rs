@@ -178,17 +178,13 @@ fn every_address_rule_delivers_over_smtp_and_pop3() {
     // An alias with an external target: the local copy is stored, the
     // external one queued (unchanged, for the forwarding code), nothing
     // else.
-    assert!(env.queued_files().is_empty());
+    assert!(env.queued_messages().is_empty());
     assert_eq!(mx_send(&server, &["fwd@example.test"], "forwarded").0, 250);
     one(&messages(&server, BOB), "forwarded");
     let q = env.cli(&["queue", "list"]).ok().stdout;
     assert!(q.contains("friend@other.example"), "{q}");
     assert!(!q.contains("bob@example.test"), "{q}");
-    let spooled: Vec<String> = env
-        .queued_files()
-        .iter()
-        .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
-        .collect();
+    let spooled = env.queued_messages();
     assert!(
         spooled.iter().any(|s| s.contains("Subject: forwarded")),
         "{spooled:?}"

@@ -299,6 +299,10 @@ fn forwarding_loops_are_cut() {
     let msg = "Delivered-To: alice@a.test\r\nFrom: <sender@b.test>\r\nTo: <alice@a.test>\r\nSubject: loop\r\n\r\nx\r\n";
     let (code, text) = send(&p.sa, "sender@b.test", "alice@a.test", msg);
     assert_eq!(code, 554, "{text}");
-    assert!(p.a.queued_files().is_empty(), "{:?}", p.a.queued_files());
+    assert!(
+        p.a.queued_messages().is_empty(),
+        "{:?}",
+        p.a.queued_messages()
+    );
     let _ = &p.b;
 }

@@ -356,7 +356,11 @@ fn smtp_hostile_battery() {
             "{u}: tmp/ not empty"
         );
     }
-    assert!(env.queued_files().is_empty(), "{:?}", env.queued_files());
+    assert!(
+        env.queued_messages().is_empty(),
+        "{:?}",
+        env.queued_messages()
+    );
     check_rss(&server, "smtp battery");
 }
 
@@ -443,7 +447,11 @@ fn submission_hostile_battery() {
     smtp_cmd(&mut c, "QUIT");
     assert_eq!(message_count(&env.maildir(ALICE)), 0);
     assert!(tmp_is_empty(&env.maildir(ALICE)));
-    assert!(env.queued_files().is_empty(), "{:?}", env.queued_files());
+    assert!(
+        env.queued_messages().is_empty(),
+        "{:?}",
+        env.queued_messages()
+    );
     let after_outside: Vec<_> = all_files(env.path())
         .into_iter()
         .filter(|p| !p.starts_with(env.data_dir()))

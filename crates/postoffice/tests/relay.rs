@@ -38,8 +38,8 @@ fn stored(env: &Env) -> Vec<std::path::PathBuf> {
 
 #[track_caller]
 fn assert_nothing_queued(env: &Env) {
-    let files = env.queued_files();
-    assert!(files.is_empty(), "queued: {files:?}");
+    let queued = env.queued_messages();
+    assert!(queued.is_empty(), "queued: {queued:?}");
     let out = env.cli(&["queue", "list"]).ok();
     assert!(
         !out.stdout.contains("example") && !out.stdout.contains('@'),

@@ -346,7 +346,7 @@ fn outbound_spam_is_refused_or_held_and_clean_mail_is_delivered() {
         text.starts_with("550 5.7.1 Message not sent: it was classified as spam"),
         "{text}"
     );
-    assert!(strict_env.queued_files().is_empty());
+    assert!(strict_env.queued_messages().is_empty());
     assert_eq!(
         metric(
             &strict,
@@ -454,13 +454,17 @@ fn spam_is_never_forwarded() {
     let stored = pop_all(&server);
     assert_eq!(stored.len(), 1, "kept, not forwarded");
     assert!(stored[0].contains("X-Spam-Status: Yes"), "{}", stored[0]);
-    assert!(env.queued_files().is_empty(), "{:?}", env.queued_files());
+    assert!(
+        env.queued_messages().is_empty(),
+        "{:?}",
+        env.queued_messages()
+    );
 
     let (code, text) = send(&server, &message("Hello Alice, lunch tomorrow?"));
     assert_eq!(code, 250, "{text}");
     assert_eq!(pop_all(&server).len(), 1, "no copy of the clean message");
     assert!(
-        !env.queued_files().is_empty(),
+        !env.queued_messages().is_empty(),
         "the clean message is queued"
     );
 }

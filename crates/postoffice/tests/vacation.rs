@@ -138,7 +138,11 @@ fn twenty_messages_from_three_senders_get_three_replies() {
     }
     assert!(pop_all(&server, "list@example.test").is_empty());
     assert!(pop_all(&server, "bcc@example.test").is_empty());
-    assert!(env.queued_files().is_empty(), "{:?}", env.queued_files());
+    assert!(
+        env.queued_messages().is_empty(),
+        "{:?}",
+        env.queued_messages()
+    );
     // The state is durable in the data directory.
     let state = std::fs::read_to_string(env.data_dir().join("vacation.txt")).unwrap();
     assert_eq!(state.lines().count(), 3, "{state}");

@@ -316,6 +316,37 @@ pub fn create_database(url: &str) -> String {
     format!("{server}/{name}")
 }
 
+/// The rows `sql` returns from the database at `url` (psql, unaligned,
+/// fields separated by a tab): for tests that look at what is stored.
+#[track_caller]
+pub fn query(url: &str, sql: &str) -> Vec<Vec<String>> {
+    let out = Command::new(bin_dir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "\t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+        ])
+        .args(["-c", sql])
+        .output()
+        .unwrap_or_else(|e| panic!("run psql: {e}"));
+    assert!(
+        out.status.success(),
+        "{sql} on {url} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();

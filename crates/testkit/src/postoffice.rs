@@ -108,16 +108,64 @@ impl Env {
         self.data_dir().join("mail").join(domain).join(local)
     }
 
-    /// The files in the outbound queue (`data/queue`, recursively), without
-    /// the queue's own dot files (its lock): empty when nothing is queued.
-    pub fn queued_files(&self) -> Vec<PathBuf> {
-        crate::mail::all_files(&self.data_dir().join("queue"))
+    /// The messages in the outbound queue, as they will be sent, on either
+    /// backend (`data/queue/*.msg`, or the queue's tables in PostgreSQL):
+    /// empty when nothing is queued. On Maildir, a file other than an
+    /// entry's two (a leftover temporary file, say) fails the test.
+    #[track_caller]
+    pub fn queued_messages(&self) -> Vec<String> {
+        if let Some(url) = self.storage_url() {
+            return crate::postgres::query(
+                &url,
+                "SELECT e.id, encode(coalesce(string_agg(b.chunk, ''::bytea ORDER BY b.seq), ''::bytea), 'hex') \
+                 FROM queue_entries e LEFT JOIN queue_bodies b ON b.id = e.id GROUP BY e.id ORDER BY e.id",
+            )
+            .into_iter()
+            .map(|row| {
+                let hex = row.get(1).map(String::as_str).unwrap_or("");
+                let bytes: Vec<u8> = (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex from encode()"))
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect();
+        }
+        let files: Vec<PathBuf> = crate::mail::all_files(&self.data_dir().join("queue"))
             .into_iter()
             .filter(|p| {
                 p.file_name()
                     .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
             })
+            .collect();
+        for f in &files {
+            assert!(
+                f.extension().is_some_and(|e| e == "msg" || e == "env"),
+                "unexpected file in the queue: {}",
+                f.display()
+            );
+        }
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "msg"))
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
             .collect()
+    }
+
+    /// The `[storage] url` of an environment on the postgres backend.
+    fn storage_url(&self) -> Option<String> {
+        if !self.on_postgres() {
+            return None;
+        }
+        let config = std::fs::read_to_string(&self.config).ok()?;
+        let mut in_storage = false;
+        config.lines().map(str::trim).find_map(|l| {
+            if l.starts_with('[') {
+                in_storage = l == "[storage]";
+                return None;
+            }
+            let v = l.strip_prefix("url")?.trim_start().strip_prefix('=')?;
+            in_storage.then(|| v.trim().trim_matches('"').to_owned())
+        })
     }
 
     /// Everything the server(s) of this environment logged so far.
