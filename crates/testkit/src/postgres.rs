@@ -83,8 +83,8 @@ impl Postgres {
         );
         pg.initdb();
         let hba = pg.data.join("pg_hba.conf");
-        let mut rules = std::fs::read_to_string(&hba)
-            .unwrap_or_else(|e| panic!("read {}: {e}", hba.display()));
+        let mut rules =
+            std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("read {}: {e}", hba.display()));
         rules.push_str(&format!("host replication {NAME} 127.0.0.1/32 trust\n"));
         std::fs::write(&hba, rules).unwrap_or_else(|e| panic!("write {}: {e}", hba.display()));
         pg.start_on_free_port(true);
@@ -158,7 +158,10 @@ impl Postgres {
     #[track_caller]
     pub fn promote(&self) {
         let promoted = self
-            .sql(&format!("SELECT pg_promote(true, {})", START_LIMIT.as_secs()))
+            .sql(&format!(
+                "SELECT pg_promote(true, {})",
+                START_LIMIT.as_secs()
+            ))
             .unwrap_or_else(|e| panic!("pg_promote: {e}\n{}", self.log()));
         assert_eq!(promoted.trim(), "t", "promotion failed:\n{}", self.log());
     }
@@ -362,7 +365,16 @@ impl Postgres {
     /// unaligned, tuples-only output, or psql's complaint.
     fn sql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
             .args(["-p", &self.port.to_string(), "-U", NAME, "-d", "postgres"])
             .args(["-c", sql])
             .output()
@@ -589,7 +601,10 @@ mod tests {
             .sql("CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
             .unwrap();
         assert_eq!(standby.sql("SELECT count(*) FROM t").unwrap().trim(), "1");
-        assert!(standby.sql("INSERT INTO t VALUES (2)").is_err(), "read-only");
+        assert!(
+            standby.sql("INSERT INTO t VALUES (2)").is_err(),
+            "read-only"
+        );
         primary.kill();
         standby.promote();
         standby.sql("INSERT INTO t VALUES (2)").unwrap();
