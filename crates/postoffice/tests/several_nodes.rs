@@ -2,8 +2,9 @@
 //! (`[storage] backend = "postgres"`): mail taken by one node is popped from
 //! another, a maildrop is held by one session across all nodes, a node
 //! killed with SIGKILL frees its users when its lease runs out, an old
-//! schema is refused, and a database that goes away gives temporary
-//! failures (nothing half-stored) until it is back.
+//! schema is refused, a database that goes away gives temporary
+//! failures (nothing half-stored) until it is back, and a failover to a
+//! synchronous standby under SMTP load loses no acknowledged message.
 //!
 //! Each node has its own data_dir (keys, queue); the mail and the directory
 //! of users are in the database: a user added with one node's CLI exists
@@ -442,4 +443,171 @@ fn queue_list_on_any_node_shows_the_shared_queue() {
         let out = env.cli(&["queue", "list"]).ok();
         assert!(out.stdout.contains("friend@remote.test"), "{out:?}");
     }
+}
+
+/// One attempt to deliver a message with the subject `subject` through
+/// `server`'s SMTP listener: the code of the reply that ended it (250 only
+/// when the end of DATA was accepted).
+fn smtp_attempt(server: &Server, subject: &str) -> u16 {
+    let mut c = smtp_connect(server.smtp_addr());
+    for line in [
+        "MAIL FROM:<sender@example.net>".to_owned(),
+        format!("RCPT TO:<{ALICE}>"),
+    ] {
+        let (code, _) = smtp_cmd(&mut c, &line);
+        if code != 250 {
+            return code;
+        }
+    }
+    let (code, _) = smtp_cmd(&mut c, "DATA");
+    if code != 354 {
+        return code;
+    }
+    c.send_raw(&dot_stuff(&simple_message(subject, "failover load")));
+    let (code, _) = smtp_cmd(&mut c, ".");
+    let _ = smtp_cmd(&mut c, "QUIT");
+    code
+}
+
+/// What the SMTP load of the failover test saw: the subjects that got 250,
+/// and the replies of those that did not.
+#[derive(Default)]
+struct Load {
+    accepted: std::sync::Mutex<Vec<String>>,
+    refused: std::sync::Mutex<Vec<(String, u16)>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Load {
+    fn accepted(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.lock().unwrap().len()
+    }
+
+    /// Sends messages `<thread>-<n>` round-robin through `nodes` until told
+    /// to stop, each attempted once, recording how each ended.
+    fn run(&self, thread: usize, nodes: &[Server]) {
+        use std::sync::atomic::Ordering;
+        let mut n = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            let subject = format!("failover {thread}-{n}");
+            let code = smtp_attempt(&nodes[(thread + n) % nodes.len()], &subject);
+            if code == 250 {
+                self.accepted.lock().unwrap().push(subject);
+            } else {
+                self.refused.lock().unwrap().push((subject, code));
+            }
+            n += 1;
+        }
+    }
+}
+
+#[test]
+fn every_message_acknowledged_before_a_failover_to_the_synchronous_standby_is_kept() {
+    let mut primary = Postgres::start_primary();
+    let standby = Postgres::start_standby(&primary);
+    // Both hosts, the writable one wanted: the nodes follow the promotion.
+    let url = format!(
+        "postgres://postoffice@127.0.0.1:{},127.0.0.1:{}/postoffice?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let config = format!(
+        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nlease_secs = {LEASE_SECS}\n\
+         connect_timeout_secs = 2\nstatement_timeout_secs = 5\n"
+    );
+    let a = Env::new(BIN, &config);
+    let b = Env::new(BIN, &config);
+    // On the primary (the standby is read-only), replicated synchronously.
+    migrate(&a);
+    a.add_user(ALICE, PW);
+    let nodes = [a.start(), b.start()];
+
+    let load = Load::default();
+    let started = Instant::now();
+    let (before_kill, before_promotion) = std::thread::scope(|s| {
+        for thread in 0..3 {
+            let (load, nodes) = (&load, &nodes);
+            s.spawn(move || load.run(thread, nodes));
+        }
+        // The load stops however this ends (a failed wait too).
+        let failover = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(Duration::from_secs(60), "load on the primary", || {
+                (load.accepted() >= 40).then_some(())
+            });
+            let before_kill = load.accepted();
+            primary.kill();
+            // The gap: nothing is writable until the promotion.
+            wait_for(Duration::from_secs(30), "deliveries to fail", || {
+                (load.refused() > 0).then_some(())
+            });
+            let before_promotion = load.accepted();
+            standby.promote();
+            // The nodes reconnect by themselves (no restart) and take mail
+            // again.
+            wait_for(
+                Duration::from_secs(60),
+                "deliveries after the promotion",
+                || (load.accepted() >= before_promotion + 40).then_some(()),
+            );
+            (before_kill, before_promotion)
+        }));
+        load.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        failover.unwrap_or_else(|e| std::panic::resume_unwind(e))
+    });
+    let accepted = load.accepted.into_inner().unwrap();
+    let refused = load.refused.into_inner().unwrap();
+    eprintln!(
+        "failover load: {} accepted ({before_kill} before the kill, {} between the kill \
+         and the promotion, {} after), {} refused, in {:?}",
+        accepted.len(),
+        before_promotion - before_kill,
+        accepted.len() - before_promotion,
+        refused.len(),
+        started.elapsed()
+    );
+    // Refusals during the gap are temporary: the sender tries again.
+    assert!(
+        refused.iter().all(|(_, code)| (400..500).contains(code)),
+        "{refused:?}"
+    );
+    // Each node delivers after the promotion.
+    for (i, node) in nodes.iter().enumerate() {
+        let subject = format!("failover after, node {i}");
+        assert_eq!(smtp_attempt(node, &subject), 250, "node {i}");
+    }
+
+    // Every acknowledged message is there, once; POP3 logins work on both
+    // nodes.
+    let mut c = nodes[1].login_when_free(ALICE, PW);
+    let mut stored: Vec<String> = c
+        .retr_all()
+        .iter()
+        .flat_map(|m| lines_of(m))
+        .filter_map(|l| l.strip_prefix("Subject: failover ").map(str::to_owned))
+        .collect();
+    assert!(c.quit().starts_with("+OK"));
+    stored.sort();
+    let total = stored.len();
+    stored.dedup();
+    assert_eq!(stored.len(), total, "a message stored twice");
+    let missing: Vec<&String> = accepted
+        .iter()
+        .filter(|s| {
+            let token = s.strip_prefix("failover ").unwrap();
+            stored.binary_search_by(|x| x.as_str().cmp(token)).is_err()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged with 250 but lost in the failover: {missing:?}"
+    );
+    for i in 0..2 {
+        assert!(stored.contains(&format!("after, node {i}")));
+    }
+    let mut c = nodes[0].login_when_free(ALICE, PW);
+    assert_eq!(c.stat().0, total);
+    assert!(c.quit().starts_with("+OK"));
 }

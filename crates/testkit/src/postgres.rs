@@ -21,6 +21,10 @@ const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// The database (and its owner, the superuser) every [`Postgres`] has.
 const NAME: &str = "postoffice";
 
+/// The `application_name` a [`Postgres::start_standby`] streams as, and so
+/// the primary's `synchronous_standby_names`.
+pub const STANDBY_NAME: &str = "postoffice_standby";
+
 /// A private PostgreSQL server (the newest in `/usr/lib/postgresql/*/bin`,
 /// from the Debian package `postgresql`) with the superuser `postoffice`
 /// (trust authentication on loopback) and the database `postoffice`.
@@ -41,10 +45,10 @@ pub struct Postgres {
     data: PathBuf,
     socket_dir: PathBuf,
     as_postgres: bool,
+    /// `name=value` settings of this server besides the common ones.
+    settings: Vec<String>,
     daemon: Option<Daemon>,
     starts: u32,
-    /// More `-c` settings for every start.
-    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -54,6 +58,118 @@ impl Postgres {
     /// server's log when it does not start within 30 s.
     #[track_caller]
     pub fn start() -> Postgres {
+        let mut pg = Postgres::new(Vec::new());
+        pg.initdb();
+        pg.start_on_free_port(true);
+        pg
+    }
+
+    /// [`start`](Self::start) for a primary that a synchronous standby
+    /// ([`start_standby`](Self::start_standby)) can follow: `wal_level =
+    /// replica`, WAL senders, replication connections from 127.0.0.1
+    /// trusted, `synchronous_commit = on`. Commits become synchronous once
+    /// a standby is attached (`synchronous_standby_names` is set then, so
+    /// that nothing waits for a standby that does not exist yet).
+    #[track_caller]
+    pub fn start_primary() -> Postgres {
+        let mut pg = Postgres::new(
+            [
+                "wal_level=replica",
+                "max_wal_senders=5",
+                "synchronous_commit=on",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        pg.initdb();
+        let hba = pg.data.join("pg_hba.conf");
+        let mut rules =
+            std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("read {}: {e}", hba.display()));
+        rules.push_str(&format!("host replication {NAME} 127.0.0.1/32 trust\n"));
+        std::fs::write(&hba, rules).unwrap_or_else(|e| panic!("write {}: {e}", hba.display()));
+        pg.start_on_free_port(true);
+        pg
+    }
+
+    /// A hot standby of `primary` (one started by
+    /// [`start_primary`](Self::start_primary)), made by `pg_basebackup -R`
+    /// and streaming from it as the application [`STANDBY_NAME`], which is
+    /// then made the primary's synchronous standby: returns once the
+    /// primary reports it `sync` (a commit on the primary is then on both),
+    /// or panics with both logs after 30 s. One standby per primary.
+    #[track_caller]
+    pub fn start_standby(primary: &Postgres) -> Postgres {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={NAME} application_name={STANDBY_NAME}",
+            primary.port
+        );
+        let mut pg = Postgres::new(vec![
+            "hot_standby=on".into(),
+            format!("primary_conninfo={conninfo}"),
+        ]);
+        let out = pg
+            .server_command("pg_basebackup")
+            .args(["-d", &conninfo, "-R", "-X", "stream", "-c", "fast", "-D"])
+            .arg(&pg.data)
+            .output()
+            .unwrap_or_else(|e| panic!("run pg_basebackup: {e}"));
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.start_on_free_port(false);
+        primary
+            .sql(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'"
+            ))
+            .and_then(|_| primary.sql("SELECT pg_reload_conf()"))
+            .unwrap_or_else(|e| panic!("make the standby synchronous: {e}"));
+        primary.wait_until_synchronous(&pg);
+        pg
+    }
+
+    /// Waits until `standby` streams from this primary as its synchronous
+    /// standby (`pg_stat_replication.sync_state = 'sync'`); panics with
+    /// both logs after 30 s.
+    #[track_caller]
+    pub fn wait_until_synchronous(&self, standby: &Postgres) {
+        let query = format!(
+            "SELECT sync_state FROM pg_stat_replication \
+             WHERE application_name = '{STANDBY_NAME}'"
+        );
+        let mut last = String::new();
+        let synchronous = poll_until(START_LIMIT, || {
+            last = self.sql(&query).unwrap_or_else(|e| e);
+            last.trim() == "sync"
+        });
+        assert!(
+            synchronous,
+            "the standby is not synchronous (sync_state {last:?});\n\
+             primary log:\n{}\nstandby log:\n{}",
+            self.log(),
+            standby.log()
+        );
+    }
+
+    /// Promotes a standby to primary (`pg_promote()`, which waits until it
+    /// accepts writes); panics when it does not within 30 s.
+    #[track_caller]
+    pub fn promote(&self) {
+        let promoted = self
+            .sql(&format!(
+                "SELECT pg_promote(true, {})",
+                START_LIMIT.as_secs()
+            ))
+            .unwrap_or_else(|e| panic!("pg_promote: {e}\n{}", self.log()));
+        assert_eq!(promoted.trim(), "t", "promotion failed:\n{}", self.log());
+    }
+
+    /// A server not yet initialised: its temporary directory (owned by the
+    /// `postgres` user when we are root) and the `-c` settings every
+    /// start of it gets besides the common ones.
+    fn new(settings: Vec<String>) -> Postgres {
         let bin = bin_dir();
         let as_postgres = running_as_root();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -67,20 +183,25 @@ impl Postgres {
                     .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
             }
         }
-        let mut pg = Postgres {
+        Postgres {
             port: 0,
             url: String::new(),
             bin,
             data,
             socket_dir,
             as_postgres,
+            settings,
             daemon: None,
             starts: 0,
-            extra: Vec::new(),
             dir,
-        };
-        let log = pg.dir.path().join("initdb.log");
-        let out = pg
+        }
+    }
+
+    /// initdb into the data directory (superuser `postoffice`, trust).
+    #[track_caller]
+    fn initdb(&self) {
+        let log = self.dir.path().join("initdb.log");
+        let out = self
             .server_command("initdb")
             .args([
                 "-A",
@@ -93,7 +214,7 @@ impl Postgres {
                 "-N",
                 "-D",
             ])
-            .arg(&pg.data)
+            .arg(&self.data)
             .output()
             .unwrap_or_else(|e| panic!("run initdb: {e}"));
         if !out.status.success() {
@@ -105,17 +226,26 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    /// Starts the server on a free port and sets `url`, creating the
+    /// database `postoffice` when `create` (a standby has it from its
+    /// primary); panics with the logs after three failed starts.
+    #[track_caller]
+    fn start_on_free_port(&mut self, create: bool) {
         let mut failures = String::new();
         // Another process may take the port between free_port and bind.
         for _ in 0..3 {
-            pg.port = free_port();
-            if pg.launch() {
-                pg.url = format!("postgres://{NAME}@127.0.0.1:{}/{NAME}", pg.port);
-                pg.create_database();
-                return pg;
+            self.port = free_port();
+            if self.launch() {
+                self.url = format!("postgres://{NAME}@127.0.0.1:{}/{NAME}", self.port);
+                if create {
+                    self.create_database();
+                }
+                return;
             }
-            failures.push_str(&pg.log());
-            pg.kill();
+            failures.push_str(&self.log());
+            self.kill();
         }
         panic!("PostgreSQL did not start:\n{failures}");
     }
@@ -208,7 +338,7 @@ impl Postgres {
                     .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
             }
         }
-        self.extra.push("ssl=on".into());
+        self.settings.push("ssl=on".into());
         self.restart();
     }
 
@@ -229,7 +359,7 @@ impl Postgres {
                 "-c",
                 "max_connections=200",
             ]);
-        for setting in &self.extra {
+        for setting in &self.settings {
             cmd.args(["-c", setting]);
         }
         let output = self
@@ -248,17 +378,34 @@ impl Postgres {
     /// `CREATE DATABASE postoffice`, through psql over TCP.
     #[track_caller]
     fn create_database(&self) {
+        if let Err(e) = self.sql(&format!("CREATE DATABASE {NAME}")) {
+            panic!("CREATE DATABASE failed: {e}");
+        }
+    }
+
+    /// Runs `sql` in the database `postgres` through psql over TCP: its
+    /// unaligned, tuples-only output, or psql's complaint.
+    fn sql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
             .args(["-p", &self.port.to_string(), "-U", NAME, "-d", "postgres"])
-            .args(["-c", &format!("CREATE DATABASE {NAME}")])
+            .args(["-c", sql])
             .output()
-            .unwrap_or_else(|e| panic!("run psql: {e}"));
-        assert!(
-            out.status.success(),
-            "CREATE DATABASE failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .map_err(|e| format!("run psql: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// One of the server's programs, run as the `postgres` user when we
@@ -495,5 +642,25 @@ mod tests {
         let data = pg.data.clone();
         drop(pg);
         assert!(!data.exists(), "the data directory is removed");
+    }
+
+    /// Needs PostgreSQL; a commit on the primary is on the standby, which
+    /// after the primary's death and its promotion takes writes.
+    #[test]
+    fn a_synchronous_standby_has_every_commit_and_takes_over() {
+        let mut primary = Postgres::start_primary();
+        let standby = Postgres::start_standby(&primary);
+        primary
+            .sql("CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+            .unwrap();
+        assert_eq!(standby.sql("SELECT count(*) FROM t").unwrap().trim(), "1");
+        assert!(
+            standby.sql("INSERT INTO t VALUES (2)").is_err(),
+            "read-only"
+        );
+        primary.kill();
+        standby.promote();
+        standby.sql("INSERT INTO t VALUES (2)").unwrap();
+        assert_eq!(standby.sql("SELECT count(*) FROM t").unwrap().trim(), "2");
     }
 }
