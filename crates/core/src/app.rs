@@ -89,6 +89,8 @@ pub struct App {
     outbound: std::sync::RwLock<Option<Arc<dyn Outbound>>>,
     /// DKIM signing of submitted mail.
     pub dkim: crate::dkim::Signer,
+    /// Where the SRS secret and the DKIM keys are (see [`crate::keys`]).
+    pub keys: crate::keys::KeyStore,
     /// The metrics `/metrics` shows (and the shutdown log line sums up).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The live sessions.
@@ -179,7 +181,8 @@ impl App {
             forget_after: Duration::from_secs(a.forget_after_secs),
             ..ThrottleConfig::default()
         });
-        let dkim = crate::dkim::Signer::new(&config.data_dir, &config.dkim.selector);
+        let keys = keys(&config)?;
+        let dkim = crate::dkim::Signer::with_keys(keys.clone(), &config.dkim.selector);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let sessions = crate::sessions::Sessions::new(Arc::clone(&metrics));
         let rate_limits = crate::rate_limit::RateLimits::new(&config);
@@ -193,6 +196,7 @@ impl App {
             filters,
             outbound: std::sync::RwLock::new(None),
             dkim,
+            keys,
             metrics,
             sessions,
             greylist,
@@ -221,14 +225,14 @@ impl App {
         *self.outbound.write().unwrap_or_else(|p| p.into_inner()) = Some(outbound);
     }
 
-    /// The SRS keys (see [`crate::srs`]): read from the data directory,
-    /// or generated there on first use. `None` (logged) when the key file
-    /// cannot be read or written.
+    /// The SRS keys (see [`crate::srs`]): read from the data directory (or
+    /// the database), or generated there on first use. `None` (logged) when
+    /// the key cannot be read or written.
     pub fn srs(&self) -> Option<crate::srs::Srs> {
         let mut slot = self.srs.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            match crate::srs::Srs::load_or_create(
-                &self.config.data_dir,
+            match crate::srs::Srs::load_or_create_in(
+                &self.keys,
                 self.config.addresses.srs_max_age_days,
             ) {
                 Ok(s) => *slot = Some(s),
@@ -539,6 +543,18 @@ pub fn directory(config: &Config) -> Result<Directory, AppError> {
                 .map_err(|e| AppError::Storage(e.to_string()))?;
             Ok(Directory::open_shared(&config.data_dir, Arc::new(doc))?)
         }
+    }
+}
+
+/// Where the node secrets (SRS, DKIM) of `[storage]` are: files in
+/// data_dir, or the PostgreSQL database every node shares (connected at
+/// first use).
+pub fn keys(config: &Config) -> Result<crate::keys::KeyStore, AppError> {
+    match config.storage.backend {
+        postoffice_config::Backend::Maildir => Ok(crate::keys::KeyStore::files(&config.data_dir)),
+        postoffice_config::Backend::Postgres => Ok(crate::keys::KeyStore::postgres(
+            postoffice_pg::PgKeys::new(&pg_options(config)?),
+        )),
     }
 }
 

@@ -1,8 +1,10 @@
 //! DKIM signing of mail our users submit (RFC 6376, RFC 8463).
 //!
-//! Keys live in `<data_dir>/dkim/<domain>.key` (PKCS#8 PEM, ed25519 or
-//! RSA). `postoffice dkim generate DOMAIN` creates one and prints the DNS
-//! TXT record to publish at `<selector>._domainkey.<domain>`.
+//! Keys (PKCS#8 PEM, ed25519 or RSA) are the [`KeyStore`]'s `dkim/<domain>`:
+//! the file `<data_dir>/dkim/<domain>.key` with the Maildir backend, a row
+//! of the database with PostgreSQL (every node signs with the same key).
+//! `postoffice dkim generate DOMAIN` creates one and prints the DNS TXT
+//! record to publish at `<selector>._domainkey.<domain>`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
+
+use crate::keys::KeyStore;
 
 /// Which key type to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,21 +32,21 @@ pub enum Algorithm {
 #[derive(Debug, thiserror::Error)]
 pub enum DkimError {
     /// Refusing to overwrite a key that signs mail already.
-    #[error("a DKIM key for {domain} already exists at {path}; delete it first to replace it")]
+    #[error("a DKIM key for {domain} already exists ({place}); delete it first to replace it")]
     Exists {
         /// The domain.
         domain: String,
-        /// Its key file.
-        path: PathBuf,
+        /// Where its key is (the file, or the database).
+        place: String,
     },
     /// Key generation or encoding failed.
     #[error("generating the DKIM key: {0}")]
     Generate(String),
-    /// The key file could not be written.
-    #[error("cannot write {path}: {source}")]
+    /// The key could not be read or written.
+    #[error("cannot store or read {place}: {source}")]
     Write {
-        /// The key file.
-        path: PathBuf,
+        /// Where the key is (the file, or the database).
+        place: String,
         /// Why.
         source: std::io::Error,
     },
@@ -61,20 +65,41 @@ const SIGNED_HEADERS: [&str; 9] = [
     "Reply-To",
 ];
 
-/// Where the key of `domain` lives.
+/// Where the key of `domain` lives with the Maildir backend.
 pub fn key_path(data_dir: &Path, domain: &str) -> PathBuf {
-    data_dir.join("dkim").join(format!("{domain}.key"))
+    KeyStore::file_path(data_dir, &key_name(domain))
 }
 
-/// Create a key for `domain` (refusing to overwrite one) and return the
-/// TXT record value to publish.
+/// The [`KeyStore`] name of `domain`'s key.
+pub fn key_name(domain: &str) -> String {
+    format!("dkim/{domain}")
+}
+
+/// Create a key for `domain` in `<data_dir>/dkim/` (refusing to overwrite
+/// one) and return the TXT record value to publish.
 pub fn generate(data_dir: &Path, domain: &str, algorithm: Algorithm) -> Result<String, DkimError> {
-    let path = key_path(data_dir, domain);
-    if path.exists() {
-        return Err(DkimError::Exists {
-            domain: domain.to_string(),
-            path,
-        });
+    generate_in(&KeyStore::files(data_dir), domain, algorithm)
+}
+
+/// Create a key for `domain` in `keys` (refusing to overwrite one, also
+/// when another node stores one at the same moment) and return the TXT
+/// record value to publish.
+pub fn generate_in(
+    keys: &KeyStore,
+    domain: &str,
+    algorithm: Algorithm,
+) -> Result<String, DkimError> {
+    let name = key_name(domain);
+    let exists = || DkimError::Exists {
+        domain: domain.to_string(),
+        place: keys.describe(&name),
+    };
+    let write = |source| DkimError::Write {
+        place: keys.describe(&name),
+        source,
+    };
+    if keys.get(&name).map_err(write)?.is_some() {
+        return Err(exists());
     }
     let generate = |e: &dyn std::fmt::Display| DkimError::Generate(e.to_string());
     let (pkcs8, record) = match algorithm {
@@ -108,26 +133,29 @@ pub fn generate(data_dir: &Path, domain: &str, algorithm: Algorithm) -> Result<S
         }
     };
     let pem = pem_encode("PRIVATE KEY", &pkcs8);
-    let write = |source| DkimError::Write {
-        path: path.clone(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        postoffice_common::durable::create_dir_all(dir).map_err(write)?;
+    let (_, created) = keys
+        .create_if_absent(&name, || Ok(pem.into_bytes()))
+        .map_err(write)?;
+    if !created {
+        return Err(exists());
     }
-    postoffice_common::durable::write(&path, pem.as_bytes()).map_err(write)?;
     Ok(record)
 }
 
 /// The TXT record value for the key that signs `domain`'s mail now
 /// (`v=DKIM1; k=...; p=...`), or `None` when the domain has no key.
-pub fn public_record(data_dir: &Path, domain: &str) -> Result<Option<String>, DkimError> {
-    let path = key_path(data_dir, domain);
-    if !path.exists() {
+pub fn public_record(keys: &KeyStore, domain: &str) -> Result<Option<String>, DkimError> {
+    let name = key_name(domain);
+    let pem = keys.get(&name).map_err(|source| DkimError::Write {
+        place: keys.describe(&name),
+        source,
+    })?;
+    let Some(pem) = pem else {
         return Ok(None);
-    }
-    let bad = |e: &dyn std::fmt::Display| DkimError::Generate(format!("{}: {e}", path.display()));
-    let key = PrivateKeyDer::from_pem_file(&path).map_err(|e| bad(&e))?;
+    };
+    let bad =
+        |e: &dyn std::fmt::Display| DkimError::Generate(format!("{}: {e}", keys.describe(&name)));
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(&e))?;
     let PrivateKeyDer::Pkcs8(p8) = &key else {
         return Err(bad(&"not a PKCS#8 key"));
     };
@@ -159,17 +187,24 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Signs with whatever key exists for the sender's domain.
+/// Signs with whatever key exists for the sender's domain. Cloning is
+/// cheap and shares the database cache.
+#[derive(Debug, Clone)]
 pub struct Signer {
-    data_dir: PathBuf,
+    keys: KeyStore,
     selector: String,
 }
 
 impl Signer {
     /// Keys from `<data_dir>/dkim/`, published under `selector`.
     pub fn new(data_dir: &Path, selector: &str) -> Self {
+        Self::with_keys(KeyStore::files(data_dir), selector)
+    }
+
+    /// Keys from `keys`, published under `selector`.
+    pub fn with_keys(keys: KeyStore, selector: &str) -> Self {
         Signer {
-            data_dir: data_dir.to_path_buf(),
+            keys,
             selector: selector.to_string(),
         }
     }
@@ -187,8 +222,15 @@ impl Signer {
         if domain.is_empty() || domain.contains(['/', '\\']) || domain.starts_with('.') {
             return None;
         }
-        let path = key_path(&self.data_dir, &domain);
-        let key = match PrivateKeyDer::from_pem_file(&path) {
+        let pem = match self.keys.get_cached(&key_name(&domain)) {
+            Ok(Some(pem)) => pem,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "cannot read the DKIM key; sending unsigned");
+                return None;
+            }
+        };
+        let key = match PrivateKeyDer::from_pem_slice(&pem) {
             Ok(k) => k,
             Err(_) => return None,
         };
@@ -275,10 +317,15 @@ mod tests {
         ] {
             let record = generate(dir.path(), domain, algo).unwrap();
             assert_eq!(
-                public_record(dir.path(), domain).unwrap().as_deref(),
+                public_record(&KeyStore::files(dir.path()), domain)
+                    .unwrap()
+                    .as_deref(),
                 Some(record.as_str())
             );
         }
-        assert_eq!(public_record(dir.path(), "none.test").unwrap(), None);
+        assert_eq!(
+            public_record(&KeyStore::files(dir.path()), "none.test").unwrap(),
+            None
+        );
     }
 }

@@ -102,7 +102,11 @@ impl Setup {
         {
             return Err(DnsSetupError::BadDomain(domain));
         }
-        let dkim = crate::dkim::public_record(&config.data_dir, &domain)?;
+        let keys = crate::app::keys(config).map_err(|e| crate::dkim::DkimError::Write {
+            place: "the DKIM keys".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let dkim = crate::dkim::public_record(&keys, &domain)?;
         Ok(Setup {
             report_address: report_address.unwrap_or_else(|| format!("postmaster@{domain}")),
             hostname: config.hostname.trim_end_matches('.').to_ascii_lowercase(),

@@ -63,6 +63,7 @@ pub mod dns;
 pub mod forward;
 pub mod greylist;
 pub mod inbound;
+pub mod keys;
 pub mod metrics;
 pub mod notices;
 pub mod outbound;

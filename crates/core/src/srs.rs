@@ -19,7 +19,8 @@
 //!
 //! The secret is 32 random bytes generated on first use and kept in
 //! `<data_dir>/srs.key` (base64, mode 0600, written with
-//! [`postoffice_common::durable`]).
+//! [`postoffice_common::durable`]), or with the PostgreSQL backend in the
+//! database, shared by every node (see [`crate::keys`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +28,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::keys::KeyStore;
 
 /// How many days an SRS address is accepted (libsrs2's default is 21).
 pub const DEFAULT_MAX_AGE_DAYS: u32 = 21;
@@ -42,6 +45,10 @@ const HASH_LEN: usize = 4;
 
 /// The name of the key file in the data directory.
 pub const KEY_FILE: &str = "srs.key";
+
+/// The name of the secret in the [`KeyStore`] (`<data_dir>/srs.key`, or a
+/// row of the database with the PostgreSQL backend).
+pub const KEY_NAME: &str = "srs";
 
 /// Why an SRS address is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,38 +120,34 @@ impl Srs {
     /// Read the secret from `<data_dir>/srs.key`, creating it (32 random
     /// bytes, 0600, durably) when it does not exist yet.
     pub fn load_or_create(data_dir: &Path, max_age_days: u32) -> std::io::Result<Srs> {
-        let path = Self::key_path(data_dir);
+        Self::load_or_create_in(&KeyStore::files(data_dir), max_age_days)
+    }
+
+    /// Read the secret (key [`KEY_NAME`]) from `keys`, creating it (32
+    /// random bytes, base64) when it does not exist yet. Of two nodes
+    /// creating it at once on a shared database, both get the one stored.
+    pub fn load_or_create_in(keys: &KeyStore, max_age_days: u32) -> std::io::Result<Srs> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let secret = b64.decode(text.trim()).map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: not base64: {e}", path.display()),
-                    )
-                })?;
-                if secret.len() < 16 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: the SRS secret is too short", path.display()),
-                    ));
-                }
-                Ok(Srs::new(secret, max_age_days))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use rand::RngCore;
-                let mut secret = vec![0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut secret);
-                postoffice_common::durable::create_dir_all(data_dir)?;
-                let text = format!("{}\n", b64.encode(&secret));
-                postoffice_common::durable::write(&path, text.as_bytes())?;
-                // Another process may have won the race: use what is there.
-                let stored = std::fs::read_to_string(&path)?;
-                let secret = b64.decode(stored.trim()).unwrap_or(secret);
-                Ok(Srs::new(secret, max_age_days))
-            }
-            Err(e) => Err(e),
+        let (text, _) = keys.create_if_absent(KEY_NAME, || {
+            use rand::RngCore;
+            let mut secret = vec![0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            Ok(format!("{}\n", b64.encode(&secret)).into_bytes())
+        })?;
+        let invalid = |why: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {why}", keys.describe(KEY_NAME)),
+            )
+        };
+        let text = String::from_utf8(text).map_err(|_| invalid("not base64".into()))?;
+        let secret = b64
+            .decode(text.trim())
+            .map_err(|e| invalid(format!("not base64: {e}")))?;
+        if secret.len() < 16 {
+            return Err(invalid("the SRS secret is too short".into()));
         }
+        Ok(Srs::new(secret, max_age_days))
     }
 
     fn hash(&self, parts: &[&str]) -> String {

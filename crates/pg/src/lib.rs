@@ -51,6 +51,7 @@ mod conn;
 mod deliver;
 mod directory;
 mod error;
+mod keys;
 mod lease;
 mod read;
 mod schema;
@@ -61,6 +62,7 @@ use std::time::Duration;
 pub use conn::{Conn, DbError, Manager};
 pub use directory::PgDirectory;
 pub use error::PgError;
+pub use keys::PgKeys;
 pub use schema::{Migrated, SCHEMA_VERSION, migrate, schema_version};
 pub use store::{PgStore, Pool, check_schema, pool, take};
 

@@ -23,7 +23,7 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 const MIGRATION_LOCK: i64 = 0x0070_6f73_746f_6666;
 
 /// One SQL script per version step.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 1: mail storage.
     r#"
 CREATE TABLE postoffice_schema (
@@ -108,6 +108,15 @@ CREATE TABLE queue_bodies (
     seq integer NOT NULL,
     chunk bytea NOT NULL,
     PRIMARY KEY (id, seq)
+);
+"#,
+    // 4: the node secrets every node must share (the SRS secret, the DKIM
+    // private keys), so no node keeps a copy of its own.
+    r#"
+CREATE TABLE node_keys (
+    name text PRIMARY KEY,
+    value bytea NOT NULL,
+    created timestamptz NOT NULL DEFAULT now()
 );
 "#,
 ];

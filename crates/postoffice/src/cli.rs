@@ -542,9 +542,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 postoffice_core::dkim::Algorithm::Rsa2048
             };
-            let record = postoffice_core::dkim::generate(&config.data_dir, &domain, algo)?;
-            let path = postoffice_core::dkim::key_path(&config.data_dir, &domain);
-            println!("DKIM key written to {}", path.display());
+            let keys = postoffice_core::app::keys(&config)?;
+            let record = postoffice_core::dkim::generate_in(&keys, &domain, algo)?;
+            let place = keys.describe(&postoffice_core::dkim::key_name(&domain));
+            println!("DKIM key written to {place}");
             println!("Publish this DNS TXT record:");
             let quoted: Vec<String> = record
                 .as_bytes()

@@ -611,3 +611,45 @@ fn every_message_acknowledged_before_a_failover_to_the_synchronous_standby_is_ke
     assert_eq!(c.stat().0, total);
     assert!(c.quit().starts_with("+OK"));
 }
+
+/// The DKIM keys are in the database: a key made with node A's CLI signs
+/// the mail submitted through node B, node A's data_dir holds no key file,
+/// and node B refuses to make a second key for the domain.
+#[test]
+fn a_dkim_key_made_on_one_node_signs_mail_submitted_through_another() {
+    let pg = Postgres::start();
+    let (a, b) = two_nodes(&pg);
+    let out = a
+        .cli(&["dkim", "generate", "example.test", "--algorithm", "ed25519"])
+        .ok();
+    assert!(out.stdout.contains("v=DKIM1; k=ed25519; p="), "{out:?}");
+    assert!(out.stdout.contains("in the database"), "{out:?}");
+    assert!(!a.data_dir().join("dkim").exists(), "no key file on node A");
+    let again = b.cli(&["dkim", "generate", "example.test", "--algorithm", "ed25519"]);
+    assert!(!again.status.success(), "{again:?}");
+    assert!(again.stderr.contains("already exists"), "{again:?}");
+
+    let node_b = b.start();
+    let mut c = smtp_connect(node_b.submit_addr());
+    let auth = base64(format!("\0{ALICE}\0{PW}").as_bytes());
+    assert_eq!(smtp_cmd(&mut c, &format!("AUTH PLAIN {auth}")).0, 235);
+    assert_eq!(smtp_cmd(&mut c, &format!("MAIL FROM:<{ALICE}>")).0, 250);
+    assert_eq!(smtp_cmd(&mut c, &format!("RCPT TO:<{ALICE}>")).0, 250);
+    assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+    c.send_raw(
+        format!("From: {ALICE}\r\nTo: {ALICE}\r\nSubject: signed on B\r\n\r\nhello\r\n.\r\n")
+            .as_bytes(),
+    );
+    let (code, text) = smtp_reply(&mut c);
+    assert_eq!(code, 250, "{text}");
+    smtp_cmd(&mut c, "QUIT");
+
+    let mut pop = node_b.login(ALICE, PW);
+    let bodies = pop.retr_all();
+    let message = String::from_utf8_lossy(&bodies[0]);
+    assert!(message.contains("DKIM-Signature: "), "{message}");
+    assert!(message.contains("d=example.test"), "{message}");
+    assert!(message.contains("a=ed25519-sha256"), "{message}");
+    assert!(!b.data_dir().join("dkim").exists(), "no key file on node B");
+    pop.quit();
+}

@@ -16,10 +16,7 @@ pub async fn run(shared: Arc<Shared>, queue: Arc<Queue>, mut shutdown: Shutdown)
     let config = &app.config;
     // Bounces and delay warnings to remote senders are signed like
     // submitted mail: when dkim.sign is on and the host name has a key.
-    let signer = config
-        .dkim
-        .sign
-        .then(|| Arc::new(Signer::new(&config.data_dir, &config.dkim.selector)));
+    let signer = config.dkim.sign.then(|| Arc::new(Signer::clone(&app.dkim)));
     let cfg = DeliveryConfig {
         hostname: config.hostname.clone(),
         queue: config.queue.clone(),
