@@ -121,6 +121,36 @@ impl KeyStore {
         }
     }
 
+    /// The names of every key stored (`srs`, `dkim/<domain>`), sorted:
+    /// with files, `<data_dir>/srs.key` and `<data_dir>/dkim/*.key`.
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        match self {
+            KeyStore::Files(dir) => {
+                let mut names = Vec::new();
+                if Self::file_path(dir, "srs").is_file() {
+                    names.push("srs".to_string());
+                }
+                match std::fs::read_dir(dir.join("dkim")) {
+                    Ok(entries) => {
+                        for entry in entries {
+                            let name = entry?.file_name();
+                            if let Some(domain) = name.to_str().and_then(|n| n.strip_suffix(".key"))
+                                && !domain.starts_with('.')
+                            {
+                                names.push(format!("dkim/{domain}"));
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                names.sort();
+                Ok(names)
+            }
+            KeyStore::Postgres(p) => off_runtime(|| p.keys.list("")).map_err(db_error),
+        }
+    }
+
     /// [`KeyStore::get`], answered from memory when the database was
     /// asked less than [`CACHE_TTL`] ago (files are always read), or with
     /// the last value read when the database fails.

@@ -65,6 +65,7 @@ pub mod greylist;
 pub mod inbound;
 pub mod keys;
 pub mod metrics;
+pub mod migrate;
 pub mod notices;
 pub mod outbound;
 pub mod quarantine_digest;

@@ -181,6 +181,28 @@ impl Directory {
         }
     }
 
+    /// The whole directory as the TOML document `directory.toml` holds
+    /// (for copying it to another storage backend).
+    pub fn export(&self) -> Result<String> {
+        self.snapshot().to_toml()
+    }
+
+    /// Replaces the whole directory with `text`, a document from
+    /// [`Directory::export`], checked as a load would check it (nothing is
+    /// stored when it is invalid). `false`: it already was exactly that.
+    pub fn replace(&self, text: &str) -> Result<bool> {
+        let new = DirectoryData::from_toml(text, &self.path)?;
+        let wanted = new.to_toml()?;
+        if self.export()? == wanted {
+            return Ok(false);
+        }
+        self.mutate(|data| {
+            *data = new;
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     /// Path of `directory.toml`.
     pub fn path(&self) -> &Path {
         &self.path

@@ -46,11 +46,13 @@ pub(crate) enum Kind<'a> {
     Quarantine,
     /// The maildrop, keeping the UID and time it had elsewhere.
     Imported(&'a Imported<'a>),
+    /// The quarantine, keeping the UID and time it had elsewhere.
+    ImportedQuarantine(&'a Imported<'a>),
 }
 
 impl Kind<'_> {
     fn quarantined(self) -> bool {
-        matches!(self, Kind::Quarantine)
+        matches!(self, Kind::Quarantine | Kind::ImportedQuarantine(_))
     }
 
     /// 1 when the message counts in the mailbox's usage.
@@ -60,7 +62,7 @@ impl Kind<'_> {
 
     fn kept_uid(&self) -> Option<&str> {
         match self {
-            Kind::Imported(i) => Some(i.uid),
+            Kind::Imported(i) | Kind::ImportedQuarantine(i) => Some(i.uid),
             _ => None,
         }
     }
@@ -76,7 +78,7 @@ impl Kind<'_> {
 
     fn received(&self) -> Option<SystemTime> {
         match self {
-            Kind::Imported(i) => Some(i.received),
+            Kind::Imported(i) | Kind::ImportedQuarantine(i) => Some(i.received),
             _ => None,
         }
     }

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use postoffice_store::{
-    Delivered, ExpireReport, Imported, Limit, MailStore, Maildrop, MessageInfo, StoreError, Usage,
-    canonical_mailbox, check_state_key,
+    Delivered, ExpireReport, Imported, Limit, MailStore, Maildrop, MessageInfo, StoreError, Uid,
+    Usage, canonical_mailbox, check_state_key,
 };
 use tokio_postgres::types::Type;
 
@@ -472,6 +472,51 @@ impl MailStore for PgStore {
             Kind::Imported(imported),
             message,
         )
+    }
+
+    fn import_quarantine(
+        &self,
+        mailbox: &str,
+        imported: &Imported<'_>,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        postoffice_store::check_uid(imported.uid)?;
+        deliver(
+            self,
+            &canonical_mailbox(mailbox)?,
+            Kind::ImportedQuarantine(imported),
+            message,
+        )
+    }
+
+    fn uids(&self, mailbox: &str) -> Result<Vec<Uid>, StoreError> {
+        let mailbox = canonical_mailbox(mailbox)?;
+        let rows = self.shared.run(
+            || format!("listing the UIDs of {mailbox}"),
+            |c| {
+                c.query_typed(
+                    "SELECT m.uid FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id \
+                     WHERE b.name = $1 AND NOT m.quarantined",
+                    &[(&mailbox, Type::TEXT)],
+                )
+            },
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0).into()).collect())
+    }
+
+    fn state_keys(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        let mailbox = canonical_mailbox(mailbox)?;
+        let rows = self.shared.run(
+            || format!("listing the state of {mailbox}"),
+            |c| {
+                c.query_typed(
+                    "SELECT s.key FROM mailbox_state s JOIN mailboxes b ON b.id = s.mailbox_id \
+                     WHERE b.name = $1 ORDER BY s.key",
+                    &[(&mailbox, Type::TEXT)],
+                )
+            },
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn open(&self, mailbox: &str) -> Result<Box<dyn Maildrop>, StoreError> {

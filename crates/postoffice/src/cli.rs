@@ -103,6 +103,24 @@ enum Command {
     /// The PostgreSQL database of `[storage] backend = "postgres"`.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Copy everything the storage backend in use holds into the other one:
+    /// domains, users and aliases, every message (keeping its UIDL, so POP3
+    /// clients that leave mail on the server download nothing twice),
+    /// quarantines, the outbound queue, DKIM keys and the SRS secret.
+    ///
+    /// With `backend = "maildir"` and `url` set, `--to postgres` copies the
+    /// data_dir into the database (creating its schema); with `backend =
+    /// "postgres"`, `--to maildir` copies the database into data_dir. The
+    /// source is left as it was. Resumable and idempotent: a run that was
+    /// interrupted is completed by running it again, and a run after a
+    /// complete one copies nothing. Stop the server(s) first (or run it
+    /// once live and again after stopping them), then set `backend` to the
+    /// new one. Exit status 1 when something was left out (listed).
+    Migrate {
+        /// The backend to copy into.
+        #[arg(long, value_enum)]
+        to: MigrateTo,
+    },
     /// Delete messages older than their retention policy (the server does
     /// this periodically by itself) and stale half-written deliveries.
     Expire {
@@ -110,6 +128,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// `postoffice migrate --to`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum MigrateTo {
+    /// The PostgreSQL database at `[storage] url`.
+    Postgres,
+    /// The Maildirs, directory.toml, queue and key files under data_dir.
+    Maildir,
 }
 
 #[derive(Subcommand, Debug)]
@@ -531,6 +558,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Deliver { recipient } => deliver(&config, &recipient),
         Command::Expire { dry_run } => expire(&config, dry_run),
         Command::Db(cmd) => db(&config, cmd),
+        Command::Migrate { to } => migrate(&config, to),
         Command::Import(args) => crate::import::run(config, args),
         Command::Quarantine(cmd) => quarantine(&config, cmd),
         Command::Queue(cmd) => queue_cmd(&config, cmd),
@@ -1484,6 +1512,78 @@ fn db(config: &Config, cmd: DbCmd) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+    }
+}
+
+/// `postoffice migrate --to postgres|maildir`: the copy is the core's
+/// (`postoffice_core::migrate`) and the queue's (`copy_missing_into`).
+fn migrate(config: &Config, to: MigrateTo) -> Result<ExitCode> {
+    use postoffice_config::Backend;
+    let (backend, name) = match to {
+        MigrateTo::Postgres => (Backend::Postgres, "postgres"),
+        MigrateTo::Maildir => (Backend::Maildir, "maildir"),
+    };
+    let target = postoffice_core::migrate::target(config, backend)?;
+    let url = config.storage.url_redacted();
+    let place = match backend {
+        Backend::Postgres => format!("the database {url}"),
+        Backend::Maildir => config.data_dir.display().to_string(),
+    };
+    if backend == Backend::Postgres {
+        let m = postoffice_pg::migrate(&postoffice_core::app::pg_options(&target)?)
+            .with_context(|| format!("creating the schema in {place}"))?;
+        if m.from != m.to {
+            println!("schema: version {} created in {place}", m.to);
+        }
+    }
+    eprintln!("copying into {place}");
+    let report = postoffice_core::migrate::copy(config, &target, &mut |step| match step {
+        postoffice_core::migrate::Step::Directory => eprintln!("directory and keys"),
+        postoffice_core::migrate::Step::Mailbox { name, index, total } => {
+            eprintln!("mailbox {}/{total}: {name}", index + 1);
+        }
+    })
+    .with_context(|| format!("copying into {place} (what was copied stays; run again to go on)"))?;
+    let queue = postoffice_queue::open_configured(config)
+        .and_then(|from| from.copy_missing_into(&postoffice_queue::open_configured(&target)?))
+        .with_context(|| format!("copying the queue into {place} (run again to go on)"))?;
+    let there = |changed: bool| if changed { "copied" } else { "already there" };
+    println!(
+        "directory: {} domain(s), {} user(s), {}",
+        report.domains,
+        report.users,
+        there(report.directory_changed)
+    );
+    println!(
+        "keys: {} copied, {} already there",
+        report.keys_copied, report.keys_present
+    );
+    println!(
+        "messages: {} copied ({} bytes), {} already there, in {} mailbox(es)",
+        report.messages_copied, report.bytes_copied, report.messages_present, report.mailboxes
+    );
+    println!(
+        "quarantined: {} copied, {} already there",
+        report.quarantined_copied, report.quarantined_present
+    );
+    println!("mailbox values: {} copied", report.values_copied);
+    println!(
+        "queue: {} entries copied, {} already there",
+        queue.copied, queue.present
+    );
+    for s in &report.skipped {
+        println!("left out: {s}");
+    }
+    if report.skipped.is_empty() {
+        println!(
+            "complete: set [storage] backend = \"{name}\" in the configuration and start the server(s)"
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "incomplete: run `postoffice migrate --to {name}` again after dealing with the above"
+        );
+        Ok(ExitCode::from(1))
     }
 }
 

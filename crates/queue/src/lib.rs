@@ -411,6 +411,15 @@ fn valid_address(a: &str) -> bool {
             .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>'))
 }
 
+/// What [`Queue::copy_missing_into`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// Entries copied.
+    pub copied: usize,
+    /// Entries the target held already.
+    pub present: usize,
+}
+
 /// The outbound queue. `Send + Sync`: share it with an `Arc`.
 #[derive(Debug)]
 pub struct Queue {
@@ -640,6 +649,32 @@ impl Queue {
             .map(|env| summarize(env, now))
             .collect();
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Copies every entry of this queue that `target` does not hold (by
+    /// ID) into it: the envelope as it is (each recipient's state and
+    /// attempts, the next attempt, a hold) and the message, streamed
+    /// (`postoffice migrate`). Each entry is created whole or not at all,
+    /// so a run interrupted at any point is completed by running it again,
+    /// and a second run copies nothing. Entries are copied as they are
+    /// now: with a server still sending from this queue, an entry it
+    /// finishes afterwards would be sent again from the target, so stop the
+    /// servers first.
+    pub fn copy_missing_into(&self, target: &Queue) -> Result<Copied, QueueError> {
+        let mut out = Copied::default();
+        for id in self.spool.ids()? {
+            if target.spool.read_env(&id)?.is_some() {
+                out.present += 1;
+                continue;
+            }
+            let Some(mut env) = self.spool.read_env(&id)? else {
+                continue;
+            };
+            let message = self.spool.open_message(&id)?;
+            target.spool.create(&mut env, &mut message.reader_at(0))?;
+            out.copied += 1;
+        }
         Ok(out)
     }
 

@@ -325,6 +325,39 @@ pub trait MailStore: Send + Sync {
         Err(StoreError::Unsupported("import"))
     }
 
+    /// [`MailStore::import`] into the mailbox's quarantine (copying a
+    /// store to another backend keeps the quarantine's UIDs too, so a
+    /// digest's or an administrator's reference still names the message).
+    fn import_quarantine(
+        &self,
+        mailbox: &str,
+        imported: &Imported<'_>,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        let _ = (mailbox, imported, message);
+        Err(StoreError::Unsupported("import_quarantine"))
+    }
+
+    /// The UIDs of the messages in the maildrop (not the quarantine), for
+    /// a copy that skips what is there. The default takes the session lock
+    /// for the listing and gives it back at once; a backend whose lock
+    /// outlives a killed process (a lease) lists without it.
+    fn uids(&self, mailbox: &str) -> Result<Vec<Uid>, StoreError> {
+        Ok(self
+            .open(mailbox)?
+            .messages()
+            .iter()
+            .map(|m| m.uid.clone())
+            .collect())
+    }
+
+    /// The keys of the mailbox's small values ([`MailStore::state_get`]),
+    /// sorted: empty for a mailbox without storage.
+    fn state_keys(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        let _ = mailbox;
+        Err(StoreError::Unsupported("state_keys"))
+    }
+
     /// Whether the maildrop holds a message with this unique ID, without
     /// taking the lock (used to recognise a delivery that an interrupted
     /// run made but did not record). A mailbox without storage holds none.

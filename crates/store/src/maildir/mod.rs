@@ -295,6 +295,20 @@ impl MailStore for Maildir {
         self.import_dir(&dir, imported, message)
     }
 
+    fn import_quarantine(
+        &self,
+        mailbox: &str,
+        imported: &Imported<'_>,
+        message: &mut dyn Read,
+    ) -> Result<Delivered, StoreError> {
+        let dir = self.quarantine_dir(mailbox)?;
+        self.import_dir(&dir, imported, message)
+    }
+
+    fn state_keys(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        state::keys(&self.path_of(mailbox)?)
+    }
+
     fn contains(&self, mailbox: &str, uid: &str) -> Result<bool, StoreError> {
         let dir = self.path_of(mailbox)?;
         Ok(scan::find_uid(&dir, uid)?.is_some())

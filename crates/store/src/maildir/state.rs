@@ -33,6 +33,28 @@ pub(super) fn get(dir: &Path, key: &str) -> Result<Option<Vec<u8>>, StoreError> 
     }
 }
 
+/// The keys set under the maildir `dir` (durable's temporary files, which
+/// start with '.', are not keys), sorted.
+pub(super) fn keys(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let state = dir.join(STATE_DIR);
+    let entries = match fs::read_dir(&state) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(format!("listing {}", state.display()))(e)),
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io(format!("listing {}", state.display())))?;
+        if let Some(name) = entry.file_name().to_str()
+            && crate::check_state_key(name).is_ok()
+        {
+            keys.push(name.to_owned());
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
 pub(super) fn put(dir: &Path, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
     let path = path_of(dir, key)?;
     match value {
