@@ -761,3 +761,76 @@ fn a_stalled_database_gives_timely_temporary_failures_and_bounded_memory() {
         }
     }
 }
+
+/// The SRS secret is in the database: the SRS address node A wrote when
+/// it forwarded a message is accepted by node B, which routes the bounce to
+/// it back to the original sender (through the shared queue); one forged
+/// is refused there.
+#[test]
+fn an_srs_address_made_on_one_node_is_honoured_by_another() {
+    let pg = Postgres::start();
+    // Nothing listens at the forward's destination: it stays queued.
+    let dead = free_port();
+    let extra = format!(
+        "{}[queue]\nretry_schedule_secs = [3600]\n\
+         [queue.transports]\n\"remote.test\" = \"127.0.0.1:{dead}\"\n",
+        storage(&pg)
+    );
+    let a = Env::new(BIN, &extra);
+    let b = Env::new(BIN, &extra);
+    migrate(&a);
+    a.add_user(ALICE, PW);
+    a.cli(&[
+        "user",
+        "set",
+        ALICE,
+        "--forward",
+        "friend@remote.test",
+        "--keep-copy",
+        "false",
+    ])
+    .ok();
+    let node_a = a.start();
+    let node_b = b.start();
+
+    let mut c = smtp_connect(node_a.smtp_addr());
+    assert_eq!(smtp_cmd(&mut c, "MAIL FROM:<sender@example.net>").0, 250);
+    assert_eq!(smtp_cmd(&mut c, &format!("RCPT TO:<{ALICE}>")).0, 250);
+    assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+    c.send_raw(&dot_stuff(&simple_message("forward me", "x")));
+    let (code, text) = smtp_cmd(&mut c, ".");
+    assert_eq!(code, 250, "{text}");
+    // The forward's SRS sender, as node B's CLI lists the shared queue.
+    let srs = wait_for(Duration::from_secs(10), "the forward in the queue", || {
+        b.cli(&["queue", "list"])
+            .ok()
+            .stdout
+            .split_whitespace()
+            .map(|w| w.trim_matches(['<', '>']))
+            .find(|w| w.starts_with("SRS0="))
+            .map(str::to_owned)
+    });
+    assert!(srs.ends_with("=example.net=sender@example.test"), "{srs}");
+
+    let mut c = smtp_connect(node_b.smtp_addr());
+    assert_eq!(smtp_cmd(&mut c, "MAIL FROM:<>").0, 250);
+    let forged = srs.replace("=sender@", "=victim@");
+    let (code, text) = smtp_cmd(&mut c, &format!("RCPT TO:<{forged}>"));
+    assert_eq!(code, 550, "{text}");
+    let (code, text) = smtp_cmd(&mut c, &format!("RCPT TO:<{srs}>"));
+    assert_eq!(code, 250, "node B decodes node A's SRS address: {text}");
+    assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+    c.send_raw(&dot_stuff(&simple_message(
+        "far-side bounce",
+        "undeliverable",
+    )));
+    let (code, text) = smtp_cmd(&mut c, ".");
+    assert_eq!(code, 250, "{text}");
+    // Queued back to the original sender, with the null sender.
+    let listed = wait_for(Duration::from_secs(10), "the bounce in the queue", || {
+        let out = a.cli(&["queue", "list"]).ok().stdout;
+        out.contains("sender@example.net").then_some(out)
+    });
+    assert!(listed.contains("<>"), "{listed}");
+    assert!(listed.contains("-- 2 entries"), "{listed}");
+}
