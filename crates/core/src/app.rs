@@ -186,7 +186,14 @@ impl App {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let sessions = crate::sessions::Sessions::new(Arc::clone(&metrics));
         let rate_limits = crate::rate_limit::RateLimits::new(&config);
-        let send_limits = crate::send_limits::SendLimits::open(&config.data_dir);
+        let send_limits = match config.storage.backend {
+            postoffice_config::Backend::Maildir => {
+                crate::send_limits::SendLimits::open(&config.data_dir)
+            }
+            postoffice_config::Backend::Postgres => crate::send_limits::SendLimits::shared(
+                postoffice_pg::PgSendLog::new(&pg_options(&config)?),
+            ),
+        };
         Ok(App {
             config,
             store,

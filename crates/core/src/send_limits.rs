@@ -8,6 +8,12 @@
 //! `data_dir/send_limits.txt` (the server does at shutdown) and
 //! [`SendLimits::open`] reads them back, so a restart does not reset a
 //! spammer's counts. A crash loses what was counted since the last save.
+//!
+//! With the PostgreSQL backend ([`SendLimits::shared`]) the counts are in
+//! the database (`postoffice_pg::PgSendLog`), one per user across every
+//! node: a user's limit is not multiplied by the number of nodes. If the
+//! database cannot be asked, the node counts in memory meanwhile (the
+//! message cannot be stored or queued without the database anyway).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -34,6 +40,8 @@ pub struct SendLimits {
     sent: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
     /// When each user was refused for a limit, within the last day.
     hits: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// The counts every node shares, when there is a database.
+    shared: Option<postoffice_pg::PgSendLog>,
 }
 
 /// The file in `data_dir`.
@@ -89,6 +97,15 @@ impl SendLimits {
         limits
     }
 
+    /// The counts of every node, in the database (nothing is saved to
+    /// data_dir).
+    pub fn shared(log: postoffice_pg::PgSendLog) -> SendLimits {
+        SendLimits {
+            shared: Some(log),
+            ..SendLimits::default()
+        }
+    }
+
     /// Writes the counts of the last day durably (see the module docs).
     pub fn save(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else {
@@ -118,6 +135,15 @@ impl SendLimits {
     /// Records that `user` was refused for a limit; returns how often that
     /// happened within the last 24 hours (this time included).
     pub fn record_hit(&self, user: &str) -> u32 {
+        if let Some(log) = &self.shared {
+            let user = user.to_ascii_lowercase();
+            match crate::inbound::blocking(|| log.record_hit(&user)) {
+                Ok(n) => return n,
+                Err(e) => {
+                    tracing::warn!(error = %e, %user, "cannot record a sending-limit hit in the database; counting on this node");
+                }
+            }
+        }
         let now = Instant::now();
         let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
         let log = hits.entry(user.to_ascii_lowercase()).or_default();
@@ -141,8 +167,24 @@ impl SendLimits {
         if max_per_hour == 0 && max_rcpts_per_day == 0 {
             return Ok(());
         }
-        let now = Instant::now();
         let rcpts = u32::try_from(rcpts).unwrap_or(u32::MAX);
+        if let Some(log) = &self.shared {
+            use postoffice_pg::SendCheck;
+            let user = user.to_ascii_lowercase();
+            match crate::inbound::blocking(|| {
+                log.admit(&user, rcpts, max_per_hour, max_rcpts_per_day)
+            }) {
+                Ok(SendCheck::Admitted) => return Ok(()),
+                Ok(SendCheck::OverHour) => return Err(Exceeded::MessagesPerHour(max_per_hour)),
+                Ok(SendCheck::OverDay) => {
+                    return Err(Exceeded::RecipientsPerDay(max_rcpts_per_day));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %user, "cannot check the sending limits in the database; counting on this node");
+                }
+            }
+        }
+        let now = Instant::now();
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         let log = sent.entry(user.to_ascii_lowercase()).or_default();
         while log

@@ -11,20 +11,17 @@
 //! wait behind them. A connection that broke (a database restart or a
 //! failover) is replaced at the next call.
 
-use std::sync::{Mutex, PoisonError};
-
 use postoffice_directory::{Error as DirError, SharedDocument};
 use tokio_postgres::types::Type;
 
 use crate::conn::DbError;
-use crate::schema::{One, connect_one, require_current};
+use crate::schema::{Lazy, One, connect_one, require_current};
 use crate::{PgError, PgOptions};
 
 /// The directory document in the database. `Send + Sync`.
 pub struct PgDirectory {
-    options: PgOptions,
     place: String,
-    conn: Mutex<Option<One>>,
+    conn: Lazy,
 }
 
 impl std::fmt::Debug for PgDirectory {
@@ -42,9 +39,8 @@ impl PgDirectory {
         let mut client = connect_one(options, options.answer_limit())?;
         require_current(&mut client)?;
         Ok(PgDirectory {
-            options: options.clone(),
             place: options.describe(),
-            conn: Mutex::new(Some(client)),
+            conn: Lazy::new(options, Some(client)),
         })
     }
 
@@ -63,21 +59,7 @@ impl PgDirectory {
         action: &'static str,
         f: impl FnOnce(&mut One) -> Result<T, DirError>,
     ) -> Result<T, DirError> {
-        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            let one = connect_one(&self.options, self.options.answer_limit())
-                .map_err(|e| self.error(action, e))?;
-            *slot = Some(one);
-        }
-        let Some(client) = slot.as_mut() else {
-            return Err(self.error(action, "no connection"));
-        };
-        let result = f(client);
-        if result.is_err() {
-            // Broken or in an unknown state: start afresh next time.
-            *slot = None;
-        }
-        result
+        self.conn.with(|e| self.error(action, e), f)
     }
 }
 

@@ -9,19 +9,16 @@
 //! connection of its own, made on first use and replaced when it breaks,
 //! as [`crate::PgDirectory`] does; never the mail pool.
 
-use std::sync::{Mutex, PoisonError};
-
 use tokio_postgres::types::Type;
 
 use crate::conn::DbError;
-use crate::schema::{One, connect_one};
+use crate::schema::{Lazy, One};
 use crate::{PgError, PgOptions};
 
 /// The `node_keys` table. `Send + Sync`.
 pub struct PgKeys {
-    options: PgOptions,
     place: String,
-    conn: Mutex<Option<One>>,
+    conn: Lazy,
 }
 
 impl std::fmt::Debug for PgKeys {
@@ -44,9 +41,8 @@ impl PgKeys {
     /// call, not here.
     pub fn new(options: &PgOptions) -> PgKeys {
         PgKeys {
-            options: options.clone(),
             place: options.describe(),
-            conn: Mutex::new(None),
+            conn: Lazy::new(options, None),
         }
     }
 
@@ -58,18 +54,7 @@ impl PgKeys {
     /// Runs `f` on the connection (made again if there is none); a
     /// connection that fails is dropped, so the next call reconnects.
     fn with<T>(&self, f: impl FnOnce(&mut One) -> Result<T, PgError>) -> Result<T, PgError> {
-        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(connect_one(&self.options, self.options.answer_limit())?);
-        }
-        let Some(client) = slot.as_mut() else {
-            unreachable!("connected above");
-        };
-        let result = f(client);
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        self.conn.with(|e| e, f)
     }
 
     /// The value of key `name`, or `None` when there is none.

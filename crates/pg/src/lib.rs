@@ -55,6 +55,7 @@ mod keys;
 mod lease;
 mod read;
 mod schema;
+mod send_log;
 mod store;
 
 use std::time::Duration;
@@ -64,6 +65,7 @@ pub use directory::PgDirectory;
 pub use error::PgError;
 pub use keys::PgKeys;
 pub use schema::{Migrated, SCHEMA_VERSION, migrate, schema_version};
+pub use send_log::{PgSendLog, SendCheck};
 pub use store::{PgStore, Pool, check_schema, pool, take};
 
 /// How to reach the database and how the backend behaves.

@@ -23,7 +23,7 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 const MIGRATION_LOCK: i64 = 0x0070_6f73_746f_6666;
 
 /// One SQL script per version step.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     // 1: mail storage.
     r#"
 CREATE TABLE postoffice_schema (
@@ -119,6 +119,18 @@ CREATE TABLE node_keys (
     created timestamptz NOT NULL DEFAULT now()
 );
 "#,
+    // 5: what each user submitted and when they hit a sending limit, over
+    // the last day, counted across every node (a user's limits are theirs,
+    // not each node's).
+    r#"
+CREATE TABLE send_log (
+    address text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    -- Recipients of a message; NULL for a refusal (a limit hit).
+    rcpts integer
+);
+CREATE INDEX send_log_address ON send_log (address, at);
+"#,
 ];
 
 /// What [`migrate`] did.
@@ -164,6 +176,50 @@ pub(crate) fn connect_one(opts: &PgOptions, limit: Duration) -> Result<One, PgEr
         conn,
         _runtime: runtime,
     })
+}
+
+/// One connection outside the pool, made at first use and made again after
+/// a failure (the keys, the directory and the sending counts each keep one:
+/// small, rare queries that should not wait behind mail in the pool).
+pub(crate) struct Lazy {
+    options: PgOptions,
+    conn: std::sync::Mutex<Option<One>>,
+}
+
+impl Lazy {
+    /// Connects at the first [`Lazy::with`], or now with `first`.
+    pub(crate) fn new(options: &PgOptions, first: Option<One>) -> Lazy {
+        Lazy {
+            options: options.clone(),
+            conn: std::sync::Mutex::new(first),
+        }
+    }
+
+    /// Runs `f` on the connection (made again if there is none, a failure
+    /// to connect mapped by `connect_error`); a connection that fails is
+    /// dropped, so the next call reconnects (and nothing of a transaction
+    /// `f` left open survives it).
+    pub(crate) fn with<T, E>(
+        &self,
+        connect_error: impl FnOnce(PgError) -> E,
+        f: impl FnOnce(&mut One) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut slot = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let client = match slot.take() {
+            Some(c) if !c.is_closed() => slot.insert(c),
+            _ => slot.insert(
+                connect_one(&self.options, self.options.answer_limit()).map_err(connect_error)?,
+            ),
+        };
+        let result = f(client);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
 }
 
 fn query(context: &str) -> impl FnOnce(DbError) -> PgError + '_ {

@@ -834,3 +834,60 @@ fn an_srs_address_made_on_one_node_is_honoured_by_another() {
     assert!(listed.contains("<>"), "{listed}");
     assert!(listed.contains("-- 2 entries"), "{listed}");
 }
+
+/// A user's sending limit is the user's, not each node's: with 3 messages
+/// an hour, two sent through node A and one through node B use it up, and
+/// the fourth is refused on either node; the refusals are counted across
+/// nodes too (`disable_after_limit_hits = 2`: the second, on the other
+/// node, disables the account).
+#[test]
+fn sending_limits_hold_across_nodes() {
+    let pg = Postgres::start();
+    let extra = format!(
+        "submission.max_messages_per_hour = 3\nsubmission.disable_after_limit_hits = 2\n{}",
+        storage(&pg)
+    );
+    let a = Env::new(BIN, &extra);
+    let b = Env::new(BIN, &extra);
+    migrate(&a);
+    a.add_user(ALICE, PW);
+    let nodes = [a.start(), b.start()];
+    let submit = |node: &Server| -> (u16, String) {
+        let mut c = smtp_connect(node.submit_addr());
+        let auth = base64(format!("\0{ALICE}\0{PW}").as_bytes());
+        let (code, text) = smtp_cmd(&mut c, &format!("AUTH PLAIN {auth}"));
+        if code != 235 {
+            return (code, text);
+        }
+        assert_eq!(smtp_cmd(&mut c, &format!("MAIL FROM:<{ALICE}>")).0, 250);
+        assert_eq!(smtp_cmd(&mut c, &format!("RCPT TO:<{ALICE}>")).0, 250);
+        assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+        c.send_raw(format!("From: {ALICE}\r\nSubject: limited\r\n\r\nhi\r\n.\r\n").as_bytes());
+        smtp_reply(&mut c)
+    };
+    for node in [&nodes[0], &nodes[0], &nodes[1]] {
+        let (code, text) = submit(node);
+        assert_eq!(code, 250, "{text}");
+    }
+    let (code, text) = submit(&nodes[1]);
+    assert!(
+        text.starts_with("451 4.7.0 Sending limit reached"),
+        "{code} {text}"
+    );
+    assert!(!text.contains("disabled"), "first hit: {text}");
+    let (code, text) = submit(&nodes[0]);
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.contains("account disabled"),
+        "second hit, other node: {text}"
+    );
+    let info = b.cli(&["user", "info", ALICE]).ok().stdout;
+    assert!(info.contains("disabled:       true"), "{info}");
+    // Enabled again: the three that were admitted are there, no more.
+    a.cli(&["user", "set", ALICE, "--disabled", "false"]).ok();
+    let stat = wait_for(Duration::from_secs(10), "alice enabled on node B", || {
+        let mut c = nodes[1].connect();
+        c.login(ALICE, PW).starts_with("+OK").then(|| c.stat().0)
+    });
+    assert_eq!(stat, 3);
+}
