@@ -120,6 +120,9 @@ pub struct App {
     srs: Mutex<Option<crate::srs::Srs>>,
     /// Serialises updates of the vacation state file.
     pub(crate) vacation_state: Mutex<()>,
+    /// The marks every node shares (PostgreSQL backend): vacation replies
+    /// sent (and greylisting's, through [`App::greylist`]).
+    pub(crate) marks: Option<Arc<postoffice_pg::PgMarks>>,
 }
 
 type CapaCache = (Arc<DirectoryData>, ExpireSummary, LoginDelaySummary);
@@ -152,8 +155,17 @@ impl App {
     fn with_filters(config: Config, filters: postoffice_filter::Filters) -> Result<Self, AppError> {
         let directory = crate::inbound::blocking(|| directory(&config))?;
         let spool_dir = config.data_dir.join("spool");
-        let greylist = crate::greylist::Greylist::open(&config.filter, &config.data_dir)
-            .map_err(|e| AppError::Filter(postoffice_filter::FilterError::Config(e)))?;
+        // Greylisting and vacation replies sent, shared by every node on
+        // PostgreSQL (files in data_dir otherwise).
+        let marks = match config.storage.backend {
+            postoffice_config::Backend::Maildir => None,
+            postoffice_config::Backend::Postgres => {
+                Some(Arc::new(postoffice_pg::PgMarks::new(&pg_options(&config)?)))
+            }
+        };
+        let greylist =
+            crate::greylist::Greylist::open(&config.filter, &config.data_dir, marks.clone())
+                .map_err(|e| AppError::Filter(postoffice_filter::FilterError::Config(e)))?;
         postoffice_common::durable::create_dir_all(&spool_dir).map_err(|source| {
             AppError::Spool {
                 path: spool_dir.clone(),
@@ -216,6 +228,7 @@ impl App {
             capa_cache: Mutex::new(None),
             srs: Mutex::new(None),
             vacation_state: Mutex::new(()),
+            marks,
             spool_dir,
             budget,
         })

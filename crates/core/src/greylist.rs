@@ -3,7 +3,11 @@
 //! after `greylist_delay_secs` is accepted, and the client network is then
 //! allowed for `greylist_lifetime_secs`. The state is a small file in
 //! `data_dir` (`greylist.txt`), rewritten with `common::durable` on every
-//! change, so a restart remembers it.
+//! change, so a restart remembers it; with the PostgreSQL backend it is in
+//! the database (`postoffice_pg::PgMarks`), so every node knows a triplet
+//! another node saw (a sender retrying through another node is not
+//! greylisted again). If the database cannot be asked, mail is accepted:
+//! greylisting only delays, it must never block.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,6 +27,7 @@ pub struct Greylist {
     allow_nets: Vec<(IpAddr, u8)>,
     allow_domains: Vec<String>,
     state: Mutex<State>,
+    shared: Option<std::sync::Arc<postoffice_pg::PgMarks>>,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +69,11 @@ fn network(ip: IpAddr) -> String {
 impl Greylist {
     /// `None` when `filter.greylist` is off. Loads the state file (a
     /// missing file is an empty state; unreadable lines are skipped).
-    pub fn open(filter: &Filter, data_dir: &std::path::Path) -> Result<Option<Greylist>, String> {
+    pub fn open(
+        filter: &Filter,
+        data_dir: &std::path::Path,
+        shared: Option<std::sync::Arc<postoffice_pg::PgMarks>>,
+    ) -> Result<Option<Greylist>, String> {
         if !filter.greylist {
             return Ok(None);
         }
@@ -109,6 +118,7 @@ impl Greylist {
                 .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
                 .collect(),
             state: Mutex::new(state),
+            shared,
         }))
     }
 
@@ -128,6 +138,9 @@ impl Greylist {
             return Ok(());
         }
         let net = network(ip);
+        if let Some(marks) = &self.shared {
+            return self.check_shared(marks, &net, &sender, rcpt);
+        }
         let now = now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state
@@ -154,6 +167,38 @@ impl Greylist {
         state.clients.insert(net, now);
         self.save(&mut state, now);
         Ok(())
+    }
+
+    /// [`Greylist::check`] with the state in the database.
+    fn check_shared(
+        &self,
+        marks: &postoffice_pg::PgMarks,
+        net: &str,
+        sender: &str,
+        rcpt: &str,
+    ) -> Result<(), Reply> {
+        let lifetime = std::time::Duration::from_secs(self.lifetime);
+        let client = format!("greylist c {net}");
+        let triplet = format!("greylist t {net}|{sender}|{}", rcpt.to_ascii_lowercase());
+        let decided = crate::inbound::blocking(|| {
+            if marks.is_recent(&client, lifetime)? {
+                return Ok(Ok(()));
+            }
+            let mark = marks.first_seen(&triplet, lifetime)?;
+            if mark.fresh {
+                return Ok(Err(Reply::greylisted(self.delay)));
+            }
+            if mark.age_secs < self.delay {
+                return Ok(Err(Reply::greylisted(self.delay - mark.age_secs)));
+            }
+            marks.replace(&client, &triplet)?;
+            marks.purge("greylist ", lifetime)?;
+            Ok::<_, postoffice_pg::PgError>(Ok(()))
+        });
+        decided.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "greylisting cannot reach the database; accepting");
+            Ok(())
+        })
     }
 
     /// Drops expired entries and rewrites the file durably. A write error

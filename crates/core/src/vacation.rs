@@ -12,7 +12,8 @@
 //! - only when the user's address is in `To:` or `Cc:` (§2: not to Bcc or
 //!   list copies);
 //! - at most once per sender in `[addresses] vacation_interval_days`
-//!   (the state is kept in `<data_dir>/vacation.txt`, written durably).
+//!   (the state is kept in `<data_dir>/vacation.txt`, written durably; with
+//!   the PostgreSQL backend in the database, shared by every node).
 //!
 //! The reply has the null envelope sender (§3.3, so nothing ever answers
 //! it), `Auto-Submitted: auto-replied`, `In-Reply-To:` and `References:`
@@ -169,6 +170,20 @@ fn state_path(app: &App) -> PathBuf {
 /// dropped. The file is replaced durably before the reply is sent, so a
 /// crash may lose a reply but never sends one twice.
 fn record(app: &App, user: &str, sender: &str, day: u64, interval: u64) -> std::io::Result<bool> {
+    if let Some(marks) = &app.marks {
+        // Every node's replies in one place: one reply per sender and
+        // interval whichever node delivers.
+        let lifetime = std::time::Duration::from_secs(interval.saturating_mul(86_400));
+        let key = format!("vacation {user} {}", sender.to_ascii_lowercase());
+        return crate::inbound::blocking(|| {
+            let set = marks.set_unless_recent(&key, lifetime)?;
+            if set {
+                marks.purge("vacation ", lifetime)?;
+            }
+            Ok::<_, postoffice_pg::PgError>(set)
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    }
     let _guard = app.vacation_state.lock().unwrap_or_else(|p| p.into_inner());
     let path = state_path(app);
     let text = match std::fs::read_to_string(&path) {

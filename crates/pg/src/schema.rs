@@ -23,7 +23,7 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 const MIGRATION_LOCK: i64 = 0x0070_6f73_746f_6666;
 
 /// One SQL script per version step.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     // 1: mail storage.
     r#"
 CREATE TABLE postoffice_schema (
@@ -130,6 +130,16 @@ CREATE TABLE send_log (
     rcpts integer
 );
 CREATE INDEX send_log_address ON send_log (address, at);
+"#,
+    // 6: small expiring marks every node must see: greylisting's triplets
+    // and client networks, the vacation replies sent (who was answered
+    // when).
+    r#"
+CREATE TABLE marks (
+    key text PRIMARY KEY,
+    at timestamptz NOT NULL
+);
+CREATE INDEX marks_at ON marks (at);
 "#,
 ];
 

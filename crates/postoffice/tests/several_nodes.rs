@@ -891,3 +891,85 @@ fn sending_limits_hold_across_nodes() {
     });
     assert_eq!(stat, 3);
 }
+
+/// Greylisting and vacation replies are remembered in the database: a
+/// triplet greylisted by node A is accepted by node B once the delay has
+/// passed (and the client is then known on A too), and a sender writing
+/// to an absent user through both nodes gets one vacation reply, not one
+/// per node.
+#[test]
+fn greylisting_and_vacation_replies_are_shared_by_the_nodes() {
+    const SENDER: &str = "sender@example.test";
+    let pg = Postgres::start();
+    let extra = format!(
+        "{}[filter]\nspf = \"off\"\ndkim = \"off\"\ndmarc = \"off\"\n\
+         greylist = true\ngreylist_delay_secs = 1\n",
+        storage(&pg)
+    );
+    let a = Env::new(BIN, &extra);
+    let b = Env::new(BIN, &extra);
+    migrate(&a);
+    a.add_user(ALICE, PW);
+    a.add_user(SENDER, PW);
+    let away = a.path().join("away.txt");
+    std::fs::write(&away, "Subject: away\n\nBack on Monday.\n").unwrap();
+    a.cli(&[
+        "user",
+        "set",
+        ALICE,
+        "--vacation-file",
+        away.to_str().unwrap(),
+    ])
+    .ok();
+    let nodes = [a.start(), b.start()];
+    let rcpt = |node: &Server| -> (u16, String) {
+        let mut c = smtp_connect(node.smtp_addr());
+        assert_eq!(smtp_cmd(&mut c, &format!("MAIL FROM:<{SENDER}>")).0, 250);
+        smtp_cmd(&mut c, &format!("RCPT TO:<{ALICE}>"))
+    };
+    let (code, text) = rcpt(&nodes[0]);
+    assert_eq!(code, 451, "first attempt, node A: {text}");
+    // The retry reaches node B: accepted once the delay has passed there
+    // too, never greylisted afresh.
+    wait_for(
+        Duration::from_secs(20),
+        "node B to accept the retry",
+        || {
+            let (code, text) = rcpt(&nodes[1]);
+            assert!(
+                code == 250 || text.starts_with("451 4.7.1"),
+                "{code} {text}"
+            );
+            (code == 250).then_some(())
+        },
+    );
+    // The client network is now known to node A as well.
+    assert_eq!(rcpt(&nodes[0]).0, 250);
+
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = smtp_connect(node.smtp_addr());
+        assert_eq!(smtp_cmd(&mut c, &format!("MAIL FROM:<{SENDER}>")).0, 250);
+        assert_eq!(smtp_cmd(&mut c, &format!("RCPT TO:<{ALICE}>")).0, 250);
+        assert_eq!(smtp_cmd(&mut c, "DATA").0, 354);
+        c.send_raw(
+            format!("From: <{SENDER}>\r\nTo: <{ALICE}>\r\nSubject: note {i}\r\n\r\nhi\r\n.\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(smtp_reply(&mut c).0, 250);
+    }
+    let mut c = nodes[1].login_when_free(ALICE, PW);
+    assert_eq!(c.stat().0, 2, "both notes delivered");
+    c.quit();
+    let mut c = nodes[0].login_when_free(SENDER, PW);
+    let replies: Vec<String> = c
+        .retr_all()
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .filter(|m| m.contains("Subject: away"))
+        .collect();
+    assert_eq!(
+        replies.len(),
+        1,
+        "one vacation reply for two nodes: {replies:?}"
+    );
+}

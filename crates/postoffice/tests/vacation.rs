@@ -143,9 +143,19 @@ fn twenty_messages_from_three_senders_get_three_replies() {
         "{:?}",
         env.queued_messages()
     );
-    // The state is durable in the data directory.
-    let state = std::fs::read_to_string(env.data_dir().join("vacation.txt")).unwrap();
-    assert_eq!(state.lines().count(), 3, "{state}");
+    // The state is durable: in the data directory, or in the database
+    // that every node shares.
+    if let Some(url) = env.storage_url() {
+        assert!(!env.data_dir().join("vacation.txt").exists());
+        let rows = common::pg_query(
+            &url,
+            "SELECT count(*) FROM marks WHERE key LIKE 'vacation %'",
+        );
+        assert_eq!(rows, [["3"]], "three senders answered");
+    } else {
+        let state = std::fs::read_to_string(env.data_dir().join("vacation.txt")).unwrap();
+        assert_eq!(state.lines().count(), 3, "{state}");
+    }
     // And counted.
     let mut http = common::HttpClient::new(server.http_addr());
     let metrics = http.get("/metrics").text();

@@ -67,7 +67,7 @@ pub use mail::{
     all_files, base64, crlf_normalize, dot_stuff, dot_unstuff, lines_of, simple_message,
 };
 pub use net::{IO_TIMEOUT, free_port, tcp_connect, wait_for_port};
-pub use postgres::{Postgres, STANDBY_NAME, create_database};
+pub use postgres::{Postgres, STANDBY_NAME, create_database, query as pg_query};
 pub use postoffice::{Env, Output, START_TIMEOUT, Server, cli_with_config};
 pub use program::{find_program, optional_program, program};
 pub use smtp::{smtp_cmd, smtp_connect, smtp_reply};

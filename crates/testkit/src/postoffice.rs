@@ -152,7 +152,7 @@ impl Env {
     }
 
     /// The `[storage] url` of an environment on the postgres backend.
-    fn storage_url(&self) -> Option<String> {
+    pub fn storage_url(&self) -> Option<String> {
         if !self.on_postgres() {
             return None;
         }
