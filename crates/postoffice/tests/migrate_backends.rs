@@ -117,6 +117,11 @@ fn maildir_to_postgres_and_back_keeps_every_message_and_uidl() {
         .join("\r\n");
     a.deliver(ALICE, &simple_message("big", &big));
     let held = hold(&a, ALICE, "1764900000.M1P1.test");
+    // A value the application keeps with a mailbox (what the quarantine
+    // digest listed), where the Maildir backend keeps it.
+    let state = a.maildir(ALICE).join("postoffice-state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("quarantine-digest"), "sent 1764900000").unwrap();
     let out = a.cli_stdin(
         &["sendmail", "-f", ALICE, "friend@remote.test"],
         format!("From: {ALICE}\r\nSubject: queued\r\n\r\nhi\r\n").as_bytes(),
@@ -185,6 +190,15 @@ fn maildir_to_postgres_and_back_keeps_every_message_and_uidl() {
     assert_eq!(
         line(&again, "messages: "),
         format!("messages: 0 copied (0 bytes), {total} already there, in 6 mailbox(es)")
+    );
+    assert_eq!(line(&again, "mailbox values: "), "mailbox values: 0 copied");
+    assert_eq!(
+        pg_query(
+            &url,
+            "SELECT s.key, encode(s.value, 'escape') FROM mailbox_state s \
+             JOIN mailboxes b ON b.id = s.mailbox_id WHERE b.name = 'alice@example.test'"
+        ),
+        [["quarantine-digest", "sent 1764900000"]]
     );
     assert_eq!(
         line(&again, "queue: "),
@@ -263,6 +277,12 @@ fn maildir_to_postgres_and_back_keeps_every_message_and_uidl() {
     assert_eq!(
         line(&back, "quarantined: "),
         "quarantined: 1 copied, 0 already there"
+    );
+    assert_eq!(line(&back, "mailbox values: "), "mailbox values: 1 copied");
+    assert_eq!(
+        std::fs::read_to_string(b.maildir(ALICE).join("postoffice-state/quarantine-digest"))
+            .unwrap(),
+        "sent 1764900000"
     );
     let back_again = migrate(&b, "maildir");
     assert!(
