@@ -43,7 +43,11 @@
 //! - mail: [`crlf_normalize`], [`dot_stuff`], [`dot_unstuff`],
 //!   [`lines_of`], [`simple_message`], [`base64`], [`all_files`];
 //! - the real binary: [`Env`] (a temporary directory with a config file),
-//!   [`Server`] (a running `postoffice serve`), [`Output`] (one CLI run).
+//!   [`Server`] (a running `postoffice serve`), [`Output`] (one CLI run);
+//!   what is stored, on either backend (Maildir files or the PostgreSQL
+//!   tables): [`Env::stored_messages`], [`Env::queued_messages`],
+//!   [`Env::directory_document`] and [`Env::edit_directory`], and
+//!   [`Env::wait_for_directory`] for a CLI change to reach a running server.
 #![forbid(unsafe_code)]
 
 mod client;

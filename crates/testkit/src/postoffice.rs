@@ -151,6 +151,116 @@ impl Env {
             .collect()
     }
 
+    /// The mailbox (address) of every stored message, maildrops and
+    /// quarantines alike, sorted, on either backend: on Maildir a file in
+    /// `new/`, `cur/` or `tmp/` below `data/mail` (a quarantine's too),
+    /// on PostgreSQL a row of `messages`. Empty when nothing is stored.
+    #[track_caller]
+    pub fn stored_messages(&self) -> Vec<String> {
+        if let Some(url) = self.storage_url() {
+            return crate::postgres::query(
+                &url,
+                "SELECT b.name FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id ORDER BY b.name",
+            )
+            .into_iter()
+            .filter_map(|row| row.into_iter().next())
+            .collect();
+        }
+        let mail = self.data_dir().join("mail");
+        let mut out: Vec<String> = crate::mail::all_files(&mail)
+            .into_iter()
+            .filter(|p| {
+                p.parent()
+                    .and_then(|d| d.file_name())
+                    .is_some_and(|n| n == "new" || n == "cur" || n == "tmp")
+            })
+            .map(|p| {
+                let rel = p.strip_prefix(&mail).expect("below data/mail");
+                let mut parts = rel.iter().map(|c| c.to_string_lossy().into_owned());
+                let domain = parts.next().unwrap_or_default();
+                let local = parts.next().unwrap_or_default();
+                format!("{local}@{domain}")
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The directory document (the TOML of `data/directory.toml`, or its
+    /// row in PostgreSQL).
+    #[track_caller]
+    pub fn directory_document(&self) -> String {
+        match self.storage_url() {
+            Some(url) => {
+                let rows = crate::postgres::query(
+                    &url,
+                    "SELECT encode(convert_to(body, 'UTF8'), 'hex') FROM directory_document",
+                );
+                let hex = rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .cloned()
+                    .unwrap_or_default();
+                String::from_utf8(hex_decode(&hex)).expect("UTF-8 directory")
+            }
+            None => std::fs::read_to_string(self.data_dir().join("directory.toml"))
+                .expect("read directory.toml"),
+        }
+    }
+
+    /// Rewrites the directory document by hand, bypassing every check of
+    /// the CLI (as an administrator editing `directory.toml` would; on
+    /// PostgreSQL a new version of its row, which running nodes pick up).
+    #[track_caller]
+    pub fn edit_directory(&self, edit: impl FnOnce(String) -> String) {
+        let text = edit(self.directory_document());
+        match self.storage_url() {
+            Some(url) => {
+                let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+                crate::postgres::query(
+                    &url,
+                    &format!(
+                        "UPDATE directory_document SET version = version + 1, \
+                         body = convert_from(decode('{hex}', 'hex'), 'UTF8')"
+                    ),
+                );
+            }
+            None => std::fs::write(self.data_dir().join("directory.toml"), text)
+                .expect("write directory.toml"),
+        }
+    }
+
+    /// Waits (bounded) until the running `server` works with every
+    /// directory change made so far. On Maildir it reads directory.toml
+    /// when it changes, so there is nothing to wait for; on PostgreSQL a
+    /// node picks up the shared document within a second or so: this adds
+    /// a user of a domain of its own (`directory-sync.test`) and waits for
+    /// the server to accept mail for it (the document is versioned as a
+    /// whole, so every earlier change is then in effect too).
+    #[track_caller]
+    pub fn wait_for_directory(&self, server: &Server) {
+        if !self.on_postgres() {
+            return;
+        }
+        let _ = self.cli(&["domain", "add", "directory-sync.test"]);
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let probe = format!("sync-{n}@directory-sync.test");
+        self.add_user(&probe, "directory sync probe");
+        let mut c = crate::smtp::smtp_connect(server.smtp_addr());
+        assert_eq!(crate::smtp::smtp_cmd(&mut c, "MAIL FROM:<>").0, 250);
+        wait_for(
+            START_TIMEOUT,
+            "the server to see the directory change",
+            || {
+                let (code, _) = crate::smtp::smtp_cmd(&mut c, &format!("RCPT TO:<{probe}>"));
+                (code == 250).then_some(())
+            },
+        );
+        let _ = crate::smtp::smtp_cmd(&mut c, "QUIT");
+    }
+
     /// The `[storage] url` of an environment on the postgres backend.
     pub fn storage_url(&self) -> Option<String> {
         if !self.on_postgres() {
@@ -507,6 +617,12 @@ fn postgres_backend(extra: &str) -> Option<String> {
     Some(format!(
         "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nlease_secs = 5\n"
     ))
+}
+
+fn hex_decode(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex from encode()"))
+        .collect()
 }
 
 fn no_dns(extra: &str) -> String {
