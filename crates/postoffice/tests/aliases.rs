@@ -249,18 +249,18 @@ fn cli_refuses_bad_aliases_and_shows_every_rule() {
     // Mail for the surviving chain still arrives, once.
     assert_eq!(mx_send(&server, &["b@example.test"], "chain").0, 250);
     assert_eq!(with_subject(&messages(&server, ALICE), "chain").len(), 1);
-    // A loop written into directory.toml by hand (the running server
-    // reloads it): delivery cuts it, each mailbox gets one copy, and
-    // `config check` names it.
-    let file = env.data_dir().join("directory.toml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let looped = text.replacen(
-        "address = \"a@example.test\"\ntargets = [\"alice@example.test\"]",
-        "address = \"a@example.test\"\ntargets = [\"alice@example.test\", \"b@example.test\"]",
-        1,
-    );
-    assert_ne!(looped, text, "{text}");
-    std::fs::write(&file, looped).unwrap();
+    // A loop written into the directory by hand (directory.toml, or its
+    // row in PostgreSQL; the running server reloads it): delivery cuts
+    // it, each mailbox gets one copy, and `config check` names it.
+    env.edit_directory(|text| {
+        let looped = text.replacen(
+            "address = \"a@example.test\"\ntargets = [\"alice@example.test\"]",
+            "address = \"a@example.test\"\ntargets = [\"alice@example.test\", \"b@example.test\"]",
+            1,
+        );
+        assert_ne!(looped, text, "{text}");
+        looped
+    });
     let check = env.cli(&["config", "check"]);
     assert!(
         check.stderr.contains("alias a@example.test") && check.stderr.contains("loop"),
@@ -343,12 +343,14 @@ fn cli_refuses_bad_aliases_and_shows_every_rule() {
     assert!(with_subject(&bob, "lda fwd").is_empty());
     // Removing a target, then the alias.
     env.cli(&["alias", "del", "team@example.test", BOB]).ok();
+    env.wait_for_directory(&server);
     assert_eq!(
         mx_send(&server, &["team@example.test"], "smaller team").0,
         250
     );
     assert!(with_subject(&messages(&server, BOB), "smaller team").is_empty());
     env.cli(&["alias", "del", "b@example.test"]).ok();
+    env.wait_for_directory(&server);
     // Without it, the catch-all takes the address.
     assert_eq!(mx_send(&server, &["b@example.test"], "after del").0, 250);
     assert_eq!(
@@ -434,11 +436,11 @@ fn too_deep_an_expansion_is_refused_not_half_delivered() {
         "{}",
         r.stderr
     );
-    // ...and when written by hand, mail for it gets 550 5.4.6 at RCPT.
-    let file = env.data_dir().join("directory.toml");
-    let mut text = std::fs::read_to_string(&file).unwrap();
-    text.push_str("\n[[alias]]\naddress = \"l3@example.test\"\ntargets = [\"l2@example.test\"]\n");
-    std::fs::write(&file, text).unwrap();
+    // ...and when written by hand (directory.toml, or its row in
+    // PostgreSQL), mail for it gets 550 5.4.6 at RCPT.
+    env.edit_directory(|text| {
+        text + "\n[[alias]]\naddress = \"l3@example.test\"\ntargets = [\"l2@example.test\"]\n"
+    });
     let server = env.start();
     let (code, text) = mx_send(&server, &["l3@example.test"], "deep");
     assert_eq!(code, 550, "{text}");

@@ -193,8 +193,8 @@ fn dovecot_passwd_import_allows_login() {
     c.quit();
 }
 
-/// `postoffice admin`: administrators of the web interface live in
-/// directory.toml as argon2id hashes, never as the password itself.
+/// `postoffice admin`: administrators of the web interface live in the
+/// directory (directory.toml, or its row in PostgreSQL) as argon2id hashes, never as the password itself.
 #[test]
 fn admin_accounts_are_managed_from_the_cli() {
     let env = Env::new(BIN, "");
@@ -212,7 +212,7 @@ fn admin_accounts_are_managed_from_the_cli() {
         .find_map(|l| l.strip_prefix("password: "))
         .unwrap_or_else(|| panic!("a generated password: {out:#?}"));
     assert_eq!(generated.len(), 20, "{out:#?}");
-    let dir = std::fs::read_to_string(env.data_dir().join("directory.toml")).unwrap();
+    let dir = env.directory_document();
     assert!(
         dir.contains("[[admin]]") && dir.contains("$argon2id$"),
         "{dir}"

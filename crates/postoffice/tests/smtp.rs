@@ -153,12 +153,7 @@ fn no_relaying_and_unknown_users() {
     c.send_raw(b"Subject: relay test\r\n\r\nx\r\n.\r\n");
     assert_eq!(reply(&mut c).0, 250);
     // Nothing was stored anywhere but alice's maildrop.
-    let mail = env.data_dir().join("mail");
-    let domains: Vec<String> = std::fs::read_dir(&mail)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(domains, vec!["example.test".to_string()]);
+    assert_eq!(env.stored_messages(), ["alice@example.test"]);
     assert_eq!(pop_all(&server, "alice@example.test", "pw-alice").len(), 1);
 }
 
@@ -273,8 +268,12 @@ fn starttls_then_mail_and_no_injection() {
 #[test]
 fn quotas() {
     let (env, server) = env_with_users();
+    // A byte quota smaller than the message below.
+    env.cli(&["user", "set", "bob@example.test", "--quota-bytes", "100"])
+        .ok();
     env.cli(&["user", "set", "alice@example.test", "--quota-messages", "1"])
         .ok();
+    env.wait_for_directory(&server);
     let mut c = connect(&server);
     let (code, text) = send_message(
         &mut c,
@@ -293,9 +292,6 @@ fn quotas() {
         b"Subject: 2\r\n\r\ny\r\n",
     );
     assert_eq!(out.status.code(), Some(75), "{}", out.stderr);
-    // A byte quota smaller than the message.
-    env.cli(&["user", "set", "bob@example.test", "--quota-bytes", "100"])
-        .ok();
     let long = format!("Subject: big\r\n\r\n{}\r\n", "z".repeat(500));
     assert_eq!(cmd(&mut c, "MAIL FROM:<x@example.net>").0, 250);
     assert_eq!(cmd(&mut c, "RCPT TO:<bob@example.test>").0, 250);

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    BIN, Client, Daemon, Env, Server, all_files, find_program, free_port, poll_until, program,
+    BIN, Client, Daemon, Env, Server, find_program, free_port, poll_until, program,
     smtp_cmd as cmd, smtp_connect, smtp_reply as reply, wait_for_port,
 };
 
@@ -167,15 +167,18 @@ fn pop_all(server: &Server) -> Vec<String> {
         .collect()
 }
 
-/// The quarantined messages of alice (the Maildir backend keeps them in
-/// `.Quarantine`).
-fn quarantined(env: &Env) -> Vec<PathBuf> {
-    all_files(&env.maildir("alice@example.test"))
-        .into_iter()
-        .filter(|p| {
-            p.to_string_lossy()
-                .to_ascii_lowercase()
-                .contains("quarantine/")
+/// The quarantined messages of alice, as `quarantine list` shows them
+/// and `quarantine show` prints them (either backend).
+fn quarantined(env: &Env) -> Vec<String> {
+    env.cli(&["quarantine", "list", "alice@example.test"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|l| {
+            let uid = l.split('\t').next().unwrap_or_default();
+            env.cli(&["quarantine", "show", "alice@example.test", uid])
+                .ok()
+                .stdout
         })
         .collect()
 }
@@ -202,9 +205,14 @@ fn gtube_between_the_thresholds_is_quarantined() {
     assert_eq!(code, 250, "{text}");
     assert!(text.contains("quarantined"), "{text}");
     assert!(pop_all(&server).is_empty(), "nothing in the maildrop");
-    let files = quarantined(&env);
-    assert_eq!(files.len(), 1, "{files:?}");
-    let stored = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(
+        env.stored_messages(),
+        ["alice@example.test"],
+        "one copy, held"
+    );
+    let held = quarantined(&env);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let stored = &held[0];
     assert!(
         stored.contains("X-Spam-Status: Yes, score=15.00"),
         "{stored}"
