@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    BIN, Dnsmasq, Env, Server, all_files, free_port, smtp_cmd as cmd, smtp_connect,
-    smtp_reply as reply, wait_for,
+    BIN, Dnsmasq, Env, Server, free_port, smtp_cmd as cmd, smtp_connect, smtp_reply as reply,
+    wait_for,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -109,12 +109,16 @@ fn send(server: &Server, from: &str, to: &str, message: &str) -> (u16, String) {
     r
 }
 
+/// How many messages `user` has stored (either backend).
+fn stored(env: &Env, user: &str) -> usize {
+    env.stored_messages().iter().filter(|m| *m == user).count()
+}
+
 /// Wait until `user`'s maildrop holds `n` messages, then read them all
 /// over POP3.
 fn wait_mail(env: &Env, server: &Server, user: &str, pw: &str, n: usize) -> Vec<String> {
-    let new = env.maildir(user).join("new");
     wait_for(LIMIT, &format!("{n} message(s) for {user}"), || {
-        (all_files(&new).len() >= n).then_some(())
+        (stored(env, user) >= n).then_some(())
     });
     let mut c = server.login_when_free(user, pw);
     let all = c.retr_all();
@@ -164,7 +168,7 @@ fn forwarded_mail_passes_spf_and_bounces_come_back_through_srs() {
     assert_eq!(header(m, "Delivered-To"), Some("alice@a.test"), "{m}");
     assert!(m.contains("hello via a.test"), "{m}");
     // No copy kept at a.test.
-    assert!(all_files(&p.a.maildir("alice@a.test").join("new")).is_empty());
+    assert_eq!(stored(&p.a, "alice@a.test"), 0);
 
     // 2. A bounce from the far side (a DSN to the SRS address) reaches
     // the original sender, through a.test's queue.
@@ -193,7 +197,7 @@ fn forwarded_mail_passes_spf_and_bounces_come_back_through_srs() {
         "a DSN: {bounce}"
     );
     // carol kept her copy (the default).
-    assert_eq!(all_files(&p.a.maildir("carol@a.test").join("new")).len(), 1);
+    assert_eq!(stored(&p.a, "carol@a.test"), 1);
     let metrics = common::HttpClient::new(p.sa.http_addr())
         .get("/metrics")
         .text();
@@ -239,7 +243,26 @@ fn forged_or_malformed_srs_addresses_are_refused() {
     assert_eq!(cmd(&mut c, &format!("RCPT TO:<{srs}>")).0, 250);
     // One made with a.test's own key 22 days ago has expired
     // (srs_max_age_days = 21).
-    let key = postoffice_core::srs::Srs::load_or_create(&p.a.data_dir(), 21).unwrap();
+    // The key is a.test's srs.key, or its row in PostgreSQL (copied into
+    // a key file here to load it the same way).
+    let key_dir = match p.a.storage_url() {
+        Some(url) => {
+            let rows = common::pg_query(
+                &url,
+                "SELECT convert_from(value, 'UTF8') FROM node_keys WHERE name = 'srs'",
+            );
+            let dir = p.a.path().join("srs-copy");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                postoffice_core::srs::Srs::key_path(&dir),
+                format!("{}\n", rows.concat().concat()),
+            )
+            .unwrap();
+            dir
+        }
+        None => p.a.data_dir(),
+    };
+    let key = postoffice_core::srs::Srs::load_or_create(&key_dir, 21).unwrap();
     let today = postoffice_core::srs::today();
     let old = key.forward("sender@b.test", "a.test", today - 22);
     let (code, text) = cmd(&mut c, &format!("RCPT TO:<{old}>"));
@@ -265,6 +288,7 @@ fn vacation_reply_to_a_remote_sender_goes_through_the_queue() {
         away.to_str().unwrap(),
     ])
     .ok();
+    p.b.wait_for_directory(&p.sb);
     let msg = "From: <carol@a.test>\r\nTo: <dest@b.test>\r\nSubject: are you there\r\nMessage-ID: <q1@a.test>\r\n\r\nhi\r\n";
     for _ in 0..2 {
         let (code, text) = send(&p.sb, "carol@a.test", "dest@b.test", msg);

@@ -13,17 +13,34 @@ use common::{BIN, Env, wait_for};
 
 const USER: &str = "alice@example.test";
 
-/// A held message, written where the Maildir backend keeps the quarantine
-/// (as the delivery would, the size in the name).
+/// A held message, written where the backend keeps the quarantine (as
+/// the delivery would): a file in Maildir's `.Quarantine` with the size in
+/// the name, or a quarantined row of `messages` in PostgreSQL.
 fn hold(env: &Env, name: &str, subject: &str) {
-    let q = env.maildir(USER).join(".Quarantine");
-    for sub in ["tmp", "new", "cur"] {
-        std::fs::create_dir_all(q.join(sub)).unwrap();
-    }
     let body = format!(
         "X-Postoffice-Verdict: quarantine; dnsbl=off spf=fail dkim=off dmarc=off virus=off\r\n\
          From: Mallory <mallory@example.net>\r\nSubject: {subject}\r\n\r\nbuy now\r\n"
     );
+    if let Some(url) = env.storage_url() {
+        let hex: String = body.bytes().map(|b| format!("{b:02x}")).collect();
+        common::pg_query(
+            &url,
+            &format!(
+                "WITH b AS (INSERT INTO mailboxes (name) VALUES ('{USER}') \
+                   ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id), \
+                 m AS (INSERT INTO messages (mailbox_id, uid, size, received, quarantined) \
+                   SELECT id, '{name}', {}, now(), true FROM b RETURNING id) \
+                 INSERT INTO message_chunks (message_id, seq, data) \
+                   SELECT id, 0, decode('{hex}', 'hex') FROM m",
+                body.len()
+            ),
+        );
+        return;
+    }
+    let q = env.maildir(USER).join(".Quarantine");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(q.join(sub)).unwrap();
+    }
     let file = format!("{name},S={}", body.len());
     std::fs::write(q.join("new").join(file), body).unwrap();
 }

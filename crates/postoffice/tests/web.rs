@@ -436,7 +436,16 @@ fn api_for_administrators_and_users() {
         "false",
     ])
     .ok();
-    let v = json(&admin.get("/api/admin/users/alice@example.test"));
+    // At once on Maildir; on PostgreSQL once the node has re-read the
+    // shared directory (every second).
+    let v = wait_for(
+        std::time::Duration::from_secs(30),
+        "the CLI's forward in the API",
+        || {
+            let v = json(&admin.get("/api/admin/users/alice@example.test"));
+            (v["forward"] != serde_json::json!([]) || !env.on_postgres()).then_some(v)
+        },
+    );
     assert_eq!(v["forward"], serde_json::json!(["alice@far.test"]), "{v}");
     assert_eq!(v["forward_keep_copy"], false, "{v}");
     env.cli(&["user", "set", "alice@example.test", "--forward", "off"])
@@ -490,8 +499,8 @@ fn api_for_administrators_and_users() {
 
     // A quarantined message (as the pipeline stores it), released by the
     // user.
-    let store = env.data_dir().join("mail/example.test/alice/quarantine");
-    assert!(!store.exists() || std::fs::read_dir(&store).unwrap().next().is_none());
+    let held = env.cli(&["quarantine", "list", "alice@example.test"]).ok();
+    assert_eq!(held.stdout, "", "nothing quarantined yet");
     env.cli_stdin(
         &["deliver", "alice@example.test"],
         b"Subject: x\r\n\r\ny\r\n",
@@ -554,14 +563,23 @@ fn quarantine_through_the_api() {
     env.add_user("bob@example.test", "pw-b");
     let server = env.start();
     // Quarantine two messages for alice the way the pipeline does: through
-    // the store (the pipeline itself is exercised in browser.py).
-    let maildir = postoffice_store::Maildir::new(env.data_dir().join("mail"), "test.local");
+    // the store, Maildir or PostgreSQL (the pipeline itself is exercised in
+    // browser.py).
     use postoffice_store::MailStore;
+    let store: std::sync::Arc<dyn MailStore> = if env.on_postgres() {
+        let config = postoffice_config::Config::load(&env.config).unwrap();
+        postoffice_core::app::store(&config).unwrap()
+    } else {
+        std::sync::Arc::new(postoffice_store::Maildir::new(
+            env.data_dir().join("mail"),
+            "test.local",
+        ))
+    };
     for s in ["first", "second"] {
         let msg = format!(
             "X-Postoffice-Verdict: quarantine; spf=fail\r\nFrom: x@bad.test\r\nSubject: {s}\r\n\r\nbody\r\n"
         );
-        maildir
+        store
             .deliver_quarantine("alice@example.test", &mut msg.as_bytes())
             .unwrap();
     }

@@ -50,7 +50,7 @@ fn form_token(c: &mut HttpClient) -> String {
 }
 
 fn directory(env: &Env) -> String {
-    std::fs::read_to_string(env.data_dir().join("directory.toml")).unwrap()
+    env.directory_document()
 }
 
 /// Without a session: pages redirect to the sign-in page, the API says
@@ -481,11 +481,13 @@ fn cookies_are_strict_and_sessions_end() {
         b"new-pw\n",
     )
     .ok();
+    env.wait_for_directory(&server);
     assert_eq!(user.get("/api/me").status, 401);
     // So does disabling the user.
     let (mut user, _) = sign_in(&server, "alice@example.test", "new-pw");
     env.cli(&["user", "set", "alice@example.test", "--disabled", "true"])
         .ok();
+    env.wait_for_directory(&server);
     assert_eq!(user.get("/api/me").status, 401);
     // A tampered cookie is no session.
     let (admin, _) = sign_in(&server, "root", ADMIN_PW);
