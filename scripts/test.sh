@@ -67,7 +67,9 @@ stage "cargo test" cargo test --workspace --quiet
 # and testkit helpers that read either backend (Env::stored_messages,
 # queued_messages, directory_document), and wait (bounded) for a CLI change
 # to reach a running server (Env::wait_for_directory: a node polls the
-# shared directory every second).
+# shared directory every second). Not here: file_modes (the Unix modes of
+# Maildir files), several_nodes and migrate_backends (they choose their
+# backends themselves).
 PG_SUITES=(pop3_session pop3_security smtp submission auth_cache rate_limit tls_resumption
     greylist header_flood lifecycle hostile spam vacation aliases cli relay
     large_messages forwarding quarantine_digest web web_security)
