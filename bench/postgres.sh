@@ -129,11 +129,17 @@ start_postgres() {
 
 # stop_postgres: fast shutdown (SIGINT) of the postmaster, bounded wait
 # (60 s: it checkpoints), then SIGKILL.
+# (The postmaster is this shell's child: once it exits it is a zombie
+# until waited for, which kill -0 still finds; its data directory's
+# postmaster.pid is gone then.)
+pg_running() {
+    kill -0 "$PG_PID" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$PG_PID/stat" 2>/dev/null) != Z ]]
+}
 stop_postgres() {
     [[ -n $PG_PID ]] || return 0
     kill -INT "$PG_PID" 2>/dev/null || true
-    for _ in $(seq 600); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$PG_PID" 2>/dev/null; then
+    for _ in $(seq 600); do pg_running || break; sleep 0.1; done
+    if pg_running; then
         log "PostgreSQL (pid $PG_PID) did not stop within 60 s; killing it"
         kill -KILL "$PG_PID" 2>/dev/null || true
     fi
