@@ -110,10 +110,13 @@ pg_sql() {
 # start_postgres [LOG]: the postmaster (PG_PID), ready for queries, the
 # database postoffice and pg_stat_statements created on the first start.
 start_postgres() {
-    local out=${1:-$PG_DIR/postgres.log} args=() s
-    for s in "${PG_SETTINGS[@]}"; do args+=(-c "$s"); done
-    # The log file is opened here (as root), not by the server.
-    as_pg "$PG_BIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -k "$PG_DIR/sock" "${args[@]}" >>"$out" 2>&1 &
+    local out=${1:-$PG_DIR/postgres.log} cmd=() s
+    [[ $(id -u) != 0 ]] || cmd=(setpriv --reuid=postgres --regid=postgres --clear-groups)
+    cmd+=("$PG_BIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -k "$PG_DIR/sock")
+    for s in "${PG_SETTINGS[@]}"; do cmd+=(-c "$s"); done
+    # A command, not a function, in the background: $! is the postmaster
+    # itself (setpriv execs it). The log file is opened here (as root).
+    "${cmd[@]}" >>"$out" 2>&1 &
     PG_PID=$!
     for _ in $(seq 600); do
         "$PG_BIN/pg_isready" -q -h "$PG_DIR/sock" -p "$PG_PORT" && break
@@ -124,7 +127,7 @@ start_postgres() {
     if [[ -z $(pg_sql postgres "SELECT 1 FROM pg_database WHERE datname = 'postoffice'") ]]; then
         pg_sql postgres "CREATE DATABASE postoffice"
     fi
-    pg_sql "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+    pg_sql "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
 }
 
 # stop_postgres: fast shutdown (SIGINT) of the postmaster, bounded wait
