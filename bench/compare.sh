@@ -3,7 +3,7 @@
 # machine.
 #
 #   bench/compare.sh [--quick] [--runs N] [--fresh] [--only LIST] [--no-wait]
-#                    [--no-drop-caches] [--build] [--work DIR]
+#                    [--no-drop-caches] [--build] [--work DIR] [--postgres]
 #
 # What it does (see BENCHMARKS.md for the meaning of every figure):
 #  1. Installs Debian's dovecot-pop3d if missing (without starting the
@@ -35,6 +35,16 @@
 #     server goes first, and prints one markdown table of medians.
 #  5. Stops every server it started (by pid, also on error or Ctrl-C).
 #
+# --postgres: a third column, postoffice-pg: the same release binary with
+#          [storage] backend = "postgres" on a private PostgreSQL
+#          (bench/postgres.sh) on the same machine, its own ports and
+#          data_dir, the corpus copied into the database once with
+#          `postoffice migrate --to postgres` (UIDLs kept). Only for the rows
+#          s16, login, hold, bigbox and smtp. Its CPU and memory include
+#          every PostgreSQL process; the table adds the database statements
+#          (pg_stat_statements, BEGIN/COMMIT included) and the requests
+#          (TCP data segments received by PostgreSQL = round trips) per
+#          session, login or message.
 # --quick: tiny numbers (20 users x 5 messages, 200 sessions, 1 run) for a
 #          smoke run of the script itself; its figures mean nothing.
 # --only:  comma-separated subset of (BENCHMARKS.md says what each means):
@@ -63,6 +73,8 @@
 #   POSTOFFICE_BIN, BENCH_BIN (default target/release/...),
 #   DOVECOT_PORT (21110), POSTOFFICE_PORT (22110), POSTFIX_PORT (21025),
 #   POSTOFFICE_SMTP_PORT (22025); the POP3S ports are the POP3 ports + 1;
+#   --postgres: PG_PORT (23432, PostgreSQL), POSTOFFICE_PG_PORT (23110,
+#   POP3 of postoffice-pg), POSTOFFICE_PG_SMTP_PORT (23025);
 #   smtp-rspamd: RSPAMD_PORT (21333, HTTP), RSPAMD_DNS_PORT (21353, its
 #   private dnsmasq); the milter is a unix socket in WORK/rspamd/run
 #   (RS_MILTER_SOCKET=tcp: 127.0.0.1:RSPAMD_MILTER_PORT, 21332); SMTP_MESSAGES (messages
@@ -74,6 +86,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=0 FRESH=0 RUNS= WAIT_IDLE=1 DROP_CACHES=1 BUILD=0 ONLY=
+PG=0
 WORK=${BENCH_WORK:-/var/tmp/postoffice-bench}
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -85,6 +98,7 @@ while [[ $# -gt 0 ]]; do
         --no-drop-caches) DROP_CACHES=0 ;;
         --build) BUILD=1 ;;
         --work) WORK=$2; shift ;;
+        --postgres) PG=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
@@ -100,6 +114,9 @@ PS_PORT=${POSTOFFICE_SMTP_PORT:-22025}
 RS_PORT=${RSPAMD_PORT:-21333}
 RSM_PORT=${RSPAMD_MILTER_PORT:-21332}
 RSD_PORT=${RSPAMD_DNS_PORT:-21353}
+PGS_PORT=${PG_PORT:-23432}
+Q_PORT=${POSTOFFICE_PG_PORT:-23110}
+QS_PORT=${POSTOFFICE_PG_SMTP_PORT:-23025}
 PASSWORD=benchpass
 SEED=42
 DOMAIN=bench.test
@@ -170,9 +187,27 @@ source "$ROOT/bench/postfix.sh"
 # install_rspamd, setup_rspamd, start_rspamd, stop_rspamd (RS_PID).
 # shellcheck source=bench/rspamd.sh
 source "$ROOT/bench/rspamd.sh"
+# install_postgres, setup_postgres, start_postgres, stop_postgres (PG_PID),
+# pg_sql, pg_url, pg_segs_in.
+# shellcheck source=bench/postgres.sh
+source "$ROOT/bench/postgres.sh"
+# The rows with a postoffice-pg column (--postgres).
+PG_ROWS="s16 login hold bigbox smtp"
+# pg_row SCENARIO: --postgres is on and SCENARIO has a postoffice-pg column.
+pg_row() { [[ $PG == 1 && " $PG_ROWS " == *" $1 "* ]]; }
+want_pg() {
+    [[ $PG == 1 ]] || return 1
+    local n
+    for n in $PG_ROWS; do want "$n" && return 0; done
+    return 1
+}
+if [[ $PG == 1 ]] && ! want_pg; then
+    log "NOTE: --postgres has no effect without one of the rows ${PG_ROWS// /, }"
+fi
 
 # ------------------------------------------------------------ cleanup
 D_PID= P_PID= GEN_PID=
+Q_PID=''
 stop_dovecot() {
     [[ -n $D_PID ]] || return 0
     kill -TERM "$D_PID" 2>/dev/null || true
@@ -188,12 +223,22 @@ stop_postoffice() {
     wait "$P_PID" 2>/dev/null || true
     P_PID=
 }
+stop_postoffice_pg() {
+    [[ -n $Q_PID ]] || return 0
+    kill -TERM "$Q_PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$Q_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$Q_PID" 2>/dev/null || true
+    wait "$Q_PID" 2>/dev/null || true
+    Q_PID=
+}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -z $GEN_PID ]] || kill -TERM "$GEN_PID" 2>/dev/null || true
     stop_dovecot
     stop_postoffice
+    stop_postoffice_pg
+    stop_postgres
     stop_postfix
     stop_rspamd
     if [[ -d $WORK/trash ]]; then
@@ -243,6 +288,7 @@ for u in dovecot dovenull; do
 done
 if want_smtp; then install_postfix; fi
 if want smtp-rspamd; then install_rspamd; fi
+if want_pg; then install_postgres; fi
 if want_tls; then command -v openssl >/dev/null || die "openssl is needed for the pop3s scenarios"; fi
 
 # Idle sessions need descriptors: raise the soft limit to the hard one.
@@ -255,6 +301,7 @@ BIG_HOLD_EFF=$(( BIG_HOLD < P_HOLD_MAX ? BIG_HOLD : P_HOLD_MAX ))
 SMTP_PORTS=()
 if want_smtp; then SMTP_PORTS=("$F_PORT" "$PS_PORT"); fi
 if want smtp-rspamd; then SMTP_PORTS+=("$RS_PORT" "$RSM_PORT" "$RSD_PORT"); fi
+if want_pg; then SMTP_PORTS+=("$PGS_PORT" "$Q_PORT" "$((Q_PORT + 1))" "$QS_PORT"); fi
 for p in $D_PORT $((D_PORT + 1)) $P_PORT $((P_PORT + 1)) "${SMTP_PORTS[@]}"; do
     if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use"; fi
 done
@@ -453,11 +500,13 @@ P_CONF_CUR=$P_CONF P_MODE=default
 if [[ -f $CORPUS/.imported-pending ]]; then
     log "importing $(wc -l <"$CORPUS/postoffice.passwd") users into postoffice from the passwd-file"
     "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/postoffice.passwd" >&2
+    touch "$CORPUS/.pg-pending"
     rm -f "$CORPUS/.imported-pending"
 fi
 if [[ -f $CORPUS/.smtp-import-pending ]]; then
     log "importing $SMTP_USERS SMTP recipients ($SMTP_DOMAIN) into postoffice"
     "$PO" --config "$P_CONF" user import --dovecot-passwd "$CORPUS/smtp.passwd" >&2
+    touch "$CORPUS/.pg-pending"
     rm -f "$CORPUS/.smtp-import-pending"
 fi
 if [[ -f $CORPUS/.argon-pending ]]; then
@@ -471,7 +520,58 @@ if [[ -f $CORPUS/.argon-pending ]]; then
     (( n >= A2_USERS )) || die "expected $A2_USERS argon2id hashes in $CORPUS/po/directory.toml, found $n"
     for n in $(seq "$A2_USERS"); do echo "argon$n@$DOMAIN"; done >"$A2_FILE.new"
     mv "$A2_FILE.new" "$A2_FILE"
+    touch "$CORPUS/.pg-pending"
     rm -f "$CORPUS/.argon-pending"
+fi
+# ------------------------------------------------------------ postgres
+# postoffice-pg (--postgres): the default config (without the POP3S
+# certificate) on its own ports and data_dir, plus [storage]; a nocache
+# variant for the login row, as for postoffice. The database lives in
+# CORPUS/pg (with the corpus it holds: --fresh moves both aside).
+Q_CONF=$WORK/postoffice-pg.toml Q_CONF_NOCACHE=$WORK/postoffice-pg-nocache.toml
+Q_DATA=$WORK/po-pg
+if want_pg; then
+    setup_postgres "$CORPUS/pg" "$PGS_PORT"
+    storage_section() { printf '[storage]\n%s\nurl = "%s"\n' "$1" "$(pg_url)"; }
+    mkdir -p "$Q_DATA"
+    {
+        sed -e "s|^data_dir = .*|data_dir = \"$Q_DATA\"|" \
+            -e "s|127.0.0.1:$P_PORT\"|127.0.0.1:$Q_PORT\"|" \
+            -e "s|127.0.0.1:$((P_PORT + 1))\"|127.0.0.1:$((Q_PORT + 1))\"|" \
+            -e "s|127.0.0.1:$PS_PORT\"|127.0.0.1:$QS_PORT\"|" "$P_CONF_BASE"
+        storage_section 'backend = "postgres"'
+    } >"$Q_CONF"
+    { cat "$Q_CONF"; printf '[auth]\n# No credential cache: every login verifies its hash.\ncache_ttl_secs = 0\n'; } >"$Q_CONF_NOCACHE"
+    "$PO" --config "$Q_CONF_NOCACHE" config check >/dev/null 2>&1 || cp "$Q_CONF" "$Q_CONF_NOCACHE"
+    # The corpus's Maildir config naming the database: what `postoffice
+    # migrate --to postgres` copies from and into.
+    M_CONF=$WORK/postoffice-migrate.toml
+    { cat "$P_CONF"; storage_section 'backend = "maildir"'; } >"$M_CONF"
+    for c in "$Q_CONF" "$M_CONF"; do
+        "$PO" --config "$c" config check >/dev/null || die "postoffice rejects $c (a binary without [storage] postgres?)"
+    done
+    cp "$Q_CONF" "$RESULTS/postoffice-pg.toml"
+    start_postgres "$RESULTS/postgres.log"
+    printf '%s\n' "${PG_SETTINGS[@]}" >"$RESULTS/postgres-settings.txt"
+    pg_sql "SELECT version()" >>"$RESULTS/postgres-settings.txt"
+    if [[ ! -f $CORPUS/.pg-loaded || -f $CORPUS/.pg-pending ]]; then
+        # Loading is not measured: commits need not wait for the disk
+        # meanwhile (the runs below have synchronous_commit on).
+        log "copying the corpus into PostgreSQL (postoffice migrate --to postgres; once per corpus)"
+        pg_sql "ALTER DATABASE postoffice SET synchronous_commit = off"
+        "$PO" --config "$M_CONF" migrate --to postgres 2>"$RESULTS/pg-migrate.err" | tee "$RESULTS/pg-migrate.txt" >&2 ||
+            { tail -n 20 "$RESULTS/pg-migrate.err" >&2; die "postoffice migrate --to postgres failed (see $RESULTS/pg-migrate.*)"; }
+        pg_sql "ALTER DATABASE postoffice RESET synchronous_commit"
+        pg_sql "VACUUM (ANALYZE)"
+        pg_sql "CHECKPOINT"
+        touch "$CORPUS/.pg-loaded"
+        rm -f "$CORPUS/.pg-pending"
+    fi
+    "$PO" --config "$Q_CONF" db migrate >&2
+    "$PO" --config "$Q_CONF" db status >&2 || die "the database schema is not this postoffice's"
+    pg_sql "SELECT 'database: ' || (SELECT count(*) FROM mailboxes) || ' mailboxes, ' ||
+        (SELECT count(*) FROM messages) || ' messages, ' || pg_size_pretty(pg_database_size('postoffice'))" |
+        tee -a "$RESULTS/postgres-settings.txt" >&2
 fi
 # Where each server keeps the SMTP recipients' Maildirs (<root>/<user>/new).
 PO_SMTP_MAIL=$CORPUS/po/mail/$SMTP_DOMAIN
@@ -586,6 +686,26 @@ start_postoffice() {
         wait_port "$((P_PORT + 1))" "$P_PID" || die "postoffice is not listening for POP3S on $((P_PORT + 1))"
     fi
 }
+start_postoffice_pg() {
+    "$PO" --config "$Q_CONF_CUR" serve >>"$RESULTS/postoffice-pg.out" 2>>"$RESULTS/postoffice-pg.log" &
+    Q_PID=$!
+    wait_port "$Q_PORT" "$Q_PID" || die "postoffice-pg is not listening on $Q_PORT (see $RESULTS/postoffice-pg.log)"
+    if want_smtp; then
+        wait_port "$QS_PORT" "$Q_PID" || die "postoffice-pg is not listening for SMTP on $QS_PORT"
+    fi
+}
+# q_mode default|nocache: postoffice-pg with that config (restarted if it
+# runs another one).
+Q_CONF_CUR=$Q_CONF
+q_mode() {
+    local conf=$Q_CONF
+    [[ $1 == default ]] || conf=$Q_CONF_NOCACHE
+    if [[ $conf != "$Q_CONF_CUR" || -z $Q_PID ]]; then
+        stop_postoffice_pg
+        Q_CONF_CUR=$conf
+        start_postoffice_pg
+    fi
+}
 # po_mode MODE [restart]: run postoffice with the config of MODE (default,
 # nocache, rsa = default with the RSA certificate, ecdsa), restarting it if
 # it runs another one, or always with "restart" (empties its credential
@@ -632,6 +752,10 @@ if [[ $DROP_CACHES == 1 && -w /proc/sys/vm/drop_caches ]]; then CAN_DROP=1; fi
 log "starting Dovecot on 127.0.0.1:$D_PORT and postoffice on 127.0.0.1:$P_PORT"
 start_dovecot
 start_postoffice
+if want_pg; then
+    log "starting postoffice-pg on 127.0.0.1:$Q_PORT (SMTP $QS_PORT), PostgreSQL on 127.0.0.1:$PGS_PORT"
+    start_postoffice_pg
+fi
 if want_smtp; then
     log "starting Postfix on 127.0.0.1:$F_PORT (postoffice's SMTP listener: 127.0.0.1:$PS_PORT)"
     start_postfix
@@ -664,6 +788,8 @@ addr() { # SERVER [smtp|tls]
         dovecot:*) echo "127.0.0.1:$D_PORT" ;;
         postfix:*) echo "127.0.0.1:$F_PORT" ;;
         postoffice:smtp) echo "127.0.0.1:$PS_PORT" ;;
+        postoffice-pg:smtp) echo "127.0.0.1:$QS_PORT" ;;
+        postoffice-pg:*) echo "127.0.0.1:$Q_PORT" ;;
         postoffice:tls) echo "127.0.0.1:$((P_PORT + 1))" ;;
         *) echo "127.0.0.1:$P_PORT" ;;
     esac
@@ -673,6 +799,9 @@ srvsel() {
     case $1 in
         dovecot) echo "--server-tree $D_PID" ;;
         postfix) echo "--server-tree $PF_PID" ;;
+        # postoffice and the PostgreSQL postmaster with all its processes
+        # (backends, WAL writer, checkpointer...).
+        postoffice-pg) echo "--server-pids $Q_PID --server-tree $PG_PID" ;;
         *) echo "--server-pids $P_PID" ;;
     esac
 }
@@ -721,6 +850,7 @@ gen() {
             elif [[ $a == @rspamd@ ]]; then args+=(--server-tree "$RS_PID")
             else args+=("$a"); fi
         done
+        [[ $srv != postoffice-pg || $scen == warmup* ]] || pg_before
         case $scen in
             smtp*|warmup-smtp*)
                 "$BENCH" smtp "${args[@]}" --addr "$(addr "$srv" smtp)" >"$out" 2>&1 & ;;
@@ -750,21 +880,62 @@ gen() {
         log "WARNING: $scen on $srv (run $run) reported errors; see $out"
         ERRORS=$((ERRORS + 1))
     fi
-    local line
+    local line extra=
     line=$(grep '^RESULT ' "$out" | tail -n 1 || true)
     [[ -n $line ]] || { log "WARNING: no RESULT line in $out"; return 0; }
-    for kv in ${line#RESULT } interfered=$interfered; do
+    if [[ $srv == postoffice-pg && $scen != warmup* ]]; then
+        extra=$(pg_after "$scen" "$out" "$line")
+        if [[ $scen == smtp* && $extra != *e2e_msgs_per_s=* ]]; then ERRORS=$((ERRORS + 1)); fi
+    fi
+    for kv in ${line#RESULT } interfered=$interfered $extra; do
         printf '%s\t%s\t%s\t%s\t%s\n' "$scen" "$srv" "$run" "${kv%%=*}" "${kv#*=}" >>"$VALUES"
     done
     [[ $interfered == 0 ]] || INTERFERED=$((INTERFERED + 1))
-    printf '  %-12s %-10s run %s: %s%s\n' "$scen" "$srv" "$run" "$(summary "$line")" \
+    printf '  %-12s %-10s run %s: %s%s\n' "$scen" "$srv" "$run" "$(summary "$line $extra")" \
         "$([[ $interfered == 0 ]] || echo ' (rustc/cargo was running)')" >&2
 }
 summary() {
     local l=$1 k
-    for k in sessions_per_s mb_per_s e2e_msgs_per_s accept_msgs_per_s p99_ms pss_mib held warm_median_ms first_ms median_ms tls_resumed verified peak_rss_mib hwm_mib gen_cpu_pct server_cpu_pct errors; do
+    for k in pg_delivered pg_stmts pg_requests sessions_per_s mb_per_s e2e_msgs_per_s accept_msgs_per_s p99_ms pss_mib held warm_median_ms first_ms median_ms tls_resumed verified peak_rss_mib hwm_mib gen_cpu_pct server_cpu_pct errors; do
         [[ $l == *" $k="* ]] && printf '%s=%s ' "$k" "$(sed -n "s/.* $k=\([^ ]*\).*/\1/p" <<<"$l")"
     done
+}
+# The database's side of a postoffice-pg run. pg_before: empty
+# pg_stat_statements and note the requests PostgreSQL received so far (TCP
+# data segments of the open connections, see pg_segs_in; postoffice's pool
+# keeps its connections). pg_after SCEN OUT LINE: print key=value pairs for
+# values.tsv: pg_stmts (statements executed, BEGIN and COMMIT included,
+# psql's own left out), pg_begins (explicit transactions), pg_requests
+# (round trips) and, for smtp, pg_delivered (messages in the SMTP users'
+# maildrops; postoffice answers 250 only after COMMIT, so these are the
+# end-to-end count), pg_short (of those, smaller than sent: 0 unless a
+# body was cut) and e2e_msgs_per_s (= accepted per second when every
+# accepted message is there). The statements of the run, most frequent
+# first, go to OUT.statements.
+PG_SEGS0=0
+pg_before() {
+    pg_sql "SELECT pg_stat_statements_reset()" >/dev/null
+    PG_SEGS0=$(pg_segs_in)
+}
+pg_after() {
+    local scen=$1 out=$2 line=$3 segs own="query NOT LIKE '%pg_stat_statements%'" acc n short
+    segs=$(pg_segs_in)
+    printf 'pg_requests=%s pg_stmts=%s pg_begins=%s' "$((segs - PG_SEGS0))" \
+        "$(pg_sql "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE $own")" \
+        "$(pg_sql "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE $own AND query ~* '^\\s*(begin|start transaction)'")"
+    pg_sql "SELECT calls, rows, round(total_exec_time::numeric, 1) AS ms, regexp_replace(query, '\\s+', ' ', 'g')
+        FROM pg_stat_statements WHERE $own ORDER BY calls DESC" >"$out.statements" 2>&1 || true
+    if [[ $scen == smtp* ]]; then
+        acc=$(sed -n 's/.* accepted=\([0-9]*\).*/\1/p' <<<"$line")
+        read -r n short < <(pg_sql "SELECT count(*), count(*) FILTER (WHERE m.size < $SMTP_SIZE)
+            FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.name LIKE '%$SMTP_DOMAIN%'" | tr '|' ' ')
+        printf ' pg_delivered=%s pg_short=%s' "$n" "$short"
+        if [[ $n == "$acc" && $short == 0 ]]; then
+            printf ' e2e_msgs_per_s=%s' "$(sed -n 's/.* accept_msgs_per_s=\([0-9.]*\).*/\1/p' <<<"$line")"
+        else
+            log "WARNING: $scen on postoffice-pg: $acc accepted but $n in the database ($short shorter than sent)"
+        fi
+    fi
 }
 # median SCENARIO SERVER KEY
 median() {
@@ -793,9 +964,17 @@ prime_logins() {
 # tls_args KIND: the generator's TLS options for the KIND certificate.
 tls_args() { echo "--tls --tls-ca $TLS_DIR/$1-ca.crt"; }
 # order RUN [ANCHOR]: odd runs start with the anchor (default Dovecot).
+# With --postgres, three servers in rotation: each is first every third
+# run (pg_row SCEN: only for a run that has a postoffice-pg row).
 order() {
     local a=${2:-dovecot}
-    if (( $1 % 2 == 1 )); then echo "$a postoffice"; else echo "postoffice $a"; fi
+    if want_pg; then
+        case $(( $1 % 3 )) in
+            1) echo "$a postoffice postoffice-pg" ;;
+            2) echo "postoffice postoffice-pg $a" ;;
+            0) echo "postoffice-pg $a postoffice" ;;
+        esac
+    elif (( $1 % 2 == 1 )); then echo "$a postoffice"; else echo "postoffice $a"; fi
 }
 # SMTP: the generator's arguments for SERVER, N messages, to the first
 # RCPTS SMTP users round-robin, SIZE octets each, from CLIENTS concurrent
@@ -803,11 +982,15 @@ order() {
 # --wait-new the run ends only when every accepted message is a file in a
 # new/ under that server's Maildir root; --verify-delivered then reads every
 # one back (after the clock stops).
+# postoffice-pg has no Maildir to wait for: it answers 250 after COMMIT, so
+# accepted is delivered; pg_after counts the messages in the database.
 smtp_args() { # SERVER MESSAGES [RCPTS SIZE CLIENTS]
-    local root=$F_SMTP_MAIL
+    local root=$F_SMTP_MAIL wait
     [[ $1 == postoffice ]] && root=$PO_SMTP_MAIL
+    wait="--wait-new $root --verify-delivered"
+    [[ $1 != postoffice-pg ]] || wait=
     echo "--users-file $CORPUS/smtp.passwd --users ${3:-$SMTP_USERS} --concurrency ${5:-$SMTP_C}" \
-        "--messages $2 --size ${4:-$SMTP_SIZE} --per-connection 1 --wait-new $root --verify-delivered @srv@"
+        "--messages $2 --size ${4:-$SMTP_SIZE} --per-connection 1 $wait @srv@"
 }
 # smtp_clear SERVER: move the mail delivered to the SMTP users out of their
 # new/ into the trash (deleted when the script ends), so each run starts
@@ -816,6 +999,13 @@ smtp_args() { # SERVER MESSAGES [RCPTS SIZE CLIENTS]
 SMTP_TRASH=$WORK/trash/smtp-$STAMP SMTP_CLEARS=0
 smtp_clear() {
     local root=$F_SMTP_MAIL dest
+    if [[ $1 == postoffice-pg ]]; then
+        # In the database: delete them (and keep the maildrops' totals).
+        pg_sql "BEGIN; DELETE FROM messages WHERE mailbox_id IN
+                    (SELECT id FROM mailboxes WHERE name LIKE '%$SMTP_DOMAIN%');
+                UPDATE mailboxes SET messages = 0, bytes = 0 WHERE name LIKE '%$SMTP_DOMAIN%'; COMMIT" >/dev/null
+        return
+    fi
     [[ $1 == postoffice ]] && root=$PO_SMTP_MAIL
     SMTP_CLEARS=$((SMTP_CLEARS + 1))
     dest=$SMTP_TRASH/$1.$SMTP_CLEARS
@@ -830,10 +1020,10 @@ log "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; load: $
 # ------------------------------------------------------------ warm-up
 log "warming up the servers (index files, page cache; for smtp every Maildir)"
 if want_pop3; then
-    for srv in dovecot postoffice; do
-        gen warmup $srv 0 sessions "${SESS_USERS[@]}" --concurrency 8 --sessions "$USERS" --retr all --verify-hash
-        gen warmup-bigbox $srv 0 bigbox --user "bigbox1@$DOMAIN" --repeat 2
-        gen warmup-retrbig $srv 0 retr-big --user "bigmsg1@$DOMAIN" --repeat 1 --verify-hash
+    for srv in dovecot postoffice $(want_pg && echo postoffice-pg); do
+        gen warmup "$srv" 0 sessions "${SESS_USERS[@]}" --concurrency 8 --sessions "$USERS" --retr all --verify-hash
+        gen warmup-bigbox "$srv" 0 bigbox --user "bigbox1@$DOMAIN" --repeat 2
+        gen warmup-retrbig "$srv" 0 retr-big --user "bigmsg1@$DOMAIN" --repeat 1 --verify-hash
     done
 fi
 if want_a2; then
@@ -844,7 +1034,7 @@ if want_a2; then
 fi
 if want_smtp; then
     # One message per SMTP user: creates every Maildir on both servers.
-    for srv in postfix postoffice; do
+    for srv in postfix postoffice $(pg_row smtp && want smtp && echo postoffice-pg); do
         GEN_PRE="smtp_clear $srv"
         # shellcheck disable=SC2046
         gen warmup-smtp "$srv" 0 $(smtp_args "$srv" "$SMTP_USERS")
@@ -877,6 +1067,25 @@ fi
 for run in $(seq "$RUNS"); do
     log "run $run of $RUNS"
     for srv in $(order "$run"); do
+        # postoffice-pg: the rows of PG_ROWS only, its credential cache off
+        # for login as postoffice's.
+        if [[ $srv == postoffice-pg ]]; then
+            {
+            q_mode default
+            want s16 && gen s16 "$srv" "$run" sessions "${SESS_USERS[@]}" @srv@ \
+                --concurrency "$C_LOW" --sessions "$SESSIONS" --retr all
+            want hold && gen hold "$srv" "$run" hold "${SESS_USERS[@]}" @srv@ \
+                --sessions "$HOLD" --seconds "$HOLD_SECS"
+            want bigbox && gen bigbox "$srv" "$run" bigbox --user "bigbox1@$DOMAIN" --repeat "$((REPEAT + 1))"
+            if want login; then
+                q_mode nocache
+                gen login "$srv" "$run" sessions "${SESS_USERS[@]}" @srv@ \
+                    --concurrency "$C_LOW" --sessions "$SESSIONS" --retr none
+                q_mode default
+            fi
+            } || true
+            continue
+        fi
         # shellcheck disable=SC2046
         {
         [[ $srv == dovecot ]] || po_mode default
@@ -920,6 +1129,12 @@ for run in $(seq "$RUNS"); do
     if want_smtp; then
         for srv in $(order "$run" postfix); do
             GEN_PRE="smtp_clear $srv"
+            if [[ $srv == postoffice-pg ]]; then
+                # shellcheck disable=SC2046
+                { want smtp && gen smtp "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS"); } || true
+                GEN_PRE=
+                continue
+            fi
             # shellcheck disable=SC2046
             {
             want smtp && gen smtp "$srv" "$run" $(smtp_args "$srv" "$SMTP_MSGS")
@@ -966,6 +1181,7 @@ if want_tls; then
         for run in $(seq "$RUNS"); do
             log "pop3s-$kind: run $run of $RUNS"
             for srv in $(order "$run"); do
+                [[ $srv != postoffice-pg ]] || continue
                 # shellcheck disable=SC2046
                 {
                 gen "pop3s-$kind-retr" $srv $run sessions "${SESS_USERS[@]}" @srv@ $(tls_args "$kind") \
@@ -990,6 +1206,7 @@ if want bigbox-first; then
     restart_postoffice() { stop_postoffice; drop_caches; start_postoffice; }
     for run in $(seq "$RUNS"); do
         for srv in $(order "$run"); do
+            [[ $srv != postoffice-pg ]] || continue
             GEN_PRE=restart_$srv
             gen bigbox-first $srv $run bigbox --user "bigbox1@$DOMAIN" --repeat 1
             GEN_PRE=
@@ -1000,6 +1217,7 @@ if want_smtp; then
     # Leave the SMTP users' Maildirs empty, as the corpus was.
     smtp_clear postfix
     smtp_clear postoffice
+    if want_pg; then smtp_clear postoffice-pg; fi
 fi
 
 # ------------------------------------------------------------ table
@@ -1078,11 +1296,47 @@ big_cell() { # srv
     printf '; %s of %s accepted, %s msgs/s end to end, server %s ms CPU/msg' "$(fmt "$n" 0)" "$SMTP_BIG_C" \
         "$(fmt "$(median $m "$1" e2e_msgs_per_s)" 2)" "$(smtp_cpu $m "$1")"
 }
+# --postgres: three more columns, postoffice-pg's cell, its ratio to the
+# anchor, and the database's work per unit (session, login, message):
+# statements, requests (round trips) and explicit transactions.
+pg_db() { # scen units
+    local u=$2
+    if ! num "$u" || ! awk -v u="$u" 'BEGIN {exit !(u > 0)}'; then printf -- '-'; return; fi
+    awk -v s="$(median "$1" postoffice-pg pg_stmts)" -v r="$(median "$1" postoffice-pg pg_requests)" \
+        -v b="$(median "$1" postoffice-pg pg_begins)" -v u="$u" \
+        'BEGIN {printf "%.2f statements, %.2f round trips, %.2f BEGIN", s / u, r / u, b / u}'
+}
+pgcols() { # kind scen
+    want_pg || return 0
+    local s=${2:-} q
+    case $1 in
+        none) printf ' - | - | - |' ;;
+        sess) printf ' %s | %s (Q/D sess/s) | per session: %s |' "$(sess_cell "$s" postoffice-pg)" \
+            "$(ratio "$(median "$s" postoffice-pg sessions_per_s)" "$(median "$s" dovecot sessions_per_s)")" \
+            "$(pg_db "$s" "$(median "$s" postoffice-pg ok)")" ;;
+        hold) printf ' %s | %s (D/Q PSS) | per session: %s |' "$(hold_cell hold postoffice-pg)" \
+            "$(ratio "$(median hold dovecot pss_mib)" "$(median hold postoffice-pg pss_mib)")" \
+            "$(pg_db hold "$(median hold postoffice-pg held)")" ;;
+        bigbox) q=$(median bigbox postoffice-pg warm_median_ms)
+            printf ' %s ms | %s (D/Q time) | per login: %s |' "$(fmt "$q" 1)" \
+                "$(ratio "$(median bigbox dovecot warm_median_ms)" "$q")" "$(pg_db bigbox $((REPEAT + 1)))" ;;
+        smtp) printf ' %s; %s of %s accepted in the database | %s (Q/F msgs/s) | per message: %s |' \
+            "$(smtp_cell "$s" postoffice-pg)" "$(fmt "$(median "$s" postoffice-pg pg_delivered)" 0)" \
+            "$(fmt "$(median "$s" postoffice-pg accepted)" 0)" \
+            "$(ratio "$(median "$s" postoffice-pg e2e_msgs_per_s)" "$(median "$s" postfix e2e_msgs_per_s)")" \
+            "$(pg_db "$s" "$(median "$s" postoffice-pg accepted)")" ;;
+    esac
+}
 TABLE=$RESULTS/table.md
 {
     # The anchor is Dovecot for the POP3 rows and Postfix for the SMTP rows.
-    echo "| scenario | anchor median (Dovecot; SMTP: Postfix) | postoffice median | ratio (>1 = postoffice better) | generator CPU |"
-    echo "| --- | --- | --- | --- | --- |"
+    if want_pg; then
+        echo "| scenario | anchor median (Dovecot; SMTP: Postfix) | postoffice median | ratio (>1 = postoffice better) | generator CPU | postoffice-pg median (PostgreSQL backend; CPU and memory include PostgreSQL's) | ratio postoffice-pg (>1 = better) | database work |"
+        echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    else
+        echo "| scenario | anchor median (Dovecot; SMTP: Postfix) | postoffice median | ratio (>1 = postoffice better) | generator CPU |"
+        echo "| --- | --- | --- | --- | --- |"
+    fi
     rows="s16 s64 login login-a2 login-a2-nocache login-warm"
     for kind in $TLS_KINDS; do
         want "pop3s-$kind" && rows+=" pop3s-$kind-retr pop3s-$kind-retr-resume pop3s-$kind-login pop3s-$kind-login-resume"
@@ -1106,7 +1360,8 @@ TABLE=$RESULTS/table.md
                     *-login-resume) label="POP3S ($k), login only, c$C_LOW, returning clients resume" ;;
                 esac ;;
         esac
-        echo "| $label | $(sess_cell $s dovecot) | $(sess_cell $s postoffice) | $(ratio "$(median $s postoffice sessions_per_s)" "$(median $s dovecot sessions_per_s)") (P/D sess/s) | $(gen_cpu $s gen_cpu_pct) |"
+        if pg_row "$s"; then k=sess; else k=none; fi
+        echo "| $label | $(sess_cell $s dovecot) | $(sess_cell $s postoffice) | $(ratio "$(median $s postoffice sessions_per_s)" "$(median $s dovecot sessions_per_s)") (P/D sess/s) | $(gen_cpu $s gen_cpu_pct) |$(pgcols "$k" "$s")"
     done
     hold_cell() { # scen srv
         printf '%s MiB PSS (%s MiB before the sessions, +%s KiB/session; RSS %s MiB, %s processes)' \
@@ -1116,27 +1371,27 @@ TABLE=$RESULTS/table.md
     }
     if want hold; then
         d=$(median hold dovecot pss_mib) p=$(median hold postoffice pss_mib)
-        echo "| $HOLD idle logged-in sessions: server memory while held | $(hold_cell hold dovecot) | $(hold_cell hold postoffice) | $(ratio "$d" "$p") (D/P PSS) | $(gen_cpu hold gen_cpu_s) |"
+        echo "| $HOLD idle logged-in sessions: server memory while held | $(hold_cell hold dovecot) | $(hold_cell hold postoffice) | $(ratio "$d" "$p") (D/P PSS) | $(gen_cpu hold gen_cpu_s) |$(pgcols hold)"
     fi
     if want hold10k; then
-        echo "| $BIG_HOLD_EFF idle logged-in sessions (postoffice only; fd limit $NOFILE) | - | $(hold_cell hold10k postoffice) | - | P $(fmt "$(median hold10k postoffice gen_cpu_s)" 2) s |"
+        echo "| $BIG_HOLD_EFF idle logged-in sessions (postoffice only; fd limit $NOFILE) | - | $(hold_cell hold10k postoffice) | - | P $(fmt "$(median hold10k postoffice gen_cpu_s)" 2) s |$(pgcols none)"
     fi
     if want bigbox; then
         d=$(median bigbox dovecot warm_median_ms) p=$(median bigbox postoffice warm_median_ms)
-        echo "| Big maildrop ($BIGBOX messages): login+STAT+UIDL, warm | $(fmt "$d" 1) ms | $(fmt "$p" 1) ms | $(ratio "$d" "$p") (D/P time) | - |"
+        echo "| Big maildrop ($BIGBOX messages): login+STAT+UIDL, warm | $(fmt "$d" 1) ms | $(fmt "$p" 1) ms | $(ratio "$d" "$p") (D/P time) | - |$(pgcols bigbox)"
     fi
     if want bigbox-first; then
         d=$(median bigbox-first dovecot first_ms) p=$(median bigbox-first postoffice first_ms)
         c=""; [[ $CAN_DROP == 1 ]] && c=", page cache dropped"
-        echo "| Big maildrop: first login after server restart$c | $(fmt "$d" 1) ms | $(fmt "$p" 1) ms | $(ratio "$d" "$p") (D/P time) | - |"
+        echo "| Big maildrop: first login after server restart$c | $(fmt "$d" 1) ms | $(fmt "$p" 1) ms | $(ratio "$d" "$p") (D/P time) | - |$(pgcols none)"
     fi
     if want pipeline; then
         d=$(median pipeline dovecot median_ms) p=$(median pipeline postoffice median_ms)
-        echo "| $PIPE pipelined \`LIST 1\` in one write | $(fmt "$d" 2) ms | $(fmt "$p" 2) ms | $(ratio "$d" "$p") (D/P time) | - |"
+        echo "| $PIPE pipelined \`LIST 1\` in one write | $(fmt "$d" 2) ms | $(fmt "$p" 2) ms | $(ratio "$d" "$p") (D/P time) | - |$(pgcols none)"
     fi
     if want retrbig; then
         d=$(median retrbig dovecot mb_per_s) p=$(median retrbig postoffice mb_per_s)
-        echo "| RETR of one $((BIGMSG / 1024 / 1024)) MiB message | $(fmt "$d" 0) MB/s | $(fmt "$p" 0) MB/s | $(ratio "$p" "$d") (P/D MB/s) | $(gen_cpu retrbig gen_cpu_pct) |"
+        echo "| RETR of one $((BIGMSG / 1024 / 1024)) MiB message | $(fmt "$d" 0) MB/s | $(fmt "$p" 0) MB/s | $(ratio "$p" "$d") (P/D MB/s) | $(gen_cpu retrbig gen_cpu_pct) |$(pgcols none)"
     fi
     for s in smtp smtp-hot smtp-1m; do
         want "$s" || continue
@@ -1146,7 +1401,8 @@ TABLE=$RESULTS/table.md
             smtp-1m) label="SMTP 1 MiB, c$SMTP_C, end-to-end msgs/s ($SMTP_1M_MSGS messages to $SMTP_USERS recipients; anchor: Postfix)" ;;
         esac
         f=$(median $s postfix e2e_msgs_per_s) p=$(median $s postoffice e2e_msgs_per_s)
-        echo "| $label | Postfix: $(smtp_cell $s postfix) | $(smtp_cell $s postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu $s gen_cpu_pct postfix) |"
+        if pg_row "$s"; then k=smtp; else k=none; fi
+        echo "| $label | Postfix: $(smtp_cell $s postfix) | $(smtp_cell $s postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu $s gen_cpu_pct postfix) |$(pgcols "$k" "$s")"
     done
     if want smtp-rspamd; then
         for s in smtp-rspamd-off smtp-rspamd; do
@@ -1155,11 +1411,11 @@ TABLE=$RESULTS/table.md
                 smtp-rspamd) label="The same with every message scored by rspamd $(rspamd --version 2>/dev/null | awk '{print $NF}') (Debian rules, no Redis): postoffice over HTTP /checkv2, Postfix through rspamd's milter (proxy worker, self_scan, unix socket); CPU includes rspamd's" ;;
             esac
             f=$(median $s postfix e2e_msgs_per_s) p=$(median $s postoffice e2e_msgs_per_s)
-            echo "| $label | Postfix: $(smtp_cell $s postfix) | $(smtp_cell $s postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu $s gen_cpu_pct postfix) |"
+            echo "| $label | Postfix: $(smtp_cell $s postfix) | $(smtp_cell $s postoffice) | $(ratio "$p" "$f") (P/F msgs/s) | $(gen_cpu $s gen_cpu_pct postfix) |$(pgcols none)"
         done
     fi
     if want smtp-big; then
-        echo "| SMTP $SMTP_BIG_C concurrent $((SMTP_BIG_SIZE / 1024 / 1024)) MiB messages: the server's peak memory (anchor: Postfix) | Postfix: $(big_cell postfix) | $(big_cell postoffice) | $(ratio "$(big_peak postfix)" "$(big_peak postoffice)") (F/P peak RSS) | $(gen_cpu smtp-big gen_cpu_pct postfix) |"
+        echo "| SMTP $SMTP_BIG_C concurrent $((SMTP_BIG_SIZE / 1024 / 1024)) MiB messages: the server's peak memory (anchor: Postfix) | Postfix: $(big_cell postfix) | $(big_cell postoffice) | $(ratio "$(big_peak postfix)" "$(big_peak postoffice)") (F/P peak RSS) | $(gen_cpu smtp-big gen_cpu_pct postfix) |$(pgcols none)"
     fi
 } >"$TABLE"
 
@@ -1167,6 +1423,9 @@ TABLE=$RESULTS/table.md
     echo
     echo "postoffice vs. Dovecot $(dovecot --version | cut -d' ' -f1)$(want_smtp && echo " and Postfix $(postconf -dh mail_version)"), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB,"
     echo "postoffice $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), medians of $RUNS run(s); corpus $USERS users x $MSGS messages."
+    if want_pg; then
+        echo "postoffice-pg: the same binary with [storage] backend = \"postgres\" on $(pg_sql "SHOW server_version" 2>/dev/null | cut -d' ' -f1 | sed 's/^/PostgreSQL /') (settings: $RESULTS/postgres-settings.txt)."
+    fi
     echo
     cat "$TABLE"
     echo
