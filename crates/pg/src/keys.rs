@@ -11,8 +11,7 @@
 
 use tokio_postgres::types::Type;
 
-use crate::conn::DbError;
-use crate::schema::{Lazy, One};
+use crate::schema::{Lazy, One, query};
 use crate::{PgError, PgOptions};
 
 /// The `node_keys` table. `Send + Sync`.
@@ -26,13 +25,6 @@ impl std::fmt::Debug for PgKeys {
         f.debug_struct("PgKeys")
             .field("place", &self.place)
             .finish_non_exhaustive()
-    }
-}
-
-fn query(context: &str) -> impl FnOnce(DbError) -> PgError + '_ {
-    move |source| PgError::Query {
-        context: context.to_owned(),
-        source: Box::new(source),
     }
 }
 

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
-use crate::conn::DbError;
-use crate::schema::Lazy;
+use crate::schema::{Lazy, query};
 use crate::{PgError, PgOptions};
 
 /// What [`PgMarks::first_seen`] found.
@@ -36,13 +35,6 @@ impl std::fmt::Debug for PgMarks {
         f.debug_struct("PgMarks")
             .field("place", &self.place)
             .finish_non_exhaustive()
-    }
-}
-
-fn query(context: &str) -> impl FnOnce(DbError) -> PgError + '_ {
-    move |source| PgError::Query {
-        context: context.to_owned(),
-        source: Box::new(source),
     }
 }
 

@@ -232,7 +232,8 @@ impl Lazy {
     }
 }
 
-fn query(context: &str) -> impl FnOnce(DbError) -> PgError + '_ {
+/// Maps a failed statement to [`PgError::Query`] with what it was doing.
+pub(crate) fn query(context: &str) -> impl FnOnce(DbError) -> PgError + '_ {
     move |source| PgError::Query {
         context: context.to_owned(),
         source: Box::new(source),

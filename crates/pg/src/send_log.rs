@@ -11,8 +11,7 @@
 
 use tokio_postgres::types::Type;
 
-use crate::conn::DbError;
-use crate::schema::{Lazy, One};
+use crate::schema::{Lazy, One, query};
 use crate::{PgError, PgOptions};
 
 /// What [`PgSendLog::admit`] decided.
@@ -37,13 +36,6 @@ impl std::fmt::Debug for PgSendLog {
         f.debug_struct("PgSendLog")
             .field("place", &self.place)
             .finish_non_exhaustive()
-    }
-}
-
-fn query(context: &str) -> impl FnOnce(DbError) -> PgError + '_ {
-    move |source| PgError::Query {
-        context: context.to_owned(),
-        source: Box::new(source),
     }
 }
 
